@@ -43,7 +43,7 @@ export function vmRoutes(deps: AppDeps) {
     return vm;
   };
   const r = newRouter()
-    .openapi(listVms, (c) => c.json({ items: deps.vms.list() }, 200))
+    .openapi(listVms, (c) => c.body(deps.vms.listJson(), 200, { 'content-type': 'application/json' }) as never)
     .openapi(getVm, (c) => c.json(mustGet(c.req.valid('param').id), 200))
     .openapi(createVm, (c) => {
       const body = c.req.valid('json');
