@@ -182,3 +182,28 @@ test('the log flag and log action are accepted by the kernel', () => {
   assert.equal(r.status, 0, JSON.stringify(r));
   assert.match(r.stdout, /ppid true/);
 });
+
+test('a 360-rule program with long-jump trampolines is accepted by the kernel and enforced', () => {
+  const r = child(`
+    import { compilePolicy } from ${JSON.stringify(new URL('./compiler.js', import.meta.url).href)};
+    import { SYSCALLS_X86_64 } from ${JSON.stringify(new URL('./syscalls-x86_64.js', import.meta.url).href)};
+    import { openSync, ftruncateSync, unlinkSync } from 'node:fs';
+    // Every syscall gets a rule that only fires on a magic first argument; ftruncate gets one on
+    // its 64-bit length. Default allow, so the process keeps running.
+    const rules = Object.keys(SYSCALLS_X86_64).map((name, i) => ({ syscall: name, action: 'kill_process', args: [{ arg: 0, op: '==', value: 0xdead00000000n + BigInt(i) }] }));
+    rules.unshift({ syscall: 'ftruncate', action: 'errno(EFBIG)', args: [{ arg: 1, op: '==', value: 2n ** 40n + 7n }] });
+    const policy = { defaultAction: 'allow', rules };
+    const c = compilePolicy(policy);
+    console.log('insns ' + c.instructions.length + ' trampolines ' + c.trampolines);
+    installPolicy(policy);
+    const f = '/tmp/seccomp-big-' + process.pid;
+    const fd = openSync(f, 'w');
+    const t = (n) => { try { ftruncateSync(fd, n); return 'ok'; } catch (e) { return e.code; } };
+    console.log('small ' + t(10) + ' magic ' + t(2 ** 40 + 7) + ' near ' + t(2 ** 40 + 6));
+    unlinkSync(f);
+  `);
+  assert.equal(r.status, 0, JSON.stringify(r));
+  const m = /insns (\d+) trampolines (\d+)/.exec(r.stdout);
+  assert.ok(m && Number(m[2]) > 0, r.stdout);
+  assert.match(r.stdout, /small ok magic EFBIG near ok/);
+});
