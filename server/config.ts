@@ -24,7 +24,34 @@ const EnvSchema = z.object({
   CAPSULE_DEFAULT_HYPERVISOR: z.enum(['qemu', 'native']).optional(),
   CAPSULE_QEMU: z.string().default('qemu-system-x86_64'),
   CAPSULE_MAX_BODY_BYTES: intFromEnv(64 * 1024, 128, 64 * 1024 * 1024),
+  /** The VMM jail (docs/jail.md): auto = on where the host allows it, on = required, off. */
+  CAPSULE_JAIL: z.enum(['auto', 'on', 'off']).default('auto'),
+  /** One fixed uid (and gid) for every jailed VMM; unset: a per-VM uid from the range below. */
+  CAPSULE_JAIL_UID: z.coerce.number().int().min(1).max(0xfffffffe).optional(),
+  CAPSULE_JAIL_GID: z.coerce.number().int().min(1).max(0xfffffffe).optional(),
+  CAPSULE_JAIL_UID_BASE: intFromEnv(100_000, 1, 0xfffffffe),
+  CAPSULE_JAIL_UID_COUNT: intFromEnv(65_536, 1, 0x7fffffff),
+  /** RLIMIT_NOFILE and RLIMIT_FSIZE (MiB) of a jailed VMM. */
+  CAPSULE_JAIL_NOFILE: intFromEnv(1024, 64, 1 << 20),
+  CAPSULE_JAIL_FSIZE_MIB: intFromEnv(64, 1, 1 << 20),
+  /** Memory cgroup limit = guest memory + this much for the VMM itself. */
+  CAPSULE_JAIL_MEMORY_OVERHEAD_MIB: intFromEnv(256, 0, 1 << 20),
+  /** Cgroup under which capsule/<id> is created (relative to each hierarchy); default: the server's own. */
+  CAPSULE_CGROUP_PARENT: z.string().regex(/^\/[^\0]*$/, 'must be an absolute cgroup path').optional(),
 });
+
+export interface JailConfig {
+  mode: 'auto' | 'on' | 'off';
+  /** A fixed uid/gid, or a range [uidBase, uidBase + uidCount) that per-VM ids map into. */
+  uid: number | undefined;
+  gid: number | undefined;
+  uidBase: number;
+  uidCount: number;
+  nofile: number;
+  fsizeBytes: number;
+  memoryOverheadMiB: number;
+  cgroupParent: string | undefined;
+}
 
 export interface Config {
   port: number;
@@ -42,6 +69,7 @@ export interface Config {
   defaultHypervisor: 'qemu' | 'native' | undefined;
   qemuBinary: string;
   maxBodyBytes: number;
+  jail: JailConfig;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -68,5 +96,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     defaultHypervisor: e.CAPSULE_DEFAULT_HYPERVISOR,
     qemuBinary: e.CAPSULE_QEMU,
     maxBodyBytes: e.CAPSULE_MAX_BODY_BYTES,
+    jail: {
+      mode: e.CAPSULE_JAIL,
+      uid: e.CAPSULE_JAIL_UID,
+      gid: e.CAPSULE_JAIL_GID ?? e.CAPSULE_JAIL_UID,
+      uidBase: e.CAPSULE_JAIL_UID_BASE,
+      uidCount: e.CAPSULE_JAIL_UID_COUNT,
+      nofile: e.CAPSULE_JAIL_NOFILE,
+      fsizeBytes: e.CAPSULE_JAIL_FSIZE_MIB * 1024 * 1024,
+      memoryOverheadMiB: e.CAPSULE_JAIL_MEMORY_OVERHEAD_MIB,
+      cgroupParent: e.CAPSULE_CGROUP_PARENT,
+    },
   };
 }

@@ -18,6 +18,7 @@ import { Supervisor } from './supervisor/index.js';
 import { ensureDefaultImage, registerImages } from './images/registry.js';
 import { createApp } from './api/app.js';
 import { probeKvm } from '../vmm/kvm/probe.js';
+import { Jail } from './jail/index.js';
 
 const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -54,12 +55,16 @@ async function main(): Promise<void> {
   ]);
   // The native VMM is the default wherever it can run; QEMU (TCG) is the portable fallback.
   const defaultHypervisor: HypervisorName = config.defaultHypervisor ?? (native.availability().available ? 'native' : 'qemu');
-  const supervisor = new Supervisor({ vms, images, hub, hypervisors, vmsDir: config.vmsDir, stopTimeoutMs: config.stopTimeoutMs, log });
+  const jail = new Jail(config.jail, log);
+  const jailStatus = jail.status();
+  if (config.jail.mode !== 'off' && !jail.enabled) log.warn({ reasons: jailStatus.reasons }, `VMMs are not jailed: ${jail.unavailableReason()}`);
+  else log.info({ enabled: jailStatus.enabled, cgroups: jailStatus.cgroups, reasons: jailStatus.reasons }, 'VMM jail');
+  const supervisor = new Supervisor({ vms, images, hub, hypervisors, vmsDir: config.vmsDir, stopTimeoutMs: config.stopTimeoutMs, log, jail });
   await supervisor.reattachAll();
 
   const webDir = join(REPO_ROOT, 'dist', 'web');
   if (!existsSync(join(webDir, 'index.html'))) log.warn({ webDir }, 'web UI not built (npm run build)');
-  const { app, injectWebSocket } = createApp({ config, log, vms, images, tokens, hub, supervisor, hypervisors, kvm: kvm.available, defaultHypervisor, webDir });
+  const { app, injectWebSocket } = createApp({ config, log, vms, images, tokens, hub, supervisor, hypervisors, kvm: kvm.available, defaultHypervisor, webDir, jail: jailStatus });
   const server = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info) => {
     log.info({ url: `http://${config.host}:${info.port}`, port: info.port, kvm: kvm.available, kvmReason: kvm.reason }, 'listening');
   });

@@ -11,6 +11,7 @@ import type { EventHub } from '../events/hub.js';
 import type { Hypervisor } from '../hypervisors/types.js';
 import type { HypervisorName } from '../db/vms.js';
 import type { Supervisor } from '../supervisor/index.js';
+import type { JailStatus } from '../jail/index.js';
 import { BucketMap } from '../util/leaky-bucket.js';
 import { requireToken, rateLimit, type AuthVariables } from '../auth/middleware.js';
 import { errorResponse, onError, validationError } from './errors.js';
@@ -33,6 +34,8 @@ export interface AppDeps {
   kvm: boolean;
   defaultHypervisor: HypervisorName;
   webDir: string;
+  /** The VMM jail's state (probed once at start). */
+  jail?: JailStatus;
 }
 
 export type AppEnv = { Variables: AuthVariables };

@@ -4,7 +4,7 @@ import { newRouter, type AppDeps } from './app.js';
 
 const health = createRoute({
   method: 'get', path: '/health', tags: ['health'], security: [],
-  summary: 'Liveness, KVM availability and the usable hypervisors',
+  summary: 'Liveness, KVM availability, the usable hypervisors and the VMM jail',
   responses: { 200: { description: 'the server is up', content: { 'application/json': { schema: HealthSchema } } } },
 });
 
@@ -13,6 +13,7 @@ export function healthRoutes(deps: AppDeps) {
     const usable = [...deps.hypervisors.values()].filter((h) => h.availability().available).map((h) => h.name);
     const details: Record<string, string> = {};
     for (const h of deps.hypervisors.values()) details[h.name] = h.availability().reason;
-    return c.json({ status: 'ok' as const, kvm: deps.kvm, hypervisors: usable, defaultHypervisor: deps.defaultHypervisor, details }, 200);
+    const jail = deps.jail ?? { enabled: false, user: false, namespaces: false, cgroups: false, rlimits: false, reasons: { jail: 'not configured' } };
+    return c.json({ status: 'ok' as const, kvm: deps.kvm, hypervisors: usable, defaultHypervisor: deps.defaultHypervisor, details, jail }, 200);
   });
 }

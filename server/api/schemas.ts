@@ -48,6 +48,14 @@ export const HealthSchema = z.object({
   hypervisors: z.array(z.enum(['qemu', 'native'])),
   defaultHypervisor: z.enum(['qemu', 'native']).optional(),
   details: z.record(z.string(), z.string()).optional(),
+  jail: z.object({
+    enabled: z.boolean().openapi({ description: 'VMMs started now run in the jail (docs/jail.md)' }),
+    user: z.boolean().openapi({ description: 'jailed VMMs run as an unprivileged per-VM user, without capabilities' }),
+    namespaces: z.boolean().openapi({ description: 'jailed VMMs run in their own mount and PID namespaces, chrooted into their VM directory' }),
+    cgroups: z.boolean().openapi({ description: 'jailed VMMs run in their own cgroups with CPU and memory limits' }),
+    rlimits: z.boolean().openapi({ description: 'jailed VMMs run under RLIMIT_NOFILE and RLIMIT_FSIZE' }),
+    reasons: z.record(z.string(), z.string()).openapi({ description: 'per step (and "jail"): what is applied, or why it is not' }),
+  }).openapi('JailStatus'),
 }).openapi('Health');
 
 export const IdParams = z.object({ id: z.string().min(1).openapi({ param: { name: 'id', in: 'path' } }) });

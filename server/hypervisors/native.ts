@@ -4,7 +4,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Image } from '../db/images.js';
 import type { Vm } from '../db/vms.js';
-import type { Availability, Hypervisor, LaunchCommand, VmPaths } from './types.js';
+import type { Availability, ForegroundPaths, Hypervisor, LaunchCommand, VmPaths } from './types.js';
 
 const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 export const VMM_BIN = join(REPO_ROOT, 'bin', 'capsule-vmm');
@@ -25,6 +25,34 @@ export class NativeHypervisor implements Hypervisor {
 
   launchCommand(vm: Vm, image: Image, paths: VmPaths): LaunchCommand {
     const args = [
+      ...this.commonArgs(vm, image, paths),
+      '-pidfile', paths.pidfile,
+      '-D', paths.log,
+      '-daemonize',
+      ...this.extraArgs,
+    ];
+    return { command: process.execPath, args, env: this.env() };
+  }
+
+  /** In the foreground a bare -D logs to stderr, which the jail points at the VM's log. */
+  foregroundCommand(vm: Vm, image: Image, paths: ForegroundPaths): LaunchCommand {
+    return { command: process.execPath, args: [...this.commonArgs(vm, image, paths), '-D', ...this.extraArgs], env: this.env() };
+  }
+
+  /** Node's shared libraries, and the repository pieces bin/capsule-vmm loads (at their host paths). */
+  jailFiles(): string[] {
+    return [
+      '/lib', '/lib64', '/usr/lib', '/usr/lib64',
+      join(REPO_ROOT, 'package.json'), join(REPO_ROOT, 'bin'), join(REPO_ROOT, 'dist'), join(REPO_ROOT, 'node_modules'),
+    ];
+  }
+
+  usesKvm(): boolean {
+    return true;
+  }
+
+  private commonArgs(vm: Vm, image: Image, paths: ForegroundPaths): string[] {
+    return [
       VMM_BIN,
       '-machine', 'microvm',
       '-smp', String(vm.vcpus),
@@ -34,11 +62,10 @@ export class NativeHypervisor implements Hypervisor {
       '-append', vm.cmdline ?? image.cmdline,
       '-chardev', `id=console,path=${paths.consoleSocket}`,
       '-api-channel', `unix:${paths.qmpSocket}`,
-      '-pidfile', paths.pidfile,
-      '-D', paths.log,
-      '-daemonize',
-      ...this.extraArgs,
     ];
-    return { command: process.execPath, args, env: { CAPSULE_LOG_LEVEL: process.env.CAPSULE_VMM_LOG_LEVEL ?? 'info' } };
+  }
+
+  private env(): NodeJS.ProcessEnv {
+    return { CAPSULE_LOG_LEVEL: process.env.CAPSULE_VMM_LOG_LEVEL ?? 'info' };
   }
 }

@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { probeKvm } from '../../vmm/kvm/probe.js';
 import type { Image } from '../db/images.js';
 import type { Vm } from '../db/vms.js';
-import type { Availability, Hypervisor, LaunchCommand, VmPaths } from './types.js';
+import type { Availability, ForegroundPaths, Hypervisor, LaunchCommand, VmPaths } from './types.js';
 
 export class QemuHypervisor implements Hypervisor {
   readonly name = 'qemu' as const;
@@ -45,10 +45,41 @@ export class QemuHypervisor implements Hypervisor {
   }
 
   launchCommand(vm: Vm, image: Image, paths: VmPaths): LaunchCommand {
+    const args = [
+      ...this.commonArgs(vm, image, paths),
+      '-pidfile', paths.pidfile,
+      // -D keeps stderr (our log file) open after -daemonize instead of /dev/null.
+      '-D', paths.log,
+      '-msg', 'timestamp=on',
+      '-daemonize',
+    ];
+    // elevateprivileges=deny and spawn=deny break -daemonize (setsid, fork) in QEMU 7.2.
+    if (this.sandboxSupported()) args.push('-sandbox', 'on,obsolete=deny,resourcecontrol=deny');
+    return { command: this.binary, args };
+  }
+
+  foregroundCommand(vm: Vm, image: Image, paths: ForegroundPaths): LaunchCommand {
+    const args = [...this.commonArgs(vm, image, paths), '-msg', 'timestamp=on'];
+    // In the foreground QEMU neither forks nor calls setsid: the whole sandbox applies.
+    if (this.sandboxSupported()) args.push('-sandbox', 'on,obsolete=deny,resourcecontrol=deny,elevateprivileges=deny,spawn=deny');
+    return { command: this.binary, args };
+  }
+
+  jailFiles(): string[] {
+    // Shared libraries (and QEMU's modules under /usr/lib/x86_64-linux-gnu/qemu), the dynamic
+    // loader, and the firmware search path Debian builds in (/usr/share/qemu, seabios, ipxe).
+    return ['/lib', '/lib64', '/usr/lib', '/usr/lib64', '/usr/share/qemu', '/usr/share/seabios'];
+  }
+
+  usesKvm(): boolean {
+    return this.kvm;
+  }
+
+  private commonArgs(vm: Vm, image: Image, paths: ForegroundPaths): string[] {
     const machine = this.kvm
       ? ['-M', 'microvm,acpi=on,rtc=on,pit=on,pic=on,isa-serial=on', '-accel', 'kvm', '-cpu', 'host']
       : ['-M', 'pc', '-accel', 'tcg'];
-    const args = [
+    return [
       '-name', `capsule-${vm.id},process=capsule-${vm.id}`,
       ...machine,
       '-smp', String(vm.vcpus),
@@ -60,14 +91,6 @@ export class QemuHypervisor implements Hypervisor {
       '-chardev', `socket,id=console,path=${paths.consoleSocket},server=on,wait=off`,
       '-serial', 'chardev:console',
       '-qmp', `unix:${paths.qmpSocket},server=on,wait=off`,
-      '-pidfile', paths.pidfile,
-      // -D keeps stderr (our log file) open after -daemonize instead of /dev/null.
-      '-D', paths.log,
-      '-msg', 'timestamp=on',
-      '-daemonize',
     ];
-    // elevateprivileges=deny and spawn=deny break -daemonize (setsid, fork) in QEMU 7.2.
-    if (this.sandboxSupported()) args.push('-sandbox', 'on,obsolete=deny,resourcecontrol=deny');
-    return { command: this.binary, args };
   }
 }

@@ -19,6 +19,12 @@ export interface LaunchCommand {
   env?: NodeJS.ProcessEnv;
 }
 
+/** Where a jailed VMM finds its sockets: paths inside its root (the VM directory). */
+export interface ForegroundPaths {
+  qmpSocket: string;
+  consoleSocket: string;
+}
+
 export interface Availability {
   available: boolean;
   reason: string;
@@ -34,6 +40,17 @@ export interface Hypervisor {
    * guest power-off.
    */
   launchCommand(vm: Vm, image: Image, paths: VmPaths): LaunchCommand;
+  /**
+   * The same VMM for the jail (server/jail): in the foreground (no daemonizing, no pidfile),
+   * logging to stderr. `image` and `paths` hold the paths the VMM sees inside its root. The
+   * command may be a bare name (looked up in PATH on the host, then bound into the root).
+   */
+  foregroundCommand(vm: Vm, image: Image, paths: ForegroundPaths): LaunchCommand;
+  /** Host files and directories the VMM needs besides its command (libraries, firmware,
+   *  scripts), bound read-only into the jail at the same paths; missing ones are skipped. */
+  jailFiles(): string[];
+  /** Whether the VMM opens /dev/kvm (the jail then gets its own node for it). */
+  usesKvm(): boolean;
   /** Whether QMP system_reset ends the VMM process (the supervisor then relaunches it). */
   readonly resetExits: boolean;
   /** What this backend accepts beyond the API's own bounds. */

@@ -2,7 +2,7 @@
 // client and one console bridge per VMM, turns QMP events and VMM exits into VM states,
 // and reattaches to running VMMs when the server starts again.
 import { spawn } from 'node:child_process';
-import { mkdirSync, openSync, closeSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, openSync, closeSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ConsoleBridge } from '../console/bridge.js';
@@ -10,6 +10,7 @@ import type { EventHub } from '../events/hub.js';
 import type { ImageStore } from '../db/images.js';
 import type { Vm, VmState, VmStore, HypervisorName } from '../db/vms.js';
 import type { Hypervisor, VmPaths } from '../hypervisors/types.js';
+import type { Jail } from '../jail/index.js';
 import { QmpClient, type QmpEvent } from '../qmp/client.js';
 import { isAlive, isOurProcess, kill, readPidfile, removeFiles, waitForExit } from './process.js';
 
@@ -45,6 +46,8 @@ export interface SupervisorDeps {
   vmsDir: string;
   stopTimeoutMs: number;
   log: Logger;
+  /** The VMM jail (server/jail); absent or disabled: VMMs daemonize as they did before it. */
+  jail?: Jail;
 }
 
 export class Supervisor {
@@ -178,26 +181,46 @@ export class Supervisor {
       throw new ApiError(409, 'hypervisor_unavailable', `hypervisor ${vm.hypervisor} is not available on this host: ${hypervisor?.availability().reason ?? 'unknown'}`);
     }
     if (!image) throw new ApiError(409, 'image_missing', `image ${vm.image} is no longer registered`);
+    const jail = this.d.jail;
+    if (jail?.mode === 'on' && !jail.enabled) throw new ApiError(409, 'jail_unavailable', `CAPSULE_JAIL=on: ${jail.unavailableReason()}`);
     const paths = this.paths(vm.id);
     mkdirSync(paths.dir, { recursive: true, mode: 0o700 });
     removeFiles(paths.pidfile, paths.qmpSocket, paths.consoleSocket);
     this.setState(vm.id, 'starting');
-    const { command, args, env } = hypervisor.launchCommand(vm, image, paths);
-    this.d.log.info({ vm: vm.id, command, reason }, 'launching VMM');
     let pid: number | undefined;
     try {
-      await this.runLauncher(command, args, env, paths.log);
-      pid = readPidfile(paths.pidfile);
-      if (pid === undefined) throw new Error(`the VMM wrote no pidfile (${paths.pidfile})`);
-      const consoleBridge = new ConsoleBridge(paths.consoleSocket);
-      await consoleBridge.connect();
-      const livePid = pid;
-      const qmp = await QmpClient.connectWithRetry(paths.qmpSocket, 10_000, () => isAlive(livePid));
+      let consoleBridge: ConsoleBridge;
+      let qmp: QmpClient;
+      if (jail?.enabled) {
+        // Jailed: the VMM runs in the foreground under `unshare`, whose host pid we track
+        // (it lives as long as the VMM; killing it kills the VMM). Ready = QMP answers.
+        const cmd = jail.prepare(hypervisor, vm, image, paths);
+        this.d.log.info({ vm: vm.id, hypervisor: hypervisor.name, uid: cmd.uid, gid: cmd.gid, reason }, 'launching jailed VMM');
+        const livePid = pid = await this.spawnDetached(cmd.command, cmd.args, cmd.env, paths.log);
+        writeFileSync(paths.pidfile, `${pid}\n`, { mode: 0o644 });
+        qmp = await QmpClient.connectWithRetry(paths.qmpSocket, LAUNCH_TIMEOUT_MS, () => isAlive(livePid)).catch((e: Error) => {
+          throw new Error(`${e.message}: ${this.tail(paths.log)}`);
+        });
+        consoleBridge = new ConsoleBridge(paths.consoleSocket);
+        await consoleBridge.connect().catch((e) => { qmp.close(); throw e; });
+      } else {
+        const { command, args, env } = hypervisor.launchCommand(vm, image, paths);
+        this.d.log.info({ vm: vm.id, command, reason }, 'launching VMM');
+        await this.runLauncher(command, args, env, paths.log);
+        pid = readPidfile(paths.pidfile);
+        if (pid === undefined) throw new Error(`the VMM wrote no pidfile (${paths.pidfile})`);
+        consoleBridge = new ConsoleBridge(paths.consoleSocket);
+        await consoleBridge.connect();
+        const livePid = pid;
+        qmp = await QmpClient.connectWithRetry(paths.qmpSocket, 10_000, () => isAlive(livePid));
+      }
       this.track(vm.id, pid, hypervisor, qmp, consoleBridge, undefined);
       this.setState(vm.id, 'running', pid);
     } catch (e) {
       if (pid !== undefined) kill(pid);
+      if (pid !== undefined && jail?.enabled) await waitForExit(pid, 5000);
       removeFiles(paths.pidfile, paths.qmpSocket, paths.consoleSocket);
+      await jail?.cleanup(vm.id, paths.dir);
       const message = `VMM launch failed: ${(e as Error).message}`;
       this.setState(vm.id, 'crashed');
       this.d.hub.publish(vm.id, 'CRASHED', { reason: message });
@@ -218,6 +241,23 @@ export class Supervisor {
         else reject(new Error(`${command} exited with ${signal ?? code}: ${this.tail(logPath)}`));
       });
     }).finally(() => closeSync(logFd));
+  }
+
+  /** Starts a foreground VMM command in its own session, stdout/stderr on the log; resolves its pid. */
+  private spawnDetached(command: string, args: string[], env: Record<string, string>, logPath: string): Promise<number> {
+    const logFd = openSync(logPath, 'a', 0o600);
+    try {
+      // The environment is the jail's alone: nothing of the server's reaches the VMM.
+      const child = spawn(command, args, { stdio: ['ignore', logFd, logFd], detached: true, env });
+      child.unref();
+      if (child.pid !== undefined) {
+        child.on('error', () => { /* reported through its exit */ });
+        return Promise.resolve(child.pid);
+      }
+      return new Promise((_, reject) => child.once('error', reject));
+    } finally {
+      closeSync(logFd);
+    }
   }
 
   private tail(path: string): string {
@@ -261,6 +301,7 @@ export class Supervisor {
     this.live.delete(live.id);
     const paths = this.paths(live.id);
     removeFiles(paths.pidfile, paths.qmpSocket, paths.consoleSocket);
+    await this.d.jail?.cleanup(live.id, paths.dir);
     if (!this.d.vms.get(live.id)) return; // deleted meanwhile
     const guestReset = live.shutdownReason === 'guest-reset';
     if (live.intent === 'reboot') {
@@ -337,6 +378,7 @@ export class Supervisor {
       }
     }
     removeFiles(paths.pidfile, paths.qmpSocket, paths.consoleSocket);
+    await this.d.jail?.cleanup(vm.id, paths.dir);
     if (vm.state === 'stopping') {
       this.setState(vm.id, 'stopped');
     } else {

@@ -1,0 +1,252 @@
+// The VMM jail (docs/jail.md), after Firecracker's jailer: each VMM runs as an unprivileged
+// per-VM user, in new mount and PID namespaces, chrooted into its VM directory with only what
+// it needs bound in (read-only), under rlimits, in its own cgroups where the host allows.
+// This module probes what the host allows (once, at start), reports it for GET /v1/health,
+// turns a backend's foreground command into the jailed one, and cleans up after a VMM.
+import { execFileSync } from 'node:child_process';
+import { chmodSync, chownSync, closeSync, lstatSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { JailConfig } from '../config.js';
+import type { Image } from '../db/images.js';
+import type { Vm } from '../db/vms.js';
+import type { Hypervisor, VmPaths } from '../hypervisors/types.js';
+import { CgroupManager } from './cgroups.js';
+import { buildJailCommand, imageInRoot, IN_ROOT_PATHS, jailIdentity, type JailTools } from './command.js';
+import { realFile, resolveHostPaths, which } from './host.js';
+
+export interface JailStatus {
+  /** VMMs started now are jailed. */
+  enabled: boolean;
+  /** Each step is true when jailed VMMs get it. */
+  user: boolean;
+  namespaces: boolean;
+  cgroups: boolean;
+  rlimits: boolean;
+  /** Per step (and `jail` for the whole): what is applied, or why not. */
+  reasons: Record<string, string>;
+}
+
+interface Step {
+  ok: boolean;
+  reason: string;
+}
+
+/** Files in a VM directory that are not the jail's (everything else there is the jail's root skeleton). */
+const VM_FILES = new Set(['vmm.log']);
+
+function run(cmd: string, args: string[]): void {
+  execFileSync(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 10_000 });
+}
+
+function errText(e: unknown): string {
+  const err = e as { stderr?: Buffer; message: string };
+  return (err.stderr?.toString().trim() || err.message).split('\n')[0]!;
+}
+
+export class Jail {
+  readonly mode: JailConfig['mode'];
+  private readonly tools: JailTools | undefined;
+  private readonly steps: { user: Step; namespaces: Step; rlimits: Step };
+  readonly cgroups: CgroupManager;
+  readonly enabled: boolean;
+
+  constructor(private readonly cfg: JailConfig, private readonly log?: Logger) {
+    this.mode = cfg.mode;
+    if (cfg.mode === 'off') {
+      const off = { ok: false, reason: 'CAPSULE_JAIL=off' };
+      this.steps = { user: off, namespaces: off, rlimits: off };
+      this.cgroups = CgroupManager.unavailable('CAPSULE_JAIL=off');
+      this.enabled = false;
+      return;
+    }
+    const names = ['sh', 'unshare', 'setpriv', 'prlimit', 'mount', 'chroot', 'mknod', 'mkdir', 'ln', 'chown'] as const;
+    const found = Object.fromEntries(names.map((n) => [n, which(n)])) as Record<(typeof names)[number], string | undefined>;
+    const missing = (...ns: Array<(typeof names)[number]>) => ns.filter((n) => !found[n]);
+    const complete = missing(...names).length === 0;
+    this.tools = complete ? (found as JailTools) : undefined;
+    const root = process.getuid?.() === 0;
+    this.steps = {
+      user: this.probeUser(root, found.setpriv, missing('setpriv', 'chown')),
+      namespaces: this.probeNamespaces(root, found, missing('unshare', 'sh', 'mount', 'chroot', 'mknod', 'mkdir', 'ln')),
+      rlimits: this.probeRlimits(found.prlimit),
+    };
+    this.enabled = complete && this.steps.user.ok && this.steps.namespaces.ok && this.steps.rlimits.ok;
+    this.cgroups = this.enabled ? CgroupManager.detect(cfg.cgroupParent) : CgroupManager.unavailable('the jail is not enabled');
+  }
+
+  status(): JailStatus {
+    const s = this.steps;
+    const reasons: Record<string, string> = {
+      jail: this.enabled ? `CAPSULE_JAIL=${this.mode}: every VMM is jailed` : this.mode === 'off' ? 'CAPSULE_JAIL=off' : `CAPSULE_JAIL=${this.mode}: ${this.unavailableReason()}`,
+      user: s.user.reason,
+      namespaces: s.namespaces.reason,
+      rlimits: s.rlimits.reason,
+      cgroups: this.cgroups.reason,
+    };
+    return {
+      enabled: this.enabled,
+      user: this.enabled && s.user.ok,
+      namespaces: this.enabled && s.namespaces.ok,
+      cgroups: this.enabled && this.cgroups.available,
+      rlimits: this.enabled && s.rlimits.ok,
+      reasons,
+    };
+  }
+
+  /** Why the jail cannot be used (names the missing steps). */
+  unavailableReason(): string {
+    const bad = (['user', 'namespaces', 'rlimits'] as const).filter((k) => !this.steps[k].ok).map((k) => `${k}: ${this.steps[k].reason}`);
+    return bad.length > 0 ? `the jail cannot be applied here (${bad.join('; ')})` : 'the jail is available';
+  }
+
+  /**
+   * Prepares a jailed launch: cleans the VM directory of any old skeleton, makes it the VMM's
+   * (root:jail-gid, 1770: the VMM creates its sockets there but cannot replace the server's
+   * files), creates the VM's cgroups, and returns the command to spawn detached. The command's
+   * process is the host pid to track: it lives exactly as long as the VMM, and killing it kills
+   * the VMM.
+   */
+  prepare(hypervisor: Hypervisor, vm: Vm, image: Image, paths: VmPaths): { command: string; args: string[]; env: Record<string, string>; uid: number; gid: number; script: string } {
+    if (!this.enabled || !this.tools) throw new Error(this.unavailableReason());
+    this.cleanRoot(paths.dir);
+    const { uid, gid } = jailIdentity(vm.id, this.cfg);
+    chownSync(paths.dir, 0, gid);
+    chmodSync(paths.dir, 0o1770);
+    this.trimLog(paths.log);
+    const inRoot = imageInRoot({ ...image, kernel: realFile(image.kernel), ...(image.initrd ? { initrd: realFile(image.initrd) } : {}) });
+    const fg = hypervisor.foregroundCommand(vm, inRoot.image, IN_ROOT_PATHS);
+    const command = which(fg.command);
+    if (!command) throw new Error(`${fg.command} not found in PATH`);
+    const host = resolveHostPaths([realFile(command), this.tools.setpriv, ...hypervisor.jailFiles()]);
+    const cgroupProcs = this.cgroups.create(vm.id, {
+      vcpus: vm.vcpus,
+      memoryBytes: (vm.memoryMiB + this.cfg.memoryOverheadMiB) * 1024 * 1024,
+    });
+    const env: Record<string, string> = {};
+    for (const [k, v] of Object.entries(fg.env ?? {})) if (v !== undefined) env[k] = v;
+    const built = buildJailCommand({
+      vmId: vm.id,
+      root: paths.dir,
+      uid, gid,
+      nofile: this.cfg.nofile,
+      fsizeBytes: this.cfg.fsizeBytes,
+      mounts: [...host.mounts, ...inRoot.mounts],
+      symlinks: host.symlinks,
+      kvm: hypervisor.usesKvm() && existsDevice('/dev/kvm'),
+      cgroupProcs,
+      command: realFile(command),
+      args: fg.args,
+      env,
+      tools: this.tools,
+    });
+    return { command: built.command, args: built.args, env: built.env, uid, gid, script: built.script };
+  }
+
+  /** After a VMM is gone: remove its cgroups and its root's skeleton. Idempotent. */
+  async cleanup(id: string, dir: string): Promise<void> {
+    try {
+      await this.cgroups.remove(id);
+    } catch (e) {
+      this.log?.warn({ vm: id, err: (e as Error).message }, 'cgroup removal failed');
+    }
+    this.cleanRoot(dir);
+  }
+
+  /**
+   * Removes everything in a VM directory but the log: the pidfile, sockets, and the jail's
+   * skeleton (mount points, links, anything the VMM created in its root). Refuses if anything
+   * is mounted below the directory in the server's mount namespace (the jail's mounts live in
+   * the VMM's private namespace and vanish with it; one here would be a bug, and removing
+   * through it would delete host files).
+   */
+  cleanRoot(dir: string): void {
+    let entries: string[];
+    try {
+      entries = readdirSync(dir);
+    } catch {
+      return;
+    }
+    const prefix = dir.endsWith('/') ? dir : `${dir}/`;
+    const mounted = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => (l.split(' ')[4] ?? '').startsWith(prefix));
+    if (mounted) {
+      this.log?.error({ dir }, 'something is mounted inside a VM directory; not cleaning it');
+      return;
+    }
+    for (const e of entries) if (!VM_FILES.has(e)) rmSync(join(dir, e), { recursive: true, force: true });
+  }
+
+  /**
+   * RLIMIT_FSIZE caps the log file (the VMM writes it through stderr): a log already past half
+   * the cap keeps only its last quarter, so the VMM starts with room to write.
+   */
+  private trimLog(path: string): void {
+    let size: number;
+    try {
+      const st = lstatSync(path);
+      if (!st.isFile()) { rmSync(path, { force: true }); return; }
+      size = st.size;
+    } catch {
+      return;
+    }
+    if (size <= this.cfg.fsizeBytes / 2) return;
+    const keep = Math.floor(this.cfg.fsizeBytes / 4);
+    const buf = Buffer.alloc(keep);
+    const fd = openSync(path, 'r');
+    try {
+      readSync(fd, buf, 0, keep, size - keep);
+    } finally {
+      closeSync(fd);
+    }
+    writeFileSync(path, Buffer.concat([Buffer.from(`[capsule: log trimmed to its last ${keep} bytes]\n`), buf]), { mode: 0o600 });
+  }
+
+  private probeUser(root: boolean, setpriv: string | undefined, missing: string[]): Step {
+    if (!root) return { ok: false, reason: `the server runs as uid ${process.getuid?.()}, not root: it cannot give VMMs their own user` };
+    if (missing.length > 0) return { ok: false, reason: `missing tools: ${missing.join(', ')} (util-linux, coreutils)` };
+    const { uid, gid } = jailIdentity('probe', this.cfg);
+    try {
+      run(setpriv!, [`--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', '--no-new-privs', '--inh-caps=-all', '--bounding-set=-all', '--', which('true') ?? '/bin/true']);
+    } catch (e) {
+      return { ok: false, reason: `setpriv cannot drop to uid ${uid}: ${errText(e)}` };
+    }
+    const range = this.cfg.uid !== undefined ? `uid ${this.cfg.uid}, gid ${this.cfg.gid ?? this.cfg.uid}` : `a per-VM uid/gid in [${this.cfg.uidBase}, ${this.cfg.uidBase + this.cfg.uidCount})`;
+    return { ok: true, reason: `setpriv: ${range}, no groups, no capabilities, no_new_privs` };
+  }
+
+  private probeNamespaces(root: boolean, t: Partial<JailTools>, missing: string[]): Step {
+    if (!root) return { ok: false, reason: 'mount namespaces, bind mounts and chroot need root' };
+    if (missing.length > 0) return { ok: false, reason: `missing tools: ${missing.join(', ')} (util-linux, coreutils)` };
+    const dir = mkdtempSync(join(tmpdir(), 'capsule-jail-probe-'));
+    try {
+      run(t.unshare!, ['--fork', '--pid', '--mount', '--propagation', 'private', '--kill-child', '--', t.sh!, '-c',
+        'test $$ = 1 || { echo "not pid 1 in the new PID namespace" >&2; exit 1; }; "$1" -t tmpfs -o size=4k capsule-probe "$2" && "$1" -t proc proc "$2"',
+        'sh', t.mount!, dir]);
+    } catch (e) {
+      return { ok: false, reason: `unshare --pid --mount failed: ${errText(e)}` };
+    } finally {
+      try { rmdirSync(dir); } catch { /* left for tmp cleaners */ }
+    }
+    return { ok: true, reason: 'new mount and PID namespaces; root = the VM directory (chroot) with read-only binds, private /proc, tmpfs /dev and /tmp' };
+  }
+
+  private probeRlimits(prlimit: string | undefined): Step {
+    if (!prlimit) return { ok: false, reason: 'prlimit (util-linux) is missing' };
+    const lim = [`--nofile=${this.cfg.nofile}:${this.cfg.nofile}`, `--fsize=${this.cfg.fsizeBytes}:${this.cfg.fsizeBytes}`];
+    try {
+      run(prlimit, [...lim, '--', which('true') ?? '/bin/true']);
+    } catch (e) {
+      return { ok: false, reason: `prlimit failed: ${errText(e)}` };
+    }
+    return { ok: true, reason: `RLIMIT_NOFILE ${this.cfg.nofile}, RLIMIT_FSIZE ${this.cfg.fsizeBytes} bytes` };
+  }
+}
+
+function existsDevice(p: string): boolean {
+  try {
+    return statSync(p).isCharacterDevice();
+  } catch {
+    return false;
+  }
+}
