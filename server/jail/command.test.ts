@@ -1,0 +1,185 @@
+// The jail's command builder and host-path resolution: pure functions, checked on the real
+// backends' foreground commands (QEMU and the native VMM) and, for quoting, through a real sh.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { lstatSync, readlinkSync } from 'node:fs';
+import { buildJailCommand, imageInRoot, IN_ROOT_PATHS, jailIdentity, shellQuote, validateSpec, type JailSpec, type JailTools } from './command.js';
+import { resolveHostPaths, which } from './host.js';
+import { QemuHypervisor } from '../hypervisors/qemu.js';
+import { NativeHypervisor, VMM_BIN } from '../hypervisors/native.js';
+import type { Vm } from '../db/vms.js';
+import type { Image } from '../db/images.js';
+
+const VM_ID = '6f1c2d3e-0000-4000-8000-0123456789ab';
+const ROOT = `/srv/capsule/vms/${VM_ID}`;
+const vm: Vm = {
+  id: VM_ID, name: 'unit', state: 'stopped', image: 'default', hypervisor: 'qemu', vcpus: 2, memoryMiB: 512,
+  createdAt: '', updatedAt: '',
+} as Vm;
+const image: Image = { name: 'default', description: '', kernel: '/images/default/vmlinuz', initrd: '/images/default/initramfs.cpio.gz', cmdline: 'console=ttyS0', createdAt: '', updatedAt: '' };
+const tools: JailTools = {
+  sh: '/bin/sh', unshare: '/usr/bin/unshare', setpriv: '/usr/bin/setpriv', prlimit: '/usr/bin/prlimit', mount: '/usr/bin/mount',
+  chroot: '/usr/sbin/chroot', mknod: '/usr/bin/mknod', mkdir: '/usr/bin/mkdir', ln: '/usr/bin/ln', chown: '/usr/bin/chown',
+};
+const cfg = { uid: undefined, gid: undefined, uidBase: 100_000, uidCount: 65_536 };
+
+const qemu = new QemuHypervisor('/usr/bin/qemu-system-x86_64', false);
+
+function spec(over: Partial<JailSpec> = {}): JailSpec {
+  const inRoot = imageInRoot(image);
+  const fg = qemu.foregroundCommand(vm, inRoot.image, IN_ROOT_PATHS);
+  const { uid, gid } = jailIdentity(VM_ID, cfg);
+  return {
+    vmId: VM_ID, root: ROOT, uid, gid, nofile: 1024, fsizeBytes: 64 << 20,
+    mounts: [
+      { source: '/usr/lib', target: '/usr/lib', kind: 'dir' },
+      { source: '/usr/bin/qemu-system-x86_64', target: '/usr/bin/qemu-system-x86_64', kind: 'file' },
+      { source: '/usr/bin/setpriv', target: '/usr/bin/setpriv', kind: 'file' },
+      ...inRoot.mounts,
+    ],
+    symlinks: [{ path: '/lib', target: 'usr/lib' }],
+    kvm: false,
+    cgroupProcs: [`/sys/fs/cgroup/cpu/capsule/${VM_ID}/cgroup.procs`, `/sys/fs/cgroup/memory/capsule/${VM_ID}/cgroup.procs`],
+    command: fg.command, args: fg.args, env: {}, tools,
+    ...over,
+  };
+}
+
+/** The argv of the VMM line of the script (the one that starts with prlimit), parsed by a real sh. */
+function vmmArgv(script: string): string[] {
+  const line = script.split('\n').find((l) => l.startsWith(tools.prlimit))!;
+  const out = execFileSync('/bin/sh', ['-c', `set -- ${line}; for a; do printf '%s\\0' "$a"; done`], { encoding: 'utf8' });
+  return out.split('\0').slice(0, -1);
+}
+
+test('uid/gid: per VM from the range, stable, never root; or the configured fixed pair', () => {
+  const a = jailIdentity(VM_ID, cfg);
+  assert.deepEqual(a, jailIdentity(VM_ID, cfg), 'the same VM gets the same uid every launch');
+  assert.equal(a.uid, a.gid);
+  assert.ok(a.uid >= 100_000 && a.uid < 165_536);
+  const ids = new Set(Array.from({ length: 50 }, (_, i) => jailIdentity(`vm-${i}`, cfg).uid));
+  assert.ok(ids.size > 45, 'different VMs get different uids (up to hash collisions)');
+  assert.deepEqual(jailIdentity(VM_ID, { ...cfg, uid: 4242, gid: undefined }), { uid: 4242, gid: 4242 });
+  assert.deepEqual(jailIdentity(VM_ID, { ...cfg, uid: 4242, gid: 777 }), { uid: 4242, gid: 777 });
+});
+
+test('the image is rewritten to /image/kernel and /image/initrd, bound read-only from the host', () => {
+  const r = imageInRoot(image);
+  assert.equal(r.image.kernel, '/image/kernel');
+  assert.equal(r.image.initrd, '/image/initrd');
+  assert.deepEqual(r.mounts, [
+    { source: image.kernel, target: '/image/kernel', kind: 'file' },
+    { source: image.initrd, target: '/image/initrd', kind: 'file' },
+  ]);
+  const noInitrd = imageInRoot({ ...image, initrd: undefined });
+  assert.equal(noInitrd.image.initrd, undefined);
+  assert.equal(noInitrd.mounts.length, 1);
+});
+
+test('QEMU under the jail: unshare, cgroups first, read-only binds, uid drop, rlimits, in-root paths', () => {
+  const s = spec();
+  const c = buildJailCommand(s);
+  assert.equal(c.command, '/usr/bin/unshare');
+  assert.deepEqual(c.args.slice(0, 9), ['--fork', '--pid', '--mount', '--propagation', 'private', '--kill-child', '--', '/bin/sh', '-c']);
+  assert.equal(c.args[9], c.script);
+  assert.ok(c.script.includes(VM_ID), 'the command line names the VM (reattach checks it)');
+  assert.deepEqual(c.env, { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' }, 'nothing of the server environment');
+
+  const lines = c.script.split('\n');
+  const firstMount = lines.findIndex((l) => l.includes(' -o bind,'));
+  for (const f of s.cgroupProcs) {
+    const i = lines.findIndex((l) => l.startsWith(`echo $$ > ${f}`));
+    assert.ok(i >= 0 && i < firstMount, `joins ${f} before building the root`);
+  }
+  // Every bind is read-only, nosuid, nodev, into the root.
+  for (const m of s.mounts) {
+    assert.ok(lines.some((l) => l.startsWith(`${tools.mount} -o bind,ro,nosuid,nodev ${m.source} "$R"${m.target} `)), `binds ${m.source}`);
+  }
+  assert.ok(lines.includes(`R=${ROOT}`));
+  assert.ok(c.script.includes(`${tools.ln} -sfn usr/lib "$R"/lib`));
+  assert.ok(c.script.includes('-t proc -o nosuid,nodev,noexec proc "$R/proc"'));
+  assert.ok(c.script.includes('-t tmpfs -o nosuid,nodev,noexec,mode=1777,size=16m capsule-tmp "$R/tmp"'));
+  assert.ok(c.script.includes('"$R/dev/null" c 1 3') && c.script.includes('"$R/dev/urandom" c 1 9'));
+  assert.ok(!c.script.includes('/dev/kvm'), 'no /dev/kvm for TCG');
+  assert.equal(lines.at(-1), 'exit $?', 'sh waits for the VMM (it is not exec-ed) and passes on its status');
+
+  const argv = vmmArgv(c.script);
+  assert.deepEqual(argv.slice(0, 12), [
+    '/usr/bin/prlimit', '--nofile=1024:1024', `--fsize=${64 << 20}:${64 << 20}`, '--',
+    '/usr/sbin/chroot', ROOT,
+    '/usr/bin/setpriv', `--reuid=${s.uid}`, `--regid=${s.gid}`, '--clear-groups', '--no-new-privs', '--inh-caps=-all',
+  ]);
+  assert.deepEqual(argv.slice(12, 15), ['--bounding-set=-all', '--', '/usr/bin/qemu-system-x86_64']);
+  const vmmArgs = argv.slice(15);
+  assert.deepEqual(vmmArgs, [...s.args]);
+  const joined = vmmArgs.join(' ');
+  assert.ok(joined.includes('path=/console.sock,server=on'));
+  assert.ok(joined.includes('unix:/qmp.sock,server=on'));
+  assert.equal(vmmArgs[vmmArgs.indexOf('-kernel') + 1], '/image/kernel');
+  assert.equal(vmmArgs[vmmArgs.indexOf('-initrd') + 1], '/image/initrd');
+  assert.ok(!joined.includes('/srv/capsule') && !joined.includes('/images/default'), 'no host path reaches the VMM');
+  for (const f of ['-daemonize', '-pidfile', '-D']) assert.ok(!vmmArgs.includes(f), `no ${f} in the foreground`);
+  assert.ok(joined.includes(`capsule-${VM_ID}`), 'the VMM keeps the VM id in its name');
+});
+
+test('limits and uid come from the spec', () => {
+  const c = buildJailCommand(spec({ uid: 4242, gid: 777, nofile: 256, fsizeBytes: 1 << 20 }));
+  const argv = vmmArgv(c.script);
+  assert.ok(argv.includes('--nofile=256:256') && argv.includes(`--fsize=${1 << 20}:${1 << 20}`));
+  assert.ok(argv.includes('--reuid=4242') && argv.includes('--regid=777'));
+});
+
+test('the native VMM: node and the repository bound in, in-root paths, its own /dev/kvm owned by the jail uid', () => {
+  const native = new NativeHypervisor({ available: true, reason: 'unit' });
+  const inRoot = imageInRoot(image);
+  const fg = native.foregroundCommand({ ...vm, hypervisor: 'native' }, inRoot.image, IN_ROOT_PATHS);
+  assert.equal(fg.command, process.execPath);
+  assert.equal(fg.args[0], VMM_BIN);
+  assert.equal(fg.args[fg.args.indexOf('-kernel') + 1], '/image/kernel');
+  assert.equal(fg.args[fg.args.indexOf('-initrd') + 1], '/image/initrd');
+  assert.equal(fg.args[fg.args.indexOf('-chardev') + 1], 'id=console,path=/console.sock');
+  assert.equal(fg.args[fg.args.indexOf('-api-channel') + 1], 'unix:/qmp.sock');
+  assert.ok(fg.args.includes('-D') && fg.args[fg.args.indexOf('-D') + 1] !== '/vmm.log', 'a bare -D: log on stderr');
+  assert.ok(!fg.args.includes('-daemonize') && !fg.args.includes('-pidfile'));
+  assert.ok(native.usesKvm());
+  const files = native.jailFiles();
+  for (const p of ['/bin', '/dist', '/node_modules', '/package.json']) assert.ok(files.some((f) => f.endsWith(p)), `binds the repository's ${p}`);
+
+  const s = spec({ command: fg.command, args: fg.args, env: { CAPSULE_LOG_LEVEL: 'info' }, kvm: true });
+  const c = buildJailCommand(s);
+  assert.ok(c.script.includes(`${tools.mknod} -m 0600 "$R/dev/kvm" c 10 232 && ${tools.chown} ${s.uid}:${s.gid} "$R/dev/kvm"`));
+  assert.deepEqual(c.env, { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', CAPSULE_LOG_LEVEL: 'info' });
+  const argv = vmmArgv(c.script);
+  assert.deepEqual(argv.slice(14), [process.execPath, ...fg.args]);
+});
+
+test('unsafe plans are refused', () => {
+  assert.throws(() => validateSpec(spec({ uid: 0 })), /root/);
+  assert.throws(() => validateSpec(spec({ gid: 0 })), /root/);
+  assert.throws(() => validateSpec(spec({ root: '/' })), /root cannot be \//);
+  assert.throws(() => validateSpec(spec({ root: 'var/vms/x' })), /absolute/);
+  assert.throws(() => validateSpec(spec({ root: '/srv/../etc' })), /normalized/);
+  assert.throws(() => validateSpec(spec({ mounts: [{ source: '/etc', target: '/', kind: 'dir' }] })), /over the root/);
+  assert.throws(() => validateSpec(spec({ command: 'qemu-system-x86_64' })), /absolute/);
+});
+
+test('shell quoting survives a real sh', () => {
+  for (const s of ["plain", "with space", "it's", "$(id) `id` $HOME \\ \" ;|&<>*?", "a\nb", "console=ttyS0 quiet panic=-1"]) {
+    assert.equal(execFileSync('/bin/sh', ['-c', `printf '%s' ${shellQuote(s)}`], { encoding: 'utf8' }), s);
+  }
+});
+
+test('host paths: links recreated in the root, real directories bound once', () => {
+  const r = resolveHostPaths(['/lib', '/usr/lib', '/usr/lib/x86_64-linux-gnu', '/does/not/exist']);
+  assert.ok(r.mounts.some((m) => m.target === '/usr/lib' && m.kind === 'dir'));
+  assert.ok(!r.mounts.some((m) => m.target.startsWith('/usr/lib/')), 'nothing nested in a bound directory');
+  assert.ok(!r.mounts.some((m) => m.target.includes('/does/')), 'missing paths are skipped');
+  if (lstatSync('/lib').isSymbolicLink()) {
+    assert.deepEqual(r.symlinks.find((l) => l.path === '/lib'), { path: '/lib', target: readlinkSync('/lib') });
+  }
+  const sh = which('sh');
+  assert.ok(sh && sh.startsWith('/'));
+  assert.equal(which('no-such-tool-capsule'), undefined);
+  assert.throws(() => resolveHostPaths(['/']), /host root/);
+});
