@@ -169,7 +169,8 @@ export class ConsoleView {
       if (this.sock !== ws) return;
       this.attempt = 0;
       this.setStatus('connected');
-      this.term.write('\r\n\x1b[2m[capsule: console connected]\x1b[0m\r\n');
+      const nl = this.term.buffer.active.cursorX === 0 ? '' : '\r\n';
+      this.term.write(`${nl}\x1b[2m[capsule: console connected]\x1b[0m\r\n`);
     };
     ws.onmessage = (m) => {
       if (this.sock !== ws) return;
