@@ -1,0 +1,73 @@
+// The HTTP application: middleware, routes by resource, the OpenAPI document.
+import { OpenAPIHono } from '@hono/zod-openapi';
+import { createNodeWebSocket } from '@hono/node-ws';
+import { bodyLimit } from 'hono/body-limit';
+import type { Logger } from 'pino';
+import type { Config } from '../config.js';
+import type { ImageStore } from '../db/images.js';
+import type { TokenStore } from '../db/tokens.js';
+import type { VmStore } from '../db/vms.js';
+import type { EventHub } from '../events/hub.js';
+import type { Hypervisor } from '../hypervisors/types.js';
+import type { HypervisorName } from '../db/vms.js';
+import type { Supervisor } from '../supervisor/index.js';
+import { BucketMap } from '../util/leaky-bucket.js';
+import { requireToken, rateLimit, type AuthVariables } from '../auth/middleware.js';
+import { errorResponse, onError, validationError } from './errors.js';
+import { healthRoutes } from './health.js';
+import { imageRoutes } from './images.js';
+import { vmRoutes } from './vms.js';
+import { eventRoutes } from './events.js';
+import { consoleRoutes } from './console.js';
+import { staticRoutes } from './static.js';
+
+export interface AppDeps {
+  config: Config;
+  log: Logger;
+  vms: VmStore;
+  images: ImageStore;
+  tokens: TokenStore;
+  hub: EventHub;
+  supervisor: Supervisor;
+  hypervisors: ReadonlyMap<HypervisorName, Hypervisor>;
+  kvm: boolean;
+  defaultHypervisor: HypervisorName;
+  webDir: string;
+}
+
+export type AppEnv = { Variables: AuthVariables };
+export type App = OpenAPIHono<AppEnv>;
+
+export function newRouter(): App {
+  return new OpenAPIHono<AppEnv>({
+    defaultHook: (result, c) => (result.success ? undefined : validationError(c, result.error)),
+  });
+}
+
+export function createApp(deps: AppDeps) {
+  const app = newRouter();
+  const ws = createNodeWebSocket({ app });
+  const buckets = new BucketMap(deps.config.rateLimit.perSecond, deps.config.rateLimit.burst);
+
+  app.onError(onError);
+  app.notFound((c) => errorResponse(c, 404, 'not_found', `no route for ${c.req.method} ${c.req.path}`));
+  app.use('/v1/*', requireToken(deps.tokens), rateLimit(buckets));
+  app.use('/v1/*', bodyLimit({
+    maxSize: deps.config.maxBodyBytes,
+    onError: (c) => errorResponse(c, 413, 'payload_too_large', `request body exceeds ${deps.config.maxBodyBytes} bytes`),
+  }));
+
+  app.route('/v1', healthRoutes(deps));
+  app.route('/v1', imageRoutes(deps));
+  app.route('/v1', vmRoutes(deps));
+  app.route('/v1', eventRoutes(deps, ws.upgradeWebSocket, buckets));
+  app.route('/v1', consoleRoutes(deps, ws.upgradeWebSocket, buckets));
+  app.doc('/v1/openapi.json', {
+    openapi: '3.0.3',
+    info: { title: 'capsule API', version: '0.1.0', description: 'microVMs as a service' },
+    security: [{ bearer: [] }],
+  });
+  app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer' });
+  app.route('/', staticRoutes(deps.webDir));
+  return { app, injectWebSocket: ws.injectWebSocket };
+}

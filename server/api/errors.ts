@@ -1,0 +1,35 @@
+// One error shape for every failure: {"error":{"code","message","field"?}}.
+import type { Context } from 'hono';
+import { HTTPException } from 'hono/http-exception';
+import type { ZodError } from 'zod';
+import { ApiError } from '../supervisor/index.js';
+
+export type ErrorStatus = 400 | 401 | 404 | 409 | 413 | 429 | 500 | 503;
+
+export function errorResponse(c: Context, status: ErrorStatus, code: string, message: string, field?: string): Response {
+  return c.json({ error: field === undefined ? { code, message } : { code, message, field } }, status);
+}
+
+/** The first zod issue, as a message that names the field. */
+export function validationError(c: Context, error: ZodError): Response {
+  const issue = error.issues[0];
+  if (!issue) return errorResponse(c, 400, 'invalid_request', 'invalid request');
+  if (issue.code === 'unrecognized_keys') {
+    const keys = (issue as { keys: string[] }).keys;
+    return errorResponse(c, 400, 'invalid_request', `unknown field${keys.length > 1 ? 's' : ''}: ${keys.join(', ')}`, keys[0]);
+  }
+  const field = issue.path.join('.');
+  if (!field) return errorResponse(c, 400, 'invalid_request', `request body: ${issue.message}`);
+  return errorResponse(c, 400, 'invalid_request', `${field}: ${issue.message}`, field);
+}
+
+export function onError(err: Error, c: Context): Response {
+  if (err instanceof ApiError) return errorResponse(c, err.status, err.code, err.message, err.field);
+  if (err instanceof HTTPException) {
+    const status = err.status as ErrorStatus;
+    const code = status === 400 ? 'invalid_request' : status === 413 ? 'payload_too_large' : 'http_error';
+    return errorResponse(c, status, code, err.message || 'request failed');
+  }
+  c.get('log')?.error({ err: err.message, stack: err.stack }, 'unhandled error');
+  return errorResponse(c, 500, 'internal', 'internal server error');
+}

@@ -1,0 +1,80 @@
+// /v1/vms: definitions (SQLite) and lifecycle actions (the supervisor).
+import { createRoute, z } from '@hono/zod-openapi';
+import { ApiError } from '../supervisor/index.js';
+import type { Vm } from '../db/vms.js';
+import { CreateVmSchema, ErrorSchema, ForceQuery, IdParams, VmSchema } from './schemas.js';
+import { newRouter, type AppDeps } from './app.js';
+
+const json = <T extends z.ZodType>(schema: T, description: string) => ({ description, content: { 'application/json': { schema } } });
+const errors = {
+  400: json(ErrorSchema, 'invalid request'),
+  401: json(ErrorSchema, 'missing or invalid token'),
+  404: json(ErrorSchema, 'no such VM'),
+  409: json(ErrorSchema, 'not allowed in the current state'),
+  429: json(ErrorSchema, 'rate limited'),
+};
+
+const listVms = createRoute({ method: 'get', path: '/vms', tags: ['vms'], summary: 'All VMs', responses: { 200: json(z.object({ items: z.array(VmSchema) }), 'VMs'), ...errors } });
+const getVm = createRoute({ method: 'get', path: '/vms/{id}', tags: ['vms'], request: { params: IdParams }, responses: { 200: json(VmSchema, 'the VM'), ...errors } });
+const createVm = createRoute({
+  method: 'post', path: '/vms', tags: ['vms'], summary: 'Define a VM (it starts in state created)',
+  request: { body: { required: true, content: { 'application/json': { schema: CreateVmSchema } } } },
+  responses: { 201: json(VmSchema, 'created'), ...errors, 413: json(ErrorSchema, 'body too large') },
+});
+const deleteVm = createRoute({
+  method: 'delete', path: '/vms/{id}', tags: ['vms'], summary: 'Stop (if running) and delete a VM',
+  request: { params: IdParams, query: ForceQuery }, responses: { 204: { description: 'deleted' }, ...errors },
+});
+
+const ACTIONS = ['start', 'stop', 'pause', 'resume', 'reboot'] as const;
+const actionRoute = (action: (typeof ACTIONS)[number]) => createRoute({
+  method: 'post', path: `/vms/{id}/${action}`, tags: ['vms'],
+  summary: action === 'stop' ? 'Clean guest power-off with a timeout, then kill; ?force=true kills at once' : `${action} the VM`,
+  request: { params: IdParams, ...(action === 'stop' ? { query: ForceQuery } : {}) },
+  responses: { 200: json(VmSchema, 'the VM after the action'), ...errors },
+});
+
+const isForce = (v: string | undefined) => v === 'true' || v === '1';
+
+export function vmRoutes(deps: AppDeps) {
+  const mustGet = (id: string): Vm => {
+    const vm = deps.vms.get(id);
+    if (!vm) throw new ApiError(404, 'not_found', `no VM with id ${id}`);
+    return vm;
+  };
+  const r = newRouter()
+    .openapi(listVms, (c) => c.json({ items: deps.vms.list() }, 200))
+    .openapi(getVm, (c) => c.json(mustGet(c.req.valid('param').id), 200))
+    .openapi(createVm, (c) => {
+      const body = c.req.valid('json');
+      if (!deps.images.get(body.image)) throw new ApiError(400, 'invalid_request', `image: no image named ${JSON.stringify(body.image)}`, 'image');
+      const hypervisor = body.hypervisor ?? deps.defaultHypervisor;
+      if (!deps.hypervisors.get(hypervisor)?.availability().available) {
+        throw new ApiError(400, 'invalid_request', `hypervisor: ${hypervisor} is not available on this host`, 'hypervisor');
+      }
+      if (deps.vms.getByName(body.name)) throw new ApiError(409, 'conflict', `name: a VM named ${body.name} exists`, 'name');
+      const vm = deps.vms.create({ ...body, hypervisor });
+      deps.hub.publish(vm.id, 'VM_CREATED', vm as unknown as Record<string, unknown>);
+      return c.json(vm, 201);
+    })
+    .openapi(deleteVm, async (c) => {
+      const { id } = c.req.valid('param');
+      mustGet(id);
+      await deps.supervisor.delete(id, isForce(c.req.valid('query').force));
+      return c.body(null, 204);
+    });
+  r.openapi(actionRoute('start'), async (c) => c.json(await deps.supervisor.start(c.req.valid('param').id), 200));
+  r.openapi(actionRoute('stop'), async (c) => {
+    const force = isForce(new URL(c.req.url).searchParams.get('force') ?? undefined);
+    return c.json(await deps.supervisor.stop(c.req.valid('param').id, force), 200);
+  });
+  r.openapi(actionRoute('pause'), async (c) => c.json(await deps.supervisor.pause(c.req.valid('param').id), 200));
+  r.openapi(actionRoute('resume'), async (c) => c.json(await deps.supervisor.resume(c.req.valid('param').id), 200));
+  r.openapi(actionRoute('reboot'), async (c) => c.json(await deps.supervisor.reboot(c.req.valid('param').id), 200));
+  r.get('/vms/:id/log', (c) => {
+    const { id } = c.req.param();
+    mustGet(id);
+    return c.text(deps.supervisor.readLog(id) ?? '', 200);
+  });
+  return r;
+}

@@ -1,0 +1,41 @@
+// SQLite: open in WAL mode and apply the numbered migrations in migrations/ in order.
+import Database from 'better-sqlite3';
+import { readdirSync, readFileSync, mkdirSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export type Db = Database.Database;
+
+/** migrations/ at the repository root, found from dist/server/db or server/db. */
+export const MIGRATIONS_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', ...(import.meta.url.includes('/dist/') ? ['..'] : []), 'migrations');
+
+export function openDb(path: string, migrationsDir = MIGRATIONS_DIR): Db {
+  mkdirSync(dirname(path), { recursive: true });
+  const db = new Database(path);
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = NORMAL');
+  db.pragma('foreign_keys = ON');
+  db.pragma('busy_timeout = 5000');
+  migrate(db, migrationsDir);
+  return db;
+}
+
+/** Applies each not-yet-applied NNN_name.sql in one transaction; returns the versions applied. */
+export function migrate(db: Db, migrationsDir: string): number[] {
+  db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)');
+  const applied = new Set(db.prepare('SELECT version FROM schema_migrations').pluck().all() as number[]);
+  const files = readdirSync(migrationsDir)
+    .map((name) => ({ name, m: /^(\d+)_.*\.sql$/.exec(name) }))
+    .filter((f): f is { name: string; m: RegExpExecArray } => f.m !== null)
+    .map((f) => ({ name: f.name, version: Number(f.m[1]) }))
+    .sort((a, b) => a.version - b.version);
+  const pending = files.filter((f) => !applied.has(f.version));
+  const record = db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)');
+  db.transaction(() => {
+    for (const f of pending) {
+      db.exec(readFileSync(join(migrationsDir, f.name), 'utf8'));
+      record.run(f.version, f.name, new Date().toISOString());
+    }
+  })();
+  return pending.map((f) => f.version);
+}

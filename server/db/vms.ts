@@ -1,0 +1,103 @@
+// VM definitions: the rows of `vms`, mapped to the API's VM shape.
+import { randomUUID } from 'node:crypto';
+import type { Db } from './index.js';
+
+export const VM_STATES = ['created', 'starting', 'running', 'paused', 'stopping', 'stopped', 'crashed'] as const;
+export type VmState = (typeof VM_STATES)[number];
+export type HypervisorName = 'qemu' | 'native';
+
+export interface Vm {
+  id: string;
+  name: string;
+  state: VmState;
+  image: string;
+  hypervisor: HypervisorName;
+  vcpus: number;
+  memoryMiB: number;
+  cmdline?: string;
+  pid?: number;
+  createdAt: string;
+  updatedAt: string;
+}
+
+interface VmRow {
+  id: string;
+  name: string;
+  state: VmState;
+  image: string;
+  hypervisor: HypervisorName;
+  vcpus: number;
+  memory_mib: number;
+  cmdline: string | null;
+  pid: number | null;
+  created_at: string;
+  updated_at: string;
+}
+
+function fromRow(r: VmRow): Vm {
+  const vm: Vm = {
+    id: r.id, name: r.name, state: r.state, image: r.image, hypervisor: r.hypervisor,
+    vcpus: r.vcpus, memoryMiB: r.memory_mib, createdAt: r.created_at, updatedAt: r.updated_at,
+  };
+  if (r.cmdline !== null) vm.cmdline = r.cmdline;
+  if (r.pid !== null) vm.pid = r.pid;
+  return vm;
+}
+
+export interface NewVm {
+  name: string;
+  image: string;
+  hypervisor: HypervisorName;
+  vcpus: number;
+  memoryMiB: number;
+  cmdline?: string | undefined;
+}
+
+export class VmStore {
+  private readonly insertStmt;
+  private readonly getStmt;
+  private readonly getByNameStmt;
+  private readonly listStmt;
+  private readonly updateStateStmt;
+  private readonly deleteStmt;
+
+  constructor(private readonly db: Db) {
+    this.insertStmt = db.prepare(`INSERT INTO vms (id, name, state, image, hypervisor, vcpus, memory_mib, cmdline, pid, created_at, updated_at)
+      VALUES (@id, @name, 'created', @image, @hypervisor, @vcpus, @memoryMiB, @cmdline, NULL, @now, @now)`);
+    this.getStmt = db.prepare('SELECT * FROM vms WHERE id = ?');
+    this.getByNameStmt = db.prepare('SELECT * FROM vms WHERE name = ?');
+    this.listStmt = db.prepare('SELECT * FROM vms ORDER BY created_at, id');
+    this.updateStateStmt = db.prepare('UPDATE vms SET state = @state, pid = @pid, updated_at = @now WHERE id = @id');
+    this.deleteStmt = db.prepare('DELETE FROM vms WHERE id = ?');
+  }
+
+  create(v: NewVm): Vm {
+    const id = randomUUID();
+    this.insertStmt.run({ ...v, cmdline: v.cmdline ?? null, id, now: new Date().toISOString() });
+    return this.get(id)!;
+  }
+
+  get(id: string): Vm | undefined {
+    const r = this.getStmt.get(id) as VmRow | undefined;
+    return r && fromRow(r);
+  }
+
+  getByName(name: string): Vm | undefined {
+    const r = this.getByNameStmt.get(name) as VmRow | undefined;
+    return r && fromRow(r);
+  }
+
+  list(): Vm[] {
+    return (this.listStmt.all() as VmRow[]).map(fromRow);
+  }
+
+  /** Sets state and pid (undefined clears it); returns the updated VM. */
+  setState(id: string, state: VmState, pid?: number): Vm | undefined {
+    this.updateStateStmt.run({ id, state, pid: pid ?? null, now: new Date().toISOString() });
+    return this.get(id);
+  }
+
+  delete(id: string): boolean {
+    return this.deleteStmt.run(id).changes > 0;
+  }
+}

@@ -1,0 +1,51 @@
+// Images live in $CAPSULE_IMAGES_DIR/<name>/ with an image.json; the server registers what
+// it finds at start. The default image is built from Debian packages when it is missing.
+import { execFileSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { z } from 'zod';
+import type { Logger } from 'pino';
+import type { ImageStore } from '../db/images.js';
+
+const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', ...(import.meta.url.includes('/dist/') ? ['..'] : []));
+export const BUILD_IMAGE_SCRIPT = join(REPO_ROOT, 'scripts', 'build-image.sh');
+
+const ImageJson = z.object({
+  name: z.string().min(1).max(128),
+  description: z.string().default(''),
+  kernel: z.string().min(1),
+  initrd: z.string().min(1).optional(),
+  cmdline: z.string().default('console=ttyS0'),
+  readyMarker: z.string().optional(),
+});
+
+/** Builds the default image if its image.json is missing (the script itself caches). */
+export function ensureDefaultImage(imagesDir: string, log: Logger): void {
+  if (existsSync(join(imagesDir, 'default', 'image.json'))) return;
+  log.info({ dir: join(imagesDir, 'default') }, 'building the default guest image');
+  execFileSync('bash', [BUILD_IMAGE_SCRIPT, join(imagesDir, 'default')], { stdio: ['ignore', 'inherit', 'inherit'] });
+}
+
+/** Registers every valid image directory; returns the names registered. */
+export function registerImages(imagesDir: string, store: ImageStore, log: Logger): string[] {
+  if (!existsSync(imagesDir)) return [];
+  const names: string[] = [];
+  for (const entry of readdirSync(imagesDir, { withFileTypes: true })) {
+    if (!entry.isDirectory()) continue;
+    const dir = join(imagesDir, entry.name);
+    const file = join(dir, 'image.json');
+    if (!existsSync(file)) continue;
+    try {
+      const meta = ImageJson.parse(JSON.parse(readFileSync(file, 'utf8')));
+      const kernel = resolve(dir, meta.kernel);
+      const initrd = meta.initrd === undefined ? undefined : resolve(dir, meta.initrd);
+      for (const p of [kernel, initrd]) if (p !== undefined && !existsSync(p)) throw new Error(`${p} is missing`);
+      store.upsert({ name: meta.name, description: meta.description, kernel, cmdline: meta.cmdline, ...(initrd ? { initrd } : {}), ...(meta.readyMarker ? { readyMarker: meta.readyMarker } : {}) });
+      names.push(meta.name);
+    } catch (e) {
+      log.warn({ file, err: (e as Error).message }, 'skipping invalid image');
+    }
+  }
+  return names;
+}

@@ -1,0 +1,76 @@
+// capsule API server: configuration, database, images, supervisor, HTTP.
+import { mkdirSync, writeFileSync, existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { serve } from '@hono/node-server';
+import { pino } from 'pino';
+import { loadConfig } from './config.js';
+import { openDb } from './db/index.js';
+import { VmStore, type HypervisorName } from './db/vms.js';
+import { ImageStore } from './db/images.js';
+import { TokenStore } from './db/tokens.js';
+import { EventStore } from './db/events.js';
+import { EventHub } from './events/hub.js';
+import { QemuHypervisor } from './hypervisors/qemu.js';
+import type { Hypervisor } from './hypervisors/types.js';
+import { Supervisor } from './supervisor/index.js';
+import { ensureDefaultImage, registerImages } from './images/registry.js';
+import { createApp } from './api/app.js';
+import { probeKvm } from '../vmm/kvm/probe.js';
+
+const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+async function main(): Promise<void> {
+  const config = loadConfig();
+  const log = pino({ level: config.logLevel, base: { svc: 'capsule' } });
+  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  mkdirSync(config.vmsDir, { recursive: true, mode: 0o700 });
+  // Unix socket paths are limited to 107 bytes: refuse a data directory that breaks them.
+  const longest = join(config.vmsDir, '00000000-0000-0000-0000-000000000000', 'console.sock');
+  if (Buffer.byteLength(longest) > 107) throw new Error(`CAPSULE_DATA_DIR is too long for Unix socket paths (${longest})`);
+
+  const db = openDb(config.dbPath);
+  const vms = new VmStore(db);
+  const images = new ImageStore(db);
+  const tokens = new TokenStore(db);
+  const hub = new EventHub(new EventStore(db, config.eventHistory), config.eventRate);
+
+  if (tokens.count() === 0) {
+    const { token } = tokens.create('admin');
+    writeFileSync(config.adminTokenPath, token + '\n', { mode: 0o600 });
+    log.info({ file: config.adminTokenPath }, 'created the admin token');
+  }
+
+  if (process.env.CAPSULE_BUILD_IMAGE !== '0') ensureDefaultImage(config.imagesDir, log);
+  const registered = registerImages(config.imagesDir, images, log);
+  log.info({ images: registered }, 'images registered');
+
+  const kvm = probeKvm();
+  const hypervisors = new Map<HypervisorName, Hypervisor>([['qemu', new QemuHypervisor(config.qemuBinary, kvm.available)]]);
+  const defaultHypervisor: HypervisorName = config.defaultHypervisor ?? 'qemu';
+  const supervisor = new Supervisor({ vms, images, hub, hypervisors, vmsDir: config.vmsDir, stopTimeoutMs: config.stopTimeoutMs, log });
+  await supervisor.reattachAll();
+
+  const webDir = join(REPO_ROOT, 'dist', 'web');
+  if (!existsSync(join(webDir, 'index.html'))) log.warn({ webDir }, 'web UI not built (npm run build)');
+  const { app, injectWebSocket } = createApp({ config, log, vms, images, tokens, hub, supervisor, hypervisors, kvm: kvm.available, defaultHypervisor, webDir });
+  const server = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info) => {
+    log.info({ url: `http://${config.host}:${info.port}`, port: info.port, kvm: kvm.available, kvmReason: kvm.reason }, 'listening');
+  });
+  injectWebSocket(server);
+
+  const shutdown = (signal: string) => {
+    log.info({ signal }, 'shutting down; VMs keep running and are reattached at the next start');
+    supervisor.detachAll();
+    server.close();
+    db.close();
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+}
+
+main().catch((e: Error) => {
+  console.error(`capsule: ${e.message}`);
+  process.exit(1);
+});

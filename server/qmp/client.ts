@@ -1,0 +1,144 @@
+// QMP client: one Unix-socket connection to a VMM's control socket (QEMU or capsule-vmm).
+// Newline-delimited JSON; commands carry an id so replies match even with events in between.
+import { EventEmitter } from 'node:events';
+import { createConnection, type Socket } from 'node:net';
+
+export interface QmpEvent {
+  event: string;
+  data: Record<string, unknown>;
+  timestamp?: { seconds: number; microseconds: number };
+}
+
+export class QmpError extends Error {
+  constructor(readonly qmpClass: string, desc: string) {
+    super(`${qmpClass}: ${desc}`);
+  }
+}
+
+interface Pending { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }
+
+/** Events: 'event' (QmpEvent), 'close' (). */
+export class QmpClient extends EventEmitter {
+  private buffer = '';
+  private nextId = 1;
+  private readonly pending = new Map<string, Pending>();
+  private closed = false;
+  greeting: Record<string, unknown> | undefined;
+
+  private constructor(private readonly socket: Socket) {
+    super();
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => this.onData(chunk));
+    socket.on('error', () => { /* 'close' follows */ });
+    socket.on('close', () => this.onClose());
+  }
+
+  /** Connects, reads the greeting and negotiates capabilities. */
+  static async connect(path: string, timeoutMs = 5000): Promise<QmpClient> {
+    const socket = await new Promise<Socket>((resolve, reject) => {
+      const s = createConnection(path);
+      const t = setTimeout(() => { s.destroy(); reject(new Error(`QMP connect to ${path} timed out`)); }, timeoutMs);
+      s.once('connect', () => { clearTimeout(t); resolve(s); });
+      s.once('error', (e) => { clearTimeout(t); reject(e); });
+    });
+    const client = new QmpClient(socket);
+    await client.waitGreeting(timeoutMs);
+    await client.execute('qmp_capabilities');
+    return client;
+  }
+
+  /** Retries connect() until the socket accepts or the deadline passes. */
+  static async connectWithRetry(path: string, deadlineMs: number, isAlive: () => boolean = () => true): Promise<QmpClient> {
+    const end = Date.now() + deadlineMs;
+    let lastError: unknown;
+    while (Date.now() < end) {
+      try {
+        return await QmpClient.connect(path, Math.max(500, end - Date.now()));
+      } catch (e) {
+        lastError = e;
+        if (!isAlive()) break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+    throw new Error(`QMP socket ${path} did not answer: ${(lastError as Error | undefined)?.message ?? 'timeout'}`);
+  }
+
+  private waitGreeting(timeoutMs: number): Promise<void> {
+    if (this.greeting) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error('no QMP greeting')), timeoutMs);
+      this.once('greeting', () => { clearTimeout(t); resolve(); });
+      this.once('close', () => { clearTimeout(t); reject(new Error('QMP socket closed before the greeting')); });
+    });
+  }
+
+  execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs = 10_000): Promise<T> {
+    if (this.closed) return Promise.reject(new Error('QMP connection closed'));
+    const id = String(this.nextId++);
+    const msg: Record<string, unknown> = { execute: command, id };
+    if (args) msg.arguments = args;
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new Error(`QMP ${command} timed out`));
+      }, timeoutMs);
+      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
+      this.socket.write(JSON.stringify(msg) + '\n');
+    });
+  }
+
+  get isClosed(): boolean { return this.closed; }
+
+  close(): void {
+    this.socket.destroy();
+  }
+
+  private onData(chunk: string): void {
+    this.buffer += chunk;
+    let nl: number;
+    while ((nl = this.buffer.indexOf('\n')) >= 0) {
+      const line = this.buffer.slice(0, nl).trim();
+      this.buffer = this.buffer.slice(nl + 1);
+      if (line) this.onMessage(line);
+    }
+  }
+
+  private onMessage(line: string): void {
+    let msg: Record<string, unknown>;
+    try {
+      msg = JSON.parse(line) as Record<string, unknown>;
+    } catch {
+      return; // a VMM that writes garbage does not take the server down
+    }
+    if ('QMP' in msg) {
+      this.greeting = msg.QMP as Record<string, unknown>;
+      this.emit('greeting');
+    } else if (typeof msg.event === 'string') {
+      const ev: QmpEvent = { event: msg.event, data: (msg.data as Record<string, unknown> | undefined) ?? {} };
+      if (msg.timestamp) ev.timestamp = msg.timestamp as QmpEvent['timestamp'] & object;
+      this.emit('event', ev);
+    } else if (msg.id !== undefined) {
+      const p = this.pending.get(String(msg.id));
+      if (!p) return;
+      this.pending.delete(String(msg.id));
+      clearTimeout(p.timer);
+      if ('error' in msg) {
+        const err = msg.error as { class?: string; desc?: string };
+        p.reject(new QmpError(err.class ?? 'GenericError', err.desc ?? 'unknown error'));
+      } else {
+        p.resolve(msg.return);
+      }
+    }
+  }
+
+  private onClose(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(new Error('QMP connection closed'));
+    }
+    this.pending.clear();
+    this.emit('close');
+  }
+}

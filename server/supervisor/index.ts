@@ -1,0 +1,382 @@
+// The supervisor: one entry per live VM. It launches VMMs (daemonized), keeps one QMP
+// client and one console bridge per VMM, turns QMP events and VMM exits into VM states,
+// and reattaches to running VMMs when the server starts again.
+import { spawn } from 'node:child_process';
+import { mkdirSync, openSync, closeSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { ConsoleBridge } from '../console/bridge.js';
+import type { EventHub } from '../events/hub.js';
+import type { ImageStore } from '../db/images.js';
+import type { Vm, VmState, VmStore, HypervisorName } from '../db/vms.js';
+import type { Hypervisor, VmPaths } from '../hypervisors/types.js';
+import { QmpClient, type QmpEvent } from '../qmp/client.js';
+import { isAlive, isOurProcess, kill, readPidfile, removeFiles, waitForExit } from './process.js';
+
+export class ApiError extends Error {
+  constructor(readonly status: 400 | 404 | 409 | 500 | 503, readonly code: string, message: string, readonly field?: string) {
+    super(message);
+  }
+}
+
+type Intent = 'stop' | 'reboot';
+
+interface LiveVm {
+  id: string;
+  pid: number;
+  hypervisor: Hypervisor;
+  qmp: QmpClient;
+  console: ConsoleBridge;
+  intent: Intent | undefined;
+  shutdownReason: string | undefined;
+  exited: Promise<void>;
+}
+
+const ACTIVE_STATES: readonly VmState[] = ['starting', 'running', 'paused', 'stopping'];
+const LAUNCH_TIMEOUT_MS = 60_000;
+/** Guest-initiated resets relaunch the VMM; more than this many in a minute is a crash loop. */
+const MAX_RESETS_PER_MINUTE = 5;
+
+export interface SupervisorDeps {
+  vms: VmStore;
+  images: ImageStore;
+  hub: EventHub;
+  hypervisors: ReadonlyMap<HypervisorName, Hypervisor>;
+  vmsDir: string;
+  stopTimeoutMs: number;
+  log: Logger;
+}
+
+export class Supervisor {
+  private readonly live = new Map<string, LiveVm>();
+  private readonly locks = new Map<string, Promise<unknown>>();
+  private readonly resets = new Map<string, number[]>();
+  private closing = false;
+
+  constructor(private readonly d: SupervisorDeps) {}
+
+  paths(id: string): VmPaths {
+    const dir = join(this.d.vmsDir, id);
+    return {
+      dir,
+      pidfile: join(dir, 'vmm.pid'),
+      log: join(dir, 'vmm.log'),
+      qmpSocket: join(dir, 'qmp.sock'),
+      consoleSocket: join(dir, 'console.sock'),
+    };
+  }
+
+  console(id: string): ConsoleBridge | undefined {
+    return this.live.get(id)?.console;
+  }
+
+  readLog(id: string): string | undefined {
+    try {
+      return readFileSync(this.paths(id).log, 'utf8');
+    } catch {
+      return undefined;
+    }
+  }
+
+  // ---- lifecycle operations (serialized per VM) ----
+
+  start(id: string): Promise<Vm> {
+    return this.withLock(id, async () => {
+      const vm = this.mustGet(id);
+      this.expectState(vm, ['created', 'stopped', 'crashed'], 'start');
+      this.resets.delete(id);
+      await this.launch(vm);
+      return this.mustGet(id);
+    });
+  }
+
+  stop(id: string, force: boolean): Promise<Vm> {
+    return this.withLock(id, async () => {
+      const vm = this.mustGet(id);
+      this.expectState(vm, ['starting', 'running', 'paused', 'stopping'], 'stop');
+      await this.stopLive(vm, force);
+      return this.mustGet(id);
+    });
+  }
+
+  pause(id: string): Promise<Vm> {
+    return this.withLock(id, async () => {
+      const vm = this.mustGet(id);
+      this.expectState(vm, ['running'], 'pause');
+      await this.mustLive(id).qmp.execute('stop');
+      this.setState(id, 'paused');
+      return this.mustGet(id);
+    });
+  }
+
+  resume(id: string): Promise<Vm> {
+    return this.withLock(id, async () => {
+      const vm = this.mustGet(id);
+      this.expectState(vm, ['paused'], 'resume');
+      await this.mustLive(id).qmp.execute('cont');
+      this.setState(id, 'running');
+      return this.mustGet(id);
+    });
+  }
+
+  reboot(id: string): Promise<Vm> {
+    return this.withLock(id, async () => {
+      const vm = this.mustGet(id);
+      this.expectState(vm, ['running'], 'reboot');
+      const live = this.mustLive(id);
+      if (!live.hypervisor.resetExits) {
+        await live.qmp.execute('system_reset');
+        return this.mustGet(id);
+      }
+      live.intent = 'reboot';
+      await live.qmp.execute('system_reset').catch(() => undefined); // the VMM may exit before it replies
+      if (!(await this.waitExited(live, 10_000))) {
+        kill(live.pid);
+        await live.exited;
+      }
+      await this.launch(this.mustGet(id), 'reboot');
+      return this.mustGet(id);
+    });
+  }
+
+  /** Stops the VM if it runs (cleanly unless `force`), then forgets it and its files. */
+  delete(id: string, force: boolean): Promise<void> {
+    return this.withLock(id, async () => {
+      const vm = this.mustGet(id);
+      if (this.live.has(id)) await this.stopLive(vm, force);
+      this.d.vms.delete(id);
+      rmSync(this.paths(id).dir, { recursive: true, force: true });
+      this.d.hub.publish(id, 'VM_DELETED', {});
+    });
+  }
+
+  /** On server start: reattach to every VMM that still runs, settle the rest. */
+  async reattachAll(): Promise<void> {
+    for (const vm of this.d.vms.list()) {
+      if (!ACTIVE_STATES.includes(vm.state)) continue;
+      await this.withLock(vm.id, () => this.reattach(vm)).catch((e: Error) => this.d.log.error({ vm: vm.id, err: e.message }, 'reattach failed'));
+    }
+  }
+
+  /** Server shutdown: let go of the VMMs (they keep running) without changing any state. */
+  detachAll(): void {
+    this.closing = true;
+    for (const live of this.live.values()) {
+      live.qmp.removeAllListeners('close');
+      live.qmp.close();
+      live.console.close();
+    }
+    this.live.clear();
+  }
+
+  // ---- internals ----
+
+  private async launch(vm: Vm, reason: 'start' | 'reboot' = 'start'): Promise<void> {
+    const hypervisor = this.d.hypervisors.get(vm.hypervisor);
+    const image = this.d.images.get(vm.image);
+    if (!hypervisor || !hypervisor.availability().available) {
+      throw new ApiError(409, 'hypervisor_unavailable', `hypervisor ${vm.hypervisor} is not available on this host: ${hypervisor?.availability().reason ?? 'unknown'}`);
+    }
+    if (!image) throw new ApiError(409, 'image_missing', `image ${vm.image} is no longer registered`);
+    const paths = this.paths(vm.id);
+    mkdirSync(paths.dir, { recursive: true, mode: 0o700 });
+    removeFiles(paths.pidfile, paths.qmpSocket, paths.consoleSocket);
+    this.setState(vm.id, 'starting');
+    const { command, args, env } = hypervisor.launchCommand(vm, image, paths);
+    this.d.log.info({ vm: vm.id, command, reason }, 'launching VMM');
+    let pid: number | undefined;
+    try {
+      await this.runLauncher(command, args, env, paths.log);
+      pid = readPidfile(paths.pidfile);
+      if (pid === undefined) throw new Error(`the VMM wrote no pidfile (${paths.pidfile})`);
+      const consoleBridge = new ConsoleBridge(paths.consoleSocket);
+      await consoleBridge.connect();
+      const livePid = pid;
+      const qmp = await QmpClient.connectWithRetry(paths.qmpSocket, 10_000, () => isAlive(livePid));
+      this.track(vm.id, pid, hypervisor, qmp, consoleBridge, undefined);
+      this.setState(vm.id, 'running', pid);
+    } catch (e) {
+      if (pid !== undefined) kill(pid);
+      removeFiles(paths.pidfile, paths.qmpSocket, paths.consoleSocket);
+      const message = `VMM launch failed: ${(e as Error).message}`;
+      this.setState(vm.id, 'crashed');
+      this.d.hub.publish(vm.id, 'CRASHED', { reason: message });
+      throw new ApiError(500, 'launch_failed', `${message}; see GET /v1/vms/${vm.id}/log`);
+    }
+  }
+
+  /** Runs the daemonizing launch command; resolves when it exits 0 (the VMM is ready). */
+  private runLauncher(command: string, args: string[], env: NodeJS.ProcessEnv | undefined, logPath: string): Promise<void> {
+    const logFd = openSync(logPath, 'a', 0o600);
+    return new Promise<void>((resolve, reject) => {
+      const child = spawn(command, args, { stdio: ['ignore', logFd, logFd], detached: true, env: { ...process.env, ...env } });
+      const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error('launch timed out')); }, LAUNCH_TIMEOUT_MS);
+      child.once('error', (e) => { clearTimeout(timer); reject(e); });
+      child.once('exit', (code, signal) => {
+        clearTimeout(timer);
+        if (code === 0) resolve();
+        else reject(new Error(`${command} exited with ${signal ?? code}: ${this.tail(logPath)}`));
+      });
+    }).finally(() => closeSync(logFd));
+  }
+
+  private tail(path: string): string {
+    try {
+      return readFileSync(path, 'utf8').trim().split('\n').slice(-3).join(' | ');
+    } catch {
+      return '';
+    }
+  }
+
+  private track(id: string, pid: number, hypervisor: Hypervisor, qmp: QmpClient, consoleBridge: ConsoleBridge, intent: Intent | undefined): LiveVm {
+    let resolveExited!: () => void;
+    const exited = new Promise<void>((r) => { resolveExited = r; });
+    const live: LiveVm = { id, pid, hypervisor, qmp, console: consoleBridge, intent, shutdownReason: undefined, exited };
+    this.live.set(id, live);
+    qmp.on('event', (ev: QmpEvent) => this.onQmpEvent(live, ev));
+    qmp.once('close', () => { void this.onVmmGone(live).finally(resolveExited); });
+    return live;
+  }
+
+  private onQmpEvent(live: LiveVm, ev: QmpEvent): void {
+    this.d.hub.publish(live.id, ev.event, ev.data);
+    const state = this.d.vms.get(live.id)?.state;
+    if (ev.event === 'STOP' && state === 'running') this.setState(live.id, 'paused');
+    else if (ev.event === 'RESUME' && state === 'paused') this.setState(live.id, 'running');
+    else if (ev.event === 'SHUTDOWN') {
+      live.shutdownReason = typeof ev.data.reason === 'string' ? ev.data.reason : 'unknown';
+      if (live.intent !== 'reboot') this.setState(live.id, 'stopping');
+    }
+  }
+
+  /** The QMP connection closed: the VMM is gone (or going). Decide what that means. */
+  private async onVmmGone(live: LiveVm): Promise<void> {
+    if (this.closing) return;
+    if (!(await waitForExit(live.pid, 5000))) {
+      this.d.log.warn({ vm: live.id, pid: live.pid }, 'VMM closed QMP but did not exit; killing it');
+      kill(live.pid);
+      await waitForExit(live.pid, 5000);
+    }
+    live.console.close();
+    this.live.delete(live.id);
+    const paths = this.paths(live.id);
+    removeFiles(paths.pidfile, paths.qmpSocket, paths.consoleSocket);
+    if (!this.d.vms.get(live.id)) return; // deleted meanwhile
+    const guestReset = live.shutdownReason === 'guest-reset';
+    if (live.intent === 'reboot') {
+      this.setState(live.id, 'starting');
+    } else if (live.intent === 'stop' || (live.shutdownReason !== undefined && !guestReset)) {
+      this.setState(live.id, 'stopped');
+    } else if (guestReset && this.allowReset(live.id)) {
+      // The guest rebooted itself: boot it again, like a machine would.
+      this.setState(live.id, 'starting');
+      void this.withLock(live.id, () => this.launch(this.mustGet(live.id), 'reboot')).catch((e: Error) =>
+        this.d.log.error({ vm: live.id, err: e.message }, 'relaunch after guest reset failed'));
+    } else {
+      const reason = guestReset ? 'guest reset loop' : 'VMM exited unexpectedly';
+      this.setState(live.id, 'crashed');
+      this.d.hub.publish(live.id, 'CRASHED', { reason, pid: live.pid });
+    }
+  }
+
+  private allowReset(id: string): boolean {
+    const now = Date.now();
+    const recent = (this.resets.get(id) ?? []).filter((t) => now - t < 60_000);
+    recent.push(now);
+    this.resets.set(id, recent);
+    return recent.length <= MAX_RESETS_PER_MINUTE;
+  }
+
+  private async stopLive(vm: Vm, force: boolean): Promise<void> {
+    const live = this.live.get(vm.id);
+    if (!live) {
+      this.setState(vm.id, 'stopped');
+      return;
+    }
+    live.intent = 'stop';
+    this.setState(vm.id, 'stopping', live.pid);
+    if (!force) {
+      try {
+        if (vm.state === 'paused') await live.qmp.execute('cont');
+        await live.qmp.execute('system_powerdown');
+      } catch (e) {
+        this.d.log.warn({ vm: vm.id, err: (e as Error).message }, 'clean power-off request failed');
+      }
+      if (await this.waitExited(live, this.d.stopTimeoutMs)) return;
+      this.d.log.warn({ vm: vm.id }, 'guest did not power off in time; killing the VMM');
+    }
+    kill(live.pid);
+    await live.exited;
+  }
+
+  private waitExited(live: LiveVm, ms: number): Promise<boolean> {
+    return new Promise((resolve) => {
+      const t = setTimeout(() => resolve(false), ms);
+      void live.exited.then(() => { clearTimeout(t); resolve(true); });
+    });
+  }
+
+  private async reattach(vm: Vm): Promise<void> {
+    const paths = this.paths(vm.id);
+    const pid = readPidfile(paths.pidfile);
+    if (pid !== undefined && isOurProcess(pid, vm.id)) {
+      try {
+        const consoleBridge = new ConsoleBridge(paths.consoleSocket);
+        await consoleBridge.connect(2000);
+        const qmp = await QmpClient.connectWithRetry(paths.qmpSocket, 5000, () => isAlive(pid));
+        const hypervisor = this.d.hypervisors.get(vm.hypervisor)!;
+        this.track(vm.id, pid, hypervisor, qmp, consoleBridge, vm.state === 'stopping' ? 'stop' : undefined);
+        const status = await qmp.execute<{ running: boolean; status: string }>('query-status');
+        if (vm.state !== 'stopping') this.setState(vm.id, status.running ? 'running' : 'paused', pid);
+        this.d.log.info({ vm: vm.id, pid }, 'reattached to running VMM');
+        return;
+      } catch (e) {
+        this.d.log.warn({ vm: vm.id, pid, err: (e as Error).message }, 'VMM alive but unreachable; killing it');
+        kill(pid);
+        await waitForExit(pid, 5000);
+      }
+    }
+    removeFiles(paths.pidfile, paths.qmpSocket, paths.consoleSocket);
+    if (vm.state === 'stopping') {
+      this.setState(vm.id, 'stopped');
+    } else {
+      this.setState(vm.id, 'crashed');
+      this.d.hub.publish(vm.id, 'CRASHED', { reason: 'VMM gone while the server was down' });
+    }
+  }
+
+  private setState(id: string, state: VmState, pid?: number): void {
+    const before = this.d.vms.get(id);
+    if (!before) return;
+    const keepPid = state === 'stopped' || state === 'crashed' || state === 'starting' ? undefined : (pid ?? before.pid);
+    this.d.vms.setState(id, state, keepPid);
+    if (before.state !== state) this.d.hub.publish(id, 'STATE_CHANGED', { state, previous: before.state });
+  }
+
+  private mustGet(id: string): Vm {
+    const vm = this.d.vms.get(id);
+    if (!vm) throw new ApiError(404, 'not_found', `no VM with id ${id}`);
+    return vm;
+  }
+
+  private mustLive(id: string): LiveVm {
+    const live = this.live.get(id);
+    if (!live) throw new ApiError(409, 'not_running', `VM ${id} has no running VMM`);
+    return live;
+  }
+
+  private expectState(vm: Vm, allowed: readonly VmState[], action: string): void {
+    if (!allowed.includes(vm.state)) {
+      throw new ApiError(409, 'invalid_state', `cannot ${action} VM ${vm.name} in state ${vm.state} (allowed from: ${allowed.join(', ')})`);
+    }
+  }
+
+  private withLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.locks.get(id) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    const settled = next.catch(() => undefined);
+    this.locks.set(id, settled);
+    void settled.then(() => { if (this.locks.get(id) === settled) this.locks.delete(id); });
+    return next;
+  }
+}

@@ -1,0 +1,171 @@
+// Test harness: a real capsule server process on a free port with a temp data directory,
+// the default guest image (built once into a shared cache), and small API/WebSocket clients.
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, existsSync, readdirSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import WebSocket from 'ws';
+
+export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+export const TEST_IMAGES_DIR = process.env.CAPSULE_TEST_IMAGES ?? '/tmp/capsule-test-images';
+
+/** Builds the default image into the shared test cache (the script skips up-to-date builds). */
+export function ensureTestImage(): string {
+  const dir = join(TEST_IMAGES_DIR, 'default');
+  if (!existsSync(join(dir, 'image.json'))) {
+    execFileSync('bash', [join(REPO_ROOT, 'scripts', 'build-image.sh'), dir], { stdio: 'ignore' });
+  }
+  return TEST_IMAGES_DIR;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => res(port));
+    });
+    s.on('error', rej);
+  });
+}
+
+export interface ServerOptions {
+  env?: Record<string, string>;
+  dataDir?: string;
+  port?: number;
+}
+
+export class TestServer {
+  private proc: ChildProcess | undefined;
+  output = '';
+  token = '';
+
+  private constructor(readonly dataDir: string, readonly port: number, private readonly env: Record<string, string>) {}
+
+  static async start(opts: ServerOptions = {}): Promise<TestServer> {
+    const images = ensureTestImage();
+    const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'capsule-test-'));
+    const s = new TestServer(dataDir, opts.port ?? (await freePort()), { CAPSULE_IMAGES_DIR: images, CAPSULE_STOP_TIMEOUT: '20', ...opts.env });
+    await s.launch();
+    return s;
+  }
+
+  get url(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  async launch(): Promise<void> {
+    this.output = '';
+    this.proc = spawn(process.execPath, [join(REPO_ROOT, 'dist', 'server', 'main.js')], {
+      env: { ...process.env, PORT: String(this.port), HOST: '127.0.0.1', CAPSULE_DATA_DIR: this.dataDir, CAPSULE_LOG_LEVEL: 'info', ...this.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.proc.stdout!.on('data', (d: Buffer) => { this.output += d.toString(); });
+    this.proc.stderr!.on('data', (d: Buffer) => { this.output += d.toString(); });
+    const end = Date.now() + 30_000;
+    while (!this.output.includes('"msg":"listening"')) {
+      if (this.proc.exitCode !== null) throw new Error(`server exited: ${this.output}`);
+      if (Date.now() > end) throw new Error(`server did not start: ${this.output}`);
+      await sleep(50);
+    }
+    this.token = readFileSync(join(this.dataDir, 'admin-token'), 'utf8').trim();
+  }
+
+  /** SIGKILL the server (VMMs survive: they are daemons). */
+  async kill9(): Promise<void> {
+    const p = this.proc;
+    if (!p || p.exitCode !== null) return;
+    const exited = new Promise((r) => p.once('exit', r));
+    p.kill('SIGKILL');
+    await exited;
+  }
+
+  async api(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<{ status: number; body: any; headers: Headers }> {
+    const init: RequestInit = { method, headers: { authorization: `Bearer ${this.token}`, ...headers } };
+    if (body !== undefined) {
+      init.body = typeof body === 'string' ? body : JSON.stringify(body);
+      (init.headers as Record<string, string>)['content-type'] ??= 'application/json';
+    }
+    const res = await fetch(this.url + path, init);
+    const text = await res.text();
+    let parsed: unknown = text;
+    try { parsed = text ? JSON.parse(text) : undefined; } catch { /* not JSON */ }
+    return { status: res.status, body: parsed, headers: res.headers };
+  }
+
+  ws(path: string, token = this.token): WebSocket {
+    const sep = path.includes('?') ? '&' : '?';
+    return new WebSocket(`ws://127.0.0.1:${this.port}${path}${sep}access_token=${encodeURIComponent(token)}`);
+  }
+
+  /** Kills the server and every VMM it left, removes the data directory. */
+  async stop(): Promise<void> {
+    await this.kill9();
+    const vmsDir = join(this.dataDir, 'vms');
+    if (existsSync(vmsDir)) {
+      for (const id of readdirSync(vmsDir)) {
+        try {
+          const pid = Number(readFileSync(join(vmsDir, id, 'vmm.pid'), 'utf8'));
+          if (pid > 1) process.kill(pid, 'SIGKILL');
+        } catch { /* no VMM */ }
+      }
+    }
+    rmSync(this.dataDir, { recursive: true, force: true });
+  }
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export async function waitFor<T>(what: string, fn: () => T | undefined | Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined && v !== false) return v as T;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+/** Collects the JSON messages of an events WebSocket. */
+export class EventCollector {
+  readonly messages: Array<{ seq: number; vm: string; event: string; data: any; timestamp: string }> = [];
+  readonly opened: Promise<void>;
+
+  constructor(readonly socket: WebSocket) {
+    socket.on('message', (d) => this.messages.push(JSON.parse(d.toString())));
+    this.opened = new Promise((res, rej) => { socket.once('open', () => res()); socket.once('error', rej); });
+  }
+
+  waitFor(event: string, pred: (m: any) => boolean = () => true, timeoutMs = 60_000) {
+    return waitFor(`event ${event}`, () => this.messages.find((m) => m.event === event && pred(m)), timeoutMs);
+  }
+
+  close(): void {
+    this.socket.close();
+  }
+}
+
+/** Collects a console WebSocket's output as text. */
+export class ConsoleCollector {
+  text = '';
+  readonly opened: Promise<void>;
+
+  constructor(readonly socket: WebSocket) {
+    socket.on('message', (d: Buffer) => { this.text += d.toString('utf8'); });
+    this.opened = new Promise((res, rej) => { socket.once('open', () => res()); socket.once('error', rej); });
+  }
+
+  waitFor(needle: string | RegExp, timeoutMs = 90_000) {
+    return waitFor(`console output ${needle}`, () => (typeof needle === 'string' ? this.text.includes(needle) : needle.test(this.text)) || undefined, timeoutMs);
+  }
+
+  send(s: string): void {
+    this.socket.send(s);
+  }
+
+  close(): void {
+    this.socket.close();
+  }
+}
