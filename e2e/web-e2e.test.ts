@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -95,7 +95,10 @@ before(async () => {
 after(async () => {
   await browser?.close().catch(() => undefined);
   if (proc && proc.exitCode === null) {
-    for (const id of created) await api('DELETE', `/v1/vms/${id}`).catch(() => undefined);
+    for (const id of created) {
+      const r = await api('DELETE', `/v1/vms/${id}?force=true`).catch((e: Error) => e);
+      if (r instanceof Error || r.status !== 204) console.error(`cleanup: DELETE ${id}: ${r instanceof Error ? r.message : r.status}`);
+    }
     proc.kill('SIGTERM');
     const exited = await Promise.race([
       new Promise((r) => proc!.once('exit', () => r(true))),
@@ -103,7 +106,19 @@ after(async () => {
     ]);
     if (!exited) proc.kill('SIGKILL');
   }
-  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+  // The server leaves VMMs running on SIGTERM (by design): kill any this test started.
+  if (dataDir) {
+    const vmsDir = join(dataDir, 'vms');
+    for (const d of existsSync(vmsDir) ? readdirSync(vmsDir) : []) {
+      try {
+        const pid = Number(readFileSync(join(vmsDir, d, 'vmm.pid'), 'utf8').trim());
+        if (pid > 1) process.kill(pid, 'SIGKILL');
+      } catch {
+        /* no pidfile or already gone */
+      }
+    }
+    rmSync(dataDir, { recursive: true, force: true });
+  }
 });
 
 async function open(opts: { phone?: boolean; dark?: boolean } = {}): Promise<{ page: Page; errors: string[] }> {

@@ -184,7 +184,7 @@ export class ConsoleView {
       if (wasOpen) this.term.write('\r\n\x1b[2m[capsule: console disconnected]\x1b[0m\r\n');
       if (this.destroyed) return;
       if (consoleAvailable(this.state)) {
-        const delay = Math.min(10000, 500 * 2 ** this.attempt);
+        const delay = Math.min(5000, 500 * 2 ** this.attempt);
         this.attempt += 1;
         this.setStatus('disconnected', `retrying in ${Math.round(delay / 100) / 10} s${c.reason ? ` (${c.reason})` : ''}`);
         this.retry = setTimeout(() => {
