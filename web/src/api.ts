@@ -19,6 +19,7 @@ export interface Health {
   status: string;
   kvm: boolean;
   hypervisors: string[];
+  defaultHypervisor?: string;
 }
 
 export interface Image {

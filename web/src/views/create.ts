@@ -88,6 +88,7 @@ export function createView(app: App, navigate: (hash: string) => void): View {
   );
   app.api.health().then(
     (hl) => {
+      if (hl.defaultHypervisor) hvSel.options[0]!.textContent = `Server default (${hl.defaultHypervisor})`;
       for (const hv of hl.hypervisors ?? []) {
         const label = hv === 'native' ? `native (capsule VMM${hl.kvm ? ', KVM' : ', needs KVM'})` : hv;
         hvSel.appendChild(h('option', { value: hv }, label));
