@@ -40,7 +40,7 @@ test('actions are allowed exactly in the contract states', () => {
   const table: Record<string, string[]> = {
     start: ['created', 'stopped', 'crashed'],
     stop: ['running', 'paused', 'starting'],
-    forceStop: ['running', 'paused', 'starting'],
+    forceStop: ['running', 'paused', 'starting', 'stopping'],
     pause: ['running'],
     resume: ['paused'],
     reboot: ['running'],
@@ -49,6 +49,15 @@ test('actions are allowed exactly in the contract states', () => {
   for (const [action, states] of Object.entries(table)) {
     for (const s of mod.STATES) assert.equal(mod.isAllowed(s, action), states.includes(s), `${action} from ${s}`);
   }
+});
+
+test('only a clean stop can be overtaken, by force stop or delete', () => {
+  assert.equal(mod.canOvertake([], 'start'), true);
+  assert.equal(mod.canOvertake(['stop'], 'forceStop'), true);
+  assert.equal(mod.canOvertake(['stop'], 'delete'), true);
+  assert.equal(mod.canOvertake(['stop'], 'pause'), false);
+  assert.equal(mod.canOvertake(['stop', 'forceStop'], 'forceStop'), false);
+  assert.equal(mod.canOvertake(['pause'], 'forceStop'), false);
 });
 
 test('matchField maps API field names to form fields', () => {

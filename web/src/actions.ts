@@ -17,7 +17,8 @@ export const ACTIONS: readonly ActionDef[] = [
   { id: 'pause', label: 'Pause', busyLabel: 'Pausing…', from: ['running'] },
   { id: 'resume', label: 'Resume', busyLabel: 'Resuming…', from: ['paused'] },
   { id: 'reboot', label: 'Reboot', busyLabel: 'Rebooting…', from: ['running'] },
-  { id: 'forceStop', label: 'Force stop', busyLabel: 'Killing…', from: ['running', 'paused', 'starting'], danger: true },
+  // Also from "stopping": killing a guest that ignores the clean power-off is what force is for.
+  { id: 'forceStop', label: 'Force stop', busyLabel: 'Killing…', from: ['running', 'paused', 'starting', 'stopping'], danger: true },
   { id: 'delete', label: 'Delete', busyLabel: 'Deleting…', from: 'any', danger: true },
 ];
 
@@ -38,3 +39,13 @@ export function consoleAvailable(state: VmState | string): boolean {
 }
 
 export const STATES: readonly VmState[] = ['created', 'starting', 'running', 'paused', 'stopping', 'stopped', 'crashed'];
+
+/**
+ * May `next` be started while `busy` actions are in flight on the same VM? Only one at a
+ * time, except that a slow clean stop can be overtaken by force stop or delete.
+ */
+export function canOvertake(busy: readonly ActionId[], next: ActionId): boolean {
+  if (busy.length === 0) return true;
+  if (busy.includes(next)) return false;
+  return busy.every((b) => b === 'stop') && (next === 'forceStop' || next === 'delete');
+}

@@ -1,7 +1,7 @@
 // Shared application context: API client, VM store, the global event stream, in-flight
 // actions and notifications. Views receive it and subscribe to what they need.
 import { Api, ApiError, type Vm } from './api.js';
-import { actionDef, type ActionId } from './actions.js';
+import { actionDef, canOvertake, type ActionId } from './actions.js';
 import { EventStream, type CapsuleEvent, type StreamStatus } from './events.js';
 import { VmStore } from './store.js';
 import { h } from './dom.js';
@@ -17,7 +17,8 @@ type Listener = () => void;
 
 export class App {
   readonly store = new VmStore();
-  readonly inflight = new Map<string, ActionId>();
+  /** Actions in flight per VM id. */
+  readonly inflight = new Map<string, ActionId[]>();
   /** Last action error per VM, shown next to its buttons until the next action. */
   readonly actionErrors = new Map<string, string>();
   streamStatus: StreamStatus = 'closed';
@@ -107,8 +108,9 @@ export class App {
   }
 
   async runAction(vm: Vm, id: ActionId): Promise<boolean> {
-    if (this.inflight.has(vm.id)) return false;
-    this.inflight.set(vm.id, id);
+    const busy = this.inflight.get(vm.id) ?? [];
+    if (!canOvertake(busy, id)) return false;
+    this.inflight.set(vm.id, [...busy, id]);
     this.actionErrors.delete(vm.id);
     this.changed();
     try {
@@ -130,7 +132,9 @@ export class App {
       this.reportError(`${actionDef(id).label} “${vm.name}” failed`, e);
       return false;
     } finally {
-      this.inflight.delete(vm.id);
+      const left = (this.inflight.get(vm.id) ?? []).filter((a) => a !== id);
+      if (left.length) this.inflight.set(vm.id, left);
+      else this.inflight.delete(vm.id);
       this.changed();
     }
   }

@@ -1,7 +1,7 @@
 // Lifecycle buttons for one VM: enabled only where the state allows, busy while in flight,
 // two-step confirmation for Delete and Force stop.
 import type { Vm } from '../api.js';
-import { ACTIONS, isAllowed, type ActionId } from '../actions.js';
+import { ACTIONS, canOvertake, isAllowed, type ActionId } from '../actions.js';
 import type { App } from '../app.js';
 import { h, clear } from '../dom.js';
 
@@ -42,15 +42,16 @@ export class ActionBar {
 
   update(vm: Vm): void {
     this.vm = vm;
-    const busy = this.app.inflight.get(vm.id);
+    const busy = this.app.inflight.get(vm.id) ?? [];
     for (const [id, b] of this.buttons) {
       const def = ACTIONS.find((a) => a.id === id)!;
       const allowed = isAllowed(vm.state, id);
-      b.disabled = busy !== undefined || !allowed;
-      b.setAttribute('aria-busy', String(busy === id));
-      b.classList.toggle('busy', busy === id);
+      const mine = busy.includes(id);
+      b.disabled = !allowed || !canOvertake(busy, id);
+      b.setAttribute('aria-busy', String(mine));
+      b.classList.toggle('busy', mine);
       b.classList.toggle('armed', this.armed === id);
-      const label = busy === id ? def.busyLabel : this.armed === id ? `Confirm ${def.label.toLowerCase()}` : def.label;
+      const label = mine ? def.busyLabel : this.armed === id ? `Confirm ${def.label.toLowerCase()}` : def.label;
       b.textContent = label;
       b.title = allowed ? '' : `Not possible while ${vm.state}`;
       b.setAttribute('aria-label', `${label} ${vm.name}`);
