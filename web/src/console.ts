@@ -55,6 +55,7 @@ export class ConsoleView {
   private destroyed = false;
   private readonly mq = window.matchMedia('(prefers-color-scheme: dark)');
   private readonly ro: ResizeObserver;
+  private readonly reconnectBtn: HTMLButtonElement;
 
   constructor(
     private readonly api: Api,
@@ -62,7 +63,8 @@ export class ConsoleView {
   ) {
     this.statusEl = h('span', { class: 'console-status', role: 'status', 'aria-live': 'polite' });
     this.screen = h('div', { class: 'console-screen', 'data-testid': 'console' });
-    const reconnect = h('button', { type: 'button', class: 'small' }, 'Reconnect');
+    const reconnect = h('button', { type: 'button', class: 'small', disabled: true }, 'Reconnect');
+    this.reconnectBtn = reconnect;
     reconnect.addEventListener('click', () => {
       this.attempt = 0;
       this.close();
@@ -117,6 +119,7 @@ export class ConsoleView {
   setVmState(state: string): void {
     const prev = this.state;
     this.state = state;
+    this.reconnectBtn.disabled = !consoleAvailable(state);
     if (!consoleAvailable(state)) {
       if (this.retry) clearTimeout(this.retry);
       this.retry = null;

@@ -210,8 +210,7 @@ function eventSummary(ev: CapsuleEvent): string {
   if (ev.event === 'STATE_CHANGED') return `${String(d['previous'] ?? '?')} → ${String(d['state'] ?? '?')}`;
   if (ev.event === 'EVENTS_DROPPED') return `${String(d['count'] ?? '?')} events dropped by the server`;
   if (ev.event === 'VM_CREATED') return 'created';
-  const keys = Object.keys(d);
-  if (keys.length === 0) return '';
-  const s = JSON.stringify(d);
+  const parts = Object.entries(d).map(([k, v]) => `${k}=${typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)}`);
+  const s = parts.join(' ');
   return s.length > 160 ? s.slice(0, 160) + '…' : s;
 }
