@@ -62,12 +62,12 @@ export function listView(app: App): View {
     const tr = h(
       'tr',
       { 'data-vm-id': vm.id, 'data-vm-name': vm.name },
-      h('th', { scope: 'row', 'data-label': 'Name' }, name, h('div', { class: 'sub mono' }, vm.id)),
+      h('th', { scope: 'row', 'data-label': 'Name' }, name, h('div', { class: 'sub mono', title: vm.id }, vm.id.length > 13 ? vm.id.slice(0, 8) + '…' : vm.id)),
       h('td', { 'data-label': 'State' }, badge),
       h('td', { 'data-label': 'Backend' }, vm.hypervisor),
       h('td', { 'data-label': 'vCPUs' }, vm.vcpus),
       h('td', { 'data-label': 'Memory' }, fmtMem(vm.memoryMiB)),
-      h('td', { 'data-label': 'Created' }, fmtTime(vm.createdAt)),
+      h('td', { 'data-label': 'Created', class: 'nowrap' }, fmtTime(vm.createdAt)),
       h('td', { class: 'row-actions' }, bar.el),
     );
     return { tr, badge, bar, name };
