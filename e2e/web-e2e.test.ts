@@ -238,6 +238,26 @@ test('VM lifecycle through the UI, watched by a second browser context', { skip,
   await shot(a, 'detail-stopped');
   assert.ok(await btn(a, 'start').isEnabled());
 
+  t.diagnostic('start again: the console reconnects to the new boot');
+  await a.getByRole('button', { name: 'Clear' }).click();
+  await btn(a, 'start').click();
+  await stateIs(a, 'running', BOOT_MS);
+  await waitForConsole(a, /CAPSULE_READY cpus=1/, BOOT_MS);
+
+  t.diagnostic('reboot');
+  await waitForConsole(a, /capsule# /, 60_000);
+  await a.getByRole('button', { name: 'Clear' }).click();
+  await btn(a, 'reboot').click();
+  await waitForConsole(a, /CAPSULE_READY cpus=1/, BOOT_MS);
+  await stateIs(a, 'running', BOOT_MS);
+
+  t.diagnostic('force stop (two clicks)');
+  await btn(a, 'forceStop').click();
+  await btn(a, 'forceStop').getByText('Confirm force stop').waitFor();
+  await btn(a, 'forceStop').click();
+  await stateIs(a, 'stopped', 60_000);
+  await stateIs(b, 'stopped', 30_000);
+
   t.diagnostic('delete');
   await btn(a, 'delete').click();
   await btn(a, 'delete').getByText('Confirm delete').waitFor();
