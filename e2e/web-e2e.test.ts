@@ -44,6 +44,45 @@ async function freePort(): Promise<number> {
   });
 }
 
+let port = 0;
+const LOG = join(ROOT, 'test-output', 'web-e2e-server.log');
+
+/** Spawns the server (again) on `port` with the test's data dir; resolves once it answers. */
+async function startServer(): Promise<void> {
+  mkdirSync(dirname(LOG), { recursive: true });
+  const log = createWriteStream(LOG, { flags: 'a' });
+  proc = spawn(process.execPath, [SERVER], {
+    cwd: ROOT,
+    env: { ...process.env, PORT: String(port), HOST: '127.0.0.1', CAPSULE_DATA_DIR: dataDir, CAPSULE_IMAGES_DIR: IMAGES },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  proc.stdout!.pipe(log);
+  proc.stderr!.pipe(log);
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    if (proc.exitCode !== null) throw new Error(`server exited with ${proc.exitCode}; see ${LOG}`);
+    try {
+      const r = await fetch(base + '/v1/health');
+      if (r.ok && existsSync(join(dataDir, 'admin-token'))) return;
+    } catch {
+      /* not listening yet */
+    }
+    if (Date.now() > deadline) throw new Error(`server did not answer /v1/health in 60 s; see ${LOG}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+async function stopServer(): Promise<void> {
+  if (!proc || proc.exitCode !== null) return;
+  const p = proc;
+  p.kill('SIGTERM');
+  const exited = await Promise.race([
+    new Promise((r) => p.once('exit', () => r(true))),
+    new Promise((r) => setTimeout(() => r(false), 15_000)),
+  ]);
+  if (!exited) p.kill('SIGKILL');
+}
+
 async function api(method: string, path: string, body?: unknown): Promise<Response> {
   return fetch(base + path, {
     method,
@@ -64,30 +103,9 @@ before(async () => {
     }
   }
   dataDir = mkdtempSync(join(tmpdir(), 'capsule-web-e2e-'));
-  const port = await freePort();
+  port = await freePort();
   base = `http://127.0.0.1:${port}`;
-  const logPath = join(ROOT, 'test-output', 'web-e2e-server.log');
-  mkdirSync(dirname(logPath), { recursive: true });
-  const log = createWriteStream(logPath);
-  proc = spawn(process.execPath, [SERVER], {
-    cwd: ROOT,
-    env: { ...process.env, PORT: String(port), HOST: '127.0.0.1', CAPSULE_DATA_DIR: dataDir, CAPSULE_IMAGES_DIR: IMAGES },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  proc.stdout!.pipe(log);
-  proc.stderr!.pipe(log);
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    if (proc.exitCode !== null) throw new Error(`server exited with ${proc.exitCode}; see ${logPath}`);
-    try {
-      const r = await fetch(base + '/v1/health');
-      if (r.ok && existsSync(join(dataDir, 'admin-token'))) break;
-    } catch {
-      /* not listening yet */
-    }
-    if (Date.now() > deadline) throw new Error(`server did not answer /v1/health in 60 s; see ${logPath}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
+  await startServer();
   token = readFileSync(join(dataDir, 'admin-token'), 'utf8').trim();
   browser = await launch();
 });
@@ -99,12 +117,7 @@ after(async () => {
       const r = await api('DELETE', `/v1/vms/${id}?force=true`).catch((e: Error) => e);
       if (r instanceof Error || r.status !== 204) console.error(`cleanup: DELETE ${id}: ${r instanceof Error ? r.message : r.status}`);
     }
-    proc.kill('SIGTERM');
-    const exited = await Promise.race([
-      new Promise((r) => proc!.once('exit', () => r(true))),
-      new Promise((r) => setTimeout(() => r(false), 15_000)),
-    ]);
-    if (!exited) proc.kill('SIGKILL');
+    await stopServer();
   }
   // The server leaves VMMs running on SIGTERM (by design): kill any this test started.
   if (dataDir) {
@@ -276,4 +289,37 @@ test('VM lifecycle through the UI, watched by a second browser context', { skip,
   assert.deepEqual(errorsB, []);
   await a.context().close();
   await b.context().close();
+});
+
+test('the list resumes (?since=) after the server restarts', { skip, timeout: 120_000 }, async (t) => {
+  if (skip) return t.skip(String(skip));
+  const { page, errors } = await open();
+  const sockets: string[] = [];
+  page.on('websocket', (ws) => sockets.push(ws.url()));
+  await signIn(page, base, token);
+  await page.locator('.stream.open').waitFor();
+  // One event seen first, so the client has a seq to resume from.
+  const anchorName = `anchor-${randomBytes(3).toString('hex')}`;
+  const ra = await api('POST', '/v1/vms', { name: anchorName, image: 'default', vcpus: 1, memoryMiB: 128 });
+  const anchor = (await ra.json()) as { id: string };
+  created.push(anchor.id);
+  await page.locator(`tr[data-vm-name="${anchorName}"]`).waitFor();
+  await stopServer();
+  await page.locator('.stream.reconnecting').waitFor();
+  await startServer();
+  const name = `away-${randomBytes(3).toString('hex')}`;
+  const r = await api('POST', '/v1/vms', { name, image: 'default', vcpus: 1, memoryMiB: 128 });
+  assert.equal(r.status, 201);
+  const vm = (await r.json()) as { id: string };
+  created.push(vm.id);
+  await page.locator(`tr[data-vm-name="${name}"]`).waitFor({ timeout: 60_000 });
+  await page.locator('.stream.open').waitFor({ timeout: 60_000 });
+  assert.ok(sockets.some((u) => /\/v1\/events\?since=\d+/.test(u)), `a reconnect used ?since=: ${sockets.length} sockets`);
+  assert.equal((await api('DELETE', `/v1/vms/${vm.id}`)).status, 204);
+  created.splice(created.indexOf(vm.id), 1);
+  await page.locator(`tr[data-vm-name="${name}"]`).waitFor({ state: 'detached' });
+  assert.equal((await api('DELETE', `/v1/vms/${anchor.id}`)).status, 204);
+  created.splice(created.indexOf(anchor.id), 1);
+  assert.deepEqual(errors, []);
+  await page.context().close();
 });
