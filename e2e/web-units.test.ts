@@ -132,6 +132,15 @@ test('VmStore applies events and merges snapshots by updatedAt', () => {
   // QMP events do not touch the list
   assert.equal(s.apply({ seq: 5, vm: 'a', event: 'STOP', data: {}, timestamp: 'x' }), null);
   assert.deepEqual(s.sorted().map((v: any) => v.id), ['a']);
+  // a VM created while a snapshot was in flight survives that (older) snapshot
+  s.beginSnapshot();
+  s.upsert(vm('d', 'created', '2025-01-01T00:00:06.000Z'));
+  s.setSnapshot([vm('a', 'running', '2025-01-01T00:00:03.000Z')]);
+  assert.ok(s.vms.has('d'));
+  // ...but the next snapshot without it removes it
+  s.beginSnapshot();
+  s.setSnapshot([vm('a', 'running', '2025-01-01T00:00:03.000Z')]);
+  assert.ok(!s.vms.has('d'));
   assert.ok(seen.length >= 5);
 });
 

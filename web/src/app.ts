@@ -76,6 +76,7 @@ export class App {
 
   async refresh(): Promise<void> {
     try {
+      this.store.beginSnapshot();
       this.store.setSnapshot(await this.api.listVms());
       const q = this.queued;
       this.queued = [];

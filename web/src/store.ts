@@ -9,6 +9,8 @@ export class VmStore {
   /** Ids deleted while a snapshot was in flight (so a stale snapshot cannot resurrect them). */
   private readonly deleted = new Set<string>();
   private readonly listeners = new Set<StoreListener>();
+  /** Ids upserted while a snapshot was in flight (so a stale snapshot cannot drop them). */
+  private touched: Set<string> | null = null;
   loaded = false;
 
   subscribe(fn: StoreListener): () => void {
@@ -20,6 +22,11 @@ export class VmStore {
     for (const fn of this.listeners) fn(this.vms, id);
   }
 
+  /** Call just before requesting GET /v1/vms; then pass its result to setSnapshot. */
+  beginSnapshot(): void {
+    this.touched = new Set();
+  }
+
   /** Replace the list with a fresh GET /v1/vms, keeping any local copy that is newer. */
   setSnapshot(items: Vm[]): void {
     const seen = new Set<string>();
@@ -29,8 +36,9 @@ export class VmStore {
       const cur = this.vms.get(vm.id);
       if (!cur || !isNewer(cur, vm)) this.vms.set(vm.id, vm);
     }
-    for (const id of [...this.vms.keys()]) if (!seen.has(id)) this.vms.delete(id);
+    for (const id of [...this.vms.keys()]) if (!seen.has(id) && !this.touched?.has(id)) this.vms.delete(id);
     this.deleted.clear();
+    this.touched = null;
     this.loaded = true;
     this.emit(null);
   }
@@ -39,6 +47,8 @@ export class VmStore {
   upsert(vm: Vm): void {
     const cur = this.vms.get(vm.id);
     if (cur && isNewer(cur, vm)) return;
+    if (this.deleted.has(vm.id)) return;
+    this.touched?.add(vm.id);
     this.vms.set(vm.id, vm);
     this.emit(vm.id);
   }
