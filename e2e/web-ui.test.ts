@@ -203,3 +203,37 @@ test('phone width and dark mode render', { skip }, async () => {
   assert.deepEqual(errors, []);
   await p.context().close();
 });
+
+test('keyboard: everything reachable with Tab, visible focus, create form by keyboard', { skip }, async () => {
+  const { page: p, errors } = await page();
+  const t = new Date().toISOString();
+  server.vms.set('vm-k', { id: 'vm-k', name: 'ui-kbd', state: 'running', image: 'default', hypervisor: 'qemu', vcpus: 1, memoryMiB: 256, createdAt: t, updatedAt: t });
+  await p.goto(server.url + '/');
+  await p.getByLabel('API token').waitFor();
+  assert.equal(await p.evaluate('document.activeElement.id'), 'token'); // focused on arrival
+  await p.keyboard.type(server.token);
+  await p.keyboard.press('Enter');
+  await p.getByRole('heading', { name: 'Virtual machines' }).waitFor();
+  const seen: string[] = [];
+  for (let i = 0; i < 8; i++) {
+    await p.keyboard.press('Tab');
+    const info = await p.evaluate<string>(`(() => { const e = document.activeElement; const cs = getComputedStyle(e);
+      return e.tagName + ':' + (e.textContent || '').trim().slice(0, 20) + ':' + (cs.outlineStyle !== 'none' && cs.outlineWidth !== '0px') })()`);
+    if (!info.startsWith('BODY:')) seen.push(info); // BODY: past the end, into browser chrome
+  }
+  assert.ok(seen.every((x) => /^(A|BUTTON):/.test(x)), seen.join(' | '));
+  assert.ok(seen.some((x) => x.startsWith('BUTTON:Pause')), seen.join(' | '));
+  assert.ok(seen.every((x) => x.endsWith(':true')), `focus ring on every stop: ${seen.join(' | ')}`);
+  assert.ok(seen.some((x) => x.startsWith('A:New VM')), seen.join(' | '));
+  // create a VM with the keyboard only
+  await p.getByRole('link', { name: 'New VM' }).focus();
+  await p.keyboard.press('Enter');
+  await p.getByLabel('Name').waitFor();
+  assert.equal(await p.evaluate('document.activeElement.name'), 'name');
+  await p.keyboard.type('ui-keys');
+  await p.keyboard.press('Enter');
+  await p.getByRole('heading', { name: 'ui-keys' }).waitFor();
+  server.vms.delete('vm-k');
+  assert.deepEqual(errors, []);
+  await p.context().close();
+});
