@@ -1,4 +1,9 @@
-// QEMU backend: `-M microvm`, KVM when usable, TCG otherwise.
+// QEMU backend: `-M microvm` on KVM; `-M pc` under TCG (software emulation).
+//
+// Why pc under TCG: microvm has no HPET or ACPI PM timer, so the guest kernel calibrates its
+// TSC against the PIT alone; under TCG on a loaded host that calibration fails and the boot
+// then hangs for minutes (seen here: 2 of 2 microvm boots stuck at load 6, while 2 of 2 pc
+// boots reached the ready marker in 16 s). With KVM, kvmclock gives the TSC frequency.
 import { execFileSync } from 'node:child_process';
 import { probeKvm } from '../../vmm/kvm/probe.js';
 import type { Image } from '../db/images.js';
@@ -39,11 +44,12 @@ export class QemuHypervisor implements Hypervisor {
   }
 
   launchCommand(vm: Vm, image: Image, paths: VmPaths): LaunchCommand {
-    const accel = this.kvm ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg'];
+    const machine = this.kvm
+      ? ['-M', 'microvm,acpi=on,rtc=on,pit=on,pic=on,isa-serial=on', '-accel', 'kvm', '-cpu', 'host']
+      : ['-M', 'pc', '-accel', 'tcg'];
     const args = [
       '-name', `capsule-${vm.id},process=capsule-${vm.id}`,
-      '-M', 'microvm,acpi=on,rtc=on,pit=on,pic=on,isa-serial=on',
-      ...accel,
+      ...machine,
       '-smp', String(vm.vcpus),
       '-m', `${vm.memoryMiB}M`,
       '-nodefaults', '-nographic', '-no-reboot', '-no-user-config',

@@ -91,7 +91,7 @@ export class TestServer {
     const res = await fetch(this.url + path, init);
     const text = await res.text();
     let parsed: unknown = text;
-    try { parsed = text ? JSON.parse(text) : undefined; } catch { /* not JSON */ }
+    try { parsed = text ? JSON.parse(text) : text; } catch { /* not JSON */ }
     return { status: res.status, body: parsed, headers: res.headers };
   }
 

@@ -1,0 +1,51 @@
+#!/usr/bin/env node
+// Runs the whole suite from dist/ (npm test builds first):
+//   1. host tests: dist/**/*.test.js except KVM and browser tests, one file at a time
+//      (several boot real guests under TCG; two cores are not enough to run them together);
+//   2. KVM tests (*.kvm.test.js): directly where /dev/kvm works, else in the nested lab;
+//   3. browser tests: dist/e2e/*.test.js (Playwright + Debian's chromium).
+// `node scripts/run-tests.mjs FILTER` runs only the files whose path contains FILTER.
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { join, relative } from 'node:path';
+
+const root = new URL('..', import.meta.url).pathname;
+const filter = process.argv[2];
+
+function find(dir, out = []) {
+  if (!existsSync(dir)) return out;
+  for (const name of readdirSync(dir)) {
+    const p = join(dir, name);
+    if (statSync(p).isDirectory()) find(p, out);
+    else if (name.endsWith('.test.js')) out.push(relative(root, p));
+  }
+  return out.sort();
+}
+
+const all = ['server', 'vmm', 'seccomp', 'bench', 'scripts', 'e2e'].flatMap((d) => find(join(root, 'dist', d)))
+  .filter((f) => !filter || f.includes(filter));
+const kvm = all.filter((f) => f.endsWith('.kvm.test.js'));
+const e2e = all.filter((f) => f.startsWith('dist/e2e/') && !kvm.includes(f));
+const host = all.filter((f) => !kvm.includes(f) && !e2e.includes(f));
+
+// Build the default guest image once for every test that boots one.
+const images = process.env.CAPSULE_TEST_IMAGES ?? '/tmp/capsule-test-images';
+const build = spawnSync('bash', [join(root, 'scripts/build-image.sh'), join(images, 'default')], { stdio: 'inherit' });
+if (build.status !== 0) process.exit(build.status ?? 1);
+
+let failed = false;
+const run = (label, cmd, args) => {
+  if (args.length === 0) return;
+  console.log(`\n# ${label}: ${args.filter((a) => a.endsWith('.js')).length} file(s)`);
+  const r = spawnSync(cmd, args, { stdio: 'inherit', cwd: root, env: { ...process.env, CAPSULE_TEST_IMAGES: images } });
+  if (r.status !== 0) failed = true;
+};
+
+run('host tests', process.execPath, ['--test', '--test-concurrency=1', ...host]);
+if (kvm.length > 0) {
+  const harness = join(root, 'scripts/kvm-tests.sh');
+  if (existsSync(harness)) run('KVM tests', 'bash', [harness, ...kvm]);
+  else { console.error('KVM tests found but scripts/kvm-tests.sh is missing'); failed = true; }
+}
+run('browser tests', process.execPath, ['--test', '--test-concurrency=1', ...e2e]);
+process.exit(failed ? 1 : 0);
