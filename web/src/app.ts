@@ -74,15 +74,22 @@ export class App {
     if (document.visibilityState === 'visible') this.stream?.kick();
   };
 
+  /** Why the last list load failed (shown with a Retry button), or null. */
+  loadError: string | null = null;
+
   async refresh(): Promise<void> {
     try {
       this.store.beginSnapshot();
       this.store.setSnapshot(await this.api.listVms());
+      this.loadError = null;
       const q = this.queued;
       this.queued = [];
       for (const ev of q) this.handleEvent(ev);
     } catch (e) {
+      this.loadError = e instanceof ApiError ? e.describe() : String(e);
       this.reportError('Could not load the VM list', e);
+    } finally {
+      this.changed();
     }
   }
 
@@ -90,7 +97,8 @@ export class App {
 
   private handleEvent(ev: CapsuleEvent): void {
     if (!this.store.loaded) {
-      this.queued.push(ev);
+      // The snapshot will cover anything older; keep a bounded backlog.
+      if (this.queued.length < 1000) this.queued.push(ev);
       return;
     }
     const unknownId = this.store.apply(ev);

@@ -43,13 +43,19 @@ export function listView(app: App): View {
     h('p', null, 'No virtual machines yet.'),
     h('a', { class: 'button primary', href: '#/new' }, 'Create your first VM'),
   );
+  const wrap = h('div', { class: 'table-wrap' }, table);
   const loading = h('p', { class: 'hint' }, 'Loading…');
+  const loadErrText = h('span', null);
+  const retry = h('button', { type: 'button', class: 'small' }, 'Retry');
+  retry.addEventListener('click', () => void app.refresh());
+  const loadErr = h('div', { class: 'form-error', role: 'alert', hidden: true }, 'Could not load the VM list: ', loadErrText, ' ', retry);
   const el = h(
     'main',
     { id: 'main', class: 'page' },
     h('div', { class: 'page-head' }, h('div', { class: 'title' }, heading, count), h('a', { class: 'button primary', href: '#/new' }, 'New VM')),
     loading,
-    h('div', { class: 'table-wrap' }, table),
+    loadErr,
+    wrap,
     empty,
   );
 
@@ -75,9 +81,11 @@ export function listView(app: App): View {
 
   function render(): void {
     const vms = app.store.sorted();
-    loading.hidden = app.store.loaded;
+    loading.hidden = app.store.loaded || app.loadError !== null;
+    loadErr.hidden = app.loadError === null;
+    loadErrText.textContent = app.loadError ?? '';
     empty.hidden = !app.store.loaded || vms.length > 0;
-    table.hidden = vms.length === 0;
+    wrap.hidden = vms.length === 0;
     count.textContent = app.store.loaded ? `${vms.length}` : '';
     const keep = new Set(vms.map((v) => v.id));
     for (const [id, r] of rows) {
