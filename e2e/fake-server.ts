@@ -22,6 +22,8 @@ export interface FakeServer {
   token: string;
   vms: Map<string, Vm>;
   events: Ev[];
+  /** Make the next N GET /v1/vms fail with 500. */
+  failListing(n: number): void;
   /** Close every open events socket (clients should reconnect with ?since). */
   dropEventSockets(): void;
   /** Emit an event as the server would. */
@@ -38,6 +40,7 @@ export async function startFakeServer(opts: { webDir: string; token?: string; bo
   const events: Ev[] = [];
   let seq = 0;
   let nextId = 1;
+  let failListing = 0;
   const eventSubs = new Set<{ ws: WebSocket; vm: string | null }>();
   const consoles = new Map<string, Set<WebSocket>>();
   const lines = new Map<string, string>();
@@ -118,7 +121,13 @@ export async function startFakeServer(opts: { webDir: string; token?: string; bo
     if (p === '/v1/health') return send(res, 200, { status: 'ok', kvm: false, hypervisors: ['qemu'] });
     if (!authed(req, url)) return err(res, 401, 'unauthorized', 'missing or invalid token');
     if (p === '/v1/images') return send(res, 200, { items: [{ name: 'default', description: 'fake image' }] });
-    if (p === '/v1/vms' && req.method === 'GET') return send(res, 200, { items: [...vms.values()] });
+    if (p === '/v1/vms' && req.method === 'GET') {
+      if (failListing > 0) {
+        failListing--;
+        return err(res, 500, 'internal', 'internal server error');
+      }
+      return send(res, 200, { items: [...vms.values()] });
+    }
     if (p === '/v1/vms' && req.method === 'POST') {
       const b = (await body(req)) as Record<string, unknown> | null;
       if (!b) return err(res, 400, 'invalid_json', 'body is not JSON');
@@ -251,6 +260,9 @@ export async function startFakeServer(opts: { webDir: string; token?: string; bo
     events,
     emit,
     setState,
+    failListing(n: number) {
+      failListing = n;
+    },
     dropEventSockets() {
       for (const s of eventSubs) s.ws.terminate();
     },

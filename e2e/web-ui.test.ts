@@ -153,6 +153,20 @@ test('an action refused by the server is shown, not swallowed', { skip }, async 
   await p.context().close();
 });
 
+test('a failed list load is shown with a working Retry', { skip }, async () => {
+  const { page: p, errors } = await page();
+  await signIn(p, server.url, server.token);
+  server.failListing(1);
+  await p.reload();
+  const alert = p.getByRole('alert').filter({ hasText: 'Could not load the VM list: internal server error (500 internal)' }).first();
+  await alert.waitFor();
+  await p.locator('main').getByRole('button', { name: 'Retry' }).click();
+  await p.locator('main').getByRole('button', { name: 'Retry' }).waitFor({ state: 'hidden' });
+  assert.equal(await p.getByText('Loading…').isVisible(), false);
+  assert.deepEqual(errors, []);
+  await p.context().close();
+});
+
 test('the list resumes after a dropped events socket and shows EVENTS_DROPPED', { skip }, async () => {
   const { page: p, errors } = await page();
   await signIn(p, server.url, server.token);
