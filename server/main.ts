@@ -12,6 +12,7 @@ import { TokenStore } from './db/tokens.js';
 import { EventStore } from './db/events.js';
 import { EventHub } from './events/hub.js';
 import { QemuHypervisor } from './hypervisors/qemu.js';
+import { NativeHypervisor } from './hypervisors/native.js';
 import type { Hypervisor } from './hypervisors/types.js';
 import { Supervisor } from './supervisor/index.js';
 import { ensureDefaultImage, registerImages } from './images/registry.js';
@@ -46,8 +47,13 @@ async function main(): Promise<void> {
   log.info({ images: registered }, 'images registered');
 
   const kvm = probeKvm();
-  const hypervisors = new Map<HypervisorName, Hypervisor>([['qemu', new QemuHypervisor(config.qemuBinary, kvm.available)]]);
-  const defaultHypervisor: HypervisorName = config.defaultHypervisor ?? 'qemu';
+  const native = new NativeHypervisor(kvm);
+  const hypervisors = new Map<HypervisorName, Hypervisor>([
+    ['qemu', new QemuHypervisor(config.qemuBinary, kvm.available)],
+    ['native', native],
+  ]);
+  // The native VMM is the default wherever it can run; QEMU (TCG) is the portable fallback.
+  const defaultHypervisor: HypervisorName = config.defaultHypervisor ?? (native.availability().available ? 'native' : 'qemu');
   const supervisor = new Supervisor({ vms, images, hub, hypervisors, vmsDir: config.vmsDir, stopTimeoutMs: config.stopTimeoutMs, log });
   await supervisor.reattachAll();
 

@@ -96,6 +96,24 @@ test('invalid bodies get 400 naming the problem, and change nothing', async () =
   assert.equal(vmRows(), before, 'no row was written');
 });
 
+test('the native backend is offered only where it can run', async () => {
+  const health = (await s.api('GET', '/v1/health')).body;
+  const r = await s.api('POST', '/v1/vms', { name: 'native-1', hypervisor: 'native', memoryMiB: 256 });
+  if (health.hypervisors.includes('native')) {
+    assert.equal(r.status, 201);
+    assert.equal(health.defaultHypervisor, 'native');
+    const small = await s.api('POST', '/v1/vms', { name: 'native-2', hypervisor: 'native', memoryMiB: 128 });
+    assert.equal(small.status, 400);
+    assert.equal(small.body.error.field, 'memoryMiB');
+  } else {
+    assert.equal(r.status, 400);
+    assert.equal(r.body.error.field, 'hypervisor');
+    assert.match(r.body.error.message, /native is not available/);
+    assert.equal(health.defaultHypervisor, 'qemu');
+    assert.match(health.details.native, /KVM|missing/);
+  }
+});
+
 test('oversized bodies get 413', async () => {
   const r = await s.api('POST', '/v1/vms', { name: 'big', cmdline: 'x'.repeat(100_000) });
   assert.equal(r.status, 413);

@@ -30,7 +30,7 @@ export function eventRoutes(deps: AppDeps, upgrade: UpgradeWebSocket, buckets: B
       onOpen: (_: Event, ws: WSContext) => {
         const raw = ws.raw as WebSocket;
         unsubscribe = deps.hub.subscribe(
-          { send: (m) => raw.send(m), bufferedAmount: () => raw.bufferedAmount },
+          { send: (m) => raw.send(m, { binary: false }), bufferedAmount: () => raw.bufferedAmount },
           { vm, since: sinceRaw === undefined ? undefined : Number(sinceRaw) },
         );
       },

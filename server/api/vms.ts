@@ -43,14 +43,21 @@ export function vmRoutes(deps: AppDeps) {
     return vm;
   };
   const r = newRouter()
-    .openapi(listVms, (c) => c.json({ items: deps.vms.list() }, 200))
+    .openapi(listVms, (c) => c.body(deps.vms.listJson(), 200, { 'content-type': 'application/json' }) as never)
     .openapi(getVm, (c) => c.json(mustGet(c.req.valid('param').id), 200))
     .openapi(createVm, (c) => {
       const body = c.req.valid('json');
       if (!deps.images.get(body.image)) throw new ApiError(400, 'invalid_request', `image: no image named ${JSON.stringify(body.image)}`, 'image');
       const hypervisor = body.hypervisor ?? deps.defaultHypervisor;
-      if (!deps.hypervisors.get(hypervisor)?.availability().available) {
-        throw new ApiError(400, 'invalid_request', `hypervisor: ${hypervisor} is not available on this host`, 'hypervisor');
+      const backend = deps.hypervisors.get(hypervisor);
+      if (!backend?.availability().available) {
+        throw new ApiError(400, 'invalid_request', `hypervisor: ${hypervisor} is not available on this host (${backend?.availability().reason ?? 'unknown'})`, 'hypervisor');
+      }
+      if (body.memoryMiB < backend.limits.minMemoryMiB) {
+        throw new ApiError(400, 'invalid_request', `memoryMiB: the ${hypervisor} hypervisor needs at least ${backend.limits.minMemoryMiB} MiB`, 'memoryMiB');
+      }
+      if (body.vcpus > backend.limits.maxVcpus) {
+        throw new ApiError(400, 'invalid_request', `vcpus: the ${hypervisor} hypervisor allows at most ${backend.limits.maxVcpus}`, 'vcpus');
       }
       if (deps.vms.getByName(body.name)) throw new ApiError(409, 'conflict', `name: a VM named ${body.name} exists`, 'name');
       const vm = deps.vms.create({ ...body, hypervisor });

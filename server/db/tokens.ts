@@ -13,6 +13,7 @@ export const hashToken = (token: string): string => createHash('sha256').update(
 
 export class TokenStore {
   private readonly byHash;
+  private readonly verified = new Map<string, TokenRecord>();
 
   constructor(private readonly db: Db) {
     this.byHash = db.prepare('SELECT id, name, created_at AS createdAt FROM tokens WHERE hash = ?');
@@ -30,7 +31,16 @@ export class TokenStore {
     return { token, record };
   }
 
+  /** Looks the token up by its hash; valid tokens are remembered (bounded) to spare the query. */
   verify(token: string): TokenRecord | undefined {
-    return this.byHash.get(hashToken(token)) as TokenRecord | undefined;
+    const hash = hashToken(token);
+    const cached = this.verified.get(hash);
+    if (cached) return cached;
+    const record = this.byHash.get(hash) as TokenRecord | undefined;
+    if (record) {
+      if (this.verified.size >= 1024) this.verified.clear();
+      this.verified.set(hash, record);
+    }
+    return record;
   }
 }

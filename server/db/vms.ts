@@ -60,6 +60,8 @@ export class VmStore {
   private readonly listStmt;
   private readonly updateStateStmt;
   private readonly deleteStmt;
+  /** The list as the API serves it, rebuilt after a write: listing is the hot read. */
+  private listCache: { vms: Vm[]; json: string } | undefined;
 
   constructor(private readonly db: Db) {
     this.insertStmt = db.prepare(`INSERT INTO vms (id, name, state, image, hypervisor, vcpus, memory_mib, cmdline, pid, created_at, updated_at)
@@ -73,6 +75,7 @@ export class VmStore {
 
   create(v: NewVm): Vm {
     const id = randomUUID();
+    this.listCache = undefined;
     this.insertStmt.run({ ...v, cmdline: v.cmdline ?? null, id, now: new Date().toISOString() });
     return this.get(id)!;
   }
@@ -88,16 +91,31 @@ export class VmStore {
   }
 
   list(): Vm[] {
-    return (this.listStmt.all() as VmRow[]).map(fromRow);
+    return this.cachedList().vms;
+  }
+
+  /** `{"items":[...]}` of list(), serialized once per change. */
+  listJson(): string {
+    return this.cachedList().json;
+  }
+
+  private cachedList(): { vms: Vm[]; json: string } {
+    if (!this.listCache) {
+      const vms = (this.listStmt.all() as VmRow[]).map(fromRow);
+      this.listCache = { vms, json: JSON.stringify({ items: vms }) };
+    }
+    return this.listCache;
   }
 
   /** Sets state and pid (undefined clears it); returns the updated VM. */
   setState(id: string, state: VmState, pid?: number): Vm | undefined {
+    this.listCache = undefined;
     this.updateStateStmt.run({ id, state, pid: pid ?? null, now: new Date().toISOString() });
     return this.get(id);
   }
 
   delete(id: string): boolean {
+    this.listCache = undefined;
     return this.deleteStmt.run(id).changes > 0;
   }
 }

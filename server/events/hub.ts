@@ -5,7 +5,8 @@ import type { CapsuleEvent, EventStore } from '../db/events.js';
 import { LeakyBucket } from '../util/leaky-bucket.js';
 
 export interface SubscriberSink {
-  send(message: string): void;
+  /** A UTF-8 JSON text message; the same Buffer goes to every subscriber of an event. */
+  send(message: Buffer): void;
   /** Bytes queued in the transport; past `maxBuffered` the subscriber counts as slow. */
   bufferedAmount(): number;
 }
@@ -40,7 +41,8 @@ export class EventHub {
   publish(vm: string, event: string, data: Record<string, unknown> = {}): CapsuleEvent {
     const ev = this.store.append(vm, event, data);
     if (this.subscribers.size === 0) return ev;
-    const message = JSON.stringify(ev);
+    // Encode once, not once per subscriber: with 1,000 subscribers this is the hot loop.
+    const message = Buffer.from(JSON.stringify(ev));
     for (const sub of this.subscribers) {
       if (sub.vm === undefined || sub.vm === vm) this.offer(sub, ev, message);
     }
@@ -50,7 +52,7 @@ export class EventHub {
   /** Registers a sink; replays stored events after `since` first (synchronously: no gap). */
   subscribe(sink: SubscriberSink, opts: SubscribeOptions = {}): () => void {
     if (opts.since !== undefined) {
-      for (const ev of this.store.since(opts.since, opts.vm)) sink.send(JSON.stringify(ev));
+      for (const ev of this.store.since(opts.since, opts.vm)) sink.send(Buffer.from(JSON.stringify(ev)));
     }
     const sub = new Subscriber(sink, opts.vm, new LeakyBucket(this.rate.perSecond, this.rate.burst));
     this.subscribers.add(sub);
@@ -60,7 +62,7 @@ export class EventHub {
     };
   }
 
-  private offer(sub: Subscriber, ev: CapsuleEvent, message: string): void {
+  private offer(sub: Subscriber, ev: CapsuleEvent, message: Buffer): void {
     const slow = sub.sink.bufferedAmount() > this.maxBuffered;
     if (!slow && sub.bucket.tryTake()) {
       if (sub.dropped > 0) this.sendDropNotice(sub);
@@ -87,13 +89,13 @@ export class EventHub {
   }
 
   private sendDropNotice(sub: Subscriber): void {
-    sub.sink.send(JSON.stringify({
+    sub.sink.send(Buffer.from(JSON.stringify({
       seq: sub.lastDroppedSeq,
       vm: sub.vm ?? null,
       event: 'EVENTS_DROPPED',
       data: { count: sub.dropped, fromSeq: sub.firstDroppedSeq, toSeq: sub.lastDroppedSeq },
       timestamp: new Date().toISOString(),
-    }));
+    })));
     sub.dropped = 0;
     clearTimeout(sub.flushTimer);
     sub.flushTimer = undefined;

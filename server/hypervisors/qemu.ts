@@ -13,6 +13,7 @@ import type { Availability, Hypervisor, LaunchCommand, VmPaths } from './types.j
 export class QemuHypervisor implements Hypervisor {
   readonly name = 'qemu' as const;
   readonly resetExits = true; // -no-reboot turns a reset into an exit
+  readonly limits = { minMemoryMiB: 64, maxVcpus: 254 };
   private cachedAvailability: Availability | undefined;
   private cachedSandbox: boolean | undefined;
 

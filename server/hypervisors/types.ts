@@ -36,4 +36,6 @@ export interface Hypervisor {
   launchCommand(vm: Vm, image: Image, paths: VmPaths): LaunchCommand;
   /** Whether QMP system_reset ends the VMM process (the supervisor then relaunches it). */
   readonly resetExits: boolean;
+  /** What this backend accepts beyond the API's own bounds. */
+  readonly limits: { minMemoryMiB: number; maxVcpus: number };
 }

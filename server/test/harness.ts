@@ -65,9 +65,11 @@ export class TestServer {
     this.proc.stdout!.on('data', (d: Buffer) => { this.output += d.toString(); });
     this.proc.stderr!.on('data', (d: Buffer) => { this.output += d.toString(); });
     const end = Date.now() + 30_000;
-    while (!this.output.includes('"msg":"listening"')) {
+    for (;;) {
       if (this.proc.exitCode !== null) throw new Error(`server exited: ${this.output}`);
       if (Date.now() > end) throw new Error(`server did not start: ${this.output}`);
+      const up = await fetch(`${this.url}/v1/health`).then((r) => r.ok, () => false);
+      if (up) break;
       await sleep(50);
     }
     this.token = readFileSync(join(this.dataDir, 'admin-token'), 'utf8').trim();

@@ -1,0 +1,134 @@
+// The VMM policy: its decisions in the emulator, its documentation, and a real run: the
+// steady-state workload with the policy installed (kill on anything else) serves a client, and
+// every thread shows `Seccomp: 2`.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { createConnection } from 'node:net';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { compilePolicy } from '../compiler.js';
+import { emulate } from '../emulator.js';
+import { threadSeccompStatus } from '../install.js';
+import { syscallNumber } from '../syscalls.js';
+import { VMM_IOCTLS, VMM_SYSCALLS, vmmPolicy, vmmSyscallNames } from './vmm.js';
+
+const nr = (name: string): number => syscallNumber(name)!;
+const workload = fileURLToPath(new URL('./vmm-workload.js', import.meta.url));
+const repoRoot = fileURLToPath(new URL('../../../', import.meta.url));
+
+test('VMM policy decisions', () => {
+  const prog = compilePolicy(vmmPolicy()).program;
+  const act = (name: string, args: (number | bigint)[] = []) => emulate(prog, { nr: nr(name), args }).action;
+  for (const name of Object.keys(VMM_SYSCALLS)) assert.equal(act(name), 'allow', name);
+  for (const name of ['socket', 'connect', 'execve', 'execveat', 'fork', 'vfork', 'clone', 'clone3', 'ptrace', 'open', 'openat', 'mkdir', 'kill', 'bind', 'listen', 'setuid', 'mount', 'bpf', 'seccomp', 'prctl']) {
+    assert.equal(act(name), 'kill_process', name);
+  }
+  assert.equal(emulate(prog, { nr: nr('unlink') }).data, 1, 'unlink -> EPERM');
+  for (const [name, req] of Object.entries(VMM_IOCTLS)) {
+    assert.equal(act('ioctl', [10, req]), 'allow', name);
+    // Upper half sign-extended or garbage: the kernel only looks at the low 32 bits.
+    assert.equal(act('ioctl', [10, 0xffffffff00000000n | BigInt(req)]), 'allow', `${name} sign-extended`);
+  }
+  assert.equal(act('ioctl', [10, 0xae01]), 'kill_process', 'KVM_CREATE_VM is init-only');
+  assert.equal(act('ioctl', [10, 0xae41]), 'kill_process', 'KVM_CREATE_VCPU is init-only');
+  assert.equal(act('ioctl', [10, 0x5413]), 'kill_process', 'TIOCGWINSZ not needed');
+  assert.equal(emulate(compilePolicy(vmmPolicy({ log: true })).program, { nr: nr('socket') }).action, 'log');
+  assert.equal(emulate(prog, { nr: nr('read'), arch: 0x40000003 }).action, 'kill_process', 'i386');
+  assert.equal(emulate(prog, { nr: nr('read') | 0x40000000 }).action, 'kill_process', 'x32');
+});
+
+test('VMM policy size is within target and every entry is documented', () => {
+  const names = vmmSyscallNames();
+  assert.ok(names.length <= 45, `${names.length} syscalls`);
+  const doc = readFileSync(join(repoRoot, 'docs/seccomp.md'), 'utf8');
+  for (const n of names) assert.match(doc, new RegExp('`' + n + '`'), `docs/seccomp.md should explain ${n}`);
+  assert.match(doc, new RegExp(`\\b${names.length} syscalls\\b`));
+});
+
+test('VMM policy installed in a Node VMM stand-in: serves clients, Seccomp: 2 on every thread, exits cleanly', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vmm-seccomp-'));
+  const sock = join(dir, 'qmp.sock');
+  const child = spawn('/bin/sh', ['-c', 'ulimit -c 0; exec "$0" "$@"', process.execPath, workload, sock, join(dir, 'vmm.log'), '--install'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const exited = new Promise<[number | null, string | null]>((r) => child.on('exit', (c, s) => r([c, s])));
+  try {
+    const pid = await new Promise<number>((resolve, reject) => {
+      child.stdout.on('data', (d) => {
+        const m = /READY (\d+)/.exec(String(d));
+        if (m) resolve(Number(m[1]));
+      });
+      void exited.then(([c, s]) => reject(new Error(`workload died during init: ${c} ${s} ${stderr}`)));
+    });
+    const c = createConnection(sock);
+    c.setEncoding('utf8');
+    const lines: string[] = [];
+    let buf = '';
+    c.on('data', (d: string) => {
+      buf += d;
+      let i: number;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        lines.push(buf.slice(0, i));
+        buf = buf.slice(i + 1);
+      }
+    });
+    const waitFor = async (pred: (l: string) => boolean, what: string): Promise<string> => {
+      for (let t = 0; t < 200; t++) {
+        const hit = lines.find(pred);
+        if (hit) return hit;
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      throw new Error(`no ${what}; got ${lines.slice(-5).join(' | ')}; stderr ${stderr}`);
+    };
+    await waitFor((l) => l.includes('"QMP"'), 'greeting');
+    for (let i = 0; i < 50; i++) c.write(JSON.stringify({ execute: i % 2 ? 'query-status' : 'echo', id: i }) + '\n');
+    c.write('garbage\n');
+    await waitFor((l) => l.includes('"id":49'), 'reply 49');
+    await waitFor((l) => l.includes('bad json'), 'error reply');
+    await new Promise((r) => setTimeout(r, 1500)); // timers, vCPU exits, log writes keep running
+    await waitFor((l) => l.includes('"TICK"'), 'timer event');
+    const status = JSON.parse((await waitFor((l) => l.includes('"status":"running"'), 'status')).trim()) as { return: { exits: number } };
+    assert.ok(status.return.exits >= 0);
+
+    const threads = threadSeccompStatus(pid);
+    assert.ok(threads.length >= 7, `threads: ${threads.length}`);
+    for (const t of threads) {
+      assert.equal(t.seccomp, 2, `thread ${t.tid} (${t.name})`);
+      assert.equal(t.filters, 1, `thread ${t.tid} (${t.name})`);
+    }
+    // Cross-check with the raw /proc text the brief asks about.
+    for (const t of threads) assert.match(readFileSync(`/proc/${pid}/task/${t.tid}/status`, 'utf8'), /^Seccomp:\s+2$/m);
+
+    c.write(JSON.stringify({ execute: 'quit', id: 'q' }) + '\n');
+    const [code, signal] = await exited;
+    assert.deepEqual([code, signal], [0, null], stderr);
+    assert.match(readFileSync(join(dir, 'vmm.log'), 'utf8'), /qmp quit/);
+    c.destroy();
+  } finally {
+    child.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('VMM policy kills a process that tries to open a socket connection', () => {
+  const installUrl = new URL('../install.js', import.meta.url).href;
+  const vmmUrl = new URL('./vmm.js', import.meta.url).href;
+  const script = `
+    import { installPolicy } from ${JSON.stringify(installUrl)};
+    import { vmmPolicy } from ${JSON.stringify(vmmUrl)};
+    import { createConnection } from 'node:net';
+    console.log('before');
+    installPolicy(vmmPolicy());
+    console.log('installed');
+    createConnection('/tmp/nonexistent.sock').on('error', () => console.log('connect failed normally'));
+  `;
+  const r = spawnSync('/bin/sh', ['-c', 'ulimit -c 0; exec "$0" --input-type=module -e "$1"', process.execPath, script], { encoding: 'utf8', timeout: 20000 });
+  assert.equal(r.signal, 'SIGSYS', JSON.stringify(r));
+  assert.match(r.stdout, /installed/);
+  assert.doesNotMatch(r.stdout, /connect failed/);
+});

@@ -1,0 +1,160 @@
+// The seccomp policy for the Node-based KVM VMM after init.
+//
+// The allow-list was measured, not guessed: seccomp/policies/vmm-workload.ts reproduces the
+// VMM's steady state (QMP-like JSON server on a Unix socket, a worker-thread vCPU, timers, log
+// appends) and ran under `strace -f -c -p PID` after init; docs/seccomp.md records the run and
+// the reason for every entry. Anything not listed is fatal (kill_process), or only logged with
+// `log: true` (SECCOMP_RET_LOG) which is how to find a syscall the measurement missed.
+import type { Policy, Rule } from '../policy.js';
+
+/**
+ * ioctl request numbers the VMM may issue, from <linux/kvm.h>, <linux/if_tun.h>,
+ * <linux/vhost.h> and <asm-generic/ioctls.h>; values checked against the linux-libc-dev 6.1 headers
+ * with a C program printing the macros.
+ */
+export const VMM_IOCTLS: Readonly<Record<string, number>> = Object.freeze({
+  // vCPU run loop and state.
+  KVM_RUN: 0xae80,
+  KVM_GET_REGS: 0x8090ae81,
+  KVM_SET_REGS: 0x4090ae82,
+  KVM_GET_SREGS: 0x8138ae83,
+  KVM_SET_SREGS: 0x4138ae84,
+  KVM_GET_MSRS: 0xc008ae88,
+  KVM_SET_MSRS: 0x4008ae89,
+  KVM_GET_FPU: 0x81a0ae8c,
+  KVM_SET_FPU: 0x41a0ae8d,
+  KVM_GET_LAPIC: 0x8400ae8e,
+  KVM_SET_LAPIC: 0x4400ae8f,
+  KVM_SET_CPUID2: 0x4008ae90,
+  KVM_GET_CPUID2: 0xc008ae91,
+  KVM_GET_MP_STATE: 0x8004ae98,
+  KVM_SET_MP_STATE: 0x4004ae99,
+  KVM_GET_VCPU_EVENTS: 0x8040ae9f,
+  KVM_SET_VCPU_EVENTS: 0x4040aea0,
+  KVM_GET_XSAVE: 0x9000aea4,
+  KVM_SET_XSAVE: 0x5000aea5,
+  KVM_GET_XCRS: 0x8188aea6,
+  KVM_SET_XCRS: 0x4188aea7,
+  // VM-wide: interrupts, irqchip/PIT state (snapshots), clock, memory, eventfd wiring.
+  KVM_SET_USER_MEMORY_REGION: 0x4020ae46,
+  KVM_IRQ_LINE: 0x4008ae61,
+  KVM_GET_IRQCHIP: 0xc208ae62,
+  KVM_SET_IRQCHIP: 0x8208ae63,
+  KVM_IRQ_LINE_STATUS: 0xc008ae67,
+  KVM_IRQFD: 0x4020ae76,
+  KVM_IOEVENTFD: 0x4040ae79,
+  KVM_SET_CLOCK: 0x4030ae7b,
+  KVM_GET_CLOCK: 0x8030ae7c,
+  KVM_GET_PIT2: 0x8070ae9f,
+  KVM_SET_PIT2: 0x4070aea0,
+  // tap networking (later).
+  TUNSETIFF: 0x400454ca,
+  TUNSETOFFLOAD: 0x400454d0,
+  TUNSETVNETHDRSZ: 0x400454d8,
+  // vhost-net (later).
+  VHOST_GET_FEATURES: 0x8008af00,
+  VHOST_SET_FEATURES: 0x4008af00,
+  VHOST_SET_OWNER: 0xaf01,
+  VHOST_RESET_OWNER: 0xaf02,
+  VHOST_SET_MEM_TABLE: 0x4008af03,
+  VHOST_SET_LOG_BASE: 0x4008af04,
+  VHOST_SET_LOG_FD: 0x4004af07,
+  VHOST_SET_VRING_NUM: 0x4008af10,
+  VHOST_SET_VRING_ADDR: 0x4028af11,
+  VHOST_SET_VRING_BASE: 0x4008af12,
+  VHOST_GET_VRING_BASE: 0xc008af12,
+  VHOST_SET_VRING_KICK: 0x4008af20,
+  VHOST_SET_VRING_CALL: 0x4008af21,
+  VHOST_SET_VRING_ERR: 0x4008af22,
+  VHOST_NET_SET_BACKEND: 0x4008af30,
+  // Used by Node/libuv itself on its own fds.
+  TCGETS: 0x5401,
+  FIONBIO: 0x5421,
+});
+
+/**
+ * Syscalls allowed without argument conditions, with the reason each is needed. Keep in sync with
+ * docs/seccomp.md (the test suite checks the documented list matches).
+ */
+export const VMM_SYSCALLS: Readonly<Record<string, string>> = Object.freeze({
+  // --- measured in the steady state (strace -f -c -p, see docs/seccomp.md) ---
+  futex: 'measured: thread wake-ups and waits (libuv pool, V8 platform threads, Atomics.wait in the vCPU worker)',
+  epoll_pwait: 'measured: libuv event loop (main thread and each worker thread)',
+  epoll_ctl: 'measured: libuv registers/unregisters fds (new QMP connections)',
+  read: 'measured: socket reads; eventfd reads for uv_async (worker postMessage wake-ups)',
+  write: 'measured: socket and log writes; eventfd writes to wake other loops',
+  writev: 'measured: corked socket writes (several buffers in one call)',
+  accept4: 'measured: accepting QMP clients (libuv passes SOCK_NONBLOCK|SOCK_CLOEXEC)',
+  shutdown: 'measured: half-closing a client socket (socket.end())',
+  close: 'measured: closing client sockets and fds at shutdown',
+  statx: 'measured: fs.fstat on the log fd (libuv tries statx first)',
+  fstat: 'measured: fstat fallback and at exit',
+  fcntl: 'measured: libuv sets O_NONBLOCK/FD_CLOEXEC on fds',
+  mmap: 'measured: V8 heap growth and zone allocations',
+  munmap: 'measured: V8 heap shrinking, thread-stack release',
+  mprotect: 'measured: V8 code space write-protection flips (W^X) and heap pages',
+  madvise: 'measured: V8 and glibc malloc return memory (MADV_DONTNEED/FREE)',
+  brk: 'measured (rare, late): glibc malloc growing the main arena',
+  getpid: 'measured: V8/Node internals (e.g. process.pid, profiler/trace ids)',
+  rt_sigprocmask: 'measured: libuv and thread teardown mask signals',
+  fsync: 'measured: Node flushes stdio fds at exit',
+  restart_syscall: 'measured: the kernel restarts an interrupted sleep/wait with it after a signal',
+  // --- not always seen in a short run, needed by construction ---
+  exit: 'a thread ending (worker vCPU shutdown); strace -c cannot count it as it never returns',
+  exit_group: 'process exit; never returns, so strace -c does not count it',
+  rt_sigreturn: 'return from any signal handler (SIGCHLD, SIGWINCH, the vCPU kick signal); never returns to the caller',
+  rt_sigaction: 'process.on(signal) handlers installed after init',
+  tgkill: 'abort() and V8 thread interrupts; also how the VMM kicks a vCPU out of KVM_RUN',
+  gettid: 'glibc/V8 thread ids (tracing, abort path)',
+  epoll_wait: 'libuv falls back to epoll_wait when epoll_pwait is unavailable',
+  readv: 'libuv reads into several buffers (fs.readv, stream reads)',
+  recvmsg: 'Unix-socket reads that carry fds (QMP getfd for tap/vhost fds)',
+  sendmsg: 'Unix-socket writes carrying fds or ancillary data',
+  pread64: 'fs.read with a position on fds opened at init (disk images, thread pool)',
+  pwrite64: 'fs.write with a position (disk image writes, thread pool)',
+  lseek: 'fs reads/writes without a position on seekable fds',
+  newfstatat: 'fs.stat/fstat fallback used by glibc/libuv when statx is not used',
+  fdatasync: 'fs.fdatasync on disk images (virtio-blk flush)',
+  eventfd2: 'creating eventfds for KVM_IRQFD/KVM_IOEVENTFD when devices are added after init',
+  clock_gettime: 'clocks when the vDSO cannot serve them (e.g. a clocksource without vDSO support)',
+  clock_nanosleep: 'sleeping (V8 and libuv back-off) when not served by futex timeouts',
+  nanosleep: 'sleeping (glibc usleep in V8/libuv back-off)',
+  sched_yield: 'rare, late: V8 spin-locks and GC task yields',
+  getrusage: 'rare, late: process.resourceUsage()/cpuUsage() and V8 GC heuristics',
+});
+
+/**
+ * Syscalls answered with an error instead of being allowed: the caller copes with the failure and
+ * allowing them would widen what a compromised VMM can do.
+ */
+export const VMM_ERRNO_SYSCALLS: Readonly<Record<string, string>> = Object.freeze({
+  unlink: 'measured once at exit: libuv unlinks the QMP socket path when the server closes; the parent removes the run directory instead',
+});
+
+/** The VMM's seccomp policy. `log: true` logs instead of killing (for finding missing syscalls). */
+export function vmmPolicy(opts: { log?: boolean } = {}): Policy {
+  // One rule per request (OR-ed). The request is `unsigned int` in the kernel but arrives in a
+  // 64-bit register whose upper half a caller may leave sign-extended (e.g. 0xc008ae67 held in an
+  // int), so only the low 32 bits are compared, as the kernel itself does.
+  const ioctlRules: Rule[] = Object.entries(VMM_IOCTLS).map(([name, req]) => ({
+    syscall: 'ioctl',
+    action: 'allow',
+    comment: name,
+    args: [{ arg: 1, op: 'masked==', mask: 0xffffffff, value: req }],
+  }));
+  return {
+    arch: 'x86_64',
+    defaultAction: opts.log ? 'log' : 'kill_process',
+    badArchAction: 'kill_process',
+    rules: [
+      { syscall: Object.keys(VMM_SYSCALLS), action: 'allow' },
+      { syscall: Object.keys(VMM_ERRNO_SYSCALLS), action: 'errno(EPERM)' },
+      ...ioctlRules,
+    ],
+  };
+}
+
+/** Every syscall name the policy mentions (allowed, errno'd, or argument-checked). */
+export function vmmSyscallNames(): string[] {
+  return [...Object.keys(VMM_SYSCALLS), ...Object.keys(VMM_ERRNO_SYSCALLS), 'ioctl'];
+}

@@ -1,0 +1,54 @@
+// The QMP client against a real QEMU (-S: no guest runs), and against a hostile peer.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { QmpClient, QmpError } from './client.js';
+
+test('talks to QEMU: capabilities, commands, errors, events', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'qmp-'));
+  const sock = join(dir, 'qmp.sock');
+  const qemu = spawn('qemu-system-x86_64', ['-M', 'none', '-accel', 'tcg', '-S', '-nodefaults', '-display', 'none', '-qmp', `unix:${sock},server=on,wait=off`], { stdio: 'ignore' });
+  try {
+    const qmp = await QmpClient.connectWithRetry(sock, 15_000);
+    assert.ok(qmp.greeting && 'version' in qmp.greeting);
+    const status = await qmp.execute<{ status: string; running: boolean }>('query-status');
+    assert.equal(status.running, false);
+    await assert.rejects(qmp.execute('no-such-command'), (e: unknown) => e instanceof QmpError && e.qmpClass === 'CommandNotFound');
+    const resumed = new Promise((r) => qmp.once('event', r));
+    await qmp.execute('cont');
+    assert.equal(((await resumed) as { event: string }).event, 'RESUME');
+    const closed = new Promise((r) => qmp.once('close', r));
+    await qmp.execute('quit').catch(() => undefined);
+    await closed;
+    assert.equal(qmp.isClosed, true);
+    await assert.rejects(qmp.execute('query-status'), /closed/);
+  } finally {
+    qemu.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('survives garbage from the peer and fails pending commands when it hangs up', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'qmp-'));
+  const sock = join(dir, 'evil.sock');
+  const server = createServer((c) => {
+    c.write('{"QMP":{"version":{},"capabilities":[]}}\n');
+    c.on('data', (d) => {
+      const msg = JSON.parse(d.toString().trim().split('\n')[0]!) as { execute: string; id: string };
+      if (msg.execute === 'qmp_capabilities') c.write(`not json at all\n{"return":{},"id":"${msg.id}"}\n`);
+      else c.destroy(); // hang up mid-command
+    });
+  });
+  await new Promise<void>((r) => server.listen(sock, r));
+  try {
+    const qmp = await QmpClient.connect(sock);
+    await assert.rejects(qmp.execute('query-status'), /closed/);
+  } finally {
+    server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
