@@ -3,9 +3,12 @@
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 export const CHROMIUM = process.env['CAPSULE_CHROMIUM'] ?? '/usr/bin/chromium';
-export const SCREENSHOTS = join(process.cwd(), 'test-output', 'screenshots');
+/** The repository root (this file runs from dist/e2e/). */
+export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export const SCREENSHOTS = join(ROOT, 'test-output', 'screenshots');
 
 export async function launch(): Promise<Browser> {
   return chromium.launch({

@@ -10,9 +10,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Browser, Page } from 'playwright-core';
-import { CHROMIUM, launch, newContext, shot, signIn, waitForConsole, watchErrors } from './browser.js';
+import { CHROMIUM, ROOT, launch, newContext, shot, signIn, waitForConsole, watchErrors } from './browser.js';
 
-const ROOT = process.cwd();
 const SERVER = join(ROOT, 'dist', 'server', 'main.js');
 const IMAGES = process.env['CAPSULE_TEST_IMAGES'] ?? '/tmp/capsule-test-images';
 const BOOT_MS = Number(process.env['CAPSULE_E2E_BOOT_MS'] ?? 180_000);
@@ -300,7 +299,7 @@ test('the list resumes (?since=) after the server restarts', { skip, timeout: 12
   await page.locator('.stream.open').waitFor();
   // One event seen first, so the client has a seq to resume from.
   const anchorName = `anchor-${randomBytes(3).toString('hex')}`;
-  const ra = await api('POST', '/v1/vms', { name: anchorName, image: 'default', vcpus: 1, memoryMiB: 128 });
+  const ra = await api('POST', '/v1/vms', { name: anchorName, image: 'default', vcpus: 1, memoryMiB: 256 });
   const anchor = (await ra.json()) as { id: string };
   created.push(anchor.id);
   await page.locator(`tr[data-vm-name="${anchorName}"]`).waitFor();
@@ -308,7 +307,7 @@ test('the list resumes (?since=) after the server restarts', { skip, timeout: 12
   await page.locator('.stream.reconnecting').waitFor();
   await startServer();
   const name = `away-${randomBytes(3).toString('hex')}`;
-  const r = await api('POST', '/v1/vms', { name, image: 'default', vcpus: 1, memoryMiB: 128 });
+  const r = await api('POST', '/v1/vms', { name, image: 'default', vcpus: 1, memoryMiB: 256 });
   assert.equal(r.status, 201);
   const vm = (await r.json()) as { id: string };
   created.push(vm.id);

@@ -7,9 +7,9 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { startFakeServer, type FakeServer } from './fake-server.js';
-import { CHROMIUM, launch, newContext, shot, signIn, waitForConsole, watchErrors } from './browser.js';
+import { CHROMIUM, ROOT, launch, newContext, shot, signIn, waitForConsole, watchErrors } from './browser.js';
 
-const WEB = join(process.cwd(), 'dist', 'web');
+const WEB = join(ROOT, 'dist', 'web');
 const skip = !existsSync(CHROMIUM) ? `no ${CHROMIUM}` : !existsSync(join(WEB, 'app.js')) ? 'dist/web not built' : false;
 
 let server: FakeServer;

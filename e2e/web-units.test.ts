@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { AddressInfo } from 'node:net';
 import { build } from 'esbuild';
 import { WebSocketServer, WebSocket } from 'ws';
@@ -25,7 +25,7 @@ before(async () => {
     export { matchField } from './web/src/views/create.ts';
   `;
   await build({
-    stdin: { contents: entry, resolveDir: process.cwd(), loader: 'ts' },
+    stdin: { contents: entry, resolveDir: fileURLToPath(new URL('../../', import.meta.url)), loader: 'ts' },
     bundle: true,
     platform: 'neutral',
     format: 'esm',

@@ -20,6 +20,8 @@ export interface Health {
   kvm: boolean;
   hypervisors: string[];
   defaultHypervisor?: string;
+  /** Per backend: why it is (not) usable. */
+  details?: Record<string, string>;
 }
 
 export interface Image {

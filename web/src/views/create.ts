@@ -54,6 +54,8 @@ export function createView(app: App, navigate: (hash: string) => void): View {
   const hvSel = h('select', null, h('option', { value: '' }, 'Server default'));
   const cmdIn = h('input', { type: 'text', autocomplete: 'off', spellcheck: 'false', placeholder: 'extra kernel command line' });
   const imageHint = h('span', null);
+  const hvHint = h('span', null);
+  const hvHintP = h('p', { class: 'hint image-desc' }, hvHint);
   const submit = h('button', { type: 'submit', class: 'primary' }, 'Create VM');
 
   const form = h(
@@ -66,6 +68,7 @@ export function createView(app: App, navigate: (hash: string) => void): View {
     h('p', { class: 'hint image-desc' }, imageHint),
     h('div', { class: 'row2' }, field('vcpus', 'vCPUs', vcpusIn), field('memoryMiB', 'Memory (MiB)', memIn)),
     field('hypervisor', 'Backend', hvSel, 'The VMM that runs the guest.'),
+    hvHintP,
     h('details', null, h('summary', null, 'Advanced'), field('cmdline', 'Kernel command line', cmdIn, 'Appended to the image’s command line. Optional.')),
     h('div', { class: 'form-actions' }, h('a', { class: 'button', href: '#/' }, 'Cancel'), submit),
   );
@@ -90,9 +93,13 @@ export function createView(app: App, navigate: (hash: string) => void): View {
     (hl) => {
       if (hl.defaultHypervisor) hvSel.options[0]!.textContent = `Server default (${hl.defaultHypervisor})`;
       for (const hv of hl.hypervisors ?? []) {
-        const label = hv === 'native' ? `native (capsule VMM${hl.kvm ? ', KVM' : ', needs KVM'})` : hv;
+        const label = hv === 'native' ? 'native (capsule VMM, KVM)' : hv === 'qemu' ? `qemu${hl.kvm ? ' (KVM)' : ' (TCG, slow)'}` : hv;
         hvSel.appendChild(h('option', { value: hv }, label));
       }
+      // Backends the server knows but cannot use here: listed, disabled, with the reason.
+      const unusable = Object.entries(hl.details ?? {}).filter(([hv]) => !(hl.hypervisors ?? []).includes(hv));
+      for (const [hv, why] of unusable) hvSel.appendChild(h('option', { value: hv, disabled: true }, `${hv} — unavailable: ${why}`));
+      hvHint.textContent = unusable.length ? `Unavailable here: ${unusable.map(([hv, why]) => `${hv} (${why})`).join('; ')}` : '';
     },
     (e) => app.reportError('Could not load backends', e),
   );
