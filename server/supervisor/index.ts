@@ -91,6 +91,9 @@ export class Supervisor {
   }
 
   stop(id: string, force: boolean): Promise<Vm> {
+    // A forced stop does not queue behind a clean stop that waits for the guest: it kills now.
+    const live = this.live.get(id);
+    if (force && live) return this.killNow(live);
     return this.withLock(id, async () => {
       const vm = this.mustGet(id);
       this.expectState(vm, ['starting', 'running', 'paused', 'stopping'], 'stop');
@@ -137,6 +140,14 @@ export class Supervisor {
       await this.launch(this.mustGet(id), 'reboot');
       return this.mustGet(id);
     });
+  }
+
+  private async killNow(live: LiveVm): Promise<Vm> {
+    live.intent = 'stop';
+    this.setState(live.id, 'stopping', live.pid);
+    kill(live.pid);
+    await live.exited;
+    return this.mustGet(live.id);
   }
 
   /** Stops the VM if it runs (cleanly unless `force`), then forgets it and its files. */
