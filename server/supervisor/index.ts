@@ -2,7 +2,7 @@
 // client and one console bridge per VMM, turns QMP events and VMM exits into VM states,
 // and reattaches to running VMMs when the server starts again.
 import { spawn } from 'node:child_process';
-import { mkdirSync, openSync, closeSync, readFileSync, rmSync } from 'node:fs';
+import { appendFileSync, mkdirSync, openSync, closeSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ConsoleBridge } from '../console/bridge.js';
@@ -219,6 +219,7 @@ export class Supervisor {
   /** Runs the daemonizing launch command; resolves when it exits 0 (the VMM is ready). */
   private runLauncher(command: string, args: string[], env: NodeJS.ProcessEnv | undefined, logPath: string): Promise<void> {
     const logFd = openSync(logPath, 'a', 0o600);
+    writeSync(logFd, `${new Date().toISOString()} capsule: launching ${[command, ...args].map((a) => (/[\s"']/.test(a) ? JSON.stringify(a) : a)).join(' ')}\n`);
     return new Promise<void>((resolve, reject) => {
       const child = spawn(command, args, { stdio: ['ignore', logFd, logFd], detached: true, env: { ...process.env, ...env } });
       const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error('launch timed out')); }, LAUNCH_TIMEOUT_MS);
@@ -273,6 +274,7 @@ export class Supervisor {
     const paths = this.paths(live.id);
     removeFiles(paths.pidfile, paths.qmpSocket, paths.consoleSocket);
     if (!this.d.vms.get(live.id)) return; // deleted meanwhile
+    appendFileSync(paths.log, `${new Date().toISOString()} capsule: VMM ${live.pid} exited (${live.intent ? `requested ${live.intent}` : `shutdown reason: ${live.shutdownReason ?? 'none'}`})\n`);
     const guestReset = live.shutdownReason === 'guest-reset';
     if (live.intent === 'reboot') {
       this.setState(live.id, 'starting');
