@@ -108,7 +108,7 @@ export class Jail {
    * process is the host pid to track: it lives exactly as long as the VMM, and killing it kills
    * the VMM.
    */
-  prepare(hypervisor: Hypervisor, vm: Vm, image: Image, paths: VmPaths): { command: string; args: string[]; env: Record<string, string>; uid: number; gid: number; script: string } {
+  prepare(hypervisor: Hypervisor, vm: Vm, image: Image, paths: VmPaths): { command: string; args: string[]; env: Record<string, string>; uid: number; gid: number; script: string; vmm: string[] } {
     if (!this.enabled || !this.tools) throw new Error(this.unavailableReason());
     this.cleanRoot(paths.dir);
     const { uid, gid } = jailIdentity(vm.id, this.cfg);
@@ -141,7 +141,7 @@ export class Jail {
       env,
       tools: this.tools,
     });
-    return { command: built.command, args: built.args, env: built.env, uid, gid, script: built.script };
+    return { command: built.command, args: built.args, env: built.env, uid, gid, script: built.script, vmm: [realFile(command), ...fg.args] };
   }
 
   /** After a VMM is gone: remove its cgroups and its root's skeleton. Idempotent. */

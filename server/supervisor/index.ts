@@ -2,7 +2,7 @@
 // client and one console bridge per VMM, turns QMP events and VMM exits into VM states,
 // and reattaches to running VMMs when the server starts again.
 import { spawn } from 'node:child_process';
-import { mkdirSync, openSync, closeSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, openSync, closeSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ConsoleBridge } from '../console/bridge.js';
@@ -13,6 +13,11 @@ import type { Hypervisor, VmPaths } from '../hypervisors/types.js';
 import type { Jail } from '../jail/index.js';
 import { QmpClient, type QmpEvent } from '../qmp/client.js';
 import { isAlive, isOurProcess, kill, readPidfile, removeFiles, waitForExit } from './process.js';
+
+/** A command line as one log line (arguments with spaces or quotes JSON-quoted). */
+function commandLine(argv: string[]): string {
+  return argv.map((a) => (/[\s"']/.test(a) ? JSON.stringify(a) : a)).join(' ');
+}
 
 export class ApiError extends Error {
   constructor(readonly status: 400 | 404 | 409 | 500 | 503, readonly code: string, message: string, readonly field?: string) {
@@ -94,6 +99,9 @@ export class Supervisor {
   }
 
   stop(id: string, force: boolean): Promise<Vm> {
+    // A forced stop does not queue behind a clean stop that waits for the guest: it kills now.
+    const live = this.live.get(id);
+    if (force && live) return this.killNow(live);
     return this.withLock(id, async () => {
       const vm = this.mustGet(id);
       this.expectState(vm, ['starting', 'running', 'paused', 'stopping'], 'stop');
@@ -140,6 +148,14 @@ export class Supervisor {
       await this.launch(this.mustGet(id), 'reboot');
       return this.mustGet(id);
     });
+  }
+
+  private async killNow(live: LiveVm): Promise<Vm> {
+    live.intent = 'stop';
+    this.setState(live.id, 'stopping', live.pid);
+    kill(live.pid);
+    await live.exited;
+    return this.mustGet(live.id);
   }
 
   /** Stops the VM if it runs (cleanly unless `force`), then forgets it and its files. */
@@ -196,7 +212,8 @@ export class Supervisor {
         // (it lives as long as the VMM; killing it kills the VMM). Ready = QMP answers.
         const cmd = jail.prepare(hypervisor, vm, image, paths);
         this.d.log.info({ vm: vm.id, hypervisor: hypervisor.name, uid: cmd.uid, gid: cmd.gid, reason }, 'launching jailed VMM');
-        const livePid = pid = await this.spawnDetached(cmd.command, cmd.args, cmd.env, paths.log);
+        const record = `in the jail (uid ${cmd.uid}, gid ${cmd.gid}, root ${paths.dir}): ${commandLine(cmd.vmm)}`;
+        const livePid = pid = await this.spawnDetached(cmd.command, cmd.args, cmd.env, paths.log, record);
         writeFileSync(paths.pidfile, `${pid}\n`, { mode: 0o644 });
         qmp = await QmpClient.connectWithRetry(paths.qmpSocket, LAUNCH_TIMEOUT_MS, () => isAlive(livePid)).catch((e: Error) => {
           throw new Error(`${e.message}: ${this.tail(paths.log)}`);
@@ -231,6 +248,7 @@ export class Supervisor {
   /** Runs the daemonizing launch command; resolves when it exits 0 (the VMM is ready). */
   private runLauncher(command: string, args: string[], env: NodeJS.ProcessEnv | undefined, logPath: string): Promise<void> {
     const logFd = openSync(logPath, 'a', 0o600);
+    writeSync(logFd, `${new Date().toISOString()} capsule: launching ${commandLine([command, ...args])}\n`);
     return new Promise<void>((resolve, reject) => {
       const child = spawn(command, args, { stdio: ['ignore', logFd, logFd], detached: true, env: { ...process.env, ...env } });
       const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error('launch timed out')); }, LAUNCH_TIMEOUT_MS);
@@ -244,9 +262,10 @@ export class Supervisor {
   }
 
   /** Starts a foreground VMM command in its own session, stdout/stderr on the log; resolves its pid. */
-  private spawnDetached(command: string, args: string[], env: Record<string, string>, logPath: string): Promise<number> {
+  private spawnDetached(command: string, args: string[], env: Record<string, string>, logPath: string, record: string): Promise<number> {
     const logFd = openSync(logPath, 'a', 0o600);
     try {
+      writeSync(logFd, `${new Date().toISOString()} capsule: launching ${record}\n`);
       // The environment is the jail's alone: nothing of the server's reaches the VMM.
       const child = spawn(command, args, { stdio: ['ignore', logFd, logFd], detached: true, env });
       child.unref();
@@ -303,6 +322,7 @@ export class Supervisor {
     removeFiles(paths.pidfile, paths.qmpSocket, paths.consoleSocket);
     await this.d.jail?.cleanup(live.id, paths.dir);
     if (!this.d.vms.get(live.id)) return; // deleted meanwhile
+    appendFileSync(paths.log, `${new Date().toISOString()} capsule: VMM ${live.pid} exited (${live.intent ? `requested ${live.intent}` : `shutdown reason: ${live.shutdownReason ?? 'none'}`})\n`);
     const guestReset = live.shutdownReason === 'guest-reset';
     if (live.intent === 'reboot') {
       this.setState(live.id, 'starting');

@@ -108,3 +108,21 @@ test('reboot brings the guest up again', async () => {
   cons2.close();
   await s.api('DELETE', `/v1/vms/${id}?force=true`);
 });
+
+test('a forced stop does not wait behind a clean stop the guest ignores', async () => {
+  const c = await s.api('POST', '/v1/vms', { name: 'life-4' });
+  const id: string = c.body.id;
+  const started = await s.api('POST', `/v1/vms/${id}/start`);
+  // Paused before its init runs, the guest cannot see the power button: the clean stop waits.
+  await s.api('POST', `/v1/vms/${id}/pause`);
+  const clean = s.api('POST', `/v1/vms/${id}/stop`);
+  await waitFor('stopping', async () => (await s.api('GET', `/v1/vms/${id}`)).body.state === 'stopping' || undefined, 10_000);
+  const t0 = Date.now();
+  const forced = await s.api('POST', `/v1/vms/${id}/stop?force=true`);
+  assert.equal(forced.status, 200);
+  assert.equal(forced.body.state, 'stopped');
+  assert.ok(Date.now() - t0 < 10_000, 'the kill did not wait for the clean stop timeout');
+  assert.ok(!isAlive(started.body.pid));
+  assert.equal((await clean).body.state, 'stopped');
+  await s.api('DELETE', `/v1/vms/${id}`);
+});

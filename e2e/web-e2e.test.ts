@@ -1,0 +1,324 @@
+// End-to-end: the web UI in headless Chromium against the REAL capsule server
+// (dist/server/main.js) booting the default guest image under QEMU. Slow (guest boot under
+// TCG); skipped with a note when the server is not built or no image can be built.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import type { Browser, Page } from 'playwright-core';
+import { CHROMIUM, ROOT, launch, newContext, shot, signIn, waitForConsole, watchErrors } from './browser.js';
+
+const SERVER = join(ROOT, 'dist', 'server', 'main.js');
+const IMAGES = process.env['CAPSULE_TEST_IMAGES'] ?? '/tmp/capsule-test-images';
+const BOOT_MS = Number(process.env['CAPSULE_E2E_BOOT_MS'] ?? 180_000);
+
+function prerequisites(): string | false {
+  if (!existsSync(SERVER)) return 'dist/server/main.js not built (server not there yet)';
+  if (!existsSync(join(ROOT, 'dist', 'web', 'app.js'))) return 'dist/web not built';
+  if (!existsSync(CHROMIUM)) return `no ${CHROMIUM}`;
+  return false;
+}
+let skip = prerequisites();
+
+let proc: ChildProcess | undefined;
+let dataDir = '';
+let base = '';
+let token = '';
+let browser: Browser | undefined;
+const created: string[] = [];
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      const port = typeof a === 'object' && a ? a.port : 0;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+let port = 0;
+const LOG = join(ROOT, 'test-output', 'web-e2e-server.log');
+
+/** Spawns the server (again) on `port` with the test's data dir; resolves once it answers. */
+async function startServer(): Promise<void> {
+  mkdirSync(dirname(LOG), { recursive: true });
+  const log = createWriteStream(LOG, { flags: 'a' });
+  proc = spawn(process.execPath, [SERVER], {
+    cwd: ROOT,
+    env: { ...process.env, PORT: String(port), HOST: '127.0.0.1', CAPSULE_DATA_DIR: dataDir, CAPSULE_IMAGES_DIR: IMAGES },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  proc.stdout!.pipe(log);
+  proc.stderr!.pipe(log);
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    if (proc.exitCode !== null) throw new Error(`server exited with ${proc.exitCode}; see ${LOG}`);
+    try {
+      const r = await fetch(base + '/v1/health');
+      if (r.ok && existsSync(join(dataDir, 'admin-token'))) return;
+    } catch {
+      /* not listening yet */
+    }
+    if (Date.now() > deadline) throw new Error(`server did not answer /v1/health in 60 s; see ${LOG}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+async function stopServer(): Promise<void> {
+  if (!proc || proc.exitCode !== null) return;
+  const p = proc;
+  p.kill('SIGTERM');
+  const exited = await Promise.race([
+    new Promise((r) => p.once('exit', () => r(true))),
+    new Promise((r) => setTimeout(() => r(false), 15_000)),
+  ]);
+  if (!exited) p.kill('SIGKILL');
+}
+
+async function api(method: string, path: string, body?: unknown): Promise<Response> {
+  return fetch(base + path, {
+    method,
+    headers: { Authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+}
+
+before(async () => {
+  if (skip) return;
+  const imageDir = join(IMAGES, 'default');
+  if (!existsSync(join(imageDir, 'image.json'))) {
+    mkdirSync(IMAGES, { recursive: true });
+    const r = spawnSync('bash', [join(ROOT, 'scripts', 'build-image.sh'), imageDir], { stdio: 'inherit' });
+    if (r.status !== 0) {
+      skip = 'the default guest image could not be built (scripts/build-image.sh failed)';
+      return;
+    }
+  }
+  dataDir = mkdtempSync(join(tmpdir(), 'capsule-web-e2e-'));
+  port = await freePort();
+  base = `http://127.0.0.1:${port}`;
+  await startServer();
+  token = readFileSync(join(dataDir, 'admin-token'), 'utf8').trim();
+  browser = await launch();
+});
+
+after(async () => {
+  await browser?.close().catch(() => undefined);
+  if (proc && proc.exitCode === null) {
+    for (const id of created) {
+      const r = await api('DELETE', `/v1/vms/${id}?force=true`).catch((e: Error) => e);
+      if (r instanceof Error || r.status !== 204) console.error(`cleanup: DELETE ${id}: ${r instanceof Error ? r.message : r.status}`);
+    }
+    await stopServer();
+  }
+  // The server leaves VMMs running on SIGTERM (by design): kill any this test started.
+  if (dataDir) {
+    const vmsDir = join(dataDir, 'vms');
+    for (const d of existsSync(vmsDir) ? readdirSync(vmsDir) : []) {
+      try {
+        const pid = Number(readFileSync(join(vmsDir, d, 'vmm.pid'), 'utf8').trim());
+        if (pid > 1) process.kill(pid, 'SIGKILL');
+      } catch {
+        /* no pidfile or already gone */
+      }
+    }
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+});
+
+async function open(opts: { phone?: boolean; dark?: boolean } = {}): Promise<{ page: Page; errors: string[] }> {
+  const ctx = await newContext(browser!, opts);
+  const page = await ctx.newPage();
+  page.setDefaultTimeout(30_000);
+  return { page, errors: watchErrors(page) };
+}
+
+const btn = (p: Page, a: string) => p.locator(`main .page-head button[data-action="${a}"]`);
+const stateIs = (p: Page, s: string, timeout = 60_000) => p.locator(`main[data-state="${s}"]`).waitFor({ timeout });
+const eventShown = (p: Page, ev: string, timeout = 60_000) => p.locator(`.events li[data-event="${ev}"]`).first().waitFor({ timeout });
+
+test('bad token: a clear message, no crash', { skip, timeout: 60_000 }, async (t) => {
+  if (skip) return t.skip(String(skip));
+  const { page, errors } = await open();
+  await page.goto(base + '/');
+  await page.getByLabel('API token').waitFor();
+  await shot(page, 'signin');
+  await page.getByLabel('API token').fill('wrong-' + randomBytes(4).toString('hex'));
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByText('That token was not accepted').waitFor();
+  await shot(page, 'signin-bad-token');
+  await page.getByLabel('API token').fill(token);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { name: 'Virtual machines' }).waitFor();
+  assert.deepEqual(errors, []);
+  await page.context().close();
+});
+
+test('VM lifecycle through the UI, watched by a second browser context', { skip, timeout: 600_000 }, async (t) => {
+  if (skip) return t.skip(String(skip));
+  const name = `e2e-${randomBytes(3).toString('hex')}`;
+  const word = `hello-${randomBytes(4).toString('hex')}`;
+  const { page: a, errors: errorsA } = await open();
+  const { page: b, errors: errorsB } = await open();
+  await signIn(a, base, token);
+  await signIn(b, base, token);
+  await shot(a, 'list-empty');
+
+  t.diagnostic('create: a validation error first');
+  await a.getByRole('link', { name: 'New VM' }).click();
+  await a.getByLabel('Name').fill(name);
+  await a.getByLabel('vCPUs').fill('0');
+  await a.getByRole('button', { name: 'Create VM' }).click();
+  const vcpuErr = a.locator('[data-field-error="vcpus"]');
+  await vcpuErr.filter({ hasText: /vcpus/i }).waitFor();
+  assert.equal(await a.getByLabel('vCPUs').getAttribute('aria-invalid'), 'true');
+  await shot(a, 'create-validation-error');
+  await a.getByLabel('vCPUs').fill('1');
+  await a.getByLabel('Memory (MiB)').fill('256');
+  await a.getByRole('button', { name: 'Create VM' }).click();
+  await a.getByRole('heading', { name }).waitFor();
+  await stateIs(a, 'created');
+  const id = decodeURIComponent(new URL(a.url()).hash.replace('#/vms/', ''));
+  created.push(id);
+
+  t.diagnostic('second context follows via the list');
+  const rowB = b.locator(`tr[data-vm-name="${name}"]`);
+  await rowB.waitFor();
+  await shot(b, 'list');
+  await rowB.getByRole('link', { name }).click();
+  await b.getByRole('heading', { name }).waitFor();
+
+  t.diagnostic('start: console shows the ready marker');
+  assert.ok(await btn(a, 'pause').isDisabled());
+  await btn(a, 'start').click();
+  await stateIs(a, 'running', BOOT_MS);
+  await stateIs(b, 'running', BOOT_MS);
+  await waitForConsole(a, /CAPSULE_READY cpus=1/, BOOT_MS);
+  await waitForConsole(a, /capsule# /, 60_000);
+  assert.ok(await btn(a, 'start').isDisabled());
+
+  t.diagnostic('type into the console');
+  await a.locator('.console-screen').click();
+  await a.keyboard.type(`echo ${word}`);
+  await a.keyboard.press('Enter');
+  await waitForConsole(a, new RegExp(`^${word}\\s*$`, 'm'), 60_000);
+  await waitForConsole(b, new RegExp(`^${word}\\s*$`, 'm'), 30_000);
+  await shot(a, 'detail-console');
+
+  t.diagnostic('phone width, dark mode');
+  {
+    const { page: p, errors } = await open({ phone: true, dark: true });
+    await signIn(p, base, token);
+    await p.locator(`tr[data-vm-name="${name}"]`).waitFor();
+    await shot(p, 'phone-dark-list');
+    await p.locator(`tr[data-vm-name="${name}"]`).getByRole('link', { name }).click();
+    await p.locator('.console-screen .xterm-rows').waitFor();
+    await p.waitForTimeout(1000);
+    await shot(p, 'phone-dark-detail');
+    const overflow = await p.evaluate<number>('document.documentElement.scrollWidth - window.innerWidth');
+    assert.ok(overflow <= 0, `page is ${overflow}px wider than the phone`);
+    assert.deepEqual(errors, []);
+    await p.context().close();
+  }
+
+  t.diagnostic('pause / resume');
+  await btn(a, 'pause').click();
+  await stateIs(a, 'paused');
+  await eventShown(a, 'STOP');
+  await eventShown(b, 'STOP');
+  await stateIs(b, 'paused');
+  assert.ok(await btn(a, 'resume').isEnabled());
+  assert.ok(await btn(a, 'pause').isDisabled());
+  await btn(a, 'resume').click();
+  await stateIs(a, 'running');
+  await eventShown(a, 'RESUME');
+  await eventShown(b, 'RESUME');
+
+  t.diagnostic('stop');
+  await btn(a, 'stop').click();
+  await eventShown(a, 'SHUTDOWN', 120_000);
+  await eventShown(b, 'SHUTDOWN', 30_000);
+  await stateIs(a, 'stopped', 120_000);
+  await stateIs(b, 'stopped', 30_000);
+  await shot(a, 'detail-stopped');
+  assert.ok(await btn(a, 'start').isEnabled());
+
+  t.diagnostic('start again: the console reconnects to the new boot');
+  await a.getByRole('button', { name: 'Clear' }).click();
+  await btn(a, 'start').click();
+  await stateIs(a, 'running', BOOT_MS);
+  await waitForConsole(a, /CAPSULE_READY cpus=1/, BOOT_MS);
+
+  t.diagnostic('reboot');
+  await waitForConsole(a, /capsule# /, 60_000);
+  await a.getByRole('button', { name: 'Clear' }).click();
+  await btn(a, 'reboot').click();
+  await waitForConsole(a, /CAPSULE_READY cpus=1/, BOOT_MS);
+  await stateIs(a, 'running', BOOT_MS);
+
+  t.diagnostic('force stop (two clicks)');
+  await btn(a, 'forceStop').click();
+  await btn(a, 'forceStop').getByText('Confirm force stop').waitFor();
+  await btn(a, 'forceStop').click();
+  await stateIs(a, 'stopped', 60_000);
+  await stateIs(b, 'stopped', 30_000);
+
+  t.diagnostic('delete');
+  await btn(a, 'delete').click();
+  await btn(a, 'delete').getByText('Confirm delete').waitFor();
+  await btn(a, 'delete').click();
+  await a.getByRole('heading', { name: 'Virtual machines' }).waitFor();
+  await a.locator(`tr[data-vm-name="${name}"]`).waitFor({ state: 'detached' });
+  await b.getByText('This VM was deleted.').waitFor();
+  await b.getByRole('link', { name: '← All VMs' }).click();
+  await b.getByRole('heading', { name: 'Virtual machines' }).waitFor();
+  assert.equal(await b.locator(`tr[data-vm-name="${name}"]`).count(), 0);
+  const r = await api('GET', `/v1/vms/${id}`);
+  assert.equal(r.status, 404);
+  created.splice(created.indexOf(id), 1);
+
+  assert.deepEqual(errorsA, []);
+  assert.deepEqual(errorsB, []);
+  await a.context().close();
+  await b.context().close();
+});
+
+test('the list resumes (?since=) after the server restarts', { skip, timeout: 120_000 }, async (t) => {
+  if (skip) return t.skip(String(skip));
+  const { page, errors } = await open();
+  const sockets: string[] = [];
+  page.on('websocket', (ws) => sockets.push(ws.url()));
+  await signIn(page, base, token);
+  await page.locator('.stream.open').waitFor();
+  // One event seen first, so the client has a seq to resume from.
+  const anchorName = `anchor-${randomBytes(3).toString('hex')}`;
+  const ra = await api('POST', '/v1/vms', { name: anchorName, image: 'default', vcpus: 1, memoryMiB: 256 });
+  const anchor = (await ra.json()) as { id: string };
+  created.push(anchor.id);
+  await page.locator(`tr[data-vm-name="${anchorName}"]`).waitFor();
+  await stopServer();
+  await page.locator('.stream.reconnecting').waitFor();
+  await startServer();
+  const name = `away-${randomBytes(3).toString('hex')}`;
+  const r = await api('POST', '/v1/vms', { name, image: 'default', vcpus: 1, memoryMiB: 256 });
+  assert.equal(r.status, 201);
+  const vm = (await r.json()) as { id: string };
+  created.push(vm.id);
+  await page.locator(`tr[data-vm-name="${name}"]`).waitFor({ timeout: 60_000 });
+  await page.locator('.stream.open').waitFor({ timeout: 60_000 });
+  assert.ok(sockets.some((u) => /\/v1\/events\?since=\d+/.test(u)), `a reconnect used ?since=: ${sockets.length} sockets`);
+  assert.equal((await api('DELETE', `/v1/vms/${vm.id}`)).status, 204);
+  created.splice(created.indexOf(vm.id), 1);
+  await page.locator(`tr[data-vm-name="${name}"]`).waitFor({ state: 'detached' });
+  assert.equal((await api('DELETE', `/v1/vms/${anchor.id}`)).status, 204);
+  created.splice(created.indexOf(anchor.id), 1);
+  assert.deepEqual(errors, []);
+  await page.context().close();
+});

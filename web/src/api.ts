@@ -1,0 +1,159 @@
+// The capsule REST client: typed calls, uniform errors (ApiError), bearer auth.
+
+export type VmState = 'created' | 'starting' | 'running' | 'paused' | 'stopping' | 'stopped' | 'crashed';
+
+export interface Vm {
+  id: string;
+  name: string;
+  state: VmState;
+  image: string;
+  hypervisor: string;
+  vcpus: number;
+  memoryMiB: number;
+  pid?: number | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface Health {
+  status: string;
+  kvm: boolean;
+  hypervisors: string[];
+  defaultHypervisor?: string;
+  /** Per backend: why it is (not) usable. */
+  details?: Record<string, string>;
+}
+
+export interface Image {
+  name: string;
+  description?: string;
+}
+
+export interface CreateVm {
+  name: string;
+  image: string;
+  vcpus: number;
+  memoryMiB: number;
+  hypervisor?: string;
+  cmdline?: string;
+}
+
+export type VmAction = 'start' | 'stop' | 'pause' | 'resume' | 'reboot';
+
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly field?: string,
+    readonly retryAfter?: number,
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+
+  /** A sentence fit for a person. */
+  describe(): string {
+    if (this.status === 0) return `Cannot reach the server: ${this.message}`;
+    if (this.status === 401) return 'The API token was not accepted (401). Sign in again with a valid token.';
+    if (this.status === 429) {
+      const wait = this.retryAfter !== undefined ? ` Try again in ${this.retryAfter} s.` : '';
+      return `Too many requests (429): ${this.message}.${wait}`;
+    }
+    return `${this.message} (${this.status}${this.code ? ' ' + this.code : ''})`;
+  }
+}
+
+type FetchLike = (input: string, init?: RequestInit) => Promise<Response>;
+
+export class Api {
+  /** Called whenever a request comes back 401, so the app can ask for a new token. */
+  onUnauthorized: (() => void) | null = null;
+
+  constructor(
+    readonly base: string,
+    readonly token: string,
+    private readonly fetchImpl: FetchLike = (i, init) => fetch(i, init),
+  ) {}
+
+  async request<T>(method: string, path: string, body?: unknown, opts: { text?: boolean } = {}): Promise<T> {
+    const headers: Record<string, string> = { Authorization: `Bearer ${this.token}` };
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    let res: Response;
+    try {
+      res = await this.fetchImpl(this.base + path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch (e) {
+      throw new ApiError(0, 'network', e instanceof Error ? e.message : String(e));
+    }
+    if (!res.ok) {
+      const err = await toApiError(res);
+      if (err.status === 401) this.onUnauthorized?.();
+      throw err;
+    }
+    if (res.status === 204) return undefined as T;
+    if (opts.text) return (await res.text()) as T;
+    const ct = res.headers.get('content-type') ?? '';
+    if (!ct.includes('json')) return (await res.text()) as T;
+    return (await res.json()) as T;
+  }
+
+  health(): Promise<Health> {
+    return this.request('GET', '/v1/health');
+  }
+  async images(): Promise<Image[]> {
+    return (await this.request<{ items: Image[] }>('GET', '/v1/images')).items;
+  }
+  async listVms(): Promise<Vm[]> {
+    return (await this.request<{ items: Vm[] }>('GET', '/v1/vms')).items;
+  }
+  getVm(id: string): Promise<Vm> {
+    return this.request('GET', `/v1/vms/${encodeURIComponent(id)}`);
+  }
+  createVm(spec: CreateVm): Promise<Vm> {
+    return this.request('POST', '/v1/vms', spec);
+  }
+  action(id: string, action: VmAction, force = false): Promise<Vm> {
+    const q = force ? '?force=true' : '';
+    return this.request('POST', `/v1/vms/${encodeURIComponent(id)}/${action}${q}`);
+  }
+  deleteVm(id: string): Promise<void> {
+    return this.request('DELETE', `/v1/vms/${encodeURIComponent(id)}`);
+  }
+  log(id: string): Promise<string> {
+    return this.request('GET', `/v1/vms/${encodeURIComponent(id)}/log`, undefined, { text: true });
+  }
+
+  /** ws(s):// URL for a WebSocket route, authenticated with ?access_token=. */
+  wsUrl(path: string, params: Record<string, string | number | undefined> = {}): string {
+    const u = new URL(this.base + path, globalThis.location?.href ?? 'http://localhost/');
+    u.protocol = u.protocol === 'https:' ? 'wss:' : 'ws:';
+    for (const [k, v] of Object.entries(params)) if (v !== undefined) u.searchParams.set(k, String(v));
+    u.searchParams.set('access_token', this.token);
+    return u.toString();
+  }
+}
+
+export async function toApiError(res: Response): Promise<ApiError> {
+  const text = await res.text().catch(() => '');
+  const ra = res.headers.get('retry-after');
+  const retryAfter = ra !== null && ra !== '' && !Number.isNaN(Number(ra)) ? Number(ra) : undefined;
+  let code = '';
+  let message = text.trim() || res.statusText || `HTTP ${res.status}`;
+  let field: string | undefined;
+  try {
+    const j = JSON.parse(text) as { error?: { code?: string; message?: string; field?: string } };
+    if (j && typeof j.error === 'object' && j.error) {
+      code = j.error.code ?? '';
+      message = j.error.message ?? message;
+      field = j.error.field ?? undefined;
+    }
+  } catch {
+    /* not JSON: keep the text */
+  }
+  if (message.length > 300) message = message.slice(0, 300) + '…';
+  return new ApiError(res.status, code, message, field, retryAfter);
+}
