@@ -19,3 +19,17 @@ test('bad values are refused with the variable named', () => {
   assert.throws(() => loadConfig({ CAPSULE_RATE_LIMIT: '0' }), /CAPSULE_RATE_LIMIT/);
   assert.throws(() => loadConfig({ CAPSULE_LOG_LEVEL: 'loud' }), /CAPSULE_LOG_LEVEL/);
 });
+
+test('jail settings: defaults, a fixed uid, refusals', () => {
+  const d = loadConfig({}).jail;
+  assert.deepEqual(d, { mode: 'auto', uid: undefined, gid: undefined, uidBase: 100_000, uidCount: 65_536, nofile: 1024, fsizeBytes: 64 << 20, memoryOverheadMiB: 256, cgroupParent: undefined });
+  const f = loadConfig({ CAPSULE_JAIL: 'on', CAPSULE_JAIL_UID: '4242', CAPSULE_JAIL_FSIZE_MIB: '8', CAPSULE_CGROUP_PARENT: '/capsule.slice' }).jail;
+  assert.equal(f.mode, 'on');
+  assert.equal(f.uid, 4242);
+  assert.equal(f.gid, 4242, 'the gid defaults to the uid');
+  assert.equal(f.fsizeBytes, 8 << 20);
+  assert.equal(f.cgroupParent, '/capsule.slice');
+  assert.throws(() => loadConfig({ CAPSULE_JAIL: 'maybe' }), /CAPSULE_JAIL/);
+  assert.throws(() => loadConfig({ CAPSULE_JAIL_UID: '0' }), /CAPSULE_JAIL_UID/);
+  assert.throws(() => loadConfig({ CAPSULE_CGROUP_PARENT: 'relative' }), /CAPSULE_CGROUP_PARENT/);
+});

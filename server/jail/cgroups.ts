@@ -43,7 +43,7 @@ export function parseProcCgroup(text: string): Array<{ controllers: string[]; pa
 
 function under(m: MountInfo, cgPath: string): string {
   const rel = m.root !== '/' && (cgPath === m.root || cgPath.startsWith(`${m.root}/`)) ? cgPath.slice(m.root.length) : cgPath;
-  return join(m.mountPoint, rel);
+  return rel === '/' || rel === '' ? m.mountPoint : join(m.mountPoint, rel);
 }
 
 type Layout =

@@ -2,7 +2,7 @@
 // client and one console bridge per VMM, turns QMP events and VMM exits into VM states,
 // and reattaches to running VMMs when the server starts again.
 import { spawn } from 'node:child_process';
-import { appendFileSync, mkdirSync, openSync, closeSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { appendFileSync, lstatSync, mkdirSync, openSync, closeSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ConsoleBridge } from '../console/bridge.js';
@@ -13,6 +13,10 @@ import type { Hypervisor, VmPaths } from '../hypervisors/types.js';
 import type { Jail } from '../jail/index.js';
 import { QmpClient, type QmpEvent } from '../qmp/client.js';
 import { isAlive, isOurProcess, kill, readPidfile, removeFiles, waitForExit } from './process.js';
+
+function assertSockets(...paths: string[]): void {
+  for (const p of paths) if (!lstatSync(p).isSocket()) throw new Error(`${p} is not a socket`);
+}
 
 /** A command line as one log line (arguments with spaces or quotes JSON-quoted). */
 function commandLine(argv: string[]): string {
@@ -382,6 +386,8 @@ export class Supervisor {
     const pid = readPidfile(paths.pidfile);
     if (pid !== undefined && isOurProcess(pid, vm.id)) {
       try {
+        // A jailed VMM owns its sockets and could swap one for a link to some other socket.
+        assertSockets(paths.qmpSocket, paths.consoleSocket);
         const consoleBridge = new ConsoleBridge(paths.consoleSocket);
         await consoleBridge.connect(2000);
         const qmp = await QmpClient.connectWithRetry(paths.qmpSocket, 5000, () => isAlive(pid));
