@@ -6,7 +6,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { TestServer, EventCollector, ConsoleCollector, waitFor } from '../test/harness.js';
+import { TestServer, EventCollector, ConsoleCollector, waitFor, REPO_ROOT } from '../test/harness.js';
 import { isAlive } from '../supervisor/process.js';
 import { jailIdentity } from './command.js';
 import { parseMountInfo, parseProcCgroup } from './cgroups.js';
@@ -228,5 +228,37 @@ test('CAPSULE_JAIL=on where the jail cannot work: health says why, start is refu
     assert.equal((await t.api('GET', `/v1/vms/${c.body.id}`)).body.state, 'created');
   } finally {
     await t.stop();
+  }
+});
+
+test('the native VMM\'s runtime starts in the jail: node, the repository and a native module, as the jail user', { skip: !root && 'the jail needs root' }, async () => {
+  // No KVM here, so not the VMM itself: node in the same jail (same binds as NativeHypervisor), loading
+  // what bin/capsule-vmm loads (dist/ modules, koffi's native addon from node_modules).
+  const { buildJailCommand, imageInRoot } = await import('./command.js');
+  const { resolveHostPaths, which } = await import('./host.js');
+  const { NativeHypervisor } = await import('../hypervisors/native.js');
+  const { mkdtempSync, rmSync, chmodSync, chownSync } = await import('node:fs');
+  const { spawnSync } = await import('node:child_process');
+  const { tmpdir } = await import('node:os');
+  const dir = mkdtempSync(join(tmpdir(), 'capsule-jail-native-'));
+  try {
+    const tools = Object.fromEntries(['sh', 'unshare', 'setpriv', 'prlimit', 'mount', 'chroot', 'mknod', 'mkdir', 'ln', 'chown'].map((n) => [n, which(n)!])) as any;
+    const uid = 100_123;
+    chownSync(dir, 0, uid);
+    chmodSync(dir, 0o1770);
+    const host = resolveHostPaths([process.execPath, tools.setpriv, ...new NativeHypervisor({ available: true, reason: '' }).jailFiles()]);
+    const img = imageInRoot({ name: 'x', description: '', kernel: '/tmp/capsule-test-images/default/vmlinuz', cmdline: '', createdAt: '', updatedAt: '' });
+    const code = `const k = (await import('node:module')).createRequire(${JSON.stringify(join(REPO_ROOT, 'package.json'))})('koffi'); const c = await import(${JSON.stringify(join(REPO_ROOT, 'dist/server/jail/command.js'))});
+      console.log(JSON.stringify({ uid: process.getuid(), koffi: typeof k.load, builder: typeof c.buildJailCommand, kernel: (await import('node:fs')).statSync('/image/kernel').size > 0 }));`;
+    const cmd = buildJailCommand({
+      vmId: 'native-probe', root: dir, uid, gid: uid, nofile: 1024, fsizeBytes: 1 << 20,
+      mounts: [...host.mounts, ...img.mounts], symlinks: host.symlinks, kvm: false, cgroupProcs: [],
+      command: process.execPath, args: ['--input-type=module', '-e', code], env: {}, tools,
+    });
+    const r = spawnSync(cmd.command, cmd.args, { env: cmd.env, encoding: 'utf8', cwd: dir, timeout: 30_000 });
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout.trim().split('\n').at(-1)!), { uid, koffi: 'function', builder: 'function', kernel: true });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
