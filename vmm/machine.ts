@@ -55,12 +55,15 @@ export class Machine extends EventEmitter {
   private unknownMmio = new Set<number>();
   private busy: Promise<void> = Promise.resolve();
   exits = 0;
+  /** per-port exit counts, kept when CAPSULE_DEBUG_DUMP_SECS is set */
+  portStats: Map<string, number> | null = process.env.CAPSULE_DEBUG_DUMP_SECS ? new Map() : null;
 
   constructor(private readonly opts: MachineOptions) {
     super();
     this.kvm = new Kvm();
     this.supportedCpuid = this.kvm.supportedCpuid();
     const irq = (line: number) => (level: boolean): void => {
+      log.trace(`irq ${line} -> ${level ? 1 : 0}`);
       try {
         this.vm?.setIrqLine(line, level);
       } catch (e) {
@@ -68,6 +71,7 @@ export class Machine extends EventEmitter {
       }
     };
     this.serial = new Serial(opts.consoleOut, irq(SERIAL_IRQ));
+    if (process.env.CAPSULE_LOG_LEVEL === 'trace') this.serial.trace = (m) => log.trace(`serial: ${m}`);
     this.i8042 = new I8042(() => this.guestReset());
     this.ged = new AcpiGed(irq(ACPI_GED_GSI));
     const sleep = new AcpiSleep(() => this.guestPowerOff());
@@ -158,6 +162,10 @@ export class Machine extends EventEmitter {
       const port = run.getUint16(RUN.ioPort, true);
       const count = run.getUint32(RUN.ioCount, true);
       const off = Number(run.getBigUint64(RUN.ioDataOffset, true));
+      if (this.portStats) {
+        const k = `${dir === EXIT_IO_OUT ? 'out' : 'in'}:${port.toString(16)}`;
+        this.portStats.set(k, (this.portStats.get(k) ?? 0) + count);
+      }
       if (![1, 2, 4].includes(size) || count === 0 || off + size * count > v.runSize) return;
       for (let i = 0; i < count; i++) {
         const data = new Uint8Array(run.buffer, off + i * size, size);
@@ -254,6 +262,23 @@ export class Machine extends EventEmitter {
       await this.teardown();
       this.emit('shutdown', info);
     });
+  }
+
+  /** Debug: pause, read every vCPU's RIP/RFLAGS and MP state, resume. */
+  async dumpState(): Promise<string> {
+    if (this.state !== 'running') return `state ${this.state}`;
+    await this.threads?.pause();
+    const out: string[] = [`exits=${this.exits}`];
+    for (const v of this.vcpus) {
+      const r = v.getRegs();
+      const sr = v.getSregs();
+      out.push(`vcpu${v.id}: rip=0x${r.readBigUInt64LE(128).toString(16)} rflags=0x${r.readBigUInt64LE(136).toString(16)} ` +
+        `cr0=0x${sr.readBigUInt64LE(224).toString(16)} mp_state=${v.getMpState()}`);
+    }
+    this.threads?.resume();
+    if (this.portStats) out.push([...this.portStats].map(([k, n]) => `${k}=${n}`).join(','));
+    this.portStats?.clear();
+    return out.join(' ');
   }
 
   vcpuThreadIds(): number[] {

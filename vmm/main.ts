@@ -221,6 +221,10 @@ async function run(): Promise<void> {
   for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
     process.on(sig, () => void machine.shutdown({ guest: false, reason: 'host-signal' }));
   }
+  const dumpSecs = Number(process.env.CAPSULE_DEBUG_DUMP_SECS ?? 0);
+  if (dumpSecs > 0) {
+    setInterval(() => void machine.dumpState().then((m) => process.stderr.write(`capsule-vmm: debug: ${m}\n`)), dumpSecs * 1000).unref();
+  }
   ready('ready');
   if (isDaemonChild) {
     // stdio of a daemon points at the log file or /dev/null already; keep it that way

@@ -45,6 +45,13 @@ export function buildDsdt(): Uint8Array {
   const body = [
     aml.name('_S5_', aml.pkg([aml.integer(S5_SLP_TYP), aml.integer(0), aml.integer(0), aml.integer(0)])),
     aml.scope('\\_SB_', [
+      // In hardware-reduced mode Linux has no legacy ISA IRQs: the UART must be described here
+      // for its IRQ 4 to be usable (8250_pnp takes ttyS0 over from the legacy probe).
+      aml.device('COM1', [
+        aml.name('_HID', [0x0c, ...u32(aml.eisaId('PNP0501'))]),
+        aml.name('_UID', aml.integer(1)),
+        aml.name('_CRS', aml.buffer(aml.ioIrqResource(0x3f8, 8, 4))),
+      ]),
       aml.device('PWRB', [
         aml.name('_HID', [0x0c, ...u32(aml.eisaId('PNP0C0C'))]),
         aml.name('_UID', aml.integer(0)),

@@ -90,3 +90,12 @@ export function eisaId(id: string): number {
 export function interruptResource(gsi: number): number[] {
   return [0x89, 6, 0, 0x01, 1, gsi & 0xff, (gsi >> 8) & 0xff, (gsi >> 16) & 0xff, (gsi >>> 24) & 0xff, 0x79, 0x00];
 }
+
+/** I/O port range descriptor (16-bit decode) + IRQ descriptor (ISA style) + end tag. */
+export function ioIrqResource(base: number, len: number, irq: number): number[] {
+  return [
+    0x47, 0x01, base & 0xff, base >> 8, base & 0xff, base >> 8, 0x00, len,
+    0x22, (1 << irq) & 0xff, ((1 << irq) >> 8) & 0xff,
+    0x79, 0x00,
+  ];
+}

@@ -20,7 +20,13 @@ export function filterCpuid(supported: CpuidEntry[], cpuIndex: number, cpuCount:
   const coreBits = bitsFor(cpuCount);
   // XSAVE components that really exist (a sub-leaf with a non-zero size); see fixXsave.
   const xsaveSubs = supported.filter((e) => e.function === 0xd);
-  const xsaveOk = fixXsave(xsaveSubs);
+  const leaf1 = supported.find((e) => e.function === 1);
+  const leaf7 = supported.find((e) => e.function === 7 && e.index === 0);
+  const xsaveOk = fixXsave(xsaveSubs, {
+    avx: ((leaf1?.ecx ?? 0) & AVX) !== 0,
+    avx512f: ((leaf7?.ebx ?? 0) & (1 << 16)) !== 0,
+    pku: ((leaf7?.ecx ?? 0) & (1 << 3)) !== 0,
+  });
   for (const src of supported) {
     const e = { ...src };
     switch (e.function) {
@@ -88,7 +94,13 @@ export function filterCpuid(supported: CpuidEntry[], cpuIndex: number, cpuCount:
  * and those user components whose sub-leaf has a size and an offset inside the standard area,
  * and recompute the sizes. null: no usable XSAVE (leaf missing or broken): hide XSAVE.
  */
-export function fixXsave(subs: CpuidEntry[]): { mask: number; size: number; keep: Set<number> } | null {
+export interface XsaveFeatures {
+  avx: boolean;
+  avx512f: boolean;
+  pku: boolean;
+}
+
+export function fixXsave(subs: CpuidEntry[], f: XsaveFeatures): { mask: number; size: number; keep: Set<number> } | null {
   const s0 = subs.find((e) => e.index === 0);
   if (!s0 || !(s0.eax & 3)) return null;
   let mask = 0x3;
@@ -98,14 +110,13 @@ export function fixXsave(subs: CpuidEntry[]): { mask: number; size: number; keep
     if (!(s0.eax & (1 << i))) continue;
     const s = subs.find((e) => e.index === i);
     if (!s || s.eax === 0 || s.ebx < 576) continue;
-    if (i === 2 || (mask & 4)) {
-      mask |= 1 << i;
-      keep.add(i);
-      size = Math.max(size, s.ebx + s.eax);
-    } else if (i !== 2) {
-      // AVX-512 etc. need YMM (bit 2)
-      continue;
-    }
+    // a component the guest kernel would not enable (its CPUID feature bit is missing) must not
+    // be advertised either, or the sizes disagree ("XSAVE consistency problem")
+    const usable = i === 2 ? f.avx : i >= 5 && i <= 7 ? f.avx512f && (mask & 4) !== 0 : i === 9 ? f.pku : false;
+    if (!usable) continue;
+    mask |= 1 << i;
+    keep.add(i);
+    size = Math.max(size, s.ebx + s.eax);
   }
   return { mask, size, keep };
 }

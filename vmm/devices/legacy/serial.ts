@@ -29,6 +29,8 @@ export class Serial implements BusDevice {
   private backlog: number[] = [];
   dropped = 0;
 
+  trace: ((m: string) => void) | null = null;
+
   constructor(
     private readonly out: (bytes: Uint8Array) => void,
     private readonly setIrq: (level: boolean) => void,
@@ -127,6 +129,7 @@ export class Serial implements BusDevice {
           this.dlm = v;
           return;
         }
+        this.trace?.(`IER <- 0x${v.toString(16)} (was 0x${this.ier.toString(16)}, thr pending ${this.thrPending})`);
         // enabling the THR-empty interrupt with an empty THR raises it at once
         if (v & IER_THRI && !(this.ier & IER_THRI)) this.thrPending = true;
         this.ier = v & 0x0f;
