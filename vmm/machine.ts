@@ -85,9 +85,12 @@ export class Machine extends EventEmitter {
   }
 
   /** Create the KVM VM, load the kernel, start the vCPU threads. */
-  async start(): Promise<void> {
-    await this.build();
-    this.state = 'running';
+  start(): Promise<void> {
+    return this.serial_(async () => {
+      if (this.state !== 'prelaunch') return;
+      await this.build();
+      this.state = 'running';
+    });
   }
 
   private async build(): Promise<void> {

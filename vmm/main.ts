@@ -201,8 +201,14 @@ async function run(): Promise<void> {
     qmp.register('query-commands', () => ['qmp_capabilities', ...qmp.handlers.keys()].map((name) => ({ name })));
   }
 
+  // before anything is visible (sockets, pidfile): a SIGTERM sent as soon as the pidfile exists
+  // must take the clean path, not the default action
+  for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
+    process.on(sig, () => void machine.shutdown({ guest: false, reason: 'host-signal' }));
+  }
   try {
     await machine.start();
+    if (machine.state === 'shutdown') return; // a signal arrived while starting; exit() runs
     if (qmp) {
       await qmp.listen();
       cleanups.push(() => qmp.close());
@@ -217,9 +223,6 @@ async function run(): Promise<void> {
     await machine.shutdown({ guest: false, reason: 'host-error' }).catch(() => {});
     await cleanup();
     die(`cannot start the VM: ${(e as Error).message}`);
-  }
-  for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
-    process.on(sig, () => void machine.shutdown({ guest: false, reason: 'host-signal' }));
   }
   const dumpSecs = Number(process.env.CAPSULE_DEBUG_DUMP_SECS ?? 0);
   if (dumpSecs > 0) {

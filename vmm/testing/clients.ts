@@ -129,8 +129,17 @@ export interface VmmProcess {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
+const live = new Set<ChildProcess>();
+/** SIGKILL every VMM started by startVmm that is still running (test cleanup). */
+export function killAllVmms(): void {
+  for (const c of live) c.kill('SIGKILL');
+  live.clear();
+}
+
 export function startVmm(args: string[], env: NodeJS.ProcessEnv = {}): VmmProcess {
   const child = spawn(process.execPath, [VMM_BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  live.add(child);
+  child.once('exit', () => live.delete(child));
   const p: VmmProcess = {
     child,
     stdout: '',
