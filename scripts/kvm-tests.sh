@@ -1,0 +1,139 @@
+#!/bin/bash
+# kvm-tests.sh: run capsule's KVM tests (dist/**/*.kvm.test.js) where a usable /dev/kvm exists.
+#
+#   scripts/kvm-tests.sh [EXTRA_TEST_FILE...]
+#
+# - KVM usable here (vmm/kvm/probe.ts says so): `node --test` runs the tests directly.
+# - Otherwise: ONE boot of a nested lab. An L1 Linux guest runs under QEMU/TCG with an AMD CPU
+#   that has SVM (-cpu EPYC); its init loads kvm_amd (=> a real /dev/kvm inside), mounts the host's
+#   / read-only over 9p (multidevs=remap) and a writable work folder at the same path as on the
+#   host, chroots into the host's / and runs the tests there. Output is printed; the exit status
+#   is the tests' status.
+# - No QEMU: says so and exits 3.
+#
+# Env: CAPSULE_LAB_DIR (work folder, default /tmp/capsule-lab; the L1 initramfs is cached there)
+#      CAPSULE_LAB_TIMEOUT (s, 1500)  CAPSULE_LAB_MEM (4G)  CAPSULE_LAB_SMP (2)  CAPSULE_LAB_CPU (EPYC)
+#      CAPSULE_LAB_VERBOSE=1 (print the whole L1 console)
+#      KVM_TESTS_ENV="VAR1 VAR2" (extra variables passed into the lab; CAPSULE_* always are)
+#      CAPSULE_NO_BUILD=1 (skip `tsc`)   CAPSULE_TEST_IMAGE (guest image dir; built if unset)
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+say() { echo "kvm-tests: $*" >&2; }
+
+if [ "${CAPSULE_NO_BUILD:-0}" != 1 ]; then
+  npx --no-install tsc -p tsconfig.json || { say "build failed"; exit 2; }
+fi
+mapfile -t TESTS < <(find dist -name '*.kvm.test.js' -not -path '*/node_modules/*' | sort)
+for f in "$@"; do TESTS+=("$f"); done
+if [ ${#TESTS[@]} -eq 0 ]; then say "no *.kvm.test.js files under dist/"; exit 2; fi
+
+PROBE=$(node --input-type=module -e "
+import { probeKvm } from '$ROOT/dist/vmm/kvm/probe.js';
+const p = probeKvm(); console.log((p.available ? 'yes ' : 'no ') + p.reason);")
+if [ "${PROBE%% *}" = yes ]; then
+  say "KVM usable (${PROBE#* }): running ${#TESTS[@]} file(s) directly"
+  exec node --test --test-concurrency=1 "${TESTS[@]}"
+fi
+say "KVM not usable here (${PROBE#* }): using a nested lab"
+
+QEMU=$(command -v qemu-system-x86_64 || true)
+if [ -z "$QEMU" ]; then
+  say "no qemu-system-x86_64: cannot run KVM tests on this machine (install qemu-system-x86, or run where /dev/kvm works)"
+  exit 3
+fi
+LAB=${CAPSULE_LAB_DIR:-/tmp/capsule-lab}
+mkdir -p "$LAB"
+LAB=$(cd "$LAB" && pwd)
+KVER=${KVER:-$(ls -1 /boot/vmlinuz-* 2>/dev/null | sed 's|.*/vmlinuz-||' | sort -V | tail -1)}
+if [ -z "$KVER" ] || [ ! -d "/lib/modules/$KVER" ]; then say "need /boot/vmlinuz-* and /lib/modules (linux-image-amd64) for the lab"; exit 3; fi
+for tool in busybox cpio gzip; do command -v $tool >/dev/null || { say "need $tool for the lab (busybox-static, cpio)"; exit 3; }; done
+
+# ---- the L1 initramfs (cached) ----
+SELF=$(readlink -f "$0")
+INITRD=$LAB/l1-$KVER.cpio.gz
+if [ ! -f "$INITRD" ] || [ "$SELF" -nt "$INITRD" ]; then
+  say "building the L1 initramfs ($KVER) in $LAB"
+  R=$(mktemp -d "$LAB/rootfs.XXXXXX")
+  mkdir -p "$R"/{bin,proc,sys,dev,tmp,host,lab,lib/modules}
+  cp "$(command -v busybox)" "$R/bin/busybox"
+  for a in sh mount umount mkdir insmod cat tr poweroff chroot sleep echo sync grep cut; do ln -s busybox "$R/bin/$a"; done
+  : > "$R/lib/modules/order"
+  for m in kvm_amd 9p 9pnet_virtio virtio_pci; do modprobe -S "$KVER" --show-depends "$m" 2>/dev/null; done |
+    awk '$1=="insmod" && !seen[$2]++ {print $2}' | while read -r ko; do
+      b=$(basename "$ko"); b=${b%.ko*}
+      case "$ko" in
+        *.xz) xz -dc "$ko" > "$R/lib/modules/$b.ko" ;;
+        *.zst) zstd -dcq "$ko" > "$R/lib/modules/$b.ko" ;;
+        *) cp "$ko" "$R/lib/modules/$b.ko" ;;
+      esac
+      echo "$b" >> "$R/lib/modules/order"
+    done
+  cat > "$R/init" <<'INIT'
+#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+exec </dev/console >/dev/console 2>&1
+arg() { for t in $(cat /proc/cmdline); do case "$t" in "$1"=*) echo "${t#*=}";; esac; done; }
+while read -r m; do insmod /lib/modules/$m.ko 2>/dev/null; done < /lib/modules/order
+[ -c /dev/kvm ] || echo "KVMTESTS: no /dev/kvm in L1"
+O="trans=virtio,version=9p2000.L,msize=512000"
+mount -t 9p -o $O,cache=none lab /lab || echo "KVMTESTS: cannot mount the lab folder"
+mount -t 9p -o $O,cache=loose,ro hostroot /host || echo "KVMTESTS: cannot mount the host root"
+for d in proc sys dev; do mount --rbind /$d /host/$d; done
+mount -t tmpfs tmpfs /host/tmp; mount -t tmpfs tmpfs /host/run
+LABPATH=$(arg kt.lab)
+mkdir -p "/host$LABPATH"; mount --bind /lab "/host$LABPATH"
+echo "KVMTESTS_BEGIN"
+chroot /host /bin/sh "$LABPATH/run.sh"
+rc=$?
+echo "$rc" > /lab/rc; sync
+echo "KVMTESTS_END rc=$rc"
+poweroff -f
+INIT
+  chmod +x "$R/init"
+  (cd "$R" && find . | cpio -o -H newc --quiet | gzip -1) > "$INITRD.tmp" && mv "$INITRD.tmp" "$INITRD"
+  rm -rf "$R"
+fi
+
+# ---- the guest image for the tests (built on this host: the lab's CPU is slow) ----
+if [ -z "${CAPSULE_TEST_IMAGE:-}" ]; then
+  CAPSULE_TEST_IMAGE=$LAB/image
+  bash "$ROOT/scripts/build-image.sh" "$CAPSULE_TEST_IMAGE" >&2 || { say "guest image build failed"; exit 2; }
+fi
+export CAPSULE_TEST_IMAGE
+
+# ---- the command run inside L1 ----
+ENVFILE=$LAB/env.sh
+: > "$ENVFILE"
+for v in $(compgen -e | grep '^CAPSULE_') ${KVM_TESTS_ENV:-}; do
+  [ -n "${!v+x}" ] && printf 'export %s=%q\n' "$v" "${!v}" >> "$ENVFILE"
+done
+{
+  echo '#!/bin/sh'
+  echo ". '$ENVFILE'"
+  echo "cd '$ROOT' || exit 2"
+  printf 'exec node --test --test-concurrency=1'
+  printf " '%s'" "${TESTS[@]}"
+  echo
+} > "$LAB/run.sh"
+rm -f "$LAB/rc"
+LOG=$LAB/console.log
+TMO=${CAPSULE_LAB_TIMEOUT:-1500}
+say "booting L1 ($QEMU, -cpu ${CAPSULE_LAB_CPU:-EPYC}, ${#TESTS[@]} test file(s))"
+t0=$(date +%s)
+timeout --foreground -k 10 "$TMO" "$QEMU" -accel tcg,thread=multi -cpu "${CAPSULE_LAB_CPU:-EPYC}" \
+  -m "${CAPSULE_LAB_MEM:-4G}" -smp "${CAPSULE_LAB_SMP:-2}" -M pc -nographic -no-reboot -nodefaults -serial stdio \
+  -kernel "/boot/vmlinuz-$KVER" -initrd "$INITRD" -append "console=ttyS0 panic=-1 loglevel=3 kt.lab=$LAB" \
+  -fsdev "local,id=lab,path=$LAB,security_model=none" -device virtio-9p-pci,fsdev=lab,mount_tag=lab \
+  -fsdev "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap" \
+  -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot </dev/null 2>"$LAB/qemu.err" > "$LOG"
+qrc=$?
+tr -d '\r' < "$LOG" > "$LOG.txt"
+if [ "${CAPSULE_LAB_VERBOSE:-0}" = 1 ]; then cat "$LOG.txt" >&2; fi
+awk '/KVMTESTS_BEGIN/{on=1;next} /KVMTESTS_END/{on=0} on' "$LOG.txt"
+grep '^KVMTESTS:' "$LOG.txt" >&2
+say "L1 finished in $(( $(date +%s) - t0 )) s (qemu status $qrc)"
+if [ "$qrc" = 124 ]; then say "TIMEOUT after ${TMO}s"; exit 124; fi
+if [ ! -f "$LAB/rc" ]; then say "the lab did not report a result; last console lines:"; tail -20 "$LOG.txt" >&2; exit 125; fi
+exit "$(cat "$LAB/rc")"

@@ -1,0 +1,87 @@
+// vCPU thread: a blocking KVM_RUN loop. IO and MMIO exits are handed to the main thread (which
+// owns the devices) through kvm_run itself: post 'exit', sleep on ctrl[REQ] until it is served.
+// Pause: the main thread sets ctrl[PAUSE] and immediate_exit and sends SIGUSR2 to this thread;
+// KVM_RUN returns EINTR and the loop parks on ctrl[PAUSE].
+import { parentPort, workerData } from 'node:worker_threads';
+import { KVM_RUN } from '../kvm/ioctls.js';
+import { EXIT, RUN } from '../kvm/layout.js';
+import { EAGAIN, EINTR, errno, gettid, ioctlInt, view } from '../kvm/sys.js';
+import { CTRL_PAUSE, CTRL_REQ, CTRL_STATE, CTRL_STOP, type WorkerInit, type WorkerMessage } from './protocol.js';
+
+const init = workerData as WorkerInit;
+const port = parentPort;
+if (!port) throw new Error('vcpu-worker must run as a worker thread');
+const ctrl = new Int32Array(init.ctrl);
+const run = new DataView(view(init.runAddr, init.runSize));
+const post = (m: WorkerMessage): void => port.postMessage(m);
+
+function parkUntil(cond: () => boolean): void {
+  while (!cond()) {
+    const p = Atomics.load(ctrl, CTRL_PAUSE);
+    Atomics.wait(ctrl, CTRL_PAUSE, p, 1000);
+  }
+}
+
+function waitStop(): void {
+  Atomics.store(ctrl, CTRL_STATE, 1);
+  while (!Atomics.load(ctrl, CTRL_STOP)) Atomics.wait(ctrl, CTRL_PAUSE, Atomics.load(ctrl, CTRL_PAUSE), 1000);
+}
+
+post({ t: 'ready', tid: gettid() });
+
+loop: for (;;) {
+  if (Atomics.load(ctrl, CTRL_STOP)) break;
+  if (Atomics.load(ctrl, CTRL_PAUSE)) {
+    Atomics.store(ctrl, CTRL_STATE, 1);
+    post({ t: 'parked' });
+    parkUntil(() => !Atomics.load(ctrl, CTRL_PAUSE) || Atomics.load(ctrl, CTRL_STOP) !== 0);
+    Atomics.store(ctrl, CTRL_STATE, 0);
+    continue;
+  }
+  const r = ioctlInt(init.fd, KVM_RUN, 0);
+  if (r < 0) {
+    const e = errno();
+    if (e === EINTR || e === EAGAIN) {
+      run.setUint8(RUN.immediateExit, 0);
+      continue;
+    }
+    post({ t: 'fatal', reason: -1, detail: `KVM_RUN failed: errno ${e}` });
+    waitStop();
+    break;
+  }
+  const reason = run.getUint32(RUN.exitReason, true);
+  switch (reason) {
+    case EXIT.IO:
+    case EXIT.MMIO:
+      Atomics.store(ctrl, CTRL_REQ, 1);
+      post({ t: 'exit' });
+      while (Atomics.load(ctrl, CTRL_REQ) === 1) Atomics.wait(ctrl, CTRL_REQ, 1);
+      break;
+    case EXIT.INTR:
+      run.setUint8(RUN.immediateExit, 0);
+      break;
+    case EXIT.HLT:
+      post({ t: 'hlt' });
+      waitStop();
+      break loop;
+    case EXIT.SHUTDOWN:
+      post({ t: 'shutdown' });
+      waitStop();
+      break loop;
+    case EXIT.SYSTEM_EVENT:
+      post({ t: 'system-event', type: run.getUint32(RUN.systemEventType, true) });
+      waitStop();
+      break loop;
+    case EXIT.IRQ_WINDOW_OPEN:
+      break;
+    default: {
+      const extra = reason === EXIT.INTERNAL_ERROR ? ` suberror ${run.getUint32(RUN.internalSuberror, true)}`
+        : reason === EXIT.FAIL_ENTRY ? ` hw reason 0x${run.getBigUint64(RUN.failEntryReason, true).toString(16)}` : '';
+      post({ t: 'fatal', reason, detail: `unhandled exit reason ${reason}${extra}` });
+      waitStop();
+      break loop;
+    }
+  }
+}
+Atomics.store(ctrl, CTRL_STATE, 2);
+post({ t: 'stopped' });

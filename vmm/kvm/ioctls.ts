@@ -1,0 +1,62 @@
+// ioctl request numbers for /dev/kvm, computed the way <asm-generic/ioctl.h> does.
+// _IOR/_IOWR numbers have bit 31 set, so every result goes through `>>> 0` to stay an unsigned
+// 32-bit number (JS bitwise operators work on signed 32-bit integers).
+// fixtures/layout.txt holds the values printed by a C program against the system headers;
+// ioctls.test.ts compares the two.
+
+const IOC_NONE = 0;
+const IOC_WRITE = 1;
+const IOC_READ = 2;
+
+function ioc(dir: number, type: number, nr: number, size: number): number {
+  if (size < 0 || size >= 1 << 14) throw new RangeError(`ioctl size ${size} does not fit 14 bits`);
+  return ((dir << 30) | (size << 16) | (type << 8) | nr) >>> 0;
+}
+export const _IO = (type: number, nr: number): number => ioc(IOC_NONE, type, nr, 0);
+export const _IOR = (type: number, nr: number, size: number): number => ioc(IOC_READ, type, nr, size);
+export const _IOW = (type: number, nr: number, size: number): number => ioc(IOC_WRITE, type, nr, size);
+export const _IOWR = (type: number, nr: number, size: number): number => ioc(IOC_READ | IOC_WRITE, type, nr, size);
+
+const KVMIO = 0xae;
+
+export const KVM_GET_API_VERSION = _IO(KVMIO, 0x00);
+export const KVM_CREATE_VM = _IO(KVMIO, 0x01);
+export const KVM_CHECK_EXTENSION = _IO(KVMIO, 0x03);
+export const KVM_GET_VCPU_MMAP_SIZE = _IO(KVMIO, 0x04);
+export const KVM_GET_SUPPORTED_CPUID = _IOWR(KVMIO, 0x05, 8);
+export const KVM_CREATE_VCPU = _IO(KVMIO, 0x41);
+export const KVM_SET_USER_MEMORY_REGION = _IOW(KVMIO, 0x46, 32);
+export const KVM_SET_TSS_ADDR = _IO(KVMIO, 0x47);
+export const KVM_SET_IDENTITY_MAP_ADDR = _IOW(KVMIO, 0x48, 8);
+export const KVM_CREATE_IRQCHIP = _IO(KVMIO, 0x60);
+export const KVM_IRQ_LINE = _IOW(KVMIO, 0x61, 8);
+export const KVM_CREATE_PIT2 = _IOW(KVMIO, 0x77, 64);
+export const KVM_RUN = _IO(KVMIO, 0x80);
+export const KVM_GET_REGS = _IOR(KVMIO, 0x81, 144);
+export const KVM_SET_REGS = _IOW(KVMIO, 0x82, 144);
+export const KVM_GET_SREGS = _IOR(KVMIO, 0x83, 312);
+export const KVM_SET_SREGS = _IOW(KVMIO, 0x84, 312);
+export const KVM_SET_MSRS = _IOW(KVMIO, 0x89, 8);
+export const KVM_SET_CPUID2 = _IOW(KVMIO, 0x90, 8);
+export const KVM_GET_LAPIC = _IOR(KVMIO, 0x8e, 1024);
+export const KVM_SET_LAPIC = _IOW(KVMIO, 0x8f, 1024);
+export const KVM_SET_FPU = _IOW(KVMIO, 0x8d, 416);
+export const KVM_GET_MP_STATE = _IOR(KVMIO, 0x98, 4);
+export const KVM_SET_MP_STATE = _IOW(KVMIO, 0x99, 4);
+
+/** Every number above by its C name, for the fixture test. */
+export const IOCTLS: Record<string, number> = {
+  KVM_GET_API_VERSION, KVM_CREATE_VM, KVM_CHECK_EXTENSION, KVM_GET_VCPU_MMAP_SIZE, KVM_GET_SUPPORTED_CPUID,
+  KVM_CREATE_VCPU, KVM_SET_USER_MEMORY_REGION, KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR, KVM_CREATE_IRQCHIP,
+  KVM_IRQ_LINE, KVM_CREATE_PIT2, KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS, KVM_SET_SREGS, KVM_SET_MSRS,
+  KVM_SET_CPUID2, KVM_GET_LAPIC, KVM_SET_LAPIC, KVM_SET_FPU, KVM_GET_MP_STATE, KVM_SET_MP_STATE,
+};
+
+// KVM_CHECK_EXTENSION capabilities used.
+export const KVM_CAP_IRQCHIP = 0;
+export const KVM_CAP_USER_MEMORY = 3;
+export const KVM_CAP_SET_TSS_ADDR = 4;
+export const KVM_CAP_EXT_CPUID = 7;
+export const KVM_CAP_PIT2 = 33;
+export const KVM_CAP_SET_IDENTITY_MAP_ADDR = 37;
+export const KVM_CAP_IMMEDIATE_EXIT = 136;

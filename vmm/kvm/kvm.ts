@@ -1,0 +1,201 @@
+// Typed KVM handles, rust-vmm kvm-ioctls shaped: Kvm (/dev/kvm), VmFd, VcpuFd.
+// Every ioctl is one method; failures throw KvmError carrying errno.
+import { openSync } from 'node:fs';
+import * as io from './ioctls.js';
+import { SIZEOF } from './layout.js';
+import { closeFd, errno, errnoName, ioctlInt, ioctlPtr, mmap, MAP_SHARED, PROT_READ, PROT_WRITE, view } from './sys.js';
+
+export class KvmError extends Error {
+  constructor(readonly op: string, readonly errno: number) {
+    super(`${op} failed: ${errnoName(errno)} (errno ${errno})`);
+    this.name = 'KvmError';
+  }
+}
+
+function check(op: string, r: number): number {
+  if (r < 0) throw new KvmError(op, errno());
+  return r;
+}
+
+export interface CpuidEntry {
+  function: number;
+  index: number;
+  flags: number;
+  eax: number;
+  ebx: number;
+  ecx: number;
+  edx: number;
+}
+
+export const KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1;
+const MAX_CPUID_ENTRIES = 256;
+
+export function encodeCpuid(entries: CpuidEntry[]): Buffer {
+  const esz = SIZEOF.kvm_cpuid_entry2 as number;
+  const b = Buffer.alloc(8 + esz * entries.length);
+  b.writeUInt32LE(entries.length, 0);
+  entries.forEach((e, i) => {
+    const o = 8 + i * esz;
+    b.writeUInt32LE(e.function >>> 0, o);
+    b.writeUInt32LE(e.index >>> 0, o + 4);
+    b.writeUInt32LE(e.flags >>> 0, o + 8);
+    b.writeUInt32LE(e.eax >>> 0, o + 12);
+    b.writeUInt32LE(e.ebx >>> 0, o + 16);
+    b.writeUInt32LE(e.ecx >>> 0, o + 20);
+    b.writeUInt32LE(e.edx >>> 0, o + 24);
+  });
+  return b;
+}
+
+export function decodeCpuid(b: Buffer): CpuidEntry[] {
+  const esz = SIZEOF.kvm_cpuid_entry2 as number;
+  const n = b.readUInt32LE(0);
+  const out: CpuidEntry[] = [];
+  for (let i = 0; i < n; i++) {
+    const o = 8 + i * esz;
+    out.push({
+      function: b.readUInt32LE(o), index: b.readUInt32LE(o + 4), flags: b.readUInt32LE(o + 8),
+      eax: b.readUInt32LE(o + 12), ebx: b.readUInt32LE(o + 16), ecx: b.readUInt32LE(o + 20), edx: b.readUInt32LE(o + 24),
+    });
+  }
+  return out;
+}
+
+export class Kvm {
+  readonly fd: number;
+  constructor(path = '/dev/kvm') {
+    try {
+      this.fd = openSync(path, 'r+');
+    } catch (e) {
+      throw new KvmError(`open ${path}`, Math.abs((e as NodeJS.ErrnoException).errno ?? 0));
+    }
+    const v = this.apiVersion();
+    if (v !== 12) throw new Error(`KVM API version ${v}, expected 12`);
+  }
+  apiVersion(): number {
+    return check('KVM_GET_API_VERSION', ioctlInt(this.fd, io.KVM_GET_API_VERSION, 0));
+  }
+  checkExtension(cap: number): number {
+    return check('KVM_CHECK_EXTENSION', ioctlInt(this.fd, io.KVM_CHECK_EXTENSION, cap));
+  }
+  vcpuMmapSize(): number {
+    return check('KVM_GET_VCPU_MMAP_SIZE', ioctlInt(this.fd, io.KVM_GET_VCPU_MMAP_SIZE, 0));
+  }
+  supportedCpuid(): CpuidEntry[] {
+    const b = Buffer.alloc(8 + MAX_CPUID_ENTRIES * (SIZEOF.kvm_cpuid_entry2 as number));
+    b.writeUInt32LE(MAX_CPUID_ENTRIES, 0);
+    check('KVM_GET_SUPPORTED_CPUID', ioctlPtr(this.fd, io.KVM_GET_SUPPORTED_CPUID, b));
+    return decodeCpuid(b);
+  }
+  createVm(): VmFd {
+    const fd = check('KVM_CREATE_VM', ioctlInt(this.fd, io.KVM_CREATE_VM, 0));
+    return new VmFd(fd, this);
+  }
+  close(): void {
+    closeFd(this.fd);
+  }
+}
+
+export class VmFd {
+  constructor(readonly fd: number, readonly kvm: Kvm) {}
+
+  setUserMemoryRegion(slot: number, guestPhys: bigint, size: bigint, hostAddr: bigint, flags = 0): void {
+    const b = Buffer.alloc(SIZEOF.kvm_userspace_memory_region as number);
+    b.writeUInt32LE(slot, 0);
+    b.writeUInt32LE(flags, 4);
+    b.writeBigUInt64LE(guestPhys, 8);
+    b.writeBigUInt64LE(size, 16);
+    b.writeBigUInt64LE(hostAddr, 24);
+    check('KVM_SET_USER_MEMORY_REGION', ioctlPtr(this.fd, io.KVM_SET_USER_MEMORY_REGION, b));
+  }
+  /** Takes a pointer to a u64 (unlike KVM_SET_TSS_ADDR). Must precede vCPU creation. */
+  setIdentityMapAddr(addr: bigint): void {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(addr);
+    check('KVM_SET_IDENTITY_MAP_ADDR', ioctlPtr(this.fd, io.KVM_SET_IDENTITY_MAP_ADDR, b));
+  }
+  /** Takes the address as a plain integer argument. */
+  setTssAddr(addr: number): void {
+    check('KVM_SET_TSS_ADDR', ioctlInt(this.fd, io.KVM_SET_TSS_ADDR, addr));
+  }
+  createIrqchip(): void {
+    check('KVM_CREATE_IRQCHIP', ioctlInt(this.fd, io.KVM_CREATE_IRQCHIP, 0));
+  }
+  /** flags=1: KVM_PIT_SPEAKER_DUMMY (port 0x61 handled in the kernel). */
+  createPit2(flags = 1): void {
+    const b = Buffer.alloc(SIZEOF.kvm_pit_config as number);
+    b.writeUInt32LE(flags, 0);
+    check('KVM_CREATE_PIT2', ioctlPtr(this.fd, io.KVM_CREATE_PIT2, b));
+  }
+  private readonly irqBuf = Buffer.alloc(8);
+  setIrqLine(irq: number, level: boolean): void {
+    this.irqBuf.writeUInt32LE(irq, 0);
+    this.irqBuf.writeUInt32LE(level ? 1 : 0, 4);
+    check('KVM_IRQ_LINE', ioctlPtr(this.fd, io.KVM_IRQ_LINE, this.irqBuf));
+  }
+  createVcpu(id: number): VcpuFd {
+    const fd = check('KVM_CREATE_VCPU', ioctlInt(this.fd, io.KVM_CREATE_VCPU, id));
+    const size = this.kvm.vcpuMmapSize();
+    const run = mmap(size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    return new VcpuFd(fd, id, run, size);
+  }
+  close(): void {
+    closeFd(this.fd);
+  }
+}
+
+export class VcpuFd {
+  /** kvm_run, shared with the kernel (and with the vCPU's worker thread). */
+  readonly runView: DataView;
+  constructor(readonly fd: number, readonly id: number, readonly runAddr: bigint, readonly runSize: number) {
+    this.runView = new DataView(view(runAddr, runSize));
+  }
+  getRegs(): Buffer {
+    const b = Buffer.alloc(SIZEOF.kvm_regs as number);
+    check('KVM_GET_REGS', ioctlPtr(this.fd, io.KVM_GET_REGS, b));
+    return b;
+  }
+  setRegs(b: Buffer): void {
+    check('KVM_SET_REGS', ioctlPtr(this.fd, io.KVM_SET_REGS, b));
+  }
+  getSregs(): Buffer {
+    const b = Buffer.alloc(SIZEOF.kvm_sregs as number);
+    check('KVM_GET_SREGS', ioctlPtr(this.fd, io.KVM_GET_SREGS, b));
+    return b;
+  }
+  setSregs(b: Buffer): void {
+    check('KVM_SET_SREGS', ioctlPtr(this.fd, io.KVM_SET_SREGS, b));
+  }
+  setFpu(b: Buffer): void {
+    check('KVM_SET_FPU', ioctlPtr(this.fd, io.KVM_SET_FPU, b));
+  }
+  setCpuid(entries: CpuidEntry[]): void {
+    check('KVM_SET_CPUID2', ioctlPtr(this.fd, io.KVM_SET_CPUID2, encodeCpuid(entries)));
+  }
+  /** Returns how many MSRs were set. */
+  setMsrs(msrs: Array<[number, bigint]>): number {
+    const b = Buffer.alloc(8 + 16 * msrs.length);
+    b.writeUInt32LE(msrs.length, 0);
+    msrs.forEach(([idx, val], i) => {
+      b.writeUInt32LE(idx >>> 0, 8 + i * 16);
+      b.writeBigUInt64LE(val, 16 + i * 16);
+    });
+    return check('KVM_SET_MSRS', ioctlPtr(this.fd, io.KVM_SET_MSRS, b));
+  }
+  getLapic(): Buffer {
+    const b = Buffer.alloc(SIZEOF.kvm_lapic_state as number);
+    check('KVM_GET_LAPIC', ioctlPtr(this.fd, io.KVM_GET_LAPIC, b));
+    return b;
+  }
+  setLapic(b: Buffer): void {
+    check('KVM_SET_LAPIC', ioctlPtr(this.fd, io.KVM_SET_LAPIC, b));
+  }
+  getMpState(): number {
+    const b = Buffer.alloc(4);
+    check('KVM_GET_MP_STATE', ioctlPtr(this.fd, io.KVM_GET_MP_STATE, b));
+    return b.readUInt32LE(0);
+  }
+  close(): void {
+    closeFd(this.fd);
+  }
+}

@@ -1,0 +1,27 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { loadLayoutFixture } from './fixtures.js';
+import { SIZEOF, OFFSETOF } from './layout.js';
+import { IOCTLS, _IOR, _IOWR } from './ioctls.js';
+
+const fx = loadLayoutFixture();
+
+test('struct sizes match the C headers', () => {
+  assert.ok(fx.sizeof.size > 10);
+  for (const [name, size] of fx.sizeof) assert.equal(SIZEOF[name], size, name);
+});
+
+test('field offsets match the C headers', () => {
+  for (const [name, off] of fx.offsetof) assert.equal(OFFSETOF[name], off, name);
+});
+
+test('ioctl numbers match the C headers and are unsigned', () => {
+  assert.equal(fx.ioctl.size, Object.keys(IOCTLS).length);
+  for (const [name, nr] of fx.ioctl) {
+    assert.equal(IOCTLS[name], nr, `${name} 0x${(IOCTLS[name] ?? 0).toString(16)} vs 0x${nr.toString(16)}`);
+    assert.ok((IOCTLS[name] ?? -1) >= 0, name);
+  }
+  assert.equal(_IOR(0xae, 0x83, 312), 0x8138ae83);
+  assert.equal(_IOWR(0xae, 0x05, 8), 0xc008ae05);
+  assert.throws(() => _IOR(0xae, 1, 1 << 14), RangeError);
+});

@@ -1,0 +1,290 @@
+// The virtual machine: KVM VM + vCPUs + memory + legacy devices, and its lifecycle
+// (running / paused / shut down; a guest or QMP reset rebuilds the KVM VM over the same memory).
+import { EventEmitter } from 'node:events';
+import { ACPI_GED_GSI, ACPI_GED_PORT, ACPI_SLEEP_CONTROL_PORT, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR } from './boot/layout.js';
+import { filterCpuid } from './boot/cpuid.js';
+import { loadLinux, type BootSource } from './boot/loader.js';
+import { bootFpu, bootMsrs, bootRegs, bootSregs, configureLapic } from './boot/regs.js';
+import { Bus } from './bus/bus.js';
+import { VcpuThreads } from './cpu/vcpus.js';
+import { AcpiGed, AcpiSleep, GED_EVENT_POWER_BUTTON } from './devices/legacy/acpi-pm.js';
+import { Cmos } from './devices/legacy/cmos.js';
+import { I8042 } from './devices/legacy/i8042.js';
+import { Serial } from './devices/legacy/serial.js';
+import { Kvm, type CpuidEntry, type VcpuFd, type VmFd } from './kvm/kvm.js';
+import { EXIT, EXIT_IO_OUT, RUN, SYSTEM_EVENT } from './kvm/layout.js';
+import { munmap } from './kvm/sys.js';
+import { logger } from './log.js';
+import type { GuestMemory } from './memory/guest-memory.js';
+
+const log = logger('machine');
+
+export type RunState = 'prelaunch' | 'running' | 'paused' | 'shutdown';
+export interface ShutdownInfo {
+  guest: boolean;
+  reason: 'guest-shutdown' | 'guest-reset' | 'host-qmp-quit' | 'host-signal' | 'guest-panic' | 'host-error';
+}
+
+export interface MachineOptions {
+  cpus: number;
+  memory: GuestMemory;
+  boot: BootSource;
+  consoleOut: (b: Uint8Array) => void;
+}
+
+const SERIAL_BASE = 0x3f8;
+const SERIAL_IRQ = 4;
+
+/**
+ * Events: 'stop', 'resume', 'reset' (after a guest or host reset), 'shutdown' (ShutdownInfo; the
+ * machine is gone), 'guest-reset' (ShutdownInfo reason guest-reset, before the rebuild).
+ */
+export class Machine extends EventEmitter {
+  state: RunState = 'prelaunch';
+  readonly pio = new Bus('pio');
+  readonly mmio = new Bus('mmio');
+  readonly serial: Serial;
+  readonly i8042: I8042;
+  readonly ged: AcpiGed;
+  private kvm: Kvm;
+  private supportedCpuid: CpuidEntry[];
+  private vm: VmFd | null = null;
+  private vcpus: VcpuFd[] = [];
+  private threads: VcpuThreads | null = null;
+  private unknownPorts = new Set<number>();
+  private unknownMmio = new Set<number>();
+  private busy: Promise<void> = Promise.resolve();
+  exits = 0;
+  /** per-port exit counts, kept when CAPSULE_DEBUG_DUMP_SECS is set */
+  portStats: Map<string, number> | null = process.env.CAPSULE_DEBUG_DUMP_SECS ? new Map() : null;
+
+  constructor(private readonly opts: MachineOptions) {
+    super();
+    this.kvm = new Kvm();
+    this.supportedCpuid = this.kvm.supportedCpuid();
+    const irq = (line: number) => (level: boolean): void => {
+      log.trace(`irq ${line} -> ${level ? 1 : 0}`);
+      try {
+        this.vm?.setIrqLine(line, level);
+      } catch (e) {
+        log.warn(`irq ${line}: ${(e as Error).message}`);
+      }
+    };
+    this.serial = new Serial(opts.consoleOut, irq(SERIAL_IRQ));
+    if (process.env.CAPSULE_LOG_LEVEL === 'trace') this.serial.trace = (m) => log.trace(`serial: ${m}`);
+    this.i8042 = new I8042(() => this.guestReset());
+    this.ged = new AcpiGed(irq(ACPI_GED_GSI));
+    const sleep = new AcpiSleep(() => this.guestPowerOff());
+    const ignore = { read: (_o: number, d: Uint8Array) => d.fill(0), write: () => {} };
+    this.pio.insert(SERIAL_BASE, 8, this.serial, 'serial0');
+    this.pio.insert(0x60, 5, this.i8042, 'i8042');
+    this.pio.insert(0x70, 2, new Cmos(), 'cmos');
+    this.pio.insert(0x80, 1, ignore, 'post-code');
+    this.pio.insert(ACPI_SLEEP_CONTROL_PORT, 2, sleep, 'acpi-sleep');
+    this.pio.insert(ACPI_GED_PORT, 1, this.ged, 'acpi-ged');
+  }
+
+  /** Create the KVM VM, load the kernel, start the vCPU threads. */
+  start(): Promise<void> {
+    return this.serial_(async () => {
+      if (this.state !== 'prelaunch') return;
+      await this.build();
+      this.state = 'running';
+    });
+  }
+
+  private async build(): Promise<void> {
+    const { memory, cpus } = this.opts;
+    const vm = this.kvm.createVm();
+    this.vm = vm;
+    for (const r of memory.regions) vm.setUserMemoryRegion(r.slot, BigInt(r.guestBase), BigInt(r.size), memory.regionHostAddr(r));
+    // order matters: identity map before any vCPU, then TSS, irqchip, PIT
+    vm.setIdentityMapAddr(BigInt(KVM_IDENTITY_MAP_ADDR));
+    vm.setTssAddr(KVM_TSS_ADDR);
+    vm.createIrqchip();
+    vm.createPit2(1);
+    const loaded = loadLinux(memory, this.opts.boot);
+    log.info(`kernel protocol 0x${loaded.image.version.toString(16)}, entry 0x${loaded.entry.toString(16)}` +
+      (loaded.initrd ? `, initrd at 0x${loaded.initrd.addr.toString(16)} (${loaded.initrd.size} bytes)` : ''));
+    this.vcpus = [];
+    for (let i = 0; i < cpus; i++) {
+      const v = vm.createVcpu(i);
+      this.vcpus.push(v);
+      v.setCpuid(filterCpuid(this.supportedCpuid, i, cpus));
+      const msrs = bootMsrs();
+      const n = v.setMsrs(msrs);
+      if (n !== msrs.length) log.debug(`vcpu${i}: KVM set ${n} of ${msrs.length} MSRs`);
+      v.setLapic(configureLapic(v.getLapic()));
+      if (i === 0) {
+        v.setRegs(bootRegs(loaded.entry));
+        v.setSregs(bootSregs(v.getSregs()));
+        v.setFpu(bootFpu());
+      }
+    }
+    const threads = new VcpuThreads({
+      onExit: (v) => this.serviceExit(v),
+      onShutdown: (id) => {
+        log.info(`vcpu${id}: triple fault (KVM_EXIT_SHUTDOWN): resetting`);
+        this.guestReset();
+      },
+      onSystemEvent: (id, type) => {
+        log.info(`vcpu${id}: system event ${type}`);
+        if (type === SYSTEM_EVENT.RESET) this.guestReset();
+        else if (type === SYSTEM_EVENT.CRASH) void this.shutdown({ guest: true, reason: 'guest-panic' });
+        else this.guestPowerOff();
+      },
+      onFatal: (id, detail) => {
+        log.error(`vcpu${id}: ${detail}`);
+        void this.shutdown({ guest: false, reason: 'host-error' });
+      },
+    });
+    this.threads = threads;
+    await threads.start(this.vcpus);
+  }
+
+  private async teardown(): Promise<void> {
+    if (this.threads) await this.threads.stop();
+    this.threads = null;
+    for (const v of this.vcpus) {
+      try { munmap(v.runAddr, v.runSize); } catch { /* ignore */ }
+      v.close();
+    }
+    this.vcpus = [];
+    this.vm?.close();
+    this.vm = null;
+  }
+
+  /** The exit handler: runs on the main thread while the vCPU waits. */
+  serviceExit(v: VcpuFd): void {
+    this.exits++;
+    const run = v.runView;
+    const reason = run.getUint32(RUN.exitReason, true);
+    if (reason === EXIT.IO) {
+      const dir = run.getUint8(RUN.ioDirection);
+      const size = run.getUint8(RUN.ioSize);
+      const port = run.getUint16(RUN.ioPort, true);
+      const count = run.getUint32(RUN.ioCount, true);
+      const off = Number(run.getBigUint64(RUN.ioDataOffset, true));
+      if (this.portStats) {
+        const k = `${dir === EXIT_IO_OUT ? 'out' : 'in'}:${port.toString(16)}`;
+        this.portStats.set(k, (this.portStats.get(k) ?? 0) + count);
+      }
+      if (![1, 2, 4].includes(size) || count === 0 || off + size * count > v.runSize) return;
+      for (let i = 0; i < count; i++) {
+        const data = new Uint8Array(run.buffer, off + i * size, size);
+        if (dir === EXIT_IO_OUT) {
+          if (!this.pio.write(port, data)) this.unknownPort(port, 'write');
+        } else if (!this.pio.read(port, data)) {
+          data.fill(0xff);
+          this.unknownPort(port, 'read');
+        }
+      }
+    } else if (reason === EXIT.MMIO) {
+      const addr = Number(run.getBigUint64(RUN.mmioPhysAddr, true));
+      const len = run.getUint32(RUN.mmioLen, true);
+      if (len < 1 || len > 8) return;
+      const data = new Uint8Array(run.buffer, RUN.mmioData, len);
+      if (run.getUint8(RUN.mmioIsWrite)) {
+        if (!this.mmio.write(addr, data)) this.unknownAddr(addr, 'write');
+      } else if (!this.mmio.read(addr, data)) {
+        data.fill(0xff);
+        this.unknownAddr(addr, 'read');
+      }
+    }
+  }
+
+  private unknownPort(port: number, what: string): void {
+    if (this.unknownPorts.has(port) || this.unknownPorts.size > 1024) return;
+    this.unknownPorts.add(port);
+    log.debug(`unhandled PIO ${what} at port 0x${port.toString(16)} (logged once)`);
+  }
+  private unknownAddr(addr: number, what: string): void {
+    const page = Math.floor(addr / 4096);
+    if (this.unknownMmio.has(page) || this.unknownMmio.size > 1024) return;
+    this.unknownMmio.add(page);
+    log.debug(`unhandled MMIO ${what} at 0x${addr.toString(16)} (logged once per page)`);
+  }
+
+  /** Serialise lifecycle operations. */
+  private serial_<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.busy.then(fn);
+    this.busy = p.then(() => undefined, () => undefined);
+    return p;
+  }
+
+  pause(): Promise<void> {
+    return this.serial_(async () => {
+      if (this.state !== 'running') return;
+      await this.threads?.pause();
+      this.state = 'paused';
+      this.emit('stop');
+    });
+  }
+
+  resume(): Promise<void> {
+    return this.serial_(async () => {
+      if (this.state !== 'paused') return;
+      this.threads?.resume();
+      this.state = 'running';
+      this.emit('resume');
+    });
+  }
+
+  /** Rebuild the VM: fresh vCPUs, irqchip and kernel load over the same memory and devices. */
+  reset(): Promise<void> {
+    return this.serial_(async () => {
+      if (this.state === 'shutdown') return;
+      const wasPaused = this.state === 'paused';
+      await this.teardown();
+      this.serial.reset();
+      await this.build();
+      if (wasPaused) await this.threads?.pause();
+      this.emit('reset');
+    });
+  }
+
+  private guestReset(): void {
+    if (this.state === 'shutdown') return;
+    this.emit('guest-reset', { guest: true, reason: 'guest-reset' } satisfies ShutdownInfo);
+    void this.reset();
+  }
+
+  private guestPowerOff(): void {
+    void this.shutdown({ guest: true, reason: 'guest-shutdown' });
+  }
+
+  /** ACPI power button (QMP system_powerdown). */
+  powerButton(): void {
+    this.ged.trigger(GED_EVENT_POWER_BUTTON);
+  }
+
+  shutdown(info: ShutdownInfo): Promise<void> {
+    return this.serial_(async () => {
+      if (this.state === 'shutdown') return;
+      this.state = 'shutdown';
+      await this.teardown();
+      this.emit('shutdown', info);
+    });
+  }
+
+  /** Debug: pause, read every vCPU's RIP/RFLAGS and MP state, resume. */
+  async dumpState(): Promise<string> {
+    if (this.state !== 'running') return `state ${this.state}`;
+    await this.threads?.pause();
+    const out: string[] = [`exits=${this.exits}`];
+    for (const v of this.vcpus) {
+      const r = v.getRegs();
+      const sr = v.getSregs();
+      out.push(`vcpu${v.id}: rip=0x${r.readBigUInt64LE(128).toString(16)} rflags=0x${r.readBigUInt64LE(136).toString(16)} ` +
+        `cr0=0x${sr.readBigUInt64LE(224).toString(16)} mp_state=${v.getMpState()}`);
+    }
+    this.threads?.resume();
+    if (this.portStats) out.push([...this.portStats].map(([k, n]) => `${k}=${n}`).join(','));
+    this.portStats?.clear();
+    return out.join(' ');
+  }
+
+  vcpuThreadIds(): number[] {
+    return this.threads?.tids() ?? [];
+  }
+}

@@ -1,0 +1,243 @@
+// capsule-vmm entry point: parse the configuration, daemonize if asked, build the VM, serve QMP,
+// and exit cleanly (pidfile and sockets removed) on guest power-off, QMP quit or SIGTERM.
+import { spawn } from 'node:child_process';
+import { closeSync, openSync, unlinkSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { buildConfig, ConfigError, USAGE, type VmConfig } from './config/config.js';
+import { KernelImageError, parseBzImage } from './boot/bzimage.js';
+import { readBootFile } from './boot/loader.js';
+import { ConsoleHub } from './console.js';
+import { configureLog, logger, parseLevel } from './log.js';
+import { Machine, type ShutdownInfo } from './machine.js';
+import { GuestMemory } from './memory/guest-memory.js';
+import { QmpError, QmpServer } from './qmp/server.js';
+import { closeFd } from './kvm/sys.js';
+
+const DAEMON_ENV = 'CAPSULE_VMM_DAEMON_CHILD';
+const log = logger('main');
+
+function fail(msg: string, code = 1): never {
+  process.stderr.write(`capsule-vmm: error: ${msg}\n`);
+  process.exit(code);
+}
+
+interface BootFiles {
+  kernel: Uint8Array;
+  initrd?: Uint8Array | undefined;
+}
+
+/** Read and validate the kernel (and initrd) before anything is started. */
+function readBootFiles(cfg: VmConfig): BootFiles {
+  const kernel = readBootFile(cfg.kernel, 'kernel');
+  parseBzImage(kernel);
+  const initrd = cfg.initrd ? readBootFile(cfg.initrd, 'initrd') : undefined;
+  return { kernel, initrd };
+}
+
+/** Parent side of -daemonize: start a detached copy, return once it reports ready. */
+async function daemonize(argv: string[], cfg: VmConfig): Promise<never> {
+  const logFd = cfg.log.file ? openSync(cfg.log.file, 'a', 0o640) : 'ignore';
+  const child = spawn(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), ...argv], {
+    detached: true,
+    stdio: ['ignore', logFd, logFd, 'pipe'],
+    env: { ...process.env, [DAEMON_ENV]: '1' },
+  });
+  if (typeof logFd === 'number') closeSync(logFd);
+  const pipe = child.stdio[3] as NodeJS.ReadableStream;
+  let msg = '';
+  pipe.setEncoding('utf8');
+  const result = await new Promise<string>((resolve) => {
+    pipe.on('data', (d: string) => {
+      msg += d;
+      if (msg.includes('\n')) resolve(msg.trim());
+    });
+    child.once('exit', (code, sig) => resolve(msg.trim() || `daemon exited early (${sig ?? `status ${code}`})`));
+    child.once('error', (e) => resolve(`cannot start daemon: ${e.message}`));
+  });
+  if (result === 'ready') {
+    child.unref();
+    (pipe as unknown as { destroy(): void }).destroy();
+    process.exit(0);
+  }
+  fail(result.replace(/^error: /, ''));
+}
+
+async function run(): Promise<void> {
+  const argv = process.argv.slice(2);
+  let cfg: VmConfig;
+  try {
+    if (argv.includes('-h') || argv.includes('-help') || argv.includes('--help')) {
+      process.stdout.write(USAGE);
+      process.exit(0);
+    }
+    cfg = buildConfig(argv);
+  } catch (e) {
+    if (e instanceof ConfigError) fail(e.message, 2);
+    throw e;
+  }
+  const isDaemonChild = process.env[DAEMON_ENV] === '1';
+  const ready = (m: string): void => {
+    if (!isDaemonChild) return;
+    try {
+      writeFileSync(3 as unknown as string, m + '\n');
+      closeFd(3);
+    } catch { /* parent gone */ }
+  };
+  const die: (m: string, code?: number) => never = (m, code = 1) => {
+    ready(`error: ${m}`);
+    fail(m, code);
+  };
+
+  let files: BootFiles;
+  try {
+    files = readBootFiles(cfg);
+  } catch (e) {
+    if (e instanceof KernelImageError) die(e.message);
+    throw e;
+  }
+  if (cfg.daemonize && !isDaemonChild) await daemonize(argv, cfg);
+
+  configureLog({ level: parseLevel(process.env.CAPSULE_LOG_LEVEL), file: cfg.log.file ?? null, stderr: cfg.log.enabled && !cfg.log.file });
+  log.info(`starting: ${cfg.cpus} vCPU(s), ${cfg.memSize} bytes, kernel ${cfg.kernel}`);
+
+  const cleanups: Array<() => void | Promise<void>> = [];
+  const cleanup = async (): Promise<void> => {
+    for (const c of cleanups.reverse()) {
+      try { await c(); } catch { /* keep going */ }
+    }
+  };
+
+  let memory: GuestMemory;
+  try {
+    memory = GuestMemory.create({ size: cfg.memSize, memPath: cfg.memPath, shared: cfg.machine.memShare, dontDump: !cfg.machine.dumpGuestCore });
+  } catch (e) {
+    die(`cannot allocate guest memory: ${(e as Error).message}`);
+  }
+  const consoleHub = new ConsoleHub(cfg.console?.path, cfg.serialStdio);
+  let machine: Machine;
+  try {
+    await consoleHub.listen();
+    cleanups.push(() => consoleHub.close());
+    machine = new Machine({
+      cpus: cfg.cpus,
+      memory,
+      boot: { kernel: files.kernel, initrd: files.initrd, cmdline: cfg.cmdline, cpus: cfg.cpus },
+      consoleOut: (b) => consoleHub.write(b),
+    });
+    consoleHub.onInput = (b) => machine.serial.enqueueInput(b);
+  } catch (e) {
+    await cleanup();
+    die((e as Error).message);
+  }
+
+  const qmp = cfg.apiChannel ? new QmpServer({ path: cfg.apiChannel }) : null;
+  const fds = new Map<string, number>();
+  let exiting = false;
+  const exit = async (info: ShutdownInfo): Promise<void> => {
+    if (exiting) return;
+    exiting = true;
+    log.info(`shutdown: ${info.reason}`);
+    qmp?.event('SHUTDOWN', { guest: info.guest, reason: info.reason });
+    await new Promise((r) => setTimeout(r, 20));
+    await cleanup();
+    for (const fd of fds.values()) closeFd(fd);
+    memory.close();
+    const ok = ['guest-shutdown', 'host-qmp-quit', 'host-signal'].includes(info.reason);
+    process.exit(ok ? 0 : 1);
+  };
+
+  machine.on('stop', () => qmp?.event('STOP'));
+  machine.on('resume', () => qmp?.event('RESUME'));
+  machine.on('guest-reset', (info: ShutdownInfo) => qmp?.event('SHUTDOWN', { guest: info.guest, reason: info.reason }));
+  machine.on('reset', () => qmp?.event('RESET', { guest: true, reason: 'guest-reset' }));
+  machine.on('shutdown', (info: ShutdownInfo) => void exit(info));
+
+  if (qmp) {
+    qmp.register('stop', async () => { await machine.pause(); return {}; });
+    qmp.register('cont', async () => { await machine.resume(); return {}; });
+    qmp.register('quit', () => {
+      setImmediate(() => void machine.shutdown({ guest: false, reason: 'host-qmp-quit' }));
+      return {};
+    });
+    qmp.register('query-status', () => ({
+      running: machine.state === 'running',
+      singlestep: false,
+      status: machine.state,
+    }));
+    qmp.register('query-cpus-fast', () => machine.vcpuThreadIds().map((tid, i) => ({
+      'cpu-index': i,
+      'qom-path': `/machine/unattached/device[${i}]`,
+      'thread-id': tid,
+      target: 'x86_64',
+      props: { 'core-id': i, 'thread-id': 0, 'socket-id': 0 },
+    })));
+    qmp.register('system_reset', async () => { await machine.reset(); return {}; });
+    qmp.register('system_powerdown', () => {
+      qmp.event('POWERDOWN');
+      machine.powerButton();
+      return {};
+    });
+    qmp.register('getfd', (args, ctx) => {
+      const name = args.fdname;
+      if (typeof name !== 'string' || name === '') throw new QmpError('GenericError', "Parameter 'fdname' is missing");
+      if (/^\d/.test(name)) throw new QmpError('GenericError', "Parameter 'fdname' must not begin with a digit");
+      const fd = ctx.fds.shift();
+      for (const extra of ctx.fds) closeFd(extra);
+      if (fd === undefined) throw new QmpError('GenericError', 'No file descriptor supplied via SCM_RIGHTS');
+      const old = fds.get(name);
+      if (old !== undefined) closeFd(old);
+      fds.set(name, fd);
+      return {};
+    });
+    qmp.register('closefd', (args) => {
+      const name = String(args.fdname ?? '');
+      const fd = fds.get(name);
+      if (fd === undefined) throw new QmpError('GenericError', `File descriptor named '${name}' not found`);
+      closeFd(fd);
+      fds.delete(name);
+      return {};
+    });
+    qmp.register('query-version', () => ({ qemu: { major: 8, minor: 2, micro: 0 }, package: 'capsule' }));
+    qmp.register('query-commands', () => ['qmp_capabilities', ...qmp.handlers.keys()].map((name) => ({ name })));
+  }
+
+  // before anything is visible (sockets, pidfile): a SIGTERM sent as soon as the pidfile exists
+  // must take the clean path, not the default action
+  for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
+    process.on(sig, () => void machine.shutdown({ guest: false, reason: 'host-signal' }));
+  }
+  try {
+    await machine.start();
+    if (machine.state === 'shutdown') return; // a signal arrived while starting; exit() runs
+    if (qmp) {
+      await qmp.listen();
+      cleanups.push(() => qmp.close());
+    }
+    if (cfg.pidfile) {
+      writeFileSync(cfg.pidfile, `${process.pid}\n`);
+      const pf = cfg.pidfile;
+      cleanups.push(() => { try { unlinkSync(pf); } catch { /* gone */ } });
+    }
+  } catch (e) {
+    log.error(`start failed: ${(e as Error).stack ?? e}`);
+    await machine.shutdown({ guest: false, reason: 'host-error' }).catch(() => {});
+    await cleanup();
+    die(`cannot start the VM: ${(e as Error).message}`);
+  }
+  const dumpSecs = Number(process.env.CAPSULE_DEBUG_DUMP_SECS ?? 0);
+  if (dumpSecs > 0) {
+    setInterval(() => void machine.dumpState().then((m) => process.stderr.write(`capsule-vmm: debug: ${m}\n`)), dumpSecs * 1000).unref();
+  }
+  ready('ready');
+  if (isDaemonChild) {
+    // stdio of a daemon points at the log file or /dev/null already; keep it that way
+    process.stdin.destroy();
+  }
+  log.info('running');
+}
+
+
+run().catch((e) => {
+  process.stderr.write(`capsule-vmm: fatal: ${(e as Error).stack ?? e}\n`);
+  process.exit(1);
+});

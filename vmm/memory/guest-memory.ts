@@ -1,0 +1,184 @@
+// Guest RAM: one host mapping split into KVM memory regions around the 32-bit MMIO hole, and ONE
+// bounds-checked accessor through which every guest-physical read and write goes.
+import { closeSync, ftruncateSync, mkdtempSync, openSync, statSync, unlinkSync, rmdirSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  MADV_DONTDUMP, madvise, MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, mmap, munmap, PROT_READ, PROT_WRITE, view,
+} from '../kvm/sys.js';
+
+/** A guest-physical address. Branded so host offsets and plain numbers cannot be passed by mistake. */
+export type GuestAddress = number & { readonly __brand: 'GuestAddress' };
+export const GuestAddress = (n: number): GuestAddress => {
+  if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`bad guest address ${n}`);
+  return n as GuestAddress;
+};
+
+/** Start of the 32-bit MMIO hole (IOAPIC, LAPIC, future virtio-mmio live above it). */
+export const MMIO_HOLE_START = 0xd000_0000;
+export const FOUR_GIB = 0x1_0000_0000;
+
+export interface MemoryRegion {
+  slot: number;
+  guestBase: number;
+  size: number;
+  /** offset inside the host mapping */
+  hostOffset: number;
+}
+
+export class GuestMemoryError extends RangeError {
+  constructor(msg: string) {
+    super(msg);
+    this.name = 'GuestMemoryError';
+  }
+}
+
+/** Guest-physical layout of `size` bytes of RAM: below the hole, then from 4 GiB. */
+export function layoutRegions(size: number): MemoryRegion[] {
+  const low = Math.min(size, MMIO_HOLE_START);
+  const regions: MemoryRegion[] = [{ slot: 0, guestBase: 0, size: low, hostOffset: 0 }];
+  if (size > low) regions.push({ slot: 1, guestBase: FOUR_GIB, size: size - low, hostOffset: low });
+  return regions;
+}
+
+export interface GuestMemoryOptions {
+  size: number;
+  /** file or directory backing the memory (-mem-path) */
+  memPath?: string | undefined;
+  /** MAP_SHARED instead of MAP_PRIVATE (mem-share=on) */
+  shared?: boolean | undefined;
+  /** keep guest memory out of core dumps (dump-guest-core=off) */
+  dontDump?: boolean | undefined;
+}
+
+/**
+ * Accessor over a set of regions. Backed either by a real mmap (GuestMemory.create) or by plain
+ * ArrayBuffers (GuestMemory.fromBuffers, for unit tests).
+ */
+export class GuestMemory {
+  private readonly views: Uint8Array[];
+  private readonly dvs: DataView[];
+
+  private constructor(
+    readonly regions: MemoryRegion[],
+    buffers: ArrayBuffer[],
+    readonly hostAddr: bigint,
+    readonly totalSize: number,
+  ) {
+    this.views = buffers.map((b) => new Uint8Array(b));
+    this.dvs = buffers.map((b) => new DataView(b));
+  }
+
+  static create(opts: GuestMemoryOptions): GuestMemory {
+    const size = opts.size;
+    if (!Number.isSafeInteger(size) || size <= 0 || size % 4096 !== 0) throw new GuestMemoryError(`bad memory size ${size}`);
+    let fd = -1;
+    let flags = (opts.shared ? MAP_SHARED : MAP_PRIVATE) | MAP_NORESERVE;
+    let cleanup: (() => void) | undefined;
+    if (opts.memPath) {
+      let path = opts.memPath;
+      const st = statSync(path, { throwIfNoEntry: false });
+      if (st?.isDirectory()) {
+        // unnamed backing file inside the directory (e.g. hugetlbfs mount), removed right away
+        const dir = mkdtempSync(join(path, 'capsule-mem-'));
+        path = join(dir, 'ram');
+        fd = openSync(path, 'w+', 0o600);
+        unlinkSync(path);
+        rmdirSync(dir);
+      } else {
+        fd = openSync(path, st ? 'r+' : 'w+', 0o600);
+      }
+      if (!st || st.isFile()) {
+        const cur = st?.isFile() ? st.size : 0;
+        if (cur < size) ftruncateSync(fd, size);
+      }
+      cleanup = () => closeSync(fd);
+    } else {
+      flags |= MAP_ANONYMOUS;
+    }
+    let addr: bigint;
+    try {
+      addr = mmap(size, PROT_READ | PROT_WRITE, flags, fd, 0);
+    } finally {
+      cleanup?.();
+    }
+    if (opts.dontDump) {
+      try { madvise(addr, size, MADV_DONTDUMP); } catch { /* best effort */ }
+    }
+    const regions = layoutRegions(size);
+    const buffers = regions.map((r) => view(addr + BigInt(r.hostOffset), r.size));
+    return new GuestMemory(regions, buffers, addr, size);
+  }
+
+  /** Test helper: regions over ordinary ArrayBuffers, same layout rules. */
+  static fromBuffers(size: number): GuestMemory {
+    const regions = layoutRegions(size);
+    return new GuestMemory(regions, regions.map((r) => new ArrayBuffer(r.size)), 0n, size);
+  }
+
+  /** Host address of a region (for KVM_SET_USER_MEMORY_REGION). */
+  regionHostAddr(r: MemoryRegion): bigint {
+    return this.hostAddr + BigInt(r.hostOffset);
+  }
+
+  /** Highest guest address + 1 below the MMIO hole. */
+  get lowMemEnd(): number {
+    return (this.regions[0] as MemoryRegion).size;
+  }
+
+  /**
+   * The one bounds check: finds the region holding [addr, addr+len) entirely, or throws.
+   * Accesses never straddle regions (the hole sits between them).
+   */
+  private locate(addr: GuestAddress, len: number): [number, number] {
+    if (!Number.isSafeInteger(addr) || addr < 0 || !Number.isSafeInteger(len) || len < 0) {
+      throw new GuestMemoryError(`bad guest access ${addr}+${len}`);
+    }
+    for (let i = 0; i < this.regions.length; i++) {
+      const r = this.regions[i] as MemoryRegion;
+      if (addr >= r.guestBase && addr + len <= r.guestBase + r.size) return [i, addr - r.guestBase];
+    }
+    throw new GuestMemoryError(`guest access 0x${addr.toString(16)}+${len} outside guest RAM`);
+  }
+
+  /** Is [addr, addr+len) entirely inside guest RAM? */
+  contains(addr: number, len: number): boolean {
+    try {
+      this.locate(addr as GuestAddress, len);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** A zero-copy window onto guest memory, bounds-checked. */
+  slice(addr: GuestAddress, len: number): Uint8Array {
+    const [i, off] = this.locate(addr, len);
+    return (this.views[i] as Uint8Array).subarray(off, off + len);
+  }
+  read(addr: GuestAddress, len: number): Uint8Array {
+    return Uint8Array.from(this.slice(addr, len));
+  }
+  write(addr: GuestAddress, data: Uint8Array): void {
+    this.slice(addr, data.length).set(data);
+  }
+  fill(addr: GuestAddress, len: number, value = 0): void {
+    this.slice(addr, len).fill(value);
+  }
+  private dv(addr: GuestAddress, len: number): [DataView, number] {
+    const [i, off] = this.locate(addr, len);
+    return [this.dvs[i] as DataView, off];
+  }
+  readU8(a: GuestAddress): number { const [d, o] = this.dv(a, 1); return d.getUint8(o); }
+  readU16(a: GuestAddress): number { const [d, o] = this.dv(a, 2); return d.getUint16(o, true); }
+  readU32(a: GuestAddress): number { const [d, o] = this.dv(a, 4); return d.getUint32(o, true); }
+  readU64(a: GuestAddress): bigint { const [d, o] = this.dv(a, 8); return d.getBigUint64(o, true); }
+  writeU8(a: GuestAddress, v: number): void { const [d, o] = this.dv(a, 1); d.setUint8(o, v); }
+  writeU16(a: GuestAddress, v: number): void { const [d, o] = this.dv(a, 2); d.setUint16(o, v, true); }
+  writeU32(a: GuestAddress, v: number): void { const [d, o] = this.dv(a, 4); d.setUint32(o, v >>> 0, true); }
+  writeU64(a: GuestAddress, v: bigint): void { const [d, o] = this.dv(a, 8); d.setBigUint64(o, v, true); }
+
+  /** Drop the mapping. The views become unusable. */
+  close(): void {
+    if (this.hostAddr !== 0n) munmap(this.hostAddr, this.totalSize);
+  }
+}

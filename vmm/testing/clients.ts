@@ -1,0 +1,172 @@
+// Test helpers: a QMP client, a console-socket reader and a capsule-vmm launcher.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+export const VMM_BIN = join(REPO_ROOT, 'bin', 'capsule-vmm');
+
+export async function waitFor<T>(fn: () => T | undefined | Promise<T | undefined>, timeoutMs: number, what: string): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined && v !== false) return v as T;
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+export function connectUnix(path: string): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = connect(path);
+    s.once('connect', () => resolve(s));
+    s.once('error', reject);
+  });
+}
+
+export class QmpClient {
+  private buf = '';
+  readonly messages: Array<Record<string, unknown>> = [];
+  private waiters: Array<() => void> = [];
+  greeting: Record<string, unknown> | undefined;
+
+  private constructor(readonly sock: Socket) {
+    sock.setEncoding('utf8');
+    sock.on('data', (d: string) => {
+      this.buf += d;
+      let i: number;
+      while ((i = this.buf.indexOf('\n')) >= 0) {
+        const line = this.buf.slice(0, i).trim();
+        this.buf = this.buf.slice(i + 1);
+        if (!line) continue;
+        const m = JSON.parse(line) as Record<string, unknown>;
+        if (!this.greeting && 'QMP' in m) this.greeting = m;
+        else this.messages.push(m);
+        for (const w of this.waiters.splice(0)) w();
+      }
+    });
+  }
+
+  static async connect(path: string, negotiate = true): Promise<QmpClient> {
+    const c = new QmpClient(await connectUnix(path));
+    await waitFor(() => c.greeting, 5000, 'QMP greeting');
+    if (negotiate) await c.execute('qmp_capabilities');
+    return c;
+  }
+
+  sendRaw(text: string): void {
+    this.sock.write(text);
+  }
+
+  /** next message matching pred (consumed) */
+  async next(pred: (m: Record<string, unknown>) => boolean, timeoutMs = 10000, what = 'QMP message'): Promise<Record<string, unknown>> {
+    const end = Date.now() + timeoutMs;
+    for (;;) {
+      const i = this.messages.findIndex(pred);
+      if (i >= 0) return this.messages.splice(i, 1)[0] as Record<string, unknown>;
+      const left = end - Date.now();
+      if (left <= 0) throw new Error(`timed out waiting for ${what}; have ${JSON.stringify(this.messages)}`);
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, left);
+        this.waiters.push(() => {
+          clearTimeout(t);
+          r();
+        });
+      });
+    }
+  }
+
+  private seq = 0;
+  /** execute and return the whole reply ({return} or {error}) */
+  async call(cmd: string, args?: Record<string, unknown>, timeoutMs = 10000): Promise<Record<string, unknown>> {
+    const id = `t${++this.seq}`;
+    this.sock.write(JSON.stringify(args ? { execute: cmd, arguments: args, id } : { execute: cmd, id }) + '\n');
+    return this.next((m) => m.id === id, timeoutMs, `reply to ${cmd}`);
+  }
+
+  async execute(cmd: string, args?: Record<string, unknown>, timeoutMs?: number): Promise<unknown> {
+    const r = await this.call(cmd, args, timeoutMs);
+    if ('error' in r) throw new Error(`${cmd}: ${JSON.stringify(r.error)}`);
+    return r.return;
+  }
+
+  event(name: string, timeoutMs = 10000): Promise<Record<string, unknown>> {
+    return this.next((m) => m.event === name, timeoutMs, `event ${name}`);
+  }
+
+  close(): void {
+    this.sock.destroy();
+  }
+}
+
+export class ConsoleClient {
+  text = '';
+  private constructor(readonly sock: Socket) {
+    sock.setEncoding('utf8');
+    sock.on('data', (d: string) => (this.text += d));
+    sock.on('error', () => {});
+  }
+  static async connect(path: string): Promise<ConsoleClient> {
+    return new ConsoleClient(await connectUnix(path));
+  }
+  async waitFor(re: RegExp, timeoutMs: number): Promise<RegExpExecArray> {
+    return waitFor(() => re.exec(this.text) ?? undefined, timeoutMs, `console output ${re}`);
+  }
+  type(s: string): void {
+    this.sock.write(s);
+  }
+  close(): void {
+    this.sock.destroy();
+  }
+}
+
+export interface VmmProcess {
+  child: ChildProcess;
+  stdout: string;
+  stderr: string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+const live = new Set<ChildProcess>();
+/** SIGKILL every VMM started by startVmm that is still running (test cleanup). */
+export function killAllVmms(): void {
+  for (const c of live) c.kill('SIGKILL');
+  live.clear();
+}
+
+export function startVmm(args: string[], env: NodeJS.ProcessEnv = {}): VmmProcess {
+  const child = spawn(process.execPath, [VMM_BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  live.add(child);
+  child.once('exit', () => live.delete(child));
+  const p: VmmProcess = {
+    child,
+    stdout: '',
+    stderr: '',
+    exited: new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal }))),
+  };
+  child.stdout?.setEncoding('utf8').on('data', (d: string) => (p.stdout += d));
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => (p.stderr += d));
+  return p;
+}
+
+export async function waitForFile(path: string, timeoutMs: number): Promise<void> {
+  await waitFor(() => existsSync(path) || undefined, timeoutMs, `file ${path}`);
+}
+
+/** The guest image used by KVM tests: $CAPSULE_TEST_IMAGE or one built by scripts/build-image.sh. */
+export async function testImage(): Promise<{ kernel: string; initrd: string; cmdline: string }> {
+  let dir = process.env.CAPSULE_TEST_IMAGE;
+  if (!dir) {
+    dir = join(process.env.TMPDIR ?? '/tmp', 'capsule-test-image');
+    const b = spawn('bash', [join(REPO_ROOT, 'scripts', 'build-image.sh'), dir], { stdio: 'inherit' });
+    const code = await new Promise<number | null>((r) => b.once('exit', r));
+    if (code !== 0) throw new Error(`build-image.sh failed (${code})`);
+  }
+  return {
+    kernel: join(dir, 'vmlinuz'),
+    initrd: join(dir, 'initramfs.cpio.gz'),
+    cmdline: 'console=ttyS0 quiet panic=-1 reboot=k',
+  };
+}
