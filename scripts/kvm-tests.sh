@@ -24,8 +24,11 @@ say() { echo "kvm-tests: $*" >&2; }
 if [ "${CAPSULE_NO_BUILD:-0}" != 1 ]; then
   npx --no-install tsc -p tsconfig.json || { say "build failed"; exit 2; }
 fi
-mapfile -t TESTS < <(find dist -name '*.kvm.test.js' -not -path '*/node_modules/*' | sort)
-for f in "$@"; do TESTS+=("$f"); done
+if [ $# -gt 0 ]; then
+  TESTS=("$@")
+else
+  mapfile -t TESTS < <(find dist -name '*.kvm.test.js' -not -path '*/node_modules/*' | sort)
+fi
 if [ ${#TESTS[@]} -eq 0 ]; then say "no *.kvm.test.js files under dist/"; exit 2; fi
 
 PROBE=$(node --input-type=module -e "
@@ -97,11 +100,13 @@ INIT
 fi
 
 # ---- the guest image for the tests (built on this host: the lab's CPU is slow) ----
+# (the server's tests look for images in $CAPSULE_TEST_IMAGES/<name>; the VMM's use $CAPSULE_TEST_IMAGE)
 if [ -z "${CAPSULE_TEST_IMAGE:-}" ]; then
-  CAPSULE_TEST_IMAGE=$LAB/image
+  CAPSULE_TEST_IMAGES=$LAB/images
+  CAPSULE_TEST_IMAGE=$CAPSULE_TEST_IMAGES/default
   bash "$ROOT/scripts/build-image.sh" "$CAPSULE_TEST_IMAGE" >&2 || { say "guest image build failed"; exit 2; }
 fi
-export CAPSULE_TEST_IMAGE
+export CAPSULE_TEST_IMAGE CAPSULE_TEST_IMAGES=${CAPSULE_TEST_IMAGES:-$(dirname "$CAPSULE_TEST_IMAGE")}
 
 # ---- the command run inside L1 ----
 ENVFILE=$LAB/env.sh
