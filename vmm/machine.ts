@@ -22,7 +22,7 @@ const log = logger('machine');
 export type RunState = 'prelaunch' | 'running' | 'paused' | 'shutdown';
 export interface ShutdownInfo {
   guest: boolean;
-  reason: 'guest-shutdown' | 'guest-reset' | 'host-qmp-quit' | 'host-signal' | 'guest-panic' | 'host-error';
+  reason: 'guest-shutdown' | 'guest-reset' | 'host-qmp-system-reset' | 'host-qmp-quit' | 'host-signal' | 'guest-panic' | 'host-error';
 }
 
 export interface MachineOptions {
@@ -55,6 +55,12 @@ export class Machine extends EventEmitter {
   private unknownMmio = new Set<number>();
   private busy: Promise<void> = Promise.resolve();
   exits = 0;
+  /**
+   * A reset ends the machine (shutdown with reason guest-reset / host-qmp-system-reset) instead of
+   * rebuilding it: set once the seccomp filter is on, which forbids KVM_CREATE_VM/VCPU and new
+   * threads. The parent relaunches the VMM (QEMU's -no-reboot behaviour).
+   */
+  resetExits = false;
   /** per-port exit counts, kept when CAPSULE_DEBUG_DUMP_SECS is set */
   portStats: Map<string, number> | null = process.env.CAPSULE_DEBUG_DUMP_SECS ? new Map() : null;
 
@@ -232,6 +238,7 @@ export class Machine extends EventEmitter {
 
   /** Rebuild the VM: fresh vCPUs, irqchip and kernel load over the same memory and devices. */
   reset(): Promise<void> {
+    if (this.resetExits) return this.shutdown({ guest: false, reason: 'host-qmp-system-reset' });
     return this.serial_(async () => {
       if (this.state === 'shutdown') return;
       const wasPaused = this.state === 'paused';
@@ -245,6 +252,10 @@ export class Machine extends EventEmitter {
 
   private guestReset(): void {
     if (this.state === 'shutdown') return;
+    if (this.resetExits) {
+      void this.shutdown({ guest: true, reason: 'guest-reset' });
+      return;
+    }
     this.emit('guest-reset', { guest: true, reason: 'guest-reset' } satisfies ShutdownInfo);
     void this.reset();
   }

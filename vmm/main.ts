@@ -12,6 +12,7 @@ import { Machine, type ShutdownInfo } from './machine.js';
 import { GuestMemory } from './memory/guest-memory.js';
 import { QmpError, QmpServer } from './qmp/server.js';
 import { closeFd } from './kvm/sys.js';
+import { FORBIDDEN_SYSCALL_ENV, install as installSeccomp, prepare as prepareSeccomp, scheduleForbiddenSyscall } from './sandbox.js';
 
 const DAEMON_ENV = 'CAPSULE_VMM_DAEMON_CHILD';
 const log = logger('main');
@@ -142,7 +143,8 @@ async function run(): Promise<void> {
     await cleanup();
     for (const fd of fds.values()) closeFd(fd);
     memory.close();
-    const ok = ['guest-shutdown', 'host-qmp-quit', 'host-signal'].includes(info.reason);
+    // a reset under the seccomp filter ends the VMM (Machine.resetExits); the parent relaunches it
+    const ok = ['guest-shutdown', 'host-qmp-quit', 'host-signal', 'guest-reset', 'host-qmp-system-reset'].includes(info.reason);
     process.exit(ok ? 0 : 1);
   };
 
@@ -228,11 +230,36 @@ async function run(): Promise<void> {
   if (dumpSecs > 0) {
     setInterval(() => void machine.dumpState().then((m) => process.stderr.write(`capsule-vmm: debug: ${m}\n`)), dumpSecs * 1000).unref();
   }
-  ready('ready');
   if (isDaemonChild) {
     // stdio of a daemon points at the log file or /dev/null already; keep it that way
     process.stdin.destroy();
   }
+  // Init is done: confine the process (every thread, vCPU workers included) before telling the
+  // parent it is ready, so that "ready" means "filtered". See docs/seccomp.md.
+  if (!cfg.disableSeccomp && (machine.state as string) !== 'shutdown') {
+    try {
+      await prepareSeccomp();
+      const sb = installSeccomp(cfg.seccompMode);
+      machine.resetExits = true;
+      const msg = `seccomp filter installed on all threads: ${sb.syscalls} syscalls, ${sb.instructions} BPF instructions, ` +
+        (sb.mode === 'kill' ? 'anything else kills the VMM' : 'LOG mode: anything else is only logged by the kernel (audit type=1326)');
+      if (sb.mode === 'kill') log.info(msg);
+      else log.warn(msg);
+    } catch (e) {
+      log.error(`seccomp: ${(e as Error).message}`);
+      await machine.shutdown({ guest: false, reason: 'host-error' }).catch(() => {});
+      await cleanup();
+      die(`cannot install the seccomp filter: ${(e as Error).message}`);
+    }
+    const injectMs = Number(process.env[FORBIDDEN_SYSCALL_ENV] ?? '');
+    if (injectMs >= 0 && process.env[FORBIDDEN_SYSCALL_ENV]) {
+      log.warn(`test-only ${FORBIDDEN_SYSCALL_ENV}: calling socket(2) in ${injectMs} ms`);
+      scheduleForbiddenSyscall(injectMs, (r) => log.warn(`test-only: socket(2) returned ${r} and the VMM lives (filter not in kill mode)`));
+    }
+  } else if (cfg.disableSeccomp) {
+    log.info('seccomp filter disabled (-disable-seccomp)');
+  }
+  ready('ready');
   log.info('running');
 }
 

@@ -93,10 +93,10 @@ describe('capsule-vmm on KVM', { concurrency: true }, () => {
         return true;
       }
     }, 10_000, 'daemon exit');
-    assert.ok(!existsSync(pidfile), 'pidfile removed');
-    assert.ok(!existsSync(qmp), 'QMP socket removed');
-    assert.ok(!existsSync(con), 'console socket removed');
+    // under the seccomp filter unlink(2) fails (EPERM): the pidfile and sockets are the parent's
+    // to remove (the SIGTERM test checks the removal with -disable-seccomp)
     const logText = readFileSync(log, 'utf8');
+    assert.match(logText, /seccomp filter installed on all threads/);
     assert.match(logText, /shutdown: guest-shutdown/);
     q.close();
     cons.close();
@@ -127,7 +127,6 @@ describe('capsule-vmm on KVM', { concurrency: true }, () => {
     assert.deepEqual(sd.data, { guest: true, reason: 'guest-shutdown' });
     const ex = await vmm.exited;
     assert.equal(ex.code, 0, vmm.stderr);
-    assert.ok(!existsSync(qmp));
     q.close();
     cons.close();
   });
@@ -158,10 +157,10 @@ describe('capsule-vmm on KVM', { concurrency: true }, () => {
     q2.close();
   });
 
-  test('SIGTERM: clean exit, sockets and pidfile removed', async () => {
+  test('SIGTERM: clean exit; without the seccomp filter, sockets and pidfile removed', async () => {
     const { args, qmp, con } = baseArgs('term', 1);
     const pidfile = join(work, 'term.pid');
-    const vmm = startVmm([...args, '-pidfile', pidfile]);
+    const vmm = startVmm([...args, '-pidfile', pidfile, '-disable-seccomp']);
     await waitForFile(pidfile, 30_000);
     vmm.child.kill('SIGTERM');
     const ex = await vmm.exited;

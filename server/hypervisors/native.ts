@@ -6,16 +6,26 @@ import type { Image } from '../db/images.js';
 import type { Vm } from '../db/vms.js';
 import type { Availability, ForegroundPaths, Hypervisor, LaunchCommand, VmPaths } from './types.js';
 
+/** Same name as vmm/sandbox.ts FORBIDDEN_SYSCALL_ENV (not imported: the server does not load vmm/ code). */
+export const FORBIDDEN_SYSCALL_ENV = 'CAPSULE_VMM_TEST_FORBIDDEN_SYSCALL_AFTER_MS';
 const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 export const VMM_BIN = join(REPO_ROOT, 'bin', 'capsule-vmm');
 const VMM_MAIN = join(REPO_ROOT, 'dist', 'vmm', 'main.js');
 
 export class NativeHypervisor implements Hypervisor {
   readonly name = 'native' as const;
-  readonly resetExits = false; // system_reset reboots the guest inside the same VMM
+  /**
+   * The VMM installs its seccomp filter after init, and under it a reset (guest reboot or QMP
+   * system_reset) ends the VMM with SHUTDOWN guest-reset / host-qmp-system-reset and status 0
+   * instead of rebuilding the KVM VM in place: the supervisor relaunches it. Only with
+   * -disable-seccomp among the extra arguments does the VMM reboot in place.
+   */
+  readonly resetExits: boolean;
   readonly limits = { minMemoryMiB: 256, maxVcpus: 254 };
 
-  constructor(private readonly kvm: { available: boolean; reason: string }, private readonly extraArgs: string[] = []) {}
+  constructor(private readonly kvm: { available: boolean; reason: string }, private readonly extraArgs: string[] = []) {
+    this.resetExits = !extraArgs.includes('-disable-seccomp');
+  }
 
   availability(): Availability {
     if (!this.kvm.available) return { available: false, reason: `needs KVM: ${this.kvm.reason}` };
@@ -66,6 +76,11 @@ export class NativeHypervisor implements Hypervisor {
   }
 
   private env(): NodeJS.ProcessEnv {
-    return { CAPSULE_LOG_LEVEL: process.env.CAPSULE_VMM_LOG_LEVEL ?? 'info' };
+    const env: NodeJS.ProcessEnv = { CAPSULE_LOG_LEVEL: process.env.CAPSULE_VMM_LOG_LEVEL ?? 'info' };
+    // Test-only (docs/vmm.md): makes every VMM this server starts call a forbidden syscall after
+    // N ms, so that tests can see a seccomp kill reported as a crash. Nothing else passes through.
+    const inject = process.env[FORBIDDEN_SYSCALL_ENV];
+    if (inject !== undefined) env[FORBIDDEN_SYSCALL_ENV] = inject;
+    return env;
   }
 }

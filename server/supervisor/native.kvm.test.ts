@@ -76,3 +76,27 @@ test('native: a killed VMM makes its VM crashed', async () => {
   assert.deepEqual(readdirSync(join(s.dataDir, 'vms', id)), ['vmm.log']);
   all.close();
 });
+
+test('native: a VMM killed by its seccomp filter (test-only forbidden syscall) makes its VM crashed', async () => {
+  // A second server whose environment carries the test-only variable; NativeHypervisor passes it
+  // (and nothing else of the server's) to the VMMs it starts.
+  const s2 = await TestServer.start({ env: { CAPSULE_VMM_TEST_FORBIDDEN_SYSCALL_AFTER_MS: '15000' } });
+  try {
+    const c = await s2.api('POST', '/v1/vms', { name: 'native-sigsys' });
+    const id: string = c.body.id;
+    const all = new EventCollector(s2.ws(`/v1/vms/${id}/events`));
+    await all.opened;
+    const started = await s2.api('POST', `/v1/vms/${id}/start`);
+    assert.equal(started.body.state, 'running', JSON.stringify(started.body) + s2.output.slice(-2000));
+    const crashed = await all.waitFor('CRASHED', () => true, 60_000);
+    assert.equal(crashed.data.pid, started.body.pid);
+    assert.equal((await s2.api('GET', `/v1/vms/${id}`)).body.state, 'crashed');
+    assert.ok(!isAlive(started.body.pid));
+    const log = readFileSync(join(s2.dataDir, 'vms', id, 'vmm.log'), 'utf8');
+    assert.match(log, /seccomp filter installed on all threads/);
+    assert.match(log, /test-only CAPSULE_VMM_TEST_FORBIDDEN_SYSCALL_AFTER_MS/);
+    all.close();
+  } finally {
+    await s2.stop();
+  }
+});

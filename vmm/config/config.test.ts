@@ -31,6 +31,10 @@ test('every option', () => {
   assert.equal(c.pidfile, '/run/p');
   assert.deepEqual(c.log, { enabled: true, file: '/run/log' });
   assert.equal(c.disableSeccomp, true);
+  assert.equal(c.seccompMode, 'kill');
+  assert.equal(buildConfig([...K, '-seccomp', 'log']).seccompMode, 'log');
+  assert.equal(buildConfig(['-config', 'x.json'], () => '{"boot-source":{"kernel_image_path":"/k"},"seccomp":"log"}').seccompMode, 'log');
+  assert.throws(() => buildConfig([...K, '-seccomp', 'trap']), /-seccomp: expected kill or log/);
   assert.equal(buildConfig([...K, '-D']).log.enabled, true);
   assert.equal(buildConfig([...K, '-smp', '254']).cpus, 254);
   assert.equal(buildConfig([...K, '-machine', 'type=microvm']).machine.type, 'microvm');

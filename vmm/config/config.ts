@@ -36,6 +36,8 @@ export interface VmConfig {
   /** -D: enabled (to stderr, or to file when set) */
   log: { enabled: boolean; file?: string | undefined };
   disableSeccomp: boolean;
+  /** what the filter does with a syscall outside its list: kill the process (default) or only log it */
+  seccompMode: 'kill' | 'log';
 }
 
 /** Partial config as read from either source, merged field by field. */
@@ -56,6 +58,7 @@ type Partial = {
   pidfile?: string;
   log?: { enabled: boolean; file?: string };
   disableSeccomp?: boolean;
+  seccompMode?: 'kill' | 'log';
 };
 
 // ---- value parsers -------------------------------------------------------------------------
@@ -124,7 +127,7 @@ function machineType(t: string, opt: string): string {
 const FLAGS = new Set(['-daemonize', '-disable-seccomp']);
 const WITH_VALUE = new Set([
   '-machine', '-smp', '-m', '-mem-path', '-kernel', '-append', '-initrd', '-serial', '-chardev', '-api-channel',
-  '-pidfile', '-config',
+  '-pidfile', '-config', '-seccomp',
 ]);
 export const OPTIONS = [...WITH_VALUE, ...FLAGS, '-D'].sort();
 
@@ -196,6 +199,10 @@ export function parseArgs(argv: string[]): ParsedArgs {
         if (!isAbsolute(v)) throw new ConfigError(`-mem-path: '${v}' must be an absolute path (a file or a directory)`);
         cli.memPath = v;
         break;
+      case '-seccomp':
+        if (v !== 'kill' && v !== 'log') throw new ConfigError(`-seccomp: expected kill or log (got '${v}')`);
+        cli.seccompMode = v;
+        break;
       case '-kernel':
         cli.kernel = v;
         break;
@@ -258,6 +265,7 @@ const jsonSchema = z.object({
   pidfile: z.string().optional(),
   log: z.object({ enabled: z.boolean(), file: z.string().optional() }).strict().optional(),
   'disable-seccomp': z.boolean().optional(),
+  seccomp: z.enum(['kill', 'log']).optional(),
 }).strict();
 
 export function parseJsonConfig(text: string, file = 'config'): Partial {
@@ -311,6 +319,7 @@ export function parseJsonConfig(text: string, file = 'config'): Partial {
   if (j.pidfile !== undefined) p.pidfile = j.pidfile;
   if (j.log) p.log = j.log.file === undefined ? { enabled: j.log.enabled } : { enabled: j.log.enabled, file: j.log.file };
   if (j['disable-seccomp'] !== undefined) p.disableSeccomp = j['disable-seccomp'];
+  if (j.seccomp !== undefined) p.seccompMode = j.seccomp;
   return p;
 }
 
@@ -349,6 +358,7 @@ export function buildConfig(argv: string[], readFile: (p: string) => string = (p
     pidfile: abs(m.pidfile),
     log: m.log ? { enabled: m.log.enabled, file: abs(m.log.file) } : { enabled: false },
     disableSeccomp: m.disableSeccomp ?? false,
+    seccompMode: m.seccompMode ?? 'kill',
   };
 }
 
@@ -366,6 +376,8 @@ export const USAGE = `usage: capsule-vmm -kernel VMLINUZ [options]
   -daemonize                  run in the background once QMP listens
   -pidfile FILE               write the VMM's pid (removed on exit)
   -D [LOGFILE]                log to LOGFILE (or stderr); level from CAPSULE_LOG_LEVEL
-  -disable-seccomp            accepted (the seccomp filter is installed by another component)
+  -disable-seccomp            do not install the seccomp filter after init
+  -seccomp kill|log           syscalls outside the filter's list kill the VMM (default) or are
+                              only logged by the kernel (audit type=1326, for debugging)
   -config FILE.json           StratoVirt-style JSON; the command line overrides it
 `;

@@ -1,0 +1,51 @@
+// The VMM's sandbox step without KVM: the policy's KVM ioctl numbers are the ones the VMM issues,
+// and the install + test-only injection behave as documented in a child Node process.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import * as io from './kvm/ioctls.js';
+import { VMM_IOCTLS } from '../seccomp/policies/vmm.js';
+import { FORBIDDEN_SYSCALL_ENV } from './sandbox.js';
+import { FORBIDDEN_SYSCALL_ENV as SERVER_ENV_NAME } from '../server/hypervisors/native.js';
+
+const sandbox = fileURLToPath(new URL('./sandbox.js', import.meta.url));
+
+test('the policy allows exactly the KVM requests the VMM uses after init, with the VMM\'s numbers', () => {
+  const kvm = Object.keys(VMM_IOCTLS).filter((k) => k.startsWith('KVM_'));
+  assert.deepEqual(kvm.sort(), ['KVM_GET_MP_STATE', 'KVM_GET_REGS', 'KVM_GET_SREGS', 'KVM_IRQ_LINE', 'KVM_RUN']);
+  for (const k of kvm) assert.equal(VMM_IOCTLS[k], (io as unknown as Record<string, number>)[k], k);
+  assert.equal(SERVER_ENV_NAME, FORBIDDEN_SYSCALL_ENV);
+});
+
+function child(mode: 'kill' | 'log', injectMs?: number) {
+  const code = `import { prepare, install, scheduleForbiddenSyscall } from ${JSON.stringify(sandbox)};
+await prepare();
+const info = install(${JSON.stringify(mode)});
+console.log(JSON.stringify(info));
+scheduleForbiddenSyscall(${injectMs ?? 0}, (r) => console.log('returned ' + r));
+setTimeout(() => {}, 1500);`;
+  const env = { ...process.env };
+  if (injectMs !== undefined) env[FORBIDDEN_SYSCALL_ENV] = String(injectMs);
+  else delete env[FORBIDDEN_SYSCALL_ENV];
+  return spawnSync(process.execPath, ['--input-type=module', '-e', code], { env, encoding: 'utf8', timeout: 20_000 });
+}
+
+test('install(kill) then the test-only injection: killed by SIGSYS', () => {
+  const r = child('kill', 100);
+  assert.equal(r.signal, 'SIGSYS', r.stderr);
+  const info = JSON.parse(r.stdout.split('\n')[0] as string) as { syscalls: number; mode: string };
+  assert.equal(info.mode, 'kill');
+  assert.ok(info.syscalls <= 45);
+});
+
+test('install(log) then the injection: the call goes through, the process exits 0', () => {
+  const r = child('log', 100);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /returned \d+/);
+});
+
+test('install(kill) without the injection: an idle Node process lives and exits 0', () => {
+  const r = child('kill');
+  assert.equal(r.status, 0, r.stderr);
+});
