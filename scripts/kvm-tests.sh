@@ -60,7 +60,7 @@ if [ ! -f "$INITRD" ] || [ "$SELF" -nt "$INITRD" ]; then
   R=$(mktemp -d "$LAB/rootfs.XXXXXX")
   mkdir -p "$R"/{bin,proc,sys,dev,tmp,host,lab,lib/modules}
   cp "$(command -v busybox)" "$R/bin/busybox"
-  for a in sh mount umount mkdir insmod cat tr poweroff chroot sleep echo sync grep cut; do ln -s busybox "$R/bin/$a"; done
+  for a in sh mount umount mkdir insmod cat tr poweroff chroot sleep echo sync grep cut ifconfig; do ln -s busybox "$R/bin/$a"; done
   : > "$R/lib/modules/order"
   for m in kvm_amd 9p 9pnet_virtio virtio_pci; do modprobe -S "$KVER" --show-depends "$m" 2>/dev/null; done |
     awk '$1=="insmod" && !seen[$2]++ {print $2}' | while read -r ko; do
@@ -80,6 +80,7 @@ exec </dev/console >/dev/console 2>&1
 arg() { for t in $(cat /proc/cmdline); do case "$t" in "$1"=*) echo "${t#*=}";; esac; done; }
 while read -r m; do insmod /lib/modules/$m.ko 2>/dev/null; done < /lib/modules/order
 [ -c /dev/kvm ] || echo "KVMTESTS: no /dev/kvm in L1"
+ifconfig lo 127.0.0.1 up || echo "KVMTESTS: no loopback in L1"
 O="trans=virtio,version=9p2000.L,msize=512000"
 mount -t 9p -o $O,cache=none lab /lab || echo "KVMTESTS: cannot mount the lab folder"
 mount -t 9p -o $O,cache=loose,ro hostroot /host || echo "KVMTESTS: cannot mount the host root"
@@ -116,6 +117,7 @@ for v in $(compgen -e | grep '^CAPSULE_') ${KVM_TESTS_ENV:-}; do
 done
 {
   echo '#!/bin/sh'
+  echo 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root'
   echo ". '$ENVFILE'"
   echo "cd '$ROOT' || exit 2"
   printf 'exec node --test --test-concurrency=1'
