@@ -24,7 +24,11 @@ say() { echo "kvm-tests: $*" >&2; }
 if [ "${CAPSULE_NO_BUILD:-0}" != 1 ]; then
   npx --no-install tsc -p tsconfig.json || { say "build failed"; exit 2; }
 fi
-if [ $# -gt 0 ]; then
+# `--cmd 'COMMAND'` runs a shell command (e.g. a benchmark) on KVM instead of test files.
+CMD=""
+if [ "${1:-}" = --cmd ]; then
+  shift; CMD="$*"; TESTS=("(command)")
+elif [ $# -gt 0 ]; then
   TESTS=("$@")
 else
   mapfile -t TESTS < <(find dist -name '*.kvm.test.js' -not -path '*/node_modules/*' | sort)
@@ -35,7 +39,8 @@ PROBE=$(node --input-type=module -e "
 import { probeKvm } from '$ROOT/dist/vmm/kvm/probe.js';
 const p = probeKvm(); console.log((p.available ? 'yes ' : 'no ') + p.reason);")
 if [ "${PROBE%% *}" = yes ]; then
-  say "KVM usable (${PROBE#* }): running ${#TESTS[@]} file(s) directly"
+  say "KVM usable (${PROBE#* }): running ${CMD:-${#TESTS[@]} file(s)} directly"
+  [ -n "$CMD" ] && exec sh -c "$CMD"
   exec node --test --test-concurrency=1 "${TESTS[@]}"
 fi
 say "KVM not usable here (${PROBE#* }): using a nested lab"
@@ -120,9 +125,13 @@ done
   echo 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root'
   echo ". '$ENVFILE'"
   echo "cd '$ROOT' || exit 2"
-  printf 'exec node --test --test-concurrency=1'
-  printf " '%s'" "${TESTS[@]}"
-  echo
+  if [ -n "$CMD" ]; then
+    printf 'exec sh -c %q\n' "$CMD"
+  else
+    printf 'exec node --test --test-concurrency=1'
+    printf " '%s'" "${TESTS[@]}"
+    echo
+  fi
 } > "$LAB/run.sh"
 rm -f "$LAB/rc"
 LOG=$LAB/console.log
