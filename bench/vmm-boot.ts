@@ -26,10 +26,25 @@ const median = (xs: number[]): number => {
   return s[Math.floor(s.length / 2)] as number;
 };
 
-function smaps(pid: number): { ussKiB: number; pssKiB: number; rssKiB: number } {
+const GUEST_RAM_KIB = 256 * 1024; // both VMMs boot with -m 256M
+
+function smaps(pid: number): { ussKiB: number; pssKiB: number; rssKiB: number; vmmUssKiB: number } {
   const t = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
   const f = (k: string): number => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(t)?.[1] ?? 0);
-  return { ussKiB: f('Private_Clean') + f('Private_Dirty'), pssKiB: f('Pss'), rssKiB: f('Rss') };
+  return { ussKiB: f('Private_Clean') + f('Private_Dirty'), pssKiB: f('Pss'), rssKiB: f('Rss'), vmmUssKiB: vmmOwnUss(pid) };
+}
+
+/** USS without the guest RAM mapping: what the VMM itself costs, whatever the guest touched. */
+function vmmOwnUss(pid: number): number {
+  let total = 0;
+  let skip = false;
+  for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const size = /^Size:\s+(\d+) kB/.exec(line);
+    if (size) skip = Number(size[1]) >= GUEST_RAM_KIB;
+    const priv = /^Private_(?:Clean|Dirty):\s+(\d+) kB/.exec(line);
+    if (priv && !skip) total += Number(priv[1]);
+  }
+  return total;
 }
 
 type Img = Awaited<ReturnType<typeof testImage>>;

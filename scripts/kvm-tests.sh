@@ -24,7 +24,11 @@ say() { echo "kvm-tests: $*" >&2; }
 if [ "${CAPSULE_NO_BUILD:-0}" != 1 ]; then
   npx --no-install tsc -p tsconfig.json || { say "build failed"; exit 2; }
 fi
-if [ $# -gt 0 ]; then
+# `--cmd 'COMMAND'` runs a shell command (e.g. a benchmark) on KVM instead of test files.
+CMD=""
+if [ "${1:-}" = --cmd ]; then
+  shift; CMD="$*"; TESTS=("(command)")
+elif [ $# -gt 0 ]; then
   TESTS=("$@")
 else
   mapfile -t TESTS < <(find dist -name '*.kvm.test.js' -not -path '*/node_modules/*' | sort)
@@ -35,7 +39,8 @@ PROBE=$(node --input-type=module -e "
 import { probeKvm } from '$ROOT/dist/vmm/kvm/probe.js';
 const p = probeKvm(); console.log((p.available ? 'yes ' : 'no ') + p.reason);")
 if [ "${PROBE%% *}" = yes ]; then
-  say "KVM usable (${PROBE#* }): running ${#TESTS[@]} file(s) directly"
+  say "KVM usable (${PROBE#* }): running ${CMD:-${#TESTS[@]} file(s)} directly"
+  [ -n "$CMD" ] && exec sh -c "$CMD"
   exec node --test --test-concurrency=1 "${TESTS[@]}"
 fi
 say "KVM not usable here (${PROBE#* }): using a nested lab"
@@ -60,7 +65,7 @@ if [ ! -f "$INITRD" ] || [ "$SELF" -nt "$INITRD" ]; then
   R=$(mktemp -d "$LAB/rootfs.XXXXXX")
   mkdir -p "$R"/{bin,proc,sys,dev,tmp,host,lab,lib/modules}
   cp "$(command -v busybox)" "$R/bin/busybox"
-  for a in sh mount umount mkdir insmod cat tr poweroff chroot sleep echo sync grep cut; do ln -s busybox "$R/bin/$a"; done
+  for a in sh mount umount mkdir insmod cat tr poweroff chroot sleep echo sync grep cut ifconfig; do ln -s busybox "$R/bin/$a"; done
   : > "$R/lib/modules/order"
   for m in kvm_amd 9p 9pnet_virtio virtio_pci; do modprobe -S "$KVER" --show-depends "$m" 2>/dev/null; done |
     awk '$1=="insmod" && !seen[$2]++ {print $2}' | while read -r ko; do
@@ -80,6 +85,7 @@ exec </dev/console >/dev/console 2>&1
 arg() { for t in $(cat /proc/cmdline); do case "$t" in "$1"=*) echo "${t#*=}";; esac; done; }
 while read -r m; do insmod /lib/modules/$m.ko 2>/dev/null; done < /lib/modules/order
 [ -c /dev/kvm ] || echo "KVMTESTS: no /dev/kvm in L1"
+ifconfig lo 127.0.0.1 up || echo "KVMTESTS: no loopback in L1"
 O="trans=virtio,version=9p2000.L,msize=512000"
 mount -t 9p -o $O,cache=none lab /lab || echo "KVMTESTS: cannot mount the lab folder"
 mount -t 9p -o $O,cache=loose,ro hostroot /host || echo "KVMTESTS: cannot mount the host root"
@@ -116,11 +122,16 @@ for v in $(compgen -e | grep '^CAPSULE_') ${KVM_TESTS_ENV:-}; do
 done
 {
   echo '#!/bin/sh'
+  echo 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root'
   echo ". '$ENVFILE'"
   echo "cd '$ROOT' || exit 2"
-  printf 'exec node --test --test-concurrency=1'
-  printf " '%s'" "${TESTS[@]}"
-  echo
+  if [ -n "$CMD" ]; then
+    printf 'exec sh -c %q\n' "$CMD"
+  else
+    printf 'exec node --test --test-concurrency=1'
+    printf " '%s'" "${TESTS[@]}"
+    echo
+  fi
 } > "$LAB/run.sh"
 rm -f "$LAB/rc"
 LOG=$LAB/console.log

@@ -10,7 +10,8 @@ import { ConsoleHub } from './console.js';
 import { configureLog, logger, parseLevel } from './log.js';
 import { Machine, type ShutdownInfo } from './machine.js';
 import { GuestMemory } from './memory/guest-memory.js';
-import { QmpError, QmpServer } from './qmp/server.js';
+import { QmpServer } from './qmp/server.js';
+import { registerFdCommands } from './qmp/fd-commands.js';
 import { closeFd } from './kvm/sys.js';
 import { FORBIDDEN_SYSCALL_ENV, install as installSeccomp, prepare as prepareSeccomp, scheduleForbiddenSyscall } from './sandbox.js';
 
@@ -179,26 +180,7 @@ async function run(): Promise<void> {
       machine.powerButton();
       return {};
     });
-    qmp.register('getfd', (args, ctx) => {
-      const name = args.fdname;
-      if (typeof name !== 'string' || name === '') throw new QmpError('GenericError', "Parameter 'fdname' is missing");
-      if (/^\d/.test(name)) throw new QmpError('GenericError', "Parameter 'fdname' must not begin with a digit");
-      const fd = ctx.fds.shift();
-      for (const extra of ctx.fds) closeFd(extra);
-      if (fd === undefined) throw new QmpError('GenericError', 'No file descriptor supplied via SCM_RIGHTS');
-      const old = fds.get(name);
-      if (old !== undefined) closeFd(old);
-      fds.set(name, fd);
-      return {};
-    });
-    qmp.register('closefd', (args) => {
-      const name = String(args.fdname ?? '');
-      const fd = fds.get(name);
-      if (fd === undefined) throw new QmpError('GenericError', `File descriptor named '${name}' not found`);
-      closeFd(fd);
-      fds.delete(name);
-      return {};
-    });
+    registerFdCommands(qmp, fds);
     qmp.register('query-version', () => ({ qemu: { major: 8, minor: 2, micro: 0 }, package: 'capsule' }));
     qmp.register('query-commands', () => ['qmp_capabilities', ...qmp.handlers.keys()].map((name) => ({ name })));
   }

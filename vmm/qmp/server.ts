@@ -1,10 +1,15 @@
 // QMP server on a Unix socket: greeting, capabilities negotiation, commands, events, a leaky
 // bucket of 100 commands/s per connection. Errors are {"error":{"class","desc"}} and the
 // connection stays usable. Several clients may be connected; events go to all negotiated ones.
+// Connections are read with recvmsg() (scm-reader.ts) so that fds sent with SCM_RIGHTS reach the
+// command they came with (`getfd`); Node only accepts and writes.
 import { createServer, type Server, type Socket } from 'node:net';
 import { unlinkSync } from 'node:fs';
+import { StringDecoder } from 'node:string_decoder';
 import { JsonSplitter } from './framing.js';
 import { LeakyBucket } from './leaky-bucket.js';
+import { ScmReader } from './scm-reader.js';
+import { closeFd } from '../kvm/sys.js';
 import { logger } from '../log.js';
 
 const log = logger('qmp');
@@ -16,7 +21,10 @@ export class QmpError extends Error {
 }
 
 export interface QmpContext {
-  /** file descriptors received with this command (SCM_RIGHTS), when the transport supports it */
+  /**
+   * File descriptors received (SCM_RIGHTS) with this command's bytes. A handler that keeps one
+   * removes it from the array (e.g. `shift()`); the server closes whatever is left afterwards.
+   */
   fds: number[];
   conn: QmpConnection;
 }
@@ -38,6 +46,9 @@ export class QmpConnection {
   private readonly splitter = new JsonSplitter();
   private readonly bucket: LeakyBucket;
   private queue: Promise<void> = Promise.resolve();
+  private readonly decoder = new StringDecoder('utf8');
+  /** fds that came with bytes of a command not complete yet: they go to the next complete one */
+  private carriedFds: number[] = [];
 
   constructor(readonly sock: Socket, private readonly server: QmpServer, rate: number) {
     this.bucket = new LeakyBucket(rate, rate);
@@ -48,18 +59,57 @@ export class QmpConnection {
     this.sock.write(JSON.stringify(obj) + '\r\n');
   }
 
-  onData(chunk: string): void {
-    for (const f of this.splitter.push(chunk)) {
+  /** Bytes read from the socket, with the fds that came with them (owned by the connection now). */
+  onBytes(bytes: Buffer, fds: number[] = []): void {
+    this.onData(this.decoder.write(bytes), fds);
+  }
+
+  /**
+   * A recvmsg() that returns fds ends with the sender's message that carried them, so they belong
+   * to the last command completed by this chunk; when none completes, to the next one that does.
+   */
+  onData(chunk: string, fds: number[] = []): void {
+    const frames = this.splitter.push(chunk);
+    const okIdx = frames.map((f, i) => (f.ok ? i : -1)).filter((i) => i >= 0);
+    const perFrame = new Map<number, number[]>();
+    if (okIdx.length > 0) {
+      const first = okIdx[0]!;
+      const last = okIdx[okIdx.length - 1]!;
+      perFrame.set(first, this.carriedFds.splice(0));
+      perFrame.set(last, [...(perFrame.get(last) ?? []), ...fds]);
+    } else {
+      this.carriedFds.push(...fds);
+    }
+    frames.forEach((f, i) => {
+      const mine = perFrame.get(i) ?? [];
       if (!f.ok) {
         this.send({ error: { class: 'GenericError', desc: f.error } });
-        continue;
+        return;
       }
       // replies keep the order of the requests
-      this.queue = this.queue.then(() => this.handle(f.text));
+      this.queue = this.queue.then(() => this.handle(f.text, mine));
+    });
+  }
+
+  /** Wait for the queued commands (their replies are written) */
+  drained(): Promise<void> {
+    return this.queue;
+  }
+
+  /** The connection is gone: fds that never reached a command are closed. */
+  dispose(): void {
+    for (const fd of this.carriedFds.splice(0)) closeFd(fd);
+  }
+
+  private async handle(text: string, fds: number[]): Promise<void> {
+    try {
+      await this.dispatch(text, fds);
+    } finally {
+      for (const fd of fds.splice(0)) closeFd(fd);
     }
   }
 
-  private async handle(text: string): Promise<void> {
+  private async dispatch(text: string, fds: number[]): Promise<void> {
     let msg: unknown;
     try {
       msg = JSON.parse(text);
@@ -107,7 +157,7 @@ export class QmpConnection {
       return;
     }
     try {
-      const r = await h(args as Record<string, unknown>, { fds: this.takeFds(), conn: this });
+      const r = await h(args as Record<string, unknown>, { fds, conn: this });
       reply({ return: r ?? {} });
     } catch (e) {
       if (e instanceof QmpError) reply({ error: { class: e.cls, desc: e.message } });
@@ -117,17 +167,12 @@ export class QmpConnection {
       }
     }
   }
-
-  /** fds that arrived on this connection (filled by an SCM_RIGHTS-capable transport) */
-  pendingFds: number[] = [];
-  private takeFds(): number[] {
-    return this.pendingFds.splice(0);
-  }
 }
 
 export class QmpServer {
   readonly handlers = new Map<string, QmpHandler>();
   private server: Server | null = null;
+  private readonly reader = new ScmReader();
   readonly conns = new Set<QmpConnection>();
 
   constructor(private readonly opts: QmpServerOptions) {}
@@ -143,7 +188,8 @@ export class QmpServer {
 
   async listen(): Promise<void> {
     try { unlinkSync(this.opts.path); } catch { /* not there */ }
-    const srv = createServer((sock) => this.accept(sock));
+    // never read by Node: the reader uses recvmsg() on the fd
+    const srv = createServer({ pauseOnConnect: true }, (sock) => this.accept(sock));
     this.server = srv;
     await new Promise<void>((resolve, reject) => {
       srv.once('error', reject);
@@ -157,11 +203,25 @@ export class QmpServer {
   private accept(sock: Socket): void {
     const c = new QmpConnection(sock, this, this.opts.rate ?? 100);
     this.conns.add(c);
-    sock.setEncoding('utf8');
     c.send(this.greeting());
-    sock.on('data', (d: string) => c.onData(d));
+    const registered = this.reader.add(sock, {
+      onData: (bytes, fds) => c.onBytes(bytes, fds),
+      // end of input: answer what was sent, then close (as Node did before with allowHalfOpen off)
+      onEof: () => void c.drained().then(() => { if (!sock.destroyed) sock.end(() => sock.destroy()); }),
+    });
+    if (!registered) {
+      // no fd to read with recvmsg(): plain Node reads, without SCM_RIGHTS
+      log.warn('QMP connection without a usable fd: getfd will not receive fds on it');
+      sock.on('data', (d: Buffer) => c.onBytes(d));
+      sock.resume();
+    }
+    let dropped = false;
     const drop = (): void => {
+      if (dropped) return;
+      dropped = true;
+      this.reader.remove(sock);
       this.conns.delete(c);
+      c.dispose();
     };
     sock.on('close', drop);
     sock.on('error', drop);
@@ -179,7 +239,9 @@ export class QmpServer {
     this.server = null;
     for (const c of this.conns) c.sock.end();
     if (srv) await new Promise<void>((r) => srv.close(() => r()));
+    for (const c of this.conns) this.reader.remove(c.sock);
     for (const c of this.conns) c.sock.destroy();
+    await this.reader.close();
     try { unlinkSync(this.opts.path); } catch { /* gone */ }
   }
 }
