@@ -62,7 +62,18 @@ function auditRecords(pid: number): string[] {
   return [...out];
 }
 
-describe('capsule-vmm seccomp on KVM', { concurrency: true }, () => {
+/** The VMM's exit, or a failure naming the log tail after `ms` (never an unbounded wait). */
+async function exited(v: Vmm, ms = 60_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  const t = new Promise<never>((_, rej) => setTimeout(() => {
+    let tail = '';
+    try { tail = readFileSync(v.log, 'utf8').slice(-1500); } catch { /* none */ }
+    rej(new Error(`VMM ${v.vmm.child.pid} did not exit in ${ms} ms; stderr: ${v.vmm.stderr.slice(-500)}; log: ${tail}`));
+  }, ms).unref());
+  return Promise.race([v.vmm.exited, t]);
+}
+
+// one VMM at a time: the nested lab has 2 slow (TCG) CPUs
+describe('capsule-vmm seccomp on KVM', { concurrency: false, timeout: 600_000 }, () => {
   test('kill mode: boots, console and QMP work, Seccomp: 2 on every thread, guest poweroff exits 0', async () => {
     const v = start('kill', 2);
     await waitForFile(v.qmp, 60_000);
@@ -93,7 +104,7 @@ describe('capsule-vmm seccomp on KVM', { concurrency: true }, () => {
     cons.type('poweroff\n');
     const sd = await q.event('SHUTDOWN', 60_000);
     assert.deepEqual(sd.data, { guest: true, reason: 'guest-shutdown' });
-    const ex = await v.vmm.exited;
+    const ex = await exited(v);
     assert.deepEqual(ex, { code: 0, signal: null }, v.vmm.stderr);
     assert.match(readFileSync(v.log, 'utf8'), /seccomp filter installed on all threads: \d+ syscalls/);
     q.close();
@@ -129,7 +140,7 @@ describe('capsule-vmm seccomp on KVM', { concurrency: true }, () => {
       sd = await q.event('SHUTDOWN', 8_000).catch(() => undefined);
     }
     assert.ok(sd, 'guest powered off after the power button');
-    const ex = await v.vmm.exited;
+    const ex = await exited(v);
     assert.equal(ex.code, 0, v.vmm.stderr);
     await new Promise((r) => setTimeout(r, 500));
     const recs = auditRecords(pid);
@@ -149,7 +160,7 @@ describe('capsule-vmm seccomp on KVM', { concurrency: true }, () => {
     a.vmm.child.kill('SIGTERM');
     const qb = await QmpClient.connect(b.qmp);
     await qb.execute('quit');
-    const [ea, eb] = await Promise.all([a.vmm.exited, b.vmm.exited]);
+    const [ea, eb] = await Promise.all([exited(a), exited(b)]);
     assert.equal(ea.code, 0, a.vmm.stderr);
     assert.equal(eb.code, 0, b.vmm.stderr);
     await new Promise((r) => setTimeout(r, 500));
@@ -168,14 +179,14 @@ describe('capsule-vmm seccomp on KVM', { concurrency: true }, () => {
     const r = await qh.call('system_reset');
     const sdh = await qh.event('SHUTDOWN');
     assert.deepEqual(sdh.data, { guest: false, reason: 'host-qmp-system-reset' }, JSON.stringify(r));
-    assert.deepEqual(await h.vmm.exited, { code: 0, signal: null }, h.vmm.stderr);
+    assert.deepEqual(await exited(h), { code: 0, signal: null }, h.vmm.stderr);
     const qg = await QmpClient.connect(g.qmp);
     const cons = await ConsoleClient.connect(g.con);
     await cons.waitFor(READY, BOOT_TIMEOUT);
     cons.type('reboot\n');
     const sdg = await qg.event('SHUTDOWN', 60_000);
     assert.deepEqual(sdg.data, { guest: true, reason: 'guest-reset' });
-    assert.deepEqual(await g.vmm.exited, { code: 0, signal: null }, g.vmm.stderr);
+    assert.deepEqual(await exited(g), { code: 0, signal: null }, g.vmm.stderr);
     assert.ok(!qg.messages.some((m) => m.event === 'RESET'), 'no in-place reset under the filter');
     qg.close();
     qh.close();
@@ -185,7 +196,7 @@ describe('capsule-vmm seccomp on KVM', { concurrency: true }, () => {
   test('kill mode: a forbidden syscall after init (test-only injection) kills the VMM with SIGSYS', async () => {
     const v = start('inject', 1, [], { [FORBIDDEN_SYSCALL_ENV]: '2000' });
     await waitInstalled(v);
-    const ex = await v.vmm.exited;
+    const ex = await exited(v);
     assert.deepEqual(ex, { code: null, signal: 'SIGSYS' }, v.vmm.stderr);
   });
 
@@ -195,7 +206,7 @@ describe('capsule-vmm seccomp on KVM', { concurrency: true }, () => {
     const q = await QmpClient.connect(v.qmp);
     for (const t of threadSeccompStatus(v.vmm.child.pid!)) assert.equal(t.seccomp, 0, `thread ${t.tid} (${t.name})`);
     await q.execute('quit');
-    assert.equal((await v.vmm.exited).code, 0, v.vmm.stderr);
+    assert.equal((await exited(v)).code, 0, v.vmm.stderr);
     q.close();
   });
 });

@@ -78,6 +78,7 @@ export const VMM_SYSCALLS: Readonly<Record<string, string>> = Object.freeze({
   nanosleep: 'sleeping (glibc usleep in V8/libuv back-off)',
   sched_yield: 'rare, late: V8 spin-locks and GC task yields',
   getrusage: 'rare, late: process.resourceUsage()/cpuUsage() and V8 GC heuristics',
+  poll: 'QMP getfd: the SCM_RIGHTS reader (vmm/qmp/scm-reader.ts) waits for QMP sockets with a koffi .async poll() on a libuv pool thread',
 });
 
 /**
@@ -85,7 +86,7 @@ export const VMM_SYSCALLS: Readonly<Record<string, string>> = Object.freeze({
  * allowing them would widen what a compromised VMM can do.
  */
 export const VMM_ERRNO_SYSCALLS: Readonly<Record<string, string>> = Object.freeze({
-  unlink: 'measured once at exit: libuv unlinks the QMP socket path when the server closes; the parent removes the run directory instead',
+  unlink: 'measured once at exit: libuv unlinks the QMP socket path when the server closes; the parent removes the run directory instead (the VMM leaves its pidfile and sockets behind under the filter)',
 });
 
 /** The VMM's seccomp policy. `log: true` logs instead of killing (for finding missing syscalls). */
