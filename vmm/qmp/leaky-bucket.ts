@@ -1,22 +1,32 @@
-// Leaky bucket: `capacity` commands, draining at `ratePerSec`. take() is false when full.
+// A leaky bucket as a meter: each unit of work adds 1; the bucket drains at `perSecond`;
+// work that would overflow `capacity` is refused. Used per QMP connection here, and by the
+// API server per token and per event subscriber (server/util/leaky-bucket.ts).
 export class LeakyBucket {
   private level = 0;
   private last: number;
 
-  constructor(
-    private readonly ratePerSec = 100,
-    private readonly capacity = 100,
-    private readonly now: () => number = () => performance.now(),
-  ) {
+  constructor(readonly perSecond: number, readonly capacity: number, private readonly now: () => number = () => performance.now()) {
     this.last = now();
   }
 
-  take(): boolean {
+  private leak(): void {
     const t = this.now();
-    this.level = Math.max(0, this.level - ((t - this.last) / 1000) * this.ratePerSec);
+    this.level = Math.max(0, this.level - ((t - this.last) / 1000) * this.perSecond);
     this.last = t;
-    if (this.level + 1 > this.capacity) return false;
-    this.level += 1;
+  }
+
+  /** Adds `units` if they fit; returns whether they did. */
+  tryTake(units = 1): boolean {
+    this.leak();
+    if (this.level + units > this.capacity + 1e-9) return false;
+    this.level += units;
     return true;
+  }
+
+  /** Milliseconds until `units` would fit (0 if they fit now). */
+  msUntil(units = 1): number {
+    this.leak();
+    const excess = this.level + units - this.capacity;
+    return excess <= 0 ? 0 : Math.ceil((excess / this.perSecond) * 1000);
   }
 }

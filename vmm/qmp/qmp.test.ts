@@ -24,11 +24,11 @@ test('framing: objects split across chunks, strings with braces, junk', () => {
 test('leaky bucket: 100 then refuse, drains over time', () => {
   let t = 0;
   const b = new LeakyBucket(100, 100, () => t);
-  for (let i = 0; i < 100; i++) assert.equal(b.take(), true);
-  assert.equal(b.take(), false);
+  for (let i = 0; i < 100; i++) assert.equal(b.tryTake(), true);
+  assert.equal(b.tryTake(), false);
   t += 50; // 5 drain
-  for (let i = 0; i < 5; i++) assert.equal(b.take(), true);
-  assert.equal(b.take(), false);
+  for (let i = 0; i < 5; i++) assert.equal(b.tryTake(), true);
+  assert.equal(b.tryTake(), false);
 });
 
 test('QMP server over a real Unix socket', async () => {

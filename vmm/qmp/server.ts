@@ -124,7 +124,7 @@ export class QmpConnection {
     const m = msg as Record<string, unknown>;
     const id = m.id;
     const reply = (r: Record<string, unknown>): void => this.send(id === undefined ? r : { ...r, id });
-    if (!this.bucket.take()) {
+    if (!this.bucket.tryTake()) {
       reply({ error: { class: 'GenericError', desc: 'QMP rate limit exceeded (100 commands/s): command dropped' } });
       return;
     }
