@@ -93,6 +93,9 @@ for d in proc sys dev; do mount --rbind /$d /host/$d; done
 mount -t tmpfs tmpfs /host/tmp; mount -t tmpfs tmpfs /host/run
 LABPATH=$(arg kt.lab)
 mkdir -p "/host$LABPATH"; mount --bind /lab "/host$LABPATH"
+# The checkout gets a share of its own: under the host's /tmp it would be hidden by the tmpfs.
+REPOPATH=$(arg kt.repo)
+mkdir -p "/host$REPOPATH"; mount -t 9p -o $O,cache=loose,ro repo "/host$REPOPATH" || echo "KVMTESTS: cannot mount the checkout"
 echo "KVMTESTS_BEGIN"
 chroot /host /bin/sh "$LABPATH/run.sh"
 rc=$?
@@ -140,10 +143,12 @@ say "booting L1 ($QEMU, -cpu ${CAPSULE_LAB_CPU:-EPYC}, ${#TESTS[@]} test file(s)
 t0=$(date +%s)
 timeout --foreground -k 10 "$TMO" "$QEMU" -accel tcg,thread=multi -cpu "${CAPSULE_LAB_CPU:-EPYC}" \
   -m "${CAPSULE_LAB_MEM:-4G}" -smp "${CAPSULE_LAB_SMP:-2}" -M pc -nographic -no-reboot -nodefaults -serial stdio \
-  -kernel "/boot/vmlinuz-$KVER" -initrd "$INITRD" -append "console=ttyS0 panic=-1 loglevel=3 kt.lab=$LAB" \
+  -kernel "/boot/vmlinuz-$KVER" -initrd "$INITRD" -append "console=ttyS0 panic=-1 loglevel=3 kt.lab=$LAB kt.repo=$ROOT" \
   -fsdev "local,id=lab,path=$LAB,security_model=none" -device virtio-9p-pci,fsdev=lab,mount_tag=lab \
   -fsdev "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap" \
-  -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot </dev/null 2>"$LAB/qemu.err" > "$LOG"
+  -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
+  -fsdev "local,id=repo,path=$ROOT,security_model=none,readonly=on,multidevs=remap" \
+  -device virtio-9p-pci,fsdev=repo,mount_tag=repo </dev/null 2>"$LAB/qemu.err" > "$LOG"
 qrc=$?
 tr -d '\r' < "$LOG" > "$LOG.txt"
 if [ "${CAPSULE_LAB_VERBOSE:-0}" = 1 ]; then cat "$LOG.txt" >&2; fi

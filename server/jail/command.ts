@@ -144,6 +144,9 @@ export function buildJailCommand(spec: JailSpec): JailCommand {
     `R=${q(spec.root)}`,
     ...spec.cgroupProcs.map((f) => `echo $$ > ${q(f)} || die ${q(`cannot join cgroup ${f}`)}`),
   ];
+  // /tmp first: a repository or image under the host's /tmp is bound below it, and a tmpfs
+  // mounted afterwards would hide those binds.
+  lines.push(`${q(t.mkdir)} -p "$R/tmp" && ${q(t.mount)} -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=16m capsule-tmp "$R/tmp" || die 'cannot mount /tmp'`);
   // Mount points, parents first (sorted), then the binds (read-only, no setuid, no devices).
   const dirs = new Set<string>(SKELETON.map((d) => `/${d}`));
   for (const m of spec.mounts) dirs.add(m.kind === 'dir' ? m.target : posix.dirname(m.target));
@@ -162,7 +165,6 @@ export function buildJailCommand(spec: JailSpec): JailCommand {
   if (spec.kvm) lines.push(`${q(t.mknod)} -m 0600 "$R/dev/kvm" c 10 232 && ${q(t.chown)} ${spec.uid}:${spec.gid} "$R/dev/kvm" || die 'cannot create /dev/kvm'`);
   // A /proc of the new PID namespace (sh is its pid 1, so the mount shows only the jail).
   lines.push(`${q(t.mount)} -t proc -o nosuid,nodev,noexec proc "$R/proc" || die 'cannot mount /proc'`);
-  lines.push(`${q(t.mount)} -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=16m capsule-tmp "$R/tmp" || die 'cannot mount /tmp'`);
   // The VMM, as a child (sh keeps waiting as root, see the header), then its status.
   const vmm = [
     t.prlimit, `--nofile=${spec.nofile}:${spec.nofile}`, `--fsize=${spec.fsizeBytes}:${spec.fsizeBytes}`, '--',
