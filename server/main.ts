@@ -1,7 +1,7 @@
 // capsule API server: configuration, database, images, supervisor, HTTP.
 import { mkdirSync, writeFileSync, existsSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { REPO_ROOT } from './paths.js';
 import { serve } from '@hono/node-server';
 import { pino } from 'pino';
 import { loadConfig } from './config.js';
@@ -20,7 +20,6 @@ import { createApp } from './api/app.js';
 import { probeKvm } from '../vmm/kvm/probe.js';
 import { Jail } from './jail/index.js';
 
-const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 async function main(): Promise<void> {
   const config = loadConfig();

@@ -1,13 +1,13 @@
 // SQLite: open in WAL mode and apply the numbered migrations in migrations/ in order.
 import Database from 'better-sqlite3';
 import { readdirSync, readFileSync, mkdirSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
+import { REPO_ROOT } from '../paths.js';
 
 export type Db = Database.Database;
 
 /** migrations/ at the repository root, found from dist/server/db or server/db. */
-export const MIGRATIONS_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', ...(import.meta.url.includes('/dist/') ? ['..'] : []), 'migrations');
+export const MIGRATIONS_DIR = join(REPO_ROOT, 'migrations');
 
 export function openDb(path: string, migrationsDir = MIGRATIONS_DIR): Db {
   mkdirSync(dirname(path), { recursive: true });

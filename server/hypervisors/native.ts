@@ -1,14 +1,13 @@
 // Native backend: capsule's own KVM VMM (bin/capsule-vmm), StratoVirt-style command line.
 import { existsSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { REPO_ROOT } from '../paths.js';
 import type { Image } from '../db/images.js';
 import type { Vm } from '../db/vms.js';
 import type { Availability, ForegroundPaths, Hypervisor, LaunchCommand, VmPaths } from './types.js';
 
 /** Same name as vmm/sandbox.ts FORBIDDEN_SYSCALL_ENV (not imported: the server does not load vmm/ code). */
 export const FORBIDDEN_SYSCALL_ENV = 'CAPSULE_VMM_TEST_FORBIDDEN_SYSCALL_AFTER_MS';
-const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 export const VMM_BIN = join(REPO_ROOT, 'bin', 'capsule-vmm');
 const VMM_MAIN = join(REPO_ROOT, 'dist', 'vmm', 'main.js');
 

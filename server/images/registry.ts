@@ -2,13 +2,12 @@
 // it finds at start. The default image is built from Debian packages when it is missing.
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join, resolve } from 'node:path';
+import { REPO_ROOT } from '../paths.js';
 import { z } from 'zod';
 import type { Logger } from 'pino';
 import type { ImageStore } from '../db/images.js';
 
-const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', ...(import.meta.url.includes('/dist/') ? ['..'] : []));
 export const BUILD_IMAGE_SCRIPT = join(REPO_ROOT, 'scripts', 'build-image.sh');
 
 const ImageJson = z.object({

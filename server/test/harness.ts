@@ -4,11 +4,11 @@ import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, existsSync, readdirSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import WebSocket from 'ws';
+import { REPO_ROOT } from '../paths.js';
 
-export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+export { REPO_ROOT };
 export const TEST_IMAGES_DIR = process.env.CAPSULE_TEST_IMAGES ?? '/tmp/capsule-test-images';
 
 /** Builds the default image into the shared test cache (the script skips up-to-date builds). */
