@@ -3,14 +3,15 @@ import type { Context } from 'hono';
 import type { UpgradeWebSocket, WSContext } from 'hono/ws';
 import type { WebSocket } from 'ws';
 import { errorResponse } from './errors.js';
-import { inboundAllowed } from './events.js';
+import { inboundAllowed, notUpgradeError } from './events.js';
 import { newRouter, type AppDeps, type AppEnv } from './app.js';
 import type { BucketMap } from '../util/leaky-bucket.js';
 
 export function consoleRoutes(deps: AppDeps, upgrade: UpgradeWebSocket, buckets: BucketMap) {
   const router = newRouter();
   router.get('/vms/:id/console', async (c, next) => {
-    if (c.req.header('upgrade')?.toLowerCase() !== 'websocket') return errorResponse(c, 400, 'invalid_request', 'this endpoint is a WebSocket: send an Upgrade request');
+    const notUpgrade = notUpgradeError(c);
+    if (notUpgrade) return notUpgrade;
     const id = c.req.param('id');
     if (!deps.vms.get(id)) return errorResponse(c, 404, 'not_found', `no VM with id ${id}`);
     if (!deps.supervisor.console(id)) return errorResponse(c, 409, 'not_running', `VM ${id} is not running: its console is closed`);

@@ -13,10 +13,17 @@ export function inboundAllowed(c: Context<AppEnv>, buckets: BucketMap): boolean 
   return buckets.get(token.id).tryTake();
 }
 
+/** A plain GET on a WebSocket endpoint gets a clear 400 instead of an empty response. */
+export function notUpgradeError(c: Context<AppEnv>): Response | undefined {
+  if (c.req.header('upgrade')?.toLowerCase() === 'websocket') return undefined;
+  return errorResponse(c, 400, 'invalid_request', 'this endpoint is a WebSocket: send an Upgrade request');
+}
+
 export function eventRoutes(deps: AppDeps, upgrade: UpgradeWebSocket, buckets: BucketMap) {
   const router = newRouter();
   const validate = (vmScoped: boolean) => async (c: Context<AppEnv>, next: () => Promise<void>) => {
-    if (c.req.header('upgrade')?.toLowerCase() !== 'websocket') return errorResponse(c, 400, 'invalid_request', 'this endpoint is a WebSocket: send an Upgrade request');
+    const notUpgrade = notUpgradeError(c);
+    if (notUpgrade) return notUpgrade;
     const since = c.req.query('since');
     if (since !== undefined && !/^\d+$/.test(since)) return errorResponse(c, 400, 'invalid_request', 'since: must be a non-negative integer', 'since');
     if (vmScoped && !deps.vms.get(c.req.param('id') ?? '')) return errorResponse(c, 404, 'not_found', `no VM with id ${c.req.param('id')}`);
