@@ -4,8 +4,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { CgroupManager, parseMountInfo, parseProcCgroup } from './cgroups.js';
+import { CgroupManager, cpuQuotaUs, parseMountInfo, parseProcCgroup } from './cgroups.js';
 
 test('mountinfo and /proc/self/cgroup parsing', () => {
   const mi = parseMountInfo([
@@ -60,6 +61,30 @@ test('a real per-VM cgroup: limits, membership, removal', { skip: process.getuid
     await exited;
     await m.remove(id);
     assert.equal(m.exists(id), false);
+  } finally {
+    await m.remove(id).catch(() => undefined);
+  }
+});
+
+test('the CPU quota is one CPU per vCPU, capped at the host\'s CPUs', () => {
+  assert.equal(cpuQuotaUs(1, 8), 100_000);
+  assert.equal(cpuQuotaUs(3, 8), 300_000);
+  assert.equal(cpuQuotaUs(254, 8), 800_000, 'not 25.4 CPUs');
+  assert.equal(cpuQuotaUs(254, 2), 200_000);
+  assert.equal(cpuQuotaUs(0, 2), 100_000, 'at least one CPU');
+  assert.equal(cpuQuotaUs(254), availableParallelism() * 100_000, 'the default is this host\'s CPU count');
+});
+
+test('a real cgroup for a 254-vCPU VM gets at most the host\'s CPUs', { skip: process.getuid?.() !== 0 && 'needs root' }, async (t) => {
+  const m = CgroupManager.detect();
+  if (!m.available) { t.skip(`no usable cgroups here: ${m.reason}`); return; }
+  const id = `unit-cap-${process.pid}-${Date.now()}`;
+  try {
+    m.create(id, { vcpus: 254, memoryBytes: 300 * 1024 * 1024 });
+    const want = String(Math.min(254, availableParallelism()) * 100_000);
+    const read = (f: string) => m.dirs(id).map((d) => join(d, f)).filter(existsSync).map((p) => readFileSync(p, 'utf8').trim());
+    if (m.version === 'v2') assert.deepEqual(read('cpu.max'), [`${want} 100000`]);
+    else assert.deepEqual(read('cpu.cfs_quota_us'), [want]);
   } finally {
     await m.remove(id).catch(() => undefined);
   }

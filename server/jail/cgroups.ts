@@ -1,12 +1,23 @@
-// Per-VM cgroups: <parent>/capsule/<id> with a CPU quota (one CPU per vCPU) and a memory limit
+// Per-VM cgroups: <parent>/capsule/<id> with a CPU quota (one CPU per vCPU, at most the host's
+// CPUs) and a memory limit
 // (guest memory + overhead). cgroup v2 where the unified hierarchy offers the cpu and memory
 // controllers; otherwise the v1 cpu and memory hierarchies. <parent> is the server's own
 // cgroup in each hierarchy (so VMMs stay inside whatever limits the server runs under), or
 // CAPSULE_CGROUP_PARENT. Nothing is written unless a hierarchy is usable.
 import { mkdirSync, readFileSync, rmdirSync, writeFileSync, existsSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 
 export const CPU_PERIOD_US = 100_000;
+
+/**
+ * The CPU quota (µs per CPU_PERIOD_US) of a VM: one CPU per vCPU, but never more than the host
+ * has. A quota above the host's CPUs limits nothing (a 254-vCPU VM on 2 cores would get 25.4
+ * CPUs), so the cap keeps the number meaningful and visible in cpu.max.
+ */
+export function cpuQuotaUs(vcpus: number, hostCpus = availableParallelism()): number {
+  return Math.max(1, Math.min(vcpus, hostCpus)) * CPU_PERIOD_US;
+}
 
 export interface CgroupLimits {
   vcpus: number;
@@ -120,7 +131,7 @@ export class CgroupManager {
   /** Creates the VM's cgroups with their limits; returns the cgroup.procs files to join. */
   create(id: string, limits: CgroupLimits): string[] {
     if (!this.layout) return [];
-    const quota = Math.max(1, limits.vcpus) * CPU_PERIOD_US;
+    const quota = cpuQuotaUs(limits.vcpus);
     if (this.layout.version === 'v2') {
       const dir = join(this.layout.base, id);
       mkdirSync(dir, { recursive: true });
