@@ -40,12 +40,17 @@ export class NativeHypervisor implements Hypervisor {
       '-daemonize',
       ...this.extraArgs,
     ];
-    return { command: process.execPath, args, env: this.env() };
+    return { command: process.execPath, args, env: this.env(), config: this.config(vm, image) };
   }
 
   /** In the foreground a bare -D logs to stderr, which the jail points at the VM's log. */
   foregroundCommand(vm: Vm, image: Image, paths: ForegroundPaths): LaunchCommand {
-    return { command: process.execPath, args: [...this.commonArgs(vm, image, paths), '-D', ...this.extraArgs], env: this.env() };
+    return { command: process.execPath, args: [...this.commonArgs(vm, image, paths), '-D', ...this.extraArgs], env: this.env(), config: this.config(vm, image) };
+  }
+
+  /** The kernel command line in a -config file (docs/vmm.md): argv would show it to every local user. */
+  private config(vm: Vm, image: Image): string {
+    return `${JSON.stringify({ 'boot-source': { boot_args: vm.cmdline ?? image.cmdline } })}\n`;
   }
 
   /** Node's shared libraries, and the repository pieces bin/capsule-vmm loads (at their host paths). */
@@ -68,7 +73,7 @@ export class NativeHypervisor implements Hypervisor {
       '-m', `${vm.memoryMiB}M`,
       '-kernel', image.kernel,
       ...(image.initrd ? ['-initrd', image.initrd] : []),
-      '-append', vm.cmdline ?? image.cmdline,
+      '-config', paths.config,
       '-chardev', `id=console,path=${paths.consoleSocket}`,
       '-api-channel', `unix:${paths.qmpSocket}`,
     ];

@@ -10,6 +10,23 @@ import type { Image } from '../db/images.js';
 import type { Vm } from '../db/vms.js';
 import type { Availability, ForegroundPaths, Hypervisor, LaunchCommand, VmPaths } from './types.js';
 
+/**
+ * QEMU's -readconfig reads lines of at most 1023 bytes and values in double quotes without
+ * escapes (QEMU 7.2, util/qemu-config.c; 1012 bytes of value measured here): the longest
+ * command line it carries, with room to spare.
+ */
+export const QEMU_CONFIG_MAX_CMDLINE = 1000;
+
+/**
+ * The kernel command line as a -readconfig file ([machine] append, the file form of -append),
+ * or undefined where that format cannot hold it (a double quote, too long, empty): then it
+ * stays in argv, visible to local users in ps (docs/jail.md).
+ */
+export function qemuConfigFile(cmdline: string): string | undefined {
+  if (cmdline === '' || /["\n\r\0]/.test(cmdline) || Buffer.byteLength(cmdline) > QEMU_CONFIG_MAX_CMDLINE) return undefined;
+  return `[machine]\nappend = "${cmdline}"\n`;
+}
+
 export class QemuHypervisor implements Hypervisor {
   readonly name = 'qemu' as const;
   readonly resetExits = true; // -no-reboot turns a reset into an exit
@@ -45,8 +62,9 @@ export class QemuHypervisor implements Hypervisor {
   }
 
   launchCommand(vm: Vm, image: Image, paths: VmPaths): LaunchCommand {
+    const { args: common, config } = this.commonArgs(vm, image, paths);
     const args = [
-      ...this.commonArgs(vm, image, paths),
+      ...common,
       '-pidfile', paths.pidfile,
       // -D keeps stderr (our log file) open after -daemonize instead of /dev/null.
       '-D', paths.log,
@@ -55,14 +73,15 @@ export class QemuHypervisor implements Hypervisor {
     ];
     // elevateprivileges=deny and spawn=deny break -daemonize (setsid, fork) in QEMU 7.2.
     if (this.sandboxSupported()) args.push('-sandbox', 'on,obsolete=deny,resourcecontrol=deny');
-    return { command: this.binary, args };
+    return config === undefined ? { command: this.binary, args } : { command: this.binary, args, config };
   }
 
   foregroundCommand(vm: Vm, image: Image, paths: ForegroundPaths): LaunchCommand {
-    const args = [...this.commonArgs(vm, image, paths), '-msg', 'timestamp=on'];
+    const { args: common, config } = this.commonArgs(vm, image, paths);
+    const args = [...common, '-msg', 'timestamp=on'];
     // In the foreground QEMU neither forks nor calls setsid: the whole sandbox applies.
     if (this.sandboxSupported()) args.push('-sandbox', 'on,obsolete=deny,resourcecontrol=deny,elevateprivileges=deny,spawn=deny');
-    return { command: this.binary, args };
+    return config === undefined ? { command: this.binary, args } : { command: this.binary, args, config };
   }
 
   jailFiles(): string[] {
@@ -75,11 +94,13 @@ export class QemuHypervisor implements Hypervisor {
     return this.kvm;
   }
 
-  private commonArgs(vm: Vm, image: Image, paths: ForegroundPaths): string[] {
+  private commonArgs(vm: Vm, image: Image, paths: ForegroundPaths): { args: string[]; config: string | undefined } {
+    const cmdline = vm.cmdline ?? image.cmdline;
+    const config = qemuConfigFile(cmdline);
     const machine = this.kvm
       ? ['-M', 'microvm,acpi=on,rtc=on,pit=on,pic=on,isa-serial=on', '-accel', 'kvm', '-cpu', 'host']
       : ['-M', 'pc', '-accel', 'tcg'];
-    return [
+    const args = [
       '-name', `capsule-${vm.id},process=capsule-${vm.id}`,
       ...machine,
       '-smp', String(vm.vcpus),
@@ -87,10 +108,12 @@ export class QemuHypervisor implements Hypervisor {
       '-nodefaults', '-nographic', '-no-reboot', '-no-user-config',
       '-kernel', image.kernel,
       ...(image.initrd ? ['-initrd', image.initrd] : []),
-      '-append', vm.cmdline ?? image.cmdline,
+      // The command line is the client's and may hold secrets: read from a file where it can.
+      ...(config === undefined ? ['-append', cmdline] : ['-readconfig', paths.config]),
       '-chardev', `socket,id=console,path=${paths.consoleSocket},server=on,wait=off`,
       '-serial', 'chardev:console',
       '-qmp', `unix:${paths.qmpSocket},server=on,wait=off`,
     ];
+    return { args, config };
   }
 }

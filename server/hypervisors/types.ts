@@ -4,25 +4,39 @@
 import type { Image } from '../db/images.js';
 import type { Vm, HypervisorName } from '../db/vms.js';
 
-/** Files of one VM, all under $CAPSULE_DATA_DIR/vms/<id>/. */
+/**
+ * Files of one VM, all under $CAPSULE_DATA_DIR/vms/<id>/: the server's (pidfile, log) in the
+ * directory itself, what the VMM creates (sockets) or reads (config) in `root/`, which is the
+ * jailed VMM's root (a size-limited tmpfs, server/jail).
+ */
 export interface VmPaths {
   dir: string;
   pidfile: string;
   log: string;
+  root: string;
   qmpSocket: string;
   consoleSocket: string;
+  config: string;
 }
 
 export interface LaunchCommand {
   command: string;
   args: string[];
+  /** The VMM's environment besides PATH (nothing of the server's reaches it). */
   env?: NodeJS.ProcessEnv;
+  /**
+   * The content of the VMM's configuration file, if it takes one: written (root-only, or
+   * readable by the jail's group) at the `config` path before the start, removed once the VMM
+   * is ready. It carries the kernel command line, which argv would show to every local user.
+   */
+  config?: string;
 }
 
-/** Where a jailed VMM finds its sockets: paths inside its root (the VM directory). */
+/** Where a jailed VMM finds its sockets and config: paths inside its root. */
 export interface ForegroundPaths {
   qmpSocket: string;
   consoleSocket: string;
+  config: string;
 }
 
 export interface Availability {

@@ -16,7 +16,8 @@ test('mountinfo and /proc/self/cgroup parsing', () => {
     '40 1 8:1 / /mnt/with\\040space rw - ext4 /dev/sda1 rw',
   ].join('\n'));
   assert.equal(mi.length, 4);
-  assert.deepEqual(mi[1], { root: '/', mountPoint: '/sys/fs/cgroup/cpu,cpuacct', fsType: 'cgroup', superOptions: ['rw', 'cpu', 'cpuacct'] });
+  assert.deepEqual(mi[1], { root: '/', mountPoint: '/sys/fs/cgroup/cpu,cpuacct', fsType: 'cgroup', source: 'cgroup', superOptions: ['rw', 'cpu', 'cpuacct'] });
+  assert.equal(mi[3]!.source, '/dev/sda1');
   assert.equal(mi[2]!.root, '/lxc/c1');
   assert.equal(mi[3]!.mountPoint, '/mnt/with space');
   const cg = parseProcCgroup('4:memory:/a/b\n1:cpu,cpuacct:/\n0::/user.slice/x.scope\n');

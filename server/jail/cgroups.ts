@@ -24,10 +24,11 @@ export interface CgroupLimits {
   memoryBytes: number;
 }
 
-interface MountInfo {
+export interface MountInfo {
   root: string;
   mountPoint: string;
   fsType: string;
+  source: string;
   superOptions: string[];
 }
 
@@ -39,7 +40,7 @@ export function parseMountInfo(text: string): MountInfo[] {
     const dash = f.indexOf('-');
     if (dash < 0 || f.length < dash + 4) continue;
     const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-    out.push({ root: unescape(f[3]!), mountPoint: unescape(f[4]!), fsType: f[dash + 1]!, superOptions: f[dash + 3]!.split(',') });
+    out.push({ root: unescape(f[3]!), mountPoint: unescape(f[4]!), fsType: f[dash + 1]!, source: unescape(f[dash + 2]!), superOptions: f[dash + 3]!.split(',') });
   }
   return out;
 }
@@ -164,6 +165,18 @@ export class CgroupManager {
           await new Promise((r) => setTimeout(r, 25));
         }
       }
+    }
+  }
+
+  /** Whether the kernel's OOM killer ended a process of the VM's memory cgroup (a failed start's cause). */
+  oomKilled(id: string): boolean {
+    if (!this.layout) return false;
+    const file = this.layout.version === 'v2' ? join(this.layout.base, id, 'memory.events') : join(this.layout.memory, id, 'memory.oom_control');
+    try {
+      const m = /^oom_kill (\d+)$/m.exec(readFileSync(file, 'utf8'));
+      return m !== null && Number(m[1]) > 0;
+    } catch {
+      return false;
     }
   }
 

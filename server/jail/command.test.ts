@@ -12,7 +12,8 @@ import type { Vm } from '../db/vms.js';
 import type { Image } from '../db/images.js';
 
 const VM_ID = '6f1c2d3e-0000-4000-8000-0123456789ab';
-const ROOT = `/srv/capsule/vms/${VM_ID}`;
+const ROOT = `/srv/capsule/vms/${VM_ID}/root`;
+const SCRIPT = `/srv/capsule/vms/${VM_ID}/jail.sh`;
 const vm: Vm = {
   id: VM_ID, name: 'unit', state: 'stopped', image: 'default', hypervisor: 'qemu', vcpus: 2, memoryMiB: 512,
   createdAt: '', updatedAt: '',
@@ -20,7 +21,7 @@ const vm: Vm = {
 const image: Image = { name: 'default', description: '', kernel: '/images/default/vmlinuz', initrd: '/images/default/initramfs.cpio.gz', cmdline: 'console=ttyS0', createdAt: '', updatedAt: '' };
 const tools: JailTools = {
   sh: '/bin/sh', unshare: '/usr/bin/unshare', setpriv: '/usr/bin/setpriv', prlimit: '/usr/bin/prlimit', mount: '/usr/bin/mount',
-  chroot: '/usr/sbin/chroot', mknod: '/usr/bin/mknod', mkdir: '/usr/bin/mkdir', ln: '/usr/bin/ln', chown: '/usr/bin/chown',
+  chroot: '/usr/sbin/chroot', mknod: '/usr/bin/mknod', mkdir: '/usr/bin/mkdir', ln: '/usr/bin/ln', chown: '/usr/bin/chown', env: '/usr/bin/env',
 };
 const cfg = { uid: undefined, gid: undefined, uidBase: 100_000, uidCount: 65_536 };
 
@@ -31,7 +32,7 @@ function spec(over: Partial<JailSpec> = {}): JailSpec {
   const fg = qemu.foregroundCommand(vm, inRoot.image, IN_ROOT_PATHS);
   const { uid, gid } = jailIdentity(VM_ID, cfg);
   return {
-    vmId: VM_ID, root: ROOT, uid, gid, nofile: 1024, fsizeBytes: 64 << 20,
+    vmId: VM_ID, root: ROOT, scriptPath: SCRIPT, uid, gid, nofile: 1024, fsizeBytes: 64 << 20,
     mounts: [
       { source: '/usr/lib', target: '/usr/lib', kind: 'dir' },
       { source: '/usr/bin/qemu-system-x86_64', target: '/usr/bin/qemu-system-x86_64', kind: 'file' },
@@ -46,9 +47,9 @@ function spec(over: Partial<JailSpec> = {}): JailSpec {
   };
 }
 
-/** The argv of the VMM line of the script (the one that starts with prlimit), parsed by a real sh. */
+/** The argv of the VMM line of the script (the one that starts with env -i), parsed by a real sh. */
 function vmmArgv(script: string): string[] {
-  const line = script.split('\n').find((l) => l.startsWith(tools.prlimit))!;
+  const line = script.split('\n').find((l) => l.startsWith(`${tools.env} -i `))!;
   const out = execFileSync('/bin/sh', ['-c', `set -- ${line}; for a; do printf '%s\\0' "$a"; done`], { encoding: 'utf8' });
   return out.split('\0').slice(0, -1);
 }
@@ -81,9 +82,10 @@ test('QEMU under the jail: unshare, cgroups first, read-only binds, uid drop, rl
   const s = spec();
   const c = buildJailCommand(s);
   assert.equal(c.command, '/usr/bin/unshare');
-  assert.deepEqual(c.args.slice(0, 9), ['--fork', '--pid', '--mount', '--propagation', 'private', '--kill-child', '--', '/bin/sh', '-c']);
-  assert.equal(c.args[9], c.script);
-  assert.ok(c.script.includes(VM_ID), 'the command line names the VM (reattach checks it)');
+  // Own mount, PID, network, IPC and UTS namespaces; the script from a file, not argv (ps shows argv).
+  assert.deepEqual(c.args, ['--fork', '--pid', '--mount', '--net', '--ipc', '--uts', '--propagation', 'private', '--kill-child', '--', '/bin/sh', SCRIPT]);
+  assert.ok(!c.args.some((a) => a.includes('\n') || a.includes('console=')), 'neither the script nor the kernel command line in argv');
+  assert.ok(c.args.join(' ').includes(VM_ID), 'the command line names the VM (reattach checks it)');
   assert.deepEqual(c.env, { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' }, 'nothing of the server environment');
 
   const lines = c.script.split('\n');
@@ -99,12 +101,15 @@ test('QEMU under the jail: unshare, cgroups first, read-only binds, uid drop, rl
   assert.ok(lines.includes(`R=${ROOT}`));
   assert.ok(c.script.includes(`${tools.ln} -sfn usr/lib "$R"/lib`));
   assert.ok(c.script.includes('-t proc -o nosuid,nodev,noexec proc "$R/proc"'));
-  assert.ok(c.script.includes('-t tmpfs -o nosuid,nodev,noexec,mode=1777,size=16m capsule-tmp "$R/tmp"'));
+  assert.ok(c.script.includes('-t tmpfs -o nosuid,nodev,noexec,mode=1777,size=16m,nr_inodes=1024 capsule-tmp "$R/tmp"'));
+  assert.ok(c.script.includes('size=64k,nr_inodes=16 capsule-dev "$R/dev"'));
   assert.ok(c.script.includes('"$R/dev/null" c 1 3') && c.script.includes('"$R/dev/urandom" c 1 9'));
   assert.ok(!c.script.includes('/dev/kvm'), 'no /dev/kvm for TCG');
   assert.equal(lines.at(-1), 'exit $?', 'sh waits for the VMM (it is not exec-ed) and passes on its status');
 
-  const argv = vmmArgv(c.script);
+  const all = vmmArgv(c.script);
+  assert.deepEqual(all.slice(0, 3), ['/usr/bin/env', '-i', 'PATH=/usr/sbin:/usr/bin:/sbin:/bin'], 'the VMM gets exactly PATH (sh would add PWD)');
+  const argv = all.slice(3);
   assert.deepEqual(argv.slice(0, 12), [
     '/usr/bin/prlimit', '--nofile=1024:1024', `--fsize=${64 << 20}:${64 << 20}`, '--',
     '/usr/sbin/chroot', ROOT,
@@ -114,8 +119,10 @@ test('QEMU under the jail: unshare, cgroups first, read-only binds, uid drop, rl
   const vmmArgs = argv.slice(15);
   assert.deepEqual(vmmArgs, [...s.args]);
   const joined = vmmArgs.join(' ');
-  assert.ok(joined.includes('path=/console.sock,server=on'));
-  assert.ok(joined.includes('unix:/qmp.sock,server=on'));
+  assert.ok(joined.includes('path=/console,server=on'));
+  assert.ok(joined.includes('unix:/qmp,server=on'));
+  assert.equal(vmmArgs[vmmArgs.indexOf('-readconfig') + 1], '/vmm.cfg', 'the kernel command line from the config file');
+  assert.ok(!vmmArgs.includes('-append') && !joined.includes('console=ttyS0'), 'not in argv');
   assert.equal(vmmArgs[vmmArgs.indexOf('-kernel') + 1], '/image/kernel');
   assert.equal(vmmArgs[vmmArgs.indexOf('-initrd') + 1], '/image/initrd');
   assert.ok(!joined.includes('/srv/capsule') && !joined.includes('/images/default'), 'no host path reaches the VMM');
@@ -138,8 +145,11 @@ test('the native VMM: node and the repository bound in, in-root paths, its own /
   assert.equal(fg.args[0], VMM_BIN);
   assert.equal(fg.args[fg.args.indexOf('-kernel') + 1], '/image/kernel');
   assert.equal(fg.args[fg.args.indexOf('-initrd') + 1], '/image/initrd');
-  assert.equal(fg.args[fg.args.indexOf('-chardev') + 1], 'id=console,path=/console.sock');
-  assert.equal(fg.args[fg.args.indexOf('-api-channel') + 1], 'unix:/qmp.sock');
+  assert.equal(fg.args[fg.args.indexOf('-chardev') + 1], 'id=console,path=/console');
+  assert.equal(fg.args[fg.args.indexOf('-api-channel') + 1], 'unix:/qmp');
+  assert.equal(fg.args[fg.args.indexOf('-config') + 1], '/vmm.cfg');
+  assert.ok(!fg.args.includes('-append'), 'the kernel command line is in the -config file, not argv');
+  assert.deepEqual(JSON.parse(fg.config!), { 'boot-source': { boot_args: 'console=ttyS0' } });
   assert.ok(fg.args.includes('-D') && fg.args[fg.args.indexOf('-D') + 1] !== '/vmm.log', 'a bare -D: log on stderr');
   assert.ok(!fg.args.includes('-daemonize') && !fg.args.includes('-pidfile'));
   assert.ok(native.usesKvm());
@@ -149,9 +159,10 @@ test('the native VMM: node and the repository bound in, in-root paths, its own /
   const s = spec({ command: fg.command, args: fg.args, env: { CAPSULE_LOG_LEVEL: 'info' }, kvm: true });
   const c = buildJailCommand(s);
   assert.ok(c.script.includes(`${tools.mknod} -m 0600 "$R/dev/kvm" c 10 232 && ${tools.chown} ${s.uid}:${s.gid} "$R/dev/kvm"`));
-  assert.deepEqual(c.env, { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', CAPSULE_LOG_LEVEL: 'info' });
+  assert.deepEqual(c.env, { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' });
   const argv = vmmArgv(c.script);
-  assert.deepEqual(argv.slice(14), [process.execPath, ...fg.args]);
+  assert.deepEqual(argv.slice(0, 4), ['/usr/bin/env', '-i', 'PATH=/usr/sbin:/usr/bin:/sbin:/bin', 'CAPSULE_LOG_LEVEL=info'], 'the backend\'s variables reach the VMM through env -i');
+  assert.deepEqual(argv.slice(18), [process.execPath, ...fg.args]);
 });
 
 test('unsafe plans are refused', () => {
@@ -162,6 +173,8 @@ test('unsafe plans are refused', () => {
   assert.throws(() => validateSpec(spec({ root: '/srv/../etc' })), /normalized/);
   assert.throws(() => validateSpec(spec({ mounts: [{ source: '/etc', target: '/', kind: 'dir' }] })), /over the root/);
   assert.throws(() => validateSpec(spec({ command: 'qemu-system-x86_64' })), /absolute/);
+  assert.throws(() => validateSpec(spec({ scriptPath: `${ROOT}/jail.sh` })), /not be inside/);
+  assert.throws(() => validateSpec(spec({ env: { 'A=B': 'x' } })), /variable name/);
 });
 
 test('shell quoting survives a real sh', () => {
@@ -182,4 +195,19 @@ test('host paths: links recreated in the root, real directories bound once', () 
   assert.ok(sh && sh.startsWith('/'));
   assert.equal(which('no-such-tool-capsule'), undefined);
   assert.throws(() => resolveHostPaths(['/']), /host root/);
+});
+
+test('QEMU\'s kernel command line: a -readconfig file where its format can hold it, else -append', async () => {
+  const { qemuConfigFile, QEMU_CONFIG_MAX_CMDLINE } = await import('../hypervisors/qemu.js');
+  assert.equal(qemuConfigFile('console=ttyS0 a=1,b=2 c=\'x y\''), '[machine]\nappend = "console=ttyS0 a=1,b=2 c=\'x y\'"\n');
+  assert.equal(qemuConfigFile('say="hi"'), undefined, 'no escapes for a double quote');
+  assert.equal(qemuConfigFile(''), undefined);
+  assert.equal(qemuConfigFile('x'.repeat(QEMU_CONFIG_MAX_CMDLINE + 1)), undefined, 'QEMU reads 1023-byte lines');
+  const paths = { qmpSocket: '/q', consoleSocket: '/c', config: '/vmm.cfg' };
+  const quoted = qemu.launchCommand({ ...vm, cmdline: 'say="hi"' }, image, { ...paths, dir: '/d', pidfile: '/d/p', log: '/d/l', root: '/d/root' });
+  assert.equal(quoted.args[quoted.args.indexOf('-append') + 1], 'say="hi"');
+  assert.equal(quoted.config, undefined);
+  const plain = qemu.launchCommand({ ...vm, cmdline: 'secret=1' }, image, { ...paths, dir: '/d', pidfile: '/d/p', log: '/d/l', root: '/d/root' });
+  assert.ok(!plain.args.includes('secret=1') && plain.args.includes('-readconfig'));
+  assert.match(plain.config!, /append = "secret=1"/);
 });

@@ -4,12 +4,14 @@
 // unit-tested (command.test.ts) and the integration test checks the result on a real VMM.
 //
 // What the command does (docs/jail.md):
-//   unshare --fork --pid --mount --propagation private --kill-child -- sh -c SCRIPT
-// unshare (a host pid, the one the server tracks) forks sh, pid 1 of a new PID namespace in a
-// new private mount namespace. sh joins the VM's cgroups, builds the root inside the VM
-// directory (read-only binds, a small tmpfs /dev with its own nodes, a private /proc, a tmpfs
-// /tmp), then runs, as its child,
-//   prlimit --nofile --fsize -- chroot ROOT setpriv --reuid --regid ... -- VMM ARGS...
+//   unshare --fork --pid --mount --net --ipc --uts --propagation private --kill-child -- sh SCRIPT_FILE
+// The script is a root-only file, not an argument: argv is world-readable in /proc, and the
+// script holds the VMM's command line. unshare (a host pid, the one the server tracks) forks sh,
+// pid 1 of a new PID namespace in new private mount, network (nothing configured, not even
+// loopback up), IPC and UTS namespaces. sh joins the VM's cgroups, builds the root inside the
+// tmpfs the server mounted for it (read-only binds, a small tmpfs /dev with its own nodes, a
+// private /proc, a tmpfs /tmp), then runs, as its child,
+//   env -i VARS prlimit --nofile --fsize -- chroot ROOT setpriv --reuid --regid ... -- VMM ARGS...
 // and exits with the VMM's status. sh stays root so that --kill-child's parent-death signal
 // (cleared by a uid change) stays armed: kill the unshare process and sh dies, and with pid 1
 // the kernel kills everything else in the namespace.
@@ -43,12 +45,15 @@ export interface JailTools {
   mkdir: string;
   ln: string;
   chown: string;
+  env: string;
 }
 
 export interface JailSpec {
   vmId: string;
-  /** Host path of the VM directory: the VMM's root. */
+  /** Host path of the VMM's root (the VM directory's size-limited tmpfs, `root/`). */
   root: string;
+  /** Host path where the caller writes `script` (root-only; sh reads it from there). */
+  scriptPath: string;
   uid: number;
   gid: number;
   nofile: number;
@@ -70,19 +75,30 @@ export interface JailCommand {
   command: string;
   args: string[];
   env: Record<string, string>;
-  /** The script sh runs (also inside args), for logs and tests. */
+  /** The script sh runs: the caller writes it to `scriptPath` (mode 0700, root-only). */
   script: string;
 }
 
 /** Where a jailed VMM finds things, inside its root. */
 export const IN_ROOT = {
-  qmpSocket: '/qmp.sock',
-  consoleSocket: '/console.sock',
+  // Short names: on the host they are vms/<id>/root/qmp and .../root/console, no longer than the
+  // vms/<id>/console.sock that main.ts checks against the 107-byte limit of Unix socket paths.
+  qmpSocket: '/qmp',
+  consoleSocket: '/console',
+  /** The VMM's configuration file (the kernel command line, kept out of its argv). */
+  config: '/vmm.cfg',
   kernel: '/image/kernel',
   initrd: '/image/initrd',
 } as const;
 
-export const IN_ROOT_PATHS: ForegroundPaths = { qmpSocket: IN_ROOT.qmpSocket, consoleSocket: IN_ROOT.consoleSocket };
+export const IN_ROOT_PATHS: ForegroundPaths = { qmpSocket: IN_ROOT.qmpSocket, consoleSocket: IN_ROOT.consoleSocket, config: IN_ROOT.config };
+
+/**
+ * The VMM's root inside the VM directory (vms/<id>/root): a size- and inode-limited tmpfs the
+ * server mounts there before each jailed launch. The VM directory itself (pidfile, log, the
+ * jail's script) stays the server's.
+ */
+export const VM_ROOT_DIR = 'root';
 
 /** Entries of the root the jail creates, besides bind targets' top-level directories. */
 export const SKELETON = ['dev', 'proc', 'tmp'] as const;
@@ -119,6 +135,9 @@ function assertAbsolute(what: string, p: string): void {
 /** Checks a plan for mistakes that would make the jail unsafe or wrong. */
 export function validateSpec(spec: JailSpec): void {
   assertAbsolute('root', spec.root);
+  assertAbsolute('script', spec.scriptPath);
+  if (spec.scriptPath.startsWith(`${spec.root}/`)) throw new Error('jail: the script must not be inside the VMM\'s root');
+  for (const k of Object.keys(spec.env)) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new Error(`jail: bad environment variable name ${JSON.stringify(k)}`);
   if (spec.root === '/') throw new Error('jail: the root cannot be /');
   if (spec.uid <= 0 || spec.gid <= 0) throw new Error('jail: the VMM must not run as root (uid/gid 0)');
   assertAbsolute('command', spec.command);
@@ -146,7 +165,8 @@ export function buildJailCommand(spec: JailSpec): JailCommand {
   ];
   // /tmp first: a repository or image under the host's /tmp is bound below it, and a tmpfs
   // mounted afterwards would hide those binds.
-  lines.push(`${q(t.mkdir)} -p "$R/tmp" && ${q(t.mount)} -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=16m capsule-tmp "$R/tmp" || die 'cannot mount /tmp'`);
+  // Its inode count is capped too: size= alone would let the VMM create files of size 0 without end.
+  lines.push(`${q(t.mkdir)} -p "$R/tmp" && ${q(t.mount)} -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=16m,nr_inodes=1024 capsule-tmp "$R/tmp" || die 'cannot mount /tmp'`);
   // Mount points, parents first (sorted), then the binds (read-only, no setuid, no devices).
   const dirs = new Set<string>(SKELETON.map((d) => `/${d}`));
   for (const m of spec.mounts) dirs.add(m.kind === 'dir' ? m.target : posix.dirname(m.target));
@@ -160,13 +180,17 @@ export function buildJailCommand(spec: JailSpec): JailCommand {
   }
   for (const l of spec.symlinks) lines.push(`${q(t.ln)} -sfn ${q(l.target)} ${r(l.path)} || die ${q(`cannot link ${l.path}`)}`);
   // /dev: a tmpfs of its own, with just the nodes a VMM needs.
-  lines.push(`${q(t.mount)} -t tmpfs -o nosuid,noexec,mode=0755,size=64k capsule-dev "$R/dev" || die 'cannot mount /dev'`);
+  lines.push(`${q(t.mount)} -t tmpfs -o nosuid,noexec,mode=0755,size=64k,nr_inodes=16 capsule-dev "$R/dev" || die 'cannot mount /dev'`);
   lines.push(`${q(t.mknod)} -m 0666 "$R/dev/null" c 1 3 && ${q(t.mknod)} -m 0666 "$R/dev/urandom" c 1 9 || die 'cannot create /dev nodes'`);
   if (spec.kvm) lines.push(`${q(t.mknod)} -m 0600 "$R/dev/kvm" c 10 232 && ${q(t.chown)} ${spec.uid}:${spec.gid} "$R/dev/kvm" || die 'cannot create /dev/kvm'`);
   // A /proc of the new PID namespace (sh is its pid 1, so the mount shows only the jail).
   lines.push(`${q(t.mount)} -t proc -o nosuid,nodev,noexec proc "$R/proc" || die 'cannot mount /proc'`);
-  // The VMM, as a child (sh keeps waiting as root, see the header), then its status.
+  // The VMM, as a child (sh keeps waiting as root, see the header), then its status. `env -i`:
+  // the VMM gets exactly PATH and its backend's variables (sh would add PWD, the host path of
+  // the root).
+  const vars = Object.entries({ PATH: JAIL_PATH, ...spec.env }).map(([k, v]) => `${k}=${v}`);
   const vmm = [
+    t.env, '-i', ...vars,
     t.prlimit, `--nofile=${spec.nofile}:${spec.nofile}`, `--fsize=${spec.fsizeBytes}:${spec.fsizeBytes}`, '--',
     t.chroot, spec.root,
     t.setpriv, `--reuid=${spec.uid}`, `--regid=${spec.gid}`, '--clear-groups', '--no-new-privs', '--inh-caps=-all', '--bounding-set=-all', '--',
@@ -177,8 +201,11 @@ export function buildJailCommand(spec: JailSpec): JailCommand {
   const script = lines.join('\n');
   return {
     command: t.unshare,
-    args: ['--fork', '--pid', '--mount', '--propagation', 'private', '--kill-child', '--', t.sh, '-c', script],
-    env: { PATH: JAIL_PATH, ...spec.env },
+    // --net, --ipc, --uts: from the VMM's namespaces nothing of the host's network (the API on
+    // 127.0.0.1 included), System V IPC or hostname is reachable. QMP and the console are Unix
+    // sockets by path, which work across network namespaces.
+    args: ['--fork', '--pid', '--mount', '--net', '--ipc', '--uts', '--propagation', 'private', '--kill-child', '--', t.sh, spec.scriptPath],
+    env: { PATH: JAIL_PATH },
     script,
   };
 }

@@ -1,10 +1,11 @@
 // The VMM jail (docs/jail.md), after Firecracker's jailer: each VMM runs as an unprivileged
-// per-VM user, in new mount and PID namespaces, chrooted into its VM directory with only what
-// it needs bound in (read-only), under rlimits, in its own cgroups where the host allows.
+// per-VM user, in new mount, PID, network, IPC and UTS namespaces, chrooted into a small tmpfs
+// (vms/<id>/root) with only what it needs bound in (read-only), under rlimits, in its own
+// cgroups where the host allows.
 // This module probes what the host allows (once, at start), reports it for GET /v1/health,
 // turns a backend's foreground command into the jailed one, and cleans up after a VMM.
 import { execFileSync } from 'node:child_process';
-import { chmodSync, chownSync, closeSync, lstatSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, lstatSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
@@ -12,9 +13,10 @@ import type { JailConfig } from '../config.js';
 import type { Image } from '../db/images.js';
 import type { Vm } from '../db/vms.js';
 import type { Hypervisor, VmPaths } from '../hypervisors/types.js';
-import { CgroupManager } from './cgroups.js';
-import { buildJailCommand, imageInRoot, IN_ROOT_PATHS, jailIdentity, type JailTools } from './command.js';
+import { CgroupManager, parseMountInfo, type MountInfo } from './cgroups.js';
+import { buildJailCommand, imageInRoot, IN_ROOT, IN_ROOT_PATHS, jailIdentity, VM_ROOT_DIR, type JailTools } from './command.js';
 import { realFile, resolveHostPaths, which } from './host.js';
+import { markInheritedFdsCloexec } from '../util/fds.js';
 
 export interface JailStatus {
   /** VMMs started now are jailed. */
@@ -36,7 +38,18 @@ interface Step {
 /** Files in a VM directory that are not the jail's (everything else there is the jail's root skeleton). */
 const VM_FILES = new Set(['vmm.log']);
 
+/**
+ * The VMM's root: a tmpfs of this size and inode count (RLIMIT_FSIZE caps one file, not their
+ * number). It holds the mount points, the sockets and the config file: a few dozen inodes and
+ * a few KiB; what the VMM may write beyond that is bounded here, not by the data filesystem.
+ */
+export const ROOT_TMPFS = { sizeBytes: 4 << 20, inodes: 256, source: 'capsule-root' } as const;
+
+/** The jail's script, in the VM directory (root-only), outside the VMM's root. */
+export const SCRIPT_FILE = 'jail.sh';
+
 function run(cmd: string, args: string[]): void {
+  markInheritedFdsCloexec();
   execFileSync(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 10_000 });
 }
 
@@ -61,7 +74,7 @@ export class Jail {
       this.enabled = false;
       return;
     }
-    const names = ['sh', 'unshare', 'setpriv', 'prlimit', 'mount', 'chroot', 'mknod', 'mkdir', 'ln', 'chown'] as const;
+    const names = ['sh', 'unshare', 'setpriv', 'prlimit', 'mount', 'chroot', 'mknod', 'mkdir', 'ln', 'chown', 'env'] as const;
     const found = Object.fromEntries(names.map((n) => [n, which(n)])) as Record<(typeof names)[number], string | undefined>;
     const missing = (...ns: Array<(typeof names)[number]>) => ns.filter((n) => !found[n]);
     const complete = missing(...names).length === 0;
@@ -69,7 +82,7 @@ export class Jail {
     const root = process.getuid?.() === 0;
     this.steps = {
       user: this.probeUser(root, found.setpriv, missing('setpriv', 'chown')),
-      namespaces: this.probeNamespaces(root, found, missing('unshare', 'sh', 'mount', 'chroot', 'mknod', 'mkdir', 'ln')),
+      namespaces: this.probeNamespaces(root, found, missing('unshare', 'sh', 'mount', 'chroot', 'mknod', 'mkdir', 'ln', 'env')),
       rlimits: this.probeRlimits(found.prlimit),
     };
     this.enabled = complete && this.steps.user.ok && this.steps.namespaces.ok && this.steps.rlimits.ok;
@@ -102,23 +115,38 @@ export class Jail {
   }
 
   /**
-   * Prepares a jailed launch: cleans the VM directory of any old skeleton, makes it the VMM's
-   * (root:jail-gid, 1770: the VMM creates its sockets there but cannot replace the server's
-   * files), creates the VM's cgroups, and returns the command to spawn detached. The command's
-   * process is the host pid to track: it lives exactly as long as the VMM, and killing it kills
-   * the VMM.
+   * Prepares a jailed launch: cleans the VM directory of any old skeleton (unmounting an old
+   * root), makes the directory the server's alone (root, 0700: the script, pidfile and log),
+   * mounts the VMM's root (a size- and inode-limited tmpfs, root:jail-gid, 1770: the VMM creates
+   * its sockets there but cannot replace the server's config file), writes the config file and
+   * the script, creates the VM's cgroups, and returns the command to spawn detached. The
+   * command's process is the host pid to track: it lives exactly as long as the VMM, and killing
+   * it kills the VMM.
    */
   prepare(hypervisor: Hypervisor, vm: Vm, image: Image, paths: VmPaths): { command: string; args: string[]; env: Record<string, string>; uid: number; gid: number; script: string; vmm: string[] } {
     if (!this.enabled || !this.tools) throw new Error(this.unavailableReason());
-    this.cleanRoot(paths.dir);
+    // The server reaches the sockets (and writes the config) at host paths: they must be the
+    // in-root paths the VMM uses, under its root.
+    if (paths.root !== join(paths.dir, VM_ROOT_DIR)) throw new Error(`jail: the root ${paths.root} is not ${VM_ROOT_DIR}/ of ${paths.dir}`);
+    for (const k of ['qmpSocket', 'consoleSocket', 'config'] as const) {
+      if (paths[k] !== join(paths.root, IN_ROOT[k])) throw new Error(`jail: ${k} ${paths[k]} is not ${IN_ROOT[k]} in the root ${paths.root}`);
+    }
+    if (!this.cleanRoot(paths.dir)) throw new Error(`${paths.dir} has foreign mounts below it or could not be cleaned (see the server log)`);
     const { uid, gid } = jailIdentity(vm.id, this.cfg);
-    chownSync(paths.dir, 0, gid);
-    chmodSync(paths.dir, 0o1770);
+    chownSync(paths.dir, 0, 0);
+    chmodSync(paths.dir, 0o700);
     this.trimLog(paths.log);
+    mkdirSync(paths.root, { mode: 0o700 });
+    run(this.tools.mount, ['-t', 'tmpfs', '-o', `nosuid,nodev,noexec,size=${ROOT_TMPFS.sizeBytes},nr_inodes=${ROOT_TMPFS.inodes},mode=1770,uid=0,gid=${gid}`, ROOT_TMPFS.source, paths.root]);
     const inRoot = imageInRoot({ ...image, kernel: realFile(image.kernel), ...(image.initrd ? { initrd: realFile(image.initrd) } : {}) });
     const fg = hypervisor.foregroundCommand(vm, inRoot.image, IN_ROOT_PATHS);
     const command = which(fg.command);
     if (!command) throw new Error(`${fg.command} not found in PATH`);
+    if (fg.config !== undefined) {
+      // Readable by the jail's group only (created root-only, then given the group).
+      writeFileSync(paths.config, fg.config, { mode: 0o440, flag: 'wx' });
+      chownSync(paths.config, 0, gid);
+    }
     const host = resolveHostPaths([realFile(command), this.tools.setpriv, ...hypervisor.jailFiles()]);
     const cgroupProcs = this.cgroups.create(vm.id, {
       vcpus: vm.vcpus,
@@ -126,9 +154,11 @@ export class Jail {
     });
     const env: Record<string, string> = {};
     for (const [k, v] of Object.entries(fg.env ?? {})) if (v !== undefined) env[k] = v;
+    const scriptPath = join(paths.dir, SCRIPT_FILE);
     const built = buildJailCommand({
       vmId: vm.id,
-      root: paths.dir,
+      root: paths.root,
+      scriptPath,
       uid, gid,
       nofile: this.cfg.nofile,
       fsizeBytes: this.cfg.fsizeBytes,
@@ -141,7 +171,16 @@ export class Jail {
       env,
       tools: this.tools,
     });
+    // A file, not `sh -c SCRIPT`: argv is world-readable in /proc and the script holds the
+    // VMM's command line. Root-only, in the root-only VM directory.
+    rmSync(scriptPath, { force: true });
+    writeFileSync(scriptPath, `${built.script}\n`, { mode: 0o700, flag: 'wx' });
     return { command: built.command, args: built.args, env: built.env, uid, gid, script: built.script, vmm: [realFile(command), ...fg.args] };
+  }
+
+  /** Whether the OOM killer ended a process of the VM's cgroup (why a start failed). */
+  oomKilled(id: string): boolean {
+    return this.cgroups.oomKilled(id);
   }
 
   /** After a VMM is gone: remove its cgroups and its root's skeleton. Idempotent. */
@@ -155,26 +194,39 @@ export class Jail {
   }
 
   /**
-   * Removes everything in a VM directory but the log: the pidfile, sockets, and the jail's
-   * skeleton (mount points, links, anything the VMM created in its root). Refuses if anything
-   * is mounted below the directory in the server's mount namespace (the jail's mounts live in
-   * the VMM's private namespace and vanish with it; one here would be a bug, and removing
-   * through it would delete host files).
+   * Unmounts the VMM's root tmpfs and removes everything in a VM directory but the log: the
+   * pidfile, the script, the root's mount point and anything left in it. Refuses (false) if
+   * anything else is mounted at or below the directory in the server's mount namespace (the
+   * jail's binds live in the VMM's private namespace and vanish with it; one here would be a
+   * bug, and removing through it would delete host files). Only called once the VMM is gone.
    */
-  cleanRoot(dir: string): void {
-    let entries: string[];
+  cleanRoot(dir: string): boolean {
     try {
-      entries = readdirSync(dir);
+      readdirSync(dir);
     } catch {
-      return;
+      return true;
     }
-    const prefix = dir.endsWith('/') ? dir : `${dir}/`;
-    const mounted = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => (l.split(' ')[4] ?? '').startsWith(prefix));
-    if (mounted) {
-      this.log?.error({ dir }, 'something is mounted inside a VM directory; not cleaning it');
-      return;
+    const root = join(dir, VM_ROOT_DIR);
+    // Our own tmpfs, possibly stacked (a launch that died between its mount and its cleanup).
+    for (let i = 0; ; i++) {
+      const below = mountedUnder(dir);
+      if (below.length === 0) break;
+      const foreign = below.filter((m) => !(m.mountPoint === root && m.fsType === 'tmpfs' && m.source === ROOT_TMPFS.source));
+      if (foreign.length > 0 || i >= 16) {
+        this.log?.error({ dir, mounts: foreign.map((m) => m.mountPoint) }, 'something is mounted inside a VM directory; not cleaning it');
+        return false;
+      }
+      try {
+        const umount = which('umount');
+        if (!umount) throw new Error('umount (util-linux) not found');
+        run(umount, [root]);
+      } catch (e) {
+        this.log?.error({ dir, err: errText(e) }, 'cannot unmount the VMM root; not cleaning it');
+        return false;
+      }
     }
-    for (const e of entries) if (!VM_FILES.has(e)) rmSync(join(dir, e), { recursive: true, force: true });
+    for (const e of readdirSync(dir)) if (!VM_FILES.has(e)) rmSync(join(dir, e), { recursive: true, force: true });
+    return true;
   }
 
   /**
@@ -220,15 +272,19 @@ export class Jail {
     if (missing.length > 0) return { ok: false, reason: `missing tools: ${missing.join(', ')} (util-linux, coreutils)` };
     const dir = mkdtempSync(join(tmpdir(), 'capsule-jail-probe-'));
     try {
-      run(t.unshare!, ['--fork', '--pid', '--mount', '--propagation', 'private', '--kill-child', '--', t.sh!, '-c',
+      run(t.unshare!, ['--fork', '--pid', '--mount', '--net', '--ipc', '--uts', '--propagation', 'private', '--kill-child', '--', t.sh!, '-c',
         'test $$ = 1 || { echo "not pid 1 in the new PID namespace" >&2; exit 1; }; "$1" -t tmpfs -o size=4k capsule-probe "$2" && "$1" -t proc proc "$2"',
         'sh', t.mount!, dir]);
     } catch (e) {
-      return { ok: false, reason: `unshare --pid --mount failed: ${errText(e)}` };
+      return { ok: false, reason: `unshare --pid --mount --net --ipc --uts failed: ${errText(e)}` };
     } finally {
       try { rmdirSync(dir); } catch { /* left for tmp cleaners */ }
     }
-    return { ok: true, reason: 'new mount and PID namespaces; root = the VM directory (chroot) with read-only binds, private /proc, tmpfs /dev and /tmp' };
+    return {
+      ok: true,
+      reason: 'new mount, PID, network (no interfaces, loopback down), IPC and UTS namespaces; ' +
+        `root = vms/<id>/${VM_ROOT_DIR}, a tmpfs of ${ROOT_TMPFS.sizeBytes >> 20} MiB and ${ROOT_TMPFS.inodes} inodes (chroot), with read-only binds, private /proc, tmpfs /dev and /tmp`,
+    };
   }
 
   private probeRlimits(prlimit: string | undefined): Step {
@@ -241,6 +297,12 @@ export class Jail {
     }
     return { ok: true, reason: `RLIMIT_NOFILE ${this.cfg.nofile}, RLIMIT_FSIZE ${this.cfg.fsizeBytes} bytes` };
   }
+}
+
+/** Mounts at or below `dir` in the server's mount namespace. */
+function mountedUnder(dir: string): MountInfo[] {
+  const prefix = dir.endsWith('/') ? dir : `${dir}/`;
+  return parseMountInfo(readFileSync('/proc/self/mountinfo', 'utf8')).filter((m) => m.mountPoint === dir || m.mountPoint.startsWith(prefix));
 }
 
 function existsDevice(p: string): boolean {

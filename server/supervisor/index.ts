@@ -13,6 +13,8 @@ import type { Hypervisor, VmPaths } from '../hypervisors/types.js';
 import type { Jail } from '../jail/index.js';
 import { QmpClient, type QmpEvent } from '../qmp/client.js';
 import { isAlive, isOurProcess, kill, readPidfile, removeFiles, waitForExit } from './process.js';
+import { asLaunchError, jailedStartFailure, LaunchError, logLine, runLauncher, spawnDetached } from './spawn.js';
+import { VM_ROOT_DIR } from '../jail/command.js';
 
 function assertSockets(...paths: string[]): void {
   for (const p of paths) if (!lstatSync(p).isSocket()) throw new Error(`${p} is not a socket`);
@@ -69,12 +71,17 @@ export class Supervisor {
 
   paths(id: string): VmPaths {
     const dir = join(this.d.vmsDir, id);
+    // What the VMM creates or reads lives in root/ (the jailed VMM's root, a tmpfs; a plain
+    // directory unjailed), the server's own files beside it.
+    const root = join(dir, VM_ROOT_DIR);
     return {
       dir,
       pidfile: join(dir, 'vmm.pid'),
       log: join(dir, 'vmm.log'),
-      qmpSocket: join(dir, 'qmp.sock'),
-      consoleSocket: join(dir, 'console.sock'),
+      root,
+      qmpSocket: join(root, 'qmp'),
+      consoleSocket: join(root, 'console'),
+      config: join(root, 'vmm.cfg'),
     };
   }
 
@@ -205,7 +212,7 @@ export class Supervisor {
     if (jail?.mode === 'on' && !jail.enabled) throw new ApiError(409, 'jail_unavailable', `CAPSULE_JAIL=on: ${jail.unavailableReason()}`);
     const paths = this.paths(vm.id);
     mkdirSync(paths.dir, { recursive: true, mode: 0o700 });
-    removeFiles(paths.pidfile, paths.qmpSocket, paths.consoleSocket);
+    removeFiles(paths.pidfile, paths.qmpSocket, paths.consoleSocket, paths.config);
     this.setState(vm.id, 'starting');
     let pid: number | undefined;
     try {
@@ -214,80 +221,55 @@ export class Supervisor {
       if (jail?.enabled) {
         // Jailed: the VMM runs in the foreground under `unshare`, whose host pid we track
         // (it lives as long as the VMM; killing it kills the VMM). Ready = QMP answers.
-        const cmd = jail.prepare(hypervisor, vm, image, paths);
+        let cmd: ReturnType<Jail['prepare']>;
+        try {
+          cmd = jail.prepare(hypervisor, vm, image, paths);
+        } catch (e) {
+          throw new LaunchError('the jail could not be set up', (e as Error).message);
+        }
         this.d.log.info({ vm: vm.id, hypervisor: hypervisor.name, uid: cmd.uid, gid: cmd.gid, reason }, 'launching jailed VMM');
-        const record = `in the jail (uid ${cmd.uid}, gid ${cmd.gid}, root ${paths.dir}): ${commandLine(cmd.vmm)}`;
-        const livePid = pid = await this.spawnDetached(cmd.command, cmd.args, cmd.env, paths.log, record);
+        const record = `in the jail (uid ${cmd.uid}, gid ${cmd.gid}, root ${paths.root}): ${commandLine(cmd.vmm)}`;
+        const proc = await spawnDetached(cmd.command, cmd.args, cmd.env, paths.log, record);
+        const livePid = pid = proc.pid;
         writeFileSync(paths.pidfile, `${pid}\n`, { mode: 0o644 });
-        qmp = await QmpClient.connectWithRetry(paths.qmpSocket, LAUNCH_TIMEOUT_MS, () => isAlive(livePid)).catch((e: Error) => {
-          throw new Error(`${e.message}: ${this.tail(paths.log)}`);
+        qmp = await QmpClient.connectWithRetry(paths.qmpSocket, LAUNCH_TIMEOUT_MS, () => isAlive(livePid)).catch(async (e: Error) => {
+          throw await jailedStartFailure(proc, e, () => jail.oomKilled(vm.id), paths.log);
         });
         consoleBridge = new ConsoleBridge(paths.consoleSocket);
-        await consoleBridge.connect().catch((e) => { qmp.close(); throw e; });
+        await consoleBridge.connect().catch((e: Error) => { qmp.close(); throw asLaunchError(e, 'the VMM\'s console did not answer'); });
       } else {
-        const { command, args, env } = hypervisor.launchCommand(vm, image, paths);
+        const { command, args, env, config } = hypervisor.launchCommand(vm, image, paths);
+        mkdirSync(paths.root, { recursive: true, mode: 0o700 });
+        if (config !== undefined) writeFileSync(paths.config, config, { mode: 0o600, flag: 'wx' });
         this.d.log.info({ vm: vm.id, command, reason }, 'launching VMM');
-        await this.runLauncher(command, args, env, paths.log);
+        await runLauncher(command, args, env, paths.log);
         pid = readPidfile(paths.pidfile);
-        if (pid === undefined) throw new Error(`the VMM wrote no pidfile (${paths.pidfile})`);
+        if (pid === undefined) throw new LaunchError('the VMM did not report its pid', `the VMM wrote no pidfile (${paths.pidfile})`);
         consoleBridge = new ConsoleBridge(paths.consoleSocket);
-        await consoleBridge.connect();
+        await consoleBridge.connect().catch((e: Error) => { throw asLaunchError(e, 'the VMM\'s console did not answer'); });
         const livePid = pid;
-        qmp = await QmpClient.connectWithRetry(paths.qmpSocket, 10_000, () => isAlive(livePid));
+        qmp = await QmpClient.connectWithRetry(paths.qmpSocket, 10_000, () => isAlive(livePid)).catch((e: Error) => {
+          throw asLaunchError(e, 'QMP did not answer within 10 s');
+        });
       }
+      // The VMM read its config at start: the command line stays in no file.
+      removeFiles(paths.config);
       this.track(vm.id, pid, hypervisor, qmp, consoleBridge, undefined);
       this.setState(vm.id, 'running', pid);
     } catch (e) {
       if (pid !== undefined) kill(pid);
       if (pid !== undefined && jail?.enabled) await waitForExit(pid, 5000);
-      removeFiles(paths.pidfile, paths.qmpSocket, paths.consoleSocket);
+      removeFiles(paths.pidfile, paths.qmpSocket, paths.consoleSocket, paths.config);
+      // The client gets the cause; the detail (host paths, uids, the command line, the log's
+      // tail) goes to the operator: the server log and the VM's log.
+      const failure = asLaunchError(e);
+      this.d.log.error({ vm: vm.id, err: failure.message }, `VMM launch failed: ${failure.reason}`);
+      logLine(paths.log, `launch failed: ${failure.reason}: ${failure.message}`);
       await jail?.cleanup(vm.id, paths.dir);
-      const message = `VMM launch failed: ${(e as Error).message}`;
+      const message = `VMM launch failed: ${failure.reason}`;
       this.setState(vm.id, 'crashed');
       this.d.hub.publish(vm.id, 'CRASHED', { reason: message });
       throw new ApiError(500, 'launch_failed', `${message}; see GET /v1/vms/${vm.id}/log`);
-    }
-  }
-
-  /** Runs the daemonizing launch command; resolves when it exits 0 (the VMM is ready). */
-  private runLauncher(command: string, args: string[], env: NodeJS.ProcessEnv | undefined, logPath: string): Promise<void> {
-    const logFd = openSync(logPath, 'a', 0o600);
-    writeSync(logFd, `${new Date().toISOString()} capsule: launching ${commandLine([command, ...args])}\n`);
-    return new Promise<void>((resolve, reject) => {
-      const child = spawn(command, args, { stdio: ['ignore', logFd, logFd], detached: true, env: { ...process.env, ...env } });
-      const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error('launch timed out')); }, LAUNCH_TIMEOUT_MS);
-      child.once('error', (e) => { clearTimeout(timer); reject(e); });
-      child.once('exit', (code, signal) => {
-        clearTimeout(timer);
-        if (code === 0) resolve();
-        else reject(new Error(`${command} exited with ${signal ?? code}: ${this.tail(logPath)}`));
-      });
-    }).finally(() => closeSync(logFd));
-  }
-
-  /** Starts a foreground VMM command in its own session, stdout/stderr on the log; resolves its pid. */
-  private spawnDetached(command: string, args: string[], env: Record<string, string>, logPath: string, record: string): Promise<number> {
-    const logFd = openSync(logPath, 'a', 0o600);
-    try {
-      writeSync(logFd, `${new Date().toISOString()} capsule: launching ${record}\n`);
-      // The environment is the jail's alone: nothing of the server's reaches the VMM.
-      const child = spawn(command, args, { stdio: ['ignore', logFd, logFd], detached: true, env });
-      child.unref();
-      if (child.pid !== undefined) {
-        child.on('error', () => { /* reported through its exit */ });
-        return Promise.resolve(child.pid);
-      }
-      return new Promise((_, reject) => child.once('error', reject));
-    } finally {
-      closeSync(logFd);
-    }
-  }
-
-  private tail(path: string): string {
-    try {
-      return readFileSync(path, 'utf8').trim().split('\n').slice(-3).join(' | ');
-    } catch {
-      return '';
     }
   }
 

@@ -24,7 +24,7 @@ test('create, start, console, pause, resume, stop, delete', async () => {
   const pid: number = started.body.pid;
   assert.ok(isAlive(pid), 'the VMM process runs');
   const vmDir = join(s.dataDir, 'vms', id);
-  for (const f of ['vmm.pid', 'qmp.sock', 'console.sock', 'vmm.log']) assert.ok(existsSync(join(vmDir, f)), f);
+  for (const f of ['vmm.pid', 'root/qmp', 'root/console', 'vmm.log']) assert.ok(existsSync(join(vmDir, f)), f);
 
   const cons = new ConsoleCollector(s.ws(`/v1/vms/${id}/console`));
   await cons.opened;

@@ -114,7 +114,25 @@ export class TestServer {
         } catch { /* no VMM */ }
       }
     }
+    unmountBelow(this.dataDir);
     rmSync(this.dataDir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Unmounts what is mounted below `dir` (a jailed VMM's root tmpfs, vms/<id>/root, which the
+ * server unmounts when it sees the VMM go: not when the server was killed first), retrying
+ * while the VMMs just killed release it.
+ */
+export function unmountBelow(dir: string): void {
+  const prefix = `${dir}/`;
+  for (let i = 0; i < 100; i++) {
+    const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(prefix));
+    if (mounts.length === 0) return;
+    for (const m of mounts.reverse()) {
+      try { execFileSync('umount', [m], { stdio: 'ignore' }); } catch { /* busy: retried */ }
+    }
+    execFileSync('sleep', ['0.05']);
   }
 }
 
