@@ -1,6 +1,6 @@
 // The HTTP application: middleware, routes by resource, the OpenAPI document.
 import { OpenAPIHono } from '@hono/zod-openapi';
-import { createNodeWebSocket } from '@hono/node-ws';
+import type { Server } from 'node:http';
 import { bodyLimit } from 'hono/body-limit';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
@@ -12,8 +12,10 @@ import type { Hypervisor } from '../hypervisors/types.js';
 import type { HypervisorName } from '../db/vms.js';
 import type { Supervisor } from '../supervisor/index.js';
 import type { JailStatus } from '../jail/index.js';
+import type { StorageMonitor } from '../db/storage.js';
 import { BucketMap } from '../util/leaky-bucket.js';
-import { requireToken, rateLimit, type AuthVariables } from '../auth/middleware.js';
+import { requireToken, rateLimit, requestLogger, type AuthVariables } from '../auth/middleware.js';
+import { attachWebSockets } from './websocket.js';
 import { errorResponse, onError, validationError } from './errors.js';
 import { healthRoutes } from './health.js';
 import { imageRoutes } from './images.js';
@@ -36,6 +38,8 @@ export interface AppDeps {
   webDir: string;
   /** The VMM jail's state (probed once at start). */
   jail?: JailStatus;
+  /** The data directory's health (free space, failed writes). */
+  storage?: StorageMonitor;
 }
 
 export type AppEnv = { Variables: AuthVariables };
@@ -49,10 +53,10 @@ export function newRouter(): App {
 
 export function createApp(deps: AppDeps) {
   const app = newRouter();
-  const ws = createNodeWebSocket({ app });
   const buckets = new BucketMap(deps.config.rateLimit.perSecond, deps.config.rateLimit.burst);
 
   app.onError(onError);
+  app.use('*', requestLogger(deps.log));
   app.notFound((c) => errorResponse(c, 404, 'not_found', `no route for ${c.req.method} ${c.req.path}`));
   app.use('/v1/*', requireToken(deps.tokens), rateLimit(buckets));
   app.use('/v1/*', bodyLimit({
@@ -63,8 +67,8 @@ export function createApp(deps: AppDeps) {
   app.route('/v1', healthRoutes(deps));
   app.route('/v1', imageRoutes(deps));
   app.route('/v1', vmRoutes(deps));
-  app.route('/v1', eventRoutes(deps, ws.upgradeWebSocket, buckets));
-  app.route('/v1', consoleRoutes(deps, ws.upgradeWebSocket, buckets));
+  app.route('/v1', eventRoutes(deps, buckets));
+  app.route('/v1', consoleRoutes(deps, buckets));
   app.doc('/v1/openapi.json', {
     openapi: '3.0.3',
     info: { title: 'capsule API', version: '0.1.0', description: 'microVMs as a service' },
@@ -72,5 +76,5 @@ export function createApp(deps: AppDeps) {
   });
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer' });
   app.route('/', staticRoutes(deps.webDir));
-  return { app, injectWebSocket: ws.injectWebSocket };
+  return { app, injectWebSocket: (server: Server) => attachWebSockets(server, app, deps.log) };
 }

@@ -1,11 +1,14 @@
 // Event streams over WebSocket: /v1/events (all VMs) and /v1/vms/:id/events.
+// Subscribers send nothing: inbound messages are limited to EVENTS_MAX_MESSAGE bytes.
 import type { Context } from 'hono';
-import type { UpgradeWebSocket, WSContext } from 'hono/ws';
 import type { WebSocket } from 'ws';
 import { errorResponse } from './errors.js';
+import { notUpgradeError, upgradeWebSocket } from './websocket.js';
 import { newRouter, type AppDeps, type AppEnv } from './app.js';
 import type { BucketMap } from '../util/leaky-bucket.js';
 import type { TokenRecord } from '../db/tokens.js';
+
+export const EVENTS_MAX_MESSAGE = 4 * 1024;
 
 /** Inbound messages count against the token's bucket like API calls do. */
 export function inboundAllowed(c: Context<AppEnv>, buckets: BucketMap): boolean {
@@ -13,41 +16,34 @@ export function inboundAllowed(c: Context<AppEnv>, buckets: BucketMap): boolean 
   return buckets.get(token.id).tryTake();
 }
 
-/** A plain GET on a WebSocket endpoint gets a clear 400 instead of an empty response. */
-export function notUpgradeError(c: Context<AppEnv>): Response | undefined {
-  if (c.req.header('upgrade')?.toLowerCase() === 'websocket') return undefined;
-  return errorResponse(c, 400, 'invalid_request', 'this endpoint is a WebSocket: send an Upgrade request');
-}
-
-export function eventRoutes(deps: AppDeps, upgrade: UpgradeWebSocket, buckets: BucketMap) {
+export function eventRoutes(deps: AppDeps, buckets: BucketMap) {
   const router = newRouter();
   const validate = (vmScoped: boolean) => async (c: Context<AppEnv>, next: () => Promise<void>) => {
     const notUpgrade = notUpgradeError(c);
     if (notUpgrade) return notUpgrade;
     const since = c.req.query('since');
-    if (since !== undefined && !/^\d+$/.test(since)) return errorResponse(c, 400, 'invalid_request', 'since: must be a non-negative integer', 'since');
+    if (since !== undefined && !/^\d{1,15}$/.test(since)) return errorResponse(c, 400, 'invalid_request', 'since: must be a non-negative integer', 'since');
     if (vmScoped && !deps.vms.get(c.req.param('id') ?? '')) return errorResponse(c, 404, 'not_found', `no VM with id ${c.req.param('id')}`);
     return next();
   };
-  const stream = (c: Context<AppEnv>) => {
+  const stream = upgradeWebSocket({ maxPayload: EVENTS_MAX_MESSAGE }, (c: Context<AppEnv>) => {
     const vm = c.req.param('id');
     const sinceRaw = c.req.query('since');
     let unsubscribe: (() => void) | undefined;
     return {
-      onOpen: (_: Event, ws: WSContext) => {
-        const raw = ws.raw as WebSocket;
+      onOpen: (ws: WebSocket) => {
         unsubscribe = deps.hub.subscribe(
-          { send: (m) => raw.send(m, { binary: false }), bufferedAmount: () => raw.bufferedAmount },
+          { send: (m) => ws.send(m, { binary: false }), bufferedAmount: () => ws.bufferedAmount },
           { vm, since: sinceRaw === undefined ? undefined : Number(sinceRaw) },
         );
       },
-      onMessage: (_: MessageEvent, ws: WSContext) => {
+      onMessage: (_data: Buffer, _binary: boolean, ws: WebSocket) => {
         if (!inboundAllowed(c, buckets)) ws.send(JSON.stringify({ error: { code: 'rate_limited', message: 'too many messages' } }));
       },
       onClose: () => unsubscribe?.(),
     };
-  };
-  router.get('/events', validate(false), upgrade(stream));
-  router.get('/vms/:id/events', validate(true), upgrade(stream));
+  });
+  router.get('/events', validate(false), stream);
+  router.get('/vms/:id/events', validate(true), stream);
   return router;
 }

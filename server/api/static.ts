@@ -12,7 +12,13 @@ const TYPES: Record<string, string> = {
 export function staticRoutes(webDir: string) {
   const root = normalize(webDir + sep);
   return new Hono().get('/*', async (c) => {
-    const rel = c.req.path === '/' ? 'index.html' : decodeURIComponent(c.req.path.slice(1));
+    let rel: string;
+    try {
+      rel = c.req.path === '/' ? 'index.html' : decodeURIComponent(c.req.path.slice(1));
+    } catch {
+      return c.json({ error: { code: 'invalid_request', message: 'malformed percent-encoding in the path' } }, 400);
+    }
+    if (rel.includes('\0')) return c.notFound();
     const file = normalize(join(root, rel));
     if (!file.startsWith(root)) return c.notFound();
     try {

@@ -1,30 +1,42 @@
 // Bearer-token authentication and per-token rate limiting for /v1 routes.
 import type { MiddlewareHandler } from 'hono';
+import type { Logger } from 'pino';
 import type { TokenRecord, TokenStore } from '../db/tokens.js';
 import { errorResponse } from '../api/errors.js';
+import { isUpgradeRequest } from '../api/websocket.js';
 import type { BucketMap } from '../util/leaky-bucket.js';
 
 export interface AuthVariables {
   token: TokenRecord;
+  /** The request's logger (errors handled in api/errors.ts are logged through it). */
+  log: Logger;
+}
+
+/** Puts a per-request child logger on the context: method and path, never the query (it may hold a token). */
+export function requestLogger(log: Logger): MiddlewareHandler<{ Variables: AuthVariables }> {
+  return async (c, next) => {
+    c.set('log', log.child({ method: c.req.method, path: c.req.path }));
+    return next();
+  };
 }
 
 /** Routes reachable without a token. */
 const PUBLIC_PATHS = new Set(['/v1/health']);
 
-function presentedToken(authorization: string | undefined, url: string, isUpgrade: boolean): string | undefined {
+function presentedToken(authorization: string | undefined, queryToken: () => string | undefined, isUpgrade: boolean): string | undefined {
   const m = authorization ? /^Bearer\s+(\S+)\s*$/i.exec(authorization) : null;
   if (m) return m[1];
   // Browsers cannot set headers on WebSockets, so the upgrade request may carry the token in
-  // the query. Plain HTTP requests may not: URLs end up in logs and histories.
-  if (isUpgrade) return new URL(url).searchParams.get('access_token') ?? undefined;
+  // the query. Plain HTTP requests may not (URLs end up in logs and histories), and only a
+  // request that reached Node as a real upgrade counts as one: an `Upgrade` header is not enough.
+  if (isUpgrade) return queryToken();
   return undefined;
 }
 
 export function requireToken(tokens: TokenStore): MiddlewareHandler<{ Variables: AuthVariables }> {
   return async (c, next) => {
     if (PUBLIC_PATHS.has(c.req.path)) return next();
-    const isUpgrade = c.req.header('upgrade')?.toLowerCase() === 'websocket';
-    const token = presentedToken(c.req.header('authorization'), c.req.url, isUpgrade);
+    const token = presentedToken(c.req.header('authorization'), () => c.req.query('access_token'), isUpgradeRequest(c));
     const record = token === undefined ? undefined : tokens.verify(token);
     if (!record) {
       c.header('WWW-Authenticate', 'Bearer realm="capsule"');

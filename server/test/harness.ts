@@ -52,6 +52,17 @@ export class TestServer {
     return s;
   }
 
+  /** The server process's pid (for /proc checks). */
+  get pid(): number {
+    return this.proc?.pid ?? 0;
+  }
+
+  /** The server's resident memory in MiB (VmRSS). */
+  rssMiB(): number {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${this.pid}/status`, 'utf8'));
+    return m ? Number(m[1]) / 1024 : 0;
+  }
+
   get url(): string {
     return `http://127.0.0.1:${this.port}`;
   }

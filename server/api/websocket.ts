@@ -1,0 +1,159 @@
+// WebSocket upgrades for Hono routes, on the `ws` library.
+//
+// Why not @hono/node-ws: its `upgrade` listener is async and unguarded (`new URL()` on an
+// absolute-form request line such as `GET http://a:99999/` throws, the rejection is unhandled
+// and Node exits: one unauthenticated request killed the server), its WebSocketServer keeps ws's
+// 100 MiB default maxPayload, and a plain GET carrying `Upgrade: websocket` without
+// `Connection: upgrade` left a waiter behind that never resolved. Here:
+//   - Node's 'upgrade' event is the only way in: the route sees a marker in its env, so a plain
+//     HTTP request can never be taken for an upgrade (it gets 400), and only an upgrade request
+//     may carry `?access_token=` (auth/middleware.ts asks isUpgradeRequest());
+//   - the listener catches everything: a bad request line gets 400, an internal error 500, and
+//     the connection is closed; nothing escapes as an unhandled rejection;
+//   - each route names its own maxPayload (console input is keystrokes, events sockets take none).
+import { STATUS_CODES, type IncomingMessage, type Server } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Context, Handler } from 'hono';
+import type { Logger } from 'pino';
+import { WebSocketServer, type RawData, type WebSocket } from 'ws';
+import { errorResponse } from './errors.js';
+
+/** What a route does with an accepted socket. Exceptions thrown here are logged, not fatal. */
+export interface SocketHandlers {
+  onOpen(ws: WebSocket): void;
+  onMessage?(data: Buffer, isBinary: boolean, ws: WebSocket): void;
+  onClose?(code: number): void;
+}
+
+export interface UpgradeOptions {
+  /** Largest inbound message in bytes; a larger one closes the socket with 1009. */
+  maxPayload: number;
+}
+
+const UPGRADE = Symbol('capsule.websocket-upgrade');
+
+interface UpgradeSlot {
+  accepted?: { handlers: SocketHandlers; maxPayload: number };
+}
+
+type UpgradeEnv = { incoming: IncomingMessage; outgoing: undefined; [UPGRADE]: UpgradeSlot };
+
+function slotOf(c: Context): UpgradeSlot | undefined {
+  const env = c.env as Partial<UpgradeEnv> | undefined;
+  return env?.[UPGRADE];
+}
+
+/** True only for a request that reached the server as a WebSocket upgrade (Node's 'upgrade' event). */
+export function isUpgradeRequest(c: Context): boolean {
+  return slotOf(c) !== undefined;
+}
+
+/** A plain request on a WebSocket endpoint gets a clear 400 instead of an empty answer. */
+export function notUpgradeError(c: Context): Response | undefined {
+  if (isUpgradeRequest(c)) return undefined;
+  return errorResponse(c, 400, 'invalid_request', 'this endpoint is a WebSocket: send an Upgrade request');
+}
+
+/** The route's last handler: accepts the upgrade with `handlers` (earlier middleware has validated). */
+export function upgradeWebSocket(opts: UpgradeOptions, create: (c: Context) => SocketHandlers): Handler {
+  return (c) => {
+    const slot = slotOf(c);
+    if (!slot) return notUpgradeError(c)!;
+    slot.accepted = { handlers: create(c), maxPayload: opts.maxPayload };
+    // Never sent: the listener below sees `accepted` and hands the socket to ws instead.
+    return c.body(null, 200);
+  };
+}
+
+interface FetchApp {
+  request(input: string, init: RequestInit, env: unknown): Response | Promise<Response>;
+}
+
+/** Serves WebSocket upgrades of `server` through `app`'s routes. */
+export function attachWebSockets(server: Server, app: FetchApp, log: Logger): void {
+  const servers = new Map<number, WebSocketServer>();
+  const wssFor = (maxPayload: number) => {
+    let wss = servers.get(maxPayload);
+    if (!wss) {
+      wss = new WebSocketServer({ noServer: true, maxPayload, perMessageDeflate: false });
+      servers.set(maxPayload, wss);
+    }
+    return wss;
+  };
+
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    socket.on('error', () => { /* the peer went away; nothing to do */ });
+    handleUpgrade(req, socket, head).catch((e: Error) => {
+      log.error({ err: e.message, stack: e.stack }, 'WebSocket upgrade failed');
+      reject(socket, 500, { error: { code: 'internal', message: 'internal server error' } });
+    });
+  });
+
+  async function handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    if (req.headers.upgrade?.toLowerCase() !== 'websocket') {
+      return reject(socket, 400, { error: { code: 'invalid_request', message: 'only WebSocket upgrades are served' } });
+    }
+    const url = originFormUrl(req.url);
+    if (!url) return reject(socket, 400, { error: { code: 'invalid_request', message: 'invalid request target' } });
+    const headers = new Headers();
+    for (const [k, v] of Object.entries(req.headers)) {
+      if (v === undefined) continue;
+      for (const one of Array.isArray(v) ? v : [v]) headers.append(k, one);
+    }
+    const slot: UpgradeSlot = {};
+    const env: UpgradeEnv = { incoming: req, outgoing: undefined, [UPGRADE]: slot };
+    const res = await app.request(url, { method: req.method ?? 'GET', headers }, env);
+    const accepted = slot.accepted;
+    if (!accepted || res.status !== 200) return reject(socket, res.status, await res.text(), res.headers);
+    if (socket.destroyed) return;
+    wssFor(accepted.maxPayload).handleUpgrade(req, socket, head, (ws) => open(ws, accepted.handlers));
+  }
+
+  function open(ws: WebSocket, h: SocketHandlers): void {
+    const guard = (what: string, fn: () => void) => {
+      try {
+        fn();
+      } catch (e) {
+        log.error({ err: (e as Error).message, stack: (e as Error).stack }, `WebSocket ${what} handler failed`);
+        ws.terminate();
+      }
+    };
+    ws.on('error', (e) => log.debug({ err: e.message }, 'WebSocket error'));
+    ws.on('message', (data: RawData, isBinary: boolean) => guard('message', () => h.onMessage?.(toBuffer(data), isBinary, ws)));
+    ws.on('close', (code: number) => guard('close', () => h.onClose?.(code)));
+    guard('open', () => h.onOpen(ws));
+  }
+}
+
+/** The request target as an absolute URL on localhost, or undefined unless it is origin-form ("/path?query"). */
+function originFormUrl(target: string | undefined): string | undefined {
+  if (!target || !target.startsWith('/') || target.startsWith('//')) return undefined;
+  try {
+    return new URL(target, 'http://localhost').href;
+  } catch {
+    return undefined;
+  }
+}
+
+function toBuffer(data: RawData): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  if (Array.isArray(data)) return Buffer.concat(data);
+  return Buffer.from(data);
+}
+
+const PASSED_HEADERS = ['content-type', 'www-authenticate', 'retry-after'];
+
+/** Answers an upgrade request with a plain HTTP response and closes the connection. */
+function reject(socket: Duplex, status: number, body: string | object, headers?: Headers): void {
+  if (socket.destroyed) return;
+  const text = typeof body === 'string' ? body : JSON.stringify(body);
+  const lines = [`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}`, 'Connection: close', `Content-Length: ${Buffer.byteLength(text)}`];
+  if (typeof body !== 'string') lines.push('Content-Type: application/json');
+  for (const name of PASSED_HEADERS) {
+    const v = headers?.get(name);
+    if (v) lines.push(`${name}: ${v.replace(/[\r\n]/g, ' ')}`);
+  }
+  socket.end(`${lines.join('\r\n')}\r\n\r\n${text}`);
+  // A peer that never reads must not hold the socket open.
+  setTimeout(() => socket.destroy(), 5000).unref();
+}
