@@ -1,35 +1,65 @@
 // The serial console over WebSocket: raw bytes both ways, any number of viewers.
+// Limits (docs/api.md): inbound messages up to CONSOLE_MAX_MESSAGE bytes (keystrokes and
+// pastes); a viewer is paused while the guest does not read its input, and disconnected
+// (close 4008) once more than VIEWER_MAX_BUFFERED bytes of output wait for it.
 import type { Context } from 'hono';
-import type { UpgradeWebSocket, WSContext } from 'hono/ws';
 import type { WebSocket } from 'ws';
 import { errorResponse } from './errors.js';
-import { inboundAllowed, notUpgradeError } from './events.js';
+import { inboundAllowed } from './events.js';
+import { notUpgradeError, upgradeWebSocket } from './websocket.js';
 import { newRouter, type AppDeps, type AppEnv } from './app.js';
 import type { BucketMap } from '../util/leaky-bucket.js';
+import type { ConsoleCloseReason, ConsoleViewer } from '../console/bridge.js';
 
-export function consoleRoutes(deps: AppDeps, upgrade: UpgradeWebSocket, buckets: BucketMap) {
+export const CONSOLE_MAX_MESSAGE = 64 * 1024;
+/** Close code for a viewer that fell too far behind (4000-4999: application codes). */
+export const CLOSE_TOO_SLOW = 4008;
+
+const closeFor: Record<ConsoleCloseReason, [number, string]> = {
+  'vm-stopped': [1000, 'VM stopped'],
+  'too-slow': [CLOSE_TOO_SLOW, 'console viewer too slow: more than 1 MiB of output unread'],
+};
+
+/** A console viewer on a WebSocket: output as binary frames, closes with the reason's code. */
+export function socketViewer(ws: WebSocket): ConsoleViewer {
+  return {
+    write: (d) => ws.send(d, { binary: true }),
+    bufferedAmount: () => ws.bufferedAmount,
+    close: (reason) => {
+      const [code, text] = closeFor[reason];
+      ws.close(code, text);
+      // A viewer that does not read will not read the close frame either.
+      if (reason === 'too-slow') setTimeout(() => ws.terminate(), 1000).unref();
+    },
+  };
+}
+
+export function consoleRoutes(deps: AppDeps, buckets: BucketMap) {
   const router = newRouter();
   router.get('/vms/:id/console', async (c, next) => {
     const notUpgrade = notUpgradeError(c);
     if (notUpgrade) return notUpgrade;
-    const id = c.req.param('id');
+    const id = c.req.param('id') ?? '';
     if (!deps.vms.get(id)) return errorResponse(c, 404, 'not_found', `no VM with id ${id}`);
     if (!deps.supervisor.console(id)) return errorResponse(c, 409, 'not_running', `VM ${id} is not running: its console is closed`);
     return next();
-  }, upgrade((c: Context<AppEnv>) => {
+  }, upgradeWebSocket({ maxPayload: CONSOLE_MAX_MESSAGE }, (c: Context<AppEnv>) => {
     const id = c.req.param('id')!;
     let detach: (() => void) | undefined;
     return {
-      onOpen: (_: Event, ws: WSContext) => {
-        const raw = ws.raw as WebSocket;
+      onOpen: (ws: WebSocket) => {
         const bridge = deps.supervisor.console(id);
         if (!bridge) return ws.close(1011, 'console closed');
-        detach = bridge.attach({ write: (d) => raw.send(d, { binary: true }), close: () => raw.close(1000, 'VM stopped') });
+        detach = bridge.attach(socketViewer(ws));
       },
-      onMessage: (evt: MessageEvent, ws: WSContext) => {
+      onMessage: (data: Buffer, _binary: boolean, ws: WebSocket) => {
         if (!inboundAllowed(c, buckets)) return ws.send(Buffer.from('\r\n[capsule: input rate limited]\r\n'));
-        const data = typeof evt.data === 'string' ? Buffer.from(evt.data, 'utf8') : Buffer.from(evt.data as ArrayBuffer);
-        deps.supervisor.console(id)?.input(data);
+        const bridge = deps.supervisor.console(id);
+        if (bridge && !bridge.input(data)) {
+          // The guest is not reading: stop reading this viewer (TCP pushes back to it) until it drains.
+          ws.pause();
+          bridge.onDrain(() => ws.resume());
+        }
       },
       onClose: () => detach?.(),
     };
