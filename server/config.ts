@@ -1,4 +1,5 @@
 // Server configuration from the environment, validated once at start.
+import { availableParallelism, totalmem } from 'node:os';
 import { resolve, join } from 'node:path';
 import { z } from 'zod';
 
@@ -19,6 +20,16 @@ const EnvSchema = z.object({
   CAPSULE_EVENT_BURST: intFromEnv(1000, 1, 10_000_000),
   /** Events kept per VM for replay (?since=). */
   CAPSULE_EVENT_HISTORY: intFromEnv(1000, 10, 1_000_000),
+  /** Most events one ?since= replay sends (older ones are announced as EVENTS_DROPPED). */
+  CAPSULE_EVENT_REPLAY_LIMIT: intFromEnv(10_000, 1, 1_000_000),
+  /** Below this much free space on the data directory's filesystem, health reports it low. */
+  CAPSULE_MIN_FREE_MIB: intFromEnv(256, 0, 1 << 30),
+  /** Host-wide admission: guest memory all running VMs may take together (default: host memory less a reserve). */
+  CAPSULE_HOST_MEMORY_MIB: z.coerce.number().int().min(64).max(1 << 30).optional(),
+  /** Host-wide admission: vCPUs of all running VMs per host CPU. */
+  CAPSULE_CPU_OVERCOMMIT: z.coerce.number().min(0.1).max(64).default(8),
+  /** Most vCPUs one VM may have (default: the host's CPU count). */
+  CAPSULE_MAX_VCPUS: z.coerce.number().int().min(1).max(254).optional(),
   /** Seconds a clean stop waits for the guest before killing the VMM. */
   CAPSULE_STOP_TIMEOUT: z.coerce.number().min(0).max(3600).default(30),
   CAPSULE_DEFAULT_HYPERVISOR: z.enum(['qemu', 'native']).optional(),
@@ -53,6 +64,16 @@ export interface JailConfig {
   cgroupParent: string | undefined;
 }
 
+/** Host-wide limits checked before a VM is defined or started (server/supervisor/admission.ts). */
+export interface AdmissionConfig {
+  /** Guest memory of all active VMs together, MiB. */
+  hostMemoryMiB: number;
+  /** vCPUs of all active VMs together. */
+  hostVcpus: number;
+  /** vCPUs of one VM. */
+  maxVcpus: number;
+}
+
 export interface Config {
   port: number;
   host: string;
@@ -65,6 +86,9 @@ export interface Config {
   rateLimit: { perSecond: number; burst: number };
   eventRate: { perSecond: number; burst: number };
   eventHistory: number;
+  eventReplayLimit: number;
+  minFreeBytes: number;
+  admission: AdmissionConfig;
   stopTimeoutMs: number;
   defaultHypervisor: 'qemu' | 'native' | undefined;
   qemuBinary: string;
@@ -92,6 +116,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     rateLimit: { perSecond: e.CAPSULE_RATE_LIMIT, burst: e.CAPSULE_RATE_BURST },
     eventRate: { perSecond: e.CAPSULE_EVENT_RATE, burst: e.CAPSULE_EVENT_BURST },
     eventHistory: e.CAPSULE_EVENT_HISTORY,
+    eventReplayLimit: e.CAPSULE_EVENT_REPLAY_LIMIT,
+    minFreeBytes: e.CAPSULE_MIN_FREE_MIB * 1024 * 1024,
+    admission: {
+      hostMemoryMiB: e.CAPSULE_HOST_MEMORY_MIB ?? defaultHostMemoryMiB(),
+      hostVcpus: Math.max(1, Math.floor(availableParallelism() * e.CAPSULE_CPU_OVERCOMMIT)),
+      maxVcpus: e.CAPSULE_MAX_VCPUS ?? Math.min(254, availableParallelism()),
+    },
     stopTimeoutMs: e.CAPSULE_STOP_TIMEOUT * 1000,
     defaultHypervisor: e.CAPSULE_DEFAULT_HYPERVISOR,
     qemuBinary: e.CAPSULE_QEMU,
@@ -108,4 +139,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       cgroupParent: e.CAPSULE_CGROUP_PARENT,
     },
   };
+}
+
+/** Host memory less what the host itself keeps: 1 GiB or 10 %, whichever is more. */
+function defaultHostMemoryMiB(): number {
+  const total = Math.floor(totalmem() / (1024 * 1024));
+  return Math.max(64, total - Math.max(1024, Math.floor(total / 10)));
 }

@@ -1,6 +1,7 @@
 // capsule API server: configuration, database, images, supervisor, HTTP.
-import { mkdirSync, writeFileSync, existsSync } from 'node:fs';
+import { chmodSync, mkdirSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
+import type { Server } from 'node:http';
 import { REPO_ROOT } from './paths.js';
 import { serve } from '@hono/node-server';
 import { pino } from 'pino';
@@ -10,6 +11,7 @@ import { VmStore, type HypervisorName } from './db/vms.js';
 import { ImageStore } from './db/images.js';
 import { TokenStore } from './db/tokens.js';
 import { EventStore } from './db/events.js';
+import { StorageMonitor } from './db/storage.js';
 import { EventHub } from './events/hub.js';
 import { QemuHypervisor } from './hypervisors/qemu.js';
 import { NativeHypervisor } from './hypervisors/native.js';
@@ -24,17 +26,28 @@ import { Jail } from './jail/index.js';
 async function main(): Promise<void> {
   const config = loadConfig();
   const log = pino({ level: config.logLevel, base: { svc: 'capsule' } });
+  // A bug in a request path must cost that request, not the server (and every VM's events).
+  process.on('unhandledRejection', (reason) => {
+    const e = reason instanceof Error ? reason : new Error(String(reason));
+    log.error({ err: e.message, stack: e.stack }, 'unhandled promise rejection');
+  });
+  // The data directory holds token hashes, VM definitions and events: the server's alone.
+  // (build-image.sh may have created it first, with the default umask.)
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  chmodSync(config.dataDir, 0o700);
   mkdirSync(config.vmsDir, { recursive: true, mode: 0o700 });
   // Unix socket paths are limited to 107 bytes: refuse a data directory that breaks them.
   const longest = join(config.vmsDir, '00000000-0000-0000-0000-000000000000', 'console.sock');
   if (Buffer.byteLength(longest) > 107) throw new Error(`CAPSULE_DATA_DIR is too long for Unix socket paths (${longest})`);
 
   const db = openDb(config.dbPath);
-  const vms = new VmStore(db);
+  const storage = new StorageMonitor(config.dataDir, config.minFreeBytes, log);
+  const vms = new VmStore(db, storage);
   const images = new ImageStore(db);
   const tokens = new TokenStore(db);
-  const hub = new EventHub(new EventStore(db, config.eventHistory), config.eventRate);
+  const hub = new EventHub(new EventStore(db, config.eventHistory, storage), config.eventRate, { replayLimit: config.eventReplayLimit });
+  // VM states the disk refused are kept in memory; save them once there is room again.
+  setInterval(() => vms.flushUnsaved(), 5000).unref();
 
   if (tokens.count() === 0) {
     const { token } = tokens.create('admin');
@@ -58,16 +71,16 @@ async function main(): Promise<void> {
   const jailStatus = jail.status();
   if (config.jail.mode !== 'off' && !jail.enabled) log.warn({ reasons: jailStatus.reasons }, `VMMs are not jailed: ${jail.unavailableReason()}`);
   else log.info({ enabled: jailStatus.enabled, cgroups: jailStatus.cgroups, reasons: jailStatus.reasons }, 'VMM jail');
-  const supervisor = new Supervisor({ vms, images, hub, hypervisors, vmsDir: config.vmsDir, stopTimeoutMs: config.stopTimeoutMs, log, jail });
+  const supervisor = new Supervisor({ vms, images, hub, hypervisors, vmsDir: config.vmsDir, stopTimeoutMs: config.stopTimeoutMs, log, jail, admission: config.admission });
   await supervisor.reattachAll();
 
   const webDir = join(REPO_ROOT, 'dist', 'web');
   if (!existsSync(join(webDir, 'index.html'))) log.warn({ webDir }, 'web UI not built (npm run build)');
-  const { app, injectWebSocket } = createApp({ config, log, vms, images, tokens, hub, supervisor, hypervisors, kvm: kvm.available, defaultHypervisor, webDir, jail: jailStatus });
+  const { app, injectWebSocket } = createApp({ config, log, vms, images, tokens, hub, supervisor, hypervisors, kvm: kvm.available, defaultHypervisor, webDir, jail: jailStatus, storage });
   const server = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info) => {
     log.info({ url: `http://${config.host}:${info.port}`, port: info.port, kvm: kvm.available, kvmReason: kvm.reason }, 'listening');
   });
-  injectWebSocket(server);
+  injectWebSocket(server as Server);
 
   const shutdown = (signal: string) => {
     log.info({ signal }, 'shutting down; VMs keep running and are reattached at the next start');

@@ -2,9 +2,10 @@
 import type { Context } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import type { ZodError } from 'zod';
-import { ApiError } from '../supervisor/index.js';
+import { ApiError } from '../supervisor/errors.js';
+import { isNoSpace, isStorageError } from '../db/storage.js';
 
-export type ErrorStatus = 400 | 401 | 404 | 409 | 413 | 429 | 500 | 503;
+export type ErrorStatus = 400 | 401 | 404 | 409 | 413 | 429 | 500 | 503 | 507;
 
 export function errorResponse(c: Context, status: ErrorStatus, code: string, message: string, field?: string): Response {
   return c.json({ error: field === undefined ? { code, message } : { code, message, field } }, status);
@@ -30,6 +31,14 @@ export function onError(err: Error, c: Context): Response {
     const code = status === 400 ? 'invalid_request' : status === 413 ? 'payload_too_large' : 'http_error';
     return errorResponse(c, status, code, err.message || 'request failed');
   }
-  c.get('log')?.error({ err: err.message, stack: err.stack }, 'unhandled error');
+  const log = c.get('log') as { error: (o: object, m: string) => void } | undefined;
+  if (isStorageError(err)) {
+    // The data directory refused a write: say so (nothing was saved), and log it.
+    log?.error({ code: err.code, err: err.message }, 'data directory write failed');
+    return isNoSpace(err)
+      ? errorResponse(c, 507, 'insufficient_storage', 'the server\'s data directory is full: nothing was saved; free space on the host and retry')
+      : errorResponse(c, 503, 'storage_unavailable', `the server's data directory failed (${err.code}): nothing was saved; retry later`);
+  }
+  log?.error({ err: err.message, stack: err.stack }, 'unhandled error');
   return errorResponse(c, 500, 'internal', 'internal server error');
 }

@@ -14,6 +14,7 @@ export function healthRoutes(deps: AppDeps) {
     const details: Record<string, string> = {};
     for (const h of deps.hypervisors.values()) details[h.name] = h.availability().reason;
     const jail = deps.jail ?? { enabled: false, user: false, namespaces: false, cgroups: false, rlimits: false, reasons: { jail: 'not configured' } };
-    return c.json({ status: 'ok' as const, kvm: deps.kvm, hypervisors: usable, defaultHypervisor: deps.defaultHypervisor, details, jail }, 200);
+    const body = { status: 'ok' as const, kvm: deps.kvm, hypervisors: usable, defaultHypervisor: deps.defaultHypervisor, details, jail };
+    return c.json(deps.storage ? { ...body, storage: deps.storage.status() } : body, 200);
   });
 }

@@ -30,7 +30,9 @@ export const CreateVmSchema = z.object({
   vcpus: z.number().int().min(1).max(254).default(1),
   memoryMiB: z.number().int().min(64).max(512 * 1024).default(256),
   hypervisor: z.enum(['qemu', 'native']).optional(),
-  cmdline: z.string().max(2048).refine((s) => !s.includes('\0') && !s.includes('\n'), 'cmdline must not contain NUL or newline').optional(),
+  // The limit is the kernel's (COMMAND_LINE_SIZE), in bytes: 'é' is two of them.
+  cmdline: z.string().refine((s) => Buffer.byteLength(s, 'utf8') <= 2048, 'cmdline must be at most 2048 bytes (UTF-8)')
+    .refine((s) => !s.includes('\0') && !s.includes('\n'), 'cmdline must not contain NUL or newline').optional(),
 }).strict().openapi('CreateVm');
 
 export const ImageSchema = z.object({
@@ -56,6 +58,16 @@ export const HealthSchema = z.object({
     rlimits: z.boolean().openapi({ description: 'jailed VMMs run under RLIMIT_NOFILE and RLIMIT_FSIZE' }),
     reasons: z.record(z.string(), z.string()).openapi({ description: 'per step (and "jail"): what is applied, or why it is not' }),
   }).openapi('JailStatus'),
+  storage: z.object({
+    ok: z.boolean().openapi({ description: 'writes succeed and free space is above the low mark' }),
+    freeBytes: z.number(),
+    totalBytes: z.number(),
+    lowBytes: z.number().openapi({ description: 'CAPSULE_MIN_FREE_MIB' }),
+    low: z.boolean(),
+    lastError: z.object({ code: z.string(), message: z.string(), at: z.string() }).optional(),
+    eventsNotStored: z.number().int().openapi({ description: 'events delivered live but not stored (not replayable) since the server started' }),
+    statesNotSaved: z.number().int().openapi({ description: 'VM state changes held in memory until the disk has room' }),
+  }).optional().openapi('StorageStatus'),
 }).openapi('Health');
 
 export const IdParams = z.object({ id: z.string().min(1).openapi({ param: { name: 'id', in: 'path' } }) });

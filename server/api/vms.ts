@@ -1,6 +1,7 @@
 // /v1/vms: definitions (SQLite) and lifecycle actions (the supervisor).
 import { createRoute, z } from '@hono/zod-openapi';
-import { ApiError } from '../supervisor/index.js';
+import { ApiError } from '../supervisor/errors.js';
+import { checkDefinition } from '../supervisor/admission.js';
 import type { Vm } from '../db/vms.js';
 import { CreateVmSchema, ErrorSchema, ForceQuery, IdParams, VmSchema } from './schemas.js';
 import { newRouter, type AppDeps } from './app.js';
@@ -59,6 +60,7 @@ export function vmRoutes(deps: AppDeps) {
       if (body.vcpus > backend.limits.maxVcpus) {
         throw new ApiError(400, 'invalid_request', `vcpus: the ${hypervisor} hypervisor allows at most ${backend.limits.maxVcpus}`, 'vcpus');
       }
+      checkDefinition(body, deps.config.admission);
       if (deps.vms.getByName(body.name)) throw new ApiError(409, 'conflict', `name: a VM named ${body.name} exists`, 'name');
       const vm = deps.vms.create({ ...body, hypervisor });
       deps.hub.publish(vm.id, 'VM_CREATED', vm as unknown as Record<string, unknown>);

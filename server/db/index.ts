@@ -1,6 +1,6 @@
 // SQLite: open in WAL mode and apply the numbered migrations in migrations/ in order.
 import Database from 'better-sqlite3';
-import { readdirSync, readFileSync, mkdirSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, openSync, readdirSync, readFileSync, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { REPO_ROOT } from '../paths.js';
 
@@ -10,7 +10,11 @@ export type Db = Database.Database;
 export const MIGRATIONS_DIR = join(REPO_ROOT, 'migrations');
 
 export function openDb(path: string, migrationsDir = MIGRATIONS_DIR): Db {
-  mkdirSync(dirname(path), { recursive: true });
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  // Created 0600 before SQLite opens it: SQLite gives the -wal and -shm files the database
+  // file's mode. An older database made with the default umask is tightened too.
+  closeSync(openSync(path, 'a', 0o600));
+  for (const f of [path, `${path}-wal`, `${path}-shm`]) if (existsSync(f)) chmodSync(f, 0o600);
   const db = new Database(path);
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = NORMAL');

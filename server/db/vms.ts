@@ -1,6 +1,7 @@
 // VM definitions: the rows of `vms`, mapped to the API's VM shape.
 import { randomUUID } from 'node:crypto';
 import type { Db } from './index.js';
+import { isStorageError, type StorageMonitor } from './storage.js';
 
 export const VM_STATES = ['created', 'starting', 'running', 'paused', 'stopping', 'stopped', 'crashed'] as const;
 export type VmState = (typeof VM_STATES)[number];
@@ -62,8 +63,14 @@ export class VmStore {
   private readonly deleteStmt;
   /** The list as the API serves it, rebuilt after a write: listing is the hot read. */
   private listCache: { vms: Vm[]; json: string } | undefined;
+  /**
+   * State changes the database refused (disk full): the VM really is in this state, so reads
+   * show it, and every later write (and flushUnsaved(), on a timer) tries to save it again.
+   */
+  private readonly unsaved = new Map<string, { state: VmState; pid: number | null; now: string }>();
 
-  constructor(private readonly db: Db) {
+  constructor(private readonly db: Db, private readonly storage?: StorageMonitor) {
+    if (storage) storage.statesNotSaved = () => this.unsaved.size;
     this.insertStmt = db.prepare(`INSERT INTO vms (id, name, state, image, hypervisor, vcpus, memory_mib, cmdline, pid, created_at, updated_at)
       VALUES (@id, @name, 'created', @image, @hypervisor, @vcpus, @memoryMiB, @cmdline, NULL, @now, @now)`);
     this.getStmt = db.prepare('SELECT * FROM vms WHERE id = ?');
@@ -82,7 +89,7 @@ export class VmStore {
 
   get(id: string): Vm | undefined {
     const r = this.getStmt.get(id) as VmRow | undefined;
-    return r && fromRow(r);
+    return r && fromRow(this.overlay(r));
   }
 
   getByName(name: string): Vm | undefined {
@@ -101,21 +108,49 @@ export class VmStore {
 
   private cachedList(): { vms: Vm[]; json: string } {
     if (!this.listCache) {
-      const vms = (this.listStmt.all() as VmRow[]).map(fromRow);
+      const vms = (this.listStmt.all() as VmRow[]).map((r) => fromRow(this.overlay(r)));
       this.listCache = { vms, json: JSON.stringify({ items: vms }) };
     }
     return this.listCache;
   }
 
-  /** Sets state and pid (undefined clears it); returns the updated VM. */
+  /**
+   * Sets state and pid (undefined clears it); returns the updated VM. Never throws for a full
+   * or failing disk: the VM's state is a fact about a running process, so it is kept in memory
+   * until it can be saved (the supervisor must not treat a refused write as a VMM failure).
+   */
   setState(id: string, state: VmState, pid?: number): Vm | undefined {
     this.listCache = undefined;
-    this.updateStateStmt.run({ id, state, pid: pid ?? null, now: new Date().toISOString() });
+    this.unsaved.set(id, { state, pid: pid ?? null, now: new Date().toISOString() });
+    this.flushUnsaved();
     return this.get(id);
+  }
+
+  /** Tries to save the state changes kept in memory; true when none is left. */
+  flushUnsaved(): boolean {
+    for (const [id, u] of this.unsaved) {
+      try {
+        this.updateStateStmt.run({ id, state: u.state, pid: u.pid, now: u.now });
+      } catch (e) {
+        if (!isStorageError(e)) throw e;
+        this.storage?.failed(e, 'vm state');
+        return false;
+      }
+      this.unsaved.delete(id);
+      this.storage?.succeeded();
+    }
+    return true;
   }
 
   delete(id: string): boolean {
     this.listCache = undefined;
-    return this.deleteStmt.run(id).changes > 0;
+    const deleted = this.deleteStmt.run(id).changes > 0;
+    this.unsaved.delete(id);
+    return deleted;
+  }
+
+  private overlay(r: VmRow): VmRow {
+    const u = this.unsaved.get(r.id);
+    return u ? { ...r, state: u.state, pid: u.pid, updated_at: u.now } : r;
   }
 }

@@ -1,6 +1,13 @@
 // Event fan-out: every event is stored (for ?since= replay) and offered to each matching
 // subscriber through that subscriber's own leaky bucket. A subscriber that cannot keep up
 // loses events, never slows anyone else, and is told how many it lost (EVENTS_DROPPED).
+//
+// Replay (?since=) goes through the same bucket and the same cap on queued bytes: it reads
+// the store a page at a time, one page per turn of the event loop, and waits (for tokens, for
+// the socket to drain) instead of queueing. At most `replayLimit` events are replayed; older
+// ones are announced with EVENTS_DROPPED. A replaying subscriber is not offered live events:
+// they are in the store, and the replay reaches them; once a page comes back empty the
+// subscriber turns live in the same synchronous step, so nothing falls in between.
 import type { CapsuleEvent, EventStore } from '../db/events.js';
 import { LeakyBucket } from '../util/leaky-bucket.js';
 
@@ -16,55 +23,124 @@ export interface SubscribeOptions {
   since?: number | undefined;
 }
 
+export interface HubLimits {
+  /** Bytes queued in a subscriber's socket beyond which it gets nothing more until it drains. */
+  maxBuffered: number;
+  /** Most events one ?since= replay sends. */
+  replayLimit: number;
+  /** Events read from the store per replay step. */
+  replayPage: number;
+}
+
+export const DEFAULT_HUB_LIMITS: HubLimits = { maxBuffered: 1024 * 1024, replayLimit: 10_000, replayPage: 200 };
+
 class Subscriber {
   dropped = 0;
   firstDroppedSeq = 0;
   lastDroppedSeq = 0;
   flushTimer: NodeJS.Timeout | undefined;
+  /** While replaying: the seq of the last event sent (the next page reads after it). */
+  replayCursor: number | undefined;
+  /** Cancels the pending replay step (a timer or an immediate), if any. */
+  cancelStep: (() => void) | undefined;
 
   constructor(readonly sink: SubscriberSink, readonly vm: string | undefined, readonly bucket: LeakyBucket) {}
 }
 
 export class EventHub {
   private readonly subscribers = new Set<Subscriber>();
+  private readonly limits: HubLimits;
 
   constructor(
     private readonly store: EventStore,
     private readonly rate: { perSecond: number; burst: number },
-    private readonly maxBuffered = 4 * 1024 * 1024,
-  ) {}
+    limits: Partial<HubLimits> = {},
+  ) {
+    this.limits = { ...DEFAULT_HUB_LIMITS, ...limits };
+  }
 
   get subscriberCount(): number {
     return this.subscribers.size;
   }
 
+  /** Stores (or, on a full disk, counts) the event, then offers it to live subscribers. Never throws for storage. */
   publish(vm: string, event: string, data: Record<string, unknown> = {}): CapsuleEvent {
     const ev = this.store.append(vm, event, data);
     if (this.subscribers.size === 0) return ev;
     // Encode once, not once per subscriber: with 1,000 subscribers this is the hot loop.
     const message = Buffer.from(JSON.stringify(ev));
     for (const sub of this.subscribers) {
+      if (sub.replayCursor !== undefined) continue;
       if (sub.vm === undefined || sub.vm === vm) this.offer(sub, ev, message);
     }
     return ev;
   }
 
-  /** Registers a sink; replays stored events after `since` first (synchronously: no gap). */
+  /** A deleted VM's history goes with it (its VM_DELETED event stays). */
+  forgetVm(vm: string): void {
+    this.store.purgeVm(vm);
+  }
+
+  /** Registers a sink; with `since`, replays stored events after it first (paced, see above). */
   subscribe(sink: SubscriberSink, opts: SubscribeOptions = {}): () => void {
-    if (opts.since !== undefined) {
-      for (const ev of this.store.since(opts.since, opts.vm)) sink.send(Buffer.from(JSON.stringify(ev)));
-    }
     const sub = new Subscriber(sink, opts.vm, new LeakyBucket(this.rate.perSecond, this.rate.burst));
     this.subscribers.add(sub);
+    if (opts.since !== undefined) this.startReplay(sub, opts.since);
     return () => {
       clearTimeout(sub.flushTimer);
+      sub.cancelStep?.();
       this.subscribers.delete(sub);
     };
   }
 
+  private startReplay(sub: Subscriber, since: number): void {
+    const start = this.store.replayStart(since, sub.vm, this.limits.replayLimit);
+    sub.replayCursor = start.cursor;
+    if (start.skipped > 0) {
+      // Older than the replay limit: announced as dropped, like events a slow subscriber lost.
+      sub.dropped = start.skipped;
+      sub.firstDroppedSeq = start.firstSkipped;
+      sub.lastDroppedSeq = start.cursor;
+    }
+    this.replayStep(sub);
+  }
+
+  /** Sends at most one page, then yields to the event loop (or waits for tokens or drain). */
+  private replayStep(sub: Subscriber): void {
+    sub.cancelStep = undefined;
+    if (!this.subscribers.has(sub) || sub.replayCursor === undefined) return;
+    if (!this.hasRoom(sub)) return this.waitThenReplay(sub);
+    if (sub.dropped > 0) {
+      if (!sub.bucket.tryTake()) return this.waitThenReplay(sub);
+      this.sendDropNotice(sub);
+    }
+    const page = this.store.since(sub.replayCursor, sub.vm, this.limits.replayPage);
+    if (page.length === 0) {
+      sub.replayCursor = undefined; // caught up: live from here on
+      return;
+    }
+    for (const ev of page) {
+      if (!this.hasRoom(sub) || !sub.bucket.tryTake()) return this.waitThenReplay(sub);
+      sub.sink.send(Buffer.from(JSON.stringify(ev)));
+      sub.replayCursor = ev.seq;
+    }
+    const next = setImmediate(() => this.replayStep(sub));
+    sub.cancelStep = () => clearImmediate(next);
+  }
+
+  private waitThenReplay(sub: Subscriber): void {
+    const wait = this.hasRoom(sub) ? Math.max(sub.bucket.msUntil(), 5) : 20;
+    const timer = setTimeout(() => this.replayStep(sub), wait);
+    timer.unref();
+    sub.cancelStep = () => clearTimeout(timer);
+  }
+
+  private hasRoom(sub: Subscriber): boolean {
+    return sub.sink.bufferedAmount() <= this.limits.maxBuffered;
+  }
+
   private offer(sub: Subscriber, ev: CapsuleEvent, message: Buffer): void {
-    const slow = sub.sink.bufferedAmount() > this.maxBuffered;
-    if (!slow && sub.bucket.tryTake()) {
+    if (this.hasRoom(sub) && sub.bucket.tryTake()) {
       if (sub.dropped > 0) this.sendDropNotice(sub);
       sub.sink.send(message);
       return;
@@ -82,7 +158,7 @@ export class EventHub {
     sub.flushTimer = setTimeout(() => {
       sub.flushTimer = undefined;
       if (sub.dropped === 0 || !this.subscribers.has(sub)) return;
-      if (sub.sink.bufferedAmount() <= this.maxBuffered && sub.bucket.tryTake()) this.sendDropNotice(sub);
+      if (this.hasRoom(sub) && sub.bucket.tryTake()) this.sendDropNotice(sub);
       else this.scheduleFlush(sub);
     }, wait);
     sub.flushTimer.unref();

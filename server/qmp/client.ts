@@ -15,6 +15,13 @@ export class QmpError extends Error {
   }
 }
 
+/**
+ * Longest QMP line accepted from a VMM. Replies and events are small; a VMM that sends more
+ * without a newline is broken or hostile (a jailed VMM may be run by a compromised guest), and
+ * buffering it would grow the server without bound: the connection is closed instead.
+ */
+export const MAX_QMP_LINE = 1024 * 1024;
+
 interface Pending { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }
 
 /** Events: 'event' (QmpEvent), 'close' (). */
@@ -100,6 +107,11 @@ export class QmpClient extends EventEmitter {
       const line = this.buffer.slice(0, nl).trim();
       this.buffer = this.buffer.slice(nl + 1);
       if (line) this.onMessage(line);
+    }
+    if (this.buffer.length > MAX_QMP_LINE) {
+      this.buffer = '';
+      this.emit('protocol-error', `a QMP line longer than ${MAX_QMP_LINE} bytes`);
+      this.socket.destroy();
     }
   }
 

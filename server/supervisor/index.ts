@@ -1,8 +1,7 @@
 // The supervisor: one entry per live VM. It launches VMMs (daemonized), keeps one QMP
 // client and one console bridge per VMM, turns QMP events and VMM exits into VM states,
 // and reattaches to running VMMs when the server starts again.
-import { spawn } from 'node:child_process';
-import { appendFileSync, lstatSync, mkdirSync, openSync, closeSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { appendFileSync, fstatSync, lstatSync, mkdirSync, openSync, closeSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ConsoleBridge } from '../console/bridge.js';
@@ -15,6 +14,10 @@ import { QmpClient, type QmpEvent } from '../qmp/client.js';
 import { isAlive, isOurProcess, kill, readPidfile, removeFiles, waitForExit } from './process.js';
 import { asLaunchError, jailedStartFailure, LaunchError, logLine, runLauncher, spawnDetached } from './spawn.js';
 import { VM_ROOT_DIR } from '../jail/command.js';
+import { ApiError } from './errors.js';
+import { LeakyBucket } from '../util/leaky-bucket.js';
+import { checkStart } from './admission.js';
+import type { AdmissionConfig } from '../config.js';
 
 function assertSockets(...paths: string[]): void {
   for (const p of paths) if (!lstatSync(p).isSocket()) throw new Error(`${p} is not a socket`);
@@ -25,11 +28,7 @@ function commandLine(argv: string[]): string {
   return argv.map((a) => (/[\s"']/.test(a) ? JSON.stringify(a) : a)).join(' ');
 }
 
-export class ApiError extends Error {
-  constructor(readonly status: 400 | 404 | 409 | 500 | 503, readonly code: string, message: string, readonly field?: string) {
-    super(message);
-  }
-}
+export { ApiError } from './errors.js';
 
 type Intent = 'stop' | 'reboot';
 
@@ -44,6 +43,10 @@ interface LiveVm {
   exited: Promise<void>;
 }
 
+/** GET /v1/vms/:id/log returns at most this much of the end of the log. */
+export const LOG_TAIL_BYTES = 1024 * 1024;
+/** QMP events a VMM may publish per second (burst: twice that); state changes are never dropped. */
+const QMP_EVENT_RATE = 100;
 const ACTIVE_STATES: readonly VmState[] = ['starting', 'running', 'paused', 'stopping'];
 const LAUNCH_TIMEOUT_MS = 60_000;
 /** Guest-initiated resets relaunch the VMM; more than this many in a minute is a crash loop. */
@@ -59,12 +62,16 @@ export interface SupervisorDeps {
   log: Logger;
   /** The VMM jail (server/jail); absent or disabled: VMMs daemonize as they did before it. */
   jail?: Jail;
+  /** Host-wide limits checked at start; absent: no admission control (unit tests). */
+  admission?: AdmissionConfig;
 }
 
 export class Supervisor {
   private readonly live = new Map<string, LiveVm>();
   private readonly locks = new Map<string, Promise<unknown>>();
   private readonly resets = new Map<string, number[]>();
+  /** VMs a forced stop was asked for: nothing may relaunch them (a reboot in flight, a guest reset). */
+  private readonly forcedStops = new Set<string>();
   private closing = false;
 
   constructor(private readonly d: SupervisorDeps) {}
@@ -89,11 +96,20 @@ export class Supervisor {
     return this.live.get(id)?.console;
   }
 
-  readLog(id: string): string | undefined {
+  /** The last `maxBytes` of the VM's log (a VMM log can reach RLIMIT_FSIZE: never read it whole). */
+  readLog(id: string, maxBytes = LOG_TAIL_BYTES): string | undefined {
+    let fd: number | undefined;
     try {
-      return readFileSync(this.paths(id).log, 'utf8');
+      fd = openSync(this.paths(id).log, 'r');
+      const size = fstatSync(fd).size;
+      const len = Math.min(size, maxBytes);
+      const buf = Buffer.alloc(len);
+      readSync(fd, buf, 0, len, size - len);
+      return (size > len ? `[capsule: the first ${size - len} bytes of the log are not shown]\n` : '') + buf.toString('utf8');
     } catch {
       return undefined;
+    } finally {
+      if (fd !== undefined) closeSync(fd);
     }
   }
 
@@ -103,14 +119,19 @@ export class Supervisor {
     return this.withLock(id, async () => {
       const vm = this.mustGet(id);
       this.expectState(vm, ['created', 'stopped', 'crashed'], 'start');
+      // Checked in the same synchronous step as launch()'s move to `starting`.
+      if (this.d.admission) checkStart(vm, this.d.vms.list(), this.d.admission);
       this.resets.delete(id);
+      this.forcedStops.delete(id);
       await this.launch(vm);
       return this.mustGet(id);
     });
   }
 
   stop(id: string, force: boolean): Promise<Vm> {
-    // A forced stop does not queue behind a clean stop that waits for the guest: it kills now.
+    // A forced stop does not queue behind a clean stop that waits for the guest: it kills now,
+    // and a reboot or guest reset in flight must not bring the VM back afterwards.
+    if (force && this.d.vms.get(id)) this.forcedStops.add(id);
     const live = this.live.get(id);
     if (force && live) return this.killNow(live);
     return this.withLock(id, async () => {
@@ -125,7 +146,7 @@ export class Supervisor {
     return this.withLock(id, async () => {
       const vm = this.mustGet(id);
       this.expectState(vm, ['running'], 'pause');
-      await this.mustLive(id).qmp.execute('stop');
+      await this.qmpAction(id, 'pause', 'stop');
       this.setState(id, 'paused');
       return this.mustGet(id);
     });
@@ -135,7 +156,7 @@ export class Supervisor {
     return this.withLock(id, async () => {
       const vm = this.mustGet(id);
       this.expectState(vm, ['paused'], 'resume');
-      await this.mustLive(id).qmp.execute('cont');
+      await this.qmpAction(id, 'resume', 'cont');
       this.setState(id, 'running');
       return this.mustGet(id);
     });
@@ -156,12 +177,15 @@ export class Supervisor {
         kill(live.pid);
         await live.exited;
       }
+      // A forced stop that came in meanwhile wins: no relaunch.
+      if (this.forcedStops.has(id)) return this.mustGet(id);
       await this.launch(this.mustGet(id), 'reboot');
       return this.mustGet(id);
     });
   }
 
   private async killNow(live: LiveVm): Promise<Vm> {
+    this.forcedStops.add(live.id);
     live.intent = 'stop';
     this.setState(live.id, 'stopping', live.pid);
     kill(live.pid);
@@ -177,6 +201,9 @@ export class Supervisor {
       this.d.vms.delete(id);
       rmSync(this.paths(id).dir, { recursive: true, force: true });
       this.d.hub.publish(id, 'VM_DELETED', {});
+      this.d.hub.forgetVm(id);
+      this.forcedStops.delete(id);
+      this.resets.delete(id);
     });
   }
 
@@ -278,13 +305,27 @@ export class Supervisor {
     const exited = new Promise<void>((r) => { resolveExited = r; });
     const live: LiveVm = { id, pid, hypervisor, qmp, console: consoleBridge, intent, shutdownReason: undefined, exited };
     this.live.set(id, live);
-    qmp.on('event', (ev: QmpEvent) => this.onQmpEvent(live, ev));
+    // A VMM is not trusted to be polite (a compromised guest may drive it): its events are
+    // rate limited before they reach the store and the subscribers.
+    const bucket = new LeakyBucket(QMP_EVENT_RATE, 2 * QMP_EVENT_RATE);
+    let dropped = 0;
+    qmp.on('event', (ev: QmpEvent) => {
+      if (bucket.tryTake()) {
+        if (dropped > 0) this.d.log.warn({ vm: id, dropped }, 'QMP events dropped: the VMM sent more than the rate limit');
+        dropped = 0;
+        this.onQmpEvent(live, ev, true);
+      } else {
+        dropped++;
+        this.onQmpEvent(live, ev, false);
+      }
+    });
+    qmp.on('protocol-error', (what: string) => this.d.log.warn({ vm: id, what }, 'QMP protocol error: closing the connection'));
     qmp.once('close', () => { void this.onVmmGone(live).finally(resolveExited); });
     return live;
   }
 
-  private onQmpEvent(live: LiveVm, ev: QmpEvent): void {
-    this.d.hub.publish(live.id, ev.event, ev.data);
+  private onQmpEvent(live: LiveVm, ev: QmpEvent, publish: boolean): void {
+    if (publish) this.d.hub.publish(live.id, ev.event, ev.data);
     const state = this.d.vms.get(live.id)?.state;
     if (ev.event === 'STOP' && state === 'running') this.setState(live.id, 'paused');
     else if (ev.event === 'RESUME' && state === 'paused') this.setState(live.id, 'running');
@@ -308,21 +349,46 @@ export class Supervisor {
     removeFiles(paths.pidfile, paths.qmpSocket, paths.consoleSocket);
     await this.d.jail?.cleanup(live.id, paths.dir);
     if (!this.d.vms.get(live.id)) return; // deleted meanwhile
-    appendFileSync(paths.log, `${new Date().toISOString()} capsule: VMM ${live.pid} exited (${live.intent ? `requested ${live.intent}` : `shutdown reason: ${live.shutdownReason ?? 'none'}`})\n`);
+    this.appendLog(paths.log, `VMM ${live.pid} exited (${live.intent ? `requested ${live.intent}` : `shutdown reason: ${live.shutdownReason ?? 'none'}`})`);
     const guestReset = live.shutdownReason === 'guest-reset';
     if (live.intent === 'reboot') {
       this.setState(live.id, 'starting');
     } else if (live.intent === 'stop' || (live.shutdownReason !== undefined && !guestReset)) {
       this.setState(live.id, 'stopped');
-    } else if (guestReset && this.allowReset(live.id)) {
+    } else if (guestReset && !this.forcedStops.has(live.id) && this.allowReset(live.id)) {
       // The guest rebooted itself: boot it again, like a machine would.
       this.setState(live.id, 'starting');
-      void this.withLock(live.id, () => this.launch(this.mustGet(live.id), 'reboot')).catch((e: Error) =>
+      void this.withLock(live.id, () => (this.forcedStops.has(live.id) ? Promise.resolve() : this.launch(this.mustGet(live.id), 'reboot'))).catch((e: Error) =>
         this.d.log.error({ vm: live.id, err: e.message }, 'relaunch after guest reset failed'));
     } else {
       const reason = guestReset ? 'guest reset loop' : 'VMM exited unexpectedly';
       this.setState(live.id, 'crashed');
       this.d.hub.publish(live.id, 'CRASHED', { reason, pid: live.pid });
+    }
+  }
+
+  /** A line in the VM's log; best effort (a full disk must not stop the supervisor). */
+  private appendLog(path: string, line: string): void {
+    try {
+      appendFileSync(path, `${new Date().toISOString()} capsule: ${line}\n`);
+    } catch (e) {
+      this.d.log.warn({ file: path, err: (e as Error).message }, 'cannot append to the VM log');
+    }
+  }
+
+  /**
+   * A QMP command for a lifecycle action. If it fails because the VMM went away meanwhile (a
+   * forced stop, a crash), that is a conflict with the VM's new state (409), not a server error.
+   */
+  private async qmpAction(id: string, action: string, command: string): Promise<void> {
+    const live = this.mustLive(id);
+    try {
+      await live.qmp.execute(command);
+    } catch (e) {
+      if (live.qmp.isClosed || live.intent === 'stop' || this.live.get(id) !== live) {
+        throw new ApiError(409, 'invalid_state', `cannot ${action}: the VM's VMM went away meanwhile (state ${this.d.vms.get(id)?.state ?? 'deleted'})`);
+      }
+      throw e;
     }
   }
 

@@ -1,0 +1,81 @@
+// Issue 8, with real VMMs (QEMU): host-wide admission at start (M1), a forced stop racing a
+// reboot (M2), and a pause racing a forced stop (L2). No guest needs to finish booting.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { TestServer, sleep, waitFor } from '../test/harness.js';
+import { isAlive } from './process.js';
+
+let s: TestServer;
+before(async () => {
+  s = await TestServer.start({ env: { CAPSULE_HOST_MEMORY_MIB: '700', CAPSULE_CPU_OVERCOMMIT: '1', CAPSULE_STOP_TIMEOUT: '5' } });
+});
+after(async () => { await s.stop(); });
+
+const create = async (name: string, body: Record<string, unknown> = {}) => {
+  const r = await s.api('POST', '/v1/vms', { name, memoryMiB: 256, ...body });
+  assert.equal(r.status, 201, JSON.stringify(r.body));
+  return r.body.id as string;
+};
+const state = async (id: string) => (await s.api('GET', `/v1/vms/${id}`)).body.state as string;
+
+test('M1: a start that does not fit beside the running VMs is refused with 409 naming the limit', async () => {
+  const a = await create('adm-a', { memoryMiB: 512 });
+  const b = await create('adm-b', { memoryMiB: 256 });
+  assert.equal((await s.api('POST', `/v1/vms/${a}/start`)).status, 200);
+  const refused = await s.api('POST', `/v1/vms/${b}/start`);
+  assert.equal(refused.status, 409);
+  assert.equal(refused.body.error.code, 'insufficient_capacity');
+  assert.match(refused.body.error.message, /256 MiB asked, 188 MiB of 700 MiB free \(CAPSULE_HOST_MEMORY_MIB\)/);
+  assert.equal(await state(b), 'created', 'nothing was launched');
+  // Concurrent starts cannot both take the last room.
+  await s.api('POST', `/v1/vms/${a}/stop?force=true`);
+  const c = await create('adm-c', { memoryMiB: 400 });
+  const d = await create('adm-d', { memoryMiB: 400 });
+  const [rc, rd] = await Promise.all([s.api('POST', `/v1/vms/${c}/start`), s.api('POST', `/v1/vms/${d}/start`)]);
+  assert.deepEqual([rc.status, rd.status].sort(), [200, 409]);
+  for (const id of [c, d]) await s.api('POST', `/v1/vms/${id}/stop?force=true`);
+  // vCPUs: overcommit 1 on this host allows its CPU count in all.
+  const host = (await import('node:os')).availableParallelism();
+  const e = await create('adm-e', { vcpus: host });
+  const f = await create('adm-f', { vcpus: 1 });
+  assert.equal((await s.api('POST', `/v1/vms/${e}/start`)).status, 200);
+  const cpu = await s.api('POST', `/v1/vms/${f}/start`);
+  assert.equal(cpu.status, 409);
+  assert.match(cpu.body.error.message, /not enough host CPUs.*CAPSULE_CPU_OVERCOMMIT/);
+  await s.api('POST', `/v1/vms/${e}/stop?force=true`);
+  for (const id of [a, b, c, d, e, f]) assert.equal((await s.api('DELETE', `/v1/vms/${id}?force=true`)).status, 204);
+});
+
+test('M2: a forced stop racing a reboot wins (3 of 3 trials)', async () => {
+  const id = await create('race-reboot');
+  for (let trial = 0; trial < 3; trial++) {
+    const started = await s.api('POST', `/v1/vms/${id}/start`);
+    assert.equal(started.status, 200, JSON.stringify(started.body));
+    const reboot = s.api('POST', `/v1/vms/${id}/reboot`);
+    await sleep(20 + trial * 40);
+    const stop = await s.api('POST', `/v1/vms/${id}/stop?force=true`);
+    assert.equal(stop.status, 200, JSON.stringify(stop.body));
+    await reboot; // 200 or 409: either way it must not bring the VM back
+    await sleep(1500);
+    assert.equal(await state(id), 'stopped', `trial ${trial}: the forced stop wins`);
+    const pid = started.body.pid as number;
+    assert.ok(!isAlive(pid), 'the VMM is gone');
+  }
+  assert.equal((await s.api('DELETE', `/v1/vms/${id}`)).status, 204);
+});
+
+test('L2: a pause racing a forced stop answers 200 or 409, never 500', async () => {
+  const id = await create('race-pause');
+  for (let trial = 0; trial < 5; trial++) {
+    assert.equal((await s.api('POST', `/v1/vms/${id}/start`)).status, 200);
+    const [pause, stop] = await Promise.all([
+      s.api('POST', `/v1/vms/${id}/pause`),
+      sleep(trial * 3).then(() => s.api('POST', `/v1/vms/${id}/stop?force=true`)),
+    ]);
+    assert.equal(stop.status, 200);
+    assert.ok(pause.status === 200 || pause.status === 409, `pause: ${pause.status} ${JSON.stringify(pause.body)}`);
+    await waitFor('stopped', async () => (await state(id)) === 'stopped' || undefined, 10_000);
+  }
+  assert.doesNotMatch(s.output, /"msg":"unhandled error"/);
+  assert.equal((await s.api('DELETE', `/v1/vms/${id}`)).status, 204);
+});
