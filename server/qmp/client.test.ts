@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { QmpClient, QmpError } from './client.js';
+import { MAX_QMP_LINE, QmpClient, QmpError } from './client.js';
 
 test('talks to QEMU: capabilities, commands, errors, events', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'qmp-'));
@@ -47,6 +47,45 @@ test('survives garbage from the peer and fails pending commands when it hangs up
   try {
     const qmp = await QmpClient.connect(sock);
     await assert.rejects(qmp.execute('query-status'), /closed/);
+  } finally {
+    server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a peer that sends an endless line is cut off at MAX_QMP_LINE instead of growing the server', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'qmp-'));
+  const sock = join(dir, 'flood.sock');
+  let peerClosed = false;
+  const server = createServer((c) => {
+    c.on('close', () => { peerClosed = true; });
+    c.on('error', () => { /* cut off */ });
+    c.write('{"QMP":{"version":{},"capabilities":[]}}\n');
+    c.once('data', (d) => {
+      const msg = JSON.parse(d.toString().trim().split('\n')[0]!) as { id: string };
+      c.write(`{"return":{},"id":"${msg.id}"}\n`);
+      // Then 8 MiB without a newline, as fast as the socket takes it.
+      const chunk = Buffer.alloc(64 * 1024, 0x61);
+      let sent = 0;
+      const pump = () => {
+        while (sent < 8 * 1024 * 1024 && !c.destroyed) {
+          sent += chunk.length;
+          if (!c.write(chunk)) return void c.once('drain', pump);
+        }
+      };
+      pump();
+    });
+  });
+  await new Promise<void>((r) => server.listen(sock, r));
+  try {
+    const qmp = await QmpClient.connect(sock);
+    const why = new Promise<string>((r) => qmp.once('protocol-error', r));
+    const closed = new Promise((r) => qmp.once('close', r));
+    assert.match(await why, new RegExp(`longer than ${MAX_QMP_LINE}`));
+    await closed;
+    assert.equal(qmp.isClosed, true);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.ok(peerClosed, 'the connection was closed');
   } finally {
     server.close();
     rmSync(dir, { recursive: true, force: true });
