@@ -1,7 +1,7 @@
 // The supervisor: one entry per live VM. It launches VMMs (daemonized), keeps one QMP
 // client and one console bridge per VMM, turns QMP events and VMM exits into VM states,
 // and reattaches to running VMMs when the server starts again.
-import { appendFileSync, fstatSync, lstatSync, mkdirSync, openSync, closeSync, readSync, rmSync, writeFileSync } from 'node:fs';
+import { fstatSync, lstatSync, mkdirSync, openSync, closeSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ConsoleBridge } from '../console/bridge.js';
@@ -12,7 +12,7 @@ import type { Hypervisor, VmPaths } from '../hypervisors/types.js';
 import type { Jail } from '../jail/index.js';
 import { QmpClient, type QmpEvent } from '../qmp/client.js';
 import { isAlive, isOurProcess, kill, readPidfile, removeFiles, waitForExit } from './process.js';
-import { asLaunchError, jailedStartFailure, LaunchError, logLine, runLauncher, spawnDetached } from './spawn.js';
+import { asLaunchError, commandLine, jailedStartFailure, LAUNCH_TIMEOUT_MS, LaunchError, logLine, runLauncher, spawnDetached } from './spawn.js';
 import { VM_ROOT_DIR } from '../jail/command.js';
 import { ApiError } from './errors.js';
 import { LeakyBucket } from '../util/leaky-bucket.js';
@@ -21,11 +21,6 @@ import type { AdmissionConfig } from '../config.js';
 
 function assertSockets(...paths: string[]): void {
   for (const p of paths) if (!lstatSync(p).isSocket()) throw new Error(`${p} is not a socket`);
-}
-
-/** A command line as one log line (arguments with spaces or quotes JSON-quoted). */
-function commandLine(argv: string[]): string {
-  return argv.map((a) => (/[\s"']/.test(a) ? JSON.stringify(a) : a)).join(' ');
 }
 
 export { ApiError } from './errors.js';
@@ -48,7 +43,6 @@ export const LOG_TAIL_BYTES = 1024 * 1024;
 /** QMP events a VMM may publish per second (burst: twice that); state changes are never dropped. */
 const QMP_EVENT_RATE = 100;
 const ACTIVE_STATES: readonly VmState[] = ['starting', 'running', 'paused', 'stopping'];
-const LAUNCH_TIMEOUT_MS = 60_000;
 /** Guest-initiated resets relaunch the VMM; more than this many in a minute is a crash loop. */
 const MAX_RESETS_PER_MINUTE = 5;
 
@@ -349,7 +343,7 @@ export class Supervisor {
     removeFiles(paths.pidfile, paths.qmpSocket, paths.consoleSocket);
     await this.d.jail?.cleanup(live.id, paths.dir);
     if (!this.d.vms.get(live.id)) return; // deleted meanwhile
-    this.appendLog(paths.log, `VMM ${live.pid} exited (${live.intent ? `requested ${live.intent}` : `shutdown reason: ${live.shutdownReason ?? 'none'}`})`);
+    logLine(paths.log, `VMM ${live.pid} exited (${live.intent ? `requested ${live.intent}` : `shutdown reason: ${live.shutdownReason ?? 'none'}`})`);
     const guestReset = live.shutdownReason === 'guest-reset';
     if (live.intent === 'reboot') {
       this.setState(live.id, 'starting');
@@ -364,15 +358,6 @@ export class Supervisor {
       const reason = guestReset ? 'guest reset loop' : 'VMM exited unexpectedly';
       this.setState(live.id, 'crashed');
       this.d.hub.publish(live.id, 'CRASHED', { reason, pid: live.pid });
-    }
-  }
-
-  /** A line in the VM's log; best effort (a full disk must not stop the supervisor). */
-  private appendLog(path: string, line: string): void {
-    try {
-      appendFileSync(path, `${new Date().toISOString()} capsule: ${line}\n`);
-    } catch (e) {
-      this.d.log.warn({ file: path, err: (e as Error).message }, 'cannot append to the VM log');
     }
   }
 
