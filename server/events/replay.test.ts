@@ -71,7 +71,9 @@ test('H4: replay is limited (older events announced as EVENTS_DROPPED) and paced
   assert.equal(replayed.length, 100);
   assert.deepEqual(replayed.map((m) => m.seq), Array.from({ length: 100 }, (_, i) => 201 + i), 'the newest 100, in order');
   assert.ok(Date.now() - t0 >= 3000, 'paced, not all at once');
-  // Then it is live: a new event arrives once, after the replay.
+  // Then it is live: a new event arrives once, after the replay (once the bucket has refilled:
+  // right after the replay it is empty, and an event then would be dropped and announced).
+  await sleep(1000);
   const created = await s.api('POST', '/v1/vms', { name: 'after-replay' });
   await c.waitFor('VM_CREATED', () => true, 5000);
   assert.equal(c.messages.filter((m) => m.event === 'VM_CREATED' && m.vm === created.body.id).length, 1);
