@@ -6,7 +6,8 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import type WebSocket from 'ws';
+import { connect, type Socket } from 'node:net';
+import { randomBytes } from 'node:crypto';
 import { openDb } from '../db/index.js';
 import { TestServer, EventCollector, sleep, waitFor } from '../test/harness.js';
 
@@ -26,18 +27,27 @@ function dataDirWithEvents(n: number): string {
   return dir;
 }
 
-/** Stops reading a client socket: the server's sends pile up in its own buffer. */
-function stopReading(ws: WebSocket): void {
-  (ws as unknown as { _socket: { pause(): void } })._socket.pause();
+/**
+ * A WebSocket client that never reads a byte, from the first one on: a raw TCP connection that
+ * sends the upgrade request and nothing else (no 'data' listener: the stream stays paused), so
+ * whatever the server sends piles up in the kernel's buffers and then in the server.
+ */
+function neverReadingSubscriber(s: TestServer, path: string): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const sock = connect(s.port, '127.0.0.1', () => {
+      sock.write(`GET ${path}&access_token=${encodeURIComponent(s.token)} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n`
+        + `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+      resolve(sock);
+    });
+    sock.on('error', reject);
+  });
 }
 
 test('H4: 20 paused ?since=0 sockets over 100k events: memory stays bounded, health answers', async () => {
   const s = await TestServer.start({ dataDir: dataDirWithEvents(EVENTS), env: { CAPSULE_EVENT_HISTORY: String(EVENTS) } });
   servers.push(s);
   const rss0 = s.rssMiB();
-  const sockets = Array.from({ length: 20 }, () => s.ws('/v1/events?since=0'));
-  await Promise.all(sockets.map((ws) => new Promise((res, rej) => { ws.once('open', res); ws.once('error', rej); })));
-  for (const ws of sockets) stopReading(ws);
+  const sockets = await Promise.all(Array.from({ length: 20 }, () => neverReadingSubscriber(s, '/v1/events?since=0')));
   // Long enough for an unpaced replay to have queued everything (that took the server to 1.4 GiB).
   for (let i = 0; i < 15; i++) {
     assert.equal((await fetch(`${s.url}/v1/health`)).status, 200);
@@ -45,7 +55,7 @@ test('H4: 20 paused ?since=0 sockets over 100k events: memory stays bounded, hea
   }
   const grown = s.rssMiB() - rss0;
   assert.ok(grown < 200, `server RSS grew ${grown.toFixed(0)} MiB with 20 paused replays`);
-  for (const ws of sockets) ws.terminate();
+  for (const sock of sockets) sock.destroy();
 });
 
 test('H4: replay is limited (older events announced as EVENTS_DROPPED) and paced by the bucket', async () => {
