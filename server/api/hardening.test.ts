@@ -55,6 +55,10 @@ test('C1: a non-WebSocket upgrade gets 400; an unauthenticated WebSocket upgrade
   const noToken = await raw(`GET /v1/events HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`);
   assert.match(noToken, /^HTTP\/1\.1 401 /);
   assert.match(noToken, /"code":"unauthorized"/);
+  // An upgrade to a route that is not a WebSocket endpoint: 400, not that route's answer.
+  const notWs = await raw(`GET /v1/vms HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${s.token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+  assert.match(notWs, /^HTTP\/1\.1 400 /);
+  assert.match(notWs, /not a WebSocket endpoint/);
   assert.ok(await healthy());
 });
 

@@ -104,6 +104,10 @@ export function attachWebSockets(server: Server, app: FetchApp, log: Logger): vo
     const env: UpgradeEnv = { incoming: req, outgoing: undefined, [UPGRADE]: slot };
     const res = await app.request(url, { method: req.method ?? 'GET', headers }, env);
     const accepted = slot.accepted;
+    if (!accepted && res.ok) {
+      // A route that is not a WebSocket endpoint answered: its body is not for an upgrade request.
+      return reject(socket, 400, { error: { code: 'invalid_request', message: `${url.slice('http://localhost'.length)} is not a WebSocket endpoint` } });
+    }
     if (!accepted || res.status !== 200) return reject(socket, res.status, await res.text(), res.headers);
     if (socket.destroyed) return;
     wssFor(accepted.maxPayload).handleUpgrade(req, socket, head, (ws) => open(ws, accepted.handlers));
