@@ -7,13 +7,15 @@
 # - Otherwise: ONE boot of a nested lab. An L1 Linux guest runs under QEMU/TCG with an AMD CPU
 #   that has SVM (-cpu EPYC); its init loads kvm_amd (=> a real /dev/kvm inside), mounts the host's
 #   / read-only over 9p (multidevs=remap) and a writable work folder at the same path as on the
-#   host, chroots into the host's / and runs the tests there. Output is printed; the exit status
-#   is the tests' status.
+#   host, chroots into the host's / and runs the tests there, one file at a time. Output is
+#   printed; the exit status is the tests' status. The lab is slow and noisy: a file that fails
+#   runs once more (said in a KVMTESTS: line), and an L1 whose kernel locks up (soft lockup of
+#   CAPSULE_LAB_LOCKUP_S, 120 s) is ended and booted afresh once.
 # - No QEMU: says so and exits 3.
 #
 # Env: CAPSULE_LAB_DIR (work folder, default /tmp/capsule-lab; the L1 initramfs is cached there)
 #      CAPSULE_LAB_TIMEOUT (s, 1500)  CAPSULE_LAB_MEM (4G)  CAPSULE_LAB_SMP (2)  CAPSULE_LAB_CPU (EPYC)
-#      CAPSULE_LAB_VERBOSE=1 (print the whole L1 console)
+#      CAPSULE_LAB_VERBOSE=1 (print the whole L1 console)  CAPSULE_LAB_LOCKUP_S (120)
 #      KVM_TESTS_ENV="VAR1 VAR2" (extra variables passed into the lab; CAPSULE_* always are)
 #      CAPSULE_NO_BUILD=1 (skip `tsc`)   CAPSULE_TEST_IMAGE (guest image dir; built if unset)
 set -uo pipefail
