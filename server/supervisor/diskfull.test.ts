@@ -58,7 +58,8 @@ test('H1: a full data directory gives 507s, keeps the VM running, and recovers',
   assert.equal(created.status, 507, JSON.stringify(created.body));
   assert.equal(created.body.error.code, 'insufficient_storage');
   assert.match(created.body.error.message, /full/);
-  assert.match(s.output, /data directory write failed/);
+  const server = s;
+  await waitFor('the failure logged', () => /data directory write failed/.test(server.output) || undefined, 5000);
 
   // Pausing still works: the STOP event reaches the subscriber live though it cannot be stored.
   const paused = await s.api('POST', `/v1/vms/${id}/pause`);
