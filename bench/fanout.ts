@@ -10,7 +10,7 @@ export async function benchFanout(opts: { subscribers?: number; events?: number;
   const subscribers = opts.subscribers ?? 1000;
   const events = opts.events ?? 400;
   const rate = opts.ratePerSecond ?? 40; // events/s produced; x subscribers = msgs/s offered
-  const s = await TestServer.start({ env: { CAPSULE_RATE_LIMIT: '10000000', CAPSULE_RATE_BURST: '10000000', CAPSULE_LOG_LEVEL: 'warn' } });
+  const s = await TestServer.start({ env: { CAPSULE_RATE_LIMIT: '10000000', CAPSULE_RATE_BURST: '10000000', CAPSULE_MAX_SOCKETS_PER_TOKEN: '100000', CAPSULE_LOG_LEVEL: 'warn' } });
   const sockets: WebSocket[] = [];
   try {
     const latencies: number[] = [];

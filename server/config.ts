@@ -35,6 +35,8 @@ const EnvSchema = z.object({
   CAPSULE_DEFAULT_HYPERVISOR: z.enum(['qemu', 'native']).optional(),
   CAPSULE_QEMU: z.string().default('qemu-system-x86_64'),
   CAPSULE_MAX_BODY_BYTES: intFromEnv(64 * 1024, 128, 64 * 1024 * 1024),
+  /** Open WebSockets (events and consoles together) per token. */
+  CAPSULE_MAX_SOCKETS_PER_TOKEN: intFromEnv(64, 1, 100_000),
   /** The VMM jail (docs/jail.md): auto = on where the host allows it, on = required, off. */
   CAPSULE_JAIL: z.enum(['auto', 'on', 'off']).default('auto'),
   /** One fixed uid (and gid) for every jailed VMM; unset: a per-VM uid from the range below. */
@@ -93,6 +95,7 @@ export interface Config {
   defaultHypervisor: 'qemu' | 'native' | undefined;
   qemuBinary: string;
   maxBodyBytes: number;
+  maxSocketsPerToken: number;
   jail: JailConfig;
 }
 
@@ -127,6 +130,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     defaultHypervisor: e.CAPSULE_DEFAULT_HYPERVISOR,
     qemuBinary: e.CAPSULE_QEMU,
     maxBodyBytes: e.CAPSULE_MAX_BODY_BYTES,
+    maxSocketsPerToken: e.CAPSULE_MAX_SOCKETS_PER_TOKEN,
     jail: {
       mode: e.CAPSULE_JAIL,
       uid: e.CAPSULE_JAIL_UID,

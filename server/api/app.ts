@@ -15,7 +15,7 @@ import type { JailStatus } from '../jail/index.js';
 import type { StorageMonitor } from '../db/storage.js';
 import { BucketMap } from '../util/leaky-bucket.js';
 import { requireToken, rateLimit, requestLogger, type AuthVariables } from '../auth/middleware.js';
-import { attachWebSockets } from './websocket.js';
+import { attachWebSockets, SocketLimiter } from './websocket.js';
 import { errorResponse, onError, validationError } from './errors.js';
 import { healthRoutes } from './health.js';
 import { imageRoutes } from './images.js';
@@ -54,6 +54,7 @@ export function newRouter(): App {
 export function createApp(deps: AppDeps) {
   const app = newRouter();
   const buckets = new BucketMap(deps.config.rateLimit.perSecond, deps.config.rateLimit.burst);
+  const sockets = new SocketLimiter(deps.config.maxSocketsPerToken);
 
   app.onError(onError);
   app.use('*', requestLogger(deps.log));
@@ -67,8 +68,8 @@ export function createApp(deps: AppDeps) {
   app.route('/v1', healthRoutes(deps));
   app.route('/v1', imageRoutes(deps));
   app.route('/v1', vmRoutes(deps));
-  app.route('/v1', eventRoutes(deps, buckets));
-  app.route('/v1', consoleRoutes(deps, buckets));
+  app.route('/v1', eventRoutes(deps, buckets, sockets));
+  app.route('/v1', consoleRoutes(deps, buckets, sockets));
   app.doc('/v1/openapi.json', {
     openapi: '3.0.3',
     info: { title: 'capsule API', version: '0.1.0', description: 'microVMs as a service' },

@@ -5,8 +5,8 @@
 import type { Context } from 'hono';
 import type { WebSocket } from 'ws';
 import { errorResponse } from './errors.js';
-import { inboundAllowed } from './events.js';
-import { notUpgradeError, upgradeWebSocket } from './websocket.js';
+import { inboundAllowed, tokenKey } from './events.js';
+import { notUpgradeError, upgradeWebSocket, type SocketLimiter } from './websocket.js';
 import { newRouter, type AppDeps, type AppEnv } from './app.js';
 import type { BucketMap } from '../util/leaky-bucket.js';
 import type { ConsoleCloseReason, ConsoleViewer } from '../console/bridge.js';
@@ -34,7 +34,7 @@ export function socketViewer(ws: WebSocket): ConsoleViewer {
   };
 }
 
-export function consoleRoutes(deps: AppDeps, buckets: BucketMap) {
+export function consoleRoutes(deps: AppDeps, buckets: BucketMap, sockets: SocketLimiter) {
   const router = newRouter();
   router.get('/vms/:id/console', async (c, next) => {
     const notUpgrade = notUpgradeError(c);
@@ -43,7 +43,7 @@ export function consoleRoutes(deps: AppDeps, buckets: BucketMap) {
     if (!deps.vms.get(id)) return errorResponse(c, 404, 'not_found', `no VM with id ${id}`);
     if (!deps.supervisor.console(id)) return errorResponse(c, 409, 'not_running', `VM ${id} is not running: its console is closed`);
     return next();
-  }, upgradeWebSocket({ maxPayload: CONSOLE_MAX_MESSAGE }, (c: Context<AppEnv>) => {
+  }, upgradeWebSocket({ maxPayload: CONSOLE_MAX_MESSAGE, limit: { limiter: sockets, key: tokenKey } }, (c: Context<AppEnv>) => {
     const id = c.req.param('id')!;
     let detach: (() => void) | undefined;
     return {

@@ -3,12 +3,15 @@
 import type { Context } from 'hono';
 import type { WebSocket } from 'ws';
 import { errorResponse } from './errors.js';
-import { notUpgradeError, upgradeWebSocket } from './websocket.js';
+import { notUpgradeError, upgradeWebSocket, type SocketLimiter } from './websocket.js';
 import { newRouter, type AppDeps, type AppEnv } from './app.js';
 import type { BucketMap } from '../util/leaky-bucket.js';
 import type { TokenRecord } from '../db/tokens.js';
 
 export const EVENTS_MAX_MESSAGE = 4 * 1024;
+
+/** Open WebSockets are counted per token. */
+export const tokenKey = (c: Context) => (c.get('token') as TokenRecord).id;
 
 /** Inbound messages count against the token's bucket like API calls do. */
 export function inboundAllowed(c: Context<AppEnv>, buckets: BucketMap): boolean {
@@ -16,7 +19,7 @@ export function inboundAllowed(c: Context<AppEnv>, buckets: BucketMap): boolean 
   return buckets.get(token.id).tryTake();
 }
 
-export function eventRoutes(deps: AppDeps, buckets: BucketMap) {
+export function eventRoutes(deps: AppDeps, buckets: BucketMap, sockets: SocketLimiter) {
   const router = newRouter();
   const validate = (vmScoped: boolean) => async (c: Context<AppEnv>, next: () => Promise<void>) => {
     const notUpgrade = notUpgradeError(c);
@@ -26,7 +29,7 @@ export function eventRoutes(deps: AppDeps, buckets: BucketMap) {
     if (vmScoped && !deps.vms.get(c.req.param('id') ?? '')) return errorResponse(c, 404, 'not_found', `no VM with id ${c.req.param('id')}`);
     return next();
   };
-  const stream = upgradeWebSocket({ maxPayload: EVENTS_MAX_MESSAGE }, (c: Context<AppEnv>) => {
+  const stream = upgradeWebSocket({ maxPayload: EVENTS_MAX_MESSAGE, limit: { limiter: sockets, key: tokenKey } }, (c: Context<AppEnv>) => {
     const vm = c.req.param('id');
     const sinceRaw = c.req.query('since');
     let unsubscribe: (() => void) | undefined;

@@ -21,9 +21,9 @@ before(async () => {
 after(async () => { await s.stop(); });
 
 /** Sends raw bytes, returns everything the server answers until it closes (or 5 s). */
-function raw(text: string): Promise<string> {
+function raw(text: string, port = s.port): Promise<string> {
   return new Promise((resolve, reject) => {
-    const sock = connect(s.port, '127.0.0.1', () => sock.write(text));
+    const sock = connect(port, '127.0.0.1', () => sock.write(text));
     let out = '';
     sock.on('data', (d) => { out += d.toString('latin1'); });
     sock.on('error', reject);
@@ -146,4 +146,39 @@ test('L4: the data directory is 0700 and the database files 0600', async () => {
     if (existsSync(p)) assert.equal(statSync(p).mode & 0o777, 0o600, f);
   }
   assert.equal(statSync(join(dataDir, 'capsule.db')).mode & 0o777, 0o600);
+});
+
+test('open WebSockets per token are capped (429 too_many_sockets); closing one frees a place', async () => {
+  const t = await TestServer.start({ env: { CAPSULE_MAX_SOCKETS_PER_TOKEN: '3' } });
+  try {
+    const opened = await Promise.all([0, 1, 2].map(async () => {
+      const ws = t.ws('/v1/events');
+      await new Promise((res, rej) => { ws.once('open', res); ws.once('error', rej); });
+      return ws;
+    }));
+    const status = await new Promise<number>((resolve) => {
+      const ws = t.ws('/v1/events');
+      ws.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+      ws.once('open', () => resolve(101));
+      ws.once('error', () => { /* unexpected-response tells */ });
+    });
+    assert.equal(status, 429);
+    opened[0]!.close();
+    await new Promise((r) => opened[0]!.once('close', r));
+    await sleep(100);
+    const again = t.ws('/v1/events');
+    await new Promise((res, rej) => { again.once('open', res); again.once('error', rej); });
+    for (const ws of [...opened, again]) ws.close();
+    // Failed handshakes give their place back too.
+    for (let i = 0; i < 10; i++) await raw(`GET /v1/events HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${t.token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`, t.port);
+    await sleep(200);
+    const last = await Promise.all([0, 1, 2].map(async () => {
+      const ws = t.ws('/v1/events');
+      await new Promise((res, rej) => { ws.once('open', res); ws.once('error', rej); });
+      return ws;
+    }));
+    for (const ws of last) ws.close();
+  } finally {
+    await t.stop();
+  }
 });

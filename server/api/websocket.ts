@@ -28,12 +28,39 @@ export interface SocketHandlers {
 export interface UpgradeOptions {
   /** Largest inbound message in bytes; a larger one closes the socket with 1009. */
   maxPayload: number;
+  /** Open sockets per key (the token): over it, the upgrade gets 429. */
+  limit?: { limiter: SocketLimiter; key: (c: Context) => string };
+}
+
+/** Counts open WebSockets per key (one limiter shared by every WebSocket route). */
+export class SocketLimiter {
+  private readonly open = new Map<string, number>();
+
+  constructor(readonly max: number) {}
+
+  /** Takes a place for `key`; false when it already holds `max`. */
+  acquire(key: string): boolean {
+    const n = this.open.get(key) ?? 0;
+    if (n >= this.max) return false;
+    this.open.set(key, n + 1);
+    return true;
+  }
+
+  release(key: string): void {
+    const n = (this.open.get(key) ?? 1) - 1;
+    if (n <= 0) this.open.delete(key);
+    else this.open.set(key, n);
+  }
+
+  count(key: string): number {
+    return this.open.get(key) ?? 0;
+  }
 }
 
 const UPGRADE = Symbol('capsule.websocket-upgrade');
 
 interface UpgradeSlot {
-  accepted?: { handlers: SocketHandlers; maxPayload: number };
+  accepted?: { handlers: SocketHandlers; maxPayload: number; release: () => void };
 }
 
 type UpgradeEnv = { incoming: IncomingMessage; outgoing: undefined; [UPGRADE]: UpgradeSlot };
@@ -59,7 +86,17 @@ export function upgradeWebSocket(opts: UpgradeOptions, create: (c: Context) => S
   return (c) => {
     const slot = slotOf(c);
     if (!slot) return notUpgradeError(c)!;
-    slot.accepted = { handlers: create(c), maxPayload: opts.maxPayload };
+    let release = () => {};
+    if (opts.limit) {
+      const { limiter, key } = opts.limit;
+      const k = key(c);
+      if (!limiter.acquire(k)) {
+        return errorResponse(c, 429, 'too_many_sockets', `too many open WebSockets for this token (at most ${limiter.max}): close one first`);
+      }
+      let released = false;
+      release = () => { if (!released) { released = true; limiter.release(k); } };
+    }
+    slot.accepted = { handlers: create(c), maxPayload: opts.maxPayload, release };
     // Never sent: the listener below sees `accepted` and hands the socket to ws instead.
     return c.body(null, 200);
   };
@@ -104,6 +141,9 @@ export function attachWebSockets(server: Server, app: FetchApp, log: Logger): vo
     const env: UpgradeEnv = { incoming: req, outgoing: undefined, [UPGRADE]: slot };
     const res = await app.request(url, { method: req.method ?? 'GET', headers }, env);
     const accepted = slot.accepted;
+    // The place a route took is given back when the socket closes, whether or not it opened.
+    if (accepted) socket.once('close', accepted.release);
+    if (accepted && (res.status !== 200 || socket.destroyed)) accepted.release();
     if (!accepted && res.ok) {
       // A route that is not a WebSocket endpoint answered: its body is not for an upgrade request.
       return reject(socket, 400, { error: { code: 'invalid_request', message: `${url.slice('http://localhost'.length)} is not a WebSocket endpoint` } });
