@@ -6,7 +6,7 @@
 // full) still gets its number and is delivered live, so numbers stay increasing for clients
 // that resume with ?since=; it is only missing from replays.
 import type { Db } from './index.js';
-import { isStorageError, type StorageMonitor } from './storage.js';
+import { tryWrite, type StorageMonitor } from './storage.js';
 
 export interface CapsuleEvent {
   seq: number;
@@ -51,21 +51,12 @@ export class EventStore {
     this.seq = Number(high ?? 0);
   }
 
-  /** The newest sequence number handed out (stored or not). */
-  get lastSeq(): number {
-    return this.seq;
-  }
-
   /** Stores the event; a storage failure is counted, not thrown (the event is still returned). */
   append(vm: string, event: string, data: Record<string, unknown>): CapsuleEvent {
     const timestamp = new Date().toISOString();
     const seq = ++this.seq;
-    try {
-      this.insertStmt.run(seq, vm, event, JSON.stringify(data), timestamp);
-      this.storage?.succeeded();
-    } catch (e) {
-      if (!isStorageError(e)) throw e;
-      this.storage?.eventNotStored(e);
+    if (!tryWrite(this.storage, 'event', () => this.insertStmt.run(seq, vm, event, JSON.stringify(data), timestamp))) {
+      if (this.storage) this.storage.eventsNotStored++;
       return { seq, vm, event, data, timestamp };
     }
     // Pruning is a full scan: do it now and then, not on every insert.
@@ -75,24 +66,15 @@ export class EventStore {
 
   prune(): void {
     this.insertsSincePrune = 0;
-    try {
+    tryWrite(this.storage, 'event prune', () => {
       this.pruneStmt.run(this.historyPerVm);
       this.pruneDeletionsStmt.run(this.historyPerVm);
-    } catch (e) {
-      if (!isStorageError(e)) throw e;
-      this.storage?.failed(e, 'event prune');
-    }
+    });
   }
 
-  /** Removes a deleted VM's events but its VM_DELETED; returns how many went. */
-  purgeVm(vm: string): number {
-    try {
-      return this.purgeVmStmt.run(vm).changes;
-    } catch (e) {
-      if (!isStorageError(e)) throw e;
-      this.storage?.failed(e, 'event purge');
-      return 0;
-    }
+  /** Removes a deleted VM's events but its VM_DELETED. */
+  purgeVm(vm: string): void {
+    tryWrite(this.storage, 'event purge', () => this.purgeVmStmt.run(vm));
   }
 
   /**

@@ -19,6 +19,23 @@ export function isNoSpace(e: { code: string }): boolean {
   return e.code === 'SQLITE_FULL' || e.code === 'ENOSPC' || e.code === 'EDQUOT';
 }
 
+/**
+ * Runs one write against the data directory. A storage error is recorded on `storage` (as
+ * `what`) and answered with false instead of thrown; success is recorded too. Any other error
+ * is a bug, and is thrown.
+ */
+export function tryWrite(storage: StorageMonitor | undefined, what: string, write: () => void): boolean {
+  try {
+    write();
+  } catch (e) {
+    if (!isStorageError(e)) throw e;
+    storage?.failed(e, what);
+    return false;
+  }
+  storage?.succeeded();
+  return true;
+}
+
 export interface StorageStatus {
   /** No write has failed since the last one that succeeded, and there is room above the low mark. */
   ok: boolean;
@@ -58,11 +75,6 @@ export class StorageMonitor {
   succeeded(): void {
     if (this.lastError) this.log?.info({ dataDir: this.dataDir }, 'data directory writable again');
     this.lastError = undefined;
-  }
-
-  eventNotStored(e: Error & { code: string }): void {
-    this.eventsNotStored++;
-    this.failed(e, 'event');
   }
 
   status(): StorageStatus {

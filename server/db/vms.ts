@@ -1,7 +1,7 @@
 // VM definitions: the rows of `vms`, mapped to the API's VM shape.
 import { randomUUID } from 'node:crypto';
 import type { Db } from './index.js';
-import { isStorageError, type StorageMonitor } from './storage.js';
+import { tryWrite, type StorageMonitor } from './storage.js';
 
 export const VM_STATES = ['created', 'starting', 'running', 'paused', 'stopping', 'stopped', 'crashed'] as const;
 export type VmState = (typeof VM_STATES)[number];
@@ -129,15 +129,8 @@ export class VmStore {
   /** Tries to save the state changes kept in memory; true when none is left. */
   flushUnsaved(): boolean {
     for (const [id, u] of this.unsaved) {
-      try {
-        this.updateStateStmt.run({ id, state: u.state, pid: u.pid, now: u.now });
-      } catch (e) {
-        if (!isStorageError(e)) throw e;
-        this.storage?.failed(e, 'vm state');
-        return false;
-      }
+      if (!tryWrite(this.storage, 'vm state', () => this.updateStateStmt.run({ id, state: u.state, pid: u.pid, now: u.now }))) return false;
       this.unsaved.delete(id);
-      this.storage?.succeeded();
     }
     return true;
   }
