@@ -14,9 +14,9 @@ import type { Supervisor } from '../supervisor/index.js';
 import type { JailStatus } from '../jail/index.js';
 import type { StorageMonitor } from '../db/storage.js';
 import { BucketMap } from '../util/leaky-bucket.js';
-import { requireToken, rateLimit, requestLogger, type AuthVariables } from '../auth/middleware.js';
+import { requireToken, rateLimit, type AuthVariables } from '../auth/middleware.js';
 import { attachWebSockets, SocketLimiter } from './websocket.js';
-import { errorResponse, onError, validationError } from './errors.js';
+import { errorHandler, errorResponse, validationError } from './errors.js';
 import { healthRoutes } from './health.js';
 import { imageRoutes } from './images.js';
 import { vmRoutes } from './vms.js';
@@ -56,8 +56,7 @@ export function createApp(deps: AppDeps) {
   const buckets = new BucketMap(deps.config.rateLimit.perSecond, deps.config.rateLimit.burst);
   const sockets = new SocketLimiter(deps.config.maxSocketsPerToken);
 
-  app.onError(onError);
-  app.use('*', requestLogger(deps.log));
+  app.onError(errorHandler(deps.log));
   app.notFound((c) => errorResponse(c, 404, 'not_found', `no route for ${c.req.method} ${c.req.path}`));
   app.use('/v1/*', requireToken(deps.tokens), rateLimit(buckets));
   app.use('/v1/*', bodyLimit({

@@ -1,5 +1,6 @@
 // One error shape for every failure: {"error":{"code","message","field"?}}.
 import type { Context } from 'hono';
+import type { Logger } from 'pino';
 import { HTTPException } from 'hono/http-exception';
 import type { ZodError } from 'zod';
 import { ApiError } from '../supervisor/errors.js';
@@ -24,21 +25,23 @@ export function validationError(c: Context, error: ZodError): Response {
   return errorResponse(c, 400, 'invalid_request', `${field}: ${issue.message}`, field);
 }
 
-export function onError(err: Error, c: Context): Response {
+/** The app's error handler: every failure as the one error shape; unexpected ones logged on `log`. */
+export const errorHandler = (log?: Logger) => (err: Error, c: Context): Response => {
   if (err instanceof ApiError) return errorResponse(c, err.status, err.code, err.message, err.field);
   if (err instanceof HTTPException) {
     const status = err.status as ErrorStatus;
     const code = status === 400 ? 'invalid_request' : status === 413 ? 'payload_too_large' : 'http_error';
     return errorResponse(c, status, code, err.message || 'request failed');
   }
-  const log = c.get('log') as { error: (o: object, m: string) => void } | undefined;
+  // Method and path, never the query: it may hold a token.
+  const where = { method: c.req.method, path: c.req.path };
   if (isStorageError(err)) {
     // The data directory refused a write: say so (nothing was saved), and log it.
-    log?.error({ code: err.code, err: err.message }, 'data directory write failed');
+    log?.error({ ...where, code: err.code, err: err.message }, 'data directory write failed');
     return isNoSpace(err)
       ? errorResponse(c, 507, 'insufficient_storage', 'the server\'s data directory is full: nothing was saved; free space on the host and retry')
       : errorResponse(c, 503, 'storage_unavailable', `the server's data directory failed (${err.code}): nothing was saved; retry later`);
   }
-  log?.error({ err: err.message, stack: err.stack }, 'unhandled error');
+  log?.error({ ...where, err: err.message, stack: err.stack }, 'unhandled error');
   return errorResponse(c, 500, 'internal', 'internal server error');
-}
+};

@@ -2,6 +2,7 @@
 import { readFile } from 'node:fs/promises';
 import { extname, join, normalize, sep } from 'node:path';
 import { Hono } from 'hono';
+import { errorResponse } from './errors.js';
 
 const TYPES: Record<string, string> = {
   '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8',
@@ -16,7 +17,7 @@ export function staticRoutes(webDir: string) {
     try {
       rel = c.req.path === '/' ? 'index.html' : decodeURIComponent(c.req.path.slice(1));
     } catch {
-      return c.json({ error: { code: 'invalid_request', message: 'malformed percent-encoding in the path' } }, 400);
+      return errorResponse(c, 400, 'invalid_request', 'malformed percent-encoding in the path');
     }
     if (rel.includes('\0')) return c.notFound();
     const file = normalize(join(root, rel));

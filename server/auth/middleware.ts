@@ -1,6 +1,5 @@
 // Bearer-token authentication and per-token rate limiting for /v1 routes.
 import type { MiddlewareHandler } from 'hono';
-import type { Logger } from 'pino';
 import type { TokenRecord, TokenStore } from '../db/tokens.js';
 import { errorResponse } from '../api/errors.js';
 import { isUpgradeRequest } from '../api/websocket.js';
@@ -8,16 +7,6 @@ import type { BucketMap } from '../util/leaky-bucket.js';
 
 export interface AuthVariables {
   token: TokenRecord;
-  /** The request's logger (errors handled in api/errors.ts are logged through it). */
-  log: Logger;
-}
-
-/** Puts a per-request child logger on the context: method and path, never the query (it may hold a token). */
-export function requestLogger(log: Logger): MiddlewareHandler<{ Variables: AuthVariables }> {
-  return async (c, next) => {
-    c.set('log', log.child({ method: c.req.method, path: c.req.path }));
-    return next();
-  };
 }
 
 /** Routes reachable without a token. */
