@@ -7,6 +7,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MAX_QMP_LINE, QmpClient, QmpError } from './client.js';
+import { onRateLimitedEvents } from './event-rate.js';
 
 test('talks to QEMU: capabilities, commands, errors, events', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'qmp-'));
@@ -86,6 +87,40 @@ test('a peer that sends an endless line is cut off at MAX_QMP_LINE instead of gr
     assert.equal(qmp.isClosed, true);
     await new Promise((r) => setTimeout(r, 100));
     assert.ok(peerClosed, 'the connection was closed');
+  } finally {
+    server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a peer flooding events: all reach the handler, only the rate is marked for publishing, the rest is counted', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'qmp-'));
+  const sock = join(dir, 'events.sock');
+  let peer: import('node:net').Socket | undefined;
+  const server = createServer((c) => {
+    peer = c;
+    c.write('{"QMP":{"version":{},"capabilities":[]}}\n');
+    c.once('data', (d) => {
+      const msg = JSON.parse(d.toString().trim().split('\n')[0]!) as { id: string };
+      c.write(`{"return":{},"id":"${msg.id}"}\n`);
+    });
+  });
+  await new Promise<void>((r) => server.listen(sock, r));
+  try {
+    const qmp = await QmpClient.connect(sock);
+    let handled = 0;
+    let published = 0;
+    const drops: number[] = [];
+    onRateLimitedEvents(qmp, (_ev, publish) => { handled++; if (publish) published++; }, (n) => drops.push(n), 100);
+    peer!.write('{"event":"RTC_CHANGE","data":{}}\n'.repeat(1000));
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(handled, 1000, 'every event is handed on (state changes must apply)');
+    assert.ok(published >= 200 && published <= 240, `the burst (200) and what leaked in meanwhile are published: ${published}`);
+    const unpublished = 1000 - published;
+    peer!.write('{"event":"STOP","data":{}}\n');
+    await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(drops, [unpublished], 'the unpublished ones are reported once events fit again');
+    qmp.close();
   } finally {
     server.close();
     rmSync(dir, { recursive: true, force: true });

@@ -15,7 +15,7 @@ import { isAlive, isOurProcess, kill, readPidfile, removeFiles, waitForExit } fr
 import { asLaunchError, commandLine, jailedStartFailure, LAUNCH_TIMEOUT_MS, LaunchError, logLine, runLauncher, spawnDetached } from './spawn.js';
 import { VM_ROOT_DIR } from '../jail/command.js';
 import { ApiError } from './errors.js';
-import { LeakyBucket } from '../util/leaky-bucket.js';
+import { onRateLimitedEvents } from '../qmp/event-rate.js';
 import { checkStart } from './admission.js';
 import type { AdmissionConfig } from '../config.js';
 
@@ -40,8 +40,6 @@ interface LiveVm {
 
 /** GET /v1/vms/:id/log returns at most this much of the end of the log. */
 export const LOG_TAIL_BYTES = 1024 * 1024;
-/** QMP events a VMM may publish per second (burst: twice that); state changes are never dropped. */
-const QMP_EVENT_RATE = 100;
 const ACTIVE_STATES: readonly VmState[] = ['starting', 'running', 'paused', 'stopping'];
 /** Guest-initiated resets relaunch the VMM; more than this many in a minute is a crash loop. */
 const MAX_RESETS_PER_MINUTE = 5;
@@ -299,20 +297,8 @@ export class Supervisor {
     const exited = new Promise<void>((r) => { resolveExited = r; });
     const live: LiveVm = { id, pid, hypervisor, qmp, console: consoleBridge, intent, shutdownReason: undefined, exited };
     this.live.set(id, live);
-    // A VMM is not trusted to be polite (a compromised guest may drive it): its events are
-    // rate limited before they reach the store and the subscribers.
-    const bucket = new LeakyBucket(QMP_EVENT_RATE, 2 * QMP_EVENT_RATE);
-    let dropped = 0;
-    qmp.on('event', (ev: QmpEvent) => {
-      if (bucket.tryTake()) {
-        if (dropped > 0) this.d.log.warn({ vm: id, dropped }, 'QMP events dropped: the VMM sent more than the rate limit');
-        dropped = 0;
-        this.onQmpEvent(live, ev, true);
-      } else {
-        dropped++;
-        this.onQmpEvent(live, ev, false);
-      }
-    });
+    onRateLimitedEvents(qmp, (ev, publish) => this.onQmpEvent(live, ev, publish),
+      (dropped) => this.d.log.warn({ vm: id, dropped }, 'QMP events not published: the VMM sent more than the rate limit'));
     qmp.on('protocol-error', (what: string) => this.d.log.warn({ vm: id, what }, 'QMP protocol error: closing the connection'));
     qmp.once('close', () => { void this.onVmmGone(live).finally(resolveExited); });
     return live;
