@@ -182,3 +182,16 @@ test('open WebSockets per token are capped (429 too_many_sockets); closing one f
     await t.stop();
   }
 });
+
+test('GET /v1/vms/:id/log returns the last 1 MiB of a large log, saying what it left out', async () => {
+  const id = (await s.api('POST', '/v1/vms', { name: 'big-log' })).body.id as string;
+  const dir = join(dataDir, 'vms', id);
+  mkdirSync(dir, { recursive: true });
+  const { writeFileSync } = await import('node:fs');
+  writeFileSync(join(dir, 'vmm.log'), 'x'.repeat(3 * 1024 * 1024) + 'THE-END\n');
+  const r = await s.api('GET', `/v1/vms/${id}/log`);
+  assert.equal(r.status, 200);
+  assert.match(r.body, /^\[capsule: the first 2097160 bytes of the log are not shown\]\n/);
+  assert.ok(r.body.endsWith('THE-END\n'));
+  assert.ok(r.body.length < 1024 * 1024 + 100, `${r.body.length} bytes`);
+});

@@ -1,7 +1,7 @@
 // The supervisor: one entry per live VM. It launches VMMs (daemonized), keeps one QMP
 // client and one console bridge per VMM, turns QMP events and VMM exits into VM states,
 // and reattaches to running VMMs when the server starts again.
-import { fstatSync, lstatSync, mkdirSync, openSync, closeSync, readSync, rmSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ConsoleBridge } from '../console/bridge.js';
@@ -12,7 +12,8 @@ import type { Hypervisor, VmPaths } from '../hypervisors/types.js';
 import type { Jail } from '../jail/index.js';
 import { QmpClient, type QmpEvent } from '../qmp/client.js';
 import { isAlive, isOurProcess, kill, readPidfile, removeFiles, waitForExit } from './process.js';
-import { asLaunchError, commandLine, jailedStartFailure, LAUNCH_TIMEOUT_MS, LaunchError, logLine, runLauncher, spawnDetached } from './spawn.js';
+import { asLaunchError, commandLine, jailedStartFailure, LAUNCH_TIMEOUT_MS, LaunchError, runLauncher, spawnDetached } from './spawn.js';
+import { logLine, readLogTail } from './vm-log.js';
 import { VM_ROOT_DIR } from '../jail/command.js';
 import { ApiError } from './errors.js';
 import { onRateLimitedEvents } from '../qmp/event-rate.js';
@@ -38,8 +39,6 @@ interface LiveVm {
   exited: Promise<void>;
 }
 
-/** GET /v1/vms/:id/log returns at most this much of the end of the log. */
-export const LOG_TAIL_BYTES = 1024 * 1024;
 const ACTIVE_STATES: readonly VmState[] = ['starting', 'running', 'paused', 'stopping'];
 /** Guest-initiated resets relaunch the VMM; more than this many in a minute is a crash loop. */
 const MAX_RESETS_PER_MINUTE = 5;
@@ -88,21 +87,9 @@ export class Supervisor {
     return this.live.get(id)?.console;
   }
 
-  /** The last `maxBytes` of the VM's log (a VMM log can reach RLIMIT_FSIZE: never read it whole). */
-  readLog(id: string, maxBytes = LOG_TAIL_BYTES): string | undefined {
-    let fd: number | undefined;
-    try {
-      fd = openSync(this.paths(id).log, 'r');
-      const size = fstatSync(fd).size;
-      const len = Math.min(size, maxBytes);
-      const buf = Buffer.alloc(len);
-      readSync(fd, buf, 0, len, size - len);
-      return (size > len ? `[capsule: the first ${size - len} bytes of the log are not shown]\n` : '') + buf.toString('utf8');
-    } catch {
-      return undefined;
-    } finally {
-      if (fd !== undefined) closeSync(fd);
-    }
+  /** The end of the VM's log (vm-log.ts: never read whole). */
+  readLog(id: string): string | undefined {
+    return readLogTail(this.paths(id).log);
   }
 
   // ---- lifecycle operations (serialized per VM) ----

@@ -5,11 +5,12 @@
 // LaunchError: a short cause for the API client (no host paths, uids or command lines) and the
 // detail for the server log and the VM's vmm.log.
 import { spawn } from 'node:child_process';
-import { appendFileSync, closeSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, openSync, writeSync } from 'node:fs';
 import { constants } from 'node:os';
 import { JAIL_PATH } from '../jail/command.js';
 import { which } from '../jail/host.js';
 import { markInheritedFdsCloexec } from '../util/fds.js';
+import { lastLines } from './vm-log.js';
 
 export const LAUNCH_TIMEOUT_MS = 60_000;
 
@@ -40,21 +41,6 @@ export function vmmEnv(env: NodeJS.ProcessEnv | undefined): Record<string, strin
   return out;
 }
 
-/** Appends a line to the VM's log (the detail of a failure, for GET /v1/vms/<id>/log). */
-export function logLine(logPath: string, line: string): void {
-  try {
-    appendFileSync(logPath, `${new Date().toISOString()} capsule: ${line}\n`, { mode: 0o600 });
-  } catch { /* the directory may be gone (deleted VM) */ }
-}
-
-function tail(path: string): string {
-  try {
-    return readFileSync(path, 'utf8').trim().split('\n').slice(-3).join(' | ');
-  } catch {
-    return '';
-  }
-}
-
 function exitText(code: number | null, signal: NodeJS.Signals | null): string {
   return signal ? `signal ${signal}` : `status ${code}`;
 }
@@ -77,13 +63,13 @@ export function runLauncher(command: string, args: string[], env: NodeJS.Process
     const child = spawnVmm(command, args, vmmEnv(env), logFd);
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
-      reject(new LaunchError(`the VMM did not start within ${LAUNCH_TIMEOUT_MS / 1000} s`, `${command} did not return within ${LAUNCH_TIMEOUT_MS} ms: ${tail(logPath)}`));
+      reject(new LaunchError(`the VMM did not start within ${LAUNCH_TIMEOUT_MS / 1000} s`, `${command} did not return within ${LAUNCH_TIMEOUT_MS} ms: ${lastLines(logPath)}`));
     }, LAUNCH_TIMEOUT_MS);
     child.once('error', (e) => { clearTimeout(timer); reject(new LaunchError('the VMM could not be run', `${command}: ${e.message}`)); });
     child.once('exit', (code, signal) => {
       clearTimeout(timer);
       if (code === 0) resolve();
-      else reject(new LaunchError(`the VMM exited during start (${exitText(code, signal)})`, `${command} exited with ${signal ?? code}: ${tail(logPath)}`));
+      else reject(new LaunchError(`the VMM exited during start (${exitText(code, signal)})`, `${command} exited with ${signal ?? code}: ${lastLines(logPath)}`));
     });
   }).finally(() => closeSync(logFd));
 }
@@ -121,7 +107,7 @@ export async function jailedStartFailure(proc: Detached, e: Error, oomKilled: ()
   // The exit event follows the process's death by a moment.
   for (let i = 0; i < 50 && !proc.exit(); i++) await new Promise((r) => setTimeout(r, 20));
   const st = proc.exit();
-  const detail = `${e.message}; ${st ? `the jail exited with ${exitText(st.code, st.signal)}` : 'the VMM still runs'}: ${tail(logPath)}`;
+  const detail = `${e.message}; ${st ? `the jail exited with ${exitText(st.code, st.signal)}` : 'the VMM still runs'}: ${lastLines(logPath)}`;
   if (oomKilled()) return new LaunchError('out of memory (the VM\'s memory limit was reached during start)', detail);
   if (!st) return new LaunchError(`QMP did not answer within ${LAUNCH_TIMEOUT_MS / 1000} s`, detail);
   if (st.code === JAIL_SETUP_STATUS) return new LaunchError('the jail could not be set up', detail);
