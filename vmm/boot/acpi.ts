@@ -41,7 +41,11 @@ function gas(b: DataView, off: number, port: number): void {
   b.setBigUint64(off + 4, BigInt(port), true);
 }
 
-export function buildDsdt(): Uint8Array {
+/**
+ * `devices`: AML Device objects placed in \_SB_ (the device manager's virtio-mmio slots: Linux's
+ * guest kernel finds virtio-mmio devices only here, CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES is off).
+ */
+export function buildDsdt(devices: number[][] = []): Uint8Array {
   const body = [
     aml.name('_S5_', aml.pkg([aml.integer(S5_SLP_TYP), aml.integer(0), aml.integer(0), aml.integer(0)])),
     aml.scope('\\_SB_', [
@@ -66,6 +70,7 @@ export function buildDsdt(): Uint8Array {
           aml.ifOp(aml.and(aml.nameString('ESEL'), aml.integer(1)), [aml.notify('\\_SB_.PWRB', 0x80)]),
         ]),
       ]),
+      ...devices,
     ]),
   ].flat();
   const b = header('DSDT', 36 + body.length, 2);
@@ -151,14 +156,14 @@ export interface AcpiTables {
 }
 
 /** Lays out all tables from `base` (16-byte aligned each); RSDP first. */
-export function buildAcpiTables(base: number, cpus: number, limit: number): AcpiTables {
+export function buildAcpiTables(base: number, cpus: number, limit: number, devices: number[][] = []): AcpiTables {
   const align = (n: number): number => (n + 15) & ~15;
   let at = base;
   const rsdpAddr = at;
   at = align(at + 36);
   const xsdtAddr = at;
   at = align(at + 36 + 8 * 2);
-  const dsdt = buildDsdt();
+  const dsdt = buildDsdt(devices);
   const dsdtAddr = at;
   at = align(at + dsdt.length);
   const fadt = buildFadt(dsdtAddr);

@@ -86,9 +86,25 @@ export function eisaId(id: string): number {
   // stored big-endian
   return (((v >>> 24) & 0xff) | (((v >>> 16) & 0xff) << 8) | (((v >>> 8) & 0xff) << 16) | ((v & 0xff) << 24)) >>> 0;
 }
+/** Extended interrupt descriptor (consumer, level, active high, exclusive), no end tag. */
+export function extendedInterrupt(gsi: number): number[] {
+  return [0x89, 6, 0, 0x01, 1, gsi & 0xff, (gsi >> 8) & 0xff, (gsi >> 16) & 0xff, (gsi >>> 24) & 0xff];
+}
+
+/** Memory32Fixed descriptor (read-write), no end tag. */
+export function memory32Fixed(base: number, len: number): number[] {
+  const u32 = (v: number): number[] => [v & 0xff, (v >> 8) & 0xff, (v >> 16) & 0xff, (v >>> 24) & 0xff];
+  return [0x86, 0x09, 0x00, 0x01, ...u32(base), ...u32(len)];
+}
+
+/** A resource template: the descriptors followed by the end tag (checksum 0: "treat as valid"). */
+export function resourceTemplate(descriptors: number[][]): number[] {
+  return [...descriptors.flat(), 0x79, 0x00];
+}
+
 /** Extended interrupt descriptor (consumer, level, active high, exclusive) + end tag. */
 export function interruptResource(gsi: number): number[] {
-  return [0x89, 6, 0, 0x01, 1, gsi & 0xff, (gsi >> 8) & 0xff, (gsi >> 16) & 0xff, (gsi >>> 24) & 0xff, 0x79, 0x00];
+  return resourceTemplate([extendedInterrupt(gsi)]);
 }
 
 /** I/O port range descriptor (16-bit decode) + IRQ descriptor (ISA style) + end tag. */

@@ -19,6 +19,8 @@ export interface BootSource {
   cmdline: string;
   cpus: number;
   acpi?: boolean;
+  /** AML Device objects for the DSDT (virtio-mmio slots), from the device manager */
+  acpiDevices?: number[][] | undefined;
 }
 
 export interface LoadedKernel {
@@ -65,7 +67,7 @@ export function loadLinux(mem: GuestMemory, src: BootSource): LoadedKernel {
 
   let rsdpAddr: number | undefined;
   if (src.acpi !== false) {
-    const acpi = buildAcpiTables(ACPI_TABLES_ADDR, src.cpus, BIOS_END);
+    const acpi = buildAcpiTables(ACPI_TABLES_ADDR, src.cpus, BIOS_END, src.acpiDevices);
     for (const [a, b] of acpi.blobs) mem.write(GA(a), b);
     rsdpAddr = acpi.rsdpAddr;
   }

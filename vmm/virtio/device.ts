@@ -1,0 +1,49 @@
+// What a virtio device implements; the transport (mmio.ts) owns registers, feature negotiation,
+// the status machine, queues and interrupts, and calls the device at the few points it matters.
+import type { GuestMemory } from '../memory/guest-memory.js';
+import type { Queue } from './queue.js';
+
+/** How a device tells the driver something happened. */
+export interface VirtioInterrupt {
+  /** buffers were added to queue `index`'s used ring (sent only if the driver wants it) */
+  signalUsed(index: number): void;
+  /** the device's configuration space changed */
+  signalConfig(): void;
+  /** the device cannot go on (a broken ring): DEVICE_NEEDS_RESET + config interrupt */
+  fail(reason: string): void;
+}
+
+/** Handed to the device when the driver sets DRIVER_OK. */
+export interface ActivateContext {
+  mem: GuestMemory;
+  queues: Queue[];
+  /** features the driver accepted (device bits and transport bits) */
+  features: bigint;
+  interrupt: VirtioInterrupt;
+}
+
+export interface VirtioDevice {
+  /** virtio device ID (constants.ts DEVICE_ID) */
+  readonly deviceType: number;
+  /** maximum size of each queue; the length is the number of queues */
+  readonly queueSizes: readonly number[];
+  /** device-specific feature bits offered (the transport adds VERSION_1, INDIRECT_DESC, EVENT_IDX) */
+  readonly features: bigint;
+  /** device configuration space, at offset 0x100 of the transport */
+  readConfig(offset: number, data: Uint8Array): void;
+  writeConfig(offset: number, data: Uint8Array): void;
+  activate(ctx: ActivateContext): void;
+  /** the driver notified queue `index` (an ioeventfd wake-up or a QueueNotify write) */
+  notify(index: number): void;
+  /** back to the state before activation (the driver wrote 0 to Status) */
+  reset(): void;
+  /** release host resources (files, sockets) when the VMM exits or the device is removed */
+  close?(): void;
+}
+
+/** Config space helper: read `data.length` bytes at `offset` of `space`, zero past its end. */
+export function readConfigBytes(space: Uint8Array, offset: number, data: Uint8Array): void {
+  data.fill(0);
+  if (offset < 0 || offset >= space.length) return;
+  data.set(space.subarray(offset, Math.min(space.length, offset + data.length)));
+}

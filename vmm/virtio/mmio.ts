@@ -1,0 +1,306 @@
+// virtio-mmio transport, version 2 (virtio 1.2, 4.2): the register window of one device slot.
+// It owns feature negotiation, the status state machine, the queues' addresses and the interrupt
+// status; the device only sees activate / notify / reset and its configuration space.
+//
+// Interrupts are level-triggered: the line is up while InterruptStatus is non-zero and drops when
+// the driver acknowledges the last bit (the DSDT describes the slot's GSI as level, active high).
+import type { BusDevice } from '../bus/bus.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
+import { logger } from '../log.js';
+import { INT_CONFIG_CHANGE, INT_USED_RING, STATUS, TRANSPORT_FEATURES, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1 } from './constants.js';
+import type { VirtioDevice, VirtioInterrupt } from './device.js';
+import { Queue, QueueBrokenError, type QueueState } from './queue.js';
+
+const log = logger('virtio-mmio');
+
+/** Register offsets (spec 4.2.2). */
+export const REG = {
+  MAGIC: 0x000, VERSION: 0x004, DEVICE_ID: 0x008, VENDOR_ID: 0x00c,
+  DEVICE_FEATURES: 0x010, DEVICE_FEATURES_SEL: 0x014, DRIVER_FEATURES: 0x020, DRIVER_FEATURES_SEL: 0x024,
+  QUEUE_SEL: 0x030, QUEUE_NUM_MAX: 0x034, QUEUE_NUM: 0x038, QUEUE_READY: 0x044, QUEUE_NOTIFY: 0x050,
+  INTERRUPT_STATUS: 0x060, INTERRUPT_ACK: 0x064, STATUS: 0x070,
+  QUEUE_DESC_LOW: 0x080, QUEUE_DESC_HIGH: 0x084, QUEUE_DRIVER_LOW: 0x090, QUEUE_DRIVER_HIGH: 0x094,
+  QUEUE_DEVICE_LOW: 0x0a0, QUEUE_DEVICE_HIGH: 0x0a4, SHM_SEL: 0x0ac, SHM_LEN_LOW: 0x0b0, SHM_LEN_HIGH: 0x0b4,
+  SHM_BASE_LOW: 0x0b8, SHM_BASE_HIGH: 0x0bc, CONFIG_GENERATION: 0x0fc, CONFIG: 0x100,
+} as const;
+/** Size of one slot's register window. */
+export const MMIO_WINDOW = 0x1000;
+const MAGIC = 0x74726976; // "virt"
+/** Our virtio vendor ID ("CPSL" would not fit the spirit; any value works, QEMU uses 0x554d4551) */
+export const VENDOR_ID = 0x4c535043;
+
+export interface TransportState {
+  status: number;
+  driverFeatures: string;
+  interruptStatus: number;
+  configGeneration: number;
+  queueSel: number;
+  queues: QueueState[];
+}
+
+export interface TransportMetrics {
+  /** register accesses that were not 32-bit wide or hit nothing */
+  badAccesses: number;
+  /** driver mistakes the transport refused (features, queue layout) */
+  refused: number;
+  interrupts: number;
+  notifications: number;
+}
+
+export class MmioTransport implements BusDevice, VirtioInterrupt {
+  readonly queues: Queue[];
+  private status = 0;
+  private deviceFeaturesSel = 0;
+  private driverFeaturesSel = 0;
+  private driverFeatures = 0n;
+  private queueSel = 0;
+  private interruptStatus = 0;
+  private configGeneration = 0;
+  private activated = false;
+  private irqLevel = false;
+  readonly metrics: TransportMetrics = { badAccesses: 0, refused: 0, interrupts: 0, notifications: 0 };
+
+  constructor(
+    readonly device: VirtioDevice,
+    private readonly mem: GuestMemory,
+    /** drive the slot's interrupt line */
+    private readonly setIrq: (level: boolean) => void,
+    readonly name = `virtio-${device.deviceType}`,
+  ) {
+    this.queues = device.queueSizes.map((n) => new Queue(n));
+  }
+
+  get offeredFeatures(): bigint {
+    return this.device.features | TRANSPORT_FEATURES;
+  }
+
+  get isActive(): boolean {
+    return this.activated;
+  }
+
+  // ---- VirtioInterrupt: used by the device ----------------------------------------------------
+
+  signalUsed(index: number): void {
+    const q = this.queues[index];
+    if (!q || !this.activated) return;
+    if (!q.needsInterrupt(this.mem)) return;
+    this.raise(INT_USED_RING);
+  }
+
+  signalConfig(): void {
+    this.configGeneration = (this.configGeneration + 1) >>> 0;
+    if (this.status & STATUS.DRIVER_OK) this.raise(INT_CONFIG_CHANGE);
+  }
+
+  fail(reason: string): void {
+    if (this.status & STATUS.DEVICE_NEEDS_RESET) return;
+    log.warn(`${this.name}: device needs reset: ${reason}`);
+    this.status |= STATUS.DEVICE_NEEDS_RESET;
+    this.signalConfig();
+  }
+
+  private raise(bit: number): void {
+    this.interruptStatus |= bit;
+    this.metrics.interrupts++;
+    this.updateIrq();
+  }
+
+  private updateIrq(): void {
+    const level = this.interruptStatus !== 0;
+    if (level === this.irqLevel) return;
+    this.irqLevel = level;
+    this.setIrq(level);
+  }
+
+  /** A queue notification that did not come through the MMIO register (ioeventfd). */
+  notify(index: number): void {
+    if (!this.activated || index >= this.queues.length) return;
+    if (this.status & STATUS.DEVICE_NEEDS_RESET) return;
+    this.metrics.notifications++;
+    try {
+      this.device.notify(index);
+    } catch (e) {
+      if (e instanceof QueueBrokenError) this.fail(`queue ${index}: ${e.message}`);
+      else throw e;
+    }
+  }
+
+  // ---- BusDevice ------------------------------------------------------------------------------
+
+  read(offset: number, data: Uint8Array): void {
+    if (offset >= REG.CONFIG) {
+      this.device.readConfig(offset - REG.CONFIG, data);
+      return;
+    }
+    data.fill(0);
+    if (data.length !== 4 || offset % 4) {
+      this.metrics.badAccesses++;
+      return;
+    }
+    new DataView(data.buffer, data.byteOffset, 4).setUint32(0, this.readRegister(offset), true);
+  }
+
+  write(offset: number, data: Uint8Array): void {
+    if (offset >= REG.CONFIG) {
+      // the driver may only write the config space between FEATURES_OK and a reset
+      if (this.status & STATUS.DRIVER) this.device.writeConfig(offset - REG.CONFIG, data);
+      return;
+    }
+    if (data.length !== 4 || offset % 4) {
+      this.metrics.badAccesses++;
+      return;
+    }
+    this.writeRegister(offset, new DataView(data.buffer, data.byteOffset, 4).getUint32(0, true));
+  }
+
+  private get selectedQueue(): Queue | undefined {
+    return this.queues[this.queueSel];
+  }
+
+  private readRegister(offset: number): number {
+    const q = this.selectedQueue;
+    switch (offset) {
+      case REG.MAGIC: return MAGIC;
+      case REG.VERSION: return 2;
+      case REG.DEVICE_ID: return this.device.deviceType;
+      case REG.VENDOR_ID: return VENDOR_ID;
+      case REG.DEVICE_FEATURES:
+        return this.deviceFeaturesSel > 1 ? 0 : Number((this.offeredFeatures >> BigInt(32 * this.deviceFeaturesSel)) & 0xffff_ffffn);
+      case REG.QUEUE_NUM_MAX: return q ? q.maxSize : 0;
+      case REG.QUEUE_READY: return q?.ready ? 1 : 0;
+      case REG.INTERRUPT_STATUS: return this.interruptStatus;
+      case REG.STATUS: return this.status;
+      case REG.SHM_LEN_LOW: case REG.SHM_LEN_HIGH: return 0xffff_ffff; // no shared memory regions
+      case REG.CONFIG_GENERATION: return this.configGeneration;
+      default:
+        this.metrics.badAccesses++;
+        return 0;
+    }
+  }
+
+  private writeRegister(offset: number, v: number): void {
+    switch (offset) {
+      case REG.DEVICE_FEATURES_SEL: this.deviceFeaturesSel = v; return;
+      case REG.DRIVER_FEATURES_SEL: this.driverFeaturesSel = v; return;
+      case REG.DRIVER_FEATURES: this.setDriverFeatures(v); return;
+      case REG.QUEUE_SEL: this.queueSel = v; return;
+      case REG.QUEUE_NOTIFY: this.notify(v); return;
+      case REG.INTERRUPT_ACK:
+        this.interruptStatus &= ~v;
+        this.updateIrq();
+        return;
+      case REG.STATUS: this.setStatus(v); return;
+      case REG.SHM_SEL: return;
+      default: this.writeQueueRegister(offset, v);
+    }
+  }
+
+  private setDriverFeatures(v: number): void {
+    if (!(this.status & STATUS.DRIVER) || this.status & STATUS.FEATURES_OK || this.driverFeaturesSel > 1) {
+      this.metrics.refused++;
+      return;
+    }
+    const shift = BigInt(32 * this.driverFeaturesSel);
+    this.driverFeatures = (this.driverFeatures & ~(0xffff_ffffn << shift)) | (BigInt(v >>> 0) << shift);
+  }
+
+  /** Queue layout registers: only while the queue is not ready and the device not live. */
+  private writeQueueRegister(offset: number, v: number): void {
+    const q = this.selectedQueue;
+    if (!q || this.status & STATUS.DRIVER_OK || (q.ready && offset !== REG.QUEUE_READY)) {
+      this.metrics.refused++;
+      return;
+    }
+    const lo = (cur: number): number => Math.floor(cur / 2 ** 32) * 2 ** 32 + (v >>> 0);
+    const hi = (cur: number): number => (v >>> 0) * 2 ** 32 + (cur % 2 ** 32);
+    switch (offset) {
+      case REG.QUEUE_NUM: q.size = v; return;
+      case REG.QUEUE_READY: q.ready = v === 1; return;
+      case REG.QUEUE_DESC_LOW: q.desc = lo(q.desc); return;
+      case REG.QUEUE_DESC_HIGH: q.desc = hi(q.desc); return;
+      case REG.QUEUE_DRIVER_LOW: q.avail = lo(q.avail); return;
+      case REG.QUEUE_DRIVER_HIGH: q.avail = hi(q.avail); return;
+      case REG.QUEUE_DEVICE_LOW: q.used = lo(q.used); return;
+      case REG.QUEUE_DEVICE_HIGH: q.used = hi(q.used); return;
+      default: this.metrics.badAccesses++;
+    }
+  }
+
+  private setStatus(v: number): void {
+    if (v === 0) {
+      this.reset();
+      return;
+    }
+    // bits only accumulate until a reset (spec 2.1.2); FAILED may be set at any time
+    if ((v & this.status) !== this.status) {
+      this.metrics.refused++;
+      return;
+    }
+    const added = v & ~this.status;
+    if (added & STATUS.FEATURES_OK && !this.featuresAcceptable()) {
+      this.metrics.refused++;
+      this.status = v & ~STATUS.FEATURES_OK; // the driver reads FEATURES_OK back and gives up
+      return;
+    }
+    if (added & STATUS.DRIVER_OK) {
+      if (!(this.status & STATUS.FEATURES_OK)) {
+        this.metrics.refused++;
+        return;
+      }
+      this.status = v;
+      this.activate();
+      return;
+    }
+    this.status = v;
+  }
+
+  private featuresAcceptable(): boolean {
+    const f = this.driverFeatures;
+    if ((f & ~this.offeredFeatures) !== 0n) return false;
+    return (f & F_VERSION_1) !== 0n; // legacy (pre-1.0) drivers are not supported on version 2
+  }
+
+  private activate(): void {
+    const ready = this.queues.filter((q) => q.ready);
+    for (const [i, q] of this.queues.entries()) {
+      const bad = q.validate(this.mem);
+      if (bad) {
+        this.fail(`queue ${i}: ${bad}`);
+        return;
+      }
+    }
+    if (ready.length === 0) {
+      this.fail('no queue is ready');
+      return;
+    }
+    for (const q of this.queues) {
+      q.eventIdx = (this.driverFeatures & F_RING_EVENT_IDX) !== 0n;
+      q.indirect = (this.driverFeatures & F_RING_INDIRECT_DESC) !== 0n;
+    }
+    try {
+      this.device.activate({ mem: this.mem, queues: this.queues, features: this.driverFeatures, interrupt: this });
+      this.activated = true;
+    } catch (e) {
+      this.fail(`activation failed: ${(e as Error).message}`);
+    }
+  }
+
+  /** Driver reset (Status = 0) or machine reset. */
+  reset(): void {
+    if (this.activated || this.status) this.device.reset();
+    this.activated = false;
+    this.status = 0;
+    this.deviceFeaturesSel = this.driverFeaturesSel = this.queueSel = 0;
+    this.driverFeatures = 0n;
+    this.interruptStatus = 0;
+    this.updateIrq();
+    for (const q of this.queues) q.reset();
+  }
+
+  state(): TransportState {
+    return {
+      status: this.status, driverFeatures: this.driverFeatures.toString(), interruptStatus: this.interruptStatus,
+      configGeneration: this.configGeneration, queueSel: this.queueSel, queues: this.queues.map((q) => q.state()),
+    };
+  }
+}
