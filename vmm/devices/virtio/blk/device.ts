@@ -1,0 +1,325 @@
+// virtio-blk (virtio 1.2, 5.2) on a raw image file: read, write, flush, get-id, discard and
+// write-zeroes (holes in a sparse file), read-only drives, O_DIRECT, ignored flushes and an
+// iops/bytes budget. A slot without a file (hot-replace) is a disk of capacity 0; attaching a
+// file later changes the capacity and raises a config-change interrupt, which Linux's driver
+// answers by resizing the disk ("detected capacity change").
+import { closeSync, constants as fsc, fstatSync, fdatasyncSync, openSync, readvSync, writevSync } from 'node:fs';
+import { GuestAddress } from '../../../memory/guest-memory.js';
+import { DEVICE_ID } from '../../../virtio/constants.js';
+import { readConfigBytes, type ActivateContext, type VirtioDevice } from '../../../virtio/device.js';
+import type { GuestBuffer } from '../../../virtio/queue.js';
+import { RateLimiter } from '../rate-limiter.js';
+import { fallocate, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, AlignedBuffer } from './io.js';
+import { BLK_STATUS, BlkRequestError, ID_BYTES, parseRequest, REQ, SECTOR_SIZE, WRITE_ZEROES_FLAG_UNMAP, type BlkRequest } from './request.js';
+
+export const BLK_F = { SIZE_MAX: 1, SEG_MAX: 2, RO: 5, BLK_SIZE: 6, FLUSH: 9, DISCARD: 13, WRITE_ZEROES: 14 } as const;
+const bit = (n: number): bigint => 1n << BigInt(n);
+
+const QUEUE_SIZE = 256;
+/** Segments per request we accept (config seg_max): the queue size less header and status. */
+const SEG_MAX = QUEUE_SIZE - 2;
+const MAX_DISCARD_SEGMENTS = 32;
+/** discard / write-zeroes requests at most this many sectors each (config limits) */
+const MAX_ZERO_SECTORS = 0x3fffff;
+
+export interface BlkBackendOptions {
+  file: string;
+  readOnly: boolean;
+  /** O_DIRECT (Kata's block_device_cache_direct) */
+  direct: boolean;
+  /** flush requests succeed without fdatasync (Kata's block_device_cache_noflush) */
+  noFlush: boolean;
+  serial?: string | undefined;
+  iops?: number | undefined;
+  bps?: number | undefined;
+}
+
+export interface BlkMetrics {
+  reads: number;
+  writes: number;
+  flushes: number;
+  discards: number;
+  readBytes: number;
+  writeBytes: number;
+  ioErrors: number;
+  unsupported: number;
+  rejected: number;
+  throttled: number;
+}
+
+/** An open image file and its options. */
+export class BlkBackend {
+  readonly fd: number;
+  readonly sectors: bigint;
+  constructor(readonly opts: BlkBackendOptions) {
+    let flags = opts.readOnly ? fsc.O_RDONLY : fsc.O_RDWR;
+    if (opts.direct) flags |= fsc.O_DIRECT;
+    this.fd = openSync(opts.file, flags);
+    try {
+      const st = fstatSync(this.fd);
+      if (!st.isFile() && !st.isBlockDevice()) throw new Error(`${opts.file} is not a regular file or block device`);
+      this.sectors = BigInt(Math.floor(st.size / SECTOR_SIZE));
+    } catch (e) {
+      closeSync(this.fd);
+      throw e;
+    }
+  }
+  close(): void {
+    closeSync(this.fd);
+  }
+}
+
+export class VirtioBlk implements VirtioDevice {
+  readonly deviceType = DEVICE_ID.BLOCK;
+  readonly queueSizes = [QUEUE_SIZE];
+  readonly metrics: BlkMetrics = {
+    reads: 0, writes: 0, flushes: 0, discards: 0, readBytes: 0, writeBytes: 0, ioErrors: 0, unsupported: 0, rejected: 0, throttled: 0,
+  };
+  private ctx: ActivateContext | null = null;
+  private limiter: RateLimiter;
+  private retry: NodeJS.Timeout | null = null;
+  private bounce: AlignedBuffer | null = null;
+
+  constructor(private backend: BlkBackend | null, private readonly replaceable = false) {
+    this.limiter = new RateLimiter({ ops: backend?.opts.iops, bytes: backend?.opts.bps });
+  }
+
+  get file(): string | undefined {
+    return this.backend?.opts.file;
+  }
+
+  /** Read-only is a property of the slot once the driver has seen it; replaceable slots offer writes. */
+  get features(): bigint {
+    let f = bit(BLK_F.SEG_MAX) | bit(BLK_F.BLK_SIZE) | bit(BLK_F.FLUSH);
+    if (this.backend?.opts.readOnly && !this.replaceable) f |= bit(BLK_F.RO);
+    else f |= bit(BLK_F.DISCARD) | bit(BLK_F.WRITE_ZEROES);
+    return f;
+  }
+
+  private configSpace(): Uint8Array {
+    const c = new Uint8Array(60);
+    const v = new DataView(c.buffer);
+    v.setBigUint64(0, this.backend?.sectors ?? 0n, true); // capacity
+    v.setUint32(12, SEG_MAX, true);
+    v.setUint32(20, SECTOR_SIZE, true); // blk_size
+    v.setUint16(34, 1, true); // num_queues
+    v.setUint32(36, MAX_ZERO_SECTORS, true); // max_discard_sectors
+    v.setUint32(40, MAX_DISCARD_SEGMENTS, true);
+    v.setUint32(44, 1, true); // discard_sector_alignment
+    v.setUint32(48, MAX_ZERO_SECTORS, true); // max_write_zeroes_sectors
+    v.setUint32(52, MAX_DISCARD_SEGMENTS, true);
+    c[56] = 1; // write_zeroes_may_unmap
+    return c;
+  }
+
+  readConfig(offset: number, data: Uint8Array): void {
+    readConfigBytes(this.configSpace(), offset, data);
+  }
+  writeConfig(): void {} // writeback toggling (CONFIG_WCE) is not offered
+
+  activate(ctx: ActivateContext): void {
+    this.ctx = ctx;
+  }
+
+  /** Hot-replace: give the slot a file (QMP device_add). */
+  attach(backend: BlkBackend): void {
+    if (this.backend) throw new Error('drive slot already has a file');
+    this.backend = backend;
+    this.limiter = new RateLimiter({ ops: backend.opts.iops, bytes: backend.opts.bps });
+    this.ctx?.interrupt.signalConfig();
+  }
+
+  /** Hot-replace: take the file away (QMP device_del); returns its path. */
+  detach(): string | undefined {
+    const b = this.backend;
+    this.backend = null;
+    b?.close();
+    this.ctx?.interrupt.signalConfig();
+    return b?.opts.file;
+  }
+
+  notify(): void {
+    const ctx = this.ctx;
+    const q = ctx?.queues[0];
+    if (!ctx || !q) return;
+    let used = false;
+    for (;;) {
+      const p = q.pop(ctx.mem);
+      if (!p) {
+        if (q.enableNotification(ctx.mem)) continue;
+        break;
+      }
+      if (p.error) {
+        this.metrics.rejected++;
+        q.addUsed(ctx.mem, p.error.head, 0);
+        used = true;
+        continue;
+      }
+      let req: BlkRequest;
+      try {
+        req = parseRequest(ctx.mem, p.chain, MAX_DISCARD_SEGMENTS);
+      } catch (e) {
+        if (!(e instanceof BlkRequestError)) throw e;
+        this.metrics.rejected++;
+        if (e.status) ctx.mem.writeU8(e.status.addr, BLK_STATUS.IOERR);
+        q.addUsed(ctx.mem, p.chain.head, e.status ? 1 : 0);
+        used = true;
+        continue;
+      }
+      if ((req.type === REQ.IN || req.type === REQ.OUT) && this.limiter.limited) {
+        const wait = this.limiter.take(req.dataLen);
+        if (wait > 0) {
+          this.metrics.throttled++;
+          q.undoPop();
+          this.schedule(wait);
+          break;
+        }
+      }
+      const { status, written } = this.execute(req);
+      ctx.mem.writeU8(req.status.addr, status);
+      q.addUsed(ctx.mem, p.chain.head, written + 1);
+      used = true;
+    }
+    if (used) ctx.interrupt.signalUsed(0);
+  }
+
+  private execute(req: BlkRequest): { status: number; written: number } {
+    const b = this.backend;
+    if (!b) return { status: BLK_STATUS.IOERR, written: 0 };
+    try {
+      switch (req.type) {
+        case REQ.IN: return this.read(b, req);
+        case REQ.OUT: return { status: this.write(b, req), written: 0 };
+        case REQ.FLUSH:
+          this.metrics.flushes++;
+          if (!b.opts.noFlush && !b.opts.readOnly) fdatasyncSync(b.fd);
+          return { status: BLK_STATUS.OK, written: 0 };
+        case REQ.GET_ID: return this.getId(b, req);
+        case REQ.DISCARD:
+        case REQ.WRITE_ZEROES:
+          return { status: this.zero(b, req), written: 0 };
+        default:
+          this.metrics.unsupported++;
+          return { status: BLK_STATUS.UNSUPP, written: 0 };
+      }
+    } catch {
+      this.metrics.ioErrors++;
+      return { status: BLK_STATUS.IOERR, written: 0 };
+    }
+  }
+
+  /** Is [sector, sector + bytes) inside the disk, in whole sectors? */
+  private inRange(b: BlkBackend, sector: bigint, bytes: number): boolean {
+    return bytes % SECTOR_SIZE === 0 && sector + BigInt(bytes / SECTOR_SIZE) <= b.sectors;
+  }
+
+  private views(bufs: GuestBuffer[]): Uint8Array[] {
+    const mem = (this.ctx as ActivateContext).mem;
+    return bufs.map((g) => mem.slice(GuestAddress(g.addr), g.len));
+  }
+
+  private read(b: BlkBackend, req: BlkRequest): { status: number; written: number } {
+    if (!this.inRange(b, req.sector, req.dataLen)) return { status: BLK_STATUS.IOERR, written: 0 };
+    const pos = Number(req.sector) * SECTOR_SIZE;
+    const n = this.transfer(b, this.views(req.data), pos, 'read');
+    this.metrics.reads++;
+    this.metrics.readBytes += n;
+    // a short read (the file shrank under us) leaves zeros, as a hole would
+    return { status: BLK_STATUS.OK, written: req.dataLen };
+  }
+
+  private write(b: BlkBackend, req: BlkRequest): number {
+    if (b.opts.readOnly) return BLK_STATUS.IOERR;
+    if (!this.inRange(b, req.sector, req.dataLen)) return BLK_STATUS.IOERR;
+    const n = this.transfer(b, this.views(req.data), Number(req.sector) * SECTOR_SIZE, 'write');
+    this.metrics.writes++;
+    this.metrics.writeBytes += n;
+    return n === req.dataLen ? BLK_STATUS.OK : BLK_STATUS.IOERR;
+  }
+
+  /**
+   * preadv/pwritev straight into guest memory. O_DIRECT needs sector-aligned memory: guest
+   * buffers usually are (page cache pages); when one is not, the request goes through an aligned
+   * bounce buffer instead of failing.
+   */
+  private transfer(b: BlkBackend, views: Uint8Array[], pos: number, dir: 'read' | 'write'): number {
+    if (b.opts.direct && views.some((v) => (v.byteOffset % SECTOR_SIZE) !== 0 || v.length % SECTOR_SIZE !== 0)) {
+      this.bounce ??= new AlignedBuffer(1 << 20);
+      return this.bounce.transfer(b.fd, views, pos, dir);
+    }
+    let done = 0;
+    for (let i = 0; i < views.length;) {
+      // readv/writev take at most IOV_MAX (1024) buffers; ours are at most SEG_MAX
+      const n = dir === 'read' ? readvSync(b.fd, views.slice(i), pos + done) : writevSync(b.fd, views.slice(i), pos + done);
+      if (n <= 0) break;
+      done += n;
+      // skip the buffers this call completed; a partial one continues from where it stopped
+      let left = n;
+      while (i < views.length && left >= (views[i] as Uint8Array).length) {
+        left -= (views[i] as Uint8Array).length;
+        i++;
+      }
+      if (left > 0 && i < views.length) views[i] = (views[i] as Uint8Array).subarray(left);
+    }
+    if (dir === 'read') {
+      let zeroFrom = done;
+      for (const v of views) {
+        if (zeroFrom <= 0) v.fill(0);
+        else if (zeroFrom < v.length) v.fill(0, zeroFrom);
+        zeroFrom -= v.length;
+      }
+    }
+    return done;
+  }
+
+  private getId(b: BlkBackend, req: BlkRequest): { status: number; written: number } {
+    const id = new Uint8Array(ID_BYTES);
+    id.set(new TextEncoder().encode(b.opts.serial ?? '').subarray(0, ID_BYTES));
+    let at = 0;
+    for (const v of this.views(req.data)) {
+      const take = Math.min(v.length, ID_BYTES - at);
+      v.set(id.subarray(at, at + take));
+      at += take;
+    }
+    return { status: BLK_STATUS.OK, written: at };
+  }
+
+  private zero(b: BlkBackend, req: BlkRequest): number {
+    if (b.opts.readOnly) return BLK_STATUS.IOERR;
+    this.metrics.discards++;
+    for (const s of req.segments) {
+      if (s.sectors > MAX_ZERO_SECTORS || s.sector + BigInt(s.sectors) > b.sectors) return BLK_STATUS.IOERR;
+      if (req.type === REQ.DISCARD && s.flags !== 0) return BLK_STATUS.UNSUPP;
+      const off = Number(s.sector) * SECTOR_SIZE;
+      const len = s.sectors * SECTOR_SIZE;
+      if (len === 0) continue;
+      const punch = req.type === REQ.DISCARD || (s.flags & WRITE_ZEROES_FLAG_UNMAP) !== 0;
+      if (punch) fallocate(b.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len);
+      else fallocate(b.fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, off, len);
+    }
+    return BLK_STATUS.OK;
+  }
+
+  private schedule(ms: number): void {
+    if (this.retry) return;
+    this.retry = setTimeout(() => {
+      this.retry = null;
+      this.notify();
+    }, ms);
+    this.retry.unref?.();
+  }
+
+  reset(): void {
+    this.ctx = null;
+    if (this.retry) clearTimeout(this.retry);
+    this.retry = null;
+  }
+
+  close(): void {
+    this.reset();
+    this.backend?.close();
+    this.backend = null;
+    this.bounce?.free();
+    this.bounce = null;
+  }
+}
