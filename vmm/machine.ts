@@ -1,14 +1,15 @@
-// The virtual machine: KVM VM + vCPUs + memory + legacy devices, and its lifecycle
-// (running / paused / shut down; a guest or QMP reset rebuilds the KVM VM over the same memory).
+// The virtual machine: KVM VM + vCPUs + memory, and its lifecycle (running / paused / shut down;
+// a guest or QMP reset rebuilds the KVM VM over the same memory). Devices, buses and interrupt
+// lines belong to the DeviceManager; the Machine creates the legacy ones and dispatches exits.
 import { EventEmitter } from 'node:events';
 import { ACPI_GED_GSI, ACPI_GED_PORT, ACPI_SLEEP_CONTROL_PORT, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR } from './boot/layout.js';
 import { filterCpuid } from './boot/cpuid.js';
 import { loadLinux, type BootSource } from './boot/loader.js';
 import { bootFpu, bootMsrs, bootRegs, bootSregs, configureLapic } from './boot/regs.js';
-import { Bus } from './bus/bus.js';
 import { VcpuThreads } from './cpu/vcpus.js';
 import { AcpiGed, AcpiSleep, GED_EVENT_POWER_BUTTON } from './devices/legacy/acpi-pm.js';
 import { Cmos } from './devices/legacy/cmos.js';
+import { DeviceManager } from './devices/manager.js';
 import { I8042 } from './devices/legacy/i8042.js';
 import { Serial } from './devices/legacy/serial.js';
 import { Kvm, type CpuidEntry, type VcpuFd, type VmFd } from './kvm/kvm.js';
@@ -41,8 +42,7 @@ const SERIAL_IRQ = 4;
  */
 export class Machine extends EventEmitter {
   state: RunState = 'prelaunch';
-  readonly pio = new Bus('pio');
-  readonly mmio = new Bus('mmio');
+  readonly devices: DeviceManager;
   readonly serial: Serial;
   readonly i8042: I8042;
   readonly ged: AcpiGed;
@@ -76,18 +76,20 @@ export class Machine extends EventEmitter {
         log.warn(`irq ${line}: ${(e as Error).message}`);
       }
     };
+    this.devices = new DeviceManager(opts.memory, irq);
     this.serial = new Serial(opts.consoleOut, irq(SERIAL_IRQ));
     if (process.env.CAPSULE_LOG_LEVEL === 'trace') this.serial.trace = (m) => log.trace(`serial: ${m}`);
     this.i8042 = new I8042(() => this.guestReset());
     this.ged = new AcpiGed(irq(ACPI_GED_GSI));
     const sleep = new AcpiSleep(() => this.guestPowerOff());
     const ignore = { read: (_o: number, d: Uint8Array) => d.fill(0), write: () => {} };
-    this.pio.insert(SERIAL_BASE, 8, this.serial, 'serial0');
-    this.pio.insert(0x60, 5, this.i8042, 'i8042');
-    this.pio.insert(0x70, 2, new Cmos(), 'cmos');
-    this.pio.insert(0x80, 1, ignore, 'post-code');
-    this.pio.insert(ACPI_SLEEP_CONTROL_PORT, 2, sleep, 'acpi-sleep');
-    this.pio.insert(ACPI_GED_PORT, 1, this.ged, 'acpi-ged');
+    const d = this.devices;
+    d.addPio(SERIAL_BASE, 8, this.serial, 'serial0');
+    d.addPio(0x60, 5, this.i8042, 'i8042');
+    d.addPio(0x70, 2, new Cmos(), 'cmos');
+    d.addPio(0x80, 1, ignore, 'post-code');
+    d.addPio(ACPI_SLEEP_CONTROL_PORT, 2, sleep, 'acpi-sleep');
+    d.addPio(ACPI_GED_PORT, 1, this.ged, 'acpi-ged');
   }
 
   /** Create the KVM VM, load the kernel, start the vCPU threads. */
@@ -109,7 +111,7 @@ export class Machine extends EventEmitter {
     vm.setTssAddr(KVM_TSS_ADDR);
     vm.createIrqchip();
     vm.createPit2(1);
-    const loaded = loadLinux(memory, this.opts.boot);
+    const loaded = loadLinux(memory, { ...this.opts.boot, acpiDevices: this.devices.acpiDevices() });
     log.info(`kernel protocol 0x${loaded.image.version.toString(16)}, entry 0x${loaded.entry.toString(16)}` +
       (loaded.initrd ? `, initrd at 0x${loaded.initrd.addr.toString(16)} (${loaded.initrd.size} bytes)` : ''));
     this.vcpus = [];
@@ -179,8 +181,8 @@ export class Machine extends EventEmitter {
       for (let i = 0; i < count; i++) {
         const data = new Uint8Array(run.buffer, off + i * size, size);
         if (dir === EXIT_IO_OUT) {
-          if (!this.pio.write(port, data)) this.unknownPort(port, 'write');
-        } else if (!this.pio.read(port, data)) {
+          if (!this.devices.pio.write(port, data)) this.unknownPort(port, 'write');
+        } else if (!this.devices.pio.read(port, data)) {
           data.fill(0xff);
           this.unknownPort(port, 'read');
         }
@@ -191,8 +193,8 @@ export class Machine extends EventEmitter {
       if (len < 1 || len > 8) return;
       const data = new Uint8Array(run.buffer, RUN.mmioData, len);
       if (run.getUint8(RUN.mmioIsWrite)) {
-        if (!this.mmio.write(addr, data)) this.unknownAddr(addr, 'write');
-      } else if (!this.mmio.read(addr, data)) {
+        if (!this.devices.mmio.write(addr, data)) this.unknownAddr(addr, 'write');
+      } else if (!this.devices.mmio.read(addr, data)) {
         data.fill(0xff);
         this.unknownAddr(addr, 'read');
       }
@@ -244,6 +246,7 @@ export class Machine extends EventEmitter {
       const wasPaused = this.state === 'paused';
       await this.teardown();
       this.serial.reset();
+      this.devices.reset();
       await this.build();
       if (wasPaused) await this.threads?.pause();
       this.emit('reset');
@@ -274,6 +277,7 @@ export class Machine extends EventEmitter {
       if (this.state === 'shutdown') return;
       this.state = 'shutdown';
       await this.teardown();
+      this.devices.close();
       this.emit('shutdown', info);
     });
   }

@@ -1,0 +1,47 @@
+// Turns the configuration's device sections into devices in the manager's slots, in a fixed
+// order: drives (vda, vdb, … in command-line order), then the replaceable drive slots, then
+// the rest. The order is the guest's enumeration order, so it must not depend on anything else.
+import { BlkBackend, VirtioBlk } from './virtio/blk/device.js';
+import { VirtioRng } from './virtio/rng/device.js';
+import { DeviceError, type DeviceManager } from './manager.js';
+
+export interface DriveOptions {
+  id: string;
+  file: string;
+  serial?: string | undefined;
+  readOnly: boolean;
+  direct: boolean;
+  noFlush: boolean;
+  iops?: number | undefined;
+  bps?: number | undefined;
+}
+
+export interface DeviceOptions {
+  drives: DriveOptions[];
+  /** empty virtio-blk slots for QMP hot-replace */
+  hotplugSlots: number;
+  rng?: { file: string; bytesPerSec?: number | undefined } | undefined;
+}
+
+/** Replaceable drive slots are named so QMP can find them by position (device_add addr). */
+export const hotSlotId = (n: number): string => `hotplug-blk-${n}`;
+
+export function buildDevices(devices: DeviceManager, opts: DeviceOptions): void {
+  for (const d of opts.drives) {
+    let backend: BlkBackend;
+    try {
+      backend = new BlkBackend(d);
+    } catch (e) {
+      throw new DeviceError(`-drive id=${d.id}: cannot open ${d.file}: ${(e as Error).message}`);
+    }
+    devices.addVirtio(d.id, new VirtioBlk(backend));
+  }
+  for (let i = 0; i < opts.hotplugSlots; i++) devices.addVirtio(hotSlotId(i), new VirtioBlk(null, true));
+  if (opts.rng) {
+    try {
+      devices.addVirtio('rng0', new VirtioRng(opts.rng));
+    } catch (e) {
+      throw new DeviceError(`-rng: cannot open ${opts.rng.file}: ${(e as Error).message}`);
+    }
+  }
+}

@@ -1,0 +1,109 @@
+// The device manager (Firecracker's device_manager shape): owns the PIO and MMIO buses, the
+// virtio-mmio slot and GSI allocators, each slot's DSDT entry, and reset / close of every device.
+// The Machine only asks it to dispatch exits and to describe the devices to the guest.
+import * as aml from '../boot/aml.js';
+import { Bus, type BusDevice } from '../bus/bus.js';
+import { logger } from '../log.js';
+import { MMIO_HOLE_START, type GuestMemory } from '../memory/guest-memory.js';
+import type { VirtioDevice } from '../virtio/device.js';
+import { MMIO_WINDOW, MmioTransport, REG } from '../virtio/mmio.js';
+
+const log = logger('devices');
+
+/** virtio-mmio slots start at the bottom of the 32-bit MMIO hole, one 4 KiB window each. */
+export const VIRTIO_MMIO_BASE = MMIO_HOLE_START;
+/** The guidebook's limit for x86_64. */
+export const MAX_VIRTIO_SLOTS = 16;
+/**
+ * IOAPIC pins for virtio slots: 4 is the serial port, 16 the ACPI GED; 0–3, 8 and 12 stay with
+ * the PIT, keyboard, cascade, COM2, RTC and mouse a guest may still probe. Exactly 16 remain.
+ */
+export const VIRTIO_GSIS: readonly number[] = [5, 6, 7, 9, 10, 11, 13, 14, 15, 17, 18, 19, 20, 21, 22, 23];
+/** The part of the window Linux maps (registers + config space); the DSDT announces this much. */
+const ANNOUNCED_WINDOW = 0x200;
+
+export interface VirtioSlot {
+  index: number;
+  id: string;
+  base: number;
+  gsi: number;
+  device: VirtioDevice;
+  transport: MmioTransport;
+}
+
+export class DeviceError extends Error {
+  constructor(msg: string) {
+    super(msg);
+    this.name = 'DeviceError';
+  }
+}
+
+export class DeviceManager {
+  readonly pio = new Bus('pio');
+  readonly mmio = new Bus('mmio');
+  private readonly virtio: VirtioSlot[] = [];
+
+  /** `irq(gsi)` returns the function that drives that interrupt line. */
+  constructor(private readonly mem: GuestMemory, private readonly irq: (gsi: number) => (level: boolean) => void) {}
+
+  addPio(base: number, len: number, dev: BusDevice, name: string): void {
+    this.pio.insert(base, len, dev, name);
+  }
+
+  /** Gives a virtio device the next slot: MMIO window, GSI, transport. */
+  addVirtio(id: string, device: VirtioDevice): VirtioSlot {
+    if (this.virtio.length >= MAX_VIRTIO_SLOTS) throw new DeviceError(`too many virtio devices: at most ${MAX_VIRTIO_SLOTS}`);
+    if (this.virtio.some((s) => s.id === id)) throw new DeviceError(`device id '${id}' is already in use`);
+    const index = this.virtio.length;
+    const base = VIRTIO_MMIO_BASE + index * MMIO_WINDOW;
+    const gsi = VIRTIO_GSIS[index] as number;
+    const transport = new MmioTransport(device, this.mem, this.irq(gsi), id);
+    this.mmio.insert(base, MMIO_WINDOW, transport, id);
+    const slot = { index, id, base, gsi, device, transport };
+    this.virtio.push(slot);
+    log.debug(`${id}: virtio type ${device.deviceType} at 0x${base.toString(16)}, GSI ${gsi}`);
+    return slot;
+  }
+
+  get slots(): readonly VirtioSlot[] {
+    return this.virtio;
+  }
+
+  slot(id: string): VirtioSlot | undefined {
+    return this.virtio.find((s) => s.id === id);
+  }
+
+  /** Guest-physical address of a slot's QueueNotify register (for ioeventfds). */
+  static notifyAddress(slot: VirtioSlot): number {
+    return slot.base + REG.QUEUE_NOTIFY;
+  }
+
+  /**
+   * One DSDT Device per slot, as QEMU's microvm does: _HID "LNRO0005" (virtio-mmio), the window
+   * and a level-triggered interrupt. Linux's virtio_mmio driver binds to these through ACPI.
+   */
+  acpiDevices(): number[][] {
+    return this.virtio.map((s) => aml.device(`VR${s.index.toString(16).toUpperCase().padStart(2, '0')}`, [
+      aml.name('_HID', aml.string('LNRO0005')),
+      aml.name('_UID', aml.integer(s.index)),
+      aml.name('_CCA', aml.integer(1)),
+      aml.name('_CRS', aml.buffer(aml.resourceTemplate([aml.memory32Fixed(s.base, ANNOUNCED_WINDOW), aml.extendedInterrupt(s.gsi)]))),
+    ]));
+  }
+
+  /** Machine reset: every transport back to its power-on state. */
+  reset(): void {
+    for (const s of this.virtio) s.transport.reset();
+  }
+
+  close(): void {
+    for (const s of this.virtio) {
+      try {
+        s.transport.reset();
+        s.device.close?.();
+      } catch (e) {
+        log.warn(`${s.id}: close: ${(e as Error).message}`);
+      }
+    }
+  }
+}
