@@ -1,0 +1,106 @@
+// virtio devices of capsule-vmm on real KVM with a real guest (the default image): disks read,
+// written, read-only, flushed and hot-replaced over QMP; rng bytes at /dev/hwrng. The seccomp
+// filter stays on (the VMM's default). Run by scripts/kvm-tests.sh.
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, writeFileSync, truncateSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { probeKvm } from '../../kvm/probe.js';
+import { ConsoleClient, killAllVmms, QmpClient, startVmm, testImage, waitForFile } from '../../testing/clients.js';
+
+const BOOT_TIMEOUT = Number(process.env.CAPSULE_TEST_BOOT_TIMEOUT_MS ?? 240_000);
+const work = mkdtempSync(join(tmpdir(), 'capsule-virtio-test-'));
+let img: Awaited<ReturnType<typeof testImage>>;
+
+before(async () => {
+  const p = probeKvm();
+  assert.ok(p.available, `KVM is not usable here: ${p.reason}`);
+  img = await testImage();
+});
+after(() => killAllVmms());
+
+const md5 = (b: Uint8Array): string => createHash('md5').update(b).digest('hex');
+
+describe('virtio devices on KVM', { concurrency: false }, () => {
+  test('disks: read what the host wrote, write back, read-only refused, hot-replace with DEVICE_DELETED; rng', async () => {
+    const data = join(work, 'data.img');
+    const content = randomBytes(4 << 20);
+    writeFileSync(data, content);
+    const ro = join(work, 'ro.img');
+    const roContent = randomBytes(1 << 20);
+    writeFileSync(ro, roContent);
+    const hot = join(work, 'hot.img');
+    writeFileSync(hot, Buffer.alloc(0));
+    truncateSync(hot, 2 << 20);
+    const hotContent = randomBytes(4096);
+    writeFileSync(hot, hotContent, { flag: 'r+' });
+
+    const qmpPath = join(work, 'vm.qmp');
+    const conPath = join(work, 'vm.console');
+    const vmm = startVmm(['-kernel', img.kernel, '-initrd', img.initrd, '-append', img.cmdline, '-smp', '1', '-m', '256M',
+      '-api-channel', `unix:${qmpPath}`, '-chardev', `id=console0,path=${conPath}`,
+      '-drive', `id=data,file=${data},serial=capsule-data`,
+      '-drive', `id=ro,file=${ro},readonly=on`,
+      '-rng', 'random_file=/dev/urandom',
+      '-hotplug-slots', '1'], { CAPSULE_LOG_LEVEL: 'info' });
+    await waitForFile(qmpPath, 60_000);
+    const con = await ConsoleClient.connect(conPath);
+    const q = await QmpClient.connect(qmpPath);
+    await con.waitFor(/CAPSULE_READY/, BOOT_TIMEOUT);
+
+    // the guest found the disks in DSDT order: vda (data), vdb (ro), vdc (the empty hot slot)
+    const sizes = await con.run('cat /sys/block/vda/size /sys/block/vdb/size /sys/block/vdc/size');
+    assert.deepEqual(sizes.out.trim().split(/\s+/), [String(8192), String(2048), '0'], sizes.out);
+    const sum = await con.run('md5sum /dev/vda');
+    assert.match(sum.out, new RegExp(md5(content)), 'guest reads exactly what the host wrote');
+    const serial = await con.run('cat /sys/block/vda/serial');
+    assert.match(serial.out, /capsule-data/);
+
+    // write a marker at sector 100, flush, read it back on the host after power-off
+    const w = await con.run('printf CAPSULE_WROTE_THIS > /tmp/m && dd if=/tmp/m of=/dev/vda bs=512 seek=100 conv=notrunc 2>/dev/null && sync && echo written');
+    assert.match(w.out, /written/);
+
+    // read-only: the guest sees it and cannot write
+    assert.equal((await con.run('cat /sys/block/vdb/ro')).out.trim(), '1');
+    const roWrite = await con.run('dd if=/dev/zero of=/dev/vdb bs=512 count=1 2>&1');
+    assert.notEqual(roWrite.status, 0, `write to a read-only disk succeeded: ${roWrite.out}`);
+
+    // rng
+    const rng = await con.run('cat /sys/class/misc/hw_random/rng_current; head -c 4096 /dev/hwrng | wc -c');
+    assert.match(rng.out, /virtio_rng/);
+    assert.match(rng.out, /\b4096\b/);
+
+    // hot-replace: errors first (nothing attached by them), then a real attach
+    const noFile = await q.call('blockdev-add', { 'node-name': 'hot0', file: { driver: 'file', filename: join(work, 'missing.img') } });
+    assert.match(JSON.stringify(noFile.error), /Could not open/);
+    await q.execute('blockdev-add', { 'node-name': 'hot0', file: { driver: 'file', filename: hot }, cache: { direct: false }, 'read-only': false });
+    const badAddr = await q.call('device_add', { id: 'hot0', driver: 'virtio-blk-mmio', addr: '0x5' });
+    assert.match(JSON.stringify(badAddr.error), /out of range/);
+    const badId = await q.call('device_add', { id: 'nope', driver: 'virtio-blk-mmio', addr: '0x0' });
+    assert.match(JSON.stringify(badId.error), /blockdev-add it first/);
+    await q.execute('device_add', { id: 'hot0', driver: 'virtio-blk-mmio', addr: '0x0' });
+    const grown = await con.run('for i in 1 2 3 4 5 6 7 8 9 10; do s=$(cat /sys/block/vdc/size); [ "$s" != 0 ] && break; sleep 0.5; done; echo size=$s');
+    assert.match(grown.out, /size=4096/);
+    const hotSum = await con.run('head -c 4096 /dev/vdc | md5sum');
+    assert.match(hotSum.out, new RegExp(md5(hotContent)));
+    const del = await q.call('device_del', { id: 'hot0' });
+    assert.deepEqual(del.return, {});
+    const ev = await q.event('DEVICE_DELETED');
+    assert.deepEqual(ev.data, { device: 'hot0', path: hot });
+    const gone = await q.call('device_del', { id: 'hot0' });
+    assert.match(JSON.stringify(gone.error), /not found/);
+    const shrunk = await con.run('for i in 1 2 3 4 5 6 7 8 9 10; do s=$(cat /sys/block/vdc/size); [ "$s" = 0 ] && break; sleep 0.5; done; echo size=$s');
+    assert.match(shrunk.out, /size=0/);
+
+    con.type('poweroff\n');
+    const exit = await vmm.exited;
+    assert.equal(exit.code, 0, vmm.stderr);
+    const after = readFileSync(data);
+    assert.equal(after.subarray(100 * 512, 100 * 512 + 18).toString(), 'CAPSULE_WROTE_THIS');
+    assert.equal(md5(readFileSync(ro)), md5(roContent), 'read-only image unchanged');
+    q.close();
+    con.close();
+  });
+});
