@@ -87,7 +87,9 @@ test('JSON config, command line overrides it', () => {
   assert.equal(c.apiChannel, '/json/q');
   assert.equal(c.machine.dumpGuestCore, false);
   assert.throws(() => buildConfig(['-config', 'x.json'], () => '{"machine-config":{"vcpu_count":300}}'), /vcpu_count.*1-254/);
-  assert.throws(() => buildConfig(['-config', 'x.json'], () => '{"drive":[]}'), ConfigError);
+  assert.throws(() => buildConfig(['-config', 'x.json'], () => '{"boot-source":{"kernel_image_path":"/k"},"floppy":[]}'),
+    /-config x\.json: \(top level\): unknown key 'floppy' \(allowed keys: machine-config, .*drive/);
+  assert.throws(() => buildConfig(['-config', 'x.json'], () => '{"machine-config":{"vcpus":2}}'), /machine-config: unknown key 'vcpus' \(allowed keys: .*vcpu_count/);
   assert.throws(() => buildConfig(['-config', 'x.json'], () => '{nope'), /invalid JSON/);
   assert.throws(() => buildConfig(['-config', 'x.json'], () => { throw new Error('ENOENT'); }), /-config: cannot read/);
 });
