@@ -9,6 +9,8 @@ import { readBootFile } from './boot/loader.js';
 import { ConsoleHub } from './console.js';
 import { configureLog, logger, parseLevel } from './log.js';
 import { Machine, type ShutdownInfo } from './machine.js';
+import { buildDevices } from './devices/build.js';
+import { registerHotplugCommands } from './qmp/commands/hotplug.js';
 import { GuestMemory } from './memory/guest-memory.js';
 import { QmpServer } from './qmp/server.js';
 import { registerFdCommands } from './qmp/fd-commands.js';
@@ -127,6 +129,7 @@ async function run(): Promise<void> {
       consoleOut: (b) => consoleHub.write(b),
     });
     consoleHub.onInput = (b) => machine.serial.enqueueInput(b);
+    buildDevices(machine.devices, { drives: cfg.drives, hotplugSlots: cfg.hotplugSlots, rng: cfg.rng });
   } catch (e) {
     await cleanup();
     die((e as Error).message);
@@ -181,6 +184,7 @@ async function run(): Promise<void> {
       return {};
     });
     registerFdCommands(qmp, fds);
+    registerHotplugCommands(qmp, { devices: machine.devices, fds });
     qmp.register('query-version', () => ({ qemu: { major: 8, minor: 2, micro: 0 }, package: 'capsule' }));
     qmp.register('query-commands', () => ['qmp_capabilities', ...qmp.handlers.keys()].map((name) => ({ name })));
   }

@@ -36,7 +36,7 @@ test('install(kill) then the test-only injection: killed by SIGSYS', () => {
   assert.equal(r.signal, 'SIGSYS', r.stderr);
   const info = JSON.parse(r.stdout.split('\n')[0] as string) as { syscalls: number; mode: string };
   assert.equal(info.mode, 'kill');
-  assert.ok(info.syscalls <= 45);
+  assert.ok(info.syscalls <= 56, `${info.syscalls} syscalls`);
 });
 
 test('install(log) then the injection: the call goes through, the process exits 0', () => {

@@ -71,6 +71,9 @@ export const VMM_SYSCALLS: Readonly<Record<string, string>> = Object.freeze({
   lseek: 'fs reads/writes without a position on seekable fds',
   newfstatat: 'fs.stat/fstat fallback used by glibc/libuv when statx is not used',
   fdatasync: 'fs.fdatasync on disk images (virtio-blk flush)',
+  preadv: 'virtio-blk reads: fs.readvSync with a position reads a request straight into its guest buffers',
+  pwritev: 'virtio-blk writes: fs.writevSync with a position writes a request from its guest buffers',
+  fallocate: 'virtio-blk discard / write-zeroes: punch holes or zero ranges in sparse disk images',
   eventfd2: 'creating eventfds for KVM_IRQFD/KVM_IOEVENTFD when devices are added after init',
   clock_gettime: 'clocks when the vDSO cannot serve them (e.g. a clocksource without vDSO support)',
   gettimeofday: 'measured in the lab (nested KVM under TCG): Date.now()/new Date() go to the kernel when the clocksource has no vDSO support; every log line and QMP timestamp needs it',
@@ -86,6 +89,7 @@ export const VMM_SYSCALLS: Readonly<Record<string, string>> = Object.freeze({
  * allowing them would widen what a compromised VMM can do.
  */
 export const VMM_ERRNO_SYSCALLS: Readonly<Record<string, string>> = Object.freeze({
+  openat: 'QMP blockdev-add with a path: opening files after init stays forbidden, but the VMM answers a clear QMP error instead of dying; images to hot-replace come as fds (getfd, filename "fd:NAME")',
   unlink: 'measured once at exit: libuv unlinks the QMP socket path when the server closes; the parent removes the run directory instead (the VMM leaves its pidfile and sockets behind under the filter)',
 });
 

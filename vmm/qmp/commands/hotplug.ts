@@ -1,6 +1,8 @@
 // QMP device hot-replace (the StratoVirt guidebook 3.4): microvm has no PCI hot-plug, so the VMM
 // reserves empty virtio-blk slots at boot (-hotplug-slots) and fills or empties them here.
 //   blockdev-add {node-name, file:{driver:"file", filename}, cache:{direct}, read-only}  opens the file
+//     (under the seccomp filter the VMM cannot open files: pass the image with getfd first and give
+//     filename "fd:NAME"; the path form works with -disable-seccomp)
 //   device_add {id: node-name, driver:"virtio-blk-mmio", addr:"0xN"}                     puts it in slot N
 //   device_del {id}   empties the slot: DEVICE_DELETED {device, path} is sent, then the reply
 //   blockdev-del {node-name}  closes a file opened but never attached
@@ -13,6 +15,8 @@ import { QmpError, type QmpServer } from '../server.js';
 
 export interface HotplugDeps {
   devices: DeviceManager;
+  /** fds received with getfd, by name: an "fd:NAME" filename takes its fd from here */
+  fds: Map<string, number>;
 }
 
 const err = (msg: string): QmpError => new QmpError('GenericError', msg);
@@ -53,17 +57,26 @@ export function registerHotplugCommands(qmp: QmpServer, deps: HotplugDeps): void
     if (file.driver !== undefined && file.driver !== 'file') throw err(`file.driver '${String(file.driver)}' is not supported (only 'file')`);
     const filename = str(file, 'filename');
     const cache = (args.cache ?? {}) as Record<string, unknown>;
+    let fd: number | undefined;
+    if (filename.startsWith('fd:')) {
+      fd = deps.fds.get(filename.slice(3));
+      if (fd === undefined) throw err(`File descriptor named '${filename.slice(3)}' not found (send it with getfd first)`);
+    }
     let backend: BlkBackend;
     try {
       backend = new BlkBackend({
         file: filename,
+        fd,
         readOnly: bool(args['read-only'], 'read-only'),
         direct: bool(cache.direct, 'cache.direct'),
         noFlush: bool(cache['no-flush'], 'cache.no-flush'),
       });
     } catch (e) {
-      throw err(`Could not open '${filename}': ${(e as Error).message}`);
+      const denied = (e as NodeJS.ErrnoException).code === 'EPERM' ? ' (the seccomp filter forbids opening files: pass the file with getfd and use filename "fd:NAME")' : '';
+      throw err(`Could not open '${filename}': ${(e as Error).message}${denied}`);
     }
+    // the backend owns the fd now: getfd's name is released without closing it
+    if (fd !== undefined) deps.fds.delete(filename.slice(3));
     pending.set(node, backend);
     return {};
   });

@@ -23,7 +23,10 @@ const MAX_DISCARD_SEGMENTS = 32;
 const MAX_ZERO_SECTORS = 0x3fffff;
 
 export interface BlkBackendOptions {
+  /** the image's path (also what DEVICE_DELETED reports) */
   file: string;
+  /** an already open fd for it (QMP getfd), used instead of opening `file`; owned from then on */
+  fd?: number | undefined;
   readOnly: boolean;
   /** O_DIRECT (Kata's block_device_cache_direct) */
   direct: boolean;
@@ -54,7 +57,7 @@ export class BlkBackend {
   constructor(readonly opts: BlkBackendOptions) {
     let flags = opts.readOnly ? fsc.O_RDONLY : fsc.O_RDWR;
     if (opts.direct) flags |= fsc.O_DIRECT;
-    this.fd = openSync(opts.file, flags);
+    this.fd = opts.fd ?? openSync(opts.file, flags);
     try {
       const st = fstatSync(this.fd);
       if (!st.isFile() && !st.isBlockDevice()) throw new Error(`${opts.file} is not a regular file or block device`);
