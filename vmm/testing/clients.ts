@@ -119,20 +119,19 @@ export class ConsoleClient {
   }
   private runs = 0;
   /**
-   * Runs a shell command on the guest's console and returns its output and exit status. The end
-   * marker is typed split in two quoted halves, so the terminal's echo of the command line does
-   * not match it.
+   * Runs a shell command on the guest's console and returns its output and exit status. The
+   * command prints begin and end markers, each typed as two quoted halves, so that the terminal's
+   * echo of the (possibly wrapped) command line matches neither.
    */
   async run(cmd: string, timeoutMs = 60_000): Promise<{ out: string; status: number }> {
-    const tag = `RUN${++this.runs}x${Math.random().toString(36).slice(2, 8)}`;
+    const tag = `${++this.runs}x${Math.random().toString(36).slice(2, 8)}`;
     const start = this.text.length;
-    this.type(`${cmd}; echo "${tag.slice(0, 3)}""${tag.slice(3)}=$?"\n`);
-    const re = new RegExp(`${tag}=(\\d+)`);
+    this.type(`echo "BE""GIN${tag}"; ${cmd}; echo "EN""D${tag}=$?"\n`);
+    const re = new RegExp(`BEGIN${tag}\\r?\\n([\\s\\S]*?)END${tag}=(\\d+)`);
     const m = await waitFor(() => re.exec(this.text.slice(start)) ?? undefined, timeoutMs, `end of '${cmd}'`);
-    const body = this.text.slice(start, start + m.index);
-    const firstNl = body.indexOf('\n');
-    return { out: (firstNl >= 0 ? body.slice(firstNl + 1) : '').replace(/\r/g, ''), status: Number(m[1]) };
+    return { out: (m[1] ?? '').replace(/\r/g, ''), status: Number(m[2]) };
   }
+
   close(): void {
     this.sock.destroy();
   }

@@ -4,6 +4,7 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
@@ -22,6 +23,19 @@ before(async () => {
 after(() => killAllVmms());
 
 const md5 = (b: Uint8Array): string => createHash('md5').update(b).digest('hex');
+
+/** QMP getfd from another process, as a management layer sends it (python3 socket.send_fds). */
+function sendFd(qmpPath: string, name: string, file: string): string {
+  const py = `
+import json, os, socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile('r'); f.readline()
+s.sendall(b'{"execute":"qmp_capabilities"}\\n'); f.readline()
+fd = os.open(sys.argv[3], os.O_RDWR)
+socket.send_fds(s, [json.dumps({"execute": "getfd", "arguments": {"fdname": sys.argv[2]}}).encode() + b"\\n"], [fd])
+print(f.readline().strip())`;
+  const r = spawnSync('python3', ['-c', py, qmpPath, name, file], { encoding: 'utf8', timeout: 20_000 });
+  return `${r.stdout}${r.stderr}`;
+}
 
 describe('virtio devices on KVM', { concurrency: false }, () => {
   test('disks: read what the host wrote, write back, read-only refused, hot-replace with DEVICE_DELETED; rng', async () => {
@@ -49,6 +63,7 @@ describe('virtio devices on KVM', { concurrency: false }, () => {
     const con = await ConsoleClient.connect(conPath);
     const q = await QmpClient.connect(qmpPath);
     await con.waitFor(/CAPSULE_READY/, BOOT_TIMEOUT);
+    await con.waitFor(/capsule# /, 60_000);
 
     // the guest found the disks in DSDT order: vda (data), vdb (ro), vdc (the empty hot slot)
     const sizes = await con.run('cat /sys/block/vda/size /sys/block/vdb/size /sys/block/vdc/size');
@@ -72,10 +87,14 @@ describe('virtio devices on KVM', { concurrency: false }, () => {
     assert.match(rng.out, /virtio_rng/);
     assert.match(rng.out, /\b4096\b/);
 
-    // hot-replace: errors first (nothing attached by them), then a real attach
-    const noFile = await q.call('blockdev-add', { 'node-name': 'hot0', file: { driver: 'file', filename: join(work, 'missing.img') } });
-    assert.match(JSON.stringify(noFile.error), /Could not open/);
-    await q.execute('blockdev-add', { 'node-name': 'hot0', file: { driver: 'file', filename: hot }, cache: { direct: false }, 'read-only': false });
+    // hot-replace: errors first (nothing attached by them), then a real attach. Under the seccomp
+    // filter a path cannot be opened (a clear error, the VMM lives); the image comes as an fd.
+    const byPath = await q.call('blockdev-add', { 'node-name': 'hot0', file: { driver: 'file', filename: hot } });
+    assert.match(JSON.stringify(byPath.error), /Could not open.*getfd/);
+    const noFd = await q.call('blockdev-add', { 'node-name': 'hot0', file: { driver: 'file', filename: 'fd:nope' } });
+    assert.match(JSON.stringify(noFd.error), /not found/);
+    assert.match(sendFd(qmpPath, 'hotimg', hot), /"return": ?\{\}/);
+    await q.execute('blockdev-add', { 'node-name': 'hot0', file: { driver: 'file', filename: 'fd:hotimg' }, cache: { direct: false }, 'read-only': false });
     const badAddr = await q.call('device_add', { id: 'hot0', driver: 'virtio-blk-mmio', addr: '0x5' });
     assert.match(JSON.stringify(badAddr.error), /out of range/);
     const badId = await q.call('device_add', { id: 'nope', driver: 'virtio-blk-mmio', addr: '0x0' });
@@ -88,7 +107,7 @@ describe('virtio devices on KVM', { concurrency: false }, () => {
     const del = await q.call('device_del', { id: 'hot0' });
     assert.deepEqual(del.return, {});
     const ev = await q.event('DEVICE_DELETED');
-    assert.deepEqual(ev.data, { device: 'hot0', path: hot });
+    assert.deepEqual(ev.data, { device: 'hot0', path: 'fd:hotimg' });
     const gone = await q.call('device_del', { id: 'hot0' });
     assert.match(JSON.stringify(gone.error), /not found/);
     const shrunk = await con.run('for i in 1 2 3 4 5 6 7 8 9 10; do s=$(cat /sys/block/vdc/size); [ "$s" = 0 ] && break; sleep 0.5; done; echo size=$s');
