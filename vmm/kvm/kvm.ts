@@ -154,8 +154,9 @@ export class VmFd {
    * KVM_IOEVENTFD: a guest write of `len` bytes (1, 2, 4 or 8) at `addr` (MMIO, or a port when
    * `pio`) signals `eventfd` inside the kernel instead of exiting to userspace; the vCPU goes on
    * at once. With `datamatch` only writes of that value do (others exit as usual), which is how
-   * one register (virtio-mmio QueueNotify) gets one eventfd per queue. EEXIST if the same
-   * address/len/datamatch is already registered.
+   * one register (virtio-mmio QueueNotify) gets one eventfd per queue. EEXIST if it overlaps a
+   * registration at the same address and len with the same datamatch, or where either has none
+   * (a wildcard collides with every datamatch).
    */
   registerIoeventfd(eventfd: number, addr: number | bigint, len: number, datamatch?: number | bigint, pio = false): void {
     check('KVM_IOEVENTFD', ioctlPtr(this.fd, io.KVM_IOEVENTFD, ioeventfdArg(eventfd, addr, len, datamatch, pio, false)));
