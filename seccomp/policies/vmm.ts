@@ -21,6 +21,11 @@ export const VMM_IOCTLS: Readonly<Record<string, number>> = Object.freeze({
   KVM_GET_REGS: 0x8090ae81,
   KVM_GET_SREGS: 0x8138ae83,
   KVM_GET_MP_STATE: 0x8004ae98,
+  // Virtio notifications (vmm/io, vmm/devices/irq.ts): binding and unbinding eventfds to queue
+  // notify registers (KVM_IOEVENTFD) and to GSIs (KVM_IRQFD) when the guest driver activates or
+  // resets a device, which happens whenever the guest likes, long after init.
+  KVM_IRQFD: 0x4020ae76,
+  KVM_IOEVENTFD: 0x4040ae79,
   // Used by Node/libuv itself on its own fds: stream setup, and restoring a terminal's mode at exit
   // (uv_tty_set_mode uses TCSADRAIN = TCSETSW; Node's exit-time ResetStdio uses TCSANOW = TCSETS).
   TCGETS: 0x5401,
@@ -36,8 +41,8 @@ export const VMM_IOCTLS: Readonly<Record<string, number>> = Object.freeze({
 export const VMM_SYSCALLS: Readonly<Record<string, string>> = Object.freeze({
   // --- measured in the steady state (strace -f -c -p, see docs/seccomp.md) ---
   futex: 'measured: thread wake-ups and waits (libuv pool, V8 platform threads, Atomics.wait in the vCPU worker)',
-  epoll_pwait: 'measured: libuv event loop (main thread and each worker thread)',
-  epoll_ctl: 'measured: libuv registers/unregisters fds (new QMP connections)',
+  epoll_pwait: 'measured: libuv event loop (main thread and each worker thread); also the VMM\'s own Poller (a libuv pool thread) and iothreads (vmm/io)',
+  epoll_ctl: 'measured: libuv registers/unregisters fds (new QMP connections); the Poller and iothreads (un)register eventfds, taps and QMP sockets',
   read: 'measured: socket reads; eventfd reads for uv_async (worker postMessage wake-ups)',
   write: 'measured: socket and log writes; eventfd writes to wake other loops',
   writev: 'measured: corked socket writes (several buffers in one call)',
@@ -81,7 +86,7 @@ export const VMM_SYSCALLS: Readonly<Record<string, string>> = Object.freeze({
   nanosleep: 'sleeping (glibc usleep in V8/libuv back-off)',
   sched_yield: 'rare, late: V8 spin-locks and GC task yields',
   getrusage: 'rare, late: process.resourceUsage()/cpuUsage() and V8 GC heuristics',
-  poll: 'QMP getfd: the SCM_RIGHTS reader (vmm/qmp/scm-reader.ts) waits for QMP sockets with a koffi .async poll() on a libuv pool thread',
+  epoll_create1: 'an epoll set (vmm/io/epoll.ts) made after init: the main Poller and iothreads make theirs at init, this covers one created later (e.g. a device added by QMP); poll() is no longer used (the QMP SCM_RIGHTS reader moved to the Poller)',
 });
 
 /**

@@ -7,6 +7,8 @@ export interface LayoutFixture {
   sizeof: Map<string, number>;
   offsetof: Map<string, number>;
   ioctl: Map<string, number>;
+  /** flags, capabilities and other #define'd numbers */
+  consts: Map<string, number>;
 }
 
 export function loadLayoutFixture(): LayoutFixture {
@@ -18,7 +20,7 @@ export function loadLayoutFixture(): LayoutFixture {
     try { text = readFileSync(c, 'utf8'); break; } catch { /* next */ }
   }
   if (text === undefined) throw new Error(`layout.txt not found in ${candidates.join(', ')}`);
-  const fx: LayoutFixture = { sizeof: new Map(), offsetof: new Map(), ioctl: new Map() };
+  const fx: LayoutFixture = { sizeof: new Map(), offsetof: new Map(), ioctl: new Map(), consts: new Map() };
   for (const line of text.split('\n')) {
     const [kind, name, value] = line.trim().split(/\s+/);
     if (!kind || !name || value === undefined) continue;
@@ -26,6 +28,7 @@ export function loadLayoutFixture(): LayoutFixture {
     if (kind === 'sizeof') fx.sizeof.set(name, n);
     else if (kind === 'offsetof') fx.offsetof.set(name, n);
     else if (kind === 'ioctl') fx.ioctl.set(name, n);
+    else if (kind === 'const') fx.consts.set(name, n);
   }
   return fx;
 }

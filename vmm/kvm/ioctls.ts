@@ -43,6 +43,10 @@ export const KVM_SET_LAPIC = _IOW(KVMIO, 0x8f, 1024);
 export const KVM_SET_FPU = _IOW(KVMIO, 0x8d, 416);
 export const KVM_GET_MP_STATE = _IOR(KVMIO, 0x98, 4);
 export const KVM_SET_MP_STATE = _IOW(KVMIO, 0x99, 4);
+/** struct kvm_irqfd (32 bytes): an eventfd write injects an interrupt on a GSI. */
+export const KVM_IRQFD = _IOW(KVMIO, 0x76, 32);
+/** struct kvm_ioeventfd (64 bytes): a guest PIO/MMIO write signals an eventfd instead of exiting. */
+export const KVM_IOEVENTFD = _IOW(KVMIO, 0x79, 64);
 
 /** Every number above by its C name, for the fixture test. */
 export const IOCTLS: Record<string, number> = {
@@ -50,6 +54,7 @@ export const IOCTLS: Record<string, number> = {
   KVM_CREATE_VCPU, KVM_SET_USER_MEMORY_REGION, KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR, KVM_CREATE_IRQCHIP,
   KVM_IRQ_LINE, KVM_CREATE_PIT2, KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS, KVM_SET_SREGS, KVM_SET_MSRS,
   KVM_SET_CPUID2, KVM_GET_LAPIC, KVM_SET_LAPIC, KVM_SET_FPU, KVM_GET_MP_STATE, KVM_SET_MP_STATE,
+  KVM_IRQFD, KVM_IOEVENTFD,
 };
 
 // KVM_CHECK_EXTENSION capabilities used.
@@ -60,3 +65,17 @@ export const KVM_CAP_EXT_CPUID = 7;
 export const KVM_CAP_PIT2 = 33;
 export const KVM_CAP_SET_IDENTITY_MAP_ADDR = 37;
 export const KVM_CAP_IMMEDIATE_EXIT = 136;
+export const KVM_CAP_IRQFD = 32;
+export const KVM_CAP_IOEVENTFD = 36;
+export const KVM_CAP_IRQFD_RESAMPLE = 82;
+/** ioeventfd len may be any size (with len 0 meaning "any write") */
+export const KVM_CAP_IOEVENTFD_ANY_LENGTH = 122;
+
+// kvm_irqfd.flags
+export const KVM_IRQFD_FLAG_DEASSIGN = 1 << 0;
+/** resamplefd is valid: level-triggered emulation (the line stays asserted until the guest's EOI) */
+export const KVM_IRQFD_FLAG_RESAMPLE = 1 << 1;
+// kvm_ioeventfd.flags
+export const KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0;
+export const KVM_IOEVENTFD_FLAG_PIO = 1 << 1;
+export const KVM_IOEVENTFD_FLAG_DEASSIGN = 1 << 2;

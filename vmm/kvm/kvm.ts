@@ -2,7 +2,7 @@
 // Every ioctl is one method; failures throw KvmError carrying errno.
 import { openSync } from 'node:fs';
 import * as io from './ioctls.js';
-import { SIZEOF } from './layout.js';
+import { OFFSETOF, SIZEOF } from './layout.js';
 import { closeFd, errno, errnoName, ioctlInt, ioctlPtr, mmap, MAP_SHARED, PROT_READ, PROT_WRITE, view } from './sys.js';
 
 export class KvmError extends Error {
@@ -133,6 +133,38 @@ export class VmFd {
     this.irqBuf.writeUInt32LE(level ? 1 : 0, 4);
     check('KVM_IRQ_LINE', ioctlPtr(this.fd, io.KVM_IRQ_LINE, this.irqBuf));
   }
+  /**
+   * KVM_IRQFD: a write to `eventfd` raises `gsi` inside the kernel (no ioctl, no exit; any thread
+   * may write it). Without `resampleFd` KVM pulses the line (assert + deassert): edge semantics.
+   * With it (KVM_IRQFD_FLAG_RESAMPLE, needs KVM_CAP_IRQFD_RESAMPLE) the line stays asserted until
+   * the guest EOIs it; KVM then lowers it and signals `resampleFd`, and userspace writes `eventfd`
+   * again if the device still has an interrupt pending: level semantics (vmm/devices/irq.ts).
+   * The default routing of KVM_CREATE_IRQCHIP covers GSIs 0-23 (PIC + IOAPIC pins), so no
+   * KVM_SET_GSI_ROUTING is needed for them. EBUSY if this eventfd is already bound.
+   */
+  registerIrqfd(eventfd: number, gsi: number, resampleFd?: number): void {
+    const flags = resampleFd === undefined ? 0 : io.KVM_IRQFD_FLAG_RESAMPLE;
+    check('KVM_IRQFD', ioctlPtr(this.fd, io.KVM_IRQFD, irqfdArg(eventfd, gsi, flags, resampleFd ?? 0)));
+  }
+  /** Deassign an irqfd (the eventfd stays open; closing it is the caller's). */
+  unregisterIrqfd(eventfd: number, gsi: number): void {
+    check('KVM_IRQFD', ioctlPtr(this.fd, io.KVM_IRQFD, irqfdArg(eventfd, gsi, io.KVM_IRQFD_FLAG_DEASSIGN, 0)));
+  }
+  /**
+   * KVM_IOEVENTFD: a guest write of `len` bytes (1, 2, 4 or 8) at `addr` (MMIO, or a port when
+   * `pio`) signals `eventfd` inside the kernel instead of exiting to userspace; the vCPU goes on
+   * at once. With `datamatch` only writes of that value do (others exit as usual), which is how
+   * one register (virtio-mmio QueueNotify) gets one eventfd per queue. EEXIST if it overlaps a
+   * registration at the same address and len with the same datamatch, or where either has none
+   * (a wildcard collides with every datamatch).
+   */
+  registerIoeventfd(eventfd: number, addr: number | bigint, len: number, datamatch?: number | bigint, pio = false): void {
+    check('KVM_IOEVENTFD', ioctlPtr(this.fd, io.KVM_IOEVENTFD, ioeventfdArg(eventfd, addr, len, datamatch, pio, false)));
+  }
+  /** Deassign: the same addr, len, datamatch and pio as at registration. */
+  unregisterIoeventfd(eventfd: number, addr: number | bigint, len: number, datamatch?: number | bigint, pio = false): void {
+    check('KVM_IOEVENTFD', ioctlPtr(this.fd, io.KVM_IOEVENTFD, ioeventfdArg(eventfd, addr, len, datamatch, pio, true)));
+  }
   createVcpu(id: number): VcpuFd {
     const fd = check('KVM_CREATE_VCPU', ioctlInt(this.fd, io.KVM_CREATE_VCPU, id));
     const size = this.kvm.vcpuMmapSize();
@@ -142,6 +174,32 @@ export class VmFd {
   close(): void {
     closeFd(this.fd);
   }
+}
+
+function irqfdArg(eventfd: number, gsi: number, flags: number, resampleFd: number): Buffer {
+  const b = Buffer.alloc(SIZEOF.kvm_irqfd as number);
+  b.writeUInt32LE(eventfd >>> 0, OFFSETOF['kvm_irqfd.fd'] as number);
+  b.writeUInt32LE(gsi >>> 0, OFFSETOF['kvm_irqfd.gsi'] as number);
+  b.writeUInt32LE(flags >>> 0, OFFSETOF['kvm_irqfd.flags'] as number);
+  b.writeUInt32LE(resampleFd >>> 0, OFFSETOF['kvm_irqfd.resamplefd'] as number);
+  return b;
+}
+
+function ioeventfdArg(eventfd: number, addr: number | bigint, len: number, datamatch: number | bigint | undefined, pio: boolean, deassign: boolean): Buffer {
+  if (![1, 2, 4, 8].includes(len)) throw new RangeError(`ioeventfd len ${len}: 1, 2, 4 or 8`);
+  const b = Buffer.alloc(SIZEOF.kvm_ioeventfd as number);
+  let flags = 0;
+  if (datamatch !== undefined) {
+    flags |= io.KVM_IOEVENTFD_FLAG_DATAMATCH;
+    b.writeBigUInt64LE(BigInt.asUintN(64, BigInt(datamatch)), OFFSETOF['kvm_ioeventfd.datamatch'] as number);
+  }
+  if (pio) flags |= io.KVM_IOEVENTFD_FLAG_PIO;
+  if (deassign) flags |= io.KVM_IOEVENTFD_FLAG_DEASSIGN;
+  b.writeBigUInt64LE(BigInt(addr), OFFSETOF['kvm_ioeventfd.addr'] as number);
+  b.writeUInt32LE(len, OFFSETOF['kvm_ioeventfd.len'] as number);
+  b.writeInt32LE(eventfd, OFFSETOF['kvm_ioeventfd.fd'] as number);
+  b.writeUInt32LE(flags, OFFSETOF['kvm_ioeventfd.flags'] as number);
+  return b;
 }
 
 export class VcpuFd {

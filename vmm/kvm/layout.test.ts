@@ -2,7 +2,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { loadLayoutFixture } from './fixtures.js';
 import { SIZEOF, OFFSETOF } from './layout.js';
+import * as io from './ioctls.js';
 import { IOCTLS, _IOR, _IOWR } from './ioctls.js';
+import * as epoll from '../io/epoll.js';
+import * as eventfd from '../io/eventfd.js';
 
 const fx = loadLayoutFixture();
 
@@ -24,4 +27,15 @@ test('ioctl numbers match the C headers and are unsigned', () => {
   assert.equal(_IOR(0xae, 0x83, 312), 0x8138ae83);
   assert.equal(_IOWR(0xae, 0x05, 8), 0xc008ae05);
   assert.throws(() => _IOR(0xae, 1, 1 << 14), RangeError);
+});
+
+test('flags and capabilities match the C headers', () => {
+  // every const the C program prints is exported under its C name by one of these modules
+  const js: Record<string, unknown> = { ...io, ...epoll, ...eventfd };
+  assert.ok(fx.consts.size >= 29, `${fx.consts.size} consts`);
+  for (const [name, value] of fx.consts) {
+    const v = js[name];
+    assert.equal(typeof v, 'number', `${name} is not exported`);
+    assert.equal((v as number) >>> 0, value >>> 0, name);
+  }
 });

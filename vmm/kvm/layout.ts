@@ -1,4 +1,4 @@
-// Struct sizes and field offsets from <linux/kvm.h> (x86_64). Checked against
+// Struct sizes and field offsets from <linux/kvm.h> and <sys/epoll.h> (x86_64). Checked against
 // fixtures/layout.txt (printed by fixtures/layout.c) in layout.test.ts.
 
 export const SIZEOF: Record<string, number> = {
@@ -16,6 +16,10 @@ export const SIZEOF: Record<string, number> = {
   kvm_irq_level: 8,
   kvm_pit_config: 64,
   kvm_mp_state: 4,
+  kvm_irqfd: 32,
+  kvm_ioeventfd: 64,
+  /** packed on x86_64: u32 events, then the u64 data at offset 4 */
+  epoll_event: 12,
 };
 
 export const OFFSETOF: Record<string, number> = {
@@ -41,6 +45,10 @@ export const OFFSETOF: Record<string, number> = {
   'kvm_run.io.direction': 32, 'kvm_run.io.size': 33, 'kvm_run.io.port': 34, 'kvm_run.io.count': 36, 'kvm_run.io.data_offset': 40,
   'kvm_run.mmio.phys_addr': 32, 'kvm_run.mmio.data': 40, 'kvm_run.mmio.len': 48, 'kvm_run.mmio.is_write': 52,
   'kvm_run.system_event.type': 32, 'kvm_run.internal.suberror': 32, 'kvm_run.fail_entry.hardware_entry_failure_reason': 32,
+  'kvm_irqfd.fd': 0, 'kvm_irqfd.gsi': 4, 'kvm_irqfd.flags': 8, 'kvm_irqfd.resamplefd': 12,
+  'kvm_ioeventfd.datamatch': 0, 'kvm_ioeventfd.addr': 8, 'kvm_ioeventfd.len': 16, 'kvm_ioeventfd.fd': 20,
+  'kvm_ioeventfd.flags': 24,
+  'epoll_event.events': 0, 'epoll_event.data': 4,
 };
 
 const off = (k: string): number => {

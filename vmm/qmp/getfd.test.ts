@@ -12,6 +12,7 @@ import koffi from 'koffi';
 import { QmpServer } from './server.js';
 import { registerFdCommands } from './fd-commands.js';
 import { socketFd } from './scm-reader.js';
+import { mainPoller } from '../io/poller.js';
 import { closeFd, mmap, MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE } from '../kvm/sys.js';
 import { QmpClient, waitFor } from '../testing/clients.js';
 
@@ -76,6 +77,7 @@ async function server(): Promise<{ srv: QmpServer; path: string; fds: Map<string
 }
 
 test('getfd/closefd with SCM_RIGHTS (in-process sendmsg); fds never leak', async () => {
+  mainPoller(); // the shared poller's epoll fd and wake eventfd live as long as the process
   const before = fdCount();
   const { srv, path, fds } = await server();
   const a = await QmpClient.connect(path);
@@ -169,7 +171,8 @@ test('getfd/closefd with SCM_RIGHTS (in-process sendmsg); fds never leak', async
   await srv.close();
   for (const fd of fds.values()) closeFd(fd); // as main.ts does on exit
   for (const fd of [...pipes.map((p) => p[0]), r4, r5, r6, r7, r8, r9]) closeFd(fd);
-  assert.equal(fdCount(), before, 'no fd left behind (received fds, eventfd, sockets)');
+  assert.equal(fdCount(), before, 'no fd left behind (received fds, sockets)');
+  assert.equal(mainPoller().waiting, false, 'no wait in flight once the server is closed');
 });
 
 const PY = `

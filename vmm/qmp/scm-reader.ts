@@ -2,35 +2,29 @@
 // (Node's net.Socket reads with read(), and the kernel then drops the ancillary data).
 //
 // The sockets stay Node sockets (accepted with pauseOnConnect, written by Node) but Node never
-// reads them. Readiness: one koffi `.async` poll() (a libuv threadpool thread) over every
-// registered fd plus an eventfd that add()/remove()/close() write to, so the poll returns and is
-// re-armed with the new set. When it returns, the main thread drains each readable fd with
-// recvmsg(MSG_DONTWAIT | MSG_CMSG_CLOEXEC) and hands bytes + fds to the owner. No poll is in
-// flight while nothing is registered, so an idle reader keeps neither a thread nor the event loop.
+// reads them. Readiness comes from the main thread's shared Poller (io/poller.ts: one epoll_pwait
+// on a libuv threadpool thread, only while some fd is registered); its callback drains the fd
+// with recvmsg(MSG_DONTWAIT | MSG_CMSG_CLOEXEC) on the main thread and hands bytes + fds to the
+// owner. With no connection registered no wait is in flight, so an idle reader keeps neither a
+// thread nor the event loop.
 //
 // Fd-reuse safety: a socket that Node destroyed (its fd closed) is dropped before any recvmsg, so
-// a recycled fd number is never read; a stale number in a poll already in flight only causes a
-// spurious wake-up.
+// a recycled fd number is never read; the poller's registrations are tokens, so an event returned
+// for a removed registration is never delivered (and epoll forgets a closed fd by itself).
 import koffi from 'koffi';
 import type { Socket } from 'node:net';
-import { closeFd, mmap, munmap, MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, EAGAIN, EINTR } from '../kvm/sys.js';
+import { mmap, munmap, MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, EAGAIN, EINTR } from '../kvm/sys.js';
+import { EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLRDHUP, type IoCallback } from '../io/epoll.js';
+import { mainPoller, type Poller } from '../io/poller.js';
 import { logger } from '../log.js';
 
 const log = logger('qmp');
 const libc = koffi.load('libc.so.6');
-const pollRaw = libc.func('int poll(void *fds, unsigned long nfds, int timeout)') as unknown as
-  ((fds: bigint, n: number, timeout: number) => number) & { async: (fds: bigint, n: number, timeout: number, cb: (err: unknown, res: number) => void) => void };
 const recvmsgRaw = libc.func('long recvmsg(int fd, void *msg, int flags)') as (fd: number, msg: bigint, flags: number) => number | bigint;
-const eventfdRaw = libc.func('int eventfd(unsigned int initval, int flags)') as (init: number, flags: number) => number;
-const readRaw = libc.func('long read(int fd, void *buf, size_t len)') as (fd: number, buf: Buffer, len: number) => number | bigint;
-const writeRaw = libc.func('long write(int fd, void *buf, size_t len)') as (fd: number, buf: Buffer, len: number) => number | bigint;
 
 // x86_64 Linux ABI
-const POLLIN = 0x1, POLLERR = 0x8, POLLHUP = 0x10, POLLNVAL = 0x20, POLLRDHUP = 0x2000;
-const POLLFD_SIZE = 8; // struct pollfd { int fd; short events; short revents; }
 const MSG_CTRUNC = 0x8, MSG_DONTWAIT = 0x40, MSG_CMSG_CLOEXEC = 0x40000000;
 const SOL_SOCKET = 1, SCM_RIGHTS = 1;
-const EFD_NONBLOCK = 0o4000, EFD_CLOEXEC = 0o2000000;
 // struct msghdr: name@0 namelen@8 iov@16 iovlen@24 control@32 controllen@40 flags@48, size 56
 // struct iovec: base@0 len@8, size 16; struct cmsghdr: len@0 (size_t) level@8 type@12, data@16
 const MSGHDR_SIZE = 56, IOVEC_SIZE = 16, CMSGHDR_SIZE = 16;
@@ -50,7 +44,7 @@ export interface ScmReadTarget {
   onEof(): void;
 }
 
-interface Entry { fd: number; sock: Socket; target: ScmReadTarget }
+interface Entry { fd: number; sock: Socket; target: ScmReadTarget; cb: IoCallback }
 
 /** The connection's fd, or undefined when Node does not expose one. */
 export function socketFd(sock: Socket): number | undefined {
@@ -60,136 +54,77 @@ export function socketFd(sock: Socket): number | undefined {
 
 export class ScmReader {
   private readonly entries = new Map<number, Entry>();
-  private evfd = -1;
-  private inFlight = false;
   private closed = false;
-  private idle: (() => void) | null = null;
-  // one mapping: msghdr | iovec | control | data; pollfds in their own (grown on demand)
+  // one mapping: msghdr | iovec | control | data (made on the first add)
   private readonly rxLen = 4096 + DATA_SIZE;
   private rx = 0n;
   private rxView: DataView | null = null;
-  private pollMem = 0n;
-  private pollCap = 0;
-  private polled: Array<Entry | null> = [];
+
+  /** `poller`: the main thread's shared one (as it is when the reader is made) unless one is given. */
+  constructor(private readonly poller: Poller = mainPoller()) {}
 
   add(sock: Socket, target: ScmReadTarget): boolean {
     const fd = socketFd(sock);
     if (fd === undefined || this.closed) return false;
     this.setup();
-    this.entries.set(fd, { fd, sock, target });
-    this.kick();
+    // an entry with this fd number belongs to a socket Node already closed (its 'close' handler
+    // has not run yet): drop it without telling its owner, which learns it from Node
+    const stale = this.entries.get(fd);
+    if (stale) this.unregister(stale);
+    const e: Entry = { fd, sock, target, cb: (events) => this.ready(e, events) };
+    try {
+      this.poller.add(fd, EPOLLIN | EPOLLRDHUP, e.cb);
+    } catch (err) {
+      log.warn(`QMP reader: cannot watch fd ${fd}: ${(err as Error).message}`);
+      return false;
+    }
+    this.entries.set(fd, e);
     return true;
   }
 
   remove(sock: Socket): void {
-    for (const [fd, e] of this.entries) {
-      if (e.sock === sock) {
-        this.entries.delete(fd);
-        this.kick();
-      }
-    }
+    for (const e of [...this.entries.values()]) if (e.sock === sock) this.unregister(e);
   }
 
-  /** Unregister everything; resolves once no poll is in flight (the event loop is free to exit). */
-  close(): Promise<void> {
+  /**
+   * Unregister everything; resolves once no wait that may report these fds is in flight (with no
+   * other poller user, none is then: the event loop is free to exit).
+   */
+  async close(): Promise<void> {
     this.closed = true;
-    this.entries.clear();
-    const done = new Promise<void>((r) => { this.idle = r; });
-    this.kick();
-    if (!this.inFlight) this.release();
-    return done;
+    for (const e of [...this.entries.values()]) this.unregister(e);
+    await this.poller.sync();
+    this.release();
+  }
+
+  private unregister(e: Entry): void {
+    if (this.entries.get(e.fd) !== e) return;
+    this.entries.delete(e.fd);
+    this.poller.remove(e.fd, e.cb);
   }
 
   private setup(): void {
-    if (this.evfd >= 0) return;
-    const e = eventfdRaw(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (e < 0) throw new Error(`eventfd failed: errno ${koffi.errno()}`);
-    this.evfd = e;
+    if (this.rx) return;
     this.rx = mmap(this.rxLen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
     this.rxView = new DataView(koffi.view(this.rx, this.rxLen));
   }
 
   private release(): void {
-    if (this.evfd >= 0) closeFd(this.evfd);
-    this.evfd = -1;
     if (this.rx) munmap(this.rx, this.rxLen);
     this.rx = 0n;
     this.rxView = null;
-    if (this.pollMem) munmap(this.pollMem, this.pollCap * POLLFD_SIZE);
-    this.pollMem = 0n;
-    this.pollCap = 0;
-    const idle = this.idle;
-    this.idle = null;
-    idle?.();
   }
 
-  /** Start a poll, or make the one in flight return so the next sees the new fd set. */
-  private kick(): void {
-    if (this.inFlight) {
-      const one = Buffer.alloc(8);
-      one.writeBigUInt64LE(1n);
-      writeRaw(this.evfd, one, 8); // EAGAIN only when the counter is already huge: it is readable then
-    } else if (!this.closed && this.entries.size > 0) {
-      this.arm();
-    }
-  }
-
-  private arm(): void {
-    const n = this.entries.size + 1;
-    if (n > this.pollCap) {
-      if (this.pollMem) munmap(this.pollMem, this.pollCap * POLLFD_SIZE);
-      this.pollCap = Math.max(64, n * 2);
-      this.pollMem = mmap(this.pollCap * POLLFD_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
-    }
-    const v = new DataView(koffi.view(this.pollMem, n * POLLFD_SIZE));
-    this.polled = [null, ...this.entries.values()];
-    this.polled.forEach((e, i) => {
-      v.setInt32(i * POLLFD_SIZE, e ? e.fd : this.evfd, true);
-      v.setInt16(i * POLLFD_SIZE + 4, e ? POLLIN | POLLRDHUP : POLLIN, true);
-      v.setInt16(i * POLLFD_SIZE + 6, 0, true);
-    });
-    this.inFlight = true;
-    pollRaw.async(this.pollMem, n, -1, (err, res) => {
-      this.inFlight = false;
-      try {
-        this.polledReturned(err, res, v);
-      } catch (e) {
-        log.error(`QMP reader: ${(e as Error).stack ?? e}`);
-      }
-      if (this.closed) this.release();
-      else if (this.entries.size > 0) {
-        // a failing poll (it should not: EINTR at most) must not spin
-        if (err || res < 0) setTimeout(() => { if (!this.inFlight) this.kick(); }, 10).unref();
-        else this.arm();
-      }
-    });
-  }
-
-  private polledReturned(err: unknown, res: number, v: DataView): void {
-    if (err || res < 0) {
-      log.warn(`QMP reader: poll failed: ${err ?? 'error'}`);
+  /** The poller's callback: runs on the main thread. */
+  private ready(e: Entry, events: number): void {
+    // only fds still registered to the same, undestroyed socket are read
+    if (this.entries.get(e.fd) !== e) return;
+    if (e.sock.destroyed || socketFd(e.sock) !== e.fd) {
+      this.unregister(e);
+      e.target.onEof();
       return;
     }
-    if (res === 0) return;
-    const polled = this.polled;
-    for (let i = 0; i < polled.length; i++) {
-      const revents = v.getInt16(i * POLLFD_SIZE + 6, true);
-      if (revents === 0) continue;
-      const e = polled[i];
-      if (!e) {
-        const b = Buffer.alloc(8);
-        readRaw(this.evfd, b, 8);
-        continue;
-      }
-      // only fds still registered to the same, undestroyed socket are read
-      if (this.entries.get(e.fd) !== e) continue;
-      if (e.sock.destroyed || socketFd(e.sock) !== e.fd || (revents & POLLNVAL) !== 0) {
-        this.entries.delete(e.fd);
-        e.target.onEof();
-        continue;
-      }
-      if (revents & (POLLIN | POLLHUP | POLLERR | POLLRDHUP)) this.drain(e);
-    }
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) this.drain(e);
   }
 
   private drain(e: Entry): void {
@@ -216,13 +151,13 @@ export class ScmReader {
         if (errno === EINTR) continue;
         if (errno === EAGAIN) return;
         log.debug(`QMP reader: recvmsg on fd ${e.fd}: errno ${errno}`);
-        this.entries.delete(e.fd);
+        this.unregister(e);
         e.target.onEof();
         return;
       }
       const fds = this.takeFds(v, control);
       if (n === 0 && fds.length === 0) {
-        this.entries.delete(e.fd);
+        this.unregister(e);
         e.target.onEof();
         return;
       }
