@@ -10,10 +10,12 @@ import { ConsoleHub } from './console.js';
 import { configureLog, logger, parseLevel } from './log.js';
 import { Machine, type ShutdownInfo } from './machine.js';
 import { buildDevices } from './devices/build.js';
-import { registerHotplugCommands } from './qmp/commands/hotplug.js';
+import { register as registerHotplugCommands } from './qmp/commands/hotplug.js';
 import { GuestMemory } from './memory/guest-memory.js';
 import { QmpServer } from './qmp/server.js';
-import { registerFdCommands } from './qmp/fd-commands.js';
+import { register as registerLifecycleCommands } from './qmp/commands/lifecycle.js';
+import { register as registerFdCommands } from './qmp/commands/fds.js';
+import { register as registerInfoCommands } from './qmp/commands/info.js';
 import { closeFd } from './kvm/sys.js';
 import { FORBIDDEN_SYSCALL_ENV, install as installSeccomp, prepare as prepareSeccomp, scheduleForbiddenSyscall } from './sandbox.js';
 
@@ -159,34 +161,10 @@ async function run(): Promise<void> {
   machine.on('shutdown', (info: ShutdownInfo) => void exit(info));
 
   if (qmp) {
-    qmp.register('stop', async () => { await machine.pause(); return {}; });
-    qmp.register('cont', async () => { await machine.resume(); return {}; });
-    qmp.register('quit', () => {
-      setImmediate(() => void machine.shutdown({ guest: false, reason: 'host-qmp-quit' }));
-      return {};
-    });
-    qmp.register('query-status', () => ({
-      running: machine.state === 'running',
-      singlestep: false,
-      status: machine.state,
-    }));
-    qmp.register('query-cpus-fast', () => machine.vcpuThreadIds().map((tid, i) => ({
-      'cpu-index': i,
-      'qom-path': `/machine/unattached/device[${i}]`,
-      'thread-id': tid,
-      target: 'x86_64',
-      props: { 'core-id': i, 'thread-id': 0, 'socket-id': 0 },
-    })));
-    qmp.register('system_reset', async () => { await machine.reset(); return {}; });
-    qmp.register('system_powerdown', () => {
-      qmp.event('POWERDOWN');
-      machine.powerButton();
-      return {};
-    });
-    registerFdCommands(qmp, fds);
+    registerLifecycleCommands(qmp, { machine });
+    registerFdCommands(qmp, { fds });
     registerHotplugCommands(qmp, { devices: machine.devices, fds });
-    qmp.register('query-version', () => ({ qemu: { major: 8, minor: 2, micro: 0 }, package: 'capsule' }));
-    qmp.register('query-commands', () => ['qmp_capabilities', ...qmp.handlers.keys()].map((name) => ({ name })));
+    registerInfoCommands(qmp);
   }
 
   // before anything is visible (sockets, pidfile): a SIGTERM sent as soon as the pidfile exists

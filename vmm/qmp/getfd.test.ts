@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { promisify } from 'node:util';
 import koffi from 'koffi';
 import { QmpServer } from './server.js';
-import { registerFdCommands } from './fd-commands.js';
+import { register as registerFdCommands } from './commands/fds.js';
 import { socketFd } from './scm-reader.js';
 import { mainPoller } from '../io/poller.js';
 import { closeFd, mmap, MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE } from '../kvm/sys.js';
@@ -65,7 +65,7 @@ async function server(): Promise<{ srv: QmpServer; path: string; fds: Map<string
   const path = join(mkdtempSync(join(tmpdir(), 'qmp-getfd-')), 'qmp.sock');
   const srv = new QmpServer({ path });
   const fds = new Map<string, number>();
-  registerFdCommands(srv, fds); // the same code main.ts registers
+  registerFdCommands(srv, { fds }); // the same code main.ts registers
   srv.register('query-status', () => ({ running: true, singlestep: false, status: 'running' }));
   // test only: write through a named fd, as a device using it would
   srv.register('write-fd', (args) => {

@@ -30,6 +30,9 @@ export interface QmpContext {
 }
 export type QmpHandler = (args: Record<string, unknown>, ctx: QmpContext) => unknown | Promise<unknown>;
 
+/** The QEMU version capsule-vmm reports (greeting, query-version): clients check for QEMU features by it. */
+export const QMP_VERSION = { major: 8, minor: 2, micro: 0 } as const;
+
 export interface QmpServerOptions {
   path: string;
   version?: { major: number; minor: number; micro: number };
@@ -182,7 +185,7 @@ export class QmpServer {
   }
 
   greeting(): unknown {
-    const v = this.opts.version ?? { major: 8, minor: 2, micro: 0 };
+    const v = this.opts.version ?? QMP_VERSION;
     return { QMP: { version: { qemu: v, package: 'capsule' }, capabilities: [] } };
   }
 

@@ -41,7 +41,7 @@ function slotNumber(v: unknown, slots: number): number {
   return n;
 }
 
-export function registerHotplugCommands(qmp: QmpServer, deps: HotplugDeps): void {
+export function register(qmp: QmpServer, deps: HotplugDeps): void {
   /** Files opened by blockdev-add, waiting for device_add. */
   const pending = new Map<string, BlkBackend>();
   /** Which device id sits in which slot. */

@@ -1,10 +1,15 @@
 // QMP getfd / closefd (as QEMU): `getfd {"fdname"}` keeps the first fd that came with the command
 // (SCM_RIGHTS) under that name, replacing (and closing) an older one; the server closes any other
 // fds of the command. `closefd {"fdname"}` closes it. The caller owns `fds` (closes them on exit).
-import { closeFd } from '../kvm/sys.js';
-import { QmpError, type QmpServer } from './server.js';
+import { closeFd } from '../../kvm/sys.js';
+import { QmpError, type QmpServer } from '../server.js';
 
-export function registerFdCommands(qmp: QmpServer, fds: Map<string, number>): void {
+export interface FdDeps {
+  /** named fds, by fdname; devices look them up here */
+  fds: Map<string, number>;
+}
+
+export function register(qmp: Pick<QmpServer, 'register'>, { fds }: FdDeps): void {
   qmp.register('getfd', (args, ctx) => {
     const name = args.fdname;
     if (typeof name !== 'string' || name === '') throw new QmpError('GenericError', "Parameter 'fdname' is missing");
