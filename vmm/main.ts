@@ -131,7 +131,7 @@ async function run(): Promise<void> {
       consoleOut: (b) => consoleHub.write(b),
     });
     consoleHub.onInput = (b) => machine.serial.enqueueInput(b);
-    buildDevices(machine.devices, { drives: cfg.drives, hotplugSlots: cfg.hotplugSlots, rng: cfg.rng });
+    buildDevices(machine.devices, { drives: cfg.drives, hotplugSlots: cfg.hotplugSlots, rng: cfg.rng, nets: cfg.nets, memory });
   } catch (e) {
     await cleanup();
     die((e as Error).message);

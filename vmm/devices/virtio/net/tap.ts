@@ -153,3 +153,27 @@ function readName(ifr: Buffer): string {
   const end = raw.indexOf(0);
   return raw.subarray(0, end < 0 ? IFNAMSIZ : end).toString('utf8');
 }
+
+/**
+ * The tap of a -netdev at init: `netdev=NAME` opens (or creates) that tap; `fd=N` takes the
+ * inherited fd N (QEMU's fd=). Named fds (QMP getfd) only exist later: they go with netdev_add.
+ */
+export function openNetBackend(n: { ifname?: string | undefined; fd?: string | undefined }): Tap {
+  if (n.ifname !== undefined) {
+    try {
+      return Tap.open(n.ifname);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      const errno = (e as SysError).errno;
+      const hint = code === 'ENOENT' ? ' (no /dev/net/tun: load the tun module)'
+        : errno === 1 ? ' (creating a tap needs CAP_NET_ADMIN; or create it for this user: ip tuntap add NAME mode tap user UID)'
+        : errno === 16 ? ' (another process has it open)' : '';
+      throw new Error(`cannot open tap '${n.ifname}': ${(e as Error).message}${hint}`);
+    }
+  }
+  const fd = n.fd ?? '';
+  if (!/^\d+$/.test(fd)) {
+    throw new Error(`fd=${fd}: at start only an inherited fd number works (fd=N); fds sent with QMP getfd are used by netdev_add`);
+  }
+  return Tap.fromFd(Number(fd), `fd=${fd}`);
+}
