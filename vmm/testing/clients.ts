@@ -151,8 +151,10 @@ export function killAllVmms(): void {
   live.clear();
 }
 
-export function startVmm(args: string[], env: NodeJS.ProcessEnv = {}): VmmProcess {
-  const child = spawn(process.execPath, [VMM_BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+/** `prefix`: a command that execs the VMM (e.g. `ip netns exec NS` to start it in a network namespace). */
+export function startVmm(args: string[], env: NodeJS.ProcessEnv = {}, prefix: string[] = []): VmmProcess {
+  const argv = [...prefix, process.execPath, VMM_BIN, ...args];
+  const child = spawn(argv[0] as string, argv.slice(1), { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   live.add(child);
   child.once('exit', () => live.delete(child));
   const p: VmmProcess = {

@@ -235,6 +235,19 @@ export class Queue {
     return this.pending(mem) > 0;
   }
 
+  /**
+   * Ask for a notification once the driver makes more available than it has now, even if the
+   * device left some of it in the ring (virtio-net: the rx buffers there cannot hold the frame
+   * that waits). Returns true if more arrived meanwhile. enableNotification() would ask at
+   * nextAvail and report the buffers left in the ring as new.
+   */
+  notifyBeyondAvail(mem: GuestMemory): boolean {
+    const avail = this.availIdx(mem);
+    if (this.eventIdx) mem.writeU16(GuestAddress(this.used + 4 + 8 * this.size), avail);
+    else mem.writeU16(GuestAddress(this.used), 0);
+    return this.availIdx(mem) !== avail;
+  }
+
   /** Without EVENT_IDX: tell the driver not to notify while we drain (a hint it may ignore). */
   disableNotification(mem: GuestMemory): void {
     if (!this.eventIdx) mem.writeU16(GuestAddress(this.used), VIRTQ_USED_F_NO_NOTIFY);

@@ -172,6 +172,9 @@ export class TestDriver {
     const ring = this.rings[q] as RingLayout;
     const idx = this.mem.readU16(GA(ring.used + 2));
     const out: UsedEntry[] = [];
+    // more than a ring's worth ahead: no device put that many; the ring itself was overwritten
+    // (a hostile buffer over it, in the fuzzer). Read the last ring's worth, not up to 65535.
+    if (((idx - (this.usedSeen[q] as number)) & 0xffff) > ring.size) this.usedSeen[q] = (idx - ring.size) & 0xffff;
     while (this.usedSeen[q] !== idx) {
       const slot = (this.usedSeen[q] as number) % ring.size;
       const e = ring.used + 4 + 8 * slot;

@@ -246,8 +246,9 @@ export class VirtioNet implements VirtioDevice {
         const r = this.mrg ? this.deliverMergeable(ctx, q) : this.deliverOne(ctx, q);
         if (r.used) used = true;
         if (r.result === 'no-buffers') {
-          // more buffers may have come while we looked: then go on, else wait for the driver
-          if (q.enableNotification(ctx.mem)) continue;
+          // ask to hear of buffers beyond those there now (which may be too few for this frame);
+          // more may have come while we looked: then go on, else wait for the driver
+          if (q.notifyBeyondAvail(ctx.mem)) continue;
           this.metrics.rxStalls++;
           this.stopPolling();
           break;
@@ -304,6 +305,7 @@ export class VirtioNet implements VirtioDevice {
     const bad: Array<{ head: number; len: number }> = [];
     let room = 0;
     let pops = 0;
+    let used = false;
     const undo = (): void => {
       for (; pops > 0; pops--) q.undoPop();
     };
@@ -311,25 +313,31 @@ export class VirtioNet implements VirtioDevice {
       if (pops >= q.size) {
         // a ring's worth of chains does not hold it: tiny buffers; drop the frame, keep the buffers
         undo();
-        return { result: 'dropped', used: false };
+        return { result: 'dropped', used };
       }
       const p = q.pop(ctx.mem);
       if (!p) {
-        // put everything back (bad chains included: they are rejected again, once, when used)
+        // put back what this frame took (bad chains after a good one included: they are
+        // rejected again, and completed, once a frame is delivered)
         undo();
-        return { result: 'no-buffers', used: false };
+        return { result: 'no-buffers', used };
+      }
+      const head = p.error ? p.error.head : p.chain.head;
+      // the header (with num_buffers) must fit in the first buffer chain
+      const total = p.chain ? p.chain.writable.reduce((n, b) => n + b.len, 0) : 0;
+      if (p.error || total === 0 || (chains.length === 0 && total < NET_HDR_SIZE)) {
+        if (chains.length === 0) {
+          this.metrics.rejected++;
+          // nothing of this frame is taken yet: complete it now, it is not popped again
+          q.addUsed(ctx.mem, head, 0);
+          used = true;
+        } else {
+          pops++;
+          bad.push({ head, len: 0 });
+        }
+        continue;
       }
       pops++;
-      if (p.error) {
-        bad.push({ head: p.error.head, len: 0 });
-        continue;
-      }
-      const total = p.chain.writable.reduce((n, b) => n + b.len, 0);
-      // the header (with num_buffers) must fit in the first buffer chain
-      if (total === 0 || (chains.length === 0 && total < NET_HDR_SIZE)) {
-        bad.push({ head: p.chain.head, len: 0 });
-        continue;
-      }
       chains.push({ chain: p.chain, room: total });
       room += total;
     }

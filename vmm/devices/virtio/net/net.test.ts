@@ -223,9 +223,13 @@ test('rx: out of buffers the tap leaves the Poller and the frame waits; an rx no
   r.d.submit(RXQ, [{ writable: 2048 }]);
   assert.equal(r.d.takeUsed(RXQ).length, 0);
   assert.equal(r.net.isPolling, false);
+  // the buffer stays in the ring; the driver is asked to notify beyond it, not at it (no spin)
+  assert.equal(r.d.mem.readU16(GA(ring.used + 4 + 8 * ring.size)), 2);
+  assert.equal(r.net.metrics.rxStalls, 2, 'one stall per notification');
   r.d.submit(RXQ, [{ writable: 2048 }], { notify: false });
   r.d.submit(RXQ, [{ writable: 2048 }]);
   await until(() => r.net.metrics.rxFrames === 3, 'f2 and f3');
+  assert.equal(r.net.metrics.rxStalls, 2);
   const used = r.d.takeUsed(RXQ);
   assert.deepEqual(used.map((u) => u.len), [2048, f2.length - 2048, f3.length]);
   assert.equal(r.net.isPolling, true);
