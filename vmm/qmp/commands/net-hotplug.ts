@@ -9,6 +9,7 @@
 //   device_del {id}                link down, the tap is closed; DEVICE_DELETED {device: id,
 //                                  path: id} is sent, then the reply
 //   netdev_del {id}                closes a tap opened but never attached
+//   x-query-net-metrics            every virtio-net device's counters (debugging, tests)
 // device_add/device_del are registered by hotplug.ts, which hands net requests to this module.
 import type { DeviceManager } from '../../devices/manager.js';
 import { hotNetSlotId } from '../../devices/build.js';
@@ -89,6 +90,11 @@ export function register(qmp: QmpServer, deps: NetHotplugDeps): NetHotplug {
     pending.delete(id);
     return {};
   });
+
+  qmp.register('x-query-net-metrics', () => deps.devices.slots.filter((s) => s.device instanceof VirtioNet).map((s) => {
+    const net = s.device as VirtioNet;
+    return { id: s.id, tap: net.backendName ?? null, link: net.linkUp, polling: net.isPolling, ...net.metrics };
+  }));
 
   return {
     deviceAdd(args, slotNumber) {

@@ -36,10 +36,15 @@ function send(): void {
 }
 
 function sink(): void {
+  let bytes = 0;
+  let first = 0;
+  // killed before the end: say how far it got
+  process.on('SIGTERM', () => {
+    process.stdout.write(`${JSON.stringify({ partial: true, bytes, ms: first ? Date.now() - first : 0 })}\n`);
+    process.exit(1);
+  });
   const srv = createServer((s) => {
     const h = createHash('md5');
-    let bytes = 0;
-    let first = 0;
     s.on('data', (d: Buffer) => {
       if (!first) first = Date.now();
       bytes += d.length;

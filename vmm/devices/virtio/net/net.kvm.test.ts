@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { probeKvm } from '../../../kvm/probe.js';
-import { ConsoleClient, killAllVmms, QmpClient, startVmm, testImage, waitFor, waitForFile } from '../../../testing/clients.js';
+import { ConsoleClient, killAllVmms, QmpClient, startVmm, testImage, waitForFile } from '../../../testing/clients.js';
 
 const BOOT_TIMEOUT = Number(process.env.CAPSULE_TEST_BOOT_TIMEOUT_MS ?? 240_000);
 const NS = `capsule-net-${process.pid}`;
@@ -51,7 +51,7 @@ function peer(args: string[]): { ready: Promise<void>; result: Promise<Record<st
       else reject(new Error(`net-peer ${args.join(' ')} exited ${code}: ${out}${err}`));
     });
   });
-  return { ready, result, kill: () => child.kill('SIGKILL') };
+  return { ready, result, kill: () => child.kill('SIGTERM') };
 }
 
 /** QMP getfd of a tap opened in the namespace (python3: TUNSETIFF IFF_TAP|IFF_NO_PI|IFF_VNET_HDR), as a management layer does. */
@@ -70,7 +70,7 @@ print(f.readline().strip())`;
 
 const md5 = (b: Uint8Array): string => createHash('md5').update(b).digest('hex');
 
-interface Vm { q: QmpClient; con: ConsoleClient; qmpPath: string; exited: Promise<{ code: number | null }>; stderr: () => string }
+interface Vm { q: QmpClient; con: ConsoleClient; qmpPath: string; exited: Promise<{ code: number | null }>; stderr: () => string; kill(): void }
 
 async function boot(name: string, netdev: string, extra: string[] = []): Promise<Vm> {
   const qmpPath = join(work, `${name}.qmp`);
@@ -83,7 +83,7 @@ async function boot(name: string, netdev: string, extra: string[] = []): Promise
   const q = await QmpClient.connect(qmpPath);
   await con.waitFor(/CAPSULE_READY/, BOOT_TIMEOUT);
   await con.waitFor(/capsule# /, 60_000);
-  return { q, con, qmpPath, exited: vmm.exited, stderr: () => vmm.stderr };
+  return { q, con, qmpPath, exited: vmm.exited, stderr: () => vmm.stderr, kill: () => vmm.child.kill('SIGKILL') };
 }
 
 async function powerOff(vm: Vm): Promise<void> {
@@ -94,16 +94,27 @@ async function powerOff(vm: Vm): Promise<void> {
   vm.con.close();
 }
 
-/** guest -> host: 64 MB of zeros through nc, timed on the host side (first byte to EOF). */
+/** guest -> host: 16 MiB of zeros through nc, timed on the host side (first byte to EOF). */
 async function throughput(vm: Vm, port: number): Promise<{ mbps: number; bytes: number; ms: number }> {
+  const count = 256;
   const sink = peer(['sink', '10.0.2.1', String(port)]);
   await sink.ready;
-  const r = await vm.con.run(`dd if=/dev/zero bs=64k count=1000 2>/dev/null | nc 10.0.2.1 ${port}`, 300_000);
-  assert.equal(r.status, 0, r.out);
+  try {
+    const r = await vm.con.run(`dd if=/dev/zero bs=64k count=${count} 2>/dev/null | nc 10.0.2.1 ${port}`, 180_000);
+    assert.equal(r.status, 0, r.out);
+  } catch (e) {
+    sink.kill();
+    const partial = await sink.result.catch((x: Error) => x.message);
+    const m = await vm.q.call('x-query-net-metrics');
+    throw new Error(`${(e as Error).message}; host got ${JSON.stringify(partial)}; device ${JSON.stringify(m.return)}`);
+  }
   const res = await sink.result as { bytes: number; ms: number };
-  assert.equal(res.bytes, 64 * 1024 * 1000);
+  assert.equal(res.bytes, 64 * 1024 * count);
   return { bytes: res.bytes, ms: res.ms, mbps: res.bytes / 1e6 / (res.ms / 1000) };
 }
+
+const t0 = Date.now();
+const step = (what: string): void => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)} s] ${what}`);
 
 before(async () => {
   const p = probeKvm();
@@ -129,61 +140,71 @@ after(() => {
 describe('virtio-net on KVM', { concurrency: false }, () => {
   test('ping both ways, 1 MiB TCP both ways (md5), MAC, hot-replace a NIC with a tap fd, DEVICE_DELETED', async () => {
     const vm = await boot('vm', `id=net0,netdev=tap0,mac=${MAC}`, ['-hotplug-slots', '1']);
-    const { con, q } = vm;
-    // eth0 is -netdev net0 (its MAC), eth1 the replaceable slot (link down, no tap)
-    const macs = await con.run('cat /sys/class/net/eth0/address /sys/class/net/eth1/address');
-    assert.equal(macs.out.trim().split('\n')[0], MAC, macs.out);
-    const up = await con.run('ip addr add 10.0.2.2/24 dev eth0 && ip link set eth0 up && ping -c 3 -W 5 10.0.2.1');
-    assert.equal(up.status, 0, `guest -> host ping: ${up.out}`);
-    assert.match(up.out, /3 packets received/);
-    const back = inNs('ping', '-c', '3', '-W', '5', '10.0.2.2');
-    assert.ok(back.ok, `host -> guest ping: ${back.out}`);
-    assert.match(must(inNs('ip', 'neigh', 'show', '10.0.2.2'), 'neigh'), new RegExp(MAC));
+    try {
+      step('booted');
+      const { con, q } = vm;
+      // eth0 is -netdev net0 (its MAC), eth1 the replaceable slot (link down, no tap)
+      const macs = await con.run('cat /sys/class/net/eth0/address /sys/class/net/eth1/address');
+      assert.equal(macs.out.trim().split('\n')[0], MAC, macs.out);
+      const up = await con.run('ip addr add 10.0.2.2/24 dev eth0 && ip link set eth0 up && ping -c 3 -W 5 10.0.2.1');
+      assert.equal(up.status, 0, `guest -> host ping: ${up.out}`);
+      assert.match(up.out, /3 packets received/);
+      const back = inNs('busybox', 'ping', '-c', '3', '-W', '5', '10.0.2.2');
+      assert.ok(back.ok, `host -> guest ping: ${back.out}`);
+      assert.match(must(inNs('ip', 'neigh', 'show', '10.0.2.2'), 'neigh'), new RegExp(MAC));
 
-    // host -> guest: 1 MiB into busybox nc
-    const toGuest = randomBytes(1 << 20);
-    const file = join(work, 'to-guest.bin');
-    writeFileSync(file, toGuest);
-    con.type('nc -l -p 5000 </dev/null >/tmp/x &\n');
-    const sent = await peer(['send', '10.0.2.2', '5000', file]).result;
-    assert.equal(sent.sent, 1 << 20, JSON.stringify(sent));
-    const sum = await con.run('sleep 1; wait; wc -c </tmp/x; md5sum /tmp/x');
-    assert.match(sum.out, /\b1048576\b/, sum.out);
-    assert.match(sum.out, new RegExp(md5(toGuest)), 'guest got exactly the host\'s bytes');
+      // host -> guest: 1 MiB into busybox nc
+      const toGuest = randomBytes(1 << 20);
+      const file = join(work, 'to-guest.bin');
+      writeFileSync(file, toGuest);
+      con.type('nc -l -p 5000 </dev/null >/tmp/x &\n');
+      step('pings done');
+      const sent = await peer(['send', '10.0.2.2', '5000', file]).result;
+      assert.equal(sent.sent, 1 << 20, JSON.stringify(sent));
+      step('1 MiB host -> guest sent');
+      const sum = await con.run('sleep 1; wait; wc -c </tmp/x; md5sum /tmp/x');
+      assert.match(sum.out, /\b1048576\b/, sum.out);
+      assert.match(sum.out, new RegExp(md5(toGuest)), 'guest got exactly the host\'s bytes');
 
-    // guest -> host: 1 MiB of the guest's random bytes
-    const sink = peer(['sink', '10.0.2.1', '5001']);
-    await sink.ready;
-    const g = await con.run('head -c 1048576 /dev/urandom >/tmp/y && md5sum /tmp/y && nc 10.0.2.1 5001 </tmp/y');
-    assert.equal(g.status, 0, g.out);
-    const got = await sink.result;
-    assert.equal(got.bytes, 1 << 20);
-    assert.match(g.out, new RegExp(String(got.md5)), 'host got exactly the guest\'s bytes');
+      // guest -> host: 1 MiB of the guest's random bytes
+      const sink = peer(['sink', '10.0.2.1', '5001']);
+      await sink.ready;
+      const g = await con.run('head -c 1048576 /dev/urandom >/tmp/y && md5sum /tmp/y && nc 10.0.2.1 5001 </tmp/y');
+      assert.equal(g.status, 0, g.out);
+      const got = await sink.result;
+      assert.equal(got.bytes, 1 << 20);
+      step(`1 MiB guest -> host in ${String(got.ms)} ms`);
+      assert.match(g.out, new RegExp(String(got.md5)), 'host got exactly the guest\'s bytes');
 
-    // hot-replace: the path form is refused under the seccomp filter, the fd form works
-    const byName = await q.call('netdev_add', { id: 'hnet0', ifname: 'tap1' });
-    assert.match(JSON.stringify(byName.error), /seccomp.*getfd/, JSON.stringify(byName));
-    assert.match(sendTapFd(vm.qmpPath, 'tap1fd', 'tap1'), /"return": ?\{\}/);
-    await con.run('ip addr add 10.0.3.2/24 dev eth1; ip link set eth1 up');
-    assert.equal((await con.run('cat /sys/class/net/eth1/carrier')).out.trim(), '0', 'no tap: no carrier');
-    await q.execute('netdev_add', { id: 'hnet0', fd: 'tap1fd' });
-    await q.execute('device_add', { id: 'hnet0', driver: 'virtio-net-mmio', addr: '0x0' });
-    const carrier = await con.run('for i in $(seq 20); do [ "$(cat /sys/class/net/eth1/carrier)" = 1 ] && break; sleep 0.5; done; cat /sys/class/net/eth1/carrier');
-    assert.equal(carrier.out.trim(), '1', 'link up after device_add');
-    const ping1 = await con.run('ping -c 3 -W 5 10.0.3.1');
-    assert.equal(ping1.status, 0, `ping over the hot-replaced NIC: ${ping1.out}`);
-    const del = await q.call('device_del', { id: 'hnet0' });
-    assert.deepEqual(del.return, {});
-    const ev = await q.event('DEVICE_DELETED');
-    assert.deepEqual(ev.data, { device: 'hnet0', path: 'hnet0' });
-    const down = await con.run('for i in $(seq 20); do [ "$(cat /sys/class/net/eth1/carrier)" = 0 ] && break; sleep 0.5; done; cat /sys/class/net/eth1/carrier');
-    assert.equal(down.out.trim(), '0', 'link down after device_del');
-    // the first NIC is unaffected
-    assert.equal((await con.run('ping -c 1 -W 5 10.0.2.1')).status, 0);
+      // hot-replace: the path form is refused under the seccomp filter, the fd form works
+      const byName = await q.call('netdev_add', { id: 'hnet0', ifname: 'tap1' });
+      assert.match(JSON.stringify(byName.error), /seccomp.*getfd/, JSON.stringify(byName));
+      assert.match(sendTapFd(vm.qmpPath, 'tap1fd', 'tap1'), /"return": ?\{\}/);
+      await con.run('ip addr add 10.0.3.2/24 dev eth1; ip link set eth1 up');
+      assert.equal((await con.run('cat /sys/class/net/eth1/carrier')).out.trim(), '0', 'no tap: no carrier');
+      await q.execute('netdev_add', { id: 'hnet0', fd: 'tap1fd' });
+      await q.execute('device_add', { id: 'hnet0', driver: 'virtio-net-mmio', addr: '0x0' });
+      const carrier = await con.run('for i in $(seq 20); do [ "$(cat /sys/class/net/eth1/carrier)" = 1 ] && break; sleep 0.5; done; cat /sys/class/net/eth1/carrier');
+      assert.equal(carrier.out.trim(), '1', 'link up after device_add');
+      const ping1 = await con.run('ping -c 3 -W 5 10.0.3.1');
+      assert.equal(ping1.status, 0, `ping over the hot-replaced NIC: ${ping1.out}`);
+      const del = await q.call('device_del', { id: 'hnet0' });
+      assert.deepEqual(del.return, {});
+      const ev = await q.event('DEVICE_DELETED');
+      assert.deepEqual(ev.data, { device: 'hnet0', path: 'hnet0' });
+      const down = await con.run('for i in $(seq 20); do [ "$(cat /sys/class/net/eth1/carrier)" = 0 ] && break; sleep 0.5; done; cat /sys/class/net/eth1/carrier');
+      assert.equal(down.out.trim(), '0', 'link down after device_del');
+      // the first NIC is unaffected
+      assert.equal((await con.run('ping -c 1 -W 5 10.0.2.1')).status, 0);
 
-    const t = await throughput(vm, 5002);
-    console.log(`virtio-net userspace, guest -> host TCP: ${t.mbps.toFixed(1)} MB/s (${t.bytes} bytes in ${t.ms} ms)`);
-    await powerOff(vm);
+      step('hot-replace done');
+      const t = await throughput(vm, 5002);
+      console.log(`virtio-net userspace, guest -> host TCP: ${t.mbps.toFixed(1)} MB/s (${t.bytes} bytes in ${t.ms} ms)`);
+      console.log(`device: ${JSON.stringify((await q.call('x-query-net-metrics')).return)}`);
+      await powerOff(vm);
+    } finally {
+      vm.kill();
+    }
   });
 
   test('vhost=on: the kernel moves the frames (ping, TCP both ways, throughput)', async (t) => {
@@ -192,20 +213,24 @@ describe('virtio-net on KVM', { concurrency: false }, () => {
       return;
     }
     const vm = await boot('vhost', `id=net0,netdev=tap0,mac=${MAC},vhost=on`, ['-hotplug-slots', '0']);
-    const { con } = vm;
-    const up = await con.run('ip addr add 10.0.2.2/24 dev eth0 && ip link set eth0 up && ping -c 3 -W 5 10.0.2.1');
-    assert.equal(up.status, 0, `guest -> host ping over vhost: ${up.out}\n${vm.stderr()}`);
-    assert.ok(inNs('ping', '-c', '2', '-W', '5', '10.0.2.2').ok, 'host -> guest ping over vhost');
-    const toGuest = randomBytes(1 << 20);
-    const file = join(work, 'to-guest-vhost.bin');
-    writeFileSync(file, toGuest);
-    con.type('nc -l -p 5000 </dev/null >/tmp/x &\n');
-    await peer(['send', '10.0.2.2', '5000', file]).result;
-    const sum = await con.run('sleep 1; wait; md5sum /tmp/x');
-    assert.match(sum.out, new RegExp(md5(toGuest)));
-    const tp = await throughput(vm, 5003);
-    console.log(`virtio-net vhost-net, guest -> host TCP: ${tp.mbps.toFixed(1)} MB/s (${tp.bytes} bytes in ${tp.ms} ms)`);
-    await waitFor(() => true, 10, 'noop');
-    await powerOff(vm);
+    try {
+      step('vhost VM booted');
+      const { con } = vm;
+      const up = await con.run('ip addr add 10.0.2.2/24 dev eth0 && ip link set eth0 up && ping -c 3 -W 5 10.0.2.1');
+      assert.equal(up.status, 0, `guest -> host ping over vhost: ${up.out}\n${vm.stderr()}`);
+      assert.ok(inNs('busybox', 'ping', '-c', '2', '-W', '5', '10.0.2.2').ok, 'host -> guest ping over vhost');
+      const toGuest = randomBytes(1 << 20);
+      const file = join(work, 'to-guest-vhost.bin');
+      writeFileSync(file, toGuest);
+      con.type('nc -l -p 5000 </dev/null >/tmp/x &\n');
+      await peer(['send', '10.0.2.2', '5000', file]).result;
+      const sum = await con.run('sleep 1; wait; md5sum /tmp/x');
+      assert.match(sum.out, new RegExp(md5(toGuest)));
+      const tp = await throughput(vm, 5003);
+      console.log(`virtio-net vhost-net, guest -> host TCP: ${tp.mbps.toFixed(1)} MB/s (${tp.bytes} bytes in ${tp.ms} ms)`);
+      await powerOff(vm);
+    } finally {
+      vm.kill();
+    }
   });
 });
