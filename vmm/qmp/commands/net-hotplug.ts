@@ -93,7 +93,8 @@ export function register(qmp: QmpServer, deps: NetHotplugDeps): NetHotplug {
 
   qmp.register('x-query-net-metrics', () => deps.devices.slots.filter((s) => s.device instanceof VirtioNet).map((s) => {
     const net = s.device as VirtioNet;
-    return { id: s.id, tap: net.backendName ?? null, link: net.linkUp, polling: net.isPolling, ...net.metrics };
+    const t = s.transport.metrics;
+    return { id: s.id, tap: net.backendName ?? null, link: net.linkUp, polling: net.isPolling, ...net.metrics, interrupts: t.interrupts, notifications: t.notifications };
   }));
 
   return {

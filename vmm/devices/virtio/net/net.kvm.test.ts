@@ -94,9 +94,8 @@ async function powerOff(vm: Vm): Promise<void> {
   vm.con.close();
 }
 
-/** guest -> host: 16 MiB of zeros through nc, timed on the host side (first byte to EOF). */
-async function throughput(vm: Vm, port: number): Promise<{ mbps: number; bytes: number; ms: number }> {
-  const count = 256;
+/** guest -> host: `count` x 64 KiB of zeros through nc, timed on the host side (first byte to EOF). */
+async function throughput(vm: Vm, port: number, count = 256): Promise<{ mbps: number; bytes: number; ms: number }> {
   const sink = peer(['sink', '10.0.2.1', String(port)]);
   await sink.ready;
   try {
@@ -198,8 +197,38 @@ describe('virtio-net on KVM', { concurrency: false }, () => {
       assert.equal((await con.run('ping -c 1 -W 5 10.0.2.1')).status, 0);
 
       step('hot-replace done');
-      const t = await throughput(vm, 5002);
-      console.log(`virtio-net userspace, guest -> host TCP: ${t.mbps.toFixed(1)} MB/s (${t.bytes} bytes in ${t.ms} ms)`);
+      await powerOff(vm);
+    } finally {
+      vm.kill();
+    }
+  });
+
+  test('throughput, userspace: guest -> host and host -> guest TCP, with the counters that explain it', async () => {
+    const vm = await boot('tp', `id=net0,netdev=tap0,mac=${MAC}`, ['-hotplug-slots', '0']);
+    try {
+      const { con, q } = vm;
+      const up = await con.run('ip addr add 10.0.2.2/24 dev eth0 && ip link set eth0 up && ping -c 5 -W 5 10.0.2.1');
+      assert.equal(up.status, 0, up.out);
+      console.log(`guest ping: ${up.out.split('\n').filter((l) => /min\/avg|packets/.test(l)).join('; ')}`);
+      const feats = await con.run('for d in /sys/bus/virtio/devices/*; do echo "$(cat $d/device) $(cat $d/features)"; done');
+      console.log(`guest virtio features (device id, negotiated bits 0..): ${feats.out.trim().replace(/\n/g, ' | ')}`);
+      const snmp = async (): Promise<string> => (await con.run("grep '^Tcp:' /proc/net/snmp | tail -1; grep -i virtio /proc/interrupts")).out.trim();
+      const before = await snmp();
+      const g = await throughput(vm, 5002, 32);
+      console.log(`virtio-net userspace, guest -> host TCP: ${g.mbps.toFixed(2)} MB/s (${g.bytes} bytes in ${g.ms} ms)`);
+      console.log(`guest TCP/irqs before: ${before}\nafter: ${await snmp()}`);
+      console.log(`device: ${JSON.stringify((await q.call('x-query-net-metrics')).return)}`);
+      console.log(`host tap0: ${inNs('ip', '-s', 'link', 'show', 'tap0').out.replace(/\n\s*/g, ' ')}`);
+      console.log(`host TCP: ${inNs('sh', '-c', "grep '^Tcp:' /proc/net/snmp | tail -1").out.trim()}`);
+      // host -> guest: 2 MiB into the guest's nc, timed on the host (send to close)
+      const file = join(work, 'tp.bin');
+      writeFileSync(file, Buffer.alloc(2 << 20));
+      con.type('nc -l -p 5003 </dev/null >/dev/null &\n');
+      await new Promise((r) => setTimeout(r, 2000));
+      const t1 = Date.now();
+      await peer(['send', '10.0.2.2', '5003', file]).result;
+      const ms = Date.now() - t1;
+      console.log(`virtio-net userspace, host -> guest TCP: ${((2 << 20) / 1e6 / (ms / 1000)).toFixed(2)} MB/s (2 MiB in ${ms} ms)`);
       console.log(`device: ${JSON.stringify((await q.call('x-query-net-metrics')).return)}`);
       await powerOff(vm);
     } finally {
@@ -210,6 +239,13 @@ describe('virtio-net on KVM', { concurrency: false }, () => {
   test('vhost=on: the kernel moves the frames (ping, TCP both ways, throughput)', async (t) => {
     if (!existsSync('/dev/vhost-net')) {
       t.skip('no /dev/vhost-net here (modprobe vhost_net failed)');
+      return;
+    }
+    // the nested lab's L1 kernel (Debian 6.1 under QEMU/TCG's emulated SVM) panics (kernel stack
+    // overflow in exc_page_fault, in a vCPU thread's KVM_RUN) once vhost-net moves frames for an
+    // L2 guest, which ends every test of the run: opt in
+    if (process.env.CAPSULE_TEST_VHOST !== '1') {
+      t.skip('set CAPSULE_TEST_VHOST=1 (the nested lab\'s L1 kernel panics under vhost-net)');
       return;
     }
     const vm = await boot('vhost', `id=net0,netdev=tap0,mac=${MAC},vhost=on`, ['-hotplug-slots', '0']);
