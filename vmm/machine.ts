@@ -10,6 +10,7 @@ import { VcpuThreads } from './cpu/vcpus.js';
 import { AcpiGed, AcpiSleep, GED_EVENT_POWER_BUTTON } from './devices/legacy/acpi-pm.js';
 import { Cmos } from './devices/legacy/cmos.js';
 import { DeviceManager } from './devices/manager.js';
+import { mainPoller } from './io/poller.js';
 import { I8042 } from './devices/legacy/i8042.js';
 import { Serial } from './devices/legacy/serial.js';
 import { Kvm, type CpuidEntry, type VcpuFd, type VmFd } from './kvm/kvm.js';
@@ -111,6 +112,7 @@ export class Machine extends EventEmitter {
     vm.setTssAddr(KVM_TSS_ADDR);
     vm.createIrqchip();
     vm.createPit2(1);
+    this.devices.attachNotifiers(vm, mainPoller());
     const loaded = loadLinux(memory, { ...this.opts.boot, acpiDevices: this.devices.acpiDevices() });
     log.info(`kernel protocol 0x${loaded.image.version.toString(16)}, entry 0x${loaded.entry.toString(16)}` +
       (loaded.initrd ? `, initrd at 0x${loaded.initrd.addr.toString(16)} (${loaded.initrd.size} bytes)` : ''));

@@ -11,6 +11,7 @@ import { configureLog, logger, parseLevel } from './log.js';
 import { Machine, type ShutdownInfo } from './machine.js';
 import { buildDevices } from './devices/build.js';
 import { register as registerHotplugCommands } from './qmp/commands/hotplug.js';
+import { register as registerDeviceQueries } from './qmp/commands/devices.js';
 import { GuestMemory } from './memory/guest-memory.js';
 import { QmpServer } from './qmp/server.js';
 import { register as registerLifecycleCommands } from './qmp/commands/lifecycle.js';
@@ -164,6 +165,7 @@ async function run(): Promise<void> {
     registerLifecycleCommands(qmp, { machine });
     registerFdCommands(qmp, { fds });
     registerHotplugCommands(qmp, { devices: machine.devices, fds });
+    registerDeviceQueries(qmp, { devices: machine.devices, exits: () => machine.exits });
     registerInfoCommands(qmp);
   }
 

@@ -3,6 +3,10 @@
 // The Machine only asks it to dispatch exits and to describe the devices to the guest.
 import * as aml from '../boot/aml.js';
 import { Bus, type BusDevice } from '../bus/bus.js';
+import { EPOLLIN } from '../io/epoll.js';
+import { EventFd } from '../io/eventfd.js';
+import type { Poller } from '../io/poller.js';
+import type { VmFd } from '../kvm/kvm.js';
 import { logger } from '../log.js';
 import { MMIO_HOLE_START, type GuestMemory } from '../memory/guest-memory.js';
 import type { VirtioDevice } from '../virtio/device.js';
@@ -29,6 +33,8 @@ export interface VirtioSlot {
   gsi: number;
   device: VirtioDevice;
   transport: MmioTransport;
+  /** one per queue: KVM signals it when the guest writes the queue's index to QueueNotify */
+  notifiers: EventFd[];
 }
 
 export class DeviceError extends Error {
@@ -59,7 +65,7 @@ export class DeviceManager {
     const gsi = VIRTIO_GSIS[index] as number;
     const transport = new MmioTransport(device, this.mem, this.irq(gsi), id);
     this.mmio.insert(base, MMIO_WINDOW, transport, id);
-    const slot = { index, id, base, gsi, device, transport };
+    const slot = { index, id, base, gsi, device, transport, notifiers: [] };
     this.virtio.push(slot);
     log.debug(`${id}: virtio type ${device.deviceType} at 0x${base.toString(16)}, GSI ${gsi}`);
     return slot;
@@ -91,6 +97,31 @@ export class DeviceManager {
     ]));
   }
 
+  /**
+   * Queue notifications without exits: an ioeventfd per queue on the slot's QueueNotify register
+   * (datamatch = the queue index), watched by `poller`; a wake-up runs the device's queue on the
+   * main thread. Without this every notification would be an MMIO exit handed from the vCPU
+   * worker to the main thread (~0.9 ms in the lab). Called for each KVM VM the machine builds
+   * (a reset rebuilds it); the eventfds are made once, at the first call, which is during init.
+   */
+  attachNotifiers(vm: VmFd, poller: Poller): void {
+    for (const s of this.virtio) {
+      if (s.notifiers.length === 0) {
+        s.notifiers = s.transport.queues.map((_, i) => {
+          const efd = EventFd.create();
+          poller.add(efd.fd, EPOLLIN, () => {
+            if (efd.read() !== null) s.transport.notify(i);
+          });
+          return efd;
+        });
+      }
+      s.notifiers.forEach((efd, i) => vm.registerIoeventfd(efd.fd, DeviceManager.notifyAddress(s), 4, i));
+    }
+    this.poller = poller;
+  }
+
+  private poller: Poller | null = null;
+
   /** Machine reset: every transport back to its power-on state. */
   reset(): void {
     for (const s of this.virtio) s.transport.reset();
@@ -98,6 +129,11 @@ export class DeviceManager {
 
   close(): void {
     for (const s of this.virtio) {
+      for (const efd of s.notifiers) {
+        this.poller?.remove(efd.fd);
+        efd.close();
+      }
+      s.notifiers = [];
       try {
         s.transport.reset();
         s.device.close?.();

@@ -68,8 +68,15 @@ describe('virtio devices on KVM', { concurrency: false }, () => {
     // the guest found the disks in DSDT order: vda (data), vdb (ro), vdc (the empty hot slot)
     const sizes = await con.run('cat /sys/block/vda/size /sys/block/vdb/size /sys/block/vdc/size');
     assert.deepEqual(sizes.out.trim().split(/\s+/), [String(8192), String(2048), '0'], sizes.out);
+    const before = (await q.execute('query-virtio')) as { exits: number; devices: Array<{ id: string; transport: { notifications: number }; metrics: { reads: number } }> };
     const sum = await con.run('md5sum /dev/vda');
     assert.match(sum.out, new RegExp(md5(content)), 'guest reads exactly what the host wrote');
+    const after = (await q.execute('query-virtio')) as typeof before;
+    const dev = (v: typeof before) => v.devices.find((d) => d.id === 'data')!;
+    const reads = dev(after).metrics.reads - dev(before).metrics.reads;
+    const notes = dev(after).transport.notifications - dev(before).transport.notifications;
+    assert.ok(reads > 0 && notes > 0, 'reads were notified');
+    process.stdout.write(`# 4 MiB read: ${reads} requests, ${notes} notifications (ioeventfd), ${after.exits - before.exits} exits in all (${((after.exits - before.exits) / reads).toFixed(2)} per request; console typing and interrupt acks included)\n`);
     const serial = await con.run('cat /sys/block/vda/serial');
     assert.match(serial.out, /capsule-data/);
 
@@ -116,8 +123,8 @@ describe('virtio devices on KVM', { concurrency: false }, () => {
     con.type('poweroff\n');
     const exit = await vmm.exited;
     assert.equal(exit.code, 0, vmm.stderr);
-    const after = readFileSync(data);
-    assert.equal(after.subarray(100 * 512, 100 * 512 + 18).toString(), 'CAPSULE_WROTE_THIS');
+    const onDisk = readFileSync(data);
+    assert.equal(onDisk.subarray(100 * 512, 100 * 512 + 18).toString(), 'CAPSULE_WROTE_THIS');
     assert.equal(md5(readFileSync(ro)), md5(roContent), 'read-only image unchanged');
     q.close();
     con.close();
