@@ -19,7 +19,7 @@ import type { Hypervisor } from './hypervisors/types.js';
 import { Supervisor } from './supervisor/index.js';
 import { ensureDefaultImage, registerImages } from './images/registry.js';
 import { createApp } from './api/app.js';
-import { probeKvm } from '../vmm/kvm/probe.js';
+import { probeKvm } from '../lib/kvm-probe.js';
 import { Jail } from './jail/index.js';
 
 

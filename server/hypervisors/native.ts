@@ -5,9 +5,7 @@ import { REPO_ROOT } from '../paths.js';
 import type { Image } from '../db/images.js';
 import type { Vm } from '../db/vms.js';
 import type { Availability, ForegroundPaths, Hypervisor, LaunchCommand, VmPaths } from './types.js';
-
-/** Same name as vmm/sandbox.ts FORBIDDEN_SYSCALL_ENV (not imported: the server does not load vmm/ code). */
-export const FORBIDDEN_SYSCALL_ENV = 'CAPSULE_VMM_TEST_FORBIDDEN_SYSCALL_AFTER_MS';
+import { FORBIDDEN_SYSCALL_ENV } from '../../lib/vmm-test-hooks.js';
 export const VMM_BIN = join(REPO_ROOT, 'bin', 'capsule-vmm');
 const VMM_MAIN = join(REPO_ROOT, 'dist', 'vmm', 'main.js');
 

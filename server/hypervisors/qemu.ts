@@ -5,7 +5,7 @@
 // then hangs for minutes (seen here: 2 of 2 microvm boots stuck at load 6, while 2 of 2 pc
 // boots reached the ready marker in 16 s). With KVM, kvmclock gives the TSC frequency.
 import { execFileSync } from 'node:child_process';
-import { probeKvm } from '../../vmm/kvm/probe.js';
+import { probeKvm } from '../../lib/kvm-probe.js';
 import type { Image } from '../db/images.js';
 import type { Vm } from '../db/vms.js';
 import type { Availability, ForegroundPaths, Hypervisor, LaunchCommand, VmPaths } from './types.js';

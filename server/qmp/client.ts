@@ -2,12 +2,7 @@
 // Newline-delimited JSON; commands carry an id so replies match even with events in between.
 import { EventEmitter } from 'node:events';
 import { createConnection, type Socket } from 'node:net';
-
-export interface QmpEvent {
-  event: string;
-  data: Record<string, unknown>;
-  timestamp?: { seconds: number; microseconds: number };
-}
+import type { QmpCommand, QmpErrorBody, QmpEvent, QmpGreeting } from '../../lib/qmp-wire.js';
 
 export class QmpError extends Error {
   constructor(readonly qmpClass: string, desc: string) {
@@ -30,7 +25,7 @@ export class QmpClient extends EventEmitter {
   private nextId = 1;
   private readonly pending = new Map<string, Pending>();
   private closed = false;
-  greeting: Record<string, unknown> | undefined;
+  greeting: QmpGreeting['QMP'] | undefined;
 
   private constructor(private readonly socket: Socket) {
     super();
@@ -82,8 +77,7 @@ export class QmpClient extends EventEmitter {
   execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs = 10_000): Promise<T> {
     if (this.closed) return Promise.reject(new Error('QMP connection closed'));
     const id = String(this.nextId++);
-    const msg: Record<string, unknown> = { execute: command, id };
-    if (args) msg.arguments = args;
+    const msg: QmpCommand = args ? { execute: command, arguments: args, id } : { execute: command, id };
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
@@ -123,7 +117,7 @@ export class QmpClient extends EventEmitter {
       return; // a VMM that writes garbage does not take the server down
     }
     if ('QMP' in msg) {
-      this.greeting = msg.QMP as Record<string, unknown>;
+      this.greeting = msg.QMP as QmpGreeting['QMP'];
       this.emit('greeting');
     } else if (typeof msg.event === 'string') {
       const ev: QmpEvent = { event: msg.event, data: (msg.data as Record<string, unknown> | undefined) ?? {} };
@@ -135,8 +129,9 @@ export class QmpClient extends EventEmitter {
       this.pending.delete(String(msg.id));
       clearTimeout(p.timer);
       if ('error' in msg) {
-        const err = msg.error as { class?: string; desc?: string };
-        p.reject(new QmpError(err.class ?? 'GenericError', err.desc ?? 'unknown error'));
+        // a VMM is not trusted to send well-formed errors
+        const err = msg.error as Partial<QmpErrorBody> | null;
+        p.reject(new QmpError(err?.class ?? 'GenericError', err?.desc ?? 'unknown error'));
       } else {
         p.resolve(msg.return);
       }
