@@ -22,7 +22,7 @@ import { IrqFdLine } from '../devices/irq.js';
 import * as io from '../kvm/ioctls.js';
 import { Kvm, KvmError, type VcpuFd, type VmFd } from '../kvm/kvm.js';
 import { EXIT, EXIT_IO_OUT, RUN } from '../kvm/layout.js';
-import { probeKvm } from '../kvm/probe.js';
+import { probeKvm } from '../../lib/kvm-probe.js';
 import { gettid, ioctlInt, mmap, munmap, MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, view } from '../kvm/sys.js';
 import { EventFd } from './eventfd.js';
 import { IoThread } from './iothread.js';
