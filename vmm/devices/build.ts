@@ -1,8 +1,11 @@
 // Turns the configuration's device sections into devices in the manager's slots, in a fixed
 // order: drives (vda, vdb, … in command-line order), then the replaceable drive slots, then
-// the rest. The order is the guest's enumeration order, so it must not depend on anything else.
+// the rest: rng, balloon, virtio consoles (hvc0, … in command-line order), pmem devices (pmem0,
+// … in command-line order). The order is the guest's enumeration order, so it must not depend
+// on anything else.
 import { BlkBackend, VirtioBlk } from './virtio/blk/device.js';
 import { VirtioRng } from './virtio/rng/device.js';
+import { VirtioBalloon } from './virtio/balloon/device.js';
 import { DeviceError, type DeviceManager } from './manager.js';
 
 export interface DriveOptions {
@@ -21,7 +24,11 @@ export interface DeviceOptions {
   /** empty virtio-blk slots for QMP hot-replace */
   hotplugSlots: number;
   rng?: { file: string; bytesPerSec?: number | undefined } | undefined;
+  balloon?: { deflateOnOom: boolean } | undefined;
 }
+
+/** The balloon's slot id (QMP balloon finds the device by it). */
+export const BALLOON_ID = 'balloon0';
 
 /** Replaceable drive slots are named so QMP can find them by position (device_add addr). */
 export const hotSlotId = (n: number): string => `hotplug-blk-${n}`;
@@ -44,4 +51,5 @@ export function buildDevices(devices: DeviceManager, opts: DeviceOptions): void 
       throw new DeviceError(`-rng: cannot open ${opts.rng.file}: ${(e as Error).message}`);
     }
   }
+  if (opts.balloon) devices.addVirtio(BALLOON_ID, new VirtioBalloon(devices.memory, opts.balloon));
 }

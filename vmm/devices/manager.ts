@@ -46,6 +46,11 @@ export class DeviceManager {
   /** `irq(gsi)` returns the function that drives that interrupt line. */
   constructor(private readonly mem: GuestMemory, private readonly irq: (gsi: number) => (level: boolean) => void) {}
 
+  /** Guest RAM (devices that act on it directly, e.g. the balloon). */
+  get memory(): GuestMemory {
+    return this.mem;
+  }
+
   addPio(base: number, len: number, dev: BusDevice, name: string): void {
     this.pio.insert(base, len, dev, name);
   }
