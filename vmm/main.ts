@@ -133,7 +133,14 @@ async function run(): Promise<void> {
       consoleOut: (b) => consoleHub.write(b),
     });
     consoleHub.onInput = (b) => machine.serial.enqueueInput(b);
-    buildDevices(machine.devices, { drives: cfg.drives, hotplugSlots: cfg.hotplugSlots, rng: cfg.rng, balloon: cfg.balloon });
+    buildDevices(machine.devices, { drives: cfg.drives, hotplugSlots: cfg.hotplugSlots, rng: cfg.rng, balloon: cfg.balloon, consoles: cfg.consoles,
+      pmems: cfg.pmems });
+    // device sockets (virtio consoles) listen before the VM runs and before the seccomp filter
+    const devices = machine.devices;
+    await devices.start().catch((e: unknown) => {
+      devices.close();
+      throw e;
+    });
   } catch (e) {
     await cleanup();
     die((e as Error).message);

@@ -6,6 +6,8 @@
 import { BlkBackend, VirtioBlk } from './virtio/blk/device.js';
 import { VirtioRng } from './virtio/rng/device.js';
 import { VirtioBalloon } from './virtio/balloon/device.js';
+import { VirtioConsole } from './virtio/console/device.js';
+import { VirtioPmem } from './virtio/pmem/device.js';
 import { DeviceError, type DeviceManager } from './manager.js';
 
 export interface DriveOptions {
@@ -25,6 +27,10 @@ export interface DeviceOptions {
   hotplugSlots: number;
   rng?: { file: string; bytesPerSec?: number | undefined } | undefined;
   balloon?: { deflateOnOom: boolean } | undefined;
+  /** virtio consoles (hvc0, …): each on a Unix socket the VMM listens on (DeviceManager.start()) */
+  consoles?: Array<{ id: string; path: string }> | undefined;
+  /** read-only images mapped above RAM (/dev/pmem0, …) */
+  pmems?: Array<{ id: string; file: string }> | undefined;
 }
 
 /** The balloon's slot id (QMP balloon finds the device by it). */
@@ -52,4 +58,20 @@ export function buildDevices(devices: DeviceManager, opts: DeviceOptions): void 
     }
   }
   if (opts.balloon) devices.addVirtio(BALLOON_ID, new VirtioBalloon(devices.memory, opts.balloon));
+  for (const c of opts.consoles ?? []) devices.addVirtio(c.id, new VirtioConsole(c.path));
+  for (const p of opts.pmems ?? []) {
+    let pmem: VirtioPmem;
+    try {
+      pmem = new VirtioPmem(p);
+    } catch (e) {
+      throw new DeviceError(`-device virtio-pmem,id=${p.id}: cannot map ${p.file}: ${(e as Error).message}`);
+    }
+    try {
+      pmem.guestBase = devices.addDeviceMemory(p.id, pmem.size, pmem.hostAddr, pmem.readOnly).guestBase;
+      devices.addVirtio(p.id, pmem);
+    } catch (e) {
+      pmem.close();
+      throw e;
+    }
+  }
 }
