@@ -15,6 +15,7 @@ import { I8042 } from './devices/legacy/i8042.js';
 import { Serial } from './devices/legacy/serial.js';
 import { Kvm, type CpuidEntry, type VcpuFd, type VmFd } from './kvm/kvm.js';
 import { EXIT, EXIT_IO_OUT, RUN, SYSTEM_EVENT } from './kvm/layout.js';
+import { KVM_CAP_READONLY_MEM, KVM_MEM_READONLY } from './kvm/ioctls.js';
 import { munmap } from './kvm/sys.js';
 import { logger } from './log.js';
 import type { GuestMemory } from './memory/guest-memory.js';
@@ -107,6 +108,12 @@ export class Machine extends EventEmitter {
     const vm = this.kvm.createVm();
     this.vm = vm;
     for (const r of memory.regions) vm.setUserMemoryRegion(r.slot, BigInt(r.guestBase), BigInt(r.size), memory.regionHostAddr(r));
+    // device memory (virtio-pmem windows above RAM), again at every rebuild
+    const devMem = this.devices.deviceMemory;
+    if (devMem.some((r) => r.readOnly) && this.kvm.checkExtension(KVM_CAP_READONLY_MEM) <= 0) {
+      throw new Error('KVM lacks KVM_CAP_READONLY_MEM: a read-only virtio-pmem cannot be mapped');
+    }
+    for (const r of devMem) vm.setUserMemoryRegion(r.slot, BigInt(r.guestBase), BigInt(r.size), r.hostAddr, r.readOnly ? KVM_MEM_READONLY : 0);
     // order matters: identity map before any vCPU, then TSS, irqchip, PIT
     vm.setIdentityMapAddr(BigInt(KVM_IDENTITY_MAP_ADDR));
     vm.setTssAddr(KVM_TSS_ADDR);

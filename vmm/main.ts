@@ -9,7 +9,9 @@ import { readBootFile } from './boot/loader.js';
 import { ConsoleHub } from './console.js';
 import { configureLog, logger, parseLevel } from './log.js';
 import { Machine, type ShutdownInfo } from './machine.js';
-import { buildDevices } from './devices/build.js';
+import { BALLOON_ID, buildDevices } from './devices/build.js';
+import type { VirtioBalloon } from './devices/virtio/balloon/device.js';
+import { register as registerBalloonCommands } from './qmp/commands/balloon.js';
 import { register as registerHotplugCommands } from './qmp/commands/hotplug.js';
 import { register as registerDeviceQueries } from './qmp/commands/devices.js';
 import { GuestMemory } from './memory/guest-memory.js';
@@ -132,7 +134,14 @@ async function run(): Promise<void> {
       consoleOut: (b) => consoleHub.write(b),
     });
     consoleHub.onInput = (b) => machine.serial.enqueueInput(b);
-    buildDevices(machine.devices, { drives: cfg.drives, hotplugSlots: cfg.hotplugSlots, rng: cfg.rng });
+    buildDevices(machine.devices, { drives: cfg.drives, hotplugSlots: cfg.hotplugSlots, rng: cfg.rng, balloon: cfg.balloon, consoles: cfg.consoles,
+      pmems: cfg.pmems });
+    // device sockets (virtio consoles) listen before the VM runs and before the seccomp filter
+    const devices = machine.devices;
+    await devices.start().catch((e: unknown) => {
+      devices.close();
+      throw e;
+    });
   } catch (e) {
     await cleanup();
     die((e as Error).message);
@@ -167,6 +176,7 @@ async function run(): Promise<void> {
     registerHotplugCommands(qmp, { devices: machine.devices, fds });
     registerDeviceQueries(qmp, { devices: machine.devices, exits: () => machine.exits });
     registerInfoCommands(qmp);
+    registerBalloonCommands(qmp, { balloon: machine.devices.slot(BALLOON_ID)?.device as VirtioBalloon | undefined });
   }
 
   // before anything is visible (sockets, pidfile): a SIGTERM sent as soon as the pidfile exists

@@ -8,7 +8,7 @@ import { EventFd } from '../io/eventfd.js';
 import type { Poller } from '../io/poller.js';
 import type { VmFd } from '../kvm/kvm.js';
 import { logger } from '../log.js';
-import { MMIO_HOLE_START, type GuestMemory } from '../memory/guest-memory.js';
+import { FOUR_GIB, MMIO_HOLE_START, type GuestMemory } from '../memory/guest-memory.js';
 import type { VirtioDevice } from '../virtio/device.js';
 import { MMIO_WINDOW, MmioTransport, REG } from '../virtio/mmio.js';
 
@@ -25,6 +25,29 @@ export const MAX_VIRTIO_SLOTS = 16;
 export const VIRTIO_GSIS: readonly number[] = [5, 6, 7, 9, 10, 11, 13, 14, 15, 17, 18, 19, 20, 21, 22, 23];
 /** The part of the window Linux maps (registers + config space); the DSDT announces this much. */
 const ANNOUNCED_WINDOW = 0x200;
+
+/** KVM memory slots of device memory (virtio-pmem) count from here; guest RAM uses 0 and 1. */
+export const DEVICE_MEMORY_FIRST_SLOT = 8;
+/**
+ * Device memory windows are 2 MiB-aligned in address and size: huge-page friendly, and Linux maps
+ * a pmem range as ZONE_DEVICE pages, which needs (sub)section alignment (2 MiB on x86_64).
+ */
+export const DEVICE_MEMORY_ALIGN = 2 << 20;
+/** Device memory starts at the first 1 GiB boundary above RAM (and above 4 GiB). */
+const DEVICE_MEMORY_BASE_ALIGN = 1 << 30;
+
+/** Host memory a device maps into guest-physical space (a KVM slot of its own, outside GuestMemory). */
+export interface DeviceMemoryRegion {
+  /** the device's id */
+  id: string;
+  slot: number;
+  guestBase: number;
+  /** bytes, a multiple of DEVICE_MEMORY_ALIGN */
+  size: number;
+  hostAddr: bigint;
+  /** KVM_MEM_READONLY: guest writes exit as MMIO writes (and are ignored) */
+  readOnly: boolean;
+}
 
 export interface VirtioSlot {
   index: number;
@@ -48,9 +71,15 @@ export class DeviceManager {
   readonly pio = new Bus('pio');
   readonly mmio = new Bus('mmio');
   private readonly virtio: VirtioSlot[] = [];
+  private readonly devMem: DeviceMemoryRegion[] = [];
 
   /** `irq(gsi)` returns the function that drives that interrupt line. */
   constructor(private readonly mem: GuestMemory, private readonly irq: (gsi: number) => (level: boolean) => void) {}
+
+  /** Guest RAM (devices that act on it directly, e.g. the balloon). */
+  get memory(): GuestMemory {
+    return this.mem;
+  }
 
   addPio(base: number, len: number, dev: BusDevice, name: string): void {
     this.pio.insert(base, len, dev, name);
@@ -69,6 +98,33 @@ export class DeviceManager {
     this.virtio.push(slot);
     log.debug(`${id}: virtio type ${device.deviceType} at 0x${base.toString(16)}, GSI ${gsi}`);
     return slot;
+  }
+
+  /**
+   * Gives a device a window of guest-physical address space above RAM for `hostAddr` (a mapping
+   * of at least `size` bytes the device owns): 2 MiB-aligned, one after the other, each in its own
+   * KVM slot, registered by the Machine when it builds the VM. GuestMemory does not cover these
+   * windows, so virtqueue buffers cannot point into them.
+   */
+  addDeviceMemory(id: string, size: number, hostAddr: bigint, readOnly: boolean): DeviceMemoryRegion {
+    if (!Number.isSafeInteger(size) || size <= 0 || size % DEVICE_MEMORY_ALIGN) {
+      throw new DeviceError(`${id}: device memory size ${size} is not a positive multiple of ${DEVICE_MEMORY_ALIGN}`);
+    }
+    const last = this.devMem[this.devMem.length - 1];
+    const base = last ? last.guestBase + last.size : alignUp(Math.max(FOUR_GIB, this.ramEnd()), DEVICE_MEMORY_BASE_ALIGN);
+    const r: DeviceMemoryRegion = { id, slot: DEVICE_MEMORY_FIRST_SLOT + this.devMem.length, guestBase: base, size, hostAddr, readOnly };
+    this.devMem.push(r);
+    log.debug(`${id}: device memory at 0x${base.toString(16)}+0x${size.toString(16)} (slot ${r.slot}${readOnly ? ', read-only' : ''})`);
+    return r;
+  }
+
+  /** Device memory windows, for KVM_SET_USER_MEMORY_REGION. */
+  get deviceMemory(): readonly DeviceMemoryRegion[] {
+    return this.devMem;
+  }
+
+  private ramEnd(): number {
+    return Math.max(...this.mem.regions.map((r) => r.guestBase + r.size));
   }
 
   get slots(): readonly VirtioSlot[] {
@@ -122,6 +178,11 @@ export class DeviceManager {
 
   private poller: Poller | null = null;
 
+  /** Host set-up of every device that has some (listening sockets), in slot order; before the VM runs. */
+  async start(): Promise<void> {
+    for (const s of this.virtio) await s.device.start?.();
+  }
+
   /** Machine reset: every transport back to its power-on state. */
   reset(): void {
     for (const s of this.virtio) s.transport.reset();
@@ -142,4 +203,8 @@ export class DeviceManager {
       }
     }
   }
+}
+
+function alignUp(n: number, a: number): number {
+  return Math.ceil(n / a) * a;
 }

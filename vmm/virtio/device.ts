@@ -37,6 +37,8 @@ export interface VirtioDevice {
   notify(index: number): void;
   /** back to the state before activation (the driver wrote 0 to Status) */
   reset(): void;
+  /** host set-up that must be done before the VM runs, e.g. listening on a socket (DeviceManager.start()) */
+  start?(): Promise<void>;
   /** release host resources (files, sockets) when the VMM exits or the device is removed */
   close?(): void;
 }
