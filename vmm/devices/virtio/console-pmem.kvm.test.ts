@@ -15,7 +15,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync, appendFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { probeKvm } from '../../kvm/probe.js';
+import { probeKvm } from '../../../lib/kvm-probe.js';
 import { connectUnix, ConsoleClient, killAllVmms, QmpClient, startVmm, testImage, waitFor, waitForFile } from '../../testing/clients.js';
 
 const BOOT_TIMEOUT = Number(process.env.CAPSULE_TEST_BOOT_TIMEOUT_MS ?? 240_000);
