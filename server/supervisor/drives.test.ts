@@ -184,13 +184,29 @@ test('an image with a rootfs: vda is its rootfs (read-only), vdb the VM\'s layer
   const marker = `layer-${randomBytes(6).toString('hex')}`;
   assert.match(await guest(cons, `echo ${marker} | dd of=/dev/vdb bs=512 seek=100 conv=fsync; echo status=$?`), /status=0/);
   assert.match(await guest(cons, 'dd if=/dev/zero of=/dev/vda bs=512 count=1 conv=fsync; echo status=$?'), /status=[1-9]/);
+
+  // After a server restart (the VMM keeps running), hot-plug and unplug still work: the
+  // component rebuilt its grants and its DEVICE_DELETED watch at reattach.
+  cons.close();
+  await s.kill9();
+  await s.launch();
+  assert.equal((await s.api('GET', `/v1/vms/${id}`)).body.state, 'running');
+  const cons2 = new ConsoleCollector(s.ws(`/v1/vms/${id}/console`));
+  await cons2.opened;
+  const extraContent = randomBytes(MiB);
+  await volume(s, 'r-extra', 1, extraContent);
+  const att = await s.api('POST', `/v1/vms/${id}/drives`, { volume: 'r-extra', readOnly: true });
+  assert.equal(att.status, 201, JSON.stringify(att.body));
+  assert.equal(await guest(cons2, 'i=0; while [ ! -b /dev/vdd ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; sha256sum /dev/vdd | cut -d" " -f1'), sha256(extraContent));
+  assert.equal((await s.api('DELETE', `/v1/vms/${id}/drives/${att.body.id}`)).status, 204);
+  assert.equal((await s.api('GET', `/v1/vms/${id}`)).body.drives.length, 1);
   assert.equal((await s.api('POST', `/v1/vms/${id}/stop`)).body.state, 'stopped');
   const layer = join(s.dataDir, 'vms', id, 'layer.img');
   assert.equal(readAt(layer, 100 * 512, marker.length).toString(), marker, 'the layer kept the write (and outlives the VMM)');
   assert.equal(statSync(layer).mode & 0o777, 0o600);
   assert.equal(sha256(readFileSync(join(images, 'rootfs', 'rootfs.img'))), sha256(rootfsPattern()), 'the image is untouched');
   assert.equal(ROOTFS_BYTES, 4 * MiB);
-  cons.close();
+  cons2.close();
   assert.equal((await s.api('DELETE', `/v1/vms/${id}`)).status, 204);
 });
 
