@@ -323,7 +323,7 @@ export class DrivesComponent implements VmComponent {
       // Without the grant a jailed VMM cannot open the file; the start or hot-plug then fails
       // and says so. Revoking that fails leaves an entry for a uid whose VMM is gone.
       this.d.log.error({ path, err: (e as Error).message }, 'setting a disk file\'s ACL failed');
-      if (grants.length > 0) throw new ApiError(500, 'internal', 'the server could not give the VMM access to a disk file (ACL); see the server log');
+      if (grants.length > 0) throw new ApiError(500, 'disk_access_failed', 'the server could not give the VMM access to a disk file (a POSIX ACL on the data directory\'s filesystem); see the server log');
     }
   }
 }
