@@ -146,7 +146,8 @@ export class QemuHypervisor implements Hypervisor {
     try {
       await qmp.execute('device_add', { driver: 'virtio-blk-pci', id: d.id, drive: d.id });
       if (d.iops !== undefined) {
-        await qmp.execute('block_set_io_throttle', { id: d.id, bps: 0, bps_rd: 0, bps_wr: 0, iops: d.iops, iops_rd: 0, iops_wr: 0 });
+        // The block backend is the proxy's virtio-blk child's (the proxy itself has none).
+        await qmp.execute('block_set_io_throttle', { id: `/machine/peripheral/${d.id}/virtio-backend`, bps: 0, bps_rd: 0, bps_wr: 0, iops: d.iops, iops_rd: 0, iops_wr: 0 });
       }
     } catch (e) {
       await qmp.execute('device_del', { id: d.id }).catch(() => undefined);

@@ -106,9 +106,9 @@ test('drives in a guest: content, writes, read-only; rng; balloon; hot-plug and 
   assert.equal((await s.api('PUT', `/v1/vms/${id}/balloon`, { targetMiB: 256 })).status, 200);
 
   // Hot-plug: the guest sees vdc appear with the volume's content.
-  const att = await s.api('POST', `/v1/vms/${id}/drives`, { volume: 'g-hot', readOnly: true });
+  const att = await s.api('POST', `/v1/vms/${id}/drives`, { volume: 'g-hot', readOnly: true, iops: 2000 });
   assert.equal(att.status, 201, JSON.stringify(att.body));
-  assert.deepEqual(att.body, { id: 'drive-2', volume: hot.id, volumeName: 'g-hot', readOnly: true, cache: 'writeback', state: 'attached' });
+  assert.deepEqual(att.body, { id: 'drive-2', volume: hot.id, volumeName: 'g-hot', readOnly: true, cache: 'writeback', iops: 2000, state: 'attached' });
   await events.waitFor('DRIVE_ATTACHED', (m) => m.data.drive.id === 'drive-2');
   assert.equal(await guest(cons, 'i=0; while [ ! -b /dev/vdc ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; sha256sum /dev/vdc | cut -d" " -f1'), sha256(hotContent));
   assert.equal(await guest(cons, 'cat /sys/block/vdc/ro'), '1');
