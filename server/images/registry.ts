@@ -15,6 +15,8 @@ const ImageJson = z.object({
   description: z.string().default(''),
   kernel: z.string().min(1),
   initrd: z.string().min(1).optional(),
+  /** An ext4 root filesystem (raw file): VMs get it read-only as vda, with a writable layer as vdb. */
+  rootfs: z.string().min(1).optional(),
   cmdline: z.string().default('console=ttyS0'),
   readyMarker: z.string().optional(),
 });
@@ -39,8 +41,12 @@ export function registerImages(imagesDir: string, store: ImageStore, log: Logger
       const meta = ImageJson.parse(JSON.parse(readFileSync(file, 'utf8')));
       const kernel = resolve(dir, meta.kernel);
       const initrd = meta.initrd === undefined ? undefined : resolve(dir, meta.initrd);
-      for (const p of [kernel, initrd]) if (p !== undefined && !existsSync(p)) throw new Error(`${p} is missing`);
-      store.upsert({ name: meta.name, description: meta.description, kernel, cmdline: meta.cmdline, ...(initrd ? { initrd } : {}), ...(meta.readyMarker ? { readyMarker: meta.readyMarker } : {}) });
+      const rootfs = meta.rootfs === undefined ? undefined : resolve(dir, meta.rootfs);
+      for (const p of [kernel, initrd, rootfs]) if (p !== undefined && !existsSync(p)) throw new Error(`${p} is missing`);
+      store.upsert({
+        name: meta.name, description: meta.description, kernel, cmdline: meta.cmdline,
+        ...(initrd ? { initrd } : {}), ...(rootfs ? { rootfs } : {}), ...(meta.readyMarker ? { readyMarker: meta.readyMarker } : {}),
+      });
       names.push(meta.name);
     } catch (e) {
       log.warn({ file, err: (e as Error).message }, 'skipping invalid image');
