@@ -8,6 +8,9 @@ import { NativeHypervisor, nativeDeviceArgs } from './native.js';
 import { effectiveCmdline, type DriveSpec, type QmpCommands, type VmDevices } from './types.js';
 import type { Vm } from '../db/vms.js';
 import type { Image } from '../db/images.js';
+import { mkdtempSync, readlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 const drives: DriveSpec[] = [
   { id: 'rootfs', path: '/drives/rootfs', readOnly: true, cache: 'writeback', index: 0 },
@@ -18,11 +21,18 @@ const devices: VmDevices = { drives, rng: true, balloon: { deflateOnOom: true },
 
 class Recorder implements QmpCommands {
   readonly calls: Array<[string, Record<string, unknown> | undefined]> = [];
+  /** fds the peer received (as /proc/self/fd targets: what the fd pointed at) */
+  readonly fdTargets: string[] = [];
   constructor(private readonly fail: string | undefined = undefined) {}
   async execute<T>(command: string, args?: Record<string, unknown>): Promise<T> {
     this.calls.push([command, args]);
     if (command === this.fail) throw new Error(`${command} failed`);
+    if (command === 'query-hotplug-slots') return [{ addr: '0x0', driver: 'virtio-blk-mmio', id: 'busy' }, { addr: '0x1', driver: 'virtio-blk-mmio' }] as T;
     return {} as T;
+  }
+  async executeWithFds<T>(command: string, args: Record<string, unknown>, fds: number[]): Promise<T> {
+    this.fdTargets.push(...fds.map((fd) => readlinkSync(`/proc/self/fd/${fd}`)));
+    return this.execute<T>(command, args);
   }
 }
 
@@ -71,19 +81,26 @@ test('the kernel command line gets the rootfs arguments after the VM\'s own', ()
   assert.equal(effectiveCmdline({ cmdline: 'x=1' } as unknown as Vm, image, { ...devices, kernelArgs: [] }), 'x=1');
 });
 
-test('native hot-plug: blockdev-add then device_add virtio-blk-mmio (id = node-name, addr = slot); rolled back on failure', async () => {
+test('native hot-plug: the server opens the image and passes it with getfd; blockdev-add fd:NAME, device_add into the first free slot; rolled back on failure', async () => {
   const native = new NativeHypervisor({ available: true, reason: 'unit' });
+  const img = join(mkdtempSync(join(tmpdir(), 'native-hp-')), 'v.img');
+  writeFileSync(img, Buffer.alloc(4096));
+  const drive: DriveSpec = { id: 'drive-0', path: img, readOnly: false, cache: 'none', iops: 250, index: 2 };
   const q = new Recorder();
-  await native.attachDrive(q, drives[1]!);
+  await native.attachDrive(q, drive);
+  assert.deepEqual(q.fdTargets, [img], 'the fd sent is the image');
   assert.deepEqual(q.calls, [
-    ['blockdev-add', { 'node-name': 'drive-0', file: { driver: 'file', filename: '/v/a,b.img' }, cache: { direct: true, 'no-flush': false }, 'read-only': false, iops: 250 }],
-    ['device_add', { id: 'drive-0', driver: 'virtio-blk-mmio', addr: '0x2' }],
+    ['query-hotplug-slots', undefined],
+    ['getfd', { fdname: 'img-drive-0' }],
+    ['blockdev-add', { 'node-name': 'drive-0', file: { driver: 'file', filename: 'fd:img-drive-0' }, cache: { direct: true, 'no-flush': false }, 'read-only': false, iops: 250 }],
+    ['device_add', { id: 'drive-0', driver: 'virtio-blk-mmio', addr: '0x1' }],
   ]);
   await native.detachDrive(q, 'drive-0');
   assert.deepEqual(q.calls.at(-1), ['device_del', { id: 'drive-0' }]);
   const failing = new Recorder('device_add');
-  await assert.rejects(native.attachDrive(failing, drives[2]!), /device_add failed/);
+  await assert.rejects(native.attachDrive(failing, { ...drive, id: 'drive-1' }), /device_add failed/);
   assert.deepEqual(failing.calls.at(-1), ['blockdev-del', { 'node-name': 'drive-1' }], 'the block node is removed again');
+  await assert.rejects(native.attachDrive(new Recorder(), { ...drive, path: join(img, 'missing') }), /ENOTDIR|ENOENT/);
 });
 
 test('QEMU hot-plug: refused on microvm (KVM); on pc a device_add failure removes the block node', async () => {

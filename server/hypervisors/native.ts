@@ -1,5 +1,6 @@
 // Native backend: capsule's own KVM VMM (bin/capsule-vmm), StratoVirt-style command line.
-import { existsSync } from 'node:fs';
+import { closeSync, existsSync, openSync } from 'node:fs';
+import { QmpError } from '../qmp/client.js';
 import { join } from 'node:path';
 import { REPO_ROOT } from '../paths.js';
 import type { Image } from '../db/images.js';
@@ -73,16 +74,36 @@ export class NativeHypervisor implements Hypervisor {
    * virtio-blk-mmio device whose id is that node-name, in MMIO slot `addr` (the drive's
    * guest-order index).
    */
+  /**
+   * Hot-replace (docs/vmm.md): the jailed VMM cannot open files under its seccomp filter, so the
+   * server opens the image and hands the fd over with getfd; blockdev-add names it "fd:NAME".
+   * The drive goes into the first empty replaceable slot the VMM reports.
+   */
   async attachDrive(qmp: QmpCommands, d: DriveSpec): Promise<void> {
-    await qmp.execute('blockdev-add', {
-      'node-name': d.id,
-      file: { driver: 'file', filename: d.path },
-      cache: { direct: d.cache === 'none', 'no-flush': d.cache === 'unsafe' },
-      'read-only': d.readOnly,
-      ...(d.iops !== undefined ? { iops: d.iops } : {}),
-    });
+    const slots = await qmp.execute<Array<{ addr: string; id?: string }>>('query-hotplug-slots');
+    const free = slots.find((s) => s.id === undefined);
+    if (!free) throw new QmpError('GenericError', `no free hot-replace slot: all ${slots.length} are in use`);
+    const fdname = `img-${d.id}`;
+    const fd = openSync(d.path, d.readOnly ? 'r' : 'r+');
     try {
-      await qmp.execute('device_add', { id: d.id, driver: 'virtio-blk-mmio', addr: `0x${d.index.toString(16)}` });
+      await qmp.executeWithFds('getfd', { fdname }, [fd]);
+    } finally {
+      closeSync(fd); // the VMM has its own copy now
+    }
+    try {
+      await qmp.execute('blockdev-add', {
+        'node-name': d.id,
+        file: { driver: 'file', filename: `fd:${fdname}` },
+        cache: { direct: d.cache === 'none', 'no-flush': d.cache === 'unsafe' },
+        'read-only': d.readOnly,
+        ...(d.iops !== undefined ? { iops: d.iops } : {}),
+      });
+    } catch (e) {
+      await qmp.execute('closefd', { fdname }).catch(() => undefined);
+      throw e;
+    }
+    try {
+      await qmp.execute('device_add', { id: d.id, driver: 'virtio-blk-mmio', addr: free.addr });
     } catch (e) {
       await qmp.execute('blockdev-del', { 'node-name': d.id }).catch(() => undefined);
       throw e;

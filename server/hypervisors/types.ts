@@ -40,6 +40,8 @@ export function effectiveCmdline(vm: Vm, image: Image, devices: VmDevices): stri
 /** The part of a QMP client the backends use for hot-plug. */
 export interface QmpCommands {
   execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs?: number): Promise<T>;
+  /** execute() with file descriptors attached (SCM_RIGHTS), for QMP getfd */
+  executeWithFds<T = unknown>(command: string, args: Record<string, unknown>, fds: number[], timeoutMs?: number): Promise<T>;
 }
 
 /**

@@ -3,6 +3,7 @@
 import { EventEmitter } from 'node:events';
 import { createConnection, type Socket } from 'node:net';
 import type { QmpCommand, QmpErrorBody, QmpEvent, QmpGreeting } from '../../lib/qmp-wire.js';
+import { sendWithFds } from '../../lib/scm-rights.js';
 
 export class QmpError extends Error {
   constructor(readonly qmpClass: string, desc: string) {
@@ -75,6 +76,21 @@ export class QmpClient extends EventEmitter {
   }
 
   execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs = 10_000): Promise<T> {
+    return this.send<T>(command, args, timeoutMs, (line) => this.socket.write(line));
+  }
+
+  /**
+   * Like execute(), with `fds` sent in the same sendmsg() as the command (SCM_RIGHTS), as QMP
+   * `getfd` expects. Node's writes on the socket are drained first so the bytes stay in order.
+   */
+  async executeWithFds<T = unknown>(command: string, args: Record<string, unknown>, fds: number[], timeoutMs = 10_000): Promise<T> {
+    if (this.socket.writableLength > 0) await new Promise((r) => this.socket.once('drain', r));
+    const fd = (this.socket as unknown as { _handle?: { fd?: number } | null })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) throw new Error('QMP socket has no fd to send descriptors on');
+    return this.send<T>(command, args, timeoutMs, (line) => sendWithFds(fd, Buffer.from(line), fds));
+  }
+
+  private send<T>(command: string, args: Record<string, unknown> | undefined, timeoutMs: number, write: (line: string) => void): Promise<T> {
     if (this.closed) return Promise.reject(new Error('QMP connection closed'));
     const id = String(this.nextId++);
     const msg: QmpCommand = args ? { execute: command, arguments: args, id } : { execute: command, id };
@@ -84,7 +100,13 @@ export class QmpClient extends EventEmitter {
         reject(new Error(`QMP ${command} timed out`));
       }, timeoutMs);
       this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
-      this.socket.write(JSON.stringify(msg) + '\n');
+      try {
+        write(JSON.stringify(msg) + '\n');
+      } catch (e) {
+        clearTimeout(timer);
+        this.pending.delete(id);
+        reject(e as Error);
+      }
     });
   }
 
