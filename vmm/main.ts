@@ -135,7 +135,7 @@ async function run(): Promise<void> {
     });
     consoleHub.onInput = (b) => machine.serial.enqueueInput(b);
     buildDevices(machine.devices, { drives: cfg.drives, hotplugSlots: cfg.hotplugSlots, rng: cfg.rng, balloon: cfg.balloon, consoles: cfg.consoles,
-      pmems: cfg.pmems });
+      pmems: cfg.pmems, nets: cfg.nets, memory });
     // device sockets (virtio consoles) listen before the VM runs and before the seccomp filter
     const devices = machine.devices;
     await devices.start().catch((e: unknown) => {

@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import * as io from './kvm/ioctls.js';
 import { VMM_IOCTLS } from '../seccomp/policies/vmm.js';
 import { FORBIDDEN_SYSCALL_ENV } from './sandbox.js';
+import { NET_IOCTLS } from './devices/virtio/net/sys.js';
 
 const sandbox = fileURLToPath(new URL('./sandbox.js', import.meta.url));
 
@@ -14,6 +15,13 @@ test('the policy allows exactly the KVM requests the VMM uses after init, with t
   const kvm = Object.keys(VMM_IOCTLS).filter((k) => k.startsWith('KVM_'));
   assert.deepEqual(kvm.sort(), ['KVM_GET_MP_STATE', 'KVM_GET_REGS', 'KVM_GET_SREGS', 'KVM_IOEVENTFD', 'KVM_IRQFD', 'KVM_IRQ_LINE', 'KVM_RUN']);
   for (const k of kvm) assert.equal(VMM_IOCTLS[k], (io as unknown as Record<string, number>)[k], k);
+});
+
+test('the tap and vhost requests allowed after init are virtio-net\'s numbers, and only the post-init ones', () => {
+  const net = Object.keys(VMM_IOCTLS).filter((k) => k.startsWith('TUN') || k.startsWith('VHOST_'));
+  for (const k of net) assert.equal(VMM_IOCTLS[k], NET_IOCTLS[k], k);
+  for (const initOnly of ['TUNSETIFF', 'VHOST_SET_OWNER', 'VHOST_SET_MEM_TABLE', 'VHOST_GET_FEATURES']) assert.ok(!net.includes(initOnly), initOnly);
+  assert.equal(net.length, 11);
 });
 
 function child(mode: 'kill' | 'log', injectMs?: number) {

@@ -10,7 +10,7 @@ import type { Policy, Rule } from '../policy.js';
 /**
  * ioctl request numbers the VMM may issue after init, from <linux/kvm.h> and <asm-generic/ioctls.h>
  * (the KVM ones are the same numbers vmm/kvm/ioctls.ts computes, checked there against C). Only the
- * requests the VMM really uses: tap/vhost requests get added with the devices that need them.
+ * requests the VMM really uses after init (tap/vhost: virtio-net's; vmm/sandbox.test.ts checks them against vmm/devices/virtio/net/sys.ts).
  */
 export const VMM_IOCTLS: Readonly<Record<string, number>> = Object.freeze({
   // The VMM after init (vmm/): the vCPU run loop, interrupt lines of the legacy devices, and the
@@ -26,6 +26,24 @@ export const VMM_IOCTLS: Readonly<Record<string, number>> = Object.freeze({
   // resets a device, which happens whenever the guest likes, long after init.
   KVM_IRQFD: 0x4020ae76,
   KVM_IOEVENTFD: 0x4040ae79,
+  // virtio-net (vmm/devices/virtio/net/): the tap's rx offloads follow what the guest driver
+  // accepted, known only when it activates the device (any time after init); a tap sent for QMP
+  // netdev_add is checked (TUNGETIFF: a tap with IFF_NO_PI|IFF_VNET_HDR) and given the 12-byte
+  // vnet header. Opening /dev/net/tun and TUNSETIFF stay init-only.
+  TUNSETOFFLOAD: 0x400454d0,
+  TUNGETIFF: 0x800454d2,
+  TUNSETVNETHDRSZ: 0x400454d8,
+  // vhost-net (-netdev vhost=on): the rings are handed to the kernel when the driver activates
+  // the device and taken back at its reset. /dev/vhost-net, VHOST_SET_OWNER, VHOST_GET_FEATURES
+  // and VHOST_SET_MEM_TABLE stay init-only.
+  VHOST_SET_FEATURES: 0x4008af00,
+  VHOST_SET_VRING_NUM: 0x4008af10,
+  VHOST_SET_VRING_ADDR: 0x4028af11,
+  VHOST_SET_VRING_BASE: 0x4008af12,
+  VHOST_GET_VRING_BASE: 0xc008af12,
+  VHOST_SET_VRING_KICK: 0x4008af20,
+  VHOST_SET_VRING_CALL: 0x4008af21,
+  VHOST_NET_SET_BACKEND: 0x4008af30,
   // Used by Node/libuv itself on its own fds: stream setup, and restoring a terminal's mode at exit
   // (uv_tty_set_mode uses TCSADRAIN = TCSETSW; Node's exit-time ResetStdio uses TCSANOW = TCSETS).
   TCGETS: 0x5401,

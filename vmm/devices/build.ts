@@ -1,14 +1,19 @@
 // Turns the configuration's device sections into devices in the manager's slots, in a fixed
 // order: drives (vda, vdb, … in command-line order), then the replaceable drive slots, then
 // the rest: rng, balloon, virtio consoles (hvc0, … in command-line order), pmem devices (pmem0,
-// … in command-line order). The order is the guest's enumeration order, so it must not depend
-// on anything else.
+// … in command-line order), NICs; the replaceable net slot comes last of all. The order is the
+// guest's enumeration order, so it must not depend on anything else.
 import { BlkBackend, VirtioBlk } from './virtio/blk/device.js';
 import { VirtioRng } from './virtio/rng/device.js';
 import { VirtioBalloon } from './virtio/balloon/device.js';
 import { VirtioConsole } from './virtio/console/device.js';
 import { VirtioPmem } from './virtio/pmem/device.js';
-import { DeviceError, type DeviceManager } from './manager.js';
+import { VirtioNet } from './virtio/net/device.js';
+import { openNetBackend } from './virtio/net/tap.js';
+import { VhostNet } from './virtio/net/vhost.js';
+import type { NetConfig } from '../config/types.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
+import { DeviceError, MAX_VIRTIO_SLOTS, type DeviceManager } from './manager.js';
 
 export interface DriveOptions {
   id: string;
@@ -31,6 +36,9 @@ export interface DeviceOptions {
   consoles?: Array<{ id: string; path: string }> | undefined;
   /** read-only images mapped above RAM (/dev/pmem0, …) */
   pmems?: Array<{ id: string; file: string }> | undefined;
+  /** -netdev: virtio-net on taps (guest memory is needed for vhost=on) */
+  nets?: NetConfig[] | undefined;
+  memory?: GuestMemory | undefined;
 }
 
 /** The balloon's slot id (QMP balloon finds the device by it). */
@@ -38,6 +46,10 @@ export const BALLOON_ID = 'balloon0';
 
 /** Replaceable drive slots are named so QMP can find them by position (device_add addr). */
 export const hotSlotId = (n: number): string => `hotplug-blk-${n}`;
+/** The replaceable net slot(s): `device_add {driver: "virtio-net-mmio", addr: "0xN"}` fills hotplug-net-N. */
+export const hotNetSlotId = (n: number): string => `hotplug-net-${n}`;
+/** Net slots reserved when -hotplug-slots > 0 (StratoVirt keeps 2; one covers replacing a NIC), if a slot is left. */
+export const HOT_NET_SLOTS = 1;
 
 export function buildDevices(devices: DeviceManager, opts: DeviceOptions): void {
   for (const d of opts.drives) {
@@ -74,4 +86,30 @@ export function buildDevices(devices: DeviceManager, opts: DeviceOptions): void 
       throw e;
     }
   }
+  for (const n of opts.nets ?? []) devices.addVirtio(n.id, buildNet(n, opts.memory));
+  // last: the replaceable net slot takes what the configured devices leave of the 16 slots
+  for (let i = 0; opts.hotplugSlots > 0 && i < HOT_NET_SLOTS && devices.slots.length < MAX_VIRTIO_SLOTS; i++) {
+    devices.addVirtio(hotNetSlotId(i), new VirtioNet({ backend: null }));
+  }
+}
+
+function buildNet(n: NetConfig, memory: GuestMemory | undefined): VirtioNet {
+  const where = `-netdev id=${n.id}`;
+  let backend;
+  try {
+    backend = openNetBackend(n);
+  } catch (e) {
+    throw new DeviceError(`${where}: ${(e as Error).message}`);
+  }
+  let vhost: VhostNet | null = null;
+  if (n.vhost) {
+    try {
+      if (!memory) throw new Error('no guest memory');
+      vhost = VhostNet.open(memory);
+    } catch (e) {
+      backend.close();
+      throw new DeviceError(`${where},vhost=on: cannot set up vhost-net: ${(e as Error).message} (is the vhost_net module loaded?)`);
+    }
+  }
+  return new VirtioNet({ backend, mac: n.mac, vhost });
 }

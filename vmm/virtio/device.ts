@@ -7,6 +7,11 @@ import type { Queue } from './queue.js';
 export interface VirtioInterrupt {
   /** buffers were added to queue `index`'s used ring (sent only if the driver wants it) */
   signalUsed(index: number): void;
+  /**
+   * used-ring interrupt for queue `index` whose EVENT_IDX / NO_INTERRUPT check was already made
+   * elsewhere (vhost's call eventfd: the kernel checked before signalling)
+   */
+  raiseUsed?(index: number): void;
   /** the device's configuration space changed */
   signalConfig(): void;
   /** the device cannot go on (a broken ring): DEVICE_NEEDS_RESET + config interrupt */

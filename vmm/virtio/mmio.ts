@@ -87,6 +87,11 @@ export class MmioTransport implements BusDevice, VirtioInterrupt {
     this.raise(INT_USED_RING);
   }
 
+  raiseUsed(index: number): void {
+    if (!this.activated || index >= this.queues.length) return;
+    this.raise(INT_USED_RING);
+  }
+
   signalConfig(): void {
     this.configGeneration = (this.configGeneration + 1) >>> 0;
     if (this.status & STATUS.DRIVER_OK) this.raise(INT_CONFIG_CHANGE);

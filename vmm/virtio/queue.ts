@@ -194,6 +194,23 @@ export class Queue {
   }
 
   /**
+   * Returns several requests with one index update: the driver sees all of them or none (a
+   * virtio-net frame spread over mergeable rx buffers must not be seen in part).
+   */
+  addUsedMany(mem: GuestMemory, entries: ReadonlyArray<{ head: number; len: number }>): void {
+    if (entries.length > this.size) throw new RangeError(`${entries.length} used entries for a queue of ${this.size}`);
+    let idx = this.nextUsed;
+    for (const e of entries) {
+      const elem = GuestAddress(this.used + 4 + 8 * (idx % this.size));
+      mem.writeU32(elem, e.head);
+      mem.writeU32(GuestAddress(elem + 4), e.len);
+      idx = (idx + 1) & 0xffff;
+    }
+    this.nextUsed = idx;
+    mem.writeU16(GuestAddress(this.used + 2), this.nextUsed);
+  }
+
+  /**
    * Whether the driver wants an interrupt for what was added since the last one (EVENT_IDX:
    * used_event in the avail ring; otherwise the avail ring's NO_INTERRUPT flag).
    */

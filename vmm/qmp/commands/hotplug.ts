@@ -8,10 +8,12 @@
 //   blockdev-del {node-name}  closes a file opened but never attached
 // The guest notices through a config-change interrupt: its disk's capacity goes from 0 to the
 // file's size (and back to 0 on removal).
+// virtio-net slots (netdev_add, device_add driver "virtio-net-mmio") live in net-hotplug.ts.
 import type { DeviceManager } from '../../devices/manager.js';
 import { hotSlotId } from '../../devices/build.js';
 import { BlkBackend, VirtioBlk } from '../../devices/virtio/blk/device.js';
 import { QmpError, type QmpServer } from '../server.js';
+import { NET_DRIVER, register as registerNet } from './net-hotplug.js';
 
 export interface HotplugDeps {
   devices: DeviceManager;
@@ -55,6 +57,7 @@ export function register(qmp: QmpServer, deps: HotplugDeps): void {
   const attached = new Map<string, { slot: number; blk: VirtioBlk; file: string }>();
   const hotSlots = (): number => deps.devices.slots.filter((s) => s.id.startsWith('hotplug-blk-')).length;
   const blkAt = (n: number): VirtioBlk => deps.devices.slot(hotSlotId(n))?.device as VirtioBlk;
+  const net = registerNet(qmp, deps);
 
   qmp.register('blockdev-add', (args) => {
     const node = str(args, 'node-name');
@@ -102,7 +105,8 @@ export function register(qmp: QmpServer, deps: HotplugDeps): void {
   qmp.register('device_add', (args) => {
     const id = str(args, 'id');
     const driver = str(args, 'driver');
-    if (driver !== 'virtio-blk-mmio') throw err(`driver '${driver}' cannot be hot-replaced (supported: virtio-blk-mmio)`);
+    if (driver === NET_DRIVER) return net.deviceAdd(args, slotNumber);
+    if (driver !== 'virtio-blk-mmio') throw err(`driver '${driver}' cannot be hot-replaced (supported: virtio-blk-mmio, ${NET_DRIVER})`);
     if (attached.has(id)) throw err(`Duplicate device ID '${id}'`);
     const backend = pending.get(id);
     if (!backend) throw err(`no block node '${id}': blockdev-add it first (node-name must equal the device id)`);
@@ -116,6 +120,7 @@ export function register(qmp: QmpServer, deps: HotplugDeps): void {
 
   qmp.register('device_del', (args) => {
     const id = str(args, 'id');
+    if (net.has(id)) return net.deviceDel(id);
     const a = attached.get(id);
     if (!a) throw new QmpError('DeviceNotFound', `Device '${id}' not found`);
     a.blk.detach();
@@ -124,9 +129,9 @@ export function register(qmp: QmpServer, deps: HotplugDeps): void {
     return {};
   });
 
-  qmp.register('query-hotplug-slots', () => Array.from({ length: hotSlots() }, (_, n) => {
+  qmp.register('query-hotplug-slots', () => [...Array.from({ length: hotSlots() }, (_, n) => {
     const a = [...attached.entries()].find(([, v]) => v.slot === n);
     return { addr: `0x${n.toString(16)}`, driver: 'virtio-blk-mmio', ...(a ? { id: a[0], path: a[1].file } : {}) };
-  }));
+  }), ...net.slots()]);
 }
 
