@@ -165,11 +165,15 @@ export class DeviceManager {
       if (s.notifiers.length === 0) {
         s.notifiers = s.transport.queues.map((_, i) => {
           const efd = EventFd.create();
-          poller.add(efd.fd, EPOLLIN, () => {
-            if (efd.read() !== null) s.transport.notify(i);
-          });
+          // a device on an iothread waits on its eventfds there
+          if (!s.device.ownsNotifiers) {
+            poller.add(efd.fd, EPOLLIN, () => {
+              if (efd.read() !== null) s.transport.notify(i);
+            });
+          }
           return efd;
         });
+        s.transport.notifierFds = s.notifiers.map((e) => e.fd);
       }
       s.notifiers.forEach((efd, i) => vm.registerIoeventfd(efd.fd, DeviceManager.notifyAddress(s), 4, i));
     }
@@ -191,7 +195,7 @@ export class DeviceManager {
   close(): void {
     for (const s of this.virtio) {
       for (const efd of s.notifiers) {
-        this.poller?.remove(efd.fd);
+        if (!s.device.ownsNotifiers) this.poller?.remove(efd.fd);
         efd.close();
       }
       s.notifiers = [];

@@ -118,6 +118,19 @@ export class GuestMemory {
     return mem;
   }
 
+  /**
+   * The same guest RAM seen from another thread of this process (an iothread): views over the
+   * mapping `create()` made, which this object does not own (close() leaves it alone).
+   */
+  static attach(hostAddr: bigint, size: number): GuestMemory {
+    const regions = layoutRegions(size);
+    const buffers = regions.map((r) => view(hostAddr + BigInt(r.hostOffset), r.size));
+    const m = new GuestMemory(regions, buffers, hostAddr, size);
+    m.borrowed = true;
+    return m;
+  }
+  private borrowed = false;
+
   /** Test helper: regions over ordinary ArrayBuffers, same layout rules. */
   static fromBuffers(size: number): GuestMemory {
     const regions = layoutRegions(size);
@@ -205,6 +218,6 @@ export class GuestMemory {
 
   /** Drop the mapping. The views become unusable. */
   close(): void {
-    if (this.hostAddr !== 0n) munmap(this.hostAddr, this.totalSize);
+    if (this.hostAddr !== 0n && !this.borrowed) munmap(this.hostAddr, this.totalSize);
   }
 }

@@ -59,6 +59,8 @@ export class MmioTransport implements BusDevice, VirtioInterrupt {
   private activated = false;
   private irqLevel = false;
   readonly metrics: TransportMetrics = { badAccesses: 0, refused: 0, interrupts: 0, notifications: 0 };
+  /** the queues' ioeventfds (set by the device manager), handed to a device that owns them */
+  notifierFds: number[] = [];
 
   constructor(
     readonly device: VirtioDevice,
@@ -283,7 +285,7 @@ export class MmioTransport implements BusDevice, VirtioInterrupt {
       q.indirect = (this.driverFeatures & F_RING_INDIRECT_DESC) !== 0n;
     }
     try {
-      this.device.activate({ mem: this.mem, queues: this.queues, features: this.driverFeatures, interrupt: this });
+      this.device.activate({ mem: this.mem, queues: this.queues, features: this.driverFeatures, interrupt: this, notifiers: this.notifierFds });
       this.activated = true;
     } catch (e) {
       this.fail(`activation failed: ${(e as Error).message}`);

@@ -38,7 +38,7 @@ print(f.readline().strip())`;
 }
 
 describe('virtio devices on KVM', { concurrency: false }, () => {
-  test('disks: read what the host wrote, write back, read-only refused, hot-replace with DEVICE_DELETED; rng', async () => {
+  test('disks: read what the host wrote, write back, read-only refused (served on an iothread), hot-replace with DEVICE_DELETED; rng', async () => {
     const data = join(work, 'data.img');
     const content = randomBytes(4 << 20);
     writeFileSync(data, content);
@@ -56,7 +56,8 @@ describe('virtio devices on KVM', { concurrency: false }, () => {
     const vmm = startVmm(['-kernel', img.kernel, '-initrd', img.initrd, '-append', img.cmdline, '-smp', '1', '-m', '256M',
       '-api-channel', `unix:${qmpPath}`, '-chardev', `id=console0,path=${conPath}`,
       '-drive', `id=data,file=${data},serial=capsule-data`,
-      '-drive', `id=ro,file=${ro},readonly=on`,
+      '-iothread', 'id=io1',
+      '-drive', `id=ro,file=${ro},readonly=on,iothread=io1`,
       '-rng', 'random_file=/dev/urandom',
       '-hotplug-slots', '1'], { CAPSULE_LOG_LEVEL: 'info' });
     await waitForFile(qmpPath, 60_000);
@@ -84,6 +85,8 @@ describe('virtio devices on KVM', { concurrency: false }, () => {
     const w = await con.run('printf CAPSULE_WROTE_THIS > /tmp/m && dd if=/tmp/m of=/dev/vda bs=512 seek=100 conv=notrunc 2>/dev/null && sync && echo written');
     assert.match(w.out, /written/);
 
+    // the read-only disk is served on the iothread
+    assert.match((await con.run('md5sum /dev/vdb')).out, new RegExp(md5(roContent)), 'the iothread serves vdb');
     // read-only: the guest sees it and cannot write
     assert.equal((await con.run('cat /sys/block/vdb/ro')).out.trim(), '1');
     const roWrite = await con.run('dd if=/dev/zero of=/dev/vdb bs=512 count=1 2>&1');
