@@ -156,7 +156,7 @@ export class Machine extends EventEmitter {
       },
     });
     this.threads = threads;
-    await threads.start(this.vcpus);
+    await threads.start(this.vcpus, this.devices.fastInterruptRegisters());
   }
 
   private async teardown(): Promise<void> {

@@ -48,5 +48,5 @@ test('DSDT: one LNRO0005 device per slot with its window and interrupt', () => {
   const mem = Buffer.from([0x86, 0x09, 0x00, 0x01, 0x00, 0x10, 0x00, 0xd0, 0x00, 0x02, 0x00, 0x00]);
   const at = dsdt.indexOf(mem);
   assert.ok(at > 0, 'slot 1 window described');
-  assert.deepEqual([...dsdt.subarray(at + 12, at + 21)], [0x89, 6, 0, 0x01, 1, 6, 0, 0, 0]);
+  assert.deepEqual([...dsdt.subarray(at + 12, at + 21)], [0x89, 6, 0, 0x03, 1, 6, 0, 0, 0], 'edge, active high');
 });

@@ -58,6 +58,36 @@ export interface VirtioSlot {
   transport: MmioTransport;
   /** one per queue: KVM signals it when the guest writes the queue's index to QueueNotify */
   notifiers: EventFd[];
+  irq: SlotIrq;
+}
+
+/**
+ * A slot's interrupt line, edge-triggered: an irqfd once the KVM VM exists (one eventfd write per
+ * interrupt, from any thread, no ioctl), a KVM_IRQ_LINE pulse before that.
+ */
+export class SlotIrq {
+  private efd: EventFd | null = null;
+  constructor(readonly gsi: number, private readonly line: (level: boolean) => void) {}
+
+  trigger(): void {
+    if (this.efd) {
+      this.efd.write();
+      return;
+    }
+    this.line(true);
+    this.line(false);
+  }
+
+  /** Binds the line's eventfd to the GSI of `vm` (each VM the machine builds). */
+  attach(vm: VmFd): void {
+    this.efd ??= EventFd.create();
+    vm.registerIrqfd(this.efd.fd, this.gsi);
+  }
+
+  close(): void {
+    this.efd?.close();
+    this.efd = null;
+  }
 }
 
 export class DeviceError extends Error {
@@ -92,9 +122,10 @@ export class DeviceManager {
     const index = this.virtio.length;
     const base = VIRTIO_MMIO_BASE + index * MMIO_WINDOW;
     const gsi = VIRTIO_GSIS[index] as number;
-    const transport = new MmioTransport(device, this.mem, this.irq(gsi), id);
+    const irq = new SlotIrq(gsi, this.irq(gsi));
+    const transport = new MmioTransport(device, this.mem, () => irq.trigger(), id);
     this.mmio.insert(base, MMIO_WINDOW, transport, id);
-    const slot = { index, id, base, gsi, device, transport, notifiers: [] };
+    const slot = { index, id, base, gsi, device, transport, notifiers: [], irq };
     this.virtio.push(slot);
     log.debug(`${id}: virtio type ${device.deviceType} at 0x${base.toString(16)}, GSI ${gsi}`);
     return slot;
@@ -135,6 +166,11 @@ export class DeviceManager {
     return this.virtio.find((s) => s.id === id);
   }
 
+  /** The virtio slots' InterruptStatus words, for the vCPU threads to serve (cpu/protocol.ts). */
+  fastInterruptRegisters(): Array<{ base: number; status: SharedArrayBuffer }> {
+    return this.virtio.map((s) => ({ base: s.base, status: s.transport.interruptWord.buffer as SharedArrayBuffer }));
+  }
+
   /** Guest-physical address of a slot's QueueNotify register (for ioeventfds). */
   static notifyAddress(slot: VirtioSlot): number {
     return slot.base + REG.QUEUE_NOTIFY;
@@ -142,14 +178,14 @@ export class DeviceManager {
 
   /**
    * One DSDT Device per slot, as QEMU's microvm does: _HID "LNRO0005" (virtio-mmio), the window
-   * and a level-triggered interrupt. Linux's virtio_mmio driver binds to these through ACPI.
+   * and an edge-triggered interrupt (virtio/mmio.ts says why edge). Linux's virtio_mmio driver binds to these through ACPI.
    */
   acpiDevices(): number[][] {
     return this.virtio.map((s) => aml.device(`VR${s.index.toString(16).toUpperCase().padStart(2, '0')}`, [
       aml.name('_HID', aml.string('LNRO0005')),
       aml.name('_UID', aml.integer(s.index)),
       aml.name('_CCA', aml.integer(1)),
-      aml.name('_CRS', aml.buffer(aml.resourceTemplate([aml.memory32Fixed(s.base, ANNOUNCED_WINDOW), aml.extendedInterrupt(s.gsi)]))),
+      aml.name('_CRS', aml.buffer(aml.resourceTemplate([aml.memory32Fixed(s.base, ANNOUNCED_WINDOW), aml.extendedInterrupt(s.gsi, true)]))),
     ]));
   }
 
@@ -176,6 +212,7 @@ export class DeviceManager {
         s.transport.notifierFds = s.notifiers.map((e) => e.fd);
       }
       s.notifiers.forEach((efd, i) => vm.registerIoeventfd(efd.fd, DeviceManager.notifyAddress(s), 4, i));
+      s.irq.attach(vm);
     }
     this.poller = poller;
   }
@@ -199,6 +236,7 @@ export class DeviceManager {
         efd.close();
       }
       s.notifiers = [];
+      s.irq.close();
       try {
         s.transport.reset();
         s.device.close?.();
