@@ -20,17 +20,20 @@ type Img = Awaited<ReturnType<typeof testImage>>;
 
 interface Workload { name: string; cmd: string; unit: 'MB/s' | 'IOPS'; ops?: number }
 const WORKLOADS: Workload[] = [
-  { name: 'seqRead1M', cmd: `echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/vda of=/dev/null bs=1M count=${DISK_MIB} 2>&1`, unit: 'MB/s' },
-  { name: 'seqWrite1M', cmd: `dd if=/dev/zero of=/dev/vda bs=1M count=${DISK_MIB} conv=fsync 2>&1`, unit: 'MB/s' },
-  { name: 'read4kQd1Direct', cmd: 'dd if=/dev/vda of=/dev/null bs=4k count=4096 iflag=direct 2>&1', unit: 'IOPS', ops: 4096 },
-  { name: 'write4kQd1Direct', cmd: 'dd if=/dev/zero of=/dev/vda bs=4k count=4096 oflag=direct 2>&1', unit: 'IOPS', ops: 4096 },
+  { name: 'seqRead1M', cmd: `echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/vda of=/dev/null bs=1M count=${DISK_MIB}`, unit: 'MB/s' },
+  { name: 'seqWrite1M', cmd: `dd if=/dev/zero of=/dev/vda bs=1M count=${DISK_MIB} conv=fsync`, unit: 'MB/s' },
+  { name: 'read4kQd1Direct', cmd: 'dd if=/dev/vda of=/dev/null bs=4k count=4096 iflag=direct', unit: 'IOPS', ops: 4096 },
+  { name: 'write4kQd1Direct', cmd: 'dd if=/dev/zero of=/dev/vda bs=4k count=4096 oflag=direct', unit: 'IOPS', ops: 4096 },
 ];
 
-/** busybox dd: "N bytes (…) copied, S seconds, R MB/s" */
+/** Debian's busybox dd prints no timing: the guest's /proc/uptime around it (10 ms steps). */
+const timed = (cmd: string): string =>
+  `a=$(cut -d" " -f1 /proc/uptime); ${cmd} >/dev/null 2>&1; s=$?; b=$(cut -d" " -f1 /proc/uptime); echo "ELAPSED $a $b $s"`;
 function ddSeconds(out: string): number {
-  const m = /copied, ([\d.]+) seconds/.exec(out);
-  if (!m) throw new Error(`no dd summary in: ${out.slice(-300)}`);
-  return Number(m[1]);
+  const m = /ELAPSED ([\d.]+) ([\d.]+) (\d+)/.exec(out);
+  if (!m) throw new Error(`no timing in: ${out.slice(-300)}`);
+  if (m[3] !== '0') throw new Error(`dd failed (status ${m[3]}): ${out.slice(-300)}`);
+  return Math.max(0.01, Number(m[2]) - Number(m[1]));
 }
 
 async function runWorkloads(con: ConsoleClient, q: QmpClient | null): Promise<Record<string, unknown>> {
@@ -40,7 +43,7 @@ async function runWorkloads(con: ConsoleClient, q: QmpClient | null): Promise<Re
     let exitsPerReq: number | undefined;
     for (let i = 0; i < RUNS; i++) {
       const before = q ? ((await q.execute('query-virtio')) as { exits: number; devices: Array<{ id: string; metrics: Record<string, number> }> }) : null;
-      const r = await con.run(w.cmd, 300_000);
+      const r = await con.run(timed(w.cmd), 300_000);
       const s = ddSeconds(r.out);
       vals.push(w.unit === 'MB/s' ? (DISK_MIB * 1.048576) / s : (w.ops as number) / s);
       if (q && before) {
