@@ -8,7 +8,7 @@
 # pmem modules, vsock-tool (scripts/guest/vsock-tool.c, built static), and an /init
 # (scripts/guest/default-init) that mounts the basics, prints the ready marker and runs a
 # shell on the console. The build is cached: it is skipped when image.json is newer than the
-# kernel, this script, scripts/lib/image-common.sh and scripts/guest/*.
+# kernel, this script, scripts/lib/image-common.sh and the scripts/guest/ files it uses.
 set -euo pipefail
 DATA=${CAPSULE_DATA_DIR:-./var}
 OUT=${1:-${CAPSULE_IMAGES_DIR:-$DATA/images}/default}
@@ -18,8 +18,9 @@ IMG_NAME=build-image
 
 img_find_kernel
 img_find_busybox
+img_lock "$OUT"
 # shellcheck disable=SC2046
-if img_up_to_date "$OUT/image.json" "$KERNEL" "$SELF" $(img_common_inputs); then
+if img_up_to_date "$OUT/image.json" "$KERNEL" "$SELF" $(img_inputs power.sh default-init vsock-tool.c); then
   img_log "$OUT is up to date (kernel $KVER)"; exit 0
 fi
 img_log "building $OUT from kernel $KVER and $BUSYBOX"

@@ -3,7 +3,7 @@
 # busybox poweroff, reboot and halt (without -f) signal PID 1: USR2, TERM and USR1. The ACPI
 # power button (QMP system_powerdown: the server's clean stop) is read from its evdev device
 # and does what poweroff does. Before the VM goes:
-#   CAPSULE_STOP_GRACE  tenths of a second other processes get between TERM and KILL (0: none)
+#   CAPSULE_STOP_GRACE  tenths of a second other processes get between TERM (+HUP) and KILL (0: none)
 #   CAPSULE_RO_MOUNTS   mount points remounted read-only after the final sync
 
 # True while a process other than PID 1 is left (kernel threads and zombies have no exe).
@@ -19,6 +19,7 @@ capsule_down() {
   trap '' USR1 USR2 TERM
   if [ "${CAPSULE_STOP_GRACE:-0}" -gt 0 ]; then
     kill -TERM -1 2>/dev/null
+    kill -HUP -1 2>/dev/null # interactive shells ignore TERM
     n=0
     while [ "$n" -lt "$CAPSULE_STOP_GRACE" ] && capsule_others; do sleep 0.1; n=$((n + 1)); done
     kill -KILL -1 2>/dev/null

@@ -36,6 +36,14 @@ img_find_busybox() {
   fi
 }
 
+# img_lock OUT_DIR: one build of OUT_DIR at a time (a second builder waits, then finds it
+# up to date). The lock is held until the script exits.
+img_lock() {
+  mkdir -p "$1"
+  exec 9>"$1/.build.lock"
+  flock 9
+}
+
 # img_up_to_date IMAGE_JSON INPUT...: true when IMAGE_JSON exists and is newer than every input.
 img_up_to_date() {
   local json=$1 f; shift
@@ -43,10 +51,12 @@ img_up_to_date() {
   for f in "$@"; do [ "$json" -nt "$f" ] || return 1; done
 }
 
-# The files every image build reads (besides the kernel): this library and the guest scripts.
-img_common_inputs() {
+# img_inputs GUEST_FILE...: the files an image build reads besides the kernel and its own
+# script: this library and the named scripts/guest/ files.
+img_inputs() {
+  local f
   echo "$IMG_SCRIPTS/lib/image-common.sh"
-  find "$IMG_GUEST" -type f | sort
+  for f in "$@"; do echo "$IMG_GUEST/$f"; done
 }
 
 # img_initramfs_skeleton DIR: the directories, busybox and its applet links.
