@@ -1,6 +1,7 @@
 // The guest images booted straight under QEMU/TCG (no server): the sandbox image on its
 // read-only rootfs with a writable layer (persisted across boots, fresh per layer, in memory
-// without one), and the default image's vsock tool.
+// without one; the rootfs on virtio-blk or virtio-pmem with DAX), and the default image's
+// vsock tool.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -35,12 +36,11 @@ function sha256(file: string): Promise<string> {
   });
 }
 
-function bootSandbox(layer: string | undefined, extraCmdline = ''): QemuGuest {
+function bootSandbox(layer: string): QemuGuest {
   const { dir, meta } = sandbox;
-  const cmdline = (layer ? meta.cmdline : meta.cmdline.replace(/ ?capsule\.overlay=\S+/, '')) + extraCmdline;
   return new QemuGuest({
-    kernel: join(dir, meta.kernel), initrd: join(dir, meta.initrd!), cmdline,
-    disks: [{ file: join(dir, meta.rootfs!), readOnly: true }, ...(layer ? [{ file: layer }] : [])],
+    kernel: join(dir, meta.kernel), initrd: join(dir, meta.initrd!), cmdline: meta.cmdline,
+    disks: [{ file: join(dir, meta.rootfs!), readOnly: true }, { file: layer }],
   });
 }
 
@@ -57,7 +57,7 @@ test('sandbox image: image.json declares the rootfs and the overlay cmdline; the
   assert.doesNotMatch(fs, /has_journal/);
 });
 
-test('sandbox image: python3 and node run; the layer persists across boots, a fresh one is empty; the rootfs is unchanged', async () => {
+test('sandbox image: python3 and node run; the layer persists across boots, a fresh one is empty; pmem root with DAX; the rootfs is unchanged', async () => {
   const rootfs = join(sandbox.dir, sandbox.meta.rootfs!);
   const sumBefore = await sha256(rootfs);
   const layer = join(work, 'layer-a.ext4');
@@ -121,12 +121,19 @@ test('sandbox image: python3 and node run; the layer persists across boots, a fr
   const header = execFileSync('dumpe2fs', ['-h', blank], { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
   assert.match(header, /Filesystem volume name:\s+capsule-layer/, 'the guest formatted the blank layer');
 
-  // Boot 4, no layer: writes go to a tmpfs.
-  g = bootSandbox(undefined);
+  // Boot 4, the rootfs as a virtio-pmem device (root=/dev/pmem0, mounted with DAX) and no
+  // layer: writes go to a tmpfs.
+  g = new QemuGuest({
+    kernel: join(sandbox.dir, sandbox.meta.kernel), initrd: join(sandbox.dir, sandbox.meta.initrd!),
+    cmdline: sandbox.meta.cmdline.replace(/ ?capsule\.overlay=\S+/, '').replace('root=/dev/vda', 'root=/dev/pmem0'), pmem: rootfs,
+  });
   try {
     await g.ready(READY);
-    assert.match(await g.run('cat /run/capsule/boot'), /CAPSULE_LAYER=tmpfs/);
-    assert.equal((await g.run('echo x > /root/y && cat /root/y')).trim(), 'x');
+    const boot = await g.run('cat /run/capsule/boot');
+    assert.match(boot, /CAPSULE_ROOT=\/dev\/pmem0 dax\n/);
+    assert.match(boot, /CAPSULE_LAYER=tmpfs\n/);
+    assert.match(await g.run('cat /proc/mounts'), /^\/dev\/pmem0 \/run\/capsule\/lower ext4 ro,.*dax/m);
+    assert.equal((await g.run("echo x > /root/y && cat /root/y && python3 -c 'print(6*7)'")).trim(), 'x\n42');
     g.run('poweroff').catch(() => { /* the guest goes away */ });
     assert.equal(await g.exited, 0);
   } finally {
@@ -134,7 +141,7 @@ test('sandbox image: python3 and node run; the layer persists across boots, a fr
   }
 
   assert.equal(await sha256(rootfs), sumBefore, 'the rootfs is never written');
-  console.log(`# host mkfs.ext4 of a 1 GiB layer: ${mkfsMs} ms`);
+  console.log(`host mkfs.ext4 of a 1 GiB layer: ${mkfsMs} ms`);
 });
 
 test('a layer that is neither ext4 nor blank is refused, not formatted', async () => {

@@ -16,7 +16,8 @@ function mkfsExt4(): string {
 
 /**
  * Creates `path` (which must not exist) as a sparse file of `sizeBytes` with an empty ext4
- * filesystem (label capsule-layer, no reserved blocks). Lazy inode-table and journal
+ * filesystem (label capsule-layer, no reserved blocks, 4 KiB blocks and 256-byte inodes
+ * whatever the size: mke2fs's "small" defaults would give 1 KiB blocks and 2038 timestamps). Lazy inode-table and journal
  * initialisation are safe here: the new file reads as zeros. Throws (and leaves no file) when
  * mkfs fails.
  */
@@ -29,7 +30,7 @@ export function createWritableLayer(path: string, sizeBytes: number, mode = 0o60
     closeSync(fd);
   }
   try {
-    execFileSync(mkfsExt4(), ['-q', '-F', '-L', 'capsule-layer', '-m', '0', '-E', 'lazy_itable_init=1,lazy_journal_init=1', path], { stdio: ['ignore', 'ignore', 'pipe'] });
+    execFileSync(mkfsExt4(), ['-q', '-F', '-T', 'default', '-b', '4096', '-L', 'capsule-layer', '-m', '0', '-E', 'lazy_itable_init=1,lazy_journal_init=1', path], { stdio: ['ignore', 'ignore', 'pipe'] });
   } catch (e) {
     rmSync(path, { force: true });
     const stderr = (e as { stderr?: Buffer }).stderr?.toString().trim();

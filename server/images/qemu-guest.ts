@@ -1,7 +1,7 @@
 // A guest booted straight under QEMU (no server): the image tests' driver. The serial console
 // is the process's stdio; a QMP socket sends the ACPI power button.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,6 +12,8 @@ export interface GuestOptions {
   cmdline: string;
   /** virtio-blk-pci disks in order (vda, vdb, ...). */
   disks?: Array<{ file: string; readOnly?: boolean }>;
+  /** A virtio-pmem device (/dev/pmem0) backed read-only by this file (size: a multiple of 2 MiB). */
+  pmem?: string;
   memoryMiB?: number;
   qemu?: string;
 }
@@ -26,8 +28,9 @@ export class QemuGuest {
   constructor(opts: GuestOptions) {
     this.dir = mkdtempSync(join(tmpdir(), 'capsule-guest-'));
     this.qmpPath = join(this.dir, 'qmp');
+    const mem = String(opts.memoryMiB ?? 512) + (opts.pmem ? 'M,slots=2,maxmem=16G' : '');
     const args = [
-      '-M', 'pc', '-accel', 'tcg', '-m', String(opts.memoryMiB ?? 512), '-smp', '1',
+      '-M', 'pc', '-accel', 'tcg', '-m', mem, '-smp', '1',
       '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot', '-nodefaults',
       '-qmp', `unix:${this.qmpPath},server=on,wait=off`,
       '-kernel', opts.kernel, ...(opts.initrd ? ['-initrd', opts.initrd] : []), '-append', opts.cmdline,
@@ -36,6 +39,10 @@ export class QemuGuest {
       args.push('-drive', `file=${d.file},format=raw,if=none,id=disk${i},readonly=${d.readOnly ? 'on' : 'off'}`);
       args.push('-device', `virtio-blk-pci,drive=disk${i}`);
     });
+    if (opts.pmem) {
+      args.push('-object', `memory-backend-file,id=pmem0,mem-path=${opts.pmem},size=${statSync(opts.pmem).size},share=off,readonly=on`);
+      args.push('-device', 'virtio-pmem-pci,memdev=pmem0');
+    }
     this.proc = spawn(opts.qemu ?? process.env.CAPSULE_QEMU ?? 'qemu-system-x86_64', args, { stdio: ['pipe', 'pipe', 'pipe'] });
     this.proc.stdout!.on('data', (d: Buffer) => { this.output += d.toString('utf8'); });
     this.proc.stderr!.on('data', (d: Buffer) => { this.output += d.toString('utf8'); });
