@@ -20,7 +20,7 @@ img_find_kernel
 img_find_busybox
 img_lock "$OUT"
 # shellcheck disable=SC2046
-if img_up_to_date "$OUT/image.json" "$KERNEL" "$SELF" $(img_inputs power.sh default-init vsock-tool.c); then
+if img_up_to_date "$OUT/image.json" "$KERNEL" "$SELF" $(img_inputs power.sh net.sh udhcpc.script default-init vsock-tool.c); then
   img_log "$OUT is up to date (kernel $KVER)"; exit 0
 fi
 img_log "building $OUT from kernel $KVER and $BUSYBOX"
@@ -32,6 +32,9 @@ img_initramfs_skeleton "$R"
 img_add_modules "$R" $IMG_DEVICE_MODULES
 img_build_vsock_tool "$R/bin/vsock-tool"
 img_install_guest power.sh "$R/lib/capsule/power.sh"
+img_install_guest net.sh "$R/lib/capsule/net.sh"
+mkdir -p "$R/usr/share/udhcpc"
+img_install_guest udhcpc.script "$R/usr/share/udhcpc/default.script" 0755
 img_install_guest default-init "$R/init" 0755
 img_pack_initramfs "$R" "$OUT/initramfs.cpio.gz"
 img_install_kernel "$OUT"

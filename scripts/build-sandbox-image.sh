@@ -36,7 +36,7 @@ img_find_kernel
 img_find_busybox
 img_lock "$OUT"
 # shellcheck disable=SC2046
-if [ "${CAPSULE_REBUILD:-0}" != 1 ] && img_up_to_date "$OUT/image.json" "$KERNEL" "$SELF" $(img_inputs power.sh sandbox-initramfs-init sandbox-init vsock-tool.c); then
+if [ "${CAPSULE_REBUILD:-0}" != 1 ] && img_up_to_date "$OUT/image.json" "$KERNEL" "$SELF" $(img_inputs power.sh net.sh udhcpc.script sandbox-initramfs-init sandbox-init vsock-tool.c); then
   img_log "$OUT is up to date (kernel $KVER)"; exit 0
 fi
 [ "$(id -u)" -eq 0 ] || img_die "building the sandbox image needs root (mmdebstrap, file owners in the root filesystem)"
@@ -105,6 +105,10 @@ T_PACKAGES=$(($(date +%s) - START))
 img_install_guest sandbox-init "$ROOT/usr/sbin/capsule-init" 0755
 mkdir -p "$ROOT/usr/lib/capsule"
 img_install_guest power.sh "$ROOT/usr/lib/capsule/power.sh"
+img_install_guest net.sh "$ROOT/usr/lib/capsule/net.sh"
+mkdir -p "$ROOT/usr/share/udhcpc"
+img_install_guest udhcpc.script "$ROOT/usr/share/udhcpc/default.script" 0755
+ln -sf /bin/busybox "$ROOT/usr/local/sbin/udhcpc"
 img_build_vsock_tool "$ROOT/usr/local/bin/vsock-tool"
 for a in poweroff reboot halt; do ln -sf /bin/busybox "$ROOT/usr/local/sbin/$a"; done
 ln -sf /bin/busybox "$ROOT/usr/local/bin/vi"

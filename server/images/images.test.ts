@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, createReadStream, mkdtempSync, openSync, readFileSync, statSync, ftruncateSync, rmSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildImage } from './registry.js';
@@ -36,12 +37,19 @@ function sha256(file: string): Promise<string> {
   });
 }
 
-function bootSandbox(layer: string): QemuGuest {
+function bootSandbox(layer: string, opts: { extraCmdline?: string; net?: boolean } = {}): QemuGuest {
   const { dir, meta } = sandbox;
   return new QemuGuest({
-    kernel: join(dir, meta.kernel), initrd: join(dir, meta.initrd!), cmdline: meta.cmdline,
-    disks: [{ file: join(dir, meta.rootfs!), readOnly: true }, { file: layer }],
+    kernel: join(dir, meta.kernel), initrd: join(dir, meta.initrd!), cmdline: meta.cmdline + (opts.extraCmdline ?? ''),
+    disks: [{ file: join(dir, meta.rootfs!), readOnly: true }, { file: layer }], net: opts.net ?? false,
   });
+}
+
+/** An HTTP server on the host's 127.0.0.1 (the guest's 10.0.2.2 on QEMU's user network). */
+async function hostHttp(body: string): Promise<{ server: Server; port: number }> {
+  const server = createServer((_req, res) => res.end(body));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { server, port: (server.address() as { port: number }).port };
 }
 
 test('sandbox image: image.json declares the rootfs and the overlay cmdline; the rootfs is ext4 without a journal', () => {
@@ -107,16 +115,21 @@ test('sandbox image: python3 and node run; the layer persists across boots, a fr
   const fd = openSync(blank, 'wx');
   ftruncateSync(fd, 64 * 1024 * 1024);
   closeSync(fd);
-  g = bootSandbox(blank);
+  const http = await hostHttp('hello-from-host');
+  g = bootSandbox(blank, { extraCmdline: ' capsule.ip=10.0.2.15/24,10.0.2.2,10.0.2.3', net: true });
   try {
     await g.ready(READY);
     assert.ok(g.output.includes('capsule: formatting the layer /dev/vdb'));
+    // capsule.ip= (static) on virtio-net: curl reaches the host.
+    assert.equal((await g.run(`curl -s http://10.0.2.2:${http.port}/`)).trim(), 'hello-from-host');
+    assert.equal((await g.run('cat /etc/resolv.conf')).trim(), 'nameserver 10.0.2.3');
     assert.equal((await g.run('test -e /root/persisted.txt && echo present || echo absent')).trim(), 'absent');
     assert.equal((await g.run('cat /etc/hostname')).trim(), 'capsule');
     g.run('reboot').catch(() => { /* the guest goes away */ });
     assert.equal(await g.exited, 0, 'reboot ends QEMU under -no-reboot');
   } finally {
     g.kill();
+    http.server.close();
   }
   const header = execFileSync('dumpe2fs', ['-h', blank], { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
   assert.match(header, /Filesystem volume name:\s+capsule-layer/, 'the guest formatted the blank layer');
@@ -160,7 +173,7 @@ test('a layer that is neither ext4 nor blank is refused, not formatted', async (
   assert.equal(readFileSync(junk).subarray(0, 9).toString(), 'user data');
 });
 
-test('default image: the initramfs carries vsock-tool and the device modules; vsock works over loopback', async () => {
+test('default image: the initramfs carries vsock-tool and the device modules; vsock over loopback; DHCP and HTTP over virtio-net', async () => {
   const dir = join(IMAGES, 'default');
   const list = execFileSync('sh', ['-c', `zcat ${join(dir, 'initramfs.cpio.gz')} | cpio -t --quiet`]).toString().split('\n');
   assert.ok(list.includes('bin/vsock-tool'));
@@ -173,13 +186,19 @@ test('default image: the initramfs carries vsock-tool and the device modules; vs
   for (const m of order) assert.ok(list.includes(`lib/modules/${m}.ko`), m);
 
   const meta = JSON.parse(readFileSync(join(dir, 'image.json'), 'utf8')) as ImageJson;
-  const g = new QemuGuest({ kernel: join(dir, meta.kernel), initrd: join(dir, meta.initrd!), cmdline: meta.cmdline, memoryMiB: 256 });
+  const http = await hostHttp('hello-default');
+  const g = new QemuGuest({ kernel: join(dir, meta.kernel), initrd: join(dir, meta.initrd!), cmdline: `${meta.cmdline} capsule.ip=dhcp`, memoryMiB: 256, net: true });
   try {
     await g.ready(READY);
+    // capsule.ip=dhcp: udhcpc (busybox) and its event script configure eth0 and the route.
+    await g.run('for i in $(seq 50); do ip -4 addr show eth0 | grep -q 10.0.2.15 && break; sleep 0.2; done');
+    assert.match(await g.run('ip -4 addr show eth0; ip route'), /inet 10\.0\.2\.15\/24[\s\S]*default via 10\.0\.2\.2/);
+    assert.equal((await g.run(`wget -qO- http://10.0.2.2:${http.port}/`)).trim(), 'hello-default');
     assert.equal((await g.run('(vsock-tool listen -e 5000 &); sleep 0.5; echo hello-vsock | vsock-tool connect 1 5000')).trim(), 'hello-vsock');
     await g.qmp('system_powerdown');
     assert.equal(await g.exited, 0);
   } finally {
     g.kill();
+    http.server.close();
   }
 });

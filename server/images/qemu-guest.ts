@@ -15,6 +15,8 @@ export interface GuestOptions {
   /** A virtio-pmem device (/dev/pmem0) backed read-only by this file (size: a multiple of 2 MiB). */
   pmem?: string;
   memoryMiB?: number;
+  /** A virtio-net NIC on QEMU's user network (guest 10.0.2.15, DHCP; the host's 127.0.0.1 is 10.0.2.2). */
+  net?: boolean;
   qemu?: string;
 }
 
@@ -39,6 +41,7 @@ export class QemuGuest {
       args.push('-drive', `file=${d.file},format=raw,if=none,id=disk${i},readonly=${d.readOnly ? 'on' : 'off'}`);
       args.push('-device', `virtio-blk-pci,drive=disk${i}`);
     });
+    if (opts.net) args.push('-netdev', 'user,id=net0', '-device', 'virtio-net-pci,netdev=net0');
     if (opts.pmem) {
       args.push('-object', `memory-backend-file,id=pmem0,mem-path=${opts.pmem},size=${statSync(opts.pmem).size},share=off,readonly=on`);
       args.push('-device', 'virtio-pmem-pci,memdev=pmem0');
