@@ -133,6 +133,7 @@ test('sandbox image: python3 and node run; the layer persists across boots, a fr
   }
   const header = execFileSync('dumpe2fs', ['-h', blank], { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
   assert.match(header, /Filesystem volume name:\s+capsule-layer/, 'the guest formatted the blank layer');
+  assert.match(header, /Filesystem features:.*has_journal/, 'as ext4 with a journal (the root\'s mke2fs)');
 
   // Boot 4, the rootfs as a virtio-pmem device (root=/dev/pmem0, mounted with DAX) and no
   // layer: writes go to a tmpfs.
