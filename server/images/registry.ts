@@ -9,6 +9,8 @@ import type { Logger } from 'pino';
 import type { ImageStore } from '../db/images.js';
 
 export const BUILD_IMAGE_SCRIPT = join(REPO_ROOT, 'scripts', 'build-image.sh');
+/** The `sandbox` image: Debian on a read-only rootfs with a writable layer per VM (docs/images.md). */
+export const BUILD_SANDBOX_SCRIPT = join(REPO_ROOT, 'scripts', 'build-sandbox-image.sh');
 
 const ImageJson = z.object({
   name: z.string().min(1).max(128),
@@ -26,6 +28,18 @@ export function ensureDefaultImage(imagesDir: string, log: Logger): void {
   if (existsSync(join(imagesDir, 'default', 'image.json'))) return;
   log.info({ dir: join(imagesDir, 'default') }, 'building the default guest image');
   execFileSync('bash', [BUILD_IMAGE_SCRIPT, join(imagesDir, 'default')], { stdio: ['ignore', 'inherit', 'inherit'] });
+}
+
+/**
+ * Builds (or finds up to date) an image by its builder script: `default` or `sandbox`. The
+ * server itself builds only the default image at start; `npm start` (scripts/setup.sh) and the
+ * test runner build both. The sandbox build needs root and the Debian mirror (~1-2 min once,
+ * cached after).
+ */
+export function buildImage(imagesDir: string, name: 'default' | 'sandbox', stdio: 'inherit' | 'ignore' = 'inherit'): string {
+  const dir = join(imagesDir, name);
+  execFileSync('bash', [name === 'sandbox' ? BUILD_SANDBOX_SCRIPT : BUILD_IMAGE_SCRIPT, dir], { stdio: ['ignore', stdio, stdio] });
+  return dir;
 }
 
 /** Registers every valid image directory; returns the names registered. */
