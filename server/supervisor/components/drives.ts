@@ -22,7 +22,8 @@ import type { Jail } from '../../jail/index.js';
 import { QmpError } from '../../qmp/client.js';
 import type { QmpEvent } from '../../../lib/qmp-wire.js';
 import { setFileAccess, type Grant } from '../../volumes/access.js';
-import { createSparse, LAYER_FILE, LAYER_SIZE_BYTES, MiB, volumePath } from '../../volumes/files.js';
+import { createWritableLayer } from '../../images/layer.js';
+import { LAYER_FILE, LAYER_SIZE_BYTES, MiB, volumePath } from '../../volumes/files.js';
 import { ApiError } from '../errors.js';
 import type { LaunchContext, LaunchPlan, LiveVmContext, VmComponent } from './types.js';
 
@@ -95,11 +96,15 @@ export class DrivesComponent implements VmComponent {
     return resolved.map(({ name: _n, ...d }) => d);
   }
 
-  /** A new VM of an image with a rootfs gets its writable layer (sparse, 2 GiB) in vms/<id>/. */
+  /**
+   * A new VM of an image with a rootfs gets its writable layer in vms/<id>/: a 2 GiB sparse file
+   * formatted ext4 on the host (server/images/layer.ts: ~30 ms, ~2 MiB of disk; the guest would
+   * otherwise format it on its first boot, slowly under TCG).
+   */
   createLayer(image: Image, vmDir: string): void {
     if (!image.rootfs) return;
     mkdirSync(vmDir, { recursive: true, mode: 0o700 });
-    createSparse(join(vmDir, LAYER_FILE), LAYER_SIZE_BYTES);
+    createWritableLayer(join(vmDir, LAYER_FILE), LAYER_SIZE_BYTES);
   }
 
   // ---- the four steps ----
@@ -113,7 +118,7 @@ export class DrivesComponent implements VmComponent {
       if (!existsSync(image.rootfs)) throw new ApiError(409, 'image_missing', `image ${image.name}: its root filesystem is missing on the host`);
       const layer = join(paths.dir, LAYER_FILE);
       // A VM defined before its image got a rootfs (or whose layer was lost) gets a fresh one.
-      if (!existsSync(layer)) createSparse(layer, LAYER_SIZE_BYTES);
+      if (!existsSync(layer)) createWritableLayer(layer, LAYER_SIZE_BYTES);
       disks.push({ id: 'rootfs', path: image.rootfs, readOnly: true, cache: 'writeback', index: 0 });
       disks.push({ id: 'layer', path: layer, readOnly: false, cache: 'writeback', index: 1 });
       files.set('layer', { path: layer, write: true });
