@@ -121,6 +121,7 @@ export async function startFakeServer(opts: { webDir: string; token?: string; bo
     if (p === '/v1/health') return send(res, 200, { status: 'ok', kvm: false, hypervisors: ['qemu'] });
     if (!authed(req, url)) return err(res, 401, 'unauthorized', 'missing or invalid token');
     if (p === '/v1/images') return send(res, 200, { items: [{ name: 'default', description: 'fake image' }] });
+    if (p === '/v1/volumes' && req.method === 'GET') return send(res, 200, { items: [] });
     if (p === '/v1/vms' && req.method === 'GET') {
       if (failListing > 0) {
         failListing--;

@@ -322,3 +322,59 @@ test('the list resumes (?since=) after the server restarts', { skip, timeout: 12
   assert.deepEqual(errors, []);
   await page.context().close();
 });
+
+test('volumes: create one in the Volumes view, attach it at VM creation, see and detach it on the VM page', { skip, timeout: 120_000 }, async (t) => {
+  if (skip) return t.skip(String(skip));
+  const { page, errors } = await open();
+  await signIn(page, base, token);
+  const vol = `vol-${randomBytes(3).toString('hex')}`;
+  const name = `drv-${randomBytes(3).toString('hex')}`;
+
+  t.diagnostic('create a volume: a validation error first, then one');
+  await page.getByRole('link', { name: 'Volumes' }).first().click();
+  await page.getByRole('heading', { name: 'Volumes' }).waitFor();
+  await page.getByLabel('Name').fill(vol);
+  await page.getByRole('button', { name: 'Create volume' }).click();
+  await page.getByRole('alert').filter({ hasText: /sizeMiB/ }).waitFor();
+  await page.getByLabel('Size (MiB)').fill('16');
+  await page.getByRole('button', { name: 'Create volume' }).click();
+  const row = page.locator(`tr[data-volume-name="${vol}"]`);
+  await row.waitFor();
+  assert.match(await row.innerText(), /16 MiB/);
+  await shot(page, 'volumes');
+
+  t.diagnostic('a VM with the volume as its drive');
+  await page.getByRole('link', { name: 'VMs', exact: true }).click();
+  await page.getByRole('link', { name: 'New VM' }).click();
+  await page.getByLabel('Name').fill(name);
+  await page.getByLabel('Drive', { exact: true }).selectOption(vol);
+  await page.getByRole('button', { name: 'Create VM' }).click();
+  await page.getByRole('heading', { name }).waitFor();
+  const id = decodeURIComponent(new URL(page.url()).hash.replace('#/vms/', ''));
+  created.push(id);
+  const drive = page.locator(`ul.drives li[data-drive-id="drive-0"]`);
+  await drive.waitFor();
+  assert.match(await drive.innerText(), new RegExp(`${vol}[\\s\\S]*read-write`));
+  await shot(page, 'detail-drives');
+  const def = (await (await api('GET', `/v1/vms/${id}`)).json()) as { drives: { volumeName: string }[] };
+  assert.deepEqual(def.drives.map((d) => d.volumeName), [vol]);
+
+  t.diagnostic('the volume is in use: its delete is refused, with the reason');
+  await page.getByRole('link', { name: 'Volumes' }).first().click();
+  await row.getByRole('link', { name }).waitFor();
+  await row.getByRole('button', { name: `Delete volume ${vol}` }).click();
+  await page.getByRole('status').filter({ hasText: /volume_in_use/ }).waitFor();
+
+  t.diagnostic('detach on the VM page, then the volume can go');
+  await page.goto(`${base}/#/vms/${encodeURIComponent(id)}`);
+  await page.getByRole('button', { name: `Detach drive-0 (${vol})` }).click();
+  await page.locator('ul.drives li[data-drive-id]').first().waitFor({ state: 'detached' });
+  assert.deepEqual(((await (await api('GET', `/v1/vms/${id}`)).json()) as { drives: unknown[] }).drives, []);
+  await page.getByRole('link', { name: 'Volumes' }).first().click();
+  await row.getByRole('button', { name: `Delete volume ${vol}` }).click();
+  await row.waitFor({ state: 'detached' });
+  assert.equal((await api('DELETE', `/v1/vms/${id}`)).status, 204);
+  created.splice(created.indexOf(id), 1);
+  assert.deepEqual(errors, []);
+  await page.context().close();
+});

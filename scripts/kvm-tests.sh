@@ -3,7 +3,7 @@
 #
 #   scripts/kvm-tests.sh [EXTRA_TEST_FILE...]
 #
-# - KVM usable here (vmm/kvm/probe.ts says so): `node --test` runs the tests directly.
+# - KVM usable here (lib/kvm-probe.ts says so): `node --test` runs the tests directly.
 # - Otherwise: ONE boot of a nested lab. An L1 Linux guest runs under QEMU/TCG with an AMD CPU
 #   that has SVM (-cpu EPYC); its init loads kvm_amd (=> a real /dev/kvm inside), mounts the host's
 #   / read-only over 9p (multidevs=remap) and a writable work folder at the same path as on the
@@ -38,7 +38,7 @@ fi
 if [ ${#TESTS[@]} -eq 0 ]; then say "no *.kvm.test.js files under dist/"; exit 2; fi
 
 PROBE=$(node --input-type=module -e "
-import { probeKvm } from '$ROOT/dist/vmm/kvm/probe.js';
+import { probeKvm } from '$ROOT/dist/lib/kvm-probe.js';
 const p = probeKvm(); console.log((p.available ? 'yes ' : 'no ') + p.reason);")
 if [ "${PROBE%% *}" = yes ]; then
   say "KVM usable (${PROBE#* }): running ${CMD:-${#TESTS[@]} file(s)} directly"

@@ -22,16 +22,19 @@ function find(dir, out = []) {
   return out.sort();
 }
 
-const all = ['server', 'vmm', 'seccomp', 'bench', 'scripts', 'e2e'].flatMap((d) => find(join(root, 'dist', d)))
+const all = ['lib', 'server', 'vmm', 'seccomp', 'bench', 'scripts', 'e2e'].flatMap((d) => find(join(root, 'dist', d)))
   .filter((f) => !filter || f.includes(filter));
 const kvm = all.filter((f) => f.endsWith('.kvm.test.js'));
 const e2e = all.filter((f) => f.startsWith('dist/e2e/') && !kvm.includes(f));
 const host = all.filter((f) => !kvm.includes(f) && !e2e.includes(f));
 
-// Build the default guest image once for every test that boots one.
+// Build the guest images once for every test that boots one (both builds are cached; the
+// sandbox image takes ~1-2 min the first time).
 const images = process.env.CAPSULE_TEST_IMAGES ?? '/tmp/capsule-test-images';
-const build = spawnSync('bash', [join(root, 'scripts/build-image.sh'), join(images, 'default')], { stdio: 'inherit' });
-if (build.status !== 0) process.exit(build.status ?? 1);
+for (const [script, name] of [['build-image.sh', 'default'], ['build-sandbox-image.sh', 'sandbox']]) {
+  const build = spawnSync('bash', [join(root, 'scripts', script), join(images, name)], { stdio: 'inherit' });
+  if (build.status !== 0) process.exit(build.status ?? 1);
+}
 
 let failed = false;
 const run = (label, cmd, args) => {

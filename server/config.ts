@@ -30,6 +30,8 @@ const EnvSchema = z.object({
   CAPSULE_CPU_OVERCOMMIT: z.coerce.number().min(0.1).max(64).default(8),
   /** Most vCPUs one VM may have (default: the host's CPU count). */
   CAPSULE_MAX_VCPUS: z.coerce.number().int().min(1).max(254).optional(),
+  /** Seconds DELETE /v1/vms/:id/drives/:drive waits for the guest to release the drive (504 after). */
+  CAPSULE_DETACH_TIMEOUT: z.coerce.number().min(0.1).max(3600).default(30),
   /** Seconds a clean stop waits for the guest before killing the VMM. */
   CAPSULE_STOP_TIMEOUT: z.coerce.number().min(0).max(3600).default(30),
   CAPSULE_DEFAULT_HYPERVISOR: z.enum(['qemu', 'native']).optional(),
@@ -92,6 +94,7 @@ export interface Config {
   minFreeBytes: number;
   admission: AdmissionConfig;
   stopTimeoutMs: number;
+  detachTimeoutMs: number;
   defaultHypervisor: 'qemu' | 'native' | undefined;
   qemuBinary: string;
   maxBodyBytes: number;
@@ -127,6 +130,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxVcpus: e.CAPSULE_MAX_VCPUS ?? Math.min(254, availableParallelism()),
     },
     stopTimeoutMs: e.CAPSULE_STOP_TIMEOUT * 1000,
+    detachTimeoutMs: e.CAPSULE_DETACH_TIMEOUT * 1000,
     defaultHypervisor: e.CAPSULE_DEFAULT_HYPERVISOR,
     qemuBinary: e.CAPSULE_QEMU,
     maxBodyBytes: e.CAPSULE_MAX_BODY_BYTES,

@@ -9,6 +9,11 @@ import { loadConfig } from './config.js';
 import { openDb } from './db/index.js';
 import { VmStore, type HypervisorName } from './db/vms.js';
 import { ImageStore } from './db/images.js';
+import { VolumeStore } from './db/volumes.js';
+import { ensureVolumesDir } from './volumes/files.js';
+import { DrivesComponent } from './supervisor/components/drives.js';
+import { RngComponent } from './supervisor/components/rng.js';
+import { BalloonComponent } from './supervisor/components/balloon.js';
 import { TokenStore } from './db/tokens.js';
 import { EventStore } from './db/events.js';
 import { StorageMonitor } from './db/storage.js';
@@ -19,7 +24,7 @@ import type { Hypervisor } from './hypervisors/types.js';
 import { Supervisor } from './supervisor/index.js';
 import { ensureDefaultImage, registerImages } from './images/registry.js';
 import { createApp } from './api/app.js';
-import { probeKvm } from '../vmm/kvm/probe.js';
+import { probeKvm } from '../lib/kvm-probe.js';
 import { Jail } from './jail/index.js';
 
 
@@ -42,7 +47,9 @@ async function main(): Promise<void> {
 
   const db = openDb(config.dbPath);
   const storage = new StorageMonitor(config.dataDir, config.minFreeBytes, log);
-  const vms = new VmStore(db, storage);
+  const volumes = new VolumeStore(db);
+  const vms = new VmStore(db, storage, volumes);
+  ensureVolumesDir(config.dataDir);
   const images = new ImageStore(db);
   const tokens = new TokenStore(db);
   const hub = new EventHub(new EventStore(db, config.eventHistory, storage), config.eventRate, { replayLimit: config.eventReplayLimit });
@@ -71,12 +78,15 @@ async function main(): Promise<void> {
   const jailStatus = jail.status();
   if (config.jail.mode !== 'off' && !jail.enabled) log.warn({ reasons: jailStatus.reasons }, `VMMs are not jailed: ${jail.unavailableReason()}`);
   else log.info({ enabled: jailStatus.enabled, cgroups: jailStatus.cgroups, reasons: jailStatus.reasons }, 'VMM jail');
-  const supervisor = new Supervisor({ vms, images, hub, hypervisors, vmsDir: config.vmsDir, stopTimeoutMs: config.stopTimeoutMs, log, jail, admission: config.admission });
+  const drives = new DrivesComponent({ dataDir: config.dataDir, volumes, images, hub, jail, log });
+  const balloon = new BalloonComponent();
+  const components = [drives, new RngComponent(), balloon];
+  const supervisor = new Supervisor({ vms, images, hub, hypervisors, vmsDir: config.vmsDir, stopTimeoutMs: config.stopTimeoutMs, log, jail, admission: config.admission, components });
   await supervisor.reattachAll();
 
   const webDir = join(REPO_ROOT, 'dist', 'web');
   if (!existsSync(join(webDir, 'index.html'))) log.warn({ webDir }, 'web UI not built (npm run build)');
-  const { app, injectWebSocket } = createApp({ config, log, vms, images, tokens, hub, supervisor, hypervisors, kvm: kvm.available, defaultHypervisor, webDir, jail: jailStatus, storage });
+  const { app, injectWebSocket } = createApp({ config, log, vms, images, tokens, hub, supervisor, volumes, drives, balloon, hypervisors, kvm: kvm.available, defaultHypervisor, webDir, jail: jailStatus, storage });
   const server = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info) => {
     log.info({ url: `http://${config.host}:${info.port}`, port: info.port, kvm: kvm.available, kvmReason: kvm.reason }, 'listening');
   });

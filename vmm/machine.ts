@@ -10,10 +10,12 @@ import { VcpuThreads } from './cpu/vcpus.js';
 import { AcpiGed, AcpiSleep, GED_EVENT_POWER_BUTTON } from './devices/legacy/acpi-pm.js';
 import { Cmos } from './devices/legacy/cmos.js';
 import { DeviceManager } from './devices/manager.js';
+import { mainPoller } from './io/poller.js';
 import { I8042 } from './devices/legacy/i8042.js';
 import { Serial } from './devices/legacy/serial.js';
 import { Kvm, type CpuidEntry, type VcpuFd, type VmFd } from './kvm/kvm.js';
 import { EXIT, EXIT_IO_OUT, RUN, SYSTEM_EVENT } from './kvm/layout.js';
+import { KVM_CAP_READONLY_MEM, KVM_MEM_READONLY } from './kvm/ioctls.js';
 import { munmap } from './kvm/sys.js';
 import { logger } from './log.js';
 import type { GuestMemory } from './memory/guest-memory.js';
@@ -106,11 +108,18 @@ export class Machine extends EventEmitter {
     const vm = this.kvm.createVm();
     this.vm = vm;
     for (const r of memory.regions) vm.setUserMemoryRegion(r.slot, BigInt(r.guestBase), BigInt(r.size), memory.regionHostAddr(r));
+    // device memory (virtio-pmem windows above RAM), again at every rebuild
+    const devMem = this.devices.deviceMemory;
+    if (devMem.some((r) => r.readOnly) && this.kvm.checkExtension(KVM_CAP_READONLY_MEM) <= 0) {
+      throw new Error('KVM lacks KVM_CAP_READONLY_MEM: a read-only virtio-pmem cannot be mapped');
+    }
+    for (const r of devMem) vm.setUserMemoryRegion(r.slot, BigInt(r.guestBase), BigInt(r.size), r.hostAddr, r.readOnly ? KVM_MEM_READONLY : 0);
     // order matters: identity map before any vCPU, then TSS, irqchip, PIT
     vm.setIdentityMapAddr(BigInt(KVM_IDENTITY_MAP_ADDR));
     vm.setTssAddr(KVM_TSS_ADDR);
     vm.createIrqchip();
     vm.createPit2(1);
+    this.devices.attachNotifiers(vm, mainPoller());
     const loaded = loadLinux(memory, { ...this.opts.boot, acpiDevices: this.devices.acpiDevices() });
     log.info(`kernel protocol 0x${loaded.image.version.toString(16)}, entry 0x${loaded.entry.toString(16)}` +
       (loaded.initrd ? `, initrd at 0x${loaded.initrd.addr.toString(16)} (${loaded.initrd.size} bytes)` : ''));
@@ -147,7 +156,7 @@ export class Machine extends EventEmitter {
       },
     });
     this.threads = threads;
-    await threads.start(this.vcpus);
+    await threads.start(this.vcpus, this.devices.fastInterruptRegisters());
   }
 
   private async teardown(): Promise<void> {

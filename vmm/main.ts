@@ -9,8 +9,12 @@ import { readBootFile } from './boot/loader.js';
 import { ConsoleHub } from './console.js';
 import { configureLog, logger, parseLevel } from './log.js';
 import { Machine, type ShutdownInfo } from './machine.js';
-import { buildDevices } from './devices/build.js';
+import { BALLOON_ID, buildDevices } from './devices/build.js';
+import { IoThread } from './io/iothread.js';
+import type { VirtioBalloon } from './devices/virtio/balloon/device.js';
+import { register as registerBalloonCommands } from './qmp/commands/balloon.js';
 import { register as registerHotplugCommands } from './qmp/commands/hotplug.js';
+import { register as registerDeviceQueries } from './qmp/commands/devices.js';
 import { GuestMemory } from './memory/guest-memory.js';
 import { QmpServer } from './qmp/server.js';
 import { register as registerLifecycleCommands } from './qmp/commands/lifecycle.js';
@@ -119,6 +123,8 @@ async function run(): Promise<void> {
   } catch (e) {
     die(`cannot allocate guest memory: ${(e as Error).message}`);
   }
+  const iothreads = new Map<string, IoThread>();
+  cleanups.push(async () => { for (const t of iothreads.values()) await t.stop(); });
   const consoleHub = new ConsoleHub(cfg.console?.path, cfg.serialStdio);
   let machine: Machine;
   try {
@@ -131,7 +137,16 @@ async function run(): Promise<void> {
       consoleOut: (b) => consoleHub.write(b),
     });
     consoleHub.onInput = (b) => machine.serial.enqueueInput(b);
-    buildDevices(machine.devices, { drives: cfg.drives, hotplugSlots: cfg.hotplugSlots, rng: cfg.rng, nets: cfg.nets, memory });
+    // iothreads before the devices that use them, and before the seccomp filter (no new threads after it)
+    for (const id of cfg.iothreads) iothreads.set(id, await IoThread.start(id));
+    buildDevices(machine.devices, { iothreads, drives: cfg.drives, hotplugSlots: cfg.hotplugSlots, rng: cfg.rng, balloon: cfg.balloon, consoles: cfg.consoles,
+      pmems: cfg.pmems, nets: cfg.nets, memory });
+    // device sockets (virtio consoles) listen before the VM runs and before the seccomp filter
+    const devices = machine.devices;
+    await devices.start().catch((e: unknown) => {
+      devices.close();
+      throw e;
+    });
   } catch (e) {
     await cleanup();
     die((e as Error).message);
@@ -164,7 +179,9 @@ async function run(): Promise<void> {
     registerLifecycleCommands(qmp, { machine });
     registerFdCommands(qmp, { fds });
     registerHotplugCommands(qmp, { devices: machine.devices, fds });
+    registerDeviceQueries(qmp, { devices: machine.devices, exits: () => machine.exits });
     registerInfoCommands(qmp);
+    registerBalloonCommands(qmp, { balloon: machine.devices.slot(BALLOON_ID)?.device as VirtioBalloon | undefined });
   }
 
   // before anything is visible (sockets, pidfile): a SIGTERM sent as soon as the pidfile exists

@@ -6,9 +6,10 @@ import koffi from 'koffi';
 import { installPolicy } from '../seccomp/install.js';
 import { vmmPolicy, vmmSyscallNames } from '../seccomp/policies/vmm.js';
 import { closeFd } from './kvm/sys.js';
+import { FORBIDDEN_SYSCALL_ENV } from '../lib/vmm-test-hooks.js';
 
 /** Test-only: after this many ms with the filter on, call socket(2) (forbidden) once. */
-export const FORBIDDEN_SYSCALL_ENV = 'CAPSULE_VMM_TEST_FORBIDDEN_SYSCALL_AFTER_MS';
+export { FORBIDDEN_SYSCALL_ENV };
 
 const SYS_socket = 41;
 const AF_UNIX = 1;

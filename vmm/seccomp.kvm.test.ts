@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { threadSeccompStatus } from '../seccomp/install.js';
 import { syscallName } from '../seccomp/syscalls.js';
-import { probeKvm } from './kvm/probe.js';
+import { probeKvm } from '../lib/kvm-probe.js';
 import { FORBIDDEN_SYSCALL_ENV } from './sandbox.js';
 import { ConsoleClient, killAllVmms, QmpClient, startVmm, testImage, waitFor, waitForFile, type VmmProcess } from './testing/clients.js';
 

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { probeKvm } from './kvm/probe.js';
+import { probeKvm } from '../lib/kvm-probe.js';
 import { ConsoleClient, killAllVmms, QmpClient, startVmm, testImage, waitFor, waitForFile } from './testing/clients.js';
 
 const BOOT_TIMEOUT = Number(process.env.CAPSULE_TEST_BOOT_TIMEOUT_MS ?? 240_000);

@@ -13,6 +13,9 @@ import type { HypervisorName } from '../db/vms.js';
 import type { Supervisor } from '../supervisor/index.js';
 import type { JailStatus } from '../jail/index.js';
 import type { StorageMonitor } from '../db/storage.js';
+import type { VolumeStore } from '../db/volumes.js';
+import type { DrivesComponent } from '../supervisor/components/drives.js';
+import type { BalloonComponent } from '../supervisor/components/balloon.js';
 import { BucketMap } from '../util/leaky-bucket.js';
 import { requireToken, rateLimit, type AuthVariables } from '../auth/middleware.js';
 import { attachWebSockets, SocketLimiter } from './websocket.js';
@@ -20,6 +23,9 @@ import { errorHandler, errorResponse, validationError } from './errors.js';
 import { healthRoutes } from './health.js';
 import { imageRoutes } from './images.js';
 import { vmRoutes } from './vms.js';
+import { volumeRoutes } from './volumes.js';
+import { driveRoutes } from './drives.js';
+import { balloonRoutes } from './balloon.js';
 import { eventRoutes } from './events.js';
 import { consoleRoutes } from './console.js';
 import { staticRoutes } from './static.js';
@@ -32,6 +38,10 @@ export interface AppDeps {
   tokens: TokenStore;
   hub: EventHub;
   supervisor: Supervisor;
+  volumes: VolumeStore;
+  /** The supervisor's drives and balloon components (hot-plug and the balloon at run time). */
+  drives: DrivesComponent;
+  balloon: BalloonComponent;
   hypervisors: ReadonlyMap<HypervisorName, Hypervisor>;
   kvm: boolean;
   defaultHypervisor: HypervisorName;
@@ -67,6 +77,9 @@ export function createApp(deps: AppDeps) {
   app.route('/v1', healthRoutes(deps));
   app.route('/v1', imageRoutes(deps));
   app.route('/v1', vmRoutes(deps));
+  app.route('/v1', driveRoutes(deps));
+  app.route('/v1', balloonRoutes(deps));
+  app.route('/v1', volumeRoutes(deps));
   app.route('/v1', eventRoutes(deps, buckets, sockets));
   app.route('/v1', consoleRoutes(deps, buckets, sockets));
   app.doc('/v1/openapi.json', {

@@ -11,7 +11,8 @@ const list = createRoute({
 /** What a client may see of an image: never its host paths. */
 function publicImage(img: Image) {
   const { name, description, cmdline, readyMarker, createdAt, updatedAt } = img;
-  return readyMarker === undefined ? { name, description, cmdline, createdAt, updatedAt } : { name, description, cmdline, readyMarker, createdAt, updatedAt };
+  const rootfs = img.rootfs !== undefined;
+  return readyMarker === undefined ? { name, description, cmdline, rootfs, createdAt, updatedAt } : { name, description, cmdline, readyMarker, rootfs, createdAt, updatedAt };
 }
 
 export function imageRoutes(deps: AppDeps) {

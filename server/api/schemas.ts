@@ -1,6 +1,31 @@
 // Request and response schemas: validation and the OpenAPI document come from the same source.
 import { z } from '@hono/zod-openapi';
 import { VM_STATES } from '../db/vms.js';
+import { DRIVE_CACHES, DRIVE_STATES } from '../db/volumes.js';
+import { VOLUME_MAX_MIB, VOLUME_MIN_MIB } from '../volumes/files.js';
+
+/** Most drives one VM may have (its definition and hot-plugged together). */
+export const MAX_DRIVES = 16;
+
+const UUID_SHAPED = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+export const DriveSchema = z.object({
+  id: z.string().openapi({ example: 'drive-0', description: 'the device id in the VMM (DEVICE_DELETED names it)' }),
+  volume: z.string().uuid(),
+  volumeName: z.string(),
+  readOnly: z.boolean(),
+  cache: z.enum(DRIVE_CACHES),
+  iops: z.number().int().optional(),
+  state: z.enum(DRIVE_STATES).openapi({ description: 'attached; attaching or detaching while a hot-plug is under way' }),
+}).openapi('Drive');
+
+/** A drive as a client asks for it: a volume by id or name, never a file (unknown fields are refused). */
+export const DriveRequestSchema = z.object({
+  volume: z.string().min(1).max(128).openapi({ description: 'volume id or name' }),
+  readOnly: z.boolean().optional(),
+  cache: z.enum(DRIVE_CACHES).optional().openapi({ description: 'none: O_DIRECT; writeback (default): host page cache; unsafe: guest flushes ignored' }),
+  iops: z.number().int().min(1).max(1_000_000).optional().openapi({ description: 'total I/O operations per second' }),
+}).strict().openapi('DriveRequest');
 
 export const ErrorSchema = z.object({
   error: z.object({
@@ -19,6 +44,9 @@ export const VmSchema = z.object({
   vcpus: z.number().int(),
   memoryMiB: z.number().int(),
   cmdline: z.string().optional(),
+  rng: z.boolean(),
+  balloon: z.object({ enabled: z.boolean(), deflateOnOom: z.boolean() }),
+  drives: z.array(DriveSchema).openapi({ description: 'in guest order: vda, vdb, ... (after vda = the image rootfs and vdb = the VM\'s layer, for an image with a rootfs)' }),
   pid: z.number().int().optional(),
   createdAt: z.string(),
   updatedAt: z.string(),
@@ -33,13 +61,48 @@ export const CreateVmSchema = z.object({
   // The limit is the kernel's (COMMAND_LINE_SIZE), in bytes: 'é' is two of them.
   cmdline: z.string().refine((s) => Buffer.byteLength(s, 'utf8') <= 2048, 'cmdline must be at most 2048 bytes (UTF-8)')
     .refine((s) => !s.includes('\0') && !s.includes('\n'), 'cmdline must not contain NUL or newline').optional(),
+  drives: z.array(DriveRequestSchema).max(MAX_DRIVES).default([]),
+  rng: z.boolean().default(true),
+  balloon: z.union([
+    z.boolean(),
+    z.object({ enabled: z.boolean().default(true), deflateOnOom: z.boolean().default(false) }).strict(),
+  ]).default(false).openapi({ description: 'true, or {"deflateOnOom": true} to let the guest take memory back from the balloon when it runs out' }),
 }).strict().openapi('CreateVm');
+
+export const VolumeSchema = z.object({
+  id: z.string().uuid(),
+  name: z.string(),
+  sizeMiB: z.number().int(),
+  fromImage: z.string().optional(),
+  attachments: z.array(z.object({ vm: z.string(), vmName: z.string(), drive: z.string(), readOnly: z.boolean(), state: z.enum(DRIVE_STATES) })),
+  createdAt: z.string(),
+  updatedAt: z.string(),
+}).openapi('Volume');
+
+export const CreateVolumeSchema = z.object({
+  name: z.string().min(1).max(63).regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/, 'name must start with a letter or digit and contain only letters, digits, ".", "_" and "-"')
+    .refine((s) => !UUID_SHAPED.test(s), 'name must not look like a volume id (a UUID)'),
+  sizeMiB: z.number().int().min(VOLUME_MIN_MIB).max(VOLUME_MAX_MIB).optional()
+    .openapi({ description: `${VOLUME_MIN_MIB}–${VOLUME_MAX_MIB} MiB (a sparse file); with fromImage: grow the copy to this size` }),
+  fromImage: z.string().min(1).max(128).optional().openapi({ description: 'the name of an image with a root filesystem: the volume is a copy of it' }),
+}).strict().refine((v) => v.sizeMiB !== undefined || v.fromImage !== undefined, { message: 'give sizeMiB, fromImage, or both', path: ['sizeMiB'] })
+  .openapi('CreateVolume');
+
+export const BalloonSchema = z.object({
+  actualMiB: z.number().int().openapi({ description: 'the guest\'s memory as the balloon driver reports it' }),
+  targetMiB: z.number().int().optional(),
+}).openapi('Balloon');
+
+export const BalloonRequestSchema = z.object({
+  targetMiB: z.number().int().min(1).openapi({ description: 'the guest memory size to balloon to (at most the VM\'s memoryMiB)' }),
+}).strict().openapi('BalloonRequest');
 
 export const ImageSchema = z.object({
   name: z.string(),
   description: z.string(),
   cmdline: z.string(),
   readyMarker: z.string().optional(),
+  rootfs: z.boolean().openapi({ description: 'the image has a root filesystem (VMs get it read-only as vda with a writable layer as vdb; volumes can copy it)' }),
   createdAt: z.string(),
   updatedAt: z.string(),
 }).openapi('Image');
@@ -71,6 +134,10 @@ export const HealthSchema = z.object({
 }).openapi('Health');
 
 export const IdParams = z.object({ id: z.string().min(1).openapi({ param: { name: 'id', in: 'path' } }) });
+export const DriveParams = z.object({
+  id: z.string().min(1).openapi({ param: { name: 'id', in: 'path' } }),
+  driveId: z.string().min(1).openapi({ param: { name: 'driveId', in: 'path' } }),
+});
 export const ForceQuery = z.object({
   force: z.enum(['true', 'false', '1', '0']).optional().openapi({ param: { name: 'force', in: 'query' } }),
 });

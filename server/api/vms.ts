@@ -1,4 +1,5 @@
 // /v1/vms: definitions (SQLite) and lifecycle actions (the supervisor).
+import { rmSync } from 'node:fs';
 import { createRoute, z } from '@hono/zod-openapi';
 import { ApiError } from '../supervisor/errors.js';
 import { checkDefinition } from '../supervisor/admission.js';
@@ -48,7 +49,8 @@ export function vmRoutes(deps: AppDeps) {
     .openapi(getVm, (c) => c.json(mustGet(c.req.valid('param').id), 200))
     .openapi(createVm, (c) => {
       const body = c.req.valid('json');
-      if (!deps.images.get(body.image)) throw new ApiError(400, 'invalid_request', `image: no image named ${JSON.stringify(body.image)}`, 'image');
+      const image = deps.images.get(body.image);
+      if (!image) throw new ApiError(400, 'invalid_request', `image: no image named ${JSON.stringify(body.image)}`, 'image');
       const hypervisor = body.hypervisor ?? deps.defaultHypervisor;
       const backend = deps.hypervisors.get(hypervisor);
       if (!backend?.availability().available) {
@@ -62,7 +64,18 @@ export function vmRoutes(deps: AppDeps) {
       }
       checkDefinition(body, deps.config.admission);
       if (deps.vms.getByName(body.name)) throw new ApiError(409, 'conflict', `name: a VM named ${body.name} exists`, 'name');
-      const vm = deps.vms.create({ ...body, hypervisor });
+      // Checked and inserted in one synchronous step: no other request can take a volume between.
+      const drives = deps.drives.resolve(undefined, body.drives, (i) => `drives.${i}.volume`);
+      const balloon = typeof body.balloon === 'boolean' ? { enabled: body.balloon, deflateOnOom: false } : body.balloon;
+      let vm = deps.vms.create({ ...body, hypervisor, drives, balloon });
+      try {
+        deps.drives.createLayer(image, deps.supervisor.paths(vm.id).dir);
+      } catch (e) {
+        deps.vms.delete(vm.id);
+        rmSync(deps.supervisor.paths(vm.id).dir, { recursive: true, force: true });
+        throw e;
+      }
+      vm = deps.vms.get(vm.id)!;
       deps.hub.publish(vm.id, 'VM_CREATED', vm as unknown as Record<string, unknown>);
       return c.json(vm, 201);
     })

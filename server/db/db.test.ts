@@ -16,11 +16,11 @@ test('migrations apply in order, once, in a transaction', () => {
     cpSync(MIGRATIONS_DIR, migrations, { recursive: true });
     const db = openDb(join(dir, 'a.db'), migrations);
     assert.deepEqual(migrate(db, migrations), [], 'nothing twice');
-    writeFileSync(join(migrations, '002_broken.sql'), 'CREATE TABLE t2 (x); THIS IS NOT SQL;');
+    writeFileSync(join(migrations, '900_broken.sql'), 'CREATE TABLE t2 (x); THIS IS NOT SQL;');
     assert.throws(() => migrate(db, migrations));
     assert.equal(db.prepare("SELECT count(*) FROM sqlite_master WHERE name = 't2'").pluck().get(), 0, 'rolled back');
-    writeFileSync(join(migrations, '002_broken.sql'), 'CREATE TABLE t2 (x);');
-    assert.deepEqual(migrate(db, migrations), [2]);
+    writeFileSync(join(migrations, '900_broken.sql'), 'CREATE TABLE t2 (x);');
+    assert.deepEqual(migrate(db, migrations), [900]);
     db.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -6,6 +6,12 @@ export interface Image {
   description: string;
   kernel: string;
   initrd?: string;
+  /**
+   * An ext4 root filesystem (raw file). A VM of this image gets it read-only as its first disk
+   * (vda) and a writable layer of its own as the second (vdb); the image's initramfs mounts
+   * the overlay. Volumes can be made from it (fromImage).
+   */
+  rootfs?: string;
   cmdline: string;
   readyMarker?: string;
   createdAt: string;
@@ -13,13 +19,14 @@ export interface Image {
 }
 
 interface ImageRow {
-  name: string; description: string; kernel: string; initrd: string | null; cmdline: string;
+  name: string; description: string; kernel: string; initrd: string | null; rootfs: string | null; cmdline: string;
   ready_marker: string | null; created_at: string; updated_at: string;
 }
 
 function fromRow(r: ImageRow): Image {
   const img: Image = { name: r.name, description: r.description, kernel: r.kernel, cmdline: r.cmdline, createdAt: r.created_at, updatedAt: r.updated_at };
   if (r.initrd !== null) img.initrd = r.initrd;
+  if (r.rootfs !== null) img.rootfs = r.rootfs;
   if (r.ready_marker !== null) img.readyMarker = r.ready_marker;
   return img;
 }
@@ -29,11 +36,11 @@ export class ImageStore {
 
   upsert(img: Omit<Image, 'createdAt' | 'updatedAt'>): Image {
     const now = new Date().toISOString();
-    this.db.prepare(`INSERT INTO images (name, description, kernel, initrd, cmdline, ready_marker, created_at, updated_at)
-        VALUES (@name, @description, @kernel, @initrd, @cmdline, @readyMarker, @now, @now)
+    this.db.prepare(`INSERT INTO images (name, description, kernel, initrd, rootfs, cmdline, ready_marker, created_at, updated_at)
+        VALUES (@name, @description, @kernel, @initrd, @rootfs, @cmdline, @readyMarker, @now, @now)
         ON CONFLICT(name) DO UPDATE SET description = excluded.description, kernel = excluded.kernel, initrd = excluded.initrd,
-          cmdline = excluded.cmdline, ready_marker = excluded.ready_marker, updated_at = excluded.updated_at`)
-      .run({ ...img, initrd: img.initrd ?? null, readyMarker: img.readyMarker ?? null, now });
+          rootfs = excluded.rootfs, cmdline = excluded.cmdline, ready_marker = excluded.ready_marker, updated_at = excluded.updated_at`)
+      .run({ name: img.name, description: img.description, kernel: img.kernel, cmdline: img.cmdline, initrd: img.initrd ?? null, rootfs: img.rootfs ?? null, readyMarker: img.readyMarker ?? null, now });
     return this.get(img.name)!;
   }
 

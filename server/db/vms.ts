@@ -2,6 +2,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Db } from './index.js';
 import { tryWrite, type StorageMonitor } from './storage.js';
+import { publicDrive, type Drive, type DriveRow, type NewDrive, type VolumeStore } from './volumes.js';
 
 export const VM_STATES = ['created', 'starting', 'running', 'paused', 'stopping', 'stopped', 'crashed'] as const;
 export type VmState = (typeof VM_STATES)[number];
@@ -16,6 +17,12 @@ export interface Vm {
   vcpus: number;
   memoryMiB: number;
   cmdline?: string;
+  /** A virtio-rng device fed from the host's /dev/urandom. */
+  rng: boolean;
+  /** A virtio-balloon device; deflateOnOom: the guest may take pages back from the balloon under memory pressure. */
+  balloon: { enabled: boolean; deflateOnOom: boolean };
+  /** The client's drives in guest order (after an image's rootfs and the VM's layer, when the image has a rootfs). */
+  drives: Drive[];
   pid?: number;
   createdAt: string;
   updatedAt: string;
@@ -31,14 +38,20 @@ interface VmRow {
   memory_mib: number;
   cmdline: string | null;
   pid: number | null;
+  rng: number;
+  balloon: number;
+  balloon_deflate_on_oom: number;
   created_at: string;
   updated_at: string;
 }
 
-function fromRow(r: VmRow): Vm {
+function fromRow(r: VmRow, drives: readonly DriveRow[]): Vm {
   const vm: Vm = {
     id: r.id, name: r.name, state: r.state, image: r.image, hypervisor: r.hypervisor,
-    vcpus: r.vcpus, memoryMiB: r.memory_mib, createdAt: r.created_at, updatedAt: r.updated_at,
+    vcpus: r.vcpus, memoryMiB: r.memory_mib,
+    rng: r.rng === 1, balloon: { enabled: r.balloon === 1, deflateOnOom: r.balloon_deflate_on_oom === 1 },
+    drives: drives.map(publicDrive),
+    createdAt: r.created_at, updatedAt: r.updated_at,
   };
   if (r.cmdline !== null) vm.cmdline = r.cmdline;
   if (r.pid !== null) vm.pid = r.pid;
@@ -52,6 +65,10 @@ export interface NewVm {
   vcpus: number;
   memoryMiB: number;
   cmdline?: string | undefined;
+  rng?: boolean | undefined;
+  balloon?: { enabled: boolean; deflateOnOom: boolean } | undefined;
+  /** Volume ids (already resolved and checked). */
+  drives?: readonly NewDrive[] | undefined;
 }
 
 export class VmStore {
@@ -69,10 +86,11 @@ export class VmStore {
    */
   private readonly unsaved = new Map<string, { state: VmState; pid: number | null; now: string }>();
 
-  constructor(private readonly db: Db, private readonly storage?: StorageMonitor) {
+  constructor(private readonly db: Db, private readonly storage?: StorageMonitor, private readonly volumes?: VolumeStore) {
     if (storage) storage.statesNotSaved = () => this.unsaved.size;
-    this.insertStmt = db.prepare(`INSERT INTO vms (id, name, state, image, hypervisor, vcpus, memory_mib, cmdline, pid, created_at, updated_at)
-      VALUES (@id, @name, 'created', @image, @hypervisor, @vcpus, @memoryMiB, @cmdline, NULL, @now, @now)`);
+    if (volumes) volumes.onDrivesChanged = () => { this.listCache = undefined; };
+    this.insertStmt = db.prepare(`INSERT INTO vms (id, name, state, image, hypervisor, vcpus, memory_mib, cmdline, pid, rng, balloon, balloon_deflate_on_oom, created_at, updated_at)
+      VALUES (@id, @name, 'created', @image, @hypervisor, @vcpus, @memoryMiB, @cmdline, NULL, @rng, @balloon, @deflateOnOom, @now, @now)`);
     this.getStmt = db.prepare('SELECT * FROM vms WHERE id = ?');
     this.getByNameStmt = db.prepare('SELECT * FROM vms WHERE name = ?');
     this.listStmt = db.prepare('SELECT * FROM vms ORDER BY created_at, id');
@@ -80,21 +98,33 @@ export class VmStore {
     this.deleteStmt = db.prepare('DELETE FROM vms WHERE id = ?');
   }
 
+  /** Inserts the VM and its drives in one transaction. */
   create(v: NewVm): Vm {
     const id = randomUUID();
     this.listCache = undefined;
-    this.insertStmt.run({ ...v, cmdline: v.cmdline ?? null, id, now: new Date().toISOString() });
+    this.db.transaction(() => {
+      this.insertStmt.run({
+        name: v.name, image: v.image, hypervisor: v.hypervisor, vcpus: v.vcpus, memoryMiB: v.memoryMiB,
+        cmdline: v.cmdline ?? null, id, now: new Date().toISOString(),
+        rng: v.rng === false ? 0 : 1, balloon: v.balloon?.enabled ? 1 : 0, deflateOnOom: v.balloon?.enabled && v.balloon.deflateOnOom ? 1 : 0,
+      });
+      if (v.drives && v.drives.length > 0) {
+        if (!this.volumes) throw new Error('VmStore: drives need the volume store');
+        this.volumes.addDrives(id, v.drives);
+      }
+    })();
+    this.listCache = undefined;
     return this.get(id)!;
   }
 
   get(id: string): Vm | undefined {
     const r = this.getStmt.get(id) as VmRow | undefined;
-    return r && fromRow(this.overlay(r));
+    return r && fromRow(this.overlay(r), this.volumes?.drives(id) ?? []);
   }
 
   getByName(name: string): Vm | undefined {
     const r = this.getByNameStmt.get(name) as VmRow | undefined;
-    return r && fromRow(r);
+    return r && fromRow(r, this.volumes?.drives(r.id) ?? []);
   }
 
   list(): Vm[] {
@@ -108,7 +138,8 @@ export class VmStore {
 
   private cachedList(): { vms: Vm[]; json: string } {
     if (!this.listCache) {
-      const vms = (this.listStmt.all() as VmRow[]).map((r) => fromRow(this.overlay(r)));
+      const drives = this.volumes?.allDrives() ?? new Map<string, DriveRow[]>();
+      const vms = (this.listStmt.all() as VmRow[]).map((r) => fromRow(this.overlay(r), drives.get(r.id) ?? []));
       this.listCache = { vms, json: JSON.stringify({ items: vms }) };
     }
     return this.listCache;

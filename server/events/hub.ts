@@ -9,7 +9,7 @@
 // they are in the store, and the replay reaches them; once a page comes back empty the
 // subscriber turns live in the same synchronous step, so nothing falls in between.
 import type { CapsuleEvent, EventStore } from '../db/events.js';
-import { LeakyBucket } from '../util/leaky-bucket.js';
+import { LeakyBucket } from '../../lib/leaky-bucket.js';
 
 export interface SubscriberSink {
   /** A UTF-8 JSON text message; the same Buffer goes to every subscriber of an event. */

@@ -1,13 +1,34 @@
 // Native backend: capsule's own KVM VMM (bin/capsule-vmm), StratoVirt-style command line.
-import { existsSync } from 'node:fs';
+import { closeSync, existsSync, openSync } from 'node:fs';
+import { QmpError } from '../qmp/client.js';
 import { join } from 'node:path';
 import { REPO_ROOT } from '../paths.js';
 import type { Image } from '../db/images.js';
 import type { Vm } from '../db/vms.js';
-import type { Availability, ForegroundPaths, Hypervisor, LaunchCommand, VmPaths } from './types.js';
+import { effectiveCmdline, NO_DEVICES, type Availability, type DriveSpec, type ForegroundPaths, type Hypervisor, type LaunchCommand, type QmpCommands, type VmDevices, type VmPaths } from './types.js';
+import { FORBIDDEN_SYSCALL_ENV } from '../../lib/vmm-test-hooks.js';
 
-/** Same name as vmm/sandbox.ts FORBIDDEN_SYSCALL_ENV (not imported: the server does not load vmm/ code). */
-export const FORBIDDEN_SYSCALL_ENV = 'CAPSULE_VMM_TEST_FORBIDDEN_SYSCALL_AFTER_MS';
+const onOff = (b: boolean) => (b ? 'on' : 'off');
+
+/**
+ * The device options of capsule-vmm (StratoVirt's syntax, docs/vmm.md): one `-drive` per disk
+ * in guest order, `-rng`, `-balloon`. A comma in a path is written twice (QEMU's escape).
+ */
+export function nativeDeviceArgs(devices: VmDevices): string[] {
+  const args: string[] = [];
+  for (const d of devices.drives) {
+    const opts = [
+      `id=${d.id}`, `file=${d.path.replace(/,/g, ',,')}`, `readonly=${onOff(d.readOnly)}`,
+      `direct=${onOff(d.cache === 'none')}`, `no-flush=${onOff(d.cache === 'unsafe')}`,
+      ...(d.iops !== undefined ? [`iops=${d.iops}`] : []),
+    ];
+    args.push('-drive', opts.join(','));
+  }
+  if (devices.rng) args.push('-rng', 'random_file=/dev/urandom');
+  if (devices.balloon) args.push('-balloon', `deflate-on-oom=${onOff(devices.balloon.deflateOnOom)}`);
+  return args;
+}
+
 export const VMM_BIN = join(REPO_ROOT, 'bin', 'capsule-vmm');
 const VMM_MAIN = join(REPO_ROOT, 'dist', 'vmm', 'main.js');
 
@@ -32,25 +53,74 @@ export class NativeHypervisor implements Hypervisor {
     return { available: true, reason: `${VMM_BIN} on /dev/kvm` };
   }
 
-  launchCommand(vm: Vm, image: Image, paths: VmPaths): LaunchCommand {
+  launchCommand(vm: Vm, image: Image, paths: VmPaths, devices: VmDevices = NO_DEVICES): LaunchCommand {
     const args = [
-      ...this.commonArgs(vm, image, paths),
+      ...this.commonArgs(vm, image, paths, devices),
       '-pidfile', paths.pidfile,
       '-D', paths.log,
       '-daemonize',
       ...this.extraArgs,
     ];
-    return { command: process.execPath, args, env: this.env(), config: this.config(vm, image) };
+    return { command: process.execPath, args, env: this.env(), config: this.config(vm, image, devices) };
   }
 
   /** In the foreground a bare -D logs to stderr, which the jail points at the VM's log. */
-  foregroundCommand(vm: Vm, image: Image, paths: ForegroundPaths): LaunchCommand {
-    return { command: process.execPath, args: [...this.commonArgs(vm, image, paths), '-D', ...this.extraArgs], env: this.env(), config: this.config(vm, image) };
+  foregroundCommand(vm: Vm, image: Image, paths: ForegroundPaths, devices: VmDevices = NO_DEVICES): LaunchCommand {
+    return { command: process.execPath, args: [...this.commonArgs(vm, image, paths, devices), '-D', ...this.extraArgs], env: this.env(), config: this.config(vm, image, devices) };
+  }
+
+  /**
+   * StratoVirt's hot-plug (its guidebook): a block backend named by node-name, then a
+   * virtio-blk-mmio device whose id is that node-name, in MMIO slot `addr` (the drive's
+   * guest-order index).
+   */
+  /**
+   * Hot-replace (docs/vmm.md): the jailed VMM cannot open files under its seccomp filter, so the
+   * server opens the image and hands the fd over with getfd; blockdev-add names it "fd:NAME".
+   * The drive goes into the first empty replaceable slot the VMM reports.
+   */
+  async attachDrive(qmp: QmpCommands, d: DriveSpec): Promise<void> {
+    const slots = await qmp.execute<Array<{ addr: string; id?: string }>>('query-hotplug-slots');
+    const free = slots.find((s) => s.id === undefined);
+    if (!free) throw new QmpError('GenericError', `no free hot-replace slot: all ${slots.length} are in use`);
+    const fdname = `img-${d.id}`;
+    const fd = openSync(d.path, d.readOnly ? 'r' : 'r+');
+    try {
+      await qmp.executeWithFds('getfd', { fdname }, [fd]);
+    } finally {
+      closeSync(fd); // the VMM has its own copy now
+    }
+    try {
+      await qmp.execute('blockdev-add', {
+        'node-name': d.id,
+        file: { driver: 'file', filename: `fd:${fdname}` },
+        cache: { direct: d.cache === 'none', 'no-flush': d.cache === 'unsafe' },
+        'read-only': d.readOnly,
+        ...(d.iops !== undefined ? { iops: d.iops } : {}),
+      });
+    } catch (e) {
+      await qmp.execute('closefd', { fdname }).catch(() => undefined);
+      throw e;
+    }
+    try {
+      await qmp.execute('device_add', { id: d.id, driver: 'virtio-blk-mmio', addr: free.addr });
+    } catch (e) {
+      await qmp.execute('blockdev-del', { 'node-name': d.id }).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  async detachDrive(qmp: QmpCommands, id: string): Promise<void> {
+    await qmp.execute('device_del', { id });
+  }
+
+  async releaseDrive(qmp: QmpCommands, id: string): Promise<void> {
+    await qmp.execute('blockdev-del', { 'node-name': id }).catch(() => undefined);
   }
 
   /** The kernel command line in a -config file (docs/vmm.md): argv would show it to every local user. */
-  private config(vm: Vm, image: Image): string {
-    return `${JSON.stringify({ 'boot-source': { boot_args: vm.cmdline ?? image.cmdline } })}\n`;
+  private config(vm: Vm, image: Image, devices: VmDevices): string {
+    return `${JSON.stringify({ 'boot-source': { boot_args: effectiveCmdline(vm, image, devices) } })}\n`;
   }
 
   /** Node's shared libraries, and the repository pieces bin/capsule-vmm loads (at their host paths). */
@@ -65,7 +135,7 @@ export class NativeHypervisor implements Hypervisor {
     return true;
   }
 
-  private commonArgs(vm: Vm, image: Image, paths: ForegroundPaths): string[] {
+  private commonArgs(vm: Vm, image: Image, paths: ForegroundPaths, devices: VmDevices): string[] {
     return [
       VMM_BIN,
       '-machine', 'microvm',
@@ -76,6 +146,7 @@ export class NativeHypervisor implements Hypervisor {
       '-config', paths.config,
       '-chardev', `id=console,path=${paths.consoleSocket}`,
       '-api-channel', `unix:${paths.qmpSocket}`,
+      ...nativeDeviceArgs(devices),
     ];
   }
 

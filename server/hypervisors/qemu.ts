@@ -5,10 +5,46 @@
 // then hangs for minutes (seen here: 2 of 2 microvm boots stuck at load 6, while 2 of 2 pc
 // boots reached the ready marker in 16 s). With KVM, kvmclock gives the TSC frequency.
 import { execFileSync } from 'node:child_process';
-import { probeKvm } from '../../vmm/kvm/probe.js';
+import { probeKvm } from '../../lib/kvm-probe.js';
 import type { Image } from '../db/images.js';
 import type { Vm } from '../db/vms.js';
-import type { Availability, ForegroundPaths, Hypervisor, LaunchCommand, VmPaths } from './types.js';
+import { ApiError } from '../supervisor/errors.js';
+import { effectiveCmdline, NO_DEVICES, type Availability, type DriveSpec, type ForegroundPaths, type Hypervisor, type LaunchCommand, type QmpCommands, type VmDevices, type VmPaths } from './types.js';
+
+/** QEMU option values: a comma is written twice. */
+export function qemuValue(s: string): string {
+  return s.replace(/,/g, ',,');
+}
+
+const onOff = (b: boolean) => (b ? 'on' : 'off');
+
+/** cache mode -> QEMU's cache.direct / cache.no-flush. */
+export function cacheFlags(cache: DriveSpec['cache']): { direct: boolean; noFlush: boolean } {
+  return { direct: cache === 'none', noFlush: cache === 'unsafe' };
+}
+
+/**
+ * The device arguments of a VM: each drive as a `-drive if=none` backend (with its throttling)
+ * and a virtio-blk device whose id is the drive's id, then the rng and the balloon. `pci`:
+ * virtio-*-pci devices (machine pc; their order is the guest's vda, vdb, ...), else
+ * virtio-*-device on microvm's virtio-mmio transports.
+ */
+export function qemuDeviceArgs(devices: VmDevices, pci: boolean): string[] {
+  const dev = (kind: string) => `virtio-${kind}-${pci ? 'pci' : 'device'}`;
+  const args: string[] = [];
+  for (const d of devices.drives) {
+    const { direct, noFlush } = cacheFlags(d.cache);
+    const opts = [
+      'if=none', `id=${d.id}`, `file=${qemuValue(d.path)}`, 'format=raw', `readonly=${onOff(d.readOnly)}`,
+      `cache.direct=${onOff(direct)}`, `cache.no-flush=${onOff(noFlush)}`,
+      ...(d.iops !== undefined ? [`throttling.iops-total=${d.iops}`] : []),
+    ];
+    args.push('-drive', opts.join(','), '-device', `${dev('blk')},drive=${d.id},id=${d.id}`);
+  }
+  if (devices.rng) args.push('-object', 'rng-random,id=rng0,filename=/dev/urandom', '-device', `${dev('rng')},rng=rng0,id=rng0`);
+  if (devices.balloon) args.push('-device', `${dev('balloon')},id=balloon0,deflate-on-oom=${onOff(devices.balloon.deflateOnOom)}`);
+  return args;
+}
 
 /**
  * QEMU's -readconfig reads lines of at most 1023 bytes and values in double quotes without
@@ -61,8 +97,8 @@ export class QemuHypervisor implements Hypervisor {
     return this.cachedSandbox;
   }
 
-  launchCommand(vm: Vm, image: Image, paths: VmPaths): LaunchCommand {
-    const { args: common, config } = this.commonArgs(vm, image, paths);
+  launchCommand(vm: Vm, image: Image, paths: VmPaths, devices: VmDevices = NO_DEVICES): LaunchCommand {
+    const { args: common, config } = this.commonArgs(vm, image, paths, devices);
     const args = [
       ...common,
       '-pidfile', paths.pidfile,
@@ -76,8 +112,8 @@ export class QemuHypervisor implements Hypervisor {
     return config === undefined ? { command: this.binary, args } : { command: this.binary, args, config };
   }
 
-  foregroundCommand(vm: Vm, image: Image, paths: ForegroundPaths): LaunchCommand {
-    const { args: common, config } = this.commonArgs(vm, image, paths);
+  foregroundCommand(vm: Vm, image: Image, paths: ForegroundPaths, devices: VmDevices = NO_DEVICES): LaunchCommand {
+    const { args: common, config } = this.commonArgs(vm, image, paths, devices);
     const args = [...common, '-msg', 'timestamp=on'];
     // In the foreground QEMU neither forks nor calls setsid: the whole sandbox applies.
     if (this.sandboxSupported()) args.push('-sandbox', 'on,obsolete=deny,resourcecontrol=deny,elevateprivileges=deny,spawn=deny');
@@ -94,8 +130,43 @@ export class QemuHypervisor implements Hypervisor {
     return this.kvm;
   }
 
-  private commonArgs(vm: Vm, image: Image, paths: ForegroundPaths): { args: string[]; config: string | undefined } {
-    const cmdline = vm.cmdline ?? image.cmdline;
+  /**
+   * pc (TCG): a raw block node over a file node (blockdev-add), then a virtio-blk-pci device on
+   * the root bus, which the guest learns of through ACPI PCI hot-plug. microvm (KVM): its
+   * virtio-mmio transports cannot take a device after boot.
+   */
+  async attachDrive(qmp: QmpCommands, d: DriveSpec): Promise<void> {
+    if (this.kvm) throw new ApiError(409, 'hotplug_unsupported', 'QEMU\'s microvm machine (used with KVM) cannot hot-plug drives: attach the volume while the VM is stopped');
+    const { direct, noFlush } = cacheFlags(d.cache);
+    const cache = { direct, 'no-flush': noFlush };
+    await qmp.execute('blockdev-add', {
+      driver: 'raw', 'node-name': d.id, 'read-only': d.readOnly, cache,
+      file: { driver: 'file', filename: d.path, 'read-only': d.readOnly, cache },
+    });
+    try {
+      await qmp.execute('device_add', { driver: 'virtio-blk-pci', id: d.id, drive: d.id });
+      if (d.iops !== undefined) {
+        // The block backend is the proxy's virtio-blk child's (the proxy itself has none).
+        await qmp.execute('block_set_io_throttle', { id: `/machine/peripheral/${d.id}/virtio-backend`, bps: 0, bps_rd: 0, bps_wr: 0, iops: d.iops, iops_rd: 0, iops_wr: 0 });
+      }
+    } catch (e) {
+      await qmp.execute('device_del', { id: d.id }).catch(() => undefined);
+      await qmp.execute('blockdev-del', { 'node-name': d.id }).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  async detachDrive(qmp: QmpCommands, id: string): Promise<void> {
+    await qmp.execute('device_del', { id });
+  }
+
+  /** A hot-plugged drive's block node stays after its device: delete it (boot drives' go with the device). */
+  async releaseDrive(qmp: QmpCommands, id: string): Promise<void> {
+    await qmp.execute('blockdev-del', { 'node-name': id }).catch(() => undefined);
+  }
+
+  private commonArgs(vm: Vm, image: Image, paths: ForegroundPaths, devices: VmDevices): { args: string[]; config: string | undefined } {
+    const cmdline = effectiveCmdline(vm, image, devices);
     const config = qemuConfigFile(cmdline);
     const machine = this.kvm
       ? ['-M', 'microvm,acpi=on,rtc=on,pit=on,pic=on,isa-serial=on', '-accel', 'kvm', '-cpu', 'host']
@@ -113,6 +184,7 @@ export class QemuHypervisor implements Hypervisor {
       '-chardev', `socket,id=console,path=${paths.consoleSocket},server=on,wait=off`,
       '-serial', 'chardev:console',
       '-qmp', `unix:${paths.qmpSocket},server=on,wait=off`,
+      ...qemuDeviceArgs(devices, !this.kvm),
     ];
     return { args, config };
   }

@@ -3,6 +3,46 @@
 // QMP, which both backends speak, so the supervisor does not care which one runs a VM.
 import type { Image } from '../db/images.js';
 import type { Vm, HypervisorName } from '../db/vms.js';
+import type { DriveCache } from '../db/volumes.js';
+
+/** One disk as the VMM gets it, in guest order: boot-time drives and hot-plugged ones. */
+export interface DriveSpec {
+  /** The device id in the VMM (QMP device_del, DEVICE_DELETED): drive-N, or rootfs / layer. */
+  id: string;
+  /** The file as the VMM opens it: a host path, or a path inside a jailed VMM's root. */
+  path: string;
+  readOnly: boolean;
+  /** none: O_DIRECT (no host page cache); writeback: host page cache, flushes honoured; unsafe: flushes ignored. */
+  cache: DriveCache;
+  /** Total I/O operations per second, if limited. */
+  iops?: number | undefined;
+  /** The guest-order index of the drive (0 = vda), used as the slot of a hot-plugged MMIO device. */
+  index: number;
+}
+
+/** What a VM gets besides CPUs, memory and its kernel: built by the supervisor's components. */
+export interface VmDevices {
+  drives: DriveSpec[];
+  rng: boolean;
+  balloon?: { deflateOnOom: boolean } | undefined;
+  /** Appended to the kernel command line (an image with a rootfs: root= and capsule.overlay=). */
+  kernelArgs: string[];
+}
+
+export const NO_DEVICES: VmDevices = { drives: [], rng: false, kernelArgs: [] };
+
+/** The kernel command line a VM boots with. */
+export function effectiveCmdline(vm: Vm, image: Image, devices: VmDevices): string {
+  const base = vm.cmdline ?? image.cmdline;
+  return devices.kernelArgs.length === 0 ? base : [base, ...devices.kernelArgs].filter((s) => s !== '').join(' ');
+}
+
+/** The part of a QMP client the backends use for hot-plug. */
+export interface QmpCommands {
+  execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs?: number): Promise<T>;
+  /** execute() with file descriptors attached (SCM_RIGHTS), for QMP getfd */
+  executeWithFds<T = unknown>(command: string, args: Record<string, unknown>, fds: number[], timeoutMs?: number): Promise<T>;
+}
 
 /**
  * Files of one VM, all under $CAPSULE_DATA_DIR/vms/<id>/: the server's (pidfile, log) in the
@@ -53,13 +93,22 @@ export interface Hypervisor {
    * serial console on paths.consoleSocket (a listening Unix socket) and exit the VMM on
    * guest power-off.
    */
-  launchCommand(vm: Vm, image: Image, paths: VmPaths): LaunchCommand;
+  launchCommand(vm: Vm, image: Image, paths: VmPaths, devices?: VmDevices): LaunchCommand;
   /**
    * The same VMM for the jail (server/jail): in the foreground (no daemonizing, no pidfile),
    * logging to stderr. `image` and `paths` hold the paths the VMM sees inside its root. The
    * command may be a bare name (looked up in PATH on the host, then bound into the root).
    */
-  foregroundCommand(vm: Vm, image: Image, paths: ForegroundPaths): LaunchCommand;
+  foregroundCommand(vm: Vm, image: Image, paths: ForegroundPaths, devices?: VmDevices): LaunchCommand;
+  /**
+   * Hot-plugs a disk into the running VMM (QMP): the file is already where `drive.path` says.
+   * Throws an ApiError (409 hotplug_unsupported) where the machine cannot take one.
+   */
+  attachDrive(qmp: QmpCommands, drive: DriveSpec): Promise<void>;
+  /** Asks the guest to release a disk (QMP device_del); done when DEVICE_DELETED names it. */
+  detachDrive(qmp: QmpCommands, id: string): Promise<void>;
+  /** After DEVICE_DELETED: drops what attachDrive added besides the device (its block node). */
+  releaseDrive(qmp: QmpCommands, id: string): Promise<void>;
   /** Host files and directories the VMM needs besides its command (libraries, firmware,
    *  scripts), bound read-only into the jail at the same paths; missing ones are skipped. */
   jailFiles(): string[];

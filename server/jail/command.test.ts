@@ -211,3 +211,32 @@ test('QEMU\'s kernel command line: a -readconfig file where its format can hold 
   assert.ok(!plain.args.includes('secret=1') && plain.args.includes('-readconfig'));
   assert.match(plain.config!, /append = "secret=1"/);
 });
+
+test('drives in the jail: each file bound at /drives/<id>, read-only for a read-only drive, writable otherwise', async () => {
+  const { devicesInRoot, driveInRoot } = await import('./command.js');
+  const devices = {
+    drives: [
+      { id: 'rootfs', path: '/images/sandbox/rootfs.ext4', readOnly: true, cache: 'writeback' as const, index: 0 },
+      { id: 'drive-0', path: '/srv/capsule/volumes/a.img', readOnly: false, cache: 'none' as const, iops: 100, index: 2 },
+    ],
+    rng: true, kernelArgs: [],
+  };
+  const r = devicesInRoot(devices, (p) => `/real${p}`);
+  assert.deepEqual(r.devices.drives.map((d) => d.path), ['/drives/rootfs', '/drives/drive-0']);
+  assert.deepEqual(r.mounts, [
+    { source: '/real/images/sandbox/rootfs.ext4', target: '/drives/rootfs', kind: 'file', readOnly: true },
+    { source: '/real/srv/capsule/volumes/a.img', target: '/drives/drive-0', kind: 'file', readOnly: false },
+  ]);
+  assert.throws(() => driveInRoot('../etc'), /bad drive id/);
+  assert.throws(() => driveInRoot('a/b'), /bad drive id/);
+
+  const fg = qemu.foregroundCommand(vm, imageInRoot(image).image, IN_ROOT_PATHS, r.devices);
+  const c = buildJailCommand(spec({ mounts: [...spec().mounts, ...r.mounts], args: fg.args }));
+  const lines = c.script.split('\n');
+  assert.ok(lines.some((l) => l.startsWith(`${tools.mount} -o bind,ro,nosuid,nodev /real/images/sandbox/rootfs.ext4 "$R"/drives/rootfs `)));
+  assert.ok(lines.some((l) => l.startsWith(`${tools.mount} -o bind,nosuid,nodev /real/srv/capsule/volumes/a.img "$R"/drives/drive-0 `)), 'the writable drive is a writable bind');
+  assert.ok(lines.some((l) => l.startsWith(': > "$R"/drives/drive-0 ')), 'the bind target is created first');
+  const argv = vmmArgv(c.script);
+  assert.ok(argv.includes('if=none,id=drive-0,file=/drives/drive-0,format=raw,readonly=off,cache.direct=on,cache.no-flush=off,throttling.iops-total=100'));
+  assert.ok(!argv.slice(argv.indexOf('/usr/bin/qemu-system-x86_64')).join(' ').includes('/srv/capsule'), 'no host path reaches the VMM');
+});

@@ -18,13 +18,14 @@
 import { createHash } from 'node:crypto';
 import { posix } from 'node:path';
 import type { Image } from '../db/images.js';
-import type { ForegroundPaths } from '../hypervisors/types.js';
+import type { ForegroundPaths, VmDevices } from '../hypervisors/types.js';
 
-/** A read-only bind of a host file or directory to `target` (absolute, inside the root). */
+/** A bind of a host file or directory to `target` (absolute, inside the root): read-only unless `readOnly` is false (a writable drive). */
 export interface JailMount {
   source: string;
   target: string;
   kind: 'dir' | 'file';
+  readOnly?: boolean;
 }
 
 /** A symbolic link recreated inside the root (e.g. Debian's /lib -> usr/lib). */
@@ -89,6 +90,8 @@ export const IN_ROOT = {
   config: '/vmm.cfg',
   kernel: '/image/kernel',
   initrd: '/image/initrd',
+  /** Disk files (drives/<drive id>): a root-owned directory the server creates, so the VMM cannot plant links there. */
+  drives: '/drives',
 } as const;
 
 export const IN_ROOT_PATHS: ForegroundPaths = { qmpSocket: IN_ROOT.qmpSocket, consoleSocket: IN_ROOT.consoleSocket, config: IN_ROOT.config };
@@ -111,6 +114,27 @@ export function imageInRoot(image: Image): { image: Image; mounts: JailMount[] }
   const mounts: JailMount[] = [{ source: image.kernel, target: IN_ROOT.kernel, kind: 'file' }];
   if (image.initrd) mounts.push({ source: image.initrd, target: IN_ROOT.initrd, kind: 'file' });
   return { image: { ...image, kernel: IN_ROOT.kernel, initrd: image.initrd ? IN_ROOT.initrd : image.initrd }, mounts };
+}
+
+/** Where a drive's file appears inside the root. */
+export function driveInRoot(id: string): string {
+  if (!/^[a-z0-9][a-z0-9-]*$/.test(id)) throw new Error(`jail: bad drive id ${JSON.stringify(id)}`);
+  return posix.join(IN_ROOT.drives, id);
+}
+
+/**
+ * The devices as the VMM sees them inside the root (each drive at drives/<id>), and the binds
+ * that put the files there: read-only for a read-only drive, writable otherwise. `realPath`
+ * maps a host path to the file to bind (links resolved).
+ */
+export function devicesInRoot(devices: VmDevices, realPath: (p: string) => string = (p) => p): { devices: VmDevices; mounts: JailMount[] } {
+  const mounts: JailMount[] = [];
+  const drives = devices.drives.map((d) => {
+    const target = driveInRoot(d.id);
+    mounts.push({ source: realPath(d.path), target, kind: 'file', readOnly: d.readOnly });
+    return { ...d, path: target };
+  });
+  return { devices: { ...devices, drives }, mounts };
 }
 
 /**
@@ -176,7 +200,7 @@ export function buildJailCommand(spec: JailSpec): JailCommand {
   const mounts = [...spec.mounts].sort((a, b) => a.target.localeCompare(b.target));
   for (const m of mounts) {
     if (m.kind === 'file') lines.push(`: > ${r(m.target)} || die ${q(`cannot create ${m.target}`)}`);
-    lines.push(`${q(t.mount)} -o bind,ro,nosuid,nodev ${q(m.source)} ${r(m.target)} || die ${q(`cannot bind ${m.source}`)}`);
+    lines.push(`${q(t.mount)} -o ${m.readOnly === false ? 'bind' : 'bind,ro'},nosuid,nodev ${q(m.source)} ${r(m.target)} || die ${q(`cannot bind ${m.source}`)}`);
   }
   for (const l of spec.symlinks) lines.push(`${q(t.ln)} -sfn ${q(l.target)} ${r(l.path)} || die ${q(`cannot link ${l.path}`)}`);
   // /dev: a tmpfs of its own, with just the nodes a VMM needs.

@@ -12,9 +12,9 @@ import type { Logger } from 'pino';
 import type { JailConfig } from '../config.js';
 import type { Image } from '../db/images.js';
 import type { Vm } from '../db/vms.js';
-import type { Hypervisor, VmPaths } from '../hypervisors/types.js';
+import { NO_DEVICES, type Hypervisor, type VmDevices, type VmPaths } from '../hypervisors/types.js';
 import { CgroupManager, parseMountInfo, type MountInfo } from './cgroups.js';
-import { buildJailCommand, imageInRoot, IN_ROOT, IN_ROOT_PATHS, jailIdentity, VM_ROOT_DIR, type JailTools } from './command.js';
+import { buildJailCommand, devicesInRoot, driveInRoot, imageInRoot, IN_ROOT, IN_ROOT_PATHS, jailIdentity, VM_ROOT_DIR, type JailTools } from './command.js';
 import { realFile, resolveHostPaths, which } from './host.js';
 import { markInheritedFdsCloexec } from '../util/fds.js';
 
@@ -35,8 +35,11 @@ interface Step {
   reason: string;
 }
 
-/** Files in a VM directory that are not the jail's (everything else there is the jail's root skeleton). */
-const VM_FILES = new Set(['vmm.log']);
+/**
+ * Files in a VM directory that are not the jail's (everything else there is the jail's root
+ * skeleton): the log, and the writable layer of a VM whose image has a rootfs.
+ */
+const VM_FILES = new Set(['vmm.log', 'layer.img']);
 
 /**
  * The VMM's root: a tmpfs of this size and inode count (RLIMIT_FSIZE caps one file, not their
@@ -123,7 +126,7 @@ export class Jail {
    * command's process is the host pid to track: it lives exactly as long as the VMM, and killing
    * it kills the VMM.
    */
-  prepare(hypervisor: Hypervisor, vm: Vm, image: Image, paths: VmPaths): { command: string; args: string[]; env: Record<string, string>; uid: number; gid: number; script: string; vmm: string[] } {
+  prepare(hypervisor: Hypervisor, vm: Vm, image: Image, paths: VmPaths, devices: VmDevices = NO_DEVICES, minFileSizeBytes = 0): { command: string; args: string[]; env: Record<string, string>; uid: number; gid: number; script: string; vmm: string[] } {
     if (!this.enabled || !this.tools) throw new Error(this.unavailableReason());
     // The server reaches the sockets (and writes the config) at host paths: they must be the
     // in-root paths the VMM uses, under its root.
@@ -138,8 +141,12 @@ export class Jail {
     this.trimLog(paths.log);
     mkdirSync(paths.root, { mode: 0o700 });
     run(this.tools.mount, ['-t', 'tmpfs', '-o', `nosuid,nodev,noexec,size=${ROOT_TMPFS.sizeBytes},nr_inodes=${ROOT_TMPFS.inodes},mode=1770,uid=0,gid=${gid}`, ROOT_TMPFS.source, paths.root]);
+    // drives/: root's, so that the VMM (which may create entries in its root) cannot put a
+    // link or file where the server later binds a hot-plugged drive.
+    mkdirSync(join(paths.root, IN_ROOT.drives), { mode: 0o755 });
     const inRoot = imageInRoot({ ...image, kernel: realFile(image.kernel), ...(image.initrd ? { initrd: realFile(image.initrd) } : {}) });
-    const fg = hypervisor.foregroundCommand(vm, inRoot.image, IN_ROOT_PATHS);
+    const disks = devicesInRoot(devices, realFile);
+    const fg = hypervisor.foregroundCommand(vm, inRoot.image, IN_ROOT_PATHS, disks.devices);
     const command = which(fg.command);
     if (!command) throw new Error(`${fg.command} not found in PATH`);
     if (fg.config !== undefined) {
@@ -161,8 +168,8 @@ export class Jail {
       scriptPath,
       uid, gid,
       nofile: this.cfg.nofile,
-      fsizeBytes: this.cfg.fsizeBytes,
-      mounts: [...host.mounts, ...inRoot.mounts],
+      fsizeBytes: this.fileSizeLimit(minFileSizeBytes),
+      mounts: [...host.mounts, ...inRoot.mounts, ...disks.mounts],
       symlinks: host.symlinks,
       kvm: hypervisor.usesKvm() && existsDevice('/dev/kvm'),
       cgroupProcs,
@@ -176,6 +183,78 @@ export class Jail {
     rmSync(scriptPath, { force: true });
     writeFileSync(scriptPath, `${built.script}\n`, { mode: 0o700, flag: 'wx' });
     return { command: built.command, args: built.args, env: built.env, uid, gid, script: built.script, vmm: [realFile(command), ...fg.args] };
+  }
+
+  /** RLIMIT_FSIZE of a jailed VMM: the log's cap, or the largest file it must write if that is more. */
+  fileSizeLimit(minBytes: number): number {
+    return Math.max(this.cfg.fsizeBytes, minBytes);
+  }
+
+  /** The uid and gid a VM's VMM runs as. */
+  identity(vmId: string): { uid: number; gid: number } {
+    return jailIdentity(vmId, this.cfg);
+  }
+
+  /** Whether the VM directory holds a jail root (the VMM there runs jailed): reattach asks. */
+  rootMounted(dir: string): boolean {
+    const root = join(dir, VM_ROOT_DIR);
+    return mountedUnder(dir).some((m) => m.mountPoint === root && m.fsType === 'tmpfs' && m.source === ROOT_TMPFS.source);
+  }
+
+  /**
+   * Makes a disk file visible inside a running jailed VMM's root, at drives/<id>: the target
+   * file is created through the host's view of the root tmpfs (the same filesystem the jail's
+   * namespace holds), then bound in the jail's mount namespace (nsenter into `pid`'s, the
+   * tracked unshare process, which lives in it). Returns the path the VMM opens.
+   */
+  bindDrive(pid: number, root: string, id: string, source: string, readOnly: boolean): string {
+    const inRoot = driveInRoot(id);
+    const target = join(root, inRoot);
+    // drives/ is root's (prepare): nothing of the VMM's can be in the way; 'wx' refuses anything that is.
+    closeSync(openSync(target, 'wx', 0o600));
+    try {
+      this.inNamespace(pid, 'mount', ['-o', `${readOnly ? 'bind,ro' : 'bind'},nosuid,nodev`, realFile(source), target]);
+    } catch (e) {
+      rmSync(target, { force: true });
+      throw new Error(`cannot bind the drive into the jail: ${errText(e)}`);
+    }
+    return inRoot;
+  }
+
+  /** Undoes bindDrive (or the jail script's bind of a boot drive): lazy unmount, then the target file. */
+  unbindDrive(pid: number, root: string, id: string): void {
+    const target = join(root, driveInRoot(id));
+    try {
+      this.inNamespace(pid, 'umount', ['-l', target]);
+    } catch (e) {
+      this.log?.warn({ pid, target, err: errText(e) }, 'unmounting a drive in the jail failed');
+    }
+    rmSync(target, { force: true });
+  }
+
+  /**
+   * Raises RLIMIT_FSIZE of the jail's processes (the VMM among them) to at least `bytes`: a
+   * write past the limit fails (EFBIG, SIGXFSZ), and a hot-plugged writable drive may be larger
+   * than what the VMM was started with. Raising needs CAP_SYS_RESOURCE (root has it, a
+   * container's root may not): throws when a process's limit could not be raised.
+   */
+  raiseFileSizeLimit(pid: number, bytes: number): void {
+    const prlimit = which('prlimit');
+    if (!prlimit) throw new Error('prlimit (util-linux) not found');
+    for (const p of descendants(pid)) {
+      try {
+        run(prlimit, ['--pid', String(p), `--fsize=${bytes}:${bytes}`]);
+      } catch (e) {
+        throw new Error(`raising RLIMIT_FSIZE of ${p} failed: ${errText(e)}`);
+      }
+    }
+  }
+
+  private inNamespace(pid: number, tool: 'mount' | 'umount', args: string[]): void {
+    const nsenter = which('nsenter');
+    const bin = which(tool);
+    if (!nsenter || !bin) throw new Error(`nsenter and ${tool} (util-linux) are needed`);
+    run(nsenter, ['--target', String(pid), '--mount', '--', bin, ...args]);
   }
 
   /** Whether the OOM killer ended a process of the VM's cgroup (why a start failed). */
@@ -297,6 +376,26 @@ export class Jail {
     }
     return { ok: true, reason: `RLIMIT_NOFILE ${this.cfg.nofile}, RLIMIT_FSIZE ${this.cfg.fsizeBytes} bytes` };
   }
+}
+
+/** The process's descendants (children first), from /proc/<pid>/task/<tid>/children. */
+function descendants(pid: number): number[] {
+  const out: number[] = [];
+  const visit = (p: number, depth: number) => {
+    if (depth > 8) return;
+    let tids: string[] = [];
+    try { tids = readdirSync(`/proc/${p}/task`); } catch { return; }
+    for (const t of tids) {
+      let children = '';
+      try { children = readFileSync(`/proc/${p}/task/${t}/children`, 'utf8'); } catch { continue; }
+      for (const c of children.trim().split(/\s+/).filter(Boolean).map(Number)) {
+        out.push(c);
+        visit(c, depth + 1);
+      }
+    }
+  };
+  visit(pid, 0);
+  return out;
 }
 
 /** Mounts at or below `dir` in the server's mount namespace. */

@@ -438,8 +438,10 @@ for (const mode of ['on', 'off'] as const) {
           assert.notEqual(target, marker, `pid ${p} fd ${fd}: the server's inherited fd`);
           assert.ok(!target.includes('capsule.db'), `pid ${p} fd ${fd}: ${target}`);
           if (target.startsWith('/')) {
-            // Paths it may hold: its log (stdout/stderr), sh's own script, unjailed QEMU's own pidfile lock.
-            const allowed = [join(vmDir, 'vmm.log'), join(vmDir, 'jail.sh'), join(vmDir, 'vmm.pid'), '/dev/null'];
+            // Paths it may hold: its log (stdout/stderr), sh's own script, unjailed QEMU's own pidfile lock,
+            // and the VMM the rng device's source (/dev/urandom; jailed: the jail's own node).
+            const allowed = [join(vmDir, 'vmm.log'), join(vmDir, 'jail.sh'), join(vmDir, 'vmm.pid'), '/dev/null',
+              ...(isVmm ? ['/dev/urandom', join(vmDir, 'root', 'dev', 'urandom')] : [])];
             assert.ok(allowed.includes(target), `pid ${p} fd ${fd} -> ${target}`);
           }
         }

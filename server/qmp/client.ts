@@ -2,12 +2,8 @@
 // Newline-delimited JSON; commands carry an id so replies match even with events in between.
 import { EventEmitter } from 'node:events';
 import { createConnection, type Socket } from 'node:net';
-
-export interface QmpEvent {
-  event: string;
-  data: Record<string, unknown>;
-  timestamp?: { seconds: number; microseconds: number };
-}
+import type { QmpCommand, QmpErrorBody, QmpEvent, QmpGreeting } from '../../lib/qmp-wire.js';
+import { sendWithFds } from '../../lib/scm-rights.js';
 
 export class QmpError extends Error {
   constructor(readonly qmpClass: string, desc: string) {
@@ -30,7 +26,7 @@ export class QmpClient extends EventEmitter {
   private nextId = 1;
   private readonly pending = new Map<string, Pending>();
   private closed = false;
-  greeting: Record<string, unknown> | undefined;
+  greeting: QmpGreeting['QMP'] | undefined;
 
   private constructor(private readonly socket: Socket) {
     super();
@@ -80,17 +76,37 @@ export class QmpClient extends EventEmitter {
   }
 
   execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs = 10_000): Promise<T> {
+    return this.send<T>(command, args, timeoutMs, (line) => this.socket.write(line));
+  }
+
+  /**
+   * Like execute(), with `fds` sent in the same sendmsg() as the command (SCM_RIGHTS), as QMP
+   * `getfd` expects. Node's writes on the socket are drained first so the bytes stay in order.
+   */
+  async executeWithFds<T = unknown>(command: string, args: Record<string, unknown>, fds: number[], timeoutMs = 10_000): Promise<T> {
+    if (this.socket.writableLength > 0) await new Promise((r) => this.socket.once('drain', r));
+    const fd = (this.socket as unknown as { _handle?: { fd?: number } | null })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) throw new Error('QMP socket has no fd to send descriptors on');
+    return this.send<T>(command, args, timeoutMs, (line) => sendWithFds(fd, Buffer.from(line), fds));
+  }
+
+  private send<T>(command: string, args: Record<string, unknown> | undefined, timeoutMs: number, write: (line: string) => void): Promise<T> {
     if (this.closed) return Promise.reject(new Error('QMP connection closed'));
     const id = String(this.nextId++);
-    const msg: Record<string, unknown> = { execute: command, id };
-    if (args) msg.arguments = args;
+    const msg: QmpCommand = args ? { execute: command, arguments: args, id } : { execute: command, id };
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
         reject(new Error(`QMP ${command} timed out`));
       }, timeoutMs);
       this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
-      this.socket.write(JSON.stringify(msg) + '\n');
+      try {
+        write(JSON.stringify(msg) + '\n');
+      } catch (e) {
+        clearTimeout(timer);
+        this.pending.delete(id);
+        reject(e as Error);
+      }
     });
   }
 
@@ -123,7 +139,7 @@ export class QmpClient extends EventEmitter {
       return; // a VMM that writes garbage does not take the server down
     }
     if ('QMP' in msg) {
-      this.greeting = msg.QMP as Record<string, unknown>;
+      this.greeting = msg.QMP as QmpGreeting['QMP'];
       this.emit('greeting');
     } else if (typeof msg.event === 'string') {
       const ev: QmpEvent = { event: msg.event, data: (msg.data as Record<string, unknown> | undefined) ?? {} };
@@ -135,8 +151,9 @@ export class QmpClient extends EventEmitter {
       this.pending.delete(String(msg.id));
       clearTimeout(p.timer);
       if ('error' in msg) {
-        const err = msg.error as { class?: string; desc?: string };
-        p.reject(new QmpError(err.class ?? 'GenericError', err.desc ?? 'unknown error'));
+        // a VMM is not trusted to send well-formed errors
+        const err = msg.error as Partial<QmpErrorBody> | null;
+        p.reject(new QmpError(err?.class ?? 'GenericError', err?.desc ?? 'unknown error'));
       } else {
         p.resolve(msg.return);
       }

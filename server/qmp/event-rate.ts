@@ -1,8 +1,9 @@
 // A VMM is not trusted to be polite (a compromised guest may drive it): its QMP events are rate
 // limited before they reach the event store and the subscribers. Every event is still handed
 // on, marked, so that state changes (SHUTDOWN, STOP, ...) apply even over the rate.
-import { LeakyBucket } from '../util/leaky-bucket.js';
-import type { QmpClient, QmpEvent } from './client.js';
+import { LeakyBucket } from '../../lib/leaky-bucket.js';
+import type { QmpEvent } from '../../lib/qmp-wire.js';
+import type { QmpClient } from './client.js';
 
 /** QMP events a VMM may publish per second (burst: twice that). */
 export const QMP_EVENT_RATE = 100;

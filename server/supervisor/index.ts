@@ -10,7 +10,8 @@ import type { ImageStore } from '../db/images.js';
 import type { Vm, VmState, VmStore, HypervisorName } from '../db/vms.js';
 import type { Hypervisor, VmPaths } from '../hypervisors/types.js';
 import type { Jail } from '../jail/index.js';
-import { QmpClient, type QmpEvent } from '../qmp/client.js';
+import { QmpClient } from '../qmp/client.js';
+import type { QmpEvent } from '../../lib/qmp-wire.js';
 import { isAlive, isOurProcess, kill, readPidfile, removeFiles, waitForExit } from './process.js';
 import { asLaunchError, commandLine, jailedStartFailure, LAUNCH_TIMEOUT_MS, LaunchError, runLauncher, spawnDetached } from './spawn.js';
 import { logLine, readLogTail } from './vm-log.js';
@@ -19,6 +20,7 @@ import { ApiError } from './errors.js';
 import { onRateLimitedEvents } from '../qmp/event-rate.js';
 import { checkStart } from './admission.js';
 import type { AdmissionConfig } from '../config.js';
+import { emptyPlan, type LaunchPlan, type LiveVmContext, type VmComponent } from './components/types.js';
 
 function assertSockets(...paths: string[]): void {
   for (const p of paths) if (!lstatSync(p).isSocket()) throw new Error(`${p} is not a socket`);
@@ -34,6 +36,8 @@ interface LiveVm {
   hypervisor: Hypervisor;
   qmp: QmpClient;
   console: ConsoleBridge;
+  /** The VMM's uid when it runs jailed. */
+  jailUid: number | undefined;
   intent: Intent | undefined;
   shutdownReason: string | undefined;
   exited: Promise<void>;
@@ -55,6 +59,8 @@ export interface SupervisorDeps {
   jail?: Jail;
   /** Host-wide limits checked at start; absent: no admission control (unit tests). */
   admission?: AdmissionConfig;
+  /** Per-VM components (drives, rng, balloon), run in this order around each VMM's life. */
+  components?: readonly VmComponent[];
 }
 
 export class Supervisor {
@@ -85,6 +91,18 @@ export class Supervisor {
 
   console(id: string): ConsoleBridge | undefined {
     return this.live.get(id)?.console;
+  }
+
+  /**
+   * Runs `fn` under the VM's lock with the VM and, when its VMM runs, the components' view of
+   * it: what a component does to a VM at run time (hot-plug, the balloon) goes through here.
+   */
+  withVm<T>(id: string, fn: (vm: Vm, live: LiveVmContext | undefined) => Promise<T>): Promise<T> {
+    return this.withLock(id, async () => {
+      const vm = this.mustGet(id);
+      const live = this.live.get(id);
+      return fn(vm, live && this.liveContext(live));
+    });
   }
 
   /** The end of the VM's log (vm-log.ts: never read whole). */
@@ -219,6 +237,21 @@ export class Supervisor {
     const paths = this.paths(vm.id);
     mkdirSync(paths.dir, { recursive: true, mode: 0o700 });
     removeFiles(paths.pidfile, paths.qmpSocket, paths.consoleSocket, paths.config);
+    // The components' part of the launch (devices, files, grants); one that refuses the start
+    // (a missing volume file) leaves the VM as it was.
+    const jailUid = jail?.enabled ? jail.identity(vm.id).uid : undefined;
+    const plan: LaunchPlan = emptyPlan();
+    try {
+      for (const c of this.components) c.prepare({ vm, image, paths, jailUid }, plan);
+    } catch (e) {
+      this.cleanupComponents(vm.id);
+      if (reason === 'reboot') {
+        // A relaunch (the VM is `starting`): there is nobody to give the 4xx to.
+        this.setState(vm.id, 'crashed');
+        this.d.hub.publish(vm.id, 'CRASHED', { reason: `relaunch refused: ${(e as Error).message}` });
+      }
+      throw e;
+    }
     this.setState(vm.id, 'starting');
     let pid: number | undefined;
     try {
@@ -229,7 +262,7 @@ export class Supervisor {
         // (it lives as long as the VMM; killing it kills the VMM). Ready = QMP answers.
         let cmd: ReturnType<Jail['prepare']>;
         try {
-          cmd = jail.prepare(hypervisor, vm, image, paths);
+          cmd = jail.prepare(hypervisor, vm, image, paths, plan.devices, plan.minFileSizeBytes);
         } catch (e) {
           throw new LaunchError('the jail could not be set up', (e as Error).message);
         }
@@ -244,7 +277,7 @@ export class Supervisor {
         consoleBridge = new ConsoleBridge(paths.consoleSocket);
         await consoleBridge.connect().catch((e: Error) => { qmp.close(); throw asLaunchError(e, 'the VMM\'s console did not answer'); });
       } else {
-        const { command, args, env, config } = hypervisor.launchCommand(vm, image, paths);
+        const { command, args, env, config } = hypervisor.launchCommand(vm, image, paths, plan.devices);
         mkdirSync(paths.root, { recursive: true, mode: 0o700 });
         if (config !== undefined) writeFileSync(paths.config, config, { mode: 0o600, flag: 'wx' });
         this.d.log.info({ vm: vm.id, command, reason }, 'launching VMM');
@@ -260,7 +293,8 @@ export class Supervisor {
       }
       // The VMM read its config at start: the command line stays in no file.
       removeFiles(paths.config);
-      this.track(vm.id, pid, hypervisor, qmp, consoleBridge, undefined);
+      const live = this.track(vm.id, pid, hypervisor, qmp, consoleBridge, undefined, jailUid);
+      for (const c of this.components) c.attach?.(this.liveContext(live));
       this.setState(vm.id, 'running', pid);
     } catch (e) {
       if (pid !== undefined) kill(pid);
@@ -272,6 +306,7 @@ export class Supervisor {
       this.d.log.error({ vm: vm.id, err: failure.message }, `VMM launch failed: ${failure.reason}`);
       logLine(paths.log, `launch failed: ${failure.reason}: ${failure.message}`);
       await jail?.cleanup(vm.id, paths.dir);
+      this.cleanupComponents(vm.id);
       const message = `VMM launch failed: ${failure.reason}`;
       this.setState(vm.id, 'crashed');
       this.d.hub.publish(vm.id, 'CRASHED', { reason: message });
@@ -279,10 +314,29 @@ export class Supervisor {
     }
   }
 
-  private track(id: string, pid: number, hypervisor: Hypervisor, qmp: QmpClient, consoleBridge: ConsoleBridge, intent: Intent | undefined): LiveVm {
+  private get components(): readonly VmComponent[] {
+    return this.d.components ?? [];
+  }
+
+  private liveContext(live: LiveVm): LiveVmContext {
+    return { id: live.id, pid: live.pid, qmp: live.qmp, hypervisor: live.hypervisor, paths: this.paths(live.id), jailUid: live.jailUid };
+  }
+
+  /** The VMM is gone (or never came): every component lets go of it. */
+  private cleanupComponents(id: string): void {
+    for (const c of this.components) {
+      try {
+        c.cleanup(id);
+      } catch (e) {
+        this.d.log.error({ vm: id, component: c.name, err: (e as Error).message }, 'component cleanup failed');
+      }
+    }
+  }
+
+  private track(id: string, pid: number, hypervisor: Hypervisor, qmp: QmpClient, consoleBridge: ConsoleBridge, intent: Intent | undefined, jailUid: number | undefined): LiveVm {
     let resolveExited!: () => void;
     const exited = new Promise<void>((r) => { resolveExited = r; });
-    const live: LiveVm = { id, pid, hypervisor, qmp, console: consoleBridge, intent, shutdownReason: undefined, exited };
+    const live: LiveVm = { id, pid, hypervisor, qmp, console: consoleBridge, jailUid, intent, shutdownReason: undefined, exited };
     this.live.set(id, live);
     onRateLimitedEvents(qmp, (ev, publish) => this.onQmpEvent(live, ev, publish),
       (dropped) => this.d.log.warn({ vm: id, dropped }, 'QMP events not published: the VMM sent more than the rate limit'));
@@ -315,6 +369,7 @@ export class Supervisor {
     const paths = this.paths(live.id);
     removeFiles(paths.pidfile, paths.qmpSocket, paths.consoleSocket);
     await this.d.jail?.cleanup(live.id, paths.dir);
+    this.cleanupComponents(live.id);
     if (!this.d.vms.get(live.id)) return; // deleted meanwhile
     logLine(paths.log, `VMM ${live.pid} exited (${live.intent ? `requested ${live.intent}` : `shutdown reason: ${live.shutdownReason ?? 'none'}`})`);
     const guestReset = live.shutdownReason === 'guest-reset';
@@ -398,7 +453,10 @@ export class Supervisor {
         await consoleBridge.connect(2000);
         const qmp = await QmpClient.connectWithRetry(paths.qmpSocket, 5000, () => isAlive(pid));
         const hypervisor = this.d.hypervisors.get(vm.hypervisor)!;
-        this.track(vm.id, pid, hypervisor, qmp, consoleBridge, vm.state === 'stopping' ? 'stop' : undefined);
+        // A jailed VMM's root is the server's tmpfs mount: that says it runs jailed, whatever the jail setting is now.
+        const jailUid = this.d.jail?.rootMounted(paths.dir) ? this.d.jail.identity(vm.id).uid : undefined;
+        const live = this.track(vm.id, pid, hypervisor, qmp, consoleBridge, vm.state === 'stopping' ? 'stop' : undefined, jailUid);
+        for (const c of this.components) c.reattach?.(this.liveContext(live));
         const status = await qmp.execute<{ running: boolean; status: string }>('query-status');
         if (vm.state !== 'stopping') this.setState(vm.id, status.running ? 'running' : 'paused', pid);
         this.d.log.info({ vm: vm.id, pid }, 'reattached to running VMM');
@@ -411,6 +469,7 @@ export class Supervisor {
     }
     removeFiles(paths.pidfile, paths.qmpSocket, paths.consoleSocket);
     await this.d.jail?.cleanup(vm.id, paths.dir);
+    this.cleanupComponents(vm.id);
     if (vm.state === 'stopping') {
       this.setState(vm.id, 'stopped');
     } else {

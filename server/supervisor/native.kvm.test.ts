@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { TestServer, EventCollector, ConsoleCollector } from '../test/harness.js';
-import { probeKvm } from '../../vmm/kvm/probe.js';
+import { probeKvm } from '../../lib/kvm-probe.js';
 import { isAlive } from './process.js';
 
 const BOOT_MS = 240_000; // nested KVM under TCG: a boot takes 10-40 s, a loaded machine more

@@ -1,7 +1,5 @@
-// Per-key leaky buckets for the API server; the bucket itself is the VMM's QMP one.
-import { LeakyBucket } from '../../vmm/qmp/leaky-bucket.js';
-
-export { LeakyBucket };
+// Per-key leaky buckets for the API server (one per API token).
+import { LeakyBucket } from '../../lib/leaky-bucket.js';
 
 /** One bucket per key (API token), created on first use; idle buckets are swept. */
 export class BucketMap {

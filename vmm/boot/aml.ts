@@ -86,9 +86,9 @@ export function eisaId(id: string): number {
   // stored big-endian
   return (((v >>> 24) & 0xff) | (((v >>> 16) & 0xff) << 8) | (((v >>> 8) & 0xff) << 16) | ((v & 0xff) << 24)) >>> 0;
 }
-/** Extended interrupt descriptor (consumer, level, active high, exclusive), no end tag. */
-export function extendedInterrupt(gsi: number): number[] {
-  return [0x89, 6, 0, 0x01, 1, gsi & 0xff, (gsi >> 8) & 0xff, (gsi >> 16) & 0xff, (gsi >>> 24) & 0xff];
+/** Extended interrupt descriptor (consumer, level or edge, active high, exclusive), no end tag. */
+export function extendedInterrupt(gsi: number, edge = false): number[] {
+  return [0x89, 6, 0, 0x01 | (edge ? 0x02 : 0), 1, gsi & 0xff, (gsi >> 8) & 0xff, (gsi >> 16) & 0xff, (gsi >>> 24) & 0xff];
 }
 
 /** Memory32Fixed descriptor (read-write), no end tag. */

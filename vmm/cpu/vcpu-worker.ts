@@ -6,7 +6,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { KVM_RUN } from '../kvm/ioctls.js';
 import { EXIT, RUN } from '../kvm/layout.js';
 import { EAGAIN, EINTR, errno, gettid, ioctlInt, view } from '../kvm/sys.js';
-import { CTRL_PAUSE, CTRL_REQ, CTRL_STATE, CTRL_STOP, type WorkerInit, type WorkerMessage } from './protocol.js';
+import { CTRL_PAUSE, CTRL_REQ, CTRL_STATE, CTRL_STOP, FAST_ACK_OFFSET, FAST_STATUS_OFFSET, type WorkerInit, type WorkerMessage } from './protocol.js';
 
 const init = workerData as WorkerInit;
 const port = parentPort;
@@ -14,6 +14,35 @@ if (!port) throw new Error('vcpu-worker must run as a worker thread');
 const ctrl = new Int32Array(init.ctrl);
 const run = new DataView(view(init.runAddr, init.runSize));
 const post = (m: WorkerMessage): void => port.postMessage(m);
+
+// virtio-mmio InterruptStatus / InterruptACK, served here: the guest's interrupt handler touches
+// both on every interrupt, and handing each to the main thread costs ~0.9 ms in the lab.
+const fast = init.fastMmio.map((f) => ({ base: f.base, status: new Int32Array(f.status) }));
+
+/** Serves an MMIO exit on this thread if it is one of the fast registers; false otherwise. */
+function serveFastMmio(): boolean {
+  if (fast.length === 0 || run.getUint32(RUN.mmioLen, true) !== 4) return false;
+  const addr = Number(run.getBigUint64(RUN.mmioPhysAddr, true));
+  for (const f of fast) {
+    const off = addr - f.base;
+    if (off === FAST_STATUS_OFFSET && !run.getUint8(RUN.mmioIsWrite)) {
+      run.setUint32(RUN.mmioData, Atomics.load(f.status, 0) >>> 0, true);
+      return true;
+    }
+    if (off === FAST_ACK_OFFSET && run.getUint8(RUN.mmioIsWrite)) {
+      Atomics.and(f.status, 0, ~run.getUint32(RUN.mmioData, true));
+      return true;
+    }
+  }
+  return false;
+}
+
+/** The main thread serves the exit described in kvm_run; this thread sleeps until it is done. */
+function handOver(): void {
+  Atomics.store(ctrl, CTRL_REQ, 1);
+  post({ t: 'exit' });
+  while (Atomics.load(ctrl, CTRL_REQ) === 1) Atomics.wait(ctrl, CTRL_REQ, 1);
+}
 
 function parkUntil(cond: () => boolean): void {
   while (!cond()) {
@@ -51,11 +80,12 @@ loop: for (;;) {
   }
   const reason = run.getUint32(RUN.exitReason, true);
   switch (reason) {
-    case EXIT.IO:
     case EXIT.MMIO:
-      Atomics.store(ctrl, CTRL_REQ, 1);
-      post({ t: 'exit' });
-      while (Atomics.load(ctrl, CTRL_REQ) === 1) Atomics.wait(ctrl, CTRL_REQ, 1);
+      // the virtio interrupt registers are served here; any other MMIO access is the main thread's
+      if (!serveFastMmio()) handOver();
+      break;
+    case EXIT.IO:
+      handOver();
       break;
     case EXIT.INTR:
       run.setUint8(RUN.immediateExit, 0);

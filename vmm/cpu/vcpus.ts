@@ -5,7 +5,7 @@ import type { VcpuFd } from '../kvm/kvm.js';
 import { RUN } from '../kvm/layout.js';
 import { SIGUSR2, tgkill } from '../kvm/sys.js';
 import { logger } from '../log.js';
-import { CTRL_PAUSE, CTRL_REQ, CTRL_STOP, CTRL_WORDS, type WorkerInit, type WorkerMessage } from './protocol.js';
+import { CTRL_PAUSE, CTRL_REQ, CTRL_STOP, CTRL_WORDS, type FastInterruptRegisters, type WorkerInit, type WorkerMessage } from './protocol.js';
 
 const log = logger('vcpu');
 const WORKER_URL = new URL('./vcpu-worker.js', import.meta.url);
@@ -36,10 +36,10 @@ class VcpuThread {
   stopped: Promise<void>;
   private parkWaiters: Array<() => void> = [];
 
-  constructor(readonly vcpu: VcpuFd, private readonly ev: VcpuEvents) {
+  constructor(readonly vcpu: VcpuFd, private readonly ev: VcpuEvents, fastMmio: FastInterruptRegisters[]) {
     const sab = new SharedArrayBuffer(CTRL_WORDS * 4);
     this.ctrl = new Int32Array(sab);
-    const init: WorkerInit = { id: vcpu.id, fd: vcpu.fd, runAddr: vcpu.runAddr, runSize: vcpu.runSize, ctrl: sab };
+    const init: WorkerInit = { id: vcpu.id, fd: vcpu.fd, runAddr: vcpu.runAddr, runSize: vcpu.runSize, ctrl: sab, fastMmio };
     this.worker = new Worker(fileURLToPath(WORKER_URL), { workerData: init, name: `vcpu${vcpu.id}` });
     let readyResolve!: () => void;
     this.ready = new Promise((r) => (readyResolve = r));
@@ -124,8 +124,9 @@ export class VcpuThreads {
     installKickHandler();
   }
 
-  async start(vcpus: VcpuFd[]): Promise<void> {
-    this.threads = vcpus.map((v) => new VcpuThread(v, this.ev));
+  /** `fastMmio`: virtio interrupt registers the threads serve without the main thread */
+  async start(vcpus: VcpuFd[], fastMmio: FastInterruptRegisters[] = []): Promise<void> {
+    this.threads = vcpus.map((v) => new VcpuThread(v, this.ev, fastMmio));
     await Promise.all(this.threads.map((t) => t.ready));
   }
 

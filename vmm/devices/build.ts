@@ -1,15 +1,21 @@
 // Turns the configuration's device sections into devices in the manager's slots, in a fixed
 // order: drives (vda, vdb, … in command-line order), then the replaceable drive slots, then
-// the rest; the replaceable net slot comes last of all. The order is the guest's enumeration
-// order, so it must not depend on anything else.
+// the rest: rng, balloon, virtio consoles (hvc0, … in command-line order), pmem devices (pmem0,
+// … in command-line order), NICs; the replaceable net slot comes last of all. The order is the
+// guest's enumeration order, so it must not depend on anything else.
 import { BlkBackend, VirtioBlk } from './virtio/blk/device.js';
 import { VirtioRng } from './virtio/rng/device.js';
+import { VirtioBalloon } from './virtio/balloon/device.js';
+import { VirtioConsole } from './virtio/console/device.js';
+import { VirtioPmem } from './virtio/pmem/device.js';
 import { VirtioNet } from './virtio/net/device.js';
 import { openNetBackend } from './virtio/net/tap.js';
 import { VhostNet } from './virtio/net/vhost.js';
 import type { NetConfig } from '../config/types.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { DeviceError, MAX_VIRTIO_SLOTS, type DeviceManager } from './manager.js';
+import type { IoThread } from '../io/iothread.js';
+import { IoThreadBlk } from './virtio/blk/iothread.js';
 
 export interface DriveOptions {
   id: string;
@@ -20,17 +26,29 @@ export interface DriveOptions {
   noFlush: boolean;
   iops?: number | undefined;
   bps?: number | undefined;
+  /** serve this disk's queue on that iothread */
+  iothread?: string | undefined;
 }
 
 export interface DeviceOptions {
   drives: DriveOptions[];
+  /** the VMM's iothreads by id (-iothread), started during init */
+  iothreads?: ReadonlyMap<string, IoThread> | undefined;
   /** empty virtio-blk slots for QMP hot-replace */
   hotplugSlots: number;
   rng?: { file: string; bytesPerSec?: number | undefined } | undefined;
+  balloon?: { deflateOnOom: boolean } | undefined;
+  /** virtio consoles (hvc0, …): each on a Unix socket the VMM listens on (DeviceManager.start()) */
+  consoles?: Array<{ id: string; path: string }> | undefined;
+  /** read-only images mapped above RAM (/dev/pmem0, …) */
+  pmems?: Array<{ id: string; file: string }> | undefined;
   /** -netdev: virtio-net on taps (guest memory is needed for vhost=on) */
   nets?: NetConfig[] | undefined;
   memory?: GuestMemory | undefined;
 }
+
+/** The balloon's slot id (QMP balloon finds the device by it). */
+export const BALLOON_ID = 'balloon0';
 
 /** Replaceable drive slots are named so QMP can find them by position (device_add addr). */
 export const hotSlotId = (n: number): string => `hotplug-blk-${n}`;
@@ -47,7 +65,15 @@ export function buildDevices(devices: DeviceManager, opts: DeviceOptions): void 
     } catch (e) {
       throw new DeviceError(`-drive id=${d.id}: cannot open ${d.file}: ${(e as Error).message}`);
     }
-    devices.addVirtio(d.id, new VirtioBlk(backend));
+    if (d.iothread) {
+      const thread = opts.iothreads?.get(d.iothread);
+      if (!thread) throw new DeviceError(`-drive id=${d.id}: no iothread '${d.iothread}'`);
+      // the iothread blocks in epoll between requests, so a budget's retry timer could not run there
+      if (d.iops !== undefined || d.bps !== undefined) throw new DeviceError(`-drive id=${d.id}: iops/bps cannot be combined with iothread= yet`);
+      devices.addVirtio(d.id, new IoThreadBlk(backend, thread, d.id));
+    } else {
+      devices.addVirtio(d.id, new VirtioBlk(backend));
+    }
   }
   for (let i = 0; i < opts.hotplugSlots; i++) devices.addVirtio(hotSlotId(i), new VirtioBlk(null, true));
   if (opts.rng) {
@@ -55,6 +81,23 @@ export function buildDevices(devices: DeviceManager, opts: DeviceOptions): void 
       devices.addVirtio('rng0', new VirtioRng(opts.rng));
     } catch (e) {
       throw new DeviceError(`-rng: cannot open ${opts.rng.file}: ${(e as Error).message}`);
+    }
+  }
+  if (opts.balloon) devices.addVirtio(BALLOON_ID, new VirtioBalloon(devices.memory, opts.balloon));
+  for (const c of opts.consoles ?? []) devices.addVirtio(c.id, new VirtioConsole(c.path));
+  for (const p of opts.pmems ?? []) {
+    let pmem: VirtioPmem;
+    try {
+      pmem = new VirtioPmem(p);
+    } catch (e) {
+      throw new DeviceError(`-device virtio-pmem,id=${p.id}: cannot map ${p.file}: ${(e as Error).message}`);
+    }
+    try {
+      pmem.guestBase = devices.addDeviceMemory(p.id, pmem.size, pmem.hostAddr, pmem.readOnly).guestBase;
+      devices.addVirtio(p.id, pmem);
+    } catch (e) {
+      pmem.close();
+      throw e;
     }
   }
   for (const n of opts.nets ?? []) devices.addVirtio(n.id, buildNet(n, opts.memory));

@@ -207,8 +207,10 @@ export class IoThread extends EventEmitter {
     ]);
     clearTimeout(timer);
     if (timedOut) {
+      // terminate() only takes effect when the thread runs JavaScript: one stuck in a native call
+      // never ends, and waiting for it would hang the caller
       log.warn(`iothread ${this.name} did not stop in ${timeoutMs} ms: terminating it`);
-      await this.worker.terminate();
+      await Promise.race([this.worker.terminate(), new Promise((r) => setTimeout(r, timeoutMs).unref())]);
     }
     this.port.close();
     this.stopFd.close();

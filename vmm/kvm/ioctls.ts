@@ -70,6 +70,10 @@ export const KVM_CAP_IOEVENTFD = 36;
 export const KVM_CAP_IRQFD_RESAMPLE = 82;
 /** ioeventfd len may be any size (with len 0 meaning "any write") */
 export const KVM_CAP_IOEVENTFD_ANY_LENGTH = 122;
+/** memory slots may be read-only (guest writes exit as MMIO): virtio-pmem images */
+export const KVM_CAP_READONLY_MEM = 81;
+// kvm_userspace_memory_region.flags
+export const KVM_MEM_READONLY = 1 << 1;
 
 // kvm_irqfd.flags
 export const KVM_IRQFD_FLAG_DEASSIGN = 1 << 0;

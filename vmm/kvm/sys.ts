@@ -7,7 +7,7 @@ const libc = koffi.load('libc.so.6');
 
 export const ioctlPtr = libc.func('ioctl', 'int', ['int', 'unsigned long', 'void *']) as (fd: number, req: number, arg: Buffer | bigint | null) => number;
 export const ioctlInt = libc.func('ioctl', 'int', ['int', 'unsigned long', 'unsigned long']) as (fd: number, req: number, arg: number | bigint) => number;
-const mmapRaw = libc.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, long off)') as (addr: null, len: number | bigint, prot: number, flags: number, fd: number, off: number) => bigint;
+const mmapRaw = libc.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, long off)') as (addr: bigint | null, len: number | bigint, prot: number, flags: number, fd: number, off: number) => bigint;
 const munmapRaw = libc.func('int munmap(void *addr, size_t len)') as (addr: bigint, len: number | bigint) => number;
 const madviseRaw = libc.func('int madvise(void *addr, size_t len, int advice)') as (addr: bigint, len: number | bigint, advice: number) => number;
 const gettidRaw = libc.func('long syscall(long nr)') as (nr: number) => number | bigint;
@@ -20,7 +20,10 @@ export const MAP_SHARED = 0x01;
 export const MAP_PRIVATE = 0x02;
 export const MAP_ANONYMOUS = 0x20;
 export const MAP_NORESERVE = 0x4000;
+export const MAP_FIXED = 0x10;
 export const MADV_DONTNEED = 4;
+/** free a range of a shared mapping (shmem, tmpfs, hugetlbfs): punches a hole in its backing */
+export const MADV_REMOVE = 9;
 export const MADV_DONTDUMP = 16;
 export const MAP_FAILED = 0xffffffffffffffffn;
 export const SIGUSR2 = 12;
@@ -51,6 +54,13 @@ export function errno(): number {
 
 export function mmap(len: number | bigint, prot: number, flags: number, fd = -1, offset = 0): bigint {
   const p = mmapRaw(null, len, prot, flags, fd, offset);
+  if (p === MAP_FAILED || p === 0n) throw new SysError('mmap', koffi.errno());
+  return p;
+}
+
+/** mmap at a fixed address inside a mapping the caller owns (MAP_FIXED is added). */
+export function mmapFixed(addr: bigint, len: number | bigint, prot: number, flags: number, fd = -1, offset = 0): bigint {
+  const p = mmapRaw(addr, len, prot, flags | MAP_FIXED, fd, offset);
   if (p === MAP_FAILED || p === 0n) throw new SysError('mmap', koffi.errno());
   return p;
 }

@@ -3,7 +3,7 @@
 import { closeSync, ftruncateSync, mkdtempSync, openSync, statSync, unlinkSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  MADV_DONTDUMP, madvise, MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, mmap, munmap, PROT_READ, PROT_WRITE, view,
+  MADV_DONTDUMP, MADV_DONTNEED, MADV_REMOVE, madvise, MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, mmap, munmap, PROT_READ, PROT_WRITE, view,
 } from '../kvm/sys.js';
 
 /** A guest-physical address. Branded so host offsets and plain numbers cannot be passed by mistake. */
@@ -57,6 +57,8 @@ export interface GuestMemoryOptions {
 export class GuestMemory {
   private readonly views: Uint8Array[];
   private readonly dvs: DataView[];
+  /** how discard() gives pages back: madvise advice on the host mapping, or null (test buffers: zero-fill) */
+  private discardAdvice: number | null = null;
 
   private constructor(
     readonly regions: MemoryRegion[],
@@ -106,8 +108,28 @@ export class GuestMemory {
     }
     const regions = layoutRegions(size);
     const buffers = regions.map((r) => view(addr + BigInt(r.hostOffset), r.size));
-    return new GuestMemory(regions, buffers, addr, size);
+    const mem = new GuestMemory(regions, buffers, addr, size);
+    // private mappings (anonymous or a -mem-path file): DONTNEED drops the pages (anonymous ones
+    // are freed, private copies of file pages too; the next touch faults in zeroes or the file's
+    // page). Shared mappings (mem-share=on: shmem, or a file): DONTNEED would only unmap them
+    // from this process while the page cache / shmem keeps them, so REMOVE punches a hole in the
+    // backing instead (hugetlbfs refuses ranges smaller than a huge page: EINVAL, see discard()).
+    mem.discardAdvice = opts.shared ? MADV_REMOVE : MADV_DONTNEED;
+    return mem;
   }
+
+  /**
+   * The same guest RAM seen from another thread of this process (an iothread): views over the
+   * mapping `create()` made, which this object does not own (close() leaves it alone).
+   */
+  static attach(hostAddr: bigint, size: number): GuestMemory {
+    const regions = layoutRegions(size);
+    const buffers = regions.map((r) => view(hostAddr + BigInt(r.hostOffset), r.size));
+    const m = new GuestMemory(regions, buffers, hostAddr, size);
+    m.borrowed = true;
+    return m;
+  }
+  private borrowed = false;
 
   /** Test helper: regions over ordinary ArrayBuffers, same layout rules. */
   static fromBuffers(size: number): GuestMemory {
@@ -177,8 +199,25 @@ export class GuestMemory {
   writeU32(a: GuestAddress, v: number): void { const [d, o] = this.dv(a, 4); d.setUint32(o, v >>> 0, true); }
   writeU64(a: GuestAddress, v: bigint): void { const [d, o] = this.dv(a, 8); d.setBigUint64(o, v, true); }
 
+  /**
+   * Gives the host memory behind [addr, addr+len) back (virtio-balloon inflation): bounds-checked
+   * like every access, page-aligned, inside one region. The guest reads zeroes (or the backing
+   * file's content) there afterwards. Throws GuestMemoryError for a bad range, SysError if
+   * madvise refuses (e.g. EINVAL for 4 KiB ranges of hugetlbfs memory).
+   */
+  discard(addr: GuestAddress, len: number): void {
+    if (addr % 4096 || len % 4096) throw new GuestMemoryError(`discard 0x${addr.toString(16)}+${len} is not page-aligned`);
+    const [i, off] = this.locate(addr, len);
+    if (this.discardAdvice === null) {
+      (this.views[i] as Uint8Array).fill(0, off, off + len);
+      return;
+    }
+    const r = this.regions[i] as MemoryRegion;
+    madvise(this.hostAddr + BigInt(r.hostOffset + off), len, this.discardAdvice);
+  }
+
   /** Drop the mapping. The views become unusable. */
   close(): void {
-    if (this.hostAddr !== 0n) munmap(this.hostAddr, this.totalSize);
+    if (this.hostAddr !== 0n && !this.borrowed) munmap(this.hostAddr, this.totalSize);
   }
 }

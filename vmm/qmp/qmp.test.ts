@@ -4,7 +4,7 @@ import { mkdtempSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { JsonSplitter } from './framing.js';
-import { LeakyBucket } from './leaky-bucket.js';
+import { LeakyBucket } from '../../lib/leaky-bucket.js';
 import { QmpError, QmpServer } from './server.js';
 import { QmpClient } from '../testing/clients.js';
 

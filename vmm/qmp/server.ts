@@ -7,7 +7,8 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { unlinkSync } from 'node:fs';
 import { StringDecoder } from 'node:string_decoder';
 import { JsonSplitter } from './framing.js';
-import { LeakyBucket } from './leaky-bucket.js';
+import { LeakyBucket } from '../../lib/leaky-bucket.js';
+import { qmpTimestamp, type QmpErrorClass, type QmpEvent, type QmpGreeting, type QmpReply, type QmpVersion } from '../../lib/qmp-wire.js';
 import { ScmReader } from './scm-reader.js';
 import { closeFd } from '../kvm/sys.js';
 import { logger } from '../log.js';
@@ -15,7 +16,7 @@ import { logger } from '../log.js';
 const log = logger('qmp');
 
 export class QmpError extends Error {
-  constructor(readonly cls: string, desc: string) {
+  constructor(readonly cls: QmpErrorClass, desc: string) {
     super(desc);
   }
 }
@@ -35,13 +36,8 @@ export const QMP_VERSION = { major: 8, minor: 2, micro: 0 } as const;
 
 export interface QmpServerOptions {
   path: string;
-  version?: { major: number; minor: number; micro: number };
+  version?: QmpVersion;
   rate?: number;
-}
-
-export function timestamp(now = Date.now()): { seconds: number; microseconds: number } {
-  const us = Math.floor(now * 1000);
-  return { seconds: Math.floor(us / 1e6), microseconds: us % 1e6 };
 }
 
 export class QmpConnection {
@@ -57,7 +53,7 @@ export class QmpConnection {
     this.bucket = new LeakyBucket(rate, rate);
   }
 
-  send(obj: unknown): void {
+  send(obj: QmpGreeting | QmpReply | QmpEvent): void {
     if (!this.sock.writable) return;
     this.sock.write(JSON.stringify(obj) + '\r\n');
   }
@@ -126,7 +122,7 @@ export class QmpConnection {
     }
     const m = msg as Record<string, unknown>;
     const id = m.id;
-    const reply = (r: Record<string, unknown>): void => this.send(id === undefined ? r : { ...r, id });
+    const reply = (r: QmpReply): void => this.send(id === undefined ? r : { ...r, id });
     if (!this.bucket.tryTake()) {
       reply({ error: { class: 'GenericError', desc: 'QMP rate limit exceeded (100 commands/s): command dropped' } });
       return;
@@ -184,7 +180,7 @@ export class QmpServer {
     this.handlers.set(name, h);
   }
 
-  greeting(): unknown {
+  greeting(): QmpGreeting {
     const v = this.opts.version ?? QMP_VERSION;
     return { QMP: { version: { qemu: v, package: 'capsule' }, capabilities: [] } };
   }
@@ -232,7 +228,7 @@ export class QmpServer {
 
   /** Send an event to every negotiated client. */
   event(name: string, data: Record<string, unknown> = {}): void {
-    const ev = { event: name, data, timestamp: timestamp() };
+    const ev: QmpEvent = { event: name, data, timestamp: qmpTimestamp() };
     for (const c of this.conns) if (c.negotiated) c.send(ev);
   }
 

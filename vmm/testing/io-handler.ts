@@ -5,7 +5,8 @@
 //            notify data.ctrl[0] (wake-up latency without a message round trip)
 //   throw    throws from its callback on each write to data.fd (the loop must go on)
 //   resample a level IrqFdLine (data.line = IrqFdLine.shared()): watch its resample fd here, and
-//            raise it when data.go is written (after data.delayMs), as a device thread would
+//            raise it when data.go is written (after data.delayMs), as a device thread would;
+//            the time of that write goes to data.stamp[0] (process.hrtime.bigint())
 import { EPOLLIN } from '../io/epoll.js';
 import { EventFd } from '../io/eventfd.js';
 import type { IoHandlerContext } from '../io/iothread.js';
@@ -15,7 +16,7 @@ type Data =
   | { kind: 'echo'; fd: number }
   | { kind: 'stamp'; fd: number; stamp: BigInt64Array; ctrl: Int32Array }
   | { kind: 'throw'; fd: number }
-  | { kind: 'resample'; line: IrqFdLineShared; go: number; delayMs: number; raise: 'trigger' | 'set' };
+  | { kind: 'resample'; line: IrqFdLineShared; go: number; delayMs: number; raise: 'trigger' | 'set'; stamp?: BigInt64Array };
 
 export function setup(ctx: IoHandlerContext, data: Data): unknown {
   switch (data.kind) {
@@ -48,6 +49,7 @@ export function setup(ctx: IoHandlerContext, data: Data): unknown {
       ctx.loop.add(go.fd, EPOLLIN, () => {
         go.read();
         Atomics.wait(nap, 0, 0, data.delayMs); // let the vCPU reach HLT
+        if (data.stamp) Atomics.store(data.stamp, 0, process.hrtime.bigint());
         if (data.raise === 'set') line.set(true);
         else line.trigger();
       });

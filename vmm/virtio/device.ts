@@ -25,6 +25,11 @@ export interface ActivateContext {
   /** features the driver accepted (device bits and transport bits) */
   features: bigint;
   interrupt: VirtioInterrupt;
+  /**
+   * The queues' notification eventfds (ioeventfds), for a device that serves its queues on its
+   * own thread (`ownsNotifiers`); empty otherwise (the main Poller calls notify()).
+   */
+  notifiers: number[];
 }
 
 export interface VirtioDevice {
@@ -42,6 +47,13 @@ export interface VirtioDevice {
   notify(index: number): void;
   /** back to the state before activation (the driver wrote 0 to Status) */
   reset(): void;
+  /** host set-up that must be done before the VM runs, e.g. listening on a socket (DeviceManager.start()) */
+  start?(): Promise<void>;
+  /**
+   * The device waits on its queues' ioeventfds itself (an iothread), so the main Poller must not:
+   * they come in ActivateContext.notifiers.
+   */
+  readonly ownsNotifiers?: boolean;
   /** release host resources (files, sockets) when the VMM exits or the device is removed */
   close?(): void;
 }

@@ -2,8 +2,13 @@
 // It owns feature negotiation, the status state machine, the queues' addresses and the interrupt
 // status; the device only sees activate / notify / reset and its configuration space.
 //
-// Interrupts are level-triggered: the line is up while InterruptStatus is non-zero and drops when
-// the driver acknowledges the last bit (the DSDT describes the slot's GSI as level, active high).
+// Interrupts are edges (as Firecracker's virtio-mmio): each used-ring or config update the driver
+// wants raises one (an irqfd write), and the DSDT describes the slot's GSI as edge, active high.
+// Linux's handler reads InterruptStatus, acknowledges what it read and then serves every queue, so
+// one edge covers all work before it, and an edge during the handler is latched by the LAPIC.
+// InterruptStatus lives in a SharedArrayBuffer word so that the vCPU threads can serve the
+// handler's two register accesses (status read, ACK write) themselves, without handing the exit
+// to the main thread (cpu/vcpu-worker.ts); everyone updates it with Atomics.
 import type { BusDevice } from '../bus/bus.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { logger } from '../log.js';
@@ -54,17 +59,19 @@ export class MmioTransport implements BusDevice, VirtioInterrupt {
   private driverFeaturesSel = 0;
   private driverFeatures = 0n;
   private queueSel = 0;
-  private interruptStatus = 0;
+  /** InterruptStatus, shared with the vCPU threads (see the header) */
+  readonly interruptWord = new Int32Array(new SharedArrayBuffer(4));
   private configGeneration = 0;
   private activated = false;
-  private irqLevel = false;
   readonly metrics: TransportMetrics = { badAccesses: 0, refused: 0, interrupts: 0, notifications: 0 };
+  /** the queues' ioeventfds (set by the device manager), handed to a device that owns them */
+  notifierFds: number[] = [];
 
   constructor(
     readonly device: VirtioDevice,
     private readonly mem: GuestMemory,
-    /** drive the slot's interrupt line */
-    private readonly setIrq: (level: boolean) => void,
+    /** raise one interrupt (an edge) on the slot's line */
+    private readonly trigger: () => void,
     readonly name = `virtio-${device.deviceType}`,
   ) {
     this.queues = device.queueSizes.map((n) => new Queue(n));
@@ -105,16 +112,9 @@ export class MmioTransport implements BusDevice, VirtioInterrupt {
   }
 
   private raise(bit: number): void {
-    this.interruptStatus |= bit;
+    Atomics.or(this.interruptWord, 0, bit);
     this.metrics.interrupts++;
-    this.updateIrq();
-  }
-
-  private updateIrq(): void {
-    const level = this.interruptStatus !== 0;
-    if (level === this.irqLevel) return;
-    this.irqLevel = level;
-    this.setIrq(level);
+    this.trigger();
   }
 
   /** A queue notification that did not come through the MMIO register (ioeventfd). */
@@ -173,7 +173,7 @@ export class MmioTransport implements BusDevice, VirtioInterrupt {
         return this.deviceFeaturesSel > 1 ? 0 : Number((this.offeredFeatures >> BigInt(32 * this.deviceFeaturesSel)) & 0xffff_ffffn);
       case REG.QUEUE_NUM_MAX: return q ? q.maxSize : 0;
       case REG.QUEUE_READY: return q?.ready ? 1 : 0;
-      case REG.INTERRUPT_STATUS: return this.interruptStatus;
+      case REG.INTERRUPT_STATUS: return Atomics.load(this.interruptWord, 0) >>> 0;
       case REG.STATUS: return this.status;
       case REG.SHM_LEN_LOW: case REG.SHM_LEN_HIGH: return 0xffff_ffff; // no shared memory regions
       case REG.CONFIG_GENERATION: return this.configGeneration;
@@ -191,8 +191,7 @@ export class MmioTransport implements BusDevice, VirtioInterrupt {
       case REG.QUEUE_SEL: this.queueSel = v; return;
       case REG.QUEUE_NOTIFY: this.notify(v); return;
       case REG.INTERRUPT_ACK:
-        this.interruptStatus &= ~v;
-        this.updateIrq();
+        Atomics.and(this.interruptWord, 0, ~v);
         return;
       case REG.STATUS: this.setStatus(v); return;
       case REG.SHM_SEL: return;
@@ -283,7 +282,7 @@ export class MmioTransport implements BusDevice, VirtioInterrupt {
       q.indirect = (this.driverFeatures & F_RING_INDIRECT_DESC) !== 0n;
     }
     try {
-      this.device.activate({ mem: this.mem, queues: this.queues, features: this.driverFeatures, interrupt: this });
+      this.device.activate({ mem: this.mem, queues: this.queues, features: this.driverFeatures, interrupt: this, notifiers: this.notifierFds });
       this.activated = true;
     } catch (e) {
       this.fail(`activation failed: ${(e as Error).message}`);
@@ -297,14 +296,13 @@ export class MmioTransport implements BusDevice, VirtioInterrupt {
     this.status = 0;
     this.deviceFeaturesSel = this.driverFeaturesSel = this.queueSel = 0;
     this.driverFeatures = 0n;
-    this.interruptStatus = 0;
-    this.updateIrq();
+    Atomics.store(this.interruptWord, 0, 0);
     for (const q of this.queues) q.reset();
   }
 
   state(): TransportState {
     return {
-      status: this.status, driverFeatures: this.driverFeatures.toString(), interruptStatus: this.interruptStatus,
+      status: this.status, driverFeatures: this.driverFeatures.toString(), interruptStatus: Atomics.load(this.interruptWord, 0) >>> 0,
       configGeneration: this.configGeneration, queueSel: this.queueSel, queues: this.queues.map((q) => q.state()),
     };
   }

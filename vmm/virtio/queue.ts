@@ -10,6 +10,18 @@ import {
 } from './constants.js';
 
 const DESC_SIZE = 16;
+
+/**
+ * A full memory barrier. x86 keeps stores in order and loads in order, but a load may pass an
+ * earlier store: publishing avail_event (or the used index) and then reading the driver's avail
+ * index (or used_event) must not be reordered, or both sides miss each other's update and a
+ * notification or interrupt is lost (the driver does the mirror image with virtio_mb()). V8
+ * compiles an Atomics read-modify-write on shared memory to a locked instruction, a full fence.
+ */
+const FENCE = new Int32Array(new SharedArrayBuffer(4));
+export function memoryFence(): void {
+  Atomics.add(FENCE, 0, 0);
+}
 /** A chain may not carry more than this many bytes in total (len fields are u32; sums are not). */
 const MAX_CHAIN_BYTES = 0xffff_ffff;
 
@@ -215,6 +227,7 @@ export class Queue {
    * used_event in the avail ring; otherwise the avail ring's NO_INTERRUPT flag).
    */
   needsInterrupt(mem: GuestMemory): boolean {
+    memoryFence(); // the used index we published before the driver's flags / used_event we read
     if (!this.eventIdx) return (mem.readU16(GuestAddress(this.avail)) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
     const usedEvent = mem.readU16(GuestAddress(this.avail + 4 + 2 * this.size));
     const old = this.signalledUsed;
@@ -232,6 +245,7 @@ export class Queue {
   enableNotification(mem: GuestMemory): boolean {
     if (this.eventIdx) mem.writeU16(GuestAddress(this.used + 4 + 8 * this.size), this.nextAvail);
     else mem.writeU16(GuestAddress(this.used), 0);
+    memoryFence(); // avail_event (or the flag) visible before we look at the avail index again
     return this.pending(mem) > 0;
   }
 
@@ -245,6 +259,7 @@ export class Queue {
     const avail = this.availIdx(mem);
     if (this.eventIdx) mem.writeU16(GuestAddress(this.used + 4 + 8 * this.size), avail);
     else mem.writeU16(GuestAddress(this.used), 0);
+    memoryFence(); // avail_event (or the flag) visible before we look at the avail index again
     return this.availIdx(mem) !== avail;
   }
 

@@ -11,8 +11,46 @@ export interface Vm {
   vcpus: number;
   memoryMiB: number;
   pid?: number | null;
+  rng?: boolean;
+  balloon?: { enabled: boolean; deflateOnOom: boolean };
+  /** In guest order (vda, vdb, ... after an image's rootfs and layer). */
+  drives?: Drive[];
   createdAt: string;
   updatedAt: string;
+}
+
+export type DriveCache = 'none' | 'writeback' | 'unsafe';
+
+export interface Drive {
+  id: string;
+  volume: string;
+  volumeName: string;
+  readOnly: boolean;
+  cache: DriveCache;
+  iops?: number;
+  state: 'attached' | 'attaching' | 'detaching';
+}
+
+export interface DriveRequest {
+  volume: string;
+  readOnly?: boolean;
+  cache?: DriveCache;
+}
+
+export interface Volume {
+  id: string;
+  name: string;
+  sizeMiB: number;
+  fromImage?: string;
+  attachments: { vm: string; vmName: string; drive: string; readOnly: boolean; state: string }[];
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface CreateVolume {
+  name: string;
+  sizeMiB?: number;
+  fromImage?: string;
 }
 
 export interface Health {
@@ -27,6 +65,8 @@ export interface Health {
 export interface Image {
   name: string;
   description?: string;
+  /** The image has a root filesystem (volumes can be copied from it). */
+  rootfs?: boolean;
 }
 
 export interface CreateVm {
@@ -36,6 +76,7 @@ export interface CreateVm {
   memoryMiB: number;
   hypervisor?: string;
   cmdline?: string;
+  drives?: DriveRequest[];
 }
 
 export type VmAction = 'start' | 'stop' | 'pause' | 'resume' | 'reboot';
@@ -122,6 +163,21 @@ export class Api {
   }
   deleteVm(id: string): Promise<void> {
     return this.request('DELETE', `/v1/vms/${encodeURIComponent(id)}`);
+  }
+  async listVolumes(): Promise<Volume[]> {
+    return (await this.request<{ items: Volume[] }>('GET', '/v1/volumes')).items;
+  }
+  createVolume(spec: CreateVolume): Promise<Volume> {
+    return this.request('POST', '/v1/volumes', spec);
+  }
+  deleteVolume(id: string): Promise<void> {
+    return this.request('DELETE', `/v1/volumes/${encodeURIComponent(id)}`);
+  }
+  attachDrive(vmId: string, spec: DriveRequest): Promise<Drive> {
+    return this.request('POST', `/v1/vms/${encodeURIComponent(vmId)}/drives`, spec);
+  }
+  detachDrive(vmId: string, driveId: string): Promise<void> {
+    return this.request('DELETE', `/v1/vms/${encodeURIComponent(vmId)}/drives/${encodeURIComponent(driveId)}`);
   }
   log(id: string): Promise<string> {
     return this.request('GET', `/v1/vms/${encodeURIComponent(id)}/log`, undefined, { text: true });

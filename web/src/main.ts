@@ -6,6 +6,7 @@ import { signInView } from './views/signin.js';
 import { listView } from './views/list.js';
 import { createView } from './views/create.js';
 import { detailView } from './views/detail.js';
+import { volumesView } from './views/volumes.js';
 
 const TOKEN_KEY = 'capsule.token';
 const BASE = ''; // same origin
@@ -20,6 +21,7 @@ const header = h(
   h('a', { class: 'skip', href: '#main', onclick: skipToMain as EventListener }, 'Skip to content'),
   h('a', { class: 'brand', href: '#/' }, h('span', { class: 'logo', 'aria-hidden': 'true' }, '◆'), 'capsule'),
   h('div', { class: 'spacer' }),
+  h('nav', { class: 'nav', 'aria-label': 'Sections' }, h('a', { href: '#/' }, 'VMs'), h('a', { href: '#/volumes' }, 'Volumes')),
   streamEl,
   signOutBtn,
 );
@@ -107,6 +109,9 @@ function route(message?: string): void {
   const m = /^\/vms\/([^/]+)$/.exec(hash);
   if (m) {
     show(detailView(app, decodeURIComponent(m[1]!), navigate));
+  } else if (hash === '/volumes') {
+    document.title = 'Volumes · capsule';
+    show(volumesView(app));
   } else if (hash === '/new') {
     document.title = 'New VM · capsule';
     show(createView(app, navigate));

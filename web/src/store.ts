@@ -1,5 +1,5 @@
 // The VM list, kept current from the global events stream; views subscribe to it.
-import type { Vm, VmState } from './api.js';
+import type { Drive, Vm, VmState } from './api.js';
 import type { CapsuleEvent } from './events.js';
 
 export type StoreListener = (vms: ReadonlyMap<string, Vm>, changedId: string | null) => void;
@@ -87,6 +87,26 @@ export class VmStore {
         const next: Vm = { ...cur, state: state as VmState, updatedAt };
         if (typeof data['pid'] === 'number') next.pid = data['pid'];
         this.vms.set(id, next);
+        this.emit(id);
+        return null;
+      }
+      case 'DRIVE_ATTACHED':
+      case 'DRIVE_DETACHED': {
+        const cur = this.vms.get(id);
+        if (!cur) return this.deleted.has(id) ? null : id;
+        const drives = (cur.drives ?? []).slice();
+        if (ev.event === 'DRIVE_ATTACHED') {
+          const d = data['drive'] as Drive | undefined;
+          if (!d || typeof d.id !== 'string') return null;
+          const i = drives.findIndex((x) => x.id === d.id);
+          if (i >= 0) drives[i] = d;
+          else drives.push(d);
+        } else {
+          const gone = drives.findIndex((x) => x.id === data['drive']);
+          if (gone < 0) return null;
+          drives.splice(gone, 1);
+        }
+        this.vms.set(id, { ...cur, drives });
         this.emit(id);
         return null;
       }

@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { probeKvm } from '../../kvm/probe.js';
+import { probeKvm } from '../../../lib/kvm-probe.js';
 import { ConsoleClient, killAllVmms, QmpClient, startVmm, testImage, waitForFile } from '../../testing/clients.js';
 
 const BOOT_TIMEOUT = Number(process.env.CAPSULE_TEST_BOOT_TIMEOUT_MS ?? 240_000);
@@ -38,7 +38,7 @@ print(f.readline().strip())`;
 }
 
 describe('virtio devices on KVM', { concurrency: false }, () => {
-  test('disks: read what the host wrote, write back, read-only refused, hot-replace with DEVICE_DELETED; rng', async () => {
+  test('disks: read what the host wrote, write back, read-only refused (served on an iothread), hot-replace with DEVICE_DELETED; rng', async () => {
     const data = join(work, 'data.img');
     const content = randomBytes(4 << 20);
     writeFileSync(data, content);
@@ -56,7 +56,8 @@ describe('virtio devices on KVM', { concurrency: false }, () => {
     const vmm = startVmm(['-kernel', img.kernel, '-initrd', img.initrd, '-append', img.cmdline, '-smp', '1', '-m', '256M',
       '-api-channel', `unix:${qmpPath}`, '-chardev', `id=console0,path=${conPath}`,
       '-drive', `id=data,file=${data},serial=capsule-data`,
-      '-drive', `id=ro,file=${ro},readonly=on`,
+      '-iothread', 'id=io1',
+      '-drive', `id=ro,file=${ro},readonly=on,iothread=io1`,
       '-rng', 'random_file=/dev/urandom',
       '-hotplug-slots', '1'], { CAPSULE_LOG_LEVEL: 'info' });
     await waitForFile(qmpPath, 60_000);
@@ -68,8 +69,15 @@ describe('virtio devices on KVM', { concurrency: false }, () => {
     // the guest found the disks in DSDT order: vda (data), vdb (ro), vdc (the empty hot slot)
     const sizes = await con.run('cat /sys/block/vda/size /sys/block/vdb/size /sys/block/vdc/size');
     assert.deepEqual(sizes.out.trim().split(/\s+/), [String(8192), String(2048), '0'], sizes.out);
+    const before = (await q.execute('query-virtio')) as { exits: number; devices: Array<{ id: string; transport: { notifications: number }; metrics: { reads: number } }> };
     const sum = await con.run('md5sum /dev/vda');
     assert.match(sum.out, new RegExp(md5(content)), 'guest reads exactly what the host wrote');
+    const after = (await q.execute('query-virtio')) as typeof before;
+    const dev = (v: typeof before) => v.devices.find((d) => d.id === 'data')!;
+    const reads = dev(after).metrics.reads - dev(before).metrics.reads;
+    const notes = dev(after).transport.notifications - dev(before).transport.notifications;
+    assert.ok(reads > 0 && notes > 0, 'reads were notified');
+    process.stdout.write(`# 4 MiB read: ${reads} requests, ${notes} notifications (ioeventfd), ${after.exits - before.exits} exits in all (${((after.exits - before.exits) / reads).toFixed(2)} per request; console typing and interrupt acks included)\n`);
     const serial = await con.run('cat /sys/block/vda/serial');
     assert.match(serial.out, /capsule-data/);
 
@@ -77,6 +85,8 @@ describe('virtio devices on KVM', { concurrency: false }, () => {
     const w = await con.run('printf CAPSULE_WROTE_THIS > /tmp/m && dd if=/tmp/m of=/dev/vda bs=512 seek=100 conv=notrunc 2>/dev/null && sync && echo written');
     assert.match(w.out, /written/);
 
+    // the read-only disk is served on the iothread
+    assert.match((await con.run('md5sum /dev/vdb')).out, new RegExp(md5(roContent)), 'the iothread serves vdb');
     // read-only: the guest sees it and cannot write
     assert.equal((await con.run('cat /sys/block/vdb/ro')).out.trim(), '1');
     const roWrite = await con.run('dd if=/dev/zero of=/dev/vdb bs=512 count=1 2>&1');
@@ -116,8 +126,8 @@ describe('virtio devices on KVM', { concurrency: false }, () => {
     con.type('poweroff\n');
     const exit = await vmm.exited;
     assert.equal(exit.code, 0, vmm.stderr);
-    const after = readFileSync(data);
-    assert.equal(after.subarray(100 * 512, 100 * 512 + 18).toString(), 'CAPSULE_WROTE_THIS');
+    const onDisk = readFileSync(data);
+    assert.equal(onDisk.subarray(100 * 512, 100 * 512 + 18).toString(), 'CAPSULE_WROTE_THIS');
     assert.equal(md5(readFileSync(ro)), md5(roContent), 'read-only image unchanged');
     q.close();
     con.close();

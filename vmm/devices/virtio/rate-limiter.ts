@@ -1,7 +1,7 @@
 // A device's I/O budget (Firecracker's RateLimiter shape): an operations bucket and a bytes
 // bucket, either optional. A request that does not fit is put back on its queue and retried
 // when the budget allows, so a limited guest waits instead of failing.
-import { LeakyBucket } from '../../qmp/leaky-bucket.js';
+import { LeakyBucket } from '../../../lib/leaky-bucket.js';
 
 export interface RateLimit {
   /** operations per second (iops) */

@@ -35,6 +35,13 @@ function bool(v: unknown, key: string): boolean {
   return v;
 }
 
+/** An optional positive integer budget (iops, bps), as -drive accepts them. */
+function limit(v: unknown, key: string): number | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 2 ** 40) throw err(`Parameter '${key}' must be an integer in 1-${2 ** 40}`);
+  return v;
+}
+
 /** "0x1", "1" or 1 → slot number. */
 function slotNumber(v: unknown, slots: number): number {
   const n = typeof v === 'number' ? v : typeof v === 'string' && /^(0x[0-9a-f]+|\d+)$/i.test(v) ? Number(v) : NaN;
@@ -73,6 +80,8 @@ export function register(qmp: QmpServer, deps: HotplugDeps): void {
         readOnly: bool(args['read-only'], 'read-only'),
         direct: bool(cache.direct, 'cache.direct'),
         noFlush: bool(cache['no-flush'], 'cache.no-flush'),
+        iops: limit(args.iops, 'iops'),
+        bps: limit(args.bps, 'bps'),
       });
     } catch (e) {
       const denied = (e as NodeJS.ErrnoException).code === 'EPERM' ? ' (the seccomp filter forbids opening files: pass the file with getfd and use filename "fd:NAME")' : '';

@@ -33,7 +33,7 @@ const DATA_BASE = 2 << 20;
 export class TestDriver {
   readonly mem: GuestMemory;
   readonly transport: MmioTransport;
-  irqLevel = false;
+  /** interrupts raised (edges) */
   irqEdges = 0;
   readonly rings: RingLayout[] = [];
   private nextFree: number[] = [];
@@ -43,10 +43,14 @@ export class TestDriver {
 
   constructor(readonly device: VirtioDevice, mem?: GuestMemory) {
     this.mem = mem ?? GuestMemory.fromBuffers(TEST_MEM_SIZE);
-    this.transport = new MmioTransport(device, this.mem, (l) => {
-      if (l && !this.irqLevel) this.irqEdges++;
-      this.irqLevel = l;
+    this.transport = new MmioTransport(device, this.mem, () => {
+      this.irqEdges++;
     });
+  }
+
+  /** What a level-triggered view of the line would show: InterruptStatus is non-zero. */
+  get irqLevel(): boolean {
+    return Atomics.load(this.transport.interruptWord, 0) !== 0;
   }
 
   reg(offset: number): number {

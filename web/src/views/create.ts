@@ -3,7 +3,7 @@ import { ApiError, type CreateVm } from '../api.js';
 import type { App, View } from '../app.js';
 import { h, uid } from '../dom.js';
 
-type FieldName = 'name' | 'image' | 'vcpus' | 'memoryMiB' | 'hypervisor' | 'cmdline';
+type FieldName = 'name' | 'image' | 'vcpus' | 'memoryMiB' | 'hypervisor' | 'cmdline' | 'drives';
 
 interface Field {
   input: HTMLInputElement | HTMLSelectElement;
@@ -14,6 +14,7 @@ interface Field {
 /** Map an API `field` ("vcpus", "body.vcpus", "/memoryMiB", "memory_mib") to a form field. */
 export function matchField(field: string | undefined): FieldName | null {
   if (!field) return null;
+  if (/^drives\b/.test(field)) return 'drives';
   const last = field.split(/[./[\]]/).filter(Boolean).pop() ?? '';
   const norm = last.toLowerCase().replace(/[_-]/g, '');
   const names: FieldName[] = ['name', 'image', 'vcpus', 'memoryMiB', 'hypervisor', 'cmdline'];
@@ -53,6 +54,8 @@ export function createView(app: App, navigate: (hash: string) => void): View {
   const memIn = h('input', { type: 'number', inputmode: 'numeric', value: '256', min: '1', step: '1' });
   const hvSel = h('select', null, h('option', { value: '' }, 'Server default'));
   const cmdIn = h('input', { type: 'text', autocomplete: 'off', spellcheck: 'false', placeholder: 'extra kernel command line' });
+  const driveSel = h('select', null, h('option', { value: '' }, 'None'));
+  const driveRo = h('input', { type: 'checkbox', id: uid('f-drive-ro') });
   const imageHint = h('span', null);
   const hvHint = h('span', null);
   const hvHintP = h('p', { class: 'hint image-desc' }, hvHint);
@@ -68,6 +71,8 @@ export function createView(app: App, navigate: (hash: string) => void): View {
     h('p', { class: 'hint image-desc' }, imageHint),
     h('div', { class: 'row2' }, field('vcpus', 'vCPUs', vcpusIn), field('memoryMiB', 'Memory (MiB)', memIn)),
     field('hypervisor', 'Backend', hvSel, 'The VMM that runs the guest.'),
+    field('drives', 'Drive', driveSel, 'A volume to attach as the first drive. More can be attached later.'),
+    h('label', { class: 'check', for: driveRo.id }, driveRo, ' read-only'),
     hvHintP,
     h('details', null, h('summary', null, 'Advanced'), field('cmdline', 'Kernel command line', cmdIn, 'Appended to the image’s command line. Optional.')),
     h('div', { class: 'form-actions' }, h('a', { class: 'button', href: '#/' }, 'Cancel'), submit),
@@ -88,6 +93,10 @@ export function createView(app: App, navigate: (hash: string) => void): View {
       showImageDesc();
     },
     (e) => app.reportError('Could not load images', e),
+  );
+  app.api.listVolumes().then(
+    (vols) => driveSel.append(...vols.map((v) => h('option', { value: v.name }, `${v.name} (${v.sizeMiB} MiB)`))),
+    () => undefined,
   );
   app.api.health().then(
     (hl) => {
@@ -116,6 +125,7 @@ export function createView(app: App, navigate: (hash: string) => void): View {
     };
     if (hvSel.value) spec.hypervisor = hvSel.value;
     if (cmdIn.value.trim()) spec.cmdline = cmdIn.value.trim();
+    if (driveSel.value) spec.drives = [{ volume: driveSel.value, readOnly: driveRo.checked }];
     submit.disabled = true;
     submit.textContent = 'Creating…';
     form.setAttribute('aria-busy', 'true');

@@ -5,6 +5,7 @@ import { ConsoleView } from '../console.js';
 import { EventStream, type CapsuleEvent } from '../events.js';
 import { h, clear, fmtClock, fmtMem, fmtTime } from '../dom.js';
 import { ActionBar } from './actionbar.js';
+import { DrivesCard } from './drives.js';
 import { setBadge, stateBadge } from './state.js';
 
 const MAX_EVENTS = 500;
@@ -20,6 +21,7 @@ export function detailView(app: App, id: string, navigate: (hash: string) => voi
   let vm: Vm | undefined = app.store.vms.get(id);
   let bar: ActionBar | null = null;
   let consoleView: ConsoleView | null = null;
+  let drivesCard: DrivesCard | null = null;
   let stream: EventStream | null = null;
   let gone = false;
   const dd: Record<string, HTMLElement> = {};
@@ -98,13 +100,15 @@ export function detailView(app: App, id: string, navigate: (hash: string) => voi
     fact('hypervisor', 'Backend');
     fact('vcpus', 'vCPUs');
     fact('memory', 'Memory');
+    fact('devices', 'Devices');
     fact('pid', 'VMM pid');
     fact('created', 'Created');
     fact('updated', 'Updated');
     consoleView = new ConsoleView(app.api, id);
+    drivesCard = new DrivesCard(app, v);
     body.append(
       consoleView.el,
-      h('div', { class: 'side' }, h('section', { class: 'card', 'aria-label': 'Details' }, dl), eventsSection, logSection),
+      h('div', { class: 'side' }, h('section', { class: 'card', 'aria-label': 'Details' }, dl), drivesCard.el, eventsSection, logSection),
     );
     consoleView.mount();
     update(v);
@@ -139,6 +143,8 @@ export function detailView(app: App, id: string, navigate: (hash: string) => voi
     dd['hypervisor']!.textContent = v.hypervisor;
     dd['vcpus']!.textContent = String(v.vcpus);
     dd['memory']!.textContent = fmtMem(v.memoryMiB);
+    dd['devices']!.textContent = [v.rng !== false ? 'rng' : '', v.balloon?.enabled ? `balloon${v.balloon.deflateOnOom ? ' (deflate on OOM)' : ''}` : ''].filter(Boolean).join(', ') || '—';
+    drivesCard?.update(v);
     dd['pid']!.textContent = v.pid ? String(v.pid) : '—';
     dd['created']!.textContent = fmtTime(v.createdAt);
     dd['updated']!.textContent = fmtTime(v.updatedAt);

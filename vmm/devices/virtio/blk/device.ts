@@ -83,8 +83,9 @@ export class VirtioBlk implements VirtioDevice {
   private retry: NodeJS.Timeout | null = null;
   private bounce: AlignedBuffer | null = null;
 
-  constructor(private backend: BlkBackend | null, private readonly replaceable = false) {
-    this.limiter = new RateLimiter({ ops: backend?.opts.iops, bytes: backend?.opts.bps });
+  /** `now`: the rate limiter's clock (tests pass their own) */
+  constructor(private backend: BlkBackend | null, private readonly replaceable = false, private readonly now?: () => number) {
+    this.limiter = new RateLimiter({ ops: backend?.opts.iops, bytes: backend?.opts.bps }, now);
   }
 
   get file(): string | undefined {
@@ -128,7 +129,7 @@ export class VirtioBlk implements VirtioDevice {
   attach(backend: BlkBackend): void {
     if (this.backend) throw new Error('drive slot already has a file');
     this.backend = backend;
-    this.limiter = new RateLimiter({ ops: backend.opts.iops, bytes: backend.opts.bps });
+    this.limiter = new RateLimiter({ ops: backend.opts.iops, bytes: backend.opts.bps }, this.now);
     this.ctx?.interrupt.signalConfig();
   }
 

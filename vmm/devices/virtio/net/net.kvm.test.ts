@@ -12,7 +12,7 @@ import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { probeKvm } from '../../../kvm/probe.js';
+import { probeKvm } from '../../../../lib/kvm-probe.js';
 import { ConsoleClient, killAllVmms, QmpClient, startVmm, testImage, waitForFile } from '../../../testing/clients.js';
 
 const BOOT_TIMEOUT = Number(process.env.CAPSULE_TEST_BOOT_TIMEOUT_MS ?? 240_000);

@@ -1,6 +1,7 @@
 // A leaky bucket as a meter: each unit of work adds 1; the bucket drains at `perSecond`;
-// work that would overflow `capacity` is refused. Used per QMP connection here, and by the
-// API server per token and per event subscriber (server/util/leaky-bucket.ts).
+// work that would overflow `capacity` is refused. The VMM meters each QMP connection with it
+// (vmm/qmp/server.ts); the API server meters API calls per token (server/util/leaky-bucket.ts),
+// events per subscriber (server/events/hub.ts) and each VMM's QMP events (server/qmp/event-rate.ts).
 export class LeakyBucket {
   private level = 0;
   private last: number;

@@ -1,0 +1,67 @@
+// virtio-blk bound to an iothread (-drive …,iothread=ID): the transport and the configuration
+// stay on the main thread (this device), the queue is served in the iothread
+// (iothread-handler.ts), woken directly by the queue's ioeventfd. Interrupts come back to the
+// main thread as messages (the transport's level-triggered line is driven there).
+import type { IoThread } from '../../../io/iothread.js';
+import { logger } from '../../../log.js';
+import type { ActivateContext, VirtioDevice } from '../../../virtio/device.js';
+import { EventFd } from '../../../io/eventfd.js';
+import type { BlkBackend } from './device.js';
+import { VirtioBlk } from './device.js';
+import type { BlkIoMessage, BlkIoRequest } from './iothread-handler.js';
+
+const log = logger('blk');
+const HANDLER = new URL('./iothread-handler.js', import.meta.url);
+
+export class IoThreadBlk implements VirtioDevice {
+  readonly ownsNotifiers = true;
+  private readonly inner: VirtioBlk;
+  private ctx: ActivateContext | null = null;
+  private readonly onMessage = (m: BlkIoMessage): void => {
+    if (m?.key !== this.key || !this.ctx) return;
+    if (m.t === 'irq') this.ctx.interrupt.raiseUsed?.(0);
+    else this.ctx.interrupt.fail(m.reason);
+  };
+
+  constructor(private readonly backend: BlkBackend, private readonly thread: IoThread, private readonly key: string) {
+    this.inner = new VirtioBlk(backend);
+    thread.on('message', this.onMessage);
+  }
+
+  get deviceType(): number { return this.inner.deviceType; }
+  get queueSizes(): readonly number[] { return this.inner.queueSizes; }
+  get features(): bigint { return this.inner.features; }
+  get metrics(): VirtioBlk['metrics'] { return this.inner.metrics; }
+  readConfig(offset: number, data: Uint8Array): void { this.inner.readConfig(offset, data); }
+  writeConfig(): void {}
+
+  activate(ctx: ActivateContext): void {
+    const q = ctx.queues[0];
+    const notifyFd = ctx.notifiers[0];
+    if (!q || notifyFd === undefined) throw new Error('virtio-blk on an iothread needs its queue ioeventfd');
+    this.ctx = ctx;
+    const req: BlkIoRequest = {
+      op: 'activate', key: this.key, hostAddr: ctx.mem.hostAddr, memSize: ctx.mem.totalSize, queue: q.state(), maxSize: q.maxSize,
+      features: ctx.features.toString(), backend: { ...this.backend.opts, fd: this.backend.fd }, notifyFd,
+    };
+    this.thread.load(HANDLER, req).catch((e: unknown) => ctx.interrupt.fail(`iothread: ${(e as Error).message}`));
+  }
+
+  /** A notification that reached the main thread (a QueueNotify write the ioeventfd did not match): pass it on. */
+  notify(): void {
+    const fd = this.ctx?.notifiers[0];
+    if (fd !== undefined) EventFd.borrow(fd).write();
+  }
+
+  reset(): void {
+    if (!this.ctx) return;
+    this.ctx = null;
+    const req: BlkIoRequest = { op: 'deactivate', key: this.key };
+    this.thread.load(HANDLER, req).catch((e: unknown) => log.warn(`${this.key}: iothread deactivate: ${(e as Error).message}`));
+  }
+
+  close(): void {
+    this.thread.off('message', this.onMessage);
+    this.inner.close();
+  }
+}
