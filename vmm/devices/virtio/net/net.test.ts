@@ -3,8 +3,7 @@
 // `ip`) — a real tap in a private network namespace that answers ARP and ping.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { existsSync, openSync, closeSync } from 'node:fs';
+import { openSync, closeSync } from 'node:fs';
 import { GuestAddress as GA } from '../../../memory/guest-memory.js';
 import { Poller } from '../../../io/poller.js';
 import { F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1, INT_CONFIG_CHANGE, STATUS } from '../../../virtio/constants.js';
@@ -13,7 +12,7 @@ import { TestDriver } from '../../../virtio/testing/driver.js';
 import { MAX_FRAME, parseMac, RXQ, tapOffloadFor, TXQ, VirtioNet, type NetOptions } from './device.js';
 import { NET_F, NET_HDR_SIZE, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, VIRTIO_NET_S_LINK_UP } from './sys.js';
 import { Tap } from './tap.js';
-import { FakeBackend, nullPoller, PairPeer } from './testing.js';
+import { arpAndPing, canMakeTap, deleteNamespace, FakeBackend, nullPoller, PairPeer, tapInNamespace } from './testing.js';
 
 const bit = (n: number): bigint => 1n << BigInt(n);
 const MRG = bit(NET_F.MRG_RXBUF);
@@ -291,73 +290,22 @@ test('hot-replace slot: link down without a tap, attach -> link up + config inte
 
 // ---- a real tap ------------------------------------------------------------------------------
 
-const ip = (...args: string[]): { ok: boolean; out: string } => {
-  const r = spawnSync('ip', args, { encoding: 'utf8' });
-  return { ok: r.status === 0, out: `${r.stdout}${r.stderr}` };
-};
-const canTap = process.getuid?.() === 0 && existsSync('/dev/net/tun') && ip('-V').ok;
-
-function csum(b: Uint8Array): number {
-  let s = 0;
-  for (let i = 0; i + 1 < b.length; i += 2) s += (b[i]! << 8) | b[i + 1]!;
-  if (b.length % 2) s += b[b.length - 1]! << 8;
-  while (s >> 16) s = (s & 0xffff) + (s >> 16);
-  return ~s & 0xffff;
-}
-
-test('a real tap in a private netns: Tap.open, TUNSETOFFLOAD, ARP and ping answered by the host stack', { skip: !canTap && 'needs root, /dev/net/tun and ip' }, async () => {
+test('a real tap in a private netns: Tap.open, TUNSETOFFLOAD, ARP and ping answered by the host stack', { skip: !canMakeTap() && 'needs root, /dev/net/tun and ip' }, async () => {
   const ns = `capsule-nt-${process.pid}`;
-  const name = `cnt${process.pid % 100000}`;
-  assert.ok(ip('netns', 'add', ns).ok);
   const poller = new Poller();
   let net: VirtioNet | null = null;
   try {
-    // the tap is created in our namespace and moved at once; its fd keeps working
-    const tap = Tap.open(name);
+    const name = `cnt${process.pid % 100000}`;
+    const tap = tapInNamespace(ns, name, '10.0.2.1/24');
     assert.equal(tap.ifname, name);
-    assert.ok(ip('link', 'set', name, 'netns', ns).ok);
-    for (const c of [['addr', 'add', '10.0.2.1/24', 'dev', name], ['link', 'set', name, 'up']]) {
-      const r = ip('-n', ns, ...c);
-      assert.ok(r.ok, r.out);
-    }
     net = new VirtioNet({ backend: tap, poller, mac: '52:54:00:12:34:56' });
     const d = new TestDriver(net);
     d.init(F_VERSION_1 | net.features);
     assert.equal(tap.offloadFlags, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN);
-    for (let i = 0; i < 16; i++) d.submit(RXQ, [{ writable: 2048 }], { notify: false });
-    d.setReg(REG.QUEUE_NOTIFY, RXQ);
     const me = Buffer.from([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
-    const myIp = Buffer.from([10, 0, 2, 2]);
-    const hostIp = Buffer.from([10, 0, 2, 1]);
-    // ARP who-has 10.0.2.1 tell 10.0.2.2
-    const arp = Buffer.concat([Buffer.alloc(6, 0xff), me, Buffer.from([0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]), me, myIp, Buffer.alloc(6), hostIp]);
-    d.submit(TXQ, [{ data: frame(arp) }]);
-    const rx = async (pred: (f: Buffer) => boolean, what: string): Promise<Buffer> => {
-      let hit: Buffer | null = null;
-      await until(() => {
-        for (const u of d.takeUsed(RXQ)) {
-          // buffers are 2048 bytes at known addresses: read back through the descriptor table
-          const ring = d.rings[RXQ]!;
-          const addr = Number(d.mem.readU64(GA(ring.desc + 16 * u.id)));
-          const f = Buffer.from(d.mem.read(GA(addr), u.len)).subarray(NET_HDR_SIZE);
-          if (!hit && pred(f)) hit = f;
-        }
-        return hit !== null;
-      }, what, 5000);
-      return hit as unknown as Buffer;
-    };
-    const reply = await rx((f) => f.readUInt16BE(12) === 0x0806 && f.readUInt16BE(20) === 2, 'an ARP reply');
-    const hostMac = reply.subarray(22, 28);
-    assert.deepEqual(reply.subarray(0, 6), me);
-    // ICMP echo request
-    const icmp = Buffer.from([8, 0, 0, 0, 0x12, 0x34, 0, 1, ...Buffer.from('capsule-ping')]);
-    icmp.writeUInt16BE(csum(icmp), 2);
-    const iph = Buffer.from([0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 1, 0, 0, ...myIp, ...hostIp]);
-    iph.writeUInt16BE(20 + icmp.length, 2);
-    iph.writeUInt16BE(csum(iph), 10);
-    d.submit(TXQ, [{ data: frame(Buffer.concat([hostMac, me, Buffer.from([0x08, 0x00]), iph, icmp])) }]);
-    const pong = await rx((f) => f.readUInt16BE(12) === 0x0800 && f[23] === 1 && f[34] === 0, 'an echo reply');
-    assert.equal(pong.subarray(42).toString(), 'capsule-ping');
+    const { arpReply, echoReply } = await arpAndPing(d, me, Buffer.from([10, 0, 2, 2]), Buffer.from([10, 0, 2, 1]));
+    assert.deepEqual(arpReply.subarray(0, 6), me);
+    assert.equal(echoReply.subarray(42).toString(), 'capsule-ping');
     assert.equal(net.metrics.txErrors, 0);
     // an fd that is not a tap is refused with a reason
     const nul = openSync('/dev/null', 'r');
@@ -366,6 +314,6 @@ test('a real tap in a private netns: Tap.open, TUNSETOFFLOAD, ARP and ping answe
   } finally {
     net?.close();
     await poller.close();
-    ip('netns', 'del', ns);
+    deleteNamespace(ns);
   }
 });
