@@ -129,9 +129,10 @@ export function register(qmp: QmpServer, deps: HotplugDeps): void {
     return {};
   });
 
-  qmp.register('query-hotplug-slots', () => [...Array.from({ length: hotSlots() }, (_, n) => {
+  // drive slots only (callers pick "the first free one" for a disk); net slots: x-query-net-metrics
+  qmp.register('query-hotplug-slots', () => Array.from({ length: hotSlots() }, (_, n) => {
     const a = [...attached.entries()].find(([, v]) => v.slot === n);
     return { addr: `0x${n.toString(16)}`, driver: 'virtio-blk-mmio', ...(a ? { id: a[0], path: a[1].file } : {}) };
-  }), ...net.slots()]);
+  }));
 }
 

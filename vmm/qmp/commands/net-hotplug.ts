@@ -9,7 +9,8 @@
 //   device_del {id}                link down, the tap is closed; DEVICE_DELETED {device: id,
 //                                  path: id} is sent, then the reply
 //   netdev_del {id}                closes a tap opened but never attached
-//   x-query-net-metrics            every virtio-net device's counters (debugging, tests)
+//   x-query-net-metrics            every virtio-net device (the net slots included: hotplug-net-N,
+//                                  with the device id and tap in it), its link and counters
 // device_add/device_del are registered by hotplug.ts, which hands net requests to this module.
 import type { DeviceManager } from '../../devices/manager.js';
 import { hotNetSlotId } from '../../devices/build.js';
@@ -39,8 +40,6 @@ export interface NetHotplug {
   has(id: string): boolean;
   /** device_del of an attached net device: the event, then the reply */
   deviceDel(id: string): Record<string, never>;
-  /** query-hotplug-slots entries */
-  slots(): Array<Record<string, string>>;
 }
 
 export function register(qmp: QmpServer, deps: NetHotplugDeps): NetHotplug {
@@ -94,7 +93,11 @@ export function register(qmp: QmpServer, deps: NetHotplugDeps): NetHotplug {
   qmp.register('x-query-net-metrics', () => deps.devices.slots.filter((s) => s.device instanceof VirtioNet).map((s) => {
     const net = s.device as VirtioNet;
     const t = s.transport.metrics;
-    return { id: s.id, tap: net.backendName ?? null, link: net.linkUp, polling: net.isPolling, ...net.metrics, interrupts: t.interrupts, notifications: t.notifications };
+    const hot = [...attached.entries()].find(([, a]) => a.net === net);
+    return {
+      id: s.id, ...(hot ? { device: hot[0] } : {}), tap: net.backendName ?? null, link: net.linkUp, polling: net.isPolling,
+      ...net.metrics, interrupts: t.interrupts, notifications: t.notifications,
+    };
   }));
 
   return {
@@ -125,12 +128,6 @@ export function register(qmp: QmpServer, deps: NetHotplugDeps): NetHotplug {
       // the guidebook's net event names the device as its path
       qmp.event('DEVICE_DELETED', { device: id, path: id });
       return {};
-    },
-    slots() {
-      return Array.from({ length: netSlots() }, (_, n) => {
-        const a = [...attached.entries()].find(([, v]) => v.slot === n);
-        return { addr: `0x${n.toString(16)}`, driver: NET_DRIVER, ...(a ? { id: a[0], tap: a[1].tap } : {}) };
-      });
     },
   };
 }
