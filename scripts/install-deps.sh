@@ -2,11 +2,13 @@
 # install-deps.sh: the Debian packages capsule needs, installed only when missing.
 #   qemu-system-x86   the QEMU backend (and the nested KVM lab for tests)
 #   linux-image-amd64 the guest kernel of the default image
-#   busybox-static    the guest userland of the default image
+#   busybox-static    the guest userland of the default image (and the sandbox's initramfs)
 #   cpio, kmod, xz-utils, zstd, file   building the initramfs
+#   gcc, libc6-dev    building vsock-tool (static) for the guest images
+#   mmdebstrap, e2fsprogs   the sandbox image's root filesystem (Debian userland -> ext4)
 #   chromium          the browser the web UI tests drive (playwright-core)
 set -euo pipefail
-PKGS=(qemu-system-x86 linux-image-amd64 busybox-static cpio kmod xz-utils zstd file chromium)
+PKGS=(qemu-system-x86 linux-image-amd64 busybox-static cpio kmod xz-utils zstd file gcc libc6-dev mmdebstrap e2fsprogs chromium)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
