@@ -9,7 +9,7 @@ import { readBootFile } from './boot/loader.js';
 import { ConsoleHub } from './console.js';
 import { configureLog, logger, parseLevel } from './log.js';
 import { Machine, type ShutdownInfo } from './machine.js';
-import { buildDevices } from './devices/build.js';
+import { buildDevices, startDevices } from './devices/build.js';
 import { register as registerHotplugCommands } from './qmp/commands/hotplug.js';
 import { GuestMemory } from './memory/guest-memory.js';
 import { QmpServer } from './qmp/server.js';
@@ -131,7 +131,8 @@ async function run(): Promise<void> {
       consoleOut: (b) => consoleHub.write(b),
     });
     consoleHub.onInput = (b) => machine.serial.enqueueInput(b);
-    buildDevices(machine.devices, { drives: cfg.drives, hotplugSlots: cfg.hotplugSlots, rng: cfg.rng });
+    buildDevices(machine.devices, { drives: cfg.drives, hotplugSlots: cfg.hotplugSlots, rng: cfg.rng, vsock: cfg.vsock });
+    await startDevices(machine.devices);
   } catch (e) {
     await cleanup();
     die((e as Error).message);

@@ -1,8 +1,10 @@
 // Turns the configuration's device sections into devices in the manager's slots, in a fixed
 // order: drives (vda, vdb, … in command-line order), then the replaceable drive slots, then
-// the rest. The order is the guest's enumeration order, so it must not depend on anything else.
+// the rest (rng, then vsock). The order is the guest's enumeration order, so it must not depend on
+// anything else.
 import { BlkBackend, VirtioBlk } from './virtio/blk/device.js';
 import { VirtioRng } from './virtio/rng/device.js';
+import { VirtioVsock } from './virtio/vsock/device.js';
 import { DeviceError, type DeviceManager } from './manager.js';
 
 export interface DriveOptions {
@@ -21,6 +23,7 @@ export interface DeviceOptions {
   /** empty virtio-blk slots for QMP hot-replace */
   hotplugSlots: number;
   rng?: { file: string; bytesPerSec?: number | undefined } | undefined;
+  vsock?: { id: string; guestCid: number; udsPath: string } | undefined;
 }
 
 /** Replaceable drive slots are named so QMP can find them by position (device_add addr). */
@@ -42,6 +45,19 @@ export function buildDevices(devices: DeviceManager, opts: DeviceOptions): void 
       devices.addVirtio('rng0', new VirtioRng(opts.rng));
     } catch (e) {
       throw new DeviceError(`-rng: cannot open ${opts.rng.file}: ${(e as Error).message}`);
+    }
+  }
+  if (opts.vsock) devices.addVirtio(opts.vsock.id, new VirtioVsock({ guestCid: opts.vsock.guestCid, udsPath: opts.vsock.udsPath }));
+}
+
+/** Host-side listeners devices need (vsock's Unix socket): bound at init, before the seccomp filter. */
+export async function startDevices(devices: DeviceManager): Promise<void> {
+  for (const s of devices.slots) {
+    if (!(s.device instanceof VirtioVsock)) continue;
+    try {
+      await s.device.listen();
+    } catch (e) {
+      throw new DeviceError(`-device vsock,id=${s.id}: cannot listen on ${s.device.opts.udsPath}: ${(e as Error).message}`);
     }
   }
 }
