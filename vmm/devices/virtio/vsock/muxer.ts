@@ -63,6 +63,8 @@ interface Entry {
   /** our write side to the host peer is closed (guest SHUTDOWN SEND) */
   hostEnded: boolean;
   hostInitiated: boolean;
+  /** removes the muxer's listeners from the socket */
+  detach: () => void;
 }
 
 const keyOf = (localPort: number, peerPort: number): string => `${localPort}:${peerPort}`;
@@ -77,11 +79,6 @@ function hostSide(sock: Socket): HostSide {
 
 /** Closes a socket after its queued writes, or destroys it after LINGER_MS if the peer does not read. */
 function release(sock: Socket): void {
-  sock.removeAllListeners('data');
-  sock.removeAllListeners('end');
-  sock.removeAllListeners('close');
-  sock.removeAllListeners('connect');
-  sock.removeAllListeners('error');
   sock.on('error', () => {});
   if (sock.destroyed) return;
   const t = setTimeout(() => sock.destroy(), LINGER_MS);
@@ -262,10 +259,10 @@ export class VsockMuxer {
     const done = (): void => {
       clearTimeout(timer);
       this.handshakes.delete(sock);
-      sock.removeAllListeners('data');
-      sock.removeAllListeners('error');
-      sock.removeAllListeners('close');
-      sock.removeAllListeners('end');
+      sock.off('data', onData);
+      sock.off('error', onError);
+      sock.off('close', onClose);
+      sock.off('end', onEnd);
     };
     const fail = (why: string): void => {
       log.debug(`host connection refused: ${why}`);
@@ -273,12 +270,10 @@ export class VsockMuxer {
       sock.on('error', () => {});
       sock.destroy();
     };
-    const timer = setTimeout(() => fail('no CONNECT line in time'), this.limits.handshakeTimeoutMs);
-    timer.unref();
-    sock.on('error', () => fail('socket error'));
-    sock.on('close', () => { clearTimeout(timer); this.handshakes.delete(sock); });
-    sock.on('end', () => fail('EOF before CONNECT'));
-    sock.on('data', (d: Buffer) => {
+    const onError = (): void => fail('socket error');
+    const onEnd = (): void => fail('EOF before CONNECT');
+    const onClose = (): void => done();
+    const onData = (d: Buffer): void => {
       buf = buf.length ? Buffer.concat([buf, d]) : d;
       const nl = buf.indexOf(10);
       if (nl < 0) {
@@ -291,7 +286,13 @@ export class VsockMuxer {
       if (!(port <= 0xffff_ffff)) return fail('not "CONNECT <port>"');
       done();
       this.openToGuest(sock, port, buf.subarray(nl + 1));
-    });
+    };
+    const timer = setTimeout(() => fail('no CONNECT line in time'), this.limits.handshakeTimeoutMs);
+    timer.unref();
+    sock.on('error', onError);
+    sock.on('close', onClose);
+    sock.on('end', onEnd);
+    sock.on('data', onData);
   }
 
   private openToGuest(sock: Socket, port: number, early: Uint8Array): void {
@@ -351,28 +352,38 @@ export class VsockMuxer {
   // ---- both ----
 
   private add(conn: VsockConnection, sock: Socket, hostInitiated: boolean): Entry {
-    const e: Entry = { key: keyOf(conn.localPort, conn.peerPort), conn, sock, timer: null, hostEnded: false, hostInitiated };
-    this.conns.set(e.key, e);
-    if (hostInitiated) this.localPorts.add(conn.localPort);
-    conn.onWork = () => this.markReady(e);
-    sock.on('data', (d: Buffer) => {
+    const onData = (d: Buffer): void => {
       conn.fromHost(d);
       this.markReady(e);
-    });
-    sock.on('end', () => {
+    };
+    const onEnd = (): void => {
       conn.hostEof = true;
       this.markReady(e);
-    });
-    sock.on('error', (err) => {
+    };
+    const onError = (err: Error): void => {
       log.debug(`${e.key}: host socket: ${err.message}`);
       this.kill(e, true);
-    });
-    sock.on('close', () => {
+    };
+    const onClose = (): void => {
       if (this.conns.get(e.key) !== e) return;
       if (conn.state !== 'established') return this.kill(e, true);
       conn.hostEof = conn.hostClosed = true;
       this.markReady(e);
-    });
+    };
+    const detach = (): void => {
+      sock.off('data', onData);
+      sock.off('end', onEnd);
+      sock.off('error', onError);
+      sock.off('close', onClose);
+    };
+    const e: Entry = { key: keyOf(conn.localPort, conn.peerPort), conn, sock, timer: null, hostEnded: false, hostInitiated, detach };
+    this.conns.set(e.key, e);
+    if (hostInitiated) this.localPorts.add(conn.localPort);
+    conn.onWork = () => this.markReady(e);
+    sock.on('data', onData);
+    sock.on('end', onEnd);
+    sock.on('error', onError);
+    sock.on('close', onClose);
     return e;
   }
 
@@ -417,8 +428,8 @@ export class VsockMuxer {
     if (e.hostInitiated) this.localPorts.delete(e.conn.localPort);
     this.clearTimer(e);
     e.conn.onWork = () => {};
+    e.detach();
     if (abort || e.conn.state !== 'established') {
-      e.sock.removeAllListeners();
       e.sock.on('error', () => {});
       e.sock.destroy();
     } else {

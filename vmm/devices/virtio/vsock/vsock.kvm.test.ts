@@ -22,7 +22,10 @@ before(async () => {
   assert.ok(p.available, `KVM is not usable here: ${p.reason}`);
   img = await testImage();
 });
-after(() => killAllVmms());
+after(() => {
+  killAllVmms();
+  for (const s of open) s.destroy();
+});
 
 const md5 = (b: Uint8Array): string => createHash('md5').update(b).digest('hex');
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -34,27 +37,40 @@ function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return Promise.race([p, timeout]).finally(() => clearTimeout(t));
 }
 
-/** One CONNECT attempt: the socket after `OK <port>\n`, or null when the VMM closed it. */
+const open = new Set<Socket>();
+
+/**
+ * One CONNECT attempt: the socket after `OK <port>\n`, or null when the VMM closed it (EOF: the
+ * socket is half-open, so 'close' alone would not come) or after 10 s.
+ */
 function tryConnect(uds: string, port: number): Promise<{ sock: Socket; hostPort: number; ms: number } | null> {
   const t0 = Date.now();
   return new Promise((resolve) => {
     const sock = createConnection({ path: uds, allowHalfOpen: true });
+    open.add(sock);
+    const fail = (): void => {
+      clearTimeout(t);
+      sock.destroy();
+      resolve(null);
+    };
+    const t = setTimeout(fail, 10_000);
     let buf = '';
     const onData = (d: Buffer): void => {
       buf += d.toString('latin1');
       const nl = buf.indexOf('\n');
       if (nl < 0) return;
       sock.off('data', onData);
+      sock.off('end', fail);
       sock.pause();
       const m = /^OK (\d+)$/.exec(buf.slice(0, nl));
-      if (!m) {
-        sock.destroy();
-        resolve(null);
-      } else resolve({ sock, hostPort: Number(m[1]), ms: Date.now() - t0 });
+      if (!m) return fail();
+      clearTimeout(t);
+      resolve({ sock, hostPort: Number(m[1]), ms: Date.now() - t0 });
     };
     sock.on('data', onData);
-    sock.on('error', () => resolve(null));
-    sock.on('close', () => resolve(null));
+    sock.on('error', fail);
+    sock.on('end', fail);
+    sock.on('close', fail);
     sock.write(`CONNECT ${port}\n`);
   });
 }
@@ -93,7 +109,7 @@ function streamUntilClosed(sock: Socket): Promise<number> {
 }
 
 describe('virtio-vsock on KVM', { concurrency: false }, () => {
-  test('host→guest and guest→host streams, unknown ports, guest resets mid-stream; seccomp on', async () => {
+  test('host→guest and guest→host streams, unknown ports, guest resets mid-stream; seccomp on', { timeout: 600_000 }, async () => {
     const uds = join(work, 'v.sock');
     const conPath = join(work, 'vm.console');
     const logFile = join(work, 'vmm.log');
@@ -101,16 +117,20 @@ describe('virtio-vsock on KVM', { concurrency: false }, () => {
       '-chardev', `id=console0,path=${conPath}`, '-D', logFile,
       '-device', `vsock,id=vsock0,guest-cid=42,uds-path=${uds}`], { CAPSULE_LOG_LEVEL: 'info' });
     const log = (): string => { try { return readFileSync(logFile, 'utf8').slice(-4000); } catch { return ''; } };
+    const tStart = Date.now();
+    const step = (m: string): void => console.error(`vsock lab +${((Date.now() - tStart) / 1000).toFixed(1)}s: ${m}`);
+    void vmm.exited.then((x) => step(`VMM exited ${JSON.stringify(x)}`));
     try {
       await waitForFile(conPath, 60_000);
       const con = await ConsoleClient.connect(conPath);
       await con.waitFor(/CAPSULE_READY/, BOOT_TIMEOUT);
       await con.waitFor(/capsule# /, 60_000);
       assert.match(log(), /seccomp filter installed/);
+      step('booted');
       const cid = await con.run('vsock-tool cid');
       assert.equal(cid.out.trim(), '42', cid.out);
 
-      // ---- host → guest: 1 MiB, md5 in the guest ----
+      step('host → guest');
       await con.run('vsock-tool listen 5000 </dev/null >/tmp/in 2>/tmp/in.err & echo started');
       const a = await connectGuest(uds, 5000);
       assert.ok(a.hostPort >= 2 ** 30, `host port ${a.hostPort}`);
@@ -124,7 +144,7 @@ describe('virtio-vsock on KVM', { concurrency: false }, () => {
       const sumIn = await con.run('wait; md5sum /tmp/in; cat /tmp/in.err');
       assert.match(sumIn.out, new RegExp(md5(data)), `guest md5: ${sumIn.out}`);
 
-      // ---- guest → host: 1 MiB from the guest, md5 on the host ----
+      step(`host → guest done in ${h2gMs} ms`);
       const got: { data?: Buffer; ms?: number } = {};
       let t1 = 0;
       const srv = createServer((s) => {
@@ -138,6 +158,7 @@ describe('virtio-vsock on KVM', { concurrency: false }, () => {
         s.on('error', () => {});
       });
       await new Promise<void>((r) => srv.listen(`${uds}_6000`, r));
+      srv.unref();
       const gen = await con.run('head -c 1048576 /dev/urandom > /tmp/out && md5sum /tmp/out');
       const guestSum = /^([0-9a-f]{32})/m.exec(gen.out)?.[1];
       assert.ok(guestSum, gen.out);
@@ -148,7 +169,7 @@ describe('virtio-vsock on KVM', { concurrency: false }, () => {
       assert.equal(md5(got.data!), guestSum);
       srv.close();
 
-      // ---- ports nobody listens on, both ways: quick clean failures ----
+      step(`guest → host done in ${got.ms} ms`);
       const t2 = Date.now();
       const refused = await con.run('vsock-tool connect 2 6001 </dev/null; echo rc=$?', 30_000);
       assert.match(refused.out, /rc=1/, refused.out);
@@ -159,7 +180,7 @@ describe('virtio-vsock on KVM', { concurrency: false }, () => {
       const h2gRefusedMs = Date.now() - t3;
       assert.ok(h2gRefusedMs < 1900, `refused by the guest's RST (${h2gRefusedMs} ms), not the 2 s timeout`);
 
-      // ---- the guest application dies mid-stream: the host socket closes ----
+      step('unknown ports done; guest process killed mid-stream');
       await con.run('vsock-tool listen 5001 </dev/null >/dev/null & echo $! > /tmp/p1');
       const b = await connectGuest(uds, 5001);
       const streamedB = streamUntilClosed(b.sock);
@@ -168,7 +189,7 @@ describe('virtio-vsock on KVM', { concurrency: false }, () => {
       const nB = await within(streamedB, 30_000, 'host socket closed after the guest process died');
       assert.ok(nB > 0);
 
-      // ---- the guest resets the device mid-stream (driver unbind): host socket closes, then it works again ----
+      step('driver unbound mid-stream');
       await con.run('vsock-tool listen 5002 </dev/null >/dev/null 2>&1 & echo ok');
       const c = await connectGuest(uds, 5002);
       const streamedC = streamUntilClosed(c.sock);
@@ -196,7 +217,7 @@ describe('virtio-vsock on KVM', { concurrency: false }, () => {
         `refused guest→host in ${g2hRefusedMs} ms (console round trip included), host→guest in ${h2gRefusedMs} ms`);
 
       con.type('poweroff\n');
-      const exit = await vmm.exited;
+      const exit = await within(vmm.exited, 60_000, 'VMM exit after poweroff');
       assert.equal(exit.code, 0, `${vmm.stderr}\n${log()}`);
       con.close();
     } catch (e) {
