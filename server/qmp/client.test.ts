@@ -106,8 +106,9 @@ test('a peer flooding events: all reach the handler, only the rate is marked for
     });
   });
   await new Promise<void>((r) => server.listen(sock, r));
+  let qmp: QmpClient | undefined;
   try {
-    const qmp = await QmpClient.connect(sock);
+    qmp = await QmpClient.connect(sock);
     let handled = 0;
     let published = 0;
     const drops: number[] = [];
@@ -123,8 +124,10 @@ test('a peer flooding events: all reach the handler, only the rate is marked for
     // reported whenever an event fits again: once, or in parts when the flood came in several reads
     assert.ok(drops.length >= 1, 'drops reported');
     assert.equal(drops.reduce((a, b) => a + b, 0), unpublished, 'every unpublished event is counted exactly once');
-    qmp.close();
   } finally {
+    // closed on failure too: an open connection would keep server.close() and the process waiting
+    qmp?.close();
+    peer?.destroy();
     server.close();
     rmSync(dir, { recursive: true, force: true });
   }
