@@ -139,6 +139,19 @@ export class Queue {
     }
   }
 
+  /**
+   * The next request for a device draining its queue. When the ring is empty it re-arms the
+   * driver's notification (enableNotification) and looks once more, so a request the driver added
+   * meanwhile, without notifying, is not left waiting. null: the queue is drained and armed.
+   */
+  popOrArm(mem: GuestMemory): Popped | null {
+    for (;;) {
+      const p = this.pop(mem);
+      if (p) return p;
+      if (!this.enableNotification(mem)) return null;
+    }
+  }
+
   /** Puts back the last popped request (a device that cannot take it yet, e.g. rate-limited). */
   undoPop(): void {
     this.nextAvail = (this.nextAvail - 1) & 0xffff;

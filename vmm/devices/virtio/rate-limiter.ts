@@ -43,3 +43,23 @@ export class RateLimiter {
     return 0;
   }
 }
+
+/** A device's one pending retry after its budget ran out: at most one timer at a time. */
+export class RetryTimer {
+  private timer: NodeJS.Timeout | null = null;
+  constructor(private readonly run: () => void) {}
+
+  schedule(ms: number): void {
+    if (this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.run();
+    }, ms);
+    this.timer.unref?.();
+  }
+
+  cancel(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+  }
+}

@@ -197,11 +197,8 @@ export class VirtioBalloon implements VirtioDevice {
     if (index !== INFLATE && index !== DEFLATE) return;
     let used = false;
     for (;;) {
-      const p = q.pop(ctx.mem);
-      if (!p) {
-        if (q.enableNotification(ctx.mem)) continue;
-        break;
-      }
+      const p = q.popOrArm(ctx.mem);
+      if (!p) break;
       used = true;
       if (p.error) {
         this.metrics.rejected++;
@@ -296,11 +293,8 @@ export class VirtioBalloon implements VirtioDevice {
   /** The driver (re)posted its stats buffer: read it and keep the buffer until we want more. */
   private takeStats(ctx: ActivateContext, q: Queue): void {
     for (;;) {
-      const p = q.pop(ctx.mem);
-      if (!p) {
-        if (q.enableNotification(ctx.mem)) continue;
-        break;
-      }
+      const p = q.popOrArm(ctx.mem);
+      if (!p) break;
       if (p.error) {
         this.metrics.rejected++;
         q.addUsed(ctx.mem, p.error.head, 0);

@@ -8,7 +8,7 @@ import { GuestAddress } from '../../../memory/guest-memory.js';
 import { DEVICE_ID } from '../../../virtio/constants.js';
 import { readConfigBytes, type ActivateContext, type VirtioDevice } from '../../../virtio/device.js';
 import type { GuestBuffer } from '../../../virtio/queue.js';
-import { RateLimiter } from '../rate-limiter.js';
+import { RateLimiter, RetryTimer } from '../rate-limiter.js';
 import { fallocate, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, AlignedBuffer } from './io.js';
 import { BLK_STATUS, BlkRequestError, ID_BYTES, parseRequest, REQ, SECTOR_SIZE, WRITE_ZEROES_FLAG_UNMAP, type BlkRequest } from './request.js';
 
@@ -80,7 +80,7 @@ export class VirtioBlk implements VirtioDevice {
   };
   private ctx: ActivateContext | null = null;
   private limiter: RateLimiter;
-  private retry: NodeJS.Timeout | null = null;
+  private readonly retry = new RetryTimer(() => this.notify());
   private bounce: AlignedBuffer | null = null;
 
   /** `now`: the rate limiter's clock (tests pass their own) */
@@ -148,11 +148,8 @@ export class VirtioBlk implements VirtioDevice {
     if (!ctx || !q) return;
     let used = false;
     for (;;) {
-      const p = q.pop(ctx.mem);
-      if (!p) {
-        if (q.enableNotification(ctx.mem)) continue;
-        break;
-      }
+      const p = q.popOrArm(ctx.mem);
+      if (!p) break;
       if (p.error) {
         this.metrics.rejected++;
         q.addUsed(ctx.mem, p.error.head, 0);
@@ -175,7 +172,7 @@ export class VirtioBlk implements VirtioDevice {
         if (wait > 0) {
           this.metrics.throttled++;
           q.undoPop();
-          this.schedule(wait);
+          this.retry.schedule(wait);
           break;
         }
       }
@@ -304,19 +301,9 @@ export class VirtioBlk implements VirtioDevice {
     return BLK_STATUS.OK;
   }
 
-  private schedule(ms: number): void {
-    if (this.retry) return;
-    this.retry = setTimeout(() => {
-      this.retry = null;
-      this.notify();
-    }, ms);
-    this.retry.unref?.();
-  }
-
   reset(): void {
     this.ctx = null;
-    if (this.retry) clearTimeout(this.retry);
-    this.retry = null;
+    this.retry.cancel();
   }
 
   close(): void {

@@ -110,11 +110,8 @@ export class VirtioConsole implements VirtioDevice {
     if (!ctx || !q?.ready) return;
     let used = false;
     while (this.inputBytes > 0) {
-      const p = q.pop(ctx.mem);
-      if (!p) {
-        if (q.enableNotification(ctx.mem)) continue;
-        break;
-      }
+      const p = q.popOrArm(ctx.mem);
+      if (!p) break;
       used = true;
       if (p.error) {
         this.metrics.rejected++;
@@ -150,11 +147,8 @@ export class VirtioConsole implements VirtioDevice {
         this.stalled = true;
         break;
       }
-      const p = q.pop(ctx.mem);
-      if (!p) {
-        if (q.enableNotification(ctx.mem)) continue;
-        break;
-      }
+      const p = q.popOrArm(ctx.mem);
+      if (!p) break;
       used = true;
       if (p.error) {
         this.metrics.rejected++;

@@ -380,11 +380,8 @@ export class VirtioNet implements VirtioDevice {
         });
         break;
       }
-      const p = q.pop(ctx.mem);
-      if (!p) {
-        if (q.enableNotification(ctx.mem)) continue;
-        break;
-      }
+      const p = q.popOrArm(ctx.mem);
+      if (!p) break;
       n++;
       used = true;
       if (p.error) {

@@ -98,11 +98,8 @@ export class VirtioPmem implements VirtioDevice {
     if (!ctx || !q || index !== 0) return;
     let used = false;
     for (;;) {
-      const p = q.pop(ctx.mem);
-      if (!p) {
-        if (q.enableNotification(ctx.mem)) continue;
-        break;
-      }
+      const p = q.popOrArm(ctx.mem);
+      if (!p) break;
       used = true;
       if (p.error) {
         this.metrics.rejected++;

@@ -4,7 +4,7 @@ import { closeSync, openSync, readSync } from 'node:fs';
 import { DEVICE_ID } from '../../../virtio/constants.js';
 import type { ActivateContext, VirtioDevice } from '../../../virtio/device.js';
 import { ChainWriter } from '../../../virtio/queue.js';
-import { RateLimiter } from '../rate-limiter.js';
+import { RateLimiter, RetryTimer } from '../rate-limiter.js';
 
 export interface RngOptions {
   /** host file to read (normally /dev/urandom) */
@@ -31,7 +31,7 @@ export class VirtioRng implements VirtioDevice {
   private fd: number;
   private ctx: ActivateContext | null = null;
   private readonly limiter: RateLimiter;
-  private retry: NodeJS.Timeout | null = null;
+  private readonly retry = new RetryTimer(() => this.notify());
 
   constructor(readonly opts: RngOptions, now?: () => number) {
     this.fd = openSync(opts.file, 'r');
@@ -54,11 +54,8 @@ export class VirtioRng implements VirtioDevice {
     if (!q) return;
     let used = false;
     for (;;) {
-      const p = q.pop(ctx.mem);
-      if (!p) {
-        if (q.enableNotification(ctx.mem)) continue;
-        break;
-      }
+      const p = q.popOrArm(ctx.mem);
+      if (!p) break;
       if (p.error) {
         this.metrics.rejected++;
         q.addUsed(ctx.mem, p.error.head, 0);
@@ -70,7 +67,7 @@ export class VirtioRng implements VirtioDevice {
       const wait = this.limiter.take(want);
       if (wait > 0) {
         q.undoPop();
-        this.schedule(wait);
+        this.retry.schedule(wait);
         break;
       }
       q.addUsed(ctx.mem, p.chain.head, this.fill(w, want));
@@ -101,19 +98,9 @@ export class VirtioRng implements VirtioDevice {
     return n;
   }
 
-  private schedule(ms: number): void {
-    if (this.retry) return;
-    this.retry = setTimeout(() => {
-      this.retry = null;
-      this.notify();
-    }, ms);
-    this.retry.unref?.();
-  }
-
   reset(): void {
     this.ctx = null;
-    if (this.retry) clearTimeout(this.retry);
-    this.retry = null;
+    this.retry.cancel();
   }
 
   close(): void {

@@ -134,11 +134,8 @@ export class VirtioVsock implements VirtioDevice {
         this.txStalled = true;
         break;
       }
-      const p = q.pop(ctx.mem);
-      if (!p) {
-        if (q.enableNotification(ctx.mem)) continue;
-        break;
-      }
+      const p = q.popOrArm(ctx.mem);
+      if (!p) break;
       used = true;
       if (p.error) {
         this.counts.badPackets++;
@@ -176,11 +173,8 @@ export class VirtioVsock implements VirtioDevice {
     if (!ctx || !q) return;
     let used = false;
     while (this.muxer.hasPending()) {
-      const p = q.pop(ctx.mem);
-      if (!p) {
-        if (q.enableNotification(ctx.mem)) continue;
-        break;
-      }
+      const p = q.popOrArm(ctx.mem);
+      if (!p) break;
       if (p.error) {
         this.counts.badRxBuffers++;
         q.addUsed(ctx.mem, p.error.head, 0);
