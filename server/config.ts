@@ -15,6 +15,11 @@ const EnvSchema = z.object({
   /** API calls and inbound WebSocket messages per token: leak rate per second and burst. */
   CAPSULE_RATE_LIMIT: intFromEnv(100, 1, 10_000_000),
   CAPSULE_RATE_BURST: intFromEnv(100, 1, 10_000_000),
+  /** The same, per tenant (all its tokens together); default: 10 × the per-token figures. */
+  CAPSULE_TENANT_RATE: z.coerce.number().int().min(1).max(1_000_000_000).optional(),
+  CAPSULE_TENANT_BURST: z.coerce.number().int().min(1).max(1_000_000_000).optional(),
+  /** Audit log entries kept (the oldest are pruned). */
+  CAPSULE_AUDIT_MAX_ROWS: intFromEnv(100_000, 10, 100_000_000),
   /** Outbound events per subscriber: leak rate per second and burst. */
   CAPSULE_EVENT_RATE: intFromEnv(1000, 1, 10_000_000),
   CAPSULE_EVENT_BURST: intFromEnv(1000, 1, 10_000_000),
@@ -88,6 +93,8 @@ export interface Config {
   adminTokenPath: string;
   logLevel: string;
   rateLimit: { perSecond: number; burst: number };
+  tenantRateLimit: { perSecond: number; burst: number };
+  auditMaxRows: number;
   eventRate: { perSecond: number; burst: number };
   eventHistory: number;
   eventReplayLimit: number;
@@ -120,6 +127,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     adminTokenPath: join(dataDir, 'admin-token'),
     logLevel: e.CAPSULE_LOG_LEVEL,
     rateLimit: { perSecond: e.CAPSULE_RATE_LIMIT, burst: e.CAPSULE_RATE_BURST },
+    tenantRateLimit: { perSecond: e.CAPSULE_TENANT_RATE ?? e.CAPSULE_RATE_LIMIT * 10, burst: e.CAPSULE_TENANT_BURST ?? e.CAPSULE_RATE_BURST * 10 },
+    auditMaxRows: e.CAPSULE_AUDIT_MAX_ROWS,
     eventRate: { perSecond: e.CAPSULE_EVENT_RATE, burst: e.CAPSULE_EVENT_BURST },
     eventHistory: e.CAPSULE_EVENT_HISTORY,
     eventReplayLimit: e.CAPSULE_EVENT_REPLAY_LIMIT,

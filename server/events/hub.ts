@@ -20,6 +20,8 @@ export interface SubscriberSink {
 
 export interface SubscribeOptions {
   vm?: string | undefined;
+  /** Only this tenant's events (a tenant's token never sees another's). */
+  tenant?: string | undefined;
   since?: number | undefined;
 }
 
@@ -44,7 +46,7 @@ class Subscriber {
   /** Cancels the pending replay step (a timer or an immediate), if any. */
   cancelStep: (() => void) | undefined;
 
-  constructor(readonly sink: SubscriberSink, readonly vm: string | undefined, readonly bucket: LeakyBucket) {}
+  constructor(readonly sink: SubscriberSink, readonly vm: string | undefined, readonly tenant: string | undefined, readonly bucket: LeakyBucket) {}
 }
 
 export class EventHub {
@@ -55,6 +57,8 @@ export class EventHub {
     private readonly store: EventStore,
     private readonly rate: { perSecond: number; burst: number },
     limits: Partial<HubLimits> = {},
+    /** The tenant a VM belongs to (stored with each event, for tenant-scoped subscribers). */
+    private readonly tenantOf: (vm: string) => string | undefined = () => undefined,
   ) {
     this.limits = { ...DEFAULT_HUB_LIMITS, ...limits };
   }
@@ -63,15 +67,19 @@ export class EventHub {
     return this.subscribers.size;
   }
 
-  /** Stores (or, on a full disk, counts) the event, then offers it to live subscribers. Never throws for storage. */
-  publish(vm: string, event: string, data: Record<string, unknown> = {}): CapsuleEvent {
-    const ev = this.store.append(vm, event, data);
+  /**
+   * Stores (or, on a full disk, counts) the event, then offers it to live subscribers. Never
+   * throws for storage. `tenant`: the VM's tenant, looked up unless given (a deleted VM's
+   * VM_DELETED names it, the VM being gone).
+   */
+  publish(vm: string, event: string, data: Record<string, unknown> = {}, tenant = this.tenantOf(vm)): CapsuleEvent {
+    const ev = this.store.append(vm, event, data, tenant ?? null);
     if (this.subscribers.size === 0) return ev;
     // Encode once, not once per subscriber: with 1,000 subscribers this is the hot loop.
     const message = Buffer.from(JSON.stringify(ev));
     for (const sub of this.subscribers) {
       if (sub.replayCursor !== undefined) continue;
-      if (sub.vm === undefined || sub.vm === vm) this.offer(sub, ev, message);
+      if ((sub.vm === undefined || sub.vm === vm) && (sub.tenant === undefined || sub.tenant === tenant)) this.offer(sub, ev, message);
     }
     return ev;
   }
@@ -83,7 +91,7 @@ export class EventHub {
 
   /** Registers a sink; with `since`, replays stored events after it first (paced, see above). */
   subscribe(sink: SubscriberSink, opts: SubscribeOptions = {}): () => void {
-    const sub = new Subscriber(sink, opts.vm, new LeakyBucket(this.rate.perSecond, this.rate.burst));
+    const sub = new Subscriber(sink, opts.vm, opts.tenant, new LeakyBucket(this.rate.perSecond, this.rate.burst));
     this.subscribers.add(sub);
     if (opts.since !== undefined) this.startReplay(sub, opts.since);
     return () => {
@@ -94,7 +102,7 @@ export class EventHub {
   }
 
   private startReplay(sub: Subscriber, since: number): void {
-    const start = this.store.replayStart(since, sub.vm, this.limits.replayLimit);
+    const start = this.store.replayStart(since, { vm: sub.vm, tenant: sub.tenant }, this.limits.replayLimit);
     sub.replayCursor = start.cursor;
     if (start.skipped > 0) {
       // Older than the replay limit: announced as dropped, like events a slow subscriber lost.
@@ -114,7 +122,7 @@ export class EventHub {
       if (!sub.bucket.tryTake()) return this.waitThenReplay(sub);
       this.sendDropNotice(sub);
     }
-    const page = this.store.since(sub.replayCursor, sub.vm, this.limits.replayPage);
+    const page = this.store.since(sub.replayCursor, { vm: sub.vm, tenant: sub.tenant }, this.limits.replayPage);
     if (page.length === 0) {
       sub.replayCursor = undefined; // caught up: live from here on
       return;

@@ -59,6 +59,8 @@ export interface SupervisorDeps {
   jail?: Jail;
   /** Host-wide limits checked at start; absent: no admission control (unit tests). */
   admission?: AdmissionConfig;
+  /** The VM's tenant's quotas, checked at start beside host admission (absent: none). */
+  quotas?: { checkStart(vm: Vm): void };
   /** Per-VM components (drives, rng, balloon), run in this order around each VMM's life. */
   components?: readonly VmComponent[];
 }
@@ -118,6 +120,7 @@ export class Supervisor {
       this.expectState(vm, ['created', 'stopped', 'crashed'], 'start');
       // Checked in the same synchronous step as launch()'s move to `starting`.
       if (this.d.admission) checkStart(vm, this.d.vms.list(), this.d.admission);
+      this.d.quotas?.checkStart(vm);
       this.resets.delete(id);
       this.forcedStops.delete(id);
       await this.launch(vm);
@@ -197,7 +200,7 @@ export class Supervisor {
       if (this.live.has(id)) await this.stopLive(vm, force);
       this.d.vms.delete(id);
       rmSync(this.paths(id).dir, { recursive: true, force: true });
-      this.d.hub.publish(id, 'VM_DELETED', {});
+      this.d.hub.publish(id, 'VM_DELETED', {}, vm.tenant); // the row is gone: name the tenant
       this.d.hub.forgetVm(id);
       this.forcedStops.delete(id);
       this.resets.delete(id);

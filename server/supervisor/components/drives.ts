@@ -69,16 +69,17 @@ export class DrivesComponent implements VmComponent {
 
   /**
    * Resolves and checks the drives asked for (at VM creation, or one hot-plugged): each volume
-   * must exist; one volume may be attached writable to one VM only, and not read-only
+   * must exist and belong to the VM's tenant (another tenant's is "not found", like an unknown
+   * one: 404 naming the field); one volume may be attached writable to one VM only, and not read-only
    * elsewhere at the same time; read-only sharing is allowed. `field` names the request field
-   * (drives.N.volume, or volume). Throws 400 / 409 volume_in_use.
+   * (drives.N.volume, or volume). Throws 404 / 409 volume_in_use.
    */
-  resolve(vmId: string | undefined, requests: readonly DriveRequest[], field: (i: number) => string): Array<{ volume: string; readOnly: boolean; cache: DriveCache; iops?: number | undefined }> {
+  resolve(tenant: string, vmId: string | undefined, requests: readonly DriveRequest[], field: (i: number) => string): Array<{ volume: string; readOnly: boolean; cache: DriveCache; iops?: number | undefined }> {
     const existing = vmId ? this.d.volumes.drives(vmId) : [];
     const resolved: Array<{ volume: string; name: string; readOnly: boolean; cache: DriveCache; iops?: number | undefined }> = [];
     requests.forEach((r, i) => {
-      const vol = this.d.volumes.resolve(r.volume);
-      if (!vol) throw new ApiError(400, 'invalid_request', `${field(i)}: no volume with id or name ${JSON.stringify(r.volume)}`, field(i));
+      const vol = this.d.volumes.resolve(tenant, r.volume);
+      if (!vol) throw new ApiError(404, 'not_found', `${field(i)}: no volume with id or name ${JSON.stringify(r.volume)}`, field(i));
       const readOnly = r.readOnly ?? false;
       const mine = [...existing.filter((d) => d.volume === vol.id), ...resolved.filter((d) => d.volume === vol.id)];
       if (mine.length > 0 && (!readOnly || mine.some((d) => !d.readOnly))) {
@@ -201,7 +202,7 @@ export class DrivesComponent implements VmComponent {
    * a restart). Throws 409 invalid_state while the VM is starting or stopping.
    */
   async attachDrive(vm: Vm, live: LiveVmContext | undefined, req: DriveRequest): Promise<Drive> {
-    const [resolved] = this.resolve(vm.id, [req], () => 'volume');
+    const [resolved] = this.resolve(vm.tenant, vm.id, [req], () => 'volume');
     if (!live) {
       if (!['created', 'stopped', 'crashed'].includes(vm.state)) throw stateError(vm, 'attach a drive to');
       const [row] = this.d.volumes.addDrives(vm.id, [resolved!]);
