@@ -86,15 +86,19 @@ test('tokens: shown once as cap_ + hex, listed without secret or hash, scoped to
     assert.equal(other.body.error.field, 'tenant');
   }
   const wb = await token('tok-b', 'write');
+  const adminOfB = await token('tok-b', 'admin');
+  const outranked = await as(wb.token, 'DELETE', `/v1/tokens/${adminOfB.id}`);
+  assert.equal(outranked.status, 403);
+  assert.match(outranked.body.error.message, /token scope 'write' cannot revoke an admin token/);
   // Lists: metadata only; a tenant sees its own.
   const mine = await as(wa.token, 'GET', '/v1/tokens');
   assert.deepEqual(mine.body.items.map((t: any) => t.id).sort(), [wa.id, ra.body.id].sort());
   const all = await s.api('GET', '/v1/tokens');
   const text = JSON.stringify(all.body);
-  for (const secret of [wa.token, ra.body.token, wb.token, s.token]) assert.ok(!text.includes(secret) && !text.includes(secret.slice(4)), 'no secret listed');
+  for (const secret of [wa.token, ra.body.token, wb.token, adminOfB.token, s.token]) assert.ok(!text.includes(secret) && !text.includes(secret.slice(4)), 'no secret listed');
   assert.ok(all.body.items.every((t: any) => t.token === undefined && t.hash === undefined));
   assert.deepEqual(Object.keys(all.body.items[0]).sort(), ['createdAt', 'id', 'name', 'scope', 'tenant', 'tenantName']);
-  assert.deepEqual((await s.api('GET', '/v1/tokens?tenant=tok-b')).body.items.map((t: any) => t.id), [wb.id]);
+  assert.deepEqual((await s.api('GET', '/v1/tokens?tenant=tok-b')).body.items.map((t: any) => t.id), [wb.id, adminOfB.id]);
   // Whoami.
   const me = await as(ra.body.token, 'GET', '/v1/whoami');
   assert.deepEqual([me.body.id, me.body.scope, me.body.tenant.name, me.body.tenant.usage.vms], [ra.body.id, 'read', 'tok-a', 0]);

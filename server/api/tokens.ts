@@ -63,8 +63,11 @@ export function tokenRoutes(deps: AppDeps) {
     .openapi(del, (c) => {
       const { id } = c.req.valid('param');
       const t = deps.tokens.get(id);
-      if (!t || (!isAdmin(c) && t.tenantId !== callerToken(c).tenantId)) throw new ApiError(404, 'not_found', `no token with id ${id}`);
+      const caller = callerToken(c);
+      if (!t || (!isAdmin(c) && t.tenantId !== caller.tenantId)) throw new ApiError(404, 'not_found', `no token with id ${id}`);
       c.set('resourceTenant', t.tenantId);
+      // A tenant's admin token outranks its write tokens: they may not take it away.
+      if (t.scope === 'admin' && caller.scope !== 'admin') throw new ApiError(403, 'forbidden', `token scope '${caller.scope}' cannot revoke an admin token`);
       deps.tokens.revoke(t.id);
       return c.body(null, 204);
     })
