@@ -268,6 +268,15 @@ test('quotas: 409 quota_exceeded with the numbers; two concurrent starts cannot 
 
   // Revoking the token closes its console and events sockets at once, with the reason.
   await waitFor('running', async () => (await s.api('GET', `/v1/vms/${running.id}`)).body.state === 'running' || undefined);
+  // A read token watches the console but cannot type into it.
+  const reader = await token('quota', 'read');
+  const watcher = s.ws(`/v1/vms/${running.id}/console`, reader.token);
+  let seen = '';
+  watcher.on('message', (d: Buffer) => { seen += d.toString(); });
+  await opened(watcher);
+  watcher.send('poweroff\n');
+  await waitFor('the read-only notice', () => seen.includes("token scope 'read': input ignored") || undefined, 10_000);
+  watcher.close();
   const console = s.ws(`/v1/vms/${running.id}/console`, w.token);
   const events = s.ws('/v1/events', w.token);
   await Promise.all([opened(console), opened(events)]);
