@@ -9,7 +9,7 @@ import { readBootFile } from './boot/loader.js';
 import { ConsoleHub } from './console.js';
 import { configureLog, logger, parseLevel } from './log.js';
 import { Machine, type ShutdownInfo } from './machine.js';
-import { BALLOON_ID, buildDevices } from './devices/build.js';
+import { BALLOON_ID, buildDevices, startDevices } from './devices/build.js';
 import { IoThread } from './io/iothread.js';
 import type { VirtioBalloon } from './devices/virtio/balloon/device.js';
 import { register as registerBalloonCommands } from './qmp/commands/balloon.js';
@@ -140,7 +140,8 @@ async function run(): Promise<void> {
     // iothreads before the devices that use them, and before the seccomp filter (no new threads after it)
     for (const id of cfg.iothreads) iothreads.set(id, await IoThread.start(id));
     buildDevices(machine.devices, { iothreads, drives: cfg.drives, hotplugSlots: cfg.hotplugSlots, rng: cfg.rng, balloon: cfg.balloon, consoles: cfg.consoles,
-      pmems: cfg.pmems, nets: cfg.nets, memory });
+      pmems: cfg.pmems, nets: cfg.nets, memory, vsock: cfg.vsock });
+    await startDevices(machine.devices);
     // device sockets (virtio consoles) listen before the VM runs and before the seccomp filter
     const devices = machine.devices;
     await devices.start().catch((e: unknown) => {

@@ -8,11 +8,12 @@ import { vmmPolicy, vmmSyscallNames } from '../seccomp/policies/vmm.js';
 import { closeFd } from './kvm/sys.js';
 import { FORBIDDEN_SYSCALL_ENV } from '../lib/vmm-test-hooks.js';
 
-/** Test-only: after this many ms with the filter on, call socket(2) (forbidden) once. */
+/** Test-only: after this many ms with the filter on, call socket(AF_INET) (forbidden) once. */
 export { FORBIDDEN_SYSCALL_ENV };
 
 const SYS_socket = 41;
-const AF_UNIX = 1;
+// AF_INET: the filter lets AF_UNIX stream sockets through (virtio-vsock), never an IP socket
+const AF_INET = 2;
 const SOCK_STREAM = 1;
 
 export interface SandboxInfo {
@@ -48,14 +49,14 @@ export function install(mode: 'kill' | 'log'): SandboxInfo {
 }
 
 /**
- * Test-only (FORBIDDEN_SYSCALL_ENV): call socket(2) after `ms`. Under the kill filter this ends the
+ * Test-only (FORBIDDEN_SYSCALL_ENV): call socket(AF_INET) after `ms`. Under the kill filter this ends the
  * process with SIGSYS; under the log filter the call succeeds and the socket is closed again.
  */
 export function scheduleForbiddenSyscall(ms: number, onReturn: (r: number) => void): void {
   const call = forbiddenCall;
   if (!call) return;
   setTimeout(() => {
-    const r = Number(call(SYS_socket, AF_UNIX, SOCK_STREAM, 0));
+    const r = Number(call(SYS_socket, AF_INET, SOCK_STREAM, 0));
     if (r >= 0) closeFd(r);
     onReturn(r);
   }, ms);

@@ -13,7 +13,7 @@ import { compilePolicy } from '../compiler.js';
 import { emulate } from '../emulator.js';
 import { threadSeccompStatus } from '../install.js';
 import { syscallNumber } from '../syscalls.js';
-import { VMM_IOCTLS, VMM_SYSCALLS, vmmPolicy, vmmSyscallNames } from './vmm.js';
+import { VMM_CONDITIONAL_SYSCALLS, VMM_IOCTLS, VMM_SYSCALLS, vmmPolicy, vmmSyscallNames } from './vmm.js';
 
 const nr = (name: string): number => syscallNumber(name)!;
 const workload = fileURLToPath(new URL('./vmm-workload.js', import.meta.url));
@@ -23,9 +23,24 @@ test('VMM policy decisions', () => {
   const prog = compilePolicy(vmmPolicy()).program;
   const act = (name: string, args: (number | bigint)[] = []) => emulate(prog, { nr: nr(name), args }).action;
   for (const name of Object.keys(VMM_SYSCALLS)) assert.equal(act(name), 'allow', name);
-  for (const name of ['socket', 'connect', 'execve', 'execveat', 'fork', 'vfork', 'clone', 'clone3', 'ptrace', 'open', 'mkdir', 'kill', 'bind', 'listen', 'setuid', 'mount', 'bpf', 'seccomp', 'prctl']) {
+  for (const name of ['execve', 'execveat', 'fork', 'vfork', 'clone', 'clone3', 'ptrace', 'open', 'mkdir', 'kill', 'bind', 'listen', 'setuid', 'mount', 'bpf', 'seccomp', 'prctl']) {
     assert.equal(act(name), 'kill_process', name);
   }
+  // virtio-vsock: AF_UNIX stream sockets only (flags above the type allowed), SO_ERROR only
+  const AF_UNIX = 1, AF_INET = 2, AF_INET6 = 10, AF_NETLINK = 16, AF_PACKET = 17, SOCK_STREAM = 1, SOCK_DGRAM = 2;
+  const NONBLOCK_CLOEXEC = 0o4000 | 0o2000000;
+  assert.equal(act('socket', [AF_UNIX, SOCK_STREAM | NONBLOCK_CLOEXEC, 0]), 'allow');
+  assert.equal(act('socket', [AF_UNIX, SOCK_STREAM, 0]), 'allow');
+  for (const dom of [AF_INET, AF_INET6, AF_NETLINK, AF_PACKET, 0]) assert.equal(act('socket', [dom, SOCK_STREAM, 0]), 'kill_process', `domain ${dom}`);
+  assert.equal(act('socket', [AF_UNIX, SOCK_DGRAM, 0]), 'kill_process', 'AF_UNIX datagram');
+  assert.equal(act('socket', [AF_UNIX, 5 /* SOCK_SEQPACKET */, 0]), 'kill_process', 'AF_UNIX seqpacket');
+  assert.equal(act('socket', [AF_UNIX, SOCK_STREAM, 1]), 'kill_process', 'a protocol number');
+  assert.equal(act('socket', [0x1_0000_0001n, SOCK_STREAM, 0]), 'kill_process', 'high bits in the domain');
+  assert.equal(act('connect', [20, 0, 110]), 'allow');
+  assert.equal(act('getsockopt', [20, 1, 4]), 'allow', 'SOL_SOCKET/SO_ERROR');
+  assert.equal(act('getsockopt', [20, 1, 7]), 'kill_process', 'SO_SNDBUF');
+  assert.equal(act('getsockopt', [20, 6, 4]), 'kill_process', 'IPPROTO_TCP');
+  for (const name of Object.keys(VMM_CONDITIONAL_SYSCALLS)) assert.equal(act(name, [99, 99, 99]), 'kill_process', `${name} with other arguments`);
   assert.equal(emulate(prog, { nr: nr('unlink') }).data, 1, 'unlink -> EPERM');
   assert.equal(emulate(prog, { nr: nr('openat') }).data, 1, 'openat -> EPERM (hot-replace files come as fds)');
   for (const [name, req] of Object.entries(VMM_IOCTLS)) {
@@ -43,7 +58,8 @@ test('VMM policy decisions', () => {
 
 test('VMM policy size is within target and every entry is documented', () => {
   const names = vmmSyscallNames();
-  // 45 before devices; virtio-blk adds preadv/pwritev/fallocate and hot-replace the openat refusal
+  // 45 before devices; virtio-blk adds preadv/pwritev/fallocate and hot-replace the openat refusal;
+  // virtio-vsock adds socket (AF_UNIX stream only), connect and getsockopt (SO_ERROR only)
   assert.ok(names.length <= 56, `${names.length} syscalls`);
   const doc = readFileSync(join(repoRoot, 'docs/seccomp.md'), 'utf8');
   for (const n of names) assert.match(doc, new RegExp('`' + n + '`'), `docs/seccomp.md should explain ${n}`);
@@ -117,7 +133,7 @@ test('VMM policy installed in a Node VMM stand-in: serves clients, Seccomp: 2 on
   }
 });
 
-test('VMM policy kills a process that tries to open a socket connection', () => {
+test('VMM policy kills a process that tries to open an IP connection (Unix sockets are allowed for vsock)', () => {
   const installUrl = new URL('../install.js', import.meta.url).href;
   const vmmUrl = new URL('./vmm.js', import.meta.url).href;
   const script = `
@@ -127,10 +143,14 @@ test('VMM policy kills a process that tries to open a socket connection', () => 
     console.log('before');
     installPolicy(vmmPolicy());
     console.log('installed');
-    createConnection('/tmp/nonexistent.sock').on('error', () => console.log('connect failed normally'));
+    createConnection('/tmp/nonexistent.sock').on('error', () => {
+      console.log('unix connect failed normally');
+      createConnection({ host: '127.0.0.1', port: 9 }).on('error', () => console.log('tcp connect failed normally'));
+    });
   `;
   const r = spawnSync('/bin/sh', ['-c', 'ulimit -c 0; exec "$0" --input-type=module -e "$1"', process.execPath, script], { encoding: 'utf8', timeout: 20000 });
   assert.equal(r.signal, 'SIGSYS', JSON.stringify(r));
   assert.match(r.stdout, /installed/);
-  assert.doesNotMatch(r.stdout, /connect failed/);
+  assert.match(r.stdout, /unix connect failed normally/);
+  assert.doesNotMatch(r.stdout, /tcp connect failed/);
 });

@@ -104,6 +104,7 @@ export const VMM_SYSCALLS: Readonly<Record<string, string>> = Object.freeze({
   nanosleep: 'sleeping (glibc usleep in V8/libuv back-off)',
   sched_yield: 'rare, late: V8 spin-locks and GC task yields',
   getrusage: 'rare, late: process.resourceUsage()/cpuUsage() and V8 GC heuristics',
+  connect: 'virtio-vsock guest→host streams: connecting the AF_UNIX socket to <uds-path>_P. The address is behind a pointer seccomp cannot read, so it is not restricted; socket() only makes AF_UNIX stream sockets, and the VMM runs in its own network namespace',
   epoll_create1: 'an epoll set (vmm/io/epoll.ts) made after init: the main Poller and iothreads make theirs at init, this covers one created later (e.g. a device added by QMP); poll() is no longer used (the QMP SCM_RIGHTS reader moved to the Poller)',
 });
 
@@ -114,6 +115,42 @@ export const VMM_SYSCALLS: Readonly<Record<string, string>> = Object.freeze({
 export const VMM_ERRNO_SYSCALLS: Readonly<Record<string, string>> = Object.freeze({
   openat: 'QMP blockdev-add with a path: opening files after init stays forbidden, but the VMM answers a clear QMP error instead of dying; images to hot-replace come as fds (getfd, filename "fd:NAME")',
   unlink: 'measured once at exit: libuv unlinks the QMP socket path when the server closes; the parent removes the run directory instead (the VMM leaves its pidfile and sockets behind under the filter)',
+});
+
+/**
+ * Syscalls allowed only with the argument values listed (OR-ed rules, AND-ed conditions), with the
+ * reason. Keep in sync with docs/seccomp.md.
+ */
+export interface ConditionalSyscall {
+  reason: string;
+  /** each entry is one rule's AND-ed conditions; the syscall is allowed if any rule matches */
+  rules: Array<Rule['args']>;
+}
+
+// <sys/socket.h> values the conditions use.
+const AF_UNIX = 1;
+const SOCK_STREAM = 1;
+/** the socket type lives in the low bits; SOCK_NONBLOCK/SOCK_CLOEXEC are OR-ed above them */
+const SOCK_TYPE_MASK = 0xf;
+const SOL_SOCKET = 1;
+const SO_ERROR = 4;
+
+export const VMM_CONDITIONAL_SYSCALLS: Readonly<Record<string, ConditionalSyscall>> = Object.freeze({
+  socket: {
+    reason: 'virtio-vsock guest→host streams: a guest REQUEST to port P connects to the Unix socket <uds-path>_P after init (Node net.createConnection). Only socket(AF_UNIX, SOCK_STREAM[|SOCK_NONBLOCK|SOCK_CLOEXEC], 0): no IP, netlink, packet or datagram socket can be made',
+    rules: [[
+      { arg: 0, op: '==', value: AF_UNIX },
+      { arg: 1, op: 'masked==', mask: SOCK_TYPE_MASK, value: SOCK_STREAM },
+      { arg: 2, op: '==', value: 0 },
+    ]],
+  },
+  getsockopt: {
+    reason: 'virtio-vsock: libuv reads SO_ERROR once a non-blocking connect() completes; only (SOL_SOCKET, SO_ERROR)',
+    rules: [[
+      { arg: 1, op: '==', value: SOL_SOCKET },
+      { arg: 2, op: '==', value: SO_ERROR },
+    ]],
+  },
 });
 
 /** The VMM's seccomp policy. `log: true` logs instead of killing (for finding missing syscalls). */
@@ -135,11 +172,12 @@ export function vmmPolicy(opts: { log?: boolean } = {}): Policy {
       { syscall: Object.keys(VMM_SYSCALLS), action: 'allow' },
       { syscall: Object.keys(VMM_ERRNO_SYSCALLS), action: 'errno(EPERM)' },
       ...ioctlRules,
+      ...Object.entries(VMM_CONDITIONAL_SYSCALLS).flatMap(([name, c]) => c.rules.map((args): Rule => ({ syscall: name, action: 'allow', args }))),
     ],
   };
 }
 
 /** Every syscall name the policy mentions (allowed, errno'd, or argument-checked). */
 export function vmmSyscallNames(): string[] {
-  return [...Object.keys(VMM_SYSCALLS), ...Object.keys(VMM_ERRNO_SYSCALLS), 'ioctl'];
+  return [...Object.keys(VMM_SYSCALLS), ...Object.keys(VMM_ERRNO_SYSCALLS), 'ioctl', ...Object.keys(VMM_CONDITIONAL_SYSCALLS)];
 }

@@ -42,6 +42,8 @@ export class NativeHypervisor implements Hypervisor {
    */
   readonly resetExits: boolean;
   readonly limits = { minMemoryMiB: 256, maxVcpus: 254 };
+  /** hot-plugged images come as fds the server opened (attachDrive) */
+  readonly hotplugNeedsPath = false;
 
   constructor(private readonly kvm: { available: boolean; reason: string }, private readonly extraArgs: string[] = []) {
     this.resetExits = !extraArgs.includes('-disable-seccomp');

@@ -66,6 +66,7 @@ export function qemuConfigFile(cmdline: string): string | undefined {
 export class QemuHypervisor implements Hypervisor {
   readonly name = 'qemu' as const;
   readonly resetExits = true; // -no-reboot turns a reset into an exit
+  readonly hotplugNeedsPath = true;
   readonly limits = { minMemoryMiB: 64, maxVcpus: 254 };
   private cachedAvailability: Availability | undefined;
   private cachedSandbox: boolean | undefined;

@@ -114,6 +114,11 @@ export interface Hypervisor {
   jailFiles(): string[];
   /** Whether the VMM opens /dev/kvm (the jail then gets its own node for it). */
   usesKvm(): boolean;
+  /**
+   * Whether a hot-plugged drive's file must be visible inside the jailed VMM's root (QEMU opens
+   * it by path). The native VMM gets an fd the server opened (QMP getfd), so nothing is bound.
+   */
+  readonly hotplugNeedsPath: boolean;
   /** Whether QMP system_reset ends the VMM process (the supervisor then relaunches it). */
   readonly resetExits: boolean;
   /** What this backend accepts beyond the API's own bounds. */

@@ -106,8 +106,9 @@ test('a peer flooding events: all reach the handler, only the rate is marked for
     });
   });
   await new Promise<void>((r) => server.listen(sock, r));
+  let qmp: QmpClient | undefined;
   try {
-    const qmp = await QmpClient.connect(sock);
+    qmp = await QmpClient.connect(sock);
     let handled = 0;
     let published = 0;
     const drops: number[] = [];
@@ -115,13 +116,18 @@ test('a peer flooding events: all reach the handler, only the rate is marked for
     peer!.write('{"event":"RTC_CHANGE","data":{}}\n'.repeat(1000));
     await new Promise((r) => setTimeout(r, 300));
     assert.equal(handled, 1000, 'every event is handed on (state changes must apply)');
-    assert.ok(published >= 200 && published <= 240, `the burst (200) and what leaked in meanwhile are published: ${published}`);
+    // the burst (200) and what leaked in while the flood arrived (in several reads on a loaded machine)
+    assert.ok(published >= 200 && published <= 300, `the burst and what leaked in meanwhile are published: ${published}`);
     const unpublished = 1000 - published;
     peer!.write('{"event":"STOP","data":{}}\n');
     await new Promise((r) => setTimeout(r, 100));
-    assert.deepEqual(drops, [unpublished], 'the unpublished ones are reported once events fit again');
-    qmp.close();
+    // reported whenever an event fits again: once, or in parts when the flood came in several reads
+    assert.ok(drops.length >= 1, 'drops reported');
+    assert.equal(drops.reduce((a, b) => a + b, 0), unpublished, 'every unpublished event is counted exactly once');
   } finally {
+    // closed on failure too: an open connection would keep server.close() and the process waiting
+    qmp?.close();
+    peer?.destroy();
     server.close();
     rmSync(dir, { recursive: true, force: true });
   }

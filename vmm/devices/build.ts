@@ -1,10 +1,11 @@
 // Turns the configuration's device sections into devices in the manager's slots, in a fixed
 // order: drives (vda, vdb, … in command-line order), then the replaceable drive slots, then
-// the rest: rng, balloon, virtio consoles (hvc0, … in command-line order), pmem devices (pmem0,
+// the rest: rng, vsock, balloon, virtio consoles (hvc0, … in command-line order), pmem devices (pmem0,
 // … in command-line order), NICs; the replaceable net slot comes last of all. The order is the
 // guest's enumeration order, so it must not depend on anything else.
 import { BlkBackend, VirtioBlk } from './virtio/blk/device.js';
 import { VirtioRng } from './virtio/rng/device.js';
+import { VirtioVsock } from './virtio/vsock/device.js';
 import { VirtioBalloon } from './virtio/balloon/device.js';
 import { VirtioConsole } from './virtio/console/device.js';
 import { VirtioPmem } from './virtio/pmem/device.js';
@@ -45,6 +46,7 @@ export interface DeviceOptions {
   /** -netdev: virtio-net on taps (guest memory is needed for vhost=on) */
   nets?: NetConfig[] | undefined;
   memory?: GuestMemory | undefined;
+  vsock?: { id: string; guestCid: number; udsPath: string } | undefined;
 }
 
 /** The balloon's slot id (QMP balloon finds the device by it). */
@@ -83,6 +85,7 @@ export function buildDevices(devices: DeviceManager, opts: DeviceOptions): void 
       throw new DeviceError(`-rng: cannot open ${opts.rng.file}: ${(e as Error).message}`);
     }
   }
+  if (opts.vsock) devices.addVirtio(opts.vsock.id, new VirtioVsock({ guestCid: opts.vsock.guestCid, udsPath: opts.vsock.udsPath }));
   if (opts.balloon) devices.addVirtio(BALLOON_ID, new VirtioBalloon(devices.memory, opts.balloon));
   for (const c of opts.consoles ?? []) devices.addVirtio(c.id, new VirtioConsole(c.path));
   for (const p of opts.pmems ?? []) {
@@ -126,4 +129,16 @@ function buildNet(n: NetConfig, memory: GuestMemory | undefined): VirtioNet {
     }
   }
   return new VirtioNet({ backend, mac: n.mac, vhost });
+}
+
+/** Host-side listeners devices need (vsock's Unix socket): bound at init, before the seccomp filter. */
+export async function startDevices(devices: DeviceManager): Promise<void> {
+  for (const s of devices.slots) {
+    if (!(s.device instanceof VirtioVsock)) continue;
+    try {
+      await s.device.listen();
+    } catch (e) {
+      throw new DeviceError(`-device vsock,id=${s.id}: cannot listen on ${s.device.opts.udsPath}: ${(e as Error).message}`);
+    }
+  }
 }

@@ -1,5 +1,5 @@
 // Fuzz: random and adversarial rings against the transport and real devices (blk on a sparse
-// file, rng). 0 crashes (an exception escaping the transport) and 0 accesses outside guest
+// file, rng, vsock with its Unix listener). 0 crashes (an exception escaping the transport) and 0 accesses outside guest
 // memory are required; rejected requests are counted and reported. Fixed seeds plus one random
 // seed, printed so that a failure can be replayed with CAPSULE_FUZZ_SEED.
 import { test } from 'node:test';
@@ -11,6 +11,8 @@ import { BlkBackend, VirtioBlk } from '../devices/virtio/blk/device.js';
 import { VirtioRng } from '../devices/virtio/rng/device.js';
 import { VirtioNet } from '../devices/virtio/net/device.js';
 import { FakeBackend, nullPoller } from '../devices/virtio/net/testing.js';
+import { VirtioVsock } from '../devices/virtio/vsock/device.js';
+import { encodeHeader } from '../devices/virtio/vsock/packet.js';
 import { GuestAddress as GA, GuestMemory } from '../memory/guest-memory.js';
 import { F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1, STATUS } from './constants.js';
 import type { VirtioDevice } from './device.js';
@@ -38,7 +40,10 @@ function pick<T>(r: () => number, xs: readonly T[]): T {
   return xs[Math.floor(r() * xs.length)] as T;
 }
 
-function fuzzDevice(name: string, make: () => VirtioDevice, seed: number, cases: number): Stats {
+/** Writes a device-shaped request header at `at` (plausible enough to get past the first checks). */
+type Shaper = (mem: GuestMemory, at: number, r: () => number) => void;
+
+function fuzzDevice(name: string, make: () => VirtioDevice, seed: number, cases: number, shape?: Shaper): Stats {
   const r = rng32(seed);
   const mem = GuestMemory.fromBuffers(TEST_MEM_SIZE);
   const dev = make();
@@ -76,8 +81,14 @@ function fuzzDevice(name: string, make: () => VirtioDevice, seed: number, cases:
       // a blk-ish header at a plausible buffer now and then
       if (r() < 0.5) {
         const at = 0x200000 + Math.floor(r() * 0x100000 / 16) * 16;
-        mem.writeU32(GA(at), pick(r, [0, 1, 4, 8, 11, 13, 99]));
-        mem.writeU64(GA(at + 8), BigInt(pick(r, [0, 1, 7, 2 ** 32, 2 ** 52])));
+        if (shape && r() < 0.7) {
+          shape(mem, at, r);
+          // and a descriptor that starts at it, so the shaped header is what the device parses
+          d.writeDesc(ring.desc, Math.floor(r() * ring.size), at, pick(r, [20, 44, 60, 44 + 4096, 44 + 65536]), pick(r, [0, 0, 1, 2]), Math.floor(r() * ring.size));
+        } else {
+          mem.writeU32(GA(at), pick(r, [0, 1, 4, 8, 11, 13, 99]));
+          mem.writeU64(GA(at + 8), BigInt(pick(r, [0, 1, 7, 2 ** 32, 2 ** 52])));
+        }
       }
       // an indirect table somewhere, sometimes pointing at itself
       if (r() < 0.2) {
@@ -123,7 +134,16 @@ function sparseFile(size: number): string {
 
 const randomSeed = Number(process.env.CAPSULE_FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 31));
 const seeds = [1, 0xc0ffee, randomSeed];
-const devices: Array<[string, () => VirtioDevice]> = [
+/** vsock headers from guest CID 3 to the host: every op, lengths around the limits, a few ports. */
+const vsockShape: Shaper = (mem, at, r) => {
+  mem.write(GA(at), encodeHeader({
+    srcCid: r() < 0.9 ? 3n : 7n, dstCid: r() < 0.9 ? 2n : 3n, srcPort: pick(r, [1, 2, 1024, 0xffff_ffff]), dstPort: pick(r, [1, 5000, 2 ** 30]),
+    len: pick(r, [0, 1, 16, 4096, 65536, 65537, 0xffff_ffff]), type: r() < 0.9 ? 1 : pick(r, [0, 2, 0xffff]), op: Math.floor(r() * 9),
+    flags: Math.floor(r() * 4), bufAlloc: pick(r, [0, 4096, 262144, 0xffff_ffff]), fwdCnt: pick(r, [0, 100, 0xffff_ffff]),
+  }));
+};
+
+const devices: Array<[string, () => VirtioDevice, Shaper?]> = [
   ['blk', () => new VirtioBlk(new BlkBackend({ file: sparseFile(1 << 20), readOnly: false, direct: false, noFlush: true }))],
   ['blk-ro', () => new VirtioBlk(new BlkBackend({ file: sparseFile(1 << 20), readOnly: true, direct: false, noFlush: false }))],
   ['rng', () => new VirtioRng({ file: '/dev/urandom' })],
@@ -131,6 +151,8 @@ const devices: Array<[string, () => VirtioDevice]> = [
   // driven by rx notifications, with and without mergeable rx buffers
   ['net', () => new VirtioNet({ backend: fakeTap(), poller: nullPoller })],
   ['net-nomrg', () => new VirtioNet({ backend: fakeTap(), poller: nullPoller, mrgRxbuf: false })],
+  // the listener is not bound: guest REQUESTs go to <uds>_PORT paths that do not exist (RST)
+  ['vsock', () => new VirtioVsock({ guestCid: 3, udsPath: join(dir, 'vsock.sock') }), vsockShape],
 ];
 
 /** Frame sizes a tap could return, with EAGAIN (0) in between so an rx pass stays short. */
@@ -147,8 +169,8 @@ function fakeTap(): FakeBackend {
 test(`fuzz: ${CASES} hostile ring cases per seed, no crash, no access outside guest memory`, () => {
   const report: Record<string, Stats> = {};
   for (const seed of seeds) {
-    for (const [name, make] of devices) {
-      const s = fuzzDevice(name, make, seed, Math.ceil(CASES / devices.length));
+    for (const [name, make, shape] of devices) {
+      const s = fuzzDevice(name, make, seed, Math.ceil(CASES / devices.length), shape);
       report[`${name}@${seed}`] = s;
       assert.equal(s.crashes, 0, `${name}: crashes with seed ${seed} (replay: CAPSULE_FUZZ_SEED=${seed})`);
       assert.equal(s.oob, 0, `${name}: out-of-bounds accesses with seed ${seed} (replay: CAPSULE_FUZZ_SEED=${seed})`);

@@ -217,12 +217,17 @@ export class DrivesComponent implements VmComponent {
       if (!existsSync(hostPath)) throw new ApiError(409, 'volume_missing', `volume ${row!.volumeName}: its file is missing on the host`);
       let path = hostPath;
       if (live.jailUid !== undefined && this.d.jail) {
-        const g = this.grants.get(vm.id) ?? { uid: live.jailUid, files: new Map() };
-        g.files.set(row!.id, { path: hostPath, write: !row!.readOnly });
-        this.grants.set(vm.id, g);
-        this.sync(hostPath);
-        path = join('/', this.d.jail.bindDrive(live.pid, live.paths.root, row!.id, hostPath, row!.readOnly));
-        bound = true;
+        // QEMU opens the file by path: grant its uid access and bind it into the root. The native
+        // VMM gets an fd the server opened, so neither is needed; the file size limit is (writes
+        // through the fd still count against it).
+        if (live.hypervisor.hotplugNeedsPath) {
+          const g = this.grants.get(vm.id) ?? { uid: live.jailUid, files: new Map() };
+          g.files.set(row!.id, { path: hostPath, write: !row!.readOnly });
+          this.grants.set(vm.id, g);
+          this.sync(hostPath);
+          path = join('/', this.d.jail.bindDrive(live.pid, live.paths.root, row!.id, hostPath, row!.readOnly));
+          bound = true;
+        }
         const limit = this.fileSizeLimits.get(vm.id) ?? 0;
         if (!row!.readOnly && row!.sizeBytes > limit) {
           try {
@@ -300,7 +305,7 @@ export class DrivesComponent implements VmComponent {
   /** The guest released the drive: drop its block node, its bind, its grant and its row. */
   private async finish(live: LiveVmContext, row: DriveRow): Promise<void> {
     await live.hypervisor.releaseDrive(live.qmp, row.id).catch(() => undefined);
-    if (live.jailUid !== undefined) this.d.jail?.unbindDrive(live.pid, live.paths.root, row.id);
+    if (live.jailUid !== undefined && live.hypervisor.hotplugNeedsPath) this.d.jail?.unbindDrive(live.pid, live.paths.root, row.id);
     this.grants.get(live.id)?.files.delete(row.id);
     this.sync(volumePath(this.d.dataDir, row.volume));
     if (this.d.volumes.removeDrive(live.id, row.id)) this.d.hub.publish(live.id, 'DRIVE_DETACHED', { drive: row.id });

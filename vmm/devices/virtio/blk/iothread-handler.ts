@@ -11,6 +11,7 @@ import { Queue, type QueueState } from '../../../virtio/queue.js';
 import { BlkBackend, VirtioBlk, type BlkBackendOptions } from './device.js';
 
 export type BlkIoRequest =
+  | { op: 'preload' }
   | {
     op: 'activate'; key: string; hostAddr: bigint; memSize: number; queue: QueueState; maxSize: number;
     features: string; backend: BlkBackendOptions & { fd: number }; notifyFd: number;
@@ -24,6 +25,8 @@ interface Served { blk: VirtioBlk; notifyFd: number; cb: () => void }
 const served = new Map<string, Served>();
 
 export function setup(ctx: IoHandlerContext, req: BlkIoRequest): unknown {
+  // loaded once during init: a later import() would need openat, which the seccomp filter refuses
+  if (req.op === 'preload') return { loaded: true };
   if (req.op === 'deactivate') {
     const s = served.get(req.key);
     if (s) {

@@ -48,6 +48,7 @@ test('a disk on an iothread: reads and writes done in the worker, interrupts rai
   const d = new TestDriver(blk, mem);
   d.transport.notifierFds = [notify.fd];
   try {
+    await blk.start();
     d.init(F_VERSION_1 | F_RING_EVENT_IDX | blk.features);
     assert.ok(thread.tid > 0 && threadId === 0);
     // a read of sectors 4..11

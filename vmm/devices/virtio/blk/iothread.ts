@@ -35,6 +35,16 @@ export class IoThreadBlk implements VirtioDevice {
   readConfig(offset: number, data: Uint8Array): void { this.inner.readConfig(offset, data); }
   writeConfig(): void {}
 
+  /**
+   * During init (DeviceManager.start): load the handler module into the iothread now. The guest's
+   * driver activates the device after the seccomp filter is on, and importing a module then would
+   * need to open its file.
+   */
+  async start(): Promise<void> {
+    const req: BlkIoRequest = { op: 'preload' };
+    await this.thread.load(HANDLER, req);
+  }
+
   activate(ctx: ActivateContext): void {
     const q = ctx.queues[0];
     const notifyFd = ctx.notifiers[0];
