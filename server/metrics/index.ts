@@ -49,6 +49,8 @@ export class Metrics {
   private readonly starts: Counter<'backend' | 'tenant'>;
   private readonly stops: Counter<'backend' | 'tenant'>;
   private readonly crashes: Counter<'backend' | 'tenant'>;
+  private readonly vmCpu: Counter<'vm' | 'tenant'>;
+  private readonly vmMemory: Gauge<'vm' | 'tenant'>;
 
   constructor(private readonly src: MetricsSources) {
     const registers = [this.registry];
@@ -108,32 +110,13 @@ export class Metrics {
     capacity('capsule_host_vcpus_reserved', 'vCPUs reserved by active VMs', () => admission.usage().vcpus);
     capacity('capsule_host_vcpus_free', 'vCPUs still admissible', () => Math.max(0, admission.capacity.hostVcpus - admission.usage().vcpus));
 
-    const cgroups = src.cgroups;
-    // Both per-VM families come from one pass over the cgroups or /proc per scrape: the second
-    // family's collect() reuses the first's reading (taken within the last 250 ms).
-    let snapshot: { at: number; items: Array<{ vm: Vm; usage: ReturnType<typeof readVmUsage> }> } = { at: 0, items: [] };
-    const usages = () => {
-      if (Date.now() - snapshot.at > 250) {
-        const items = vms.list().filter((vm) => ACTIVE_STATES.includes(vm.state)).map((vm) => ({ vm, usage: readVmUsage(vm.id, vm.pid, cgroups) }));
-        snapshot = { at: Date.now(), items };
-      }
-      return snapshot.items;
-    };
-    new Counter({
+    this.vmCpu = new Counter({
       name: 'capsule_vm_cpu_seconds_total', help: 'CPU time of each active VM\'s VMM (cgroup, or its processes in /proc)',
       labelNames: ['vm', 'tenant'], registers,
-      collect() {
-        this.reset();
-        for (const { vm, usage } of usages()) if (usage) this.inc({ vm: vm.id, tenant: tenantLabel(vm) }, usage.cpuSeconds);
-      },
     });
-    new Gauge({
+    this.vmMemory = new Gauge({
       name: 'capsule_vm_memory_bytes', help: 'Memory in use by each active VM\'s VMM, guest memory included (cgroup, or the RSS of its processes)',
       labelNames: ['vm', 'tenant'], registers,
-      collect() {
-        this.reset();
-        for (const { vm, usage } of usages()) if (usage) this.set({ vm: vm.id, tenant: tenantLabel(vm) }, usage.memoryBytes);
-      },
     });
 
     QmpClient.roundTripObserver = (command, seconds, outcome) => this.qmpRoundTrip.observe({ command, outcome }, seconds);
@@ -144,7 +127,26 @@ export class Metrics {
   }
 
   render(): Promise<string> {
+    this.readVmUsage();
     return this.registry.metrics();
+  }
+
+  /**
+   * Both per-VM families from one pass over the cgroups or /proc, made here rather than in two
+   * collect() callbacks so that they agree and nothing depends on the order prom-client calls
+   * them in. Only active VMs have series: a stopped VM's go away.
+   */
+  private readVmUsage(): void {
+    this.vmCpu.reset();
+    this.vmMemory.reset();
+    for (const vm of this.src.vms.list()) {
+      if (!ACTIVE_STATES.includes(vm.state)) continue;
+      const usage = readVmUsage(vm.id, vm.pid, this.src.cgroups);
+      if (!usage) continue;
+      const labels = { vm: vm.id, tenant: tenantLabel(vm) };
+      this.vmCpu.inc(labels, usage.cpuSeconds);
+      this.vmMemory.set(labels, usage.memoryBytes);
+    }
   }
 
   observeRequest(method: string, route: string, status: number, seconds: number): void {
