@@ -4,6 +4,9 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { TestServer, sleep, waitFor } from '../test/harness.js';
 import { isAlive } from './process.js';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 let s: TestServer;
 before(async () => {
@@ -50,6 +53,40 @@ test('M1: a start that does not fit beside the running VMs is refused with 503 h
   assert.match(cpu.body.error.message, /1 vCPUs requested.*CAPSULE_CPU_OVERCOMMIT/);
   await s.api('POST', `/v1/vms/${e}/stop?force=true`);
   for (const id of [a, b, e, f, ...racers]) assert.equal((await s.api('DELETE', `/v1/vms/${id}?force=true`)).status, 204);
+});
+
+test('a start that fails gives its reservation back: refused before launch (a volume file gone) and failed launch', async () => {
+  // Refused by a component before anything launches: the VM stays `created`.
+  const vol = await s.api('POST', '/v1/volumes', { name: 'adm-vol', sizeMiB: 1 });
+  assert.equal(vol.status, 201, JSON.stringify(vol.body));
+  const big = await create('adm-missing', { memoryMiB: 512, drives: [{ volume: 'adm-vol' }] });
+  rmSync(join(s.dataDir, 'volumes', `${vol.body.id}.img`));
+  for (let i = 0; i < 2; i++) {
+    const r = await s.api('POST', `/v1/vms/${big}/start`);
+    assert.equal(r.status, 409, 'volume_missing both times, never host_full');
+    assert.equal(r.body.error.code, 'volume_missing');
+  }
+  const other = await create('adm-other', { memoryMiB: 512 });
+  assert.equal((await s.api('POST', `/v1/vms/${other}/start`)).status, 200, 'the room was given back');
+  assert.equal((await s.api('DELETE', `/v1/vms/${other}?force=true`)).status, 204);
+  assert.equal((await s.api('DELETE', `/v1/vms/${big}`)).status, 204);
+
+  // A VMM that fails at launch: the VM ends `crashed` and its room is free.
+  const dir = mkdtempSync(join(tmpdir(), 'capsule-fake-qemu-'));
+  const fake = join(dir, 'qemu');
+  writeFileSync(fake, '#!/bin/sh\n[ "$1" = --version ] && { echo "QEMU emulator version 0 (fake)"; exit 0; }\nexit 3\n', { mode: 0o755 });
+  const t = await TestServer.start({ env: { CAPSULE_QEMU: fake, CAPSULE_KVM: '0', CAPSULE_JAIL: 'off', CAPSULE_HOST_MEMORY_MIB: '300' } });
+  try {
+    const id = (await t.api('POST', '/v1/vms', { name: 'fails', memoryMiB: 256 })).body.id as string;
+    for (let i = 0; i < 2; i++) {
+      const r = await t.api('POST', `/v1/vms/${id}/start`);
+      assert.equal(r.status, 500, JSON.stringify(r.body));
+      assert.equal(r.body.error.code, 'launch_failed', 'the second start is not host_full: the first gave its room back');
+    }
+  } finally {
+    await t.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('M2: a forced stop racing a reboot wins (3 of 3 trials)', async () => {
