@@ -82,7 +82,13 @@ export class EventHub {
   publish(vm: string, event: string, data: Record<string, unknown> = {}): CapsuleEvent {
     const ev = this.store.append(vm, event, data);
     this.stats.published++;
-    for (const observe of this.observers) observe(ev);
+    for (const observe of this.observers) {
+      try {
+        observe(ev);
+      } catch {
+        /* an observer (the metrics) must never cost an event its delivery */
+      }
+    }
     if (this.subscribers.size === 0) return ev;
     // Encode once, not once per subscriber: with 1,000 subscribers this is the hot loop.
     const message = Buffer.from(JSON.stringify(ev));
