@@ -29,6 +29,10 @@ import { balloonRoutes } from './balloon.js';
 import { eventRoutes } from './events.js';
 import { consoleRoutes } from './console.js';
 import { staticRoutes } from './static.js';
+import type { Metrics } from '../metrics/index.js';
+import type { Readiness } from '../health/readiness.js';
+import { requestMetrics } from './request-metrics.js';
+import { metricsRoute } from './metrics.js';
 
 export interface AppDeps {
   config: Config;
@@ -50,6 +54,11 @@ export interface AppDeps {
   jail?: JailStatus;
   /** The data directory's health (free space, failed writes). */
   storage?: StorageMonitor;
+  /** GET /v1/health/ready's checks. */
+  readiness: Readiness;
+  /** Prometheus metrics; `metricsOnMainListener` false when CAPSULE_METRICS_ADDR serves them instead. */
+  metrics: Metrics;
+  metricsOnMainListener: boolean;
 }
 
 export type AppEnv = { Variables: AuthVariables };
@@ -66,6 +75,8 @@ export function createApp(deps: AppDeps) {
   const buckets = new BucketMap(deps.config.rateLimit.perSecond, deps.config.rateLimit.burst);
   const sockets = new SocketLimiter(deps.config.maxSocketsPerToken);
 
+  // First, so that it times everything after it, refusals included.
+  app.use('*', requestMetrics(deps.metrics));
   app.onError(errorHandler(deps.log));
   app.notFound((c) => errorResponse(c, 404, 'not_found', `no route for ${c.req.method} ${c.req.path}`));
   app.use('/v1/*', requireToken(deps.tokens), rateLimit(buckets));
@@ -88,6 +99,7 @@ export function createApp(deps: AppDeps) {
     security: [{ bearer: [] }],
   });
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer' });
+  if (deps.metricsOnMainListener) app.route('/', metricsRoute(deps.metrics, deps.tokens, buckets));
   app.route('/', staticRoutes(deps.webDir));
   return { app, injectWebSocket: (server: Server) => attachWebSockets(server, app, deps.log) };
 }

@@ -48,6 +48,7 @@ export function consoleRoutes(deps: AppDeps, buckets: BucketMap, sockets: Socket
     let detach: (() => void) | undefined;
     return {
       onOpen: (ws: WebSocket) => {
+        deps.metrics.socketOpened('console');
         const bridge = deps.supervisor.console(id);
         if (!bridge) return ws.close(1011, 'console closed');
         detach = bridge.attach(socketViewer(ws));
@@ -61,7 +62,10 @@ export function consoleRoutes(deps: AppDeps, buckets: BucketMap, sockets: Socket
           bridge.onDrain(() => ws.resume());
         }
       },
-      onClose: () => detach?.(),
+      onClose: () => {
+        deps.metrics.socketClosed('console');
+        detach?.();
+      },
     };
   }));
   return router;

@@ -35,6 +35,7 @@ export function eventRoutes(deps: AppDeps, buckets: BucketMap, sockets: SocketLi
     let unsubscribe: (() => void) | undefined;
     return {
       onOpen: (ws: WebSocket) => {
+        deps.metrics.socketOpened('events');
         unsubscribe = deps.hub.subscribe(
           { send: (m) => ws.send(m, { binary: false }), bufferedAmount: () => ws.bufferedAmount },
           { vm, since: sinceRaw === undefined ? undefined : Number(sinceRaw) },
@@ -43,7 +44,10 @@ export function eventRoutes(deps: AppDeps, buckets: BucketMap, sockets: SocketLi
       onMessage: (_data: Buffer, _binary: boolean, ws: WebSocket) => {
         if (!inboundAllowed(c, buckets)) ws.send(JSON.stringify({ error: { code: 'rate_limited', message: 'too many messages' } }));
       },
-      onClose: () => unsubscribe?.(),
+      onClose: () => {
+        deps.metrics.socketClosed('events');
+        unsubscribe?.();
+      },
     };
   });
   router.get('/events', validate(false), stream);
