@@ -36,6 +36,10 @@ import { balloonRoutes } from './balloon.js';
 import { eventRoutes } from './events.js';
 import { consoleRoutes } from './console.js';
 import { staticRoutes } from './static.js';
+import type { Metrics } from '../metrics/index.js';
+import type { Readiness } from '../health/readiness.js';
+import { requestMetrics } from './request-metrics.js';
+import { metricsRoute } from './metrics.js';
 
 export interface AppDeps {
   config: Config;
@@ -60,6 +64,11 @@ export interface AppDeps {
   jail?: JailStatus;
   /** The data directory's health (free space, failed writes). */
   storage?: StorageMonitor;
+  /** GET /v1/health/ready's checks. */
+  readiness: Readiness;
+  /** Prometheus metrics; `metricsOnMainListener` false when CAPSULE_METRICS_ADDR serves them instead. */
+  metrics: Metrics;
+  metricsOnMainListener: boolean;
 }
 
 export type AppEnv = { Variables: AuthVariables };
@@ -79,6 +88,8 @@ export function createApp(deps: AppDeps) {
   // A revoked token (DELETE /v1/tokens/:id, its tenant deleted) loses its open WebSockets at once.
   deps.tokens.onRevoked = (id) => sockets.closeAll(id, CLOSE_TOKEN_REVOKED, 'token revoked');
 
+  // First, so that it times everything after it, refusals included.
+  app.use('*', requestMetrics(deps.metrics));
   app.onError(errorHandler(deps.log));
   app.notFound((c) => errorResponse(c, 404, 'not_found', `no route for ${c.req.method} ${c.req.path}`));
   // Order matters: who (token), how fast (rate), then everything after is audited, including
@@ -111,6 +122,7 @@ export function createApp(deps: AppDeps) {
     security: [{ bearer: [] }],
   });
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer' });
+  if (deps.metricsOnMainListener) app.route('/', metricsRoute(deps.metrics, deps.tokens, limits));
   app.route('/', staticRoutes(deps.webDir));
   return { app, injectWebSocket: (server: Server) => attachWebSockets(server, app, deps.log) };
 }

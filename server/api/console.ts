@@ -52,6 +52,7 @@ export function consoleRoutes(deps: AppDeps, limits: ApiRateLimits, sockets: Soc
     let detach: (() => void) | undefined;
     return {
       onOpen: (ws: WebSocket) => {
+        deps.metrics.socketOpened('console');
         const bridge = deps.supervisor.console(id);
         if (!bridge) return ws.close(1011, 'console closed');
         detach = bridge.attach(socketViewer(ws));
@@ -70,7 +71,10 @@ export function consoleRoutes(deps: AppDeps, limits: ApiRateLimits, sockets: Soc
           bridge.onDrain(() => ws.resume());
         }
       },
-      onClose: () => detach?.(),
+      onClose: () => {
+        deps.metrics.socketClosed('console');
+        detach?.();
+      },
     };
   }));
   return router;

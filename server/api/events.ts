@@ -39,6 +39,7 @@ export function eventRoutes(deps: AppDeps, limits: ApiRateLimits, sockets: Socke
     let unsubscribe: (() => void) | undefined;
     return {
       onOpen: (ws: WebSocket) => {
+        deps.metrics.socketOpened('events');
         unsubscribe = deps.hub.subscribe(
           { send: (m) => ws.send(m, { binary: false }), bufferedAmount: () => ws.bufferedAmount },
           { vm, tenant, since: sinceRaw === undefined ? undefined : Number(sinceRaw) },
@@ -47,7 +48,10 @@ export function eventRoutes(deps: AppDeps, limits: ApiRateLimits, sockets: Socke
       onMessage: (_data: Buffer, _binary: boolean, ws: WebSocket) => {
         if (!inboundAllowed(c, limits)) ws.send(JSON.stringify({ error: { code: 'rate_limited', message: 'too many messages' } }));
       },
-      onClose: () => unsubscribe?.(),
+      onClose: () => {
+        deps.metrics.socketClosed('events');
+        unsubscribe?.();
+      },
     };
   });
   router.get('/events', validate(false), stream);

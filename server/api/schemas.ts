@@ -136,6 +136,17 @@ export const HealthSchema = z.object({
   }).optional().openapi('StorageStatus'),
 }).openapi('Health');
 
+const CheckSchema = z.object({ ok: z.boolean(), message: z.string() });
+export const ReadinessSchema = z.object({
+  status: z.enum(['ready', 'not_ready']),
+  checks: z.object({
+    database: CheckSchema.openapi({ description: 'a write in a rolled-back transaction succeeds, and no write to the data directory fails' }),
+    image: CheckSchema.openapi({ description: 'the default image is registered and its files are present' }),
+    backend: CheckSchema.openapi({ description: 'at least one hypervisor can run VMs (native: /dev/kvm usable; QEMU: its binary runs)' }),
+  }),
+  error: z.object({ code: z.literal('not_ready'), message: z.string() }).optional().openapi({ description: 'with 503: the failing checks' }),
+}).openapi('Readiness');
+
 export const IdParams = z.object({ id: z.string().min(1).openapi({ param: { name: 'id', in: 'path' } }) });
 export const DriveParams = z.object({
   id: z.string().min(1).openapi({ param: { name: 'id', in: 'path' } }),

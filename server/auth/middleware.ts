@@ -13,7 +13,7 @@ export interface AuthVariables {
 }
 
 /** Routes reachable without a token. */
-const PUBLIC_PATHS = new Set(['/v1/health']);
+const PUBLIC_PATHS = new Set(['/v1/health', '/v1/health/ready']);
 
 function presentedToken(authorization: string | undefined, queryToken: () => string | undefined, isUpgrade: boolean): string | undefined {
   const m = authorization ? /^Bearer\s+(\S+)\s*$/i.exec(authorization) : null;

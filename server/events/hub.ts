@@ -34,6 +34,19 @@ export interface HubLimits {
   replayPage: number;
 }
 
+/** Running totals since the server started (read by the metrics at scrape time). */
+export interface HubStats {
+  /** Events published (stored or not). */
+  published: number;
+  /** Events a slow subscriber did not get live (each counted once per subscriber that lost it). */
+  droppedSlow: number;
+  /** Events a ?since= replay skipped because they were beyond the replay limit. */
+  droppedReplayLimit: number;
+}
+
+/** Sees every published event, synchronously, after it is stored (metrics derive VM lifecycle counts from it). */
+export type PublishObserver = (event: CapsuleEvent) => void;
+
 export const DEFAULT_HUB_LIMITS: HubLimits = { maxBuffered: 1024 * 1024, replayLimit: 10_000, replayPage: 200 };
 
 class Subscriber {
@@ -52,6 +65,8 @@ class Subscriber {
 export class EventHub {
   private readonly subscribers = new Set<Subscriber>();
   private readonly limits: HubLimits;
+  private readonly observers: PublishObserver[] = [];
+  readonly stats: HubStats = { published: 0, droppedSlow: 0, droppedReplayLimit: 0 };
 
   constructor(
     private readonly store: EventStore,
@@ -74,6 +89,14 @@ export class EventHub {
    */
   publish(vm: string, event: string, data: Record<string, unknown> = {}, tenant = this.tenantOf(vm)): CapsuleEvent {
     const ev = this.store.append(vm, event, data, tenant ?? null);
+    this.stats.published++;
+    for (const observe of this.observers) {
+      try {
+        observe(ev);
+      } catch {
+        /* an observer (the metrics) must never cost an event its delivery */
+      }
+    }
     if (this.subscribers.size === 0) return ev;
     // Encode once, not once per subscriber: with 1,000 subscribers this is the hot loop.
     const message = Buffer.from(JSON.stringify(ev));
@@ -82,6 +105,11 @@ export class EventHub {
       if ((sub.vm === undefined || sub.vm === vm) && (sub.tenant === undefined || sub.tenant === tenant)) this.offer(sub, ev, message);
     }
     return ev;
+  }
+
+  /** Adds an in-process observer of every published event (not a subscriber: no bucket, no drops). */
+  observe(fn: PublishObserver): void {
+    this.observers.push(fn);
   }
 
   /** A deleted VM's history goes with it (its VM_DELETED event stays). */
@@ -107,6 +135,7 @@ export class EventHub {
     if (start.skipped > 0) {
       // Older than the replay limit: announced as dropped, like events a slow subscriber lost.
       sub.dropped = start.skipped;
+      this.stats.droppedReplayLimit += start.skipped;
       sub.firstDroppedSeq = start.firstSkipped;
       sub.lastDroppedSeq = start.cursor;
     }
@@ -155,6 +184,7 @@ export class EventHub {
     }
     if (sub.dropped === 0) sub.firstDroppedSeq = ev.seq;
     sub.dropped++;
+    this.stats.droppedSlow++;
     sub.lastDroppedSeq = ev.seq;
     this.scheduleFlush(sub);
   }
