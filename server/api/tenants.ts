@@ -46,7 +46,6 @@ export function tenantRoutes(deps: AppDeps) {
     .openapi(create, (c) => {
       const b = c.req.valid('json');
       nameFree(b.name);
-      c.set('resourceTenant', undefined);
       return c.json(withUsage(deps.tenants.create(b.name, b.quotas)), 201);
     })
     .openapi(get, (c) => c.json(withUsage(mustGet(c.req.valid('param').id)), 200))
