@@ -249,7 +249,10 @@ test('quotas: 409 quota_exceeded with the numbers; two concurrent starts cannot 
   const v2 = (await as(w.token, 'POST', '/v1/vms', { name: 'q-2', vcpus: 1, memoryMiB: 128 })).body;
   const third = await as(w.token, 'POST', '/v1/vms', { name: 'q-3' });
   assert.equal(third.status, 409);
-  assert.deepEqual(third.body.error, { code: 'quota_exceeded', message: 'quota vms exceeded: limit 2, in use 2, requested 1 (tenant quota)' });
+  assert.deepEqual(third.body.error, {
+    code: 'quota_exceeded', message: 'quota vms exceeded: limit 2, in use 2, requested 1 (tenant quota)',
+    details: { quota: 'vms', limit: 2, inUse: 2, requested: 1, tenant: t.id },
+  });
   assert.equal((await as(w.token, 'POST', '/v1/volumes', { name: 'q-v1', sizeMiB: 8 })).status, 201);
   const big = await as(w.token, 'POST', '/v1/volumes', { name: 'q-v2', sizeMiB: 4 });
   assert.equal(big.status, 409);

@@ -59,5 +59,6 @@ export class Quotas {
 function exceeds(t: Tenant, quota: QuotaName, inUse: number, requested: number): void {
   const limit = t.quotas[quota];
   if (limit === null || inUse + requested <= limit) return;
-  throw new ApiError(409, 'quota_exceeded', `quota ${quota} exceeded: limit ${limit}, in use ${inUse}, requested ${requested} (tenant ${t.name})`);
+  throw new ApiError(409, 'quota_exceeded', `quota ${quota} exceeded: limit ${limit}, in use ${inUse}, requested ${requested} (tenant ${t.name})`,
+    undefined, { details: { quota, limit, inUse, requested, tenant: t.id } });
 }
