@@ -113,6 +113,13 @@ test('tokens: shown once as cap_ + hex, listed without secret or hash, scoped to
   const past = await s.api('POST', '/v1/tokens', { tenant: 'tok-a', name: 'old', scope: 'read', expiresAt: '2020-01-01T00:00:00Z' });
   assert.equal(past.status, 400);
   assert.equal(past.body.error.field, 'expiresAt');
+  // A write token that expires cannot make a token that outlives it.
+  const mortal = await token('tok-a', 'write', s.token, { expiresAt: new Date(Date.now() + 3_600_000).toISOString() });
+  const child = await as(mortal.token, 'POST', '/v1/tokens', { name: 'child', scope: 'read' });
+  assert.equal(child.body.expiresAt, (await as(mortal.token, 'GET', '/v1/whoami')).body.expiresAt);
+  const longer = await as(mortal.token, 'POST', '/v1/tokens', { name: 'child', scope: 'read', expiresAt: new Date(Date.now() + 7_200_000).toISOString() });
+  assert.equal(longer.status, 400);
+  assert.equal(longer.body.error.field, 'expiresAt');
   const soon = await token('tok-a', 'read', s.token, { expiresAt: new Date(Date.now() + 1500).toISOString() });
   assert.equal((await as(soon.token, 'GET', '/v1/vms')).status, 200);
   const ws = s.ws('/v1/events', soon.token);

@@ -57,7 +57,7 @@ export function tokenRoutes(deps: AppDeps) {
         throw new ApiError(403, 'forbidden', `token scope '${caller.scope}' cannot create an admin token`, 'scope');
       }
       c.set('resourceTenant', tenant.id);
-      const { token, record } = deps.tokens.create({ tenantId: tenant.id, name: b.name, scope: b.scope, expiresAt: b.expiresAt && new Date(b.expiresAt).toISOString() });
+      const { token, record } = deps.tokens.create({ tenantId: tenant.id, name: b.name, scope: b.scope, expiresAt: expiryFor(caller, b.expiresAt) });
       return c.json({ ...show(record), token }, 201);
     })
     .openapi(del, (c) => {
@@ -77,4 +77,18 @@ export function tokenRoutes(deps: AppDeps) {
       const { tenantId: _t, ...token } = t;
       return c.json({ ...token, tenant: { id: tenant.id, name: tenant.name, quotas: tenant.quotas, usage: deps.quotas.usage(tenant.id) } }, 200);
     });
+}
+
+/**
+ * A new token's expiry: as asked; but a tenant's expiring token cannot make one that outlives
+ * it (that would extend its own life), so its children expire with it at the latest.
+ */
+function expiryFor(caller: TokenRecord, asked: string | undefined): string | undefined {
+  const iso = asked === undefined ? undefined : new Date(asked).toISOString();
+  if (caller.scope === 'admin' || caller.expiresAt === undefined) return iso;
+  if (iso === undefined) return caller.expiresAt;
+  if (Date.parse(iso) > Date.parse(caller.expiresAt)) {
+    throw new ApiError(400, 'invalid_request', `expiresAt: must not be later than this token's own expiry (${caller.expiresAt})`, 'expiresAt');
+  }
+  return iso;
 }
