@@ -63,6 +63,9 @@ export function vmRoutes(deps: AppDeps) {
         throw new ApiError(400, 'invalid_request', `vcpus: the ${hypervisor} hypervisor allows at most ${backend.limits.maxVcpus}`, 'vcpus');
       }
       checkDefinition(body, deps.config.admission);
+      if (body.rootfsDevice === 'pmem' && !image.rootfs) {
+        throw new ApiError(400, 'invalid_request', `rootfsDevice: image ${image.name} has no root filesystem to map as pmem`, 'rootfsDevice');
+      }
       if (deps.vms.getByName(body.name)) throw new ApiError(409, 'conflict', `name: a VM named ${body.name} exists`, 'name');
       // Checked and inserted in one synchronous step: no other request can take a volume between.
       const drives = deps.drives.resolve(undefined, body.drives, (i) => `drives.${i}.volume`);
