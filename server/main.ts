@@ -67,7 +67,7 @@ async function main(): Promise<void> {
   setInterval(() => vms.flushUnsaved(), 5000).unref();
 
   if (tokens.count() === 0) {
-    // The first admin belongs to the tenant migration 003 made (it holds what came before tenants).
+    // The first admin belongs to the tenant migration 005 made (it holds what came before tenants).
     const home = tenants.getByName(DEFAULT_TENANT) ?? tenants.create(DEFAULT_TENANT);
     const { token } = tokens.create({ tenantId: home.id, name: 'admin', scope: 'admin' });
     writeFileSync(config.adminTokenPath, token + '\n', { mode: 0o600 });

@@ -1,6 +1,6 @@
 // Request and response schemas: validation and the OpenAPI document come from the same source.
 import { z } from '@hono/zod-openapi';
-import { VM_STATES } from '../db/vms.js';
+import { ROOTFS_DEVICES, VM_STATES } from '../db/vms.js';
 import { DRIVE_CACHES, DRIVE_STATES } from '../db/volumes.js';
 import { TOKEN_SCOPES } from '../db/tokens.js';
 import { VOLUME_MAX_MIB, VOLUME_MIN_MIB } from '../volumes/files.js';
@@ -48,6 +48,7 @@ export const VmSchema = z.object({
   cmdline: z.string().optional(),
   rng: z.boolean(),
   balloon: z.object({ enabled: z.boolean(), deflateOnOom: z.boolean() }),
+  rootfsDevice: z.enum(ROOTFS_DEVICES).openapi({ description: 'how an image\'s rootfs reaches the guest: virtio-blk (vda) or pmem (/dev/pmem0 with DAX; native: virtio-pmem, QEMU: an NVDIMM)' }),
   drives: z.array(DriveSchema).openapi({ description: 'in guest order: vda, vdb, ... (after vda = the image rootfs and vdb = the VM\'s layer, for an image with a rootfs)' }),
   pid: z.number().int().optional(),
   createdAt: z.string(),
@@ -69,6 +70,7 @@ export const CreateVmSchema = z.object({
     z.boolean(),
     z.object({ enabled: z.boolean().default(true), deflateOnOom: z.boolean().default(false) }).strict(),
   ]).default(false).openapi({ description: 'true, or {"deflateOnOom": true} to let the guest take memory back from the balloon when it runs out' }),
+  rootfsDevice: z.enum(ROOTFS_DEVICES).default('virtio-blk').openapi({ description: 'for an image with a rootfs: virtio-blk (the rootfs is vda, the layer vdb) or pmem (the rootfs is mapped into guest memory as /dev/pmem0 and mounted with DAX: no page-cache copy; the layer is vda). Kata\'s block_device_driver.' }),
 }).strict().openapi('CreateVm');
 
 export const VolumeSchema = z.object({

@@ -66,6 +66,9 @@ export function vmRoutes(deps: AppDeps) {
         throw new ApiError(400, 'invalid_request', `vcpus: the ${hypervisor} hypervisor allows at most ${backend.limits.maxVcpus}`, 'vcpus');
       }
       checkDefinition(body, deps.config.admission);
+      if (body.rootfsDevice === 'pmem' && !image.rootfs) {
+        throw new ApiError(400, 'invalid_request', `rootfsDevice: image ${image.name} has no root filesystem to map as pmem`, 'rootfsDevice');
+      }
       // The VM is the caller's tenant's: its name is unique there, its drives are its volumes.
       const tenant = callerToken(c).tenantId;
       c.set('resourceTenant', tenant);

@@ -74,7 +74,7 @@ test('tokens verify by hash only; new ones are cap_ + 64 hex digits; old-format 
   }
 });
 
-test('migration 003 carries a 001+002 database over: a default tenant owns everything, the tokens become admin tokens', () => {
+test('migrations 004+005 carry a 001+002 database over: a default tenant owns everything, the tokens become admin tokens', () => {
   const dir = tmp();
   try {
     const migrations = join(dir, 'migrations');
@@ -94,17 +94,17 @@ test('migration 003 carries a 001+002 database over: a default tenant owns every
     db.prepare("INSERT INTO events (vm_id, event, data, timestamp) VALUES ('vm-a', 'VM_CREATED', '{}', ?), ('vm-gone', 'VM_DELETED', '{}', ?)").run(now, now);
     db.close();
 
-    cpSync(join(MIGRATIONS_DIR, '003_tenants.sql'), join(migrations, '003_tenants.sql'));
+    cpSync(MIGRATIONS_DIR, migrations, { recursive: true }); // everything after 002: 004 (rootfs_device), 005 (tenants)
     db = openDb(path, migrations);
     const tenants = new TenantStore(db);
     const def = tenants.getByName(DEFAULT_TENANT)!;
     assert.match(def.id, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
     assert.deepEqual(def.quotas, { vms: null, vcpus: null, memoryMiB: null, volumeMiB: null });
     // Every row kept, now the default tenant's; the drive (which references both rebuilt tables) survived.
-    const rows = db.prepare('SELECT id, tenant_id, name, state, vcpus, memory_mib, balloon FROM vms ORDER BY id').all();
+    const rows = db.prepare('SELECT id, tenant_id, name, state, vcpus, memory_mib, balloon, rootfs_device FROM vms ORDER BY id').all();
     assert.deepEqual(rows, [
-      { id: 'vm-a', tenant_id: def.id, name: 'alpha', state: 'stopped', vcpus: 2, memory_mib: 256, balloon: 1 },
-      { id: 'vm-b', tenant_id: def.id, name: 'beta', state: 'running', vcpus: 1, memory_mib: 128, balloon: 0 },
+      { id: 'vm-a', tenant_id: def.id, name: 'alpha', state: 'stopped', vcpus: 2, memory_mib: 256, balloon: 1, rootfs_device: 'virtio-blk' },
+      { id: 'vm-b', tenant_id: def.id, name: 'beta', state: 'running', vcpus: 1, memory_mib: 128, balloon: 0, rootfs_device: 'virtio-blk' },
     ]);
     assert.deepEqual(db.prepare('SELECT tenant_id, name, size_bytes FROM volumes').get(), { tenant_id: def.id, name: 'data', size_bytes: 8 << 20 });
     assert.deepEqual(db.prepare('SELECT vm_id, volume_id, read_only FROM vm_drives').all(), [{ vm_id: 'vm-a', volume_id: 'vol-1', read_only: 1 }]);
@@ -121,7 +121,29 @@ test('migration 003 carries a 001+002 database over: a default tenant owns every
     assert.throws(() => insert.run('vm-e', 'no-such-tenant', now, now), /FOREIGN KEY/);
     db.prepare("DELETE FROM vms WHERE id = 'vm-a'").run();
     assert.equal(db.prepare('SELECT count(*) FROM vm_drives').pluck().get(), 0, 'drives still cascade with their VM');
-    assert.deepEqual(db.prepare('SELECT version FROM schema_migrations').pluck().all(), [1, 2, 3]);
+    assert.deepEqual(db.prepare('SELECT version FROM schema_migrations').pluck().all(), [1, 2, 4, 5]);
+    db.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('migration 005 on a database that already has 004 keeps each VM\'s rootfs device', () => {
+  const dir = tmp();
+  try {
+    const migrations = join(dir, 'migrations');
+    mkdirSync(migrations);
+    for (const f of ['001_init.sql', '002_volumes.sql', '004_rootfs_device.sql']) cpSync(join(MIGRATIONS_DIR, f), join(migrations, f));
+    const path = join(dir, 'old.db');
+    let db = openDb(path, migrations);
+    const now = '2026-11-01T00:00:00.000Z';
+    db.prepare("INSERT INTO images (name, kernel, created_at, updated_at) VALUES ('sandbox', '/k', ?, ?)").run(now, now);
+    db.prepare(`INSERT INTO vms (id, name, state, image, hypervisor, vcpus, memory_mib, created_at, updated_at, rootfs_device)
+      VALUES ('vm-p', 'p', 'created', 'sandbox', 'native', 1, 256, ?, ?, 'pmem')`).run(now, now);
+    db.close();
+    cpSync(join(MIGRATIONS_DIR, '005_tenants.sql'), join(migrations, '005_tenants.sql'));
+    db = openDb(path, migrations);
+    assert.deepEqual(db.prepare('SELECT name, rootfs_device FROM vms').get(), { name: 'p', rootfs_device: 'pmem' });
     db.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });

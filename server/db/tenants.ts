@@ -21,7 +21,7 @@ export interface Tenant {
   updatedAt: string;
 }
 
-/** The tenant migration 003 moved existing data into. */
+/** The tenant migration 005 moved existing data into. */
 export const DEFAULT_TENANT = 'default';
 
 interface TenantRow {

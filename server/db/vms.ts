@@ -7,6 +7,9 @@ import { publicDrive, type Drive, type DriveRow, type NewDrive, type VolumeStore
 export const VM_STATES = ['created', 'starting', 'running', 'paused', 'stopping', 'stopped', 'crashed'] as const;
 export type VmState = (typeof VM_STATES)[number];
 export type HypervisorName = 'qemu' | 'native';
+/** How an image's rootfs reaches the guest: a virtio-blk disk, or persistent memory (DAX). */
+export const ROOTFS_DEVICES = ['virtio-blk', 'pmem'] as const;
+export type RootfsDevice = (typeof ROOTFS_DEVICES)[number];
 
 export interface Vm {
   id: string;
@@ -23,6 +26,8 @@ export interface Vm {
   rng: boolean;
   /** A virtio-balloon device; deflateOnOom: the guest may take pages back from the balloon under memory pressure. */
   balloon: { enabled: boolean; deflateOnOom: boolean };
+  /** For an image with a rootfs: a virtio-blk disk (vda) or pmem (/dev/pmem0, mounted with DAX). */
+  rootfsDevice: RootfsDevice;
   /** The client's drives in guest order (after an image's rootfs and the VM's layer, when the image has a rootfs). */
   drives: Drive[];
   pid?: number;
@@ -44,6 +49,7 @@ interface VmRow {
   rng: number;
   balloon: number;
   balloon_deflate_on_oom: number;
+  rootfs_device: RootfsDevice;
   created_at: string;
   updated_at: string;
 }
@@ -53,6 +59,7 @@ function fromRow(r: VmRow, drives: readonly DriveRow[]): Vm {
     id: r.id, tenant: r.tenant_id, name: r.name, state: r.state, image: r.image, hypervisor: r.hypervisor,
     vcpus: r.vcpus, memoryMiB: r.memory_mib,
     rng: r.rng === 1, balloon: { enabled: r.balloon === 1, deflateOnOom: r.balloon_deflate_on_oom === 1 },
+    rootfsDevice: r.rootfs_device,
     drives: drives.map(publicDrive),
     createdAt: r.created_at, updatedAt: r.updated_at,
   };
@@ -71,6 +78,7 @@ export interface NewVm {
   cmdline?: string | undefined;
   rng?: boolean | undefined;
   balloon?: { enabled: boolean; deflateOnOom: boolean } | undefined;
+  rootfsDevice?: RootfsDevice | undefined;
   /** Volume ids (already resolved and checked). */
   drives?: readonly NewDrive[] | undefined;
 }
@@ -97,8 +105,8 @@ export class VmStore {
   constructor(private readonly db: Db, private readonly storage?: StorageMonitor, private readonly volumes?: VolumeStore) {
     if (storage) storage.statesNotSaved = () => this.unsaved.size;
     if (volumes) volumes.onDrivesChanged = () => this.invalidate();
-    this.insertStmt = db.prepare(`INSERT INTO vms (id, tenant_id, name, state, image, hypervisor, vcpus, memory_mib, cmdline, pid, rng, balloon, balloon_deflate_on_oom, created_at, updated_at)
-      VALUES (@id, @tenant, @name, 'created', @image, @hypervisor, @vcpus, @memoryMiB, @cmdline, NULL, @rng, @balloon, @deflateOnOom, @now, @now)`);
+    this.insertStmt = db.prepare(`INSERT INTO vms (id, tenant_id, name, state, image, hypervisor, vcpus, memory_mib, cmdline, pid, rng, balloon, balloon_deflate_on_oom, rootfs_device, created_at, updated_at)
+      VALUES (@id, @tenant, @name, 'created', @image, @hypervisor, @vcpus, @memoryMiB, @cmdline, NULL, @rng, @balloon, @deflateOnOom, @rootfsDevice, @now, @now)`);
     this.getStmt = db.prepare('SELECT * FROM vms WHERE id = ?');
     this.getByNameStmt = db.prepare('SELECT * FROM vms WHERE tenant_id = ? AND name = ?');
     this.listStmt = db.prepare('SELECT * FROM vms ORDER BY created_at, id');
@@ -120,6 +128,7 @@ export class VmStore {
         tenant: v.tenant, name: v.name, image: v.image, hypervisor: v.hypervisor, vcpus: v.vcpus, memoryMiB: v.memoryMiB,
         cmdline: v.cmdline ?? null, id, now: new Date().toISOString(),
         rng: v.rng === false ? 0 : 1, balloon: v.balloon?.enabled ? 1 : 0, deflateOnOom: v.balloon?.enabled && v.balloon.deflateOnOom ? 1 : 0,
+        rootfsDevice: v.rootfsDevice ?? 'virtio-blk',
       });
       if (v.drives && v.drives.length > 0) {
         if (!this.volumes) throw new Error('VmStore: drives need the volume store');

@@ -1,4 +1,4 @@
--- capsule schema v3: tenants own VMs, volumes, tokens (and their events); token scopes and
+-- capsule schema v5 (after 004, whatever order the branches landed in): tenants own VMs, volumes, tokens (and their events); token scopes and
 -- expiry; quotas; the audit log. Existing data moves into a tenant named `default`, and every
 -- existing token becomes an admin token of it (before tenants every token could do everything).
 --
@@ -38,10 +38,11 @@ CREATE TABLE vms_new (
   updated_at  TEXT NOT NULL,
   rng         INTEGER NOT NULL DEFAULT 1,
   balloon     INTEGER NOT NULL DEFAULT 0,
-  balloon_deflate_on_oom INTEGER NOT NULL DEFAULT 0
+  balloon_deflate_on_oom INTEGER NOT NULL DEFAULT 0,
+  rootfs_device TEXT NOT NULL DEFAULT 'virtio-blk' CHECK (rootfs_device IN ('virtio-blk','pmem'))
 );
-INSERT INTO vms_new (id, tenant_id, name, state, image, hypervisor, vcpus, memory_mib, cmdline, pid, created_at, updated_at, rng, balloon, balloon_deflate_on_oom)
-  SELECT id, (SELECT id FROM tenants WHERE name = 'default'), name, state, image, hypervisor, vcpus, memory_mib, cmdline, pid, created_at, updated_at, rng, balloon, balloon_deflate_on_oom FROM vms;
+INSERT INTO vms_new (id, tenant_id, name, state, image, hypervisor, vcpus, memory_mib, cmdline, pid, created_at, updated_at, rng, balloon, balloon_deflate_on_oom, rootfs_device)
+  SELECT id, (SELECT id FROM tenants WHERE name = 'default'), name, state, image, hypervisor, vcpus, memory_mib, cmdline, pid, created_at, updated_at, rng, balloon, balloon_deflate_on_oom, rootfs_device FROM vms;
 DROP TABLE vms;
 ALTER TABLE vms_new RENAME TO vms;
 CREATE UNIQUE INDEX vms_tenant_name ON vms (tenant_id, name);
