@@ -64,7 +64,7 @@ test('drives in a guest: content, writes, read-only; rng; balloon; hot-plug and 
   const hot = await volume(s, 'g-hot', 4, hotContent);
   const c = await s.api('POST', '/v1/vms', {
     name: 'drives-1', memoryMiB: 256, balloon: true,
-    drives: [{ volume: 'g-data', cache: 'none', iops: 5000 }, { volume: 'g-ro', readOnly: true }],
+    drives: [{ volume: 'g-data', cache: 'none', iops: 5000 }, { volume: 'g-ro', readOnly: true, iops: 20 }],
   });
   assert.equal(c.status, 201, JSON.stringify(c.body));
   const id: string = c.body.id;
@@ -89,6 +89,11 @@ test('drives in a guest: content, writes, read-only; rng; balloon; hot-plug and 
   assert.equal(await guest(cons, 'cat /sys/block/vdb/ro'), '1');
   const roWrite = await guest(cons, 'dd if=/dev/zero of=/dev/vdb bs=512 count=1 conv=fsync; echo status=$?');
   assert.match(roWrite, /status=[1-9]/, roWrite);
+  // iops: 120 direct 4 KiB reads from the drive limited to 20/s take at least (120 - one
+  // second's burst) / 20 = 5 s, measured by the guest's clock (a lower bound: noise only adds).
+  const span = (await guest(cons, 'a=$(cut -d" " -f1 /proc/uptime); dd if=/dev/vdb of=/dev/null bs=4k count=120 iflag=direct 2>/dev/null; b=$(cut -d" " -f1 /proc/uptime); echo "$a $b"')).split(' ').map(Number);
+  const took = span[1]! - span[0]!;
+  assert.ok(took >= 4, `120 reads at iops=20 took ${took.toFixed(2)} s: the limit does not hold`);
   const marker = `capsule-marker-${randomBytes(6).toString('hex')}`;
   assert.match(await guest(cons, `echo ${marker} | dd of=/dev/vda bs=512 seek=2048 conv=fsync; echo status=$?`), /status=0/);
 

@@ -49,7 +49,7 @@ test('native: drives through the API, read-only, rng, hot-plug and DEVICE_DELETE
   const vData = await volume('n-data', 4, data);
   await volume('n-ro', 1, ro);
   await volume('n-hot', 2, hot);
-  const c = await s.api('POST', '/v1/vms', { name: 'native-drives', memoryMiB: 256, drives: [{ volume: 'n-data' }, { volume: 'n-ro', readOnly: true }] });
+  const c = await s.api('POST', '/v1/vms', { name: 'native-drives', memoryMiB: 256, drives: [{ volume: 'n-data' }, { volume: 'n-ro', readOnly: true, iops: 20 }] });
   assert.equal(c.status, 201, JSON.stringify(c.body));
   assert.equal(c.body.hypervisor, 'native');
   const id: string = c.body.id;
@@ -65,6 +65,11 @@ test('native: drives through the API, read-only, rng, hot-plug and DEVICE_DELETE
   assert.equal(await guest(cons, 'sha256sum /dev/vdb | cut -d" " -f1'), sha256(ro));
   assert.equal(await guest(cons, 'cat /sys/block/vdb/ro'), '1');
   assert.match(await guest(cons, 'dd if=/dev/zero of=/dev/vdb bs=512 count=1 conv=fsync; echo status=$?'), /status=[1-9]/);
+  // iops: 120 direct 4 KiB reads from the drive limited to 20/s take at least (120 - one
+  // second's burst) / 20 = 5 s, measured by the guest's clock (a lower bound: noise only adds).
+  const span = (await guest(cons, 'a=$(cut -d" " -f1 /proc/uptime); dd if=/dev/vdb of=/dev/null bs=4k count=120 iflag=direct 2>/dev/null; b=$(cut -d" " -f1 /proc/uptime); echo "$a $b"')).split(' ').map(Number);
+  const took = span[1]! - span[0]!;
+  assert.ok(took >= 4, `120 reads at iops=20 took ${took.toFixed(2)} s: the limit does not hold`);
   const marker = `native-marker-${randomBytes(6).toString('hex')}`;
   assert.match(await guest(cons, `echo ${marker} | dd of=/dev/vda bs=512 seek=2048 conv=fsync; echo status=$?`), /status=0/);
   assert.match(await guest(cons, 'cat /sys/class/misc/hw_random/rng_current'), /^virtio_rng/);
