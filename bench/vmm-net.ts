@@ -24,9 +24,12 @@ const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const SECONDS = Number(process.env.BENCH_RUNTIME_S ?? 5);
 const VHOST = process.env.BENCH_VHOST === '1';
 const RAM_MIB = 512;
-const HOST_IP = '10.0.2.1';
-const GUEST_IP = '10.0.2.2';
-const MAC = '52:54:00:c5:0b:01';
+/** Each VMM gets its own tap and subnet in the namespace: both run at once. */
+const LINKS = [
+  { tap: 'tap0', hostIp: '10.0.2.1', guestIp: '10.0.2.2', mac: '52:54:00:c5:0b:01' },
+  { tap: 'tap1', hostIp: '10.0.3.1', guestIp: '10.0.3.2', mac: '52:54:00:c5:0b:02' },
+] as const;
+type Link = (typeof LINKS)[number];
 const work = mkdtempSync(join(tmpdir(), 'capsule-bench-net-'));
 type Img = Awaited<ReturnType<typeof testImage>>;
 
@@ -42,12 +45,14 @@ function makeNamespace(): void {
   if (VHOST && !existsSync('/dev/vhost-net')) spawnSync('modprobe', ['vhost_net']);
   sh('ip', ['netns', 'add', NS]);
   inNs('ip', 'link', 'set', 'lo', 'up');
-  inNs('ip', 'tuntap', 'add', 'dev', 'tap0', 'mode', 'tap', 'vnet_hdr');
-  inNs('ip', 'addr', 'add', `${HOST_IP}/24`, 'dev', 'tap0');
-  inNs('ip', 'link', 'set', 'tap0', 'up');
+  for (const l of LINKS) {
+    inNs('ip', 'tuntap', 'add', 'dev', l.tap, 'mode', 'tap');
+    inNs('ip', 'addr', 'add', `${l.hostIp}/24`, 'dev', l.tap);
+    inNs('ip', 'link', 'set', l.tap, 'up');
+  }
 }
 
-interface Guest { con: ConsoleClient; pid: number; stop(): Promise<void> }
+interface Guest { name: string; link: Link; con: ConsoleClient; pid: number; stop(): Promise<void> }
 
 function disk(name: string): string {
   const f = join(work, name);
@@ -56,25 +61,29 @@ function disk(name: string): string {
   return f;
 }
 
-async function consoleOf(conPath: string): Promise<ConsoleClient> {
-  await waitForFile(conPath, 60_000);
-  const con = await ConsoleClient.connect(conPath);
-  await con.waitFor(/CAPSULE_READY/, 180_000);
-  await con.waitFor(/# /, 30_000);
-  return con;
+async function consoleOf(conPath: string, stderr: () => string): Promise<ConsoleClient> {
+  try {
+    await waitForFile(conPath, 180_000);
+    const con = await ConsoleClient.connect(conPath);
+    await con.waitFor(/CAPSULE_READY/, 400_000);
+    await con.waitFor(/# /, 60_000);
+    return con;
+  } catch (e) {
+    throw new Error(`${(e as Error).message}\n${stderr().slice(-2000)}`);
+  }
 }
 
-async function bootNative(img: Img, initrd: string, vhost: boolean): Promise<Guest> {
+async function bootNative(img: Img, initrd: string, vhost: boolean, link: Link): Promise<Guest> {
   const tag = vhost ? 'nv' : 'n';
   const qmp = join(work, `${tag}.qmp`);
   const conPath = join(work, `${tag}.con`);
   const vmm = startVmm(['-kernel', img.kernel, '-initrd', initrd, '-append', img.cmdline, '-smp', '1', '-m', `${RAM_MIB}M`,
     '-api-channel', `unix:${qmp}`, '-chardev', `id=c,path=${conPath}`, '-drive', `id=disk,file=${disk(`${tag}.img`)}`,
-    '-netdev', `id=net0,netdev=tap0,mac=${MAC}${vhost ? ',vhost=on' : ''}`, '-rng', 'random_file=/dev/urandom', '-hotplug-slots', '0'],
+    '-netdev', `id=net0,netdev=${link.tap},mac=${link.mac}${vhost ? ',vhost=on' : ''}`, '-rng', 'random_file=/dev/urandom', '-hotplug-slots', '0'],
   {}, ['ip', 'netns', 'exec', NS]);
-  const con = await consoleOf(conPath);
+  const con = await consoleOf(conPath, () => vmm.stderr);
   return {
-    con,
+    name: vhost ? 'nativeVhost' : 'native', link, con,
     pid: vmm.child.pid as number,
     stop: async () => {
       const q = await QmpClient.connect(qmp);
@@ -86,19 +95,21 @@ async function bootNative(img: Img, initrd: string, vhost: boolean): Promise<Gue
   };
 }
 
-async function bootQemu(img: Img, initrd: string, vhost: boolean): Promise<Guest> {
+async function bootQemu(img: Img, initrd: string, vhost: boolean, link: Link): Promise<Guest> {
   const conPath = join(work, `q${vhost ? 'v' : ''}.con`);
   const p: ChildProcess = spawn('ip', ['netns', 'exec', NS, 'qemu-system-x86_64', '-accel', 'kvm', '-cpu', 'host', '-smp', '1', '-m', `${RAM_MIB}M`,
     '-M', 'microvm,acpi=on,rtc=on,pit=on,pic=on,isa-serial=on', '-nodefaults', '-no-reboot', '-nographic',
     '-kernel', img.kernel, '-initrd', initrd, '-append', img.cmdline,
     '-chardev', `socket,id=c,path=${conPath},server=on,wait=off`, '-serial', 'chardev:c',
     '-drive', `id=disk,file=${disk(`q${vhost ? 'v' : ''}.img`)},format=raw,if=none,cache=writeback`, '-device', 'virtio-blk-device,drive=disk',
-    '-netdev', `tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=${vhost ? 'on' : 'off'}`, '-device', `virtio-net-device,netdev=n0,mac=${MAC}`,
-    '-object', 'rng-random,id=r0,filename=/dev/urandom', '-device', 'virtio-rng-device,rng=r0'], { stdio: 'ignore' });
+    '-netdev', `tap,id=n0,ifname=${link.tap},script=no,downscript=no,vhost=${vhost ? 'on' : 'off'}`, '-device', `virtio-net-device,netdev=n0,mac=${link.mac}`,
+    '-object', 'rng-random,id=r0,filename=/dev/urandom', '-device', 'virtio-rng-device,rng=r0'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  p.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const exited = new Promise<void>((r) => p.once('exit', () => r()));
-  const con = await consoleOf(conPath);
+  const con = await consoleOf(conPath, () => stderr);
   return {
-    con,
+    name: vhost ? 'qemuVhost' : 'qemu', link, con,
     pid: p.pid as number, // `ip netns exec` execs qemu in place
     stop: async () => {
       p.kill('SIGKILL');
@@ -109,48 +120,65 @@ async function bootQemu(img: Img, initrd: string, vhost: boolean): Promise<Guest
 }
 
 /** Receiver Mbit/s of one iperf3 run from the guest (reverse: host -> guest). */
-async function iperf(con: ConsoleClient, reverse: boolean): Promise<number> {
-  const r = await con.run(guestTool('iperf3', `-c ${HOST_IP} -t ${SECONDS} -f m${reverse ? ' -R' : ''} 2>&1 | grep receiver`), (SECONDS + 120) * 1000);
+async function iperf(g: Guest, reverse: boolean): Promise<number> {
+  const r = await g.con.run(guestTool('iperf3', `-c ${g.link.hostIp} -t ${SECONDS} -f m${reverse ? ' -R' : ''} 2>&1 | grep receiver`), (SECONDS + 180) * 1000);
   const m = /([\d.]+) Mbits\/sec\s+receiver/.exec(r.out);
-  if (!m) throw new Error(`iperf3${reverse ? ' -R' : ''}: no result in: ${r.out.slice(-500)}`);
+  if (!m) throw new Error(`${g.name}: iperf3${reverse ? ' -R' : ''}: no result in: ${r.out.slice(-500)}`);
   return Number(m[1]);
 }
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
-async function measure(boot: () => Promise<Guest>): Promise<Record<string, unknown>> {
-  const g = await boot();
+/**
+ * Both guests up at once; their NICs configured, 5 s idle, then memory; then iperf3 runs taking
+ * turns (rotating order), so that the lab's drifting speed hits both alike.
+ */
+async function measurePair(boots: Array<() => Promise<Guest>>): Promise<Record<string, Record<string, unknown>>> {
+  const settled = await Promise.allSettled(boots.map((b) => b()));
+  const guests = settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
   try {
-    const up = await g.con.run(`ip addr add ${GUEST_IP}/24 dev eth0 && ip link set eth0 up && ping -c 2 -W 5 ${HOST_IP}`, 60_000);
-    if (up.status !== 0) throw new Error(`guest network: ${up.out}`);
-    await new Promise((r) => setTimeout(r, 5000));
-    const idle: ProcMem = procMem(g.pid, RAM_MIB * 1024);
-    const toHost: number[] = [];
-    const toGuest: number[] = [];
-    for (let i = 0; i < RUNS; i++) {
-      toHost.push(await iperf(g.con, false));
-      toGuest.push(await iperf(g.con, true));
+    const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+    if (failed) throw failed.reason;
+    for (const g of guests) {
+      const up = await g.con.run(`ip addr add ${g.link.guestIp}/24 dev eth0 && ip link set eth0 up && ping -c 2 -W 5 ${g.link.hostIp}`, 120_000);
+      if (up.status !== 0) throw new Error(`${g.name}: guest network: ${up.out}`);
     }
-    return {
-      guestToHostMbps: { median: median(toHost), runs: toHost },
-      hostToGuestMbps: { median: median(toGuest), runs: toGuest },
-      idleMemory: { ussMiB: +(idle.ussKiB / 1024).toFixed(1), vmmUssMiB: +(idle.vmmUssKiB / 1024).toFixed(1), pssMiB: +(idle.pssKiB / 1024).toFixed(1) },
-    };
+    await new Promise((r) => setTimeout(r, 5000));
+    const idle = new Map(guests.map((g) => [g.name, procMem(g.pid, RAM_MIB * 1024)] as const));
+    const toHost = new Map<string, number[]>();
+    const toGuest = new Map<string, number[]>();
+    for (let i = 0; i < RUNS; i++) {
+      for (let k = 0; k < guests.length; k++) {
+        const g = guests[(i + k) % guests.length] as Guest;
+        toHost.set(g.name, [...(toHost.get(g.name) ?? []), await iperf(g, false)]);
+        toGuest.set(g.name, [...(toGuest.get(g.name) ?? []), await iperf(g, true)]);
+      }
+    }
+    return Object.fromEntries(guests.map((g) => {
+      const m: ProcMem = idle.get(g.name)!;
+      return [g.name, {
+        guestToHostMbps: { median: median(toHost.get(g.name)!), runs: toHost.get(g.name) },
+        hostToGuestMbps: { median: median(toGuest.get(g.name)!), runs: toGuest.get(g.name) },
+        idleMemory: { ussMiB: +(m.ussKiB / 1024).toFixed(1), vmmUssMiB: +(m.vmmUssKiB / 1024).toFixed(1), pssMiB: +(m.pssKiB / 1024).toFixed(1) },
+      }];
+    }));
   } finally {
-    await g.stop();
+    for (const g of guests) await g.stop().catch(() => undefined);
   }
 }
 
 const img = await testImage();
 const initrd = initrdWithTools(img.initrd, work);
 makeNamespace();
-const server = spawn('ip', ['netns', 'exec', NS, 'iperf3', '-s', '-B', HOST_IP], { stdio: 'ignore' });
+const servers = LINKS.map((l) => spawn('ip', ['netns', 'exec', NS, 'iperf3', '-s', '-B', l.hostIp], { stdio: 'ignore' }));
 try {
   await new Promise((r) => setTimeout(r, 1000));
-  const native = await measure(() => bootNative(img, initrd, false));
-  const qemu = await measure(() => bootQemu(img, initrd, false));
-  const nativeVhost = VHOST ? await measure(() => bootNative(img, initrd, true)) : 'skipped (BENCH_VHOST=1 to run)';
-  const qemuVhost = VHOST ? await measure(() => bootQemu(img, initrd, true)) : 'skipped (BENCH_VHOST=1 to run)';
+  const userspace = await measurePair([() => bootNative(img, initrd, false, LINKS[0]), () => bootQemu(img, initrd, false, LINKS[1])]);
+  const vhost = VHOST ? await measurePair([() => bootNative(img, initrd, true, LINKS[0]), () => bootQemu(img, initrd, true, LINKS[1])]) : undefined;
+  const { native, qemu } = userspace;
+  const skipped = 'skipped (BENCH_VHOST=1 to run)';
+  const nativeVhost = vhost?.nativeVhost ?? skipped;
+  const qemuVhost = vhost?.qemuVhost ?? skipped;
   type M = { guestToHostMbps: { median: number }; hostToGuestMbps: { median: number } };
   const ratio = (a: unknown, b: unknown): Record<string, number> | undefined => typeof a === 'object' && typeof b === 'object'
     ? { guestToHost: +((a as M).guestToHostMbps.median / (b as M).guestToHostMbps.median).toFixed(2), hostToGuest: +((a as M).hostToGuestMbps.median / (b as M).hostToGuestMbps.median).toFixed(2) }
@@ -162,6 +190,7 @@ try {
     runs: RUNS,
     secondsPerRun: SECONDS,
     devices: 'virtio-blk + virtio-net (tap) + virtio-rng, 1 vCPU, ' + `${RAM_MIB} MiB`,
+    method: 'native and QEMU run at once, each on its own tap; iperf3 runs take turns (rotating order)',
     native,
     qemu,
     nativeVhost,
@@ -173,7 +202,7 @@ try {
   console.log(JSON.stringify(result, null, 2));
   if (process.env.BENCH_SAVE) writeFileSync(process.env.BENCH_SAVE, JSON.stringify(result, null, 2) + '\n');
 } finally {
-  server.kill();
+  for (const s of servers) s.kill();
   spawnSync('ip', ['netns', 'del', NS]);
 }
 process.exit(0);
