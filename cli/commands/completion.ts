@@ -41,7 +41,7 @@ export function bashScript(program: Command): string {
   const words = nodes.map((n) => {
     const subs = n.cmd.commands.filter((s) => !(s as Command & { _hidden?: boolean })._hidden).map((s) => s.name());
     const args = (n.cmd.registeredArguments as readonly Argument[]).map((a) => kindOf(a.name())).filter(Boolean);
-    return `    ${n.id}) words="${[...subs, ...optionWords(n.cmd), ...optionWords(program)].join(' ')}"; kind="${args[0] ?? ''}" ;;`;
+    return `    ${n.id}) words="${[...subs, ...optionWords(n.cmd), "--output", "-o"].join(' ')}"; kind="${args[0] ?? ''}" ;;`;
   });
   // Options whose value is a name the server knows, or one of a fixed set.
   const valueCases = new Map<string, string>();
