@@ -77,11 +77,15 @@ export class ApiClient {
   /**
    * Opens a WebSocket on `path`. The token goes in the Authorization header (a URL's query
    * string ends up in logs). An HTTP error answer to the upgrade becomes an ApiError.
+   * `onMessage` is attached before the connection opens: the server may send its first frames
+   * (a console's recent output) in the same packet as the upgrade answer, and a listener
+   * added once the promise resolves would miss them.
    */
-  openSocket(path: string): Promise<WebSocket> {
+  openSocket(path: string, onMessage: (data: Buffer) => void): Promise<WebSocket> {
     const wsUrl = this.url.replace(/^http/, 'ws') + path;
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(wsUrl, { headers: { authorization: `Bearer ${this.token}` } });
+      ws.on('message', (data: Buffer) => onMessage(data));
       const fail = (e: Error) => {
         ws.removeAllListeners('open');
         reject(e);

@@ -25,16 +25,16 @@ export function consoleCommand(): Command {
     .action(withContext(async (ctx, ref: string, o: { quiet?: boolean }) => {
       const client = ctx.client();
       const vm = await resolveVm(client, ref);
-      const ws = await client.openSocket(`/v1/vms/${vm.id}/console`);
+      const ws = await client.openSocket(`/v1/vms/${vm.id}/console`, (data) => process.stdout.write(data));
       const say = (s: string) => { if (!o.quiet) process.stderr.write(s); };
       say(`[capsule: connected to ${vm.name}'s console; leave with Ctrl-] or ~. at the start of a line]\r\n`);
-      const code = await runConsole(ws, process.stdin, process.stdout, say);
+      const code = await runConsole(ws, process.stdin, say);
       if (code instanceof Error) throw code;
     }));
 }
 
-/** Pipes the terminal to the socket until an escape, EOF or the socket's close. */
-export function runConsole(ws: WebSocket, stdin: NodeJS.ReadStream, stdout: NodeJS.WriteStream, say: (s: string) => void): Promise<void | Error> {
+/** Pipes the terminal's keys to the socket (its output is already wired) until an escape, EOF or the socket's close. */
+export function runConsole(ws: WebSocket, stdin: NodeJS.ReadStream, say: (s: string) => void): Promise<void | Error> {
   const rawMode = stdin.isTTY === true;
   const restore = () => {
     if (rawMode && stdin.isTTY) stdin.setRawMode(false);
@@ -67,7 +67,6 @@ export function runConsole(ws: WebSocket, stdin: NodeJS.ReadStream, stdout: Node
     const onEnd = () => setTimeout(() => finish(undefined), EOF_LINGER_MS);
     const onSignal = () => finish(new CliError('interrupted', 'console closed by a signal'), 'interrupted');
 
-    ws.on('message', (data: Buffer) => stdout.write(data));
     ws.on('close', (code, reason) => {
       const why = reason.toString() || `code ${code}`;
       if (code === 1000) finish(undefined, `console closed: ${why}`);

@@ -68,7 +68,11 @@ async function followEvents(ctx: Context, o: { vm?: string; since?: number }): P
   for (let first = true; !stopping; first = false) {
     let ws: WebSocket;
     try {
-      ws = await open(client, path, lastSeq);
+      ws = await open(client, path, lastSeq, (data) => {
+        try {
+          print(JSON.parse(data.toString()) as VmEvent);
+        } catch { /* not an event: ignored */ }
+      });
     } catch (e) {
       // A refusal (401, 404, 429) is final; so is a server that is not there at all at the start.
       if (first || e instanceof ApiError) throw e;
@@ -84,11 +88,6 @@ async function followEvents(ctx: Context, o: { vm?: string; since?: number }): P
       break;
     }
     const closed = await new Promise<{ code: number; reason: string }>((resolve) => {
-      ws.on('message', (data: Buffer) => {
-        try {
-          print(JSON.parse(data.toString()) as VmEvent);
-        } catch { /* not an event: ignored */ }
-      });
       ws.on('error', () => { /* 'close' follows */ });
       ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() }));
     });
@@ -101,8 +100,8 @@ async function followEvents(ctx: Context, o: { vm?: string; since?: number }): P
   }
 }
 
-function open(client: ApiClient, path: string, since: number | undefined): Promise<WebSocket> {
-  return client.openSocket(since === undefined ? path : `${path}?since=${since}`);
+function open(client: ApiClient, path: string, since: number | undefined, onMessage: (data: Buffer) => void): Promise<WebSocket> {
+  return client.openSocket(since === undefined ? path : `${path}?since=${since}`, onMessage);
 }
 
 async function sleepUnless(stop: () => boolean, ms: number): Promise<void> {
