@@ -15,8 +15,10 @@ const QUOTAS: Array<{ key: keyof Quotas; flag: string; label: string; size: bool
   { key: 'volumeMiB', flag: 'volume-size', label: 'volume space', size: true },
 ];
 
-const unlimitedOr = (parse: (v: string) => number) => (v: string): number | null => {
-  if (v === 'unlimited' || v === 'none') return null;
+// commander turns a parser's null into '': the parser says 'unlimited', quotasFrom() makes it null.
+const UNLIMITED = 'unlimited';
+const unlimitedOr = (parse: (v: string) => number) => (v: string): number | typeof UNLIMITED => {
+  if (v === 'unlimited' || v === 'none') return UNLIMITED;
   if (/^\d+$/.test(v) && Number(v) === 0) return 0;
   return parse(v);
 };
@@ -58,7 +60,7 @@ function quotasFrom(o: Record<string, unknown>): Quotas | undefined {
   const quotas: Quotas = {};
   for (const q of QUOTAS) {
     const optionKey = q.flag.replace(/-(\w)/g, (_, c: string) => c.toUpperCase());
-    if (o[optionKey] !== undefined) quotas[q.key] = o[optionKey] as number | null;
+    if (o[optionKey] !== undefined) quotas[q.key] = o[optionKey] === UNLIMITED ? null : (o[optionKey] as number);
   }
   return Object.keys(quotas).length > 0 ? quotas : undefined;
 }
