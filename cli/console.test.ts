@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { TestServer, waitFor } from '../server/test/harness.js';
 import { CliUser, CAPSULE_BIN } from './test/run-cli.js';
@@ -29,8 +29,8 @@ class Pty {
   readonly child: ChildProcess;
   readonly exited: Promise<number | null>;
 
-  constructor(command: string) {
-    this.child = spawn('script', ['--quiet', '--return', '--flush', '--command', command, '/dev/null'], { env: user.env({ TERM: 'xterm' }), stdio: ['pipe', 'pipe', 'pipe'] });
+  constructor(command: string, as: CliUser = user) {
+    this.child = spawn('script', ['--quiet', '--return', '--flush', '--command', command, '/dev/null'], { env: as.env({ TERM: 'xterm' }), stdio: ['pipe', 'pipe', 'pipe'] });
     this.child.stdout!.on('data', (d: Buffer) => { this.output += d.toString('utf8'); });
     this.child.stderr!.on('data', (d: Buffer) => { this.output += d.toString('utf8'); });
     this.exited = new Promise((r) => this.child.once('close', r));
@@ -131,4 +131,24 @@ test('vm console: ~. at the start of a line leaves too (a ~ elsewhere is typed);
   const refused = await user.run(['vm', 'console', 'cli-console']);
   assert.equal(refused.code, 1);
   assert.match(refused.stderr, /^error: not_running: /m);
+});
+
+test('login on a terminal asks for the URL (with a default) and the token without echoing it', async () => {
+  const u = new CliUser();
+  try {
+    const pty = new Pty(`"${process.execPath}" "${CAPSULE_BIN}" login; echo "EXIT=$?"`, u);
+    await pty.waitFor('capsule server URL [http://127.0.0.1:8080]: ');
+    pty.type(`${s.url}\r`);
+    await pty.waitFor('API token: ');
+    pty.type(`${s.token}\r`);
+    await pty.waitFor('EXIT=0');
+    assert.equal(await pty.close(), 0);
+    assert.ok(!pty.output.includes(s.token), 'the token was not echoed');
+    assert.match(pty.output, /logged in to http:\/\/127\.0\.0\.1:\d+/);
+    const file = join(u.configHome, 'capsule', 'config.json');
+    assert.equal(statSync(file).mode & 0o777, 0o600);
+    assert.deepEqual(JSON.parse(readFileSync(file, 'utf8')), { url: s.url, token: s.token });
+  } finally {
+    u.cleanup();
+  }
 });

@@ -17,6 +17,12 @@ export async function withSpinner<T>(label: string, work: Promise<T>, stream: No
     stream.write(`\r\x1b[K${FRAMES[frame++ % FRAMES.length]} ${label} ${seconds}s`);
   };
   let timer: NodeJS.Timeout | undefined;
+  // Ctrl-C while spinning: erase the spinner line so the shell's prompt starts clean (130 = 128 + SIGINT).
+  const onInterrupt = () => {
+    if (shown) stream.write('\r\x1b[K');
+    process.exit(130);
+  };
+  process.once('SIGINT', onInterrupt);
   const grace = setTimeout(() => {
     draw();
     timer = setInterval(draw, FRAME_MS);
@@ -26,6 +32,7 @@ export async function withSpinner<T>(label: string, work: Promise<T>, stream: No
   } finally {
     clearTimeout(grace);
     clearInterval(timer);
+    process.off('SIGINT', onInterrupt);
     if (shown) stream.write('\r\x1b[K');
   }
 }
