@@ -39,3 +39,20 @@ export async function resolveToken(client: ApiClient, ref: string): Promise<Toke
 
 /** Path segment for an id or name the server resolves itself (volumes). */
 export const seg = (s: string) => encodeURIComponent(s);
+
+/**
+ * Tenant names by id, for the TENANT column an admin's lists get. Only an admin may list
+ * tenants: for anyone else (or a server without tenants) the column keeps the ids.
+ */
+export async function tenantNames(client: ApiClient, items: ReadonlyArray<{ tenant?: string }>): Promise<Map<string, string>> {
+  if (!items.some((i) => i.tenant !== undefined)) return new Map();
+  try {
+    const { items: tenants } = await client.get<List<Tenant>>('/v1/tenants');
+    return new Map(tenants.map((t) => [t.id, t.name]));
+  } catch {
+    return new Map();
+  }
+}
+
+/** `?tenant=REF` for an admin's narrowed list (the server takes an id or a name). */
+export const tenantQuery = (tenant: string | undefined) => (tenant ? `?tenant=${encodeURIComponent(tenant)}` : '');

@@ -40,8 +40,8 @@ before(async () => {
     if (req.headers.authorization !== `Bearer ${ADMIN}`) return fail(401, 'unauthorized', 'invalid token');
     const [, , resource, id] = u.pathname.split('/');
     const tenant = tenants.find((t) => t.id === id);
-    if (resource === 'whoami') return send(200, { tenant: { id: tenants[0]!.id, name: 'default' }, token: { id: 't0', name: 'admin', scope: 'admin' } });
-    if (resource === 'tenants' && !id && req.method === 'GET') return send(200, { items: tenants });
+    if (resource === 'whoami') return send(200, { id: 't0', name: 'admin', scope: 'admin', createdAt: now, tenant: { id: tenants[0]!.id, name: 'default', quotas: tenants[0]!.quotas, usage: { vms: 0, vcpus: 0, memoryMiB: 0, volumeMiB: 0 } } });
+    if (resource === 'tenants' && !id && req.method === 'GET') return send(200, { items: tenants.map((t) => ({ ...t, usage: { vms: 1, vcpus: 2, memoryMiB: 512, volumeMiB: 0 } })) });
     if (resource === 'tenants' && !id && req.method === 'POST') {
       const t = { id: uuid(), name: body.name, quotas: { vms: null, vcpus: null, memoryMiB: null, volumeMiB: null, ...body.quotas }, createdAt: now, updatedAt: now };
       tenants.push(t);
@@ -53,17 +53,21 @@ before(async () => {
       return send(200, tenant);
     }
     if (resource === 'tenants' && tenant && req.method === 'DELETE') {
-      if (tokens.some((t) => t.tenantId === tenant.id) && u.searchParams.get('force') !== 'true') return fail(409, 'conflict', `tenant ${tenant.name} has resources: delete them or use ?force=true`);
+      if (tokens.some((t) => t.tenantId === tenant.id) && u.searchParams.get('force') !== 'true') return fail(409, 'tenant_not_empty', `tenant ${tenant.name} has 1 VM(s) and 0 volume(s): delete them first, or add ?force=true to delete them with the tenant`);
       tenants.splice(tenants.indexOf(tenant), 1);
       return send(204);
     }
-    if (resource === 'tokens' && !id && req.method === 'GET') return send(200, { items: tokens });
+    const show = ({ tenantId, ...rest }: Token) => ({ ...rest, tenant: tenantId, tenantName: tenants.find((t) => t.id === tenantId)?.name ?? '' });
+    if (resource === 'tokens' && !id && req.method === 'GET') {
+      const only = u.searchParams.get('tenant');
+      return send(200, { items: tokens.filter((t) => !only || t.tenantId === only || show(t).tenantName === only).map(show) });
+    }
     if (resource === 'tokens' && !id && req.method === 'POST') {
       const owner = tenants.find((t) => t.id === body.tenant || t.name === body.tenant);
       if (!owner) return fail(400, 'invalid_request', `tenant: no tenant ${body.tenant}`);
       const t: Token = { id: uuid(), tenantId: owner.id, name: body.name, scope: body.scope, ...(body.expiresAt ? { expiresAt: body.expiresAt } : {}), createdAt: now };
       tokens.push(t);
-      return send(201, { ...t, token: `cap_${'ab'.repeat(32)}` });
+      return send(201, { ...show(t), token: `cap_${'ab'.repeat(32)}` });
     }
     const token = tokens.find((t) => t.id === id);
     if (resource === 'tokens' && token && req.method === 'DELETE') {
@@ -91,7 +95,7 @@ test('tenant create, ls, show (use against quota), update, rm: the bodies the AP
   const table = await user.run(['tenant', 'ls']);
   assert.equal(table.code, 0, table.stderr);
   assert.match(table.stdout, /^NAME\s+VMS\s+VCPUS\s+MEMORY\s+VOLUME SIZE\s+ID/);
-  assert.match(table.stdout, new RegExp(`^acme\\s+10\\s+16\\s+32 GiB\\s+unlimited\\s+${created.id}`, 'm'));
+  assert.match(table.stdout, new RegExp(`^acme\\s+1/10\\s+2/16\\s+512 MiB/32 GiB\\s+0 MiB/unlimited\\s+${created.id}`, 'm'));
 
   const shown = await user.run(['tenant', 'show', 'acme']);
   assert.equal(lastRequest().path, `/v1/tenants/${created.id}`, 'a name is resolved to the id');
@@ -117,12 +121,15 @@ test('token create (secret once, on stdout alone), ls, rm; tenant rm needs --for
   assert.match(json.token, /^cap_/);
 
   const list = await user.run(['token', 'ls']);
-  assert.match(list.stdout, /^ci\s+read\s+\S+\s+2027-01-31 00:00:00\s/m);
+  assert.match(list.stdout, /^ci\s+read\s+acme-corp\s+2027-01-31 00:00:00\s/m);
+  const narrowed = await user.json(['token', 'ls', '--tenant', 'default']);
+  assert.equal(lastRequest().path, '/v1/tokens?tenant=default');
+  assert.deepEqual(narrowed.items, []);
   assert.doesNotMatch(list.stdout, /cap_/, 'no secret in the list');
 
   const refused = await user.run(['tenant', 'rm', 'acme-corp']);
   assert.equal(refused.code, 1);
-  assert.match(refused.stderr, /^error: conflict: tenant acme-corp has resources/);
+  assert.match(refused.stderr, /^error: tenant_not_empty: tenant acme-corp has /);
   assert.equal((await user.run(['token', 'rm', 'ci'])).code, 0);
   assert.equal(lastRequest().method, 'DELETE');
   assert.equal((await user.run(['tenant', 'rm', '--force', 'acme-corp'])).code, 0);
@@ -137,6 +144,7 @@ test('token create (secret once, on stdout alone), ls, rm; tenant rm needs --for
 test('whoami and login show the tenant and scope from GET /v1/whoami', async () => {
   const who = await user.run(['whoami']);
   assert.match(who.stdout, /^identity:\s+tenant default, scope admin, token admin$/m);
+  assert.equal((await user.json(['whoami'])).whoami.tenant.name, 'default');
   const u = new CliUser();
   try {
     const login = await u.run(['login', '--url', url, '--token', ADMIN]);

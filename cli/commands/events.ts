@@ -8,7 +8,7 @@ import type { ApiClient } from '../client.js';
 import { withContext, type Context } from '../context.js';
 import { ApiError, CliError } from '../errors.js';
 import { shortTime } from '../output.js';
-import { resolveVm } from '../resolve.js';
+import { resolveVm, tenantQuery } from '../resolve.js';
 import type { List, Vm, VmEvent } from '../types.js';
 
 const RECONNECT_MS = 1000;
@@ -33,13 +33,14 @@ export function eventsCommand(): Command {
   return new Command('events').description('Follow VM events as they happen (until Ctrl-C)')
     .option('--vm <vm>', 'only this VM\'s events (name or id)')
     .option('--since <seq>', 'first replay the events after this seq (0: all the server kept)', nonNegativeInt)
-    .action(withContext(async (ctx, o: { vm?: string; since?: number }) => followEvents(ctx, o)));
+    .option('-t, --tenant <tenant>', 'admin: only this tenant\'s VMs (name or id)')
+    .action(withContext(async (ctx, o: { vm?: string; since?: number; tenant?: string }) => followEvents(ctx, o)));
 }
 
-async function followEvents(ctx: Context, o: { vm?: string; since?: number }): Promise<void> {
+async function followEvents(ctx: Context, o: { vm?: string; since?: number; tenant?: string }): Promise<void> {
   const client = ctx.client();
   const names = new Map<string, string>();
-  let path = '/v1/events';
+  let path = `/v1/events${tenantQuery(o.tenant)}`;
   if (o.vm) {
     const vm = await resolveVm(client, o.vm);
     names.set(vm.id, vm.name);
@@ -101,7 +102,7 @@ async function followEvents(ctx: Context, o: { vm?: string; since?: number }): P
 }
 
 function open(client: ApiClient, path: string, since: number | undefined, onMessage: (data: Buffer) => void): Promise<WebSocket> {
-  return client.openSocket(since === undefined ? path : `${path}?since=${since}`, onMessage);
+  return client.openSocket(since === undefined ? path : `${path}${path.includes('?') ? '&' : '?'}since=${since}`, onMessage);
 }
 
 async function sleepUnless(stop: () => boolean, ms: number): Promise<void> {

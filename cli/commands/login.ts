@@ -8,11 +8,14 @@ import { ask, askSecret } from '../prompt.js';
 
 const DEFAULT_URL = 'http://127.0.0.1:8080';
 
+/** GET /v1/whoami: the calling token (id, name, scope, expiresAt) and its tenant. */
 export interface Identity {
-  tenant?: string;
-  tenantName?: string;
+  id?: string;
+  name?: string;
   scope?: string;
-  token?: string | { id?: string; name?: string; scope?: string };
+  expiresAt?: string;
+  tenant?: string | { id?: string; name?: string };
+  tenantName?: string;
   [key: string]: unknown;
 }
 
@@ -32,10 +35,9 @@ export async function whoami(client: ApiClient): Promise<Identity | undefined> {
 
 function describe(id: Identity | undefined): string {
   if (!id) return 'this server has no tenants: the token may do everything';
-  const tok = typeof id.token === 'object' && id.token ? id.token : undefined;
-  const tenant = id.tenantName ?? (typeof id.tenant === 'object' && id.tenant ? (id.tenant as { name?: string }).name : id.tenant);
-  const scope = id.scope ?? tok?.scope;
-  return [tenant && `tenant ${String(tenant)}`, scope && `scope ${scope}`, tok?.name && `token ${tok.name}`].filter(Boolean).join(', ') || JSON.stringify(id);
+  const tenant = id.tenantName ?? (typeof id.tenant === 'object' ? id.tenant?.name : id.tenant);
+  const parts = [tenant && `tenant ${tenant}`, id.scope && `scope ${id.scope}`, id.name && `token ${id.name}`, id.expiresAt && `expires ${id.expiresAt}`];
+  return parts.filter(Boolean).join(', ') || JSON.stringify(id);
 }
 
 export function loginCommand(): Command {

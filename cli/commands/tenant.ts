@@ -1,5 +1,5 @@
 // capsule tenant …: tenants and their quotas (admin; /v1/tenants, issue 10).
-// Quotas: a number, or `unlimited` (null in the API).
+// Quotas: a number, or `unlimited` (null in the API). Lists and show give use against them.
 import { Command, InvalidArgumentError } from 'commander';
 import { sizeMiB } from '../args.js';
 import { withContext } from '../context.js';
@@ -34,17 +34,16 @@ const quotaText = (q: Quotas | undefined, key: keyof Quotas, size: boolean): str
   return size ? mib(v) : String(v);
 };
 
-/** `used / limit` when the server reports use (GET /v1/tenants/:id), else the limit. */
-function quotaLine(t: Tenant & Record<string, unknown>, key: keyof Quotas, size: boolean): string {
+/** `USE of LIMIT` (`USE/LIMIT` in tables) when the server reports use, else the limit. */
+function quotaLine(t: Tenant, key: keyof Quotas, size: boolean, separator = ' of '): string {
   const limit = quotaText(t.quotas, key, size);
-  const usage = (t.usage ?? t.use ?? t.used) as Quotas | undefined;
-  if (!usage || usage[key] === undefined || usage[key] === null) return limit;
-  return `${quotaText(usage, key, size)} of ${limit}`;
+  if (!t.usage || t.usage[key] === undefined || t.usage[key] === null) return limit;
+  return `${quotaText(t.usage, key, size)}${separator}${limit}`;
 }
 
 const tenantColumns: Column<Tenant>[] = [
   { header: 'NAME', value: (t) => t.name },
-  ...QUOTAS.map((q) => ({ header: q.flag.toUpperCase().replace('-', ' '), value: (t: Tenant) => quotaText(t.quotas, q.key, q.size), right: true })),
+  ...QUOTAS.map((q) => ({ header: q.flag.toUpperCase().replace('-', ' '), value: (t: Tenant) => quotaLine(t, q.key, q.size, '/'), right: true })),
   { header: 'ID', value: (t) => t.id },
   { header: 'CREATED', value: (t) => shortTime(t.createdAt), optional: true },
 ];
@@ -85,7 +84,7 @@ export function tenantCommand(): Command {
   tenant.command('show').alias('get').description('Show a tenant: quotas and what it uses').argument('<tenant>', 'name or id')
     .action(withContext(async (ctx, ref: string) => {
       const found = await resolveTenant(ctx.client(), ref);
-      const t = await ctx.client().get<Tenant & Record<string, unknown>>(`/v1/tenants/${found.id}`);
+      const t = await ctx.client().get<Tenant>(`/v1/tenants/${found.id}`);
       ctx.printer.fields(t, [
         ['name', t.name], ['id', t.id],
         ...QUOTAS.map((q) => [q.label, quotaLine(t, q.key, q.size)] as [string, string]),

@@ -4,7 +4,7 @@ import { Command, Option } from 'commander';
 import { expiry, oneOf } from '../args.js';
 import { withContext } from '../context.js';
 import { shortTime, type Column } from '../output.js';
-import { resolveToken } from '../resolve.js';
+import { resolveToken, tenantQuery } from '../resolve.js';
 import type { List, Token } from '../types.js';
 
 const tenantOf = (t: Token & { tenantId?: string }) => t.tenantName ?? t.tenant ?? t.tenantId;
@@ -22,8 +22,9 @@ export function tokenCommand(): Command {
   const token = new Command('token').description('API tokens (an admin manages all; a write token its own tenant\'s)');
 
   token.command('ls').alias('list').description('List tokens (never their secrets)')
-    .action(withContext(async (ctx) => {
-      const list = await ctx.client().get<List<Token>>('/v1/tokens');
+    .option('-t, --tenant <tenant>', 'admin: only this tenant\'s (name or id)')
+    .action(withContext(async (ctx, o: { tenant?: string }) => {
+      const list = await ctx.client().get<List<Token>>(`/v1/tokens${tenantQuery(o.tenant)}`);
       ctx.printer.table(list, list.items, tokenColumns);
     }));
 

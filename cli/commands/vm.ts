@@ -3,13 +3,13 @@ import { Command, Option } from 'commander';
 import { collect, driveSpec, oneOf, positiveInt, sizeMiB, type DriveSpec } from '../args.js';
 import { withContext, type Context } from '../context.js';
 import { mib, shortTime, type Column } from '../output.js';
-import { resolveVm } from '../resolve.js';
+import { resolveVm, tenantNames, tenantQuery } from '../resolve.js';
 import { withSpinner } from '../spinner.js';
 import type { Drive, List, Vm } from '../types.js';
 import { consoleCommand } from './console.js';
 import { driveCommand, driveColumns } from './drive.js';
 
-export const vmColumns = (items: readonly Vm[]): Column<Vm>[] => [
+export const vmColumns = (items: readonly Vm[], tenants: ReadonlyMap<string, string> = new Map()): Column<Vm>[] => [
   { header: 'NAME', value: (v) => v.name },
   { header: 'STATE', value: (v) => v.state },
   { header: 'BACKEND', value: (v) => v.hypervisor, optional: true },
@@ -18,7 +18,7 @@ export const vmColumns = (items: readonly Vm[]): Column<Vm>[] => [
   { header: 'DRIVES', value: (v) => v.drives.length, right: true, optional: true },
   { header: 'IMAGE', value: (v) => v.image, optional: true },
   // Only servers with tenants send one; an admin sees every tenant's VMs.
-  ...(items.some((v) => v.tenant !== undefined) ? [{ header: 'TENANT', value: (v: Vm) => v.tenant }] : []),
+  ...(items.some((v) => v.tenant !== undefined) ? [{ header: 'TENANT', value: (v: Vm) => (v.tenant && tenants.get(v.tenant)) ?? v.tenant }] : []),
   { header: 'ID', value: (v) => v.id },
   { header: 'CREATED', value: (v) => shortTime(v.createdAt), optional: true },
 ];
@@ -92,9 +92,11 @@ export function vmCommand(): Command {
   const vm = new Command('vm').description('Virtual machines (by name or id)');
 
   vm.command('ls').alias('list').description('List VMs')
-    .action(withContext(async (ctx) => {
-      const list = await ctx.client().get<List<Vm>>('/v1/vms');
-      ctx.printer.table(list, list.items, vmColumns(list.items));
+    .option('-t, --tenant <tenant>', 'admin: only this tenant\'s (name or id)')
+    .action(withContext(async (ctx, o: { tenant?: string }) => {
+      const list = await ctx.client().get<List<Vm>>(`/v1/vms${tenantQuery(o.tenant)}`);
+      if (ctx.printer.json) return ctx.printer.jsonValue(list);
+      ctx.printer.table(list, list.items, vmColumns(list.items, await tenantNames(ctx.client(), list.items)));
     }));
 
   vm.command('create').description('Define a VM (state created; --start boots it too)')

@@ -4,18 +4,18 @@ import { sizeMiB } from '../args.js';
 import { withContext } from '../context.js';
 import { UsageError } from '../errors.js';
 import { mib, shortTime, type Column } from '../output.js';
-import { seg } from '../resolve.js';
+import { seg, tenantNames, tenantQuery } from '../resolve.js';
 import { withSpinner } from '../spinner.js';
 import type { List, Volume } from '../types.js';
 
 const attachedTo = (v: Volume) => v.attachments.map((a) => `${a.vmName}:${a.drive}${a.readOnly ? ':ro' : ''}`).join(',');
 
-const volumeColumns = (items: readonly Volume[]): Column<Volume>[] => [
+const volumeColumns = (items: readonly Volume[], tenants: ReadonlyMap<string, string>): Column<Volume>[] => [
   { header: 'NAME', value: (v) => v.name },
   { header: 'SIZE', value: (v) => mib(v.sizeMiB), right: true },
   { header: 'FROM IMAGE', value: (v) => v.fromImage, optional: true },
   { header: 'ATTACHED TO', value: attachedTo },
-  ...(items.some((v) => v.tenant !== undefined) ? [{ header: 'TENANT', value: (v: Volume) => v.tenant }] : []),
+  ...(items.some((v) => v.tenant !== undefined) ? [{ header: 'TENANT', value: (v: Volume) => (v.tenant && tenants.get(v.tenant)) ?? v.tenant }] : []),
   { header: 'ID', value: (v) => v.id },
   { header: 'CREATED', value: (v) => shortTime(v.createdAt), optional: true },
 ];
@@ -24,9 +24,11 @@ export function volumeCommand(): Command {
   const volume = new Command('volume').description('Volumes: disks the server keeps, attached to VMs as drives');
 
   volume.command('ls').alias('list').description('List volumes')
-    .action(withContext(async (ctx) => {
-      const list = await ctx.client().get<List<Volume>>('/v1/volumes');
-      ctx.printer.table(list, list.items, volumeColumns(list.items));
+    .option('-t, --tenant <tenant>', 'admin: only this tenant\'s (name or id)')
+    .action(withContext(async (ctx, o: { tenant?: string }) => {
+      const list = await ctx.client().get<List<Volume>>(`/v1/volumes${tenantQuery(o.tenant)}`);
+      if (ctx.printer.json) return ctx.printer.jsonValue(list);
+      ctx.printer.table(list, list.items, volumeColumns(list.items, await tenantNames(ctx.client(), list.items)));
     }));
 
   volume.command('create').description('Create a volume: empty (--size) or a copy of an image\'s root filesystem (--from-image)')
