@@ -5,10 +5,11 @@
 //  - exits: PIO exit round trips/s for a guest `out` loop: worker thread (capsule's design),
 //    blocking KVM_RUN on the main thread, and koffi async (libuv pool)
 import { spawn } from 'node:child_process';
-import { readFileSync, mkdtempSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import koffi from 'koffi';
+import { procMem, type ProcMem } from './proc-mem.js';
 import { ConsoleClient, QmpClient, startVmm, testImage, waitForFile } from '../vmm/testing/clients.js';
 import { Kvm } from '../vmm/kvm/kvm.js';
 import { KVM_RUN } from '../vmm/kvm/ioctls.js';
@@ -28,24 +29,7 @@ const median = (xs: number[]): number => {
 
 const GUEST_RAM_KIB = 256 * 1024; // both VMMs boot with -m 256M
 
-function smaps(pid: number): { ussKiB: number; pssKiB: number; rssKiB: number; vmmUssKiB: number } {
-  const t = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
-  const f = (k: string): number => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(t)?.[1] ?? 0);
-  return { ussKiB: f('Private_Clean') + f('Private_Dirty'), pssKiB: f('Pss'), rssKiB: f('Rss'), vmmUssKiB: vmmOwnUss(pid) };
-}
-
-/** USS without the guest RAM mapping: what the VMM itself costs, whatever the guest touched. */
-function vmmOwnUss(pid: number): number {
-  let total = 0;
-  let skip = false;
-  for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
-    const size = /^Size:\s+(\d+) kB/.exec(line);
-    if (size) skip = Number(size[1]) >= GUEST_RAM_KIB;
-    const priv = /^Private_(?:Clean|Dirty):\s+(\d+) kB/.exec(line);
-    if (priv && !skip) total += Number(priv[1]);
-  }
-  return total;
-}
+const smaps = (pid: number): ProcMem => procMem(pid, GUEST_RAM_KIB);
 
 type Img = Awaited<ReturnType<typeof testImage>>;
 

@@ -378,3 +378,52 @@ test('volumes: create one in the Volumes view, attach it at VM creation, see and
   assert.deepEqual(errors, []);
   await page.context().close();
 });
+
+test('tenants: the header shows tenant and scope; an admin filters VMs by tenant, makes a token (secret shown once) and revokes it', { skip, timeout: 120_000 }, async (t) => {
+  if (skip) return t.skip(String(skip));
+  const suffix = randomBytes(3).toString('hex');
+  const tenant = `e2e-${suffix}`;
+  assert.equal((await api('POST', '/v1/tenants', { name: tenant })).status, 201);
+  const writer = (await (await api('POST', '/v1/tokens', { tenant, name: 'writer', scope: 'write' })).json()) as { token: string };
+  const theirs = await fetch(base + '/v1/vms', {
+    method: 'POST', headers: { Authorization: `Bearer ${writer.token}`, 'content-type': 'application/json' }, body: JSON.stringify({ name: `t-vm-${suffix}`, memoryMiB: 128 }),
+  });
+  assert.equal(theirs.status, 201);
+  const mine = await api('POST', '/v1/vms', { name: `a-vm-${suffix}`, memoryMiB: 128 });
+  assert.equal(mine.status, 201);
+
+  const { page, errors } = await open();
+  await signIn(page, base, token);
+  await page.locator('.whoami').filter({ hasText: 'default · admin' }).waitFor();
+  t.diagnostic('the tenant filter narrows the list');
+  const rowOf = (name: string) => page.locator(`tr[data-vm-name="${name}"]`);
+  await rowOf(`t-vm-${suffix}`).waitFor();
+  await rowOf(`a-vm-${suffix}`).waitFor();
+  await page.getByLabel('Tenant').selectOption({ label: tenant });
+  await rowOf(`a-vm-${suffix}`).waitFor({ state: 'detached' });
+  assert.equal(await rowOf(`t-vm-${suffix}`).count(), 1);
+  await shot(page, 'list-tenant-filter');
+
+  t.diagnostic('a token for the tenant: the secret once, then revoked');
+  await page.getByRole('link', { name: 'Tokens' }).click();
+  await page.getByRole('heading', { name: 'API tokens' }).waitFor();
+  await page.getByLabel('Name').fill(`ci-${suffix}`);
+  await page.getByLabel('Tenant').selectOption({ label: tenant });
+  await page.getByLabel('Scope').selectOption('read');
+  await page.getByRole('button', { name: 'Create token' }).click();
+  const secret = (await page.locator('output.secret').innerText()).trim();
+  assert.match(secret, /^cap_[0-9a-f]{64}$/);
+  const who = (await (await fetch(base + '/v1/whoami', { headers: { Authorization: `Bearer ${secret}` } })).json()) as { scope: string; tenant: { name: string } };
+  assert.deepEqual([who.scope, who.tenant.name], ['read', tenant]);
+  const row = page.locator(`tr[data-token-name="ci-${suffix}"]`);
+  await row.waitFor();
+  assert.ok(!(await page.locator('table.tokens').innerText()).includes(secret), 'the list never shows the secret');
+  await shot(page, 'tokens');
+  await row.getByRole('button', { name: `Revoke token ci-${suffix}` }).click();
+  await row.waitFor({ state: 'detached' });
+  assert.equal((await fetch(base + '/v1/whoami', { headers: { Authorization: `Bearer ${secret}` } })).status, 401);
+  assert.equal((await api('DELETE', `/v1/tenants/${tenant}?force=true`)).status, 204);
+  assert.equal((await api('DELETE', `/v1/vms/${((await mine.json()) as { id: string }).id}`)).status, 204);
+  assert.deepEqual(errors, []);
+  await page.context().close();
+});

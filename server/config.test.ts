@@ -33,3 +33,28 @@ test('jail settings: defaults, a fixed uid, refusals', () => {
   assert.throws(() => loadConfig({ CAPSULE_JAIL_UID: '0' }), /CAPSULE_JAIL_UID/);
   assert.throws(() => loadConfig({ CAPSULE_CGROUP_PARENT: 'relative' }), /CAPSULE_CGROUP_PARENT/);
 });
+
+test('host admission: a share of host memory and an overcommit of CPUs by default, explicit sizes win', async () => {
+  const { availableParallelism, totalmem } = await import('node:os');
+  const cpus = availableParallelism();
+  const totalMiB = Math.floor(totalmem() / (1024 * 1024));
+  const d = loadConfig({}).admission;
+  assert.equal(d.hostMemoryMiB, Math.floor(totalMiB * 0.8));
+  assert.equal(d.hostVcpus, cpus * 4);
+  assert.match(d.memorySource, /CAPSULE_HOST_MEMORY_SHARE/);
+  const share = loadConfig({ CAPSULE_HOST_MEMORY_SHARE: '0.5', CAPSULE_VCPU_OVERCOMMIT: '2' }).admission;
+  assert.equal(share.hostMemoryMiB, Math.floor(totalMiB * 0.5));
+  assert.equal(share.hostVcpus, cpus * 2);
+  assert.equal(loadConfig({ CAPSULE_CPU_OVERCOMMIT: '3' }).admission.hostVcpus, cpus * 3, 'the old name still counts');
+  const fixed = loadConfig({ CAPSULE_HOST_MEMORY_MIB: '700', CAPSULE_HOST_VCPUS: '3', CAPSULE_VCPU_OVERCOMMIT: '8' }).admission;
+  assert.deepEqual([fixed.hostMemoryMiB, fixed.hostVcpus, fixed.memorySource, fixed.vcpuSource], [700, 3, 'CAPSULE_HOST_MEMORY_MIB', 'CAPSULE_HOST_VCPUS']);
+  assert.throws(() => loadConfig({ CAPSULE_HOST_MEMORY_SHARE: '1.5' }), /CAPSULE_HOST_MEMORY_SHARE/);
+});
+
+test('CAPSULE_METRICS_ADDR is host:port', () => {
+  assert.equal(loadConfig({}).metricsAddr, undefined);
+  assert.deepEqual(loadConfig({ CAPSULE_METRICS_ADDR: '127.0.0.1:9100' }).metricsAddr, { host: '127.0.0.1', port: 9100 });
+  assert.deepEqual(loadConfig({ CAPSULE_METRICS_ADDR: '[::1]:9100' }).metricsAddr, { host: '::1', port: 9100 });
+  assert.throws(() => loadConfig({ CAPSULE_METRICS_ADDR: '9100' }), /CAPSULE_METRICS_ADDR/);
+  assert.throws(() => loadConfig({ CAPSULE_METRICS_ADDR: 'localhost:99999' }), /CAPSULE_METRICS_ADDR/);
+});

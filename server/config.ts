@@ -15,6 +15,11 @@ const EnvSchema = z.object({
   /** API calls and inbound WebSocket messages per token: leak rate per second and burst. */
   CAPSULE_RATE_LIMIT: intFromEnv(100, 1, 10_000_000),
   CAPSULE_RATE_BURST: intFromEnv(100, 1, 10_000_000),
+  /** The same, per tenant (all its tokens together); default: 10 × the per-token figures. */
+  CAPSULE_TENANT_RATE: z.coerce.number().int().min(1).max(1_000_000_000).optional(),
+  CAPSULE_TENANT_BURST: z.coerce.number().int().min(1).max(1_000_000_000).optional(),
+  /** Audit log entries kept (the oldest are pruned). */
+  CAPSULE_AUDIT_MAX_ROWS: intFromEnv(100_000, 10, 100_000_000),
   /** Outbound events per subscriber: leak rate per second and burst. */
   CAPSULE_EVENT_RATE: intFromEnv(1000, 1, 10_000_000),
   CAPSULE_EVENT_BURST: intFromEnv(1000, 1, 10_000_000),
@@ -24,16 +29,23 @@ const EnvSchema = z.object({
   CAPSULE_EVENT_REPLAY_LIMIT: intFromEnv(10_000, 1, 1_000_000),
   /** Below this much free space on the data directory's filesystem, health reports it low. */
   CAPSULE_MIN_FREE_MIB: intFromEnv(256, 0, 1 << 30),
-  /** Host-wide admission: guest memory all running VMs may take together (default: host memory less a reserve). */
+  /** Host admission: the share of the host's memory (MemTotal) that guests of all active VMs may take together. */
+  CAPSULE_HOST_MEMORY_SHARE: z.coerce.number().min(0.01).max(1).default(0.8),
+  /** Host admission: guest memory of all active VMs together, MiB, outright (overrides the share; tests set small ones). */
   CAPSULE_HOST_MEMORY_MIB: z.coerce.number().int().min(64).max(1 << 30).optional(),
-  /** Host-wide admission: vCPUs of all running VMs per host CPU. */
-  CAPSULE_CPU_OVERCOMMIT: z.coerce.number().min(0.1).max(64).default(8),
+  /** Host admission: vCPUs of all active VMs per host CPU (E2B runs 4). CAPSULE_CPU_OVERCOMMIT is the old name. */
+  CAPSULE_VCPU_OVERCOMMIT: z.coerce.number().min(0.1).max(64).optional(),
+  CAPSULE_CPU_OVERCOMMIT: z.coerce.number().min(0.1).max(64).optional(),
+  /** Host admission: vCPUs of all active VMs together, outright (overrides the overcommit). */
+  CAPSULE_HOST_VCPUS: z.coerce.number().int().min(1).max(1 << 20).optional(),
   /** Most vCPUs one VM may have (default: the host's CPU count). */
   CAPSULE_MAX_VCPUS: z.coerce.number().int().min(1).max(254).optional(),
   /** Seconds DELETE /v1/vms/:id/drives/:drive waits for the guest to release the drive (504 after). */
   CAPSULE_DETACH_TIMEOUT: z.coerce.number().min(0.1).max(3600).default(30),
   /** Seconds a clean stop waits for the guest before killing the VMM. */
   CAPSULE_STOP_TIMEOUT: z.coerce.number().min(0).max(3600).default(30),
+  /** host:port of a separate listener that serves GET /metrics without a token (then the main one does not). */
+  CAPSULE_METRICS_ADDR: z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, 'must be host:port (IPv6 as [addr]:port)').optional(),
   CAPSULE_DEFAULT_HYPERVISOR: z.enum(['qemu', 'native']).optional(),
   CAPSULE_QEMU: z.string().default('qemu-system-x86_64'),
   CAPSULE_MAX_BODY_BYTES: intFromEnv(64 * 1024, 128, 64 * 1024 * 1024),
@@ -76,6 +88,9 @@ export interface AdmissionConfig {
   hostVcpus: number;
   /** vCPUs of one VM. */
   maxVcpus: number;
+  /** Where hostMemoryMiB and hostVcpus come from, for error messages ("0.8 × 7837 MiB (CAPSULE_HOST_MEMORY_SHARE)"). */
+  memorySource: string;
+  vcpuSource: string;
 }
 
 export interface Config {
@@ -88,6 +103,8 @@ export interface Config {
   adminTokenPath: string;
   logLevel: string;
   rateLimit: { perSecond: number; burst: number };
+  tenantRateLimit: { perSecond: number; burst: number };
+  auditMaxRows: number;
   eventRate: { perSecond: number; burst: number };
   eventHistory: number;
   eventReplayLimit: number;
@@ -100,6 +117,8 @@ export interface Config {
   maxBodyBytes: number;
   maxSocketsPerToken: number;
   jail: JailConfig;
+  /** The separate metrics listener (CAPSULE_METRICS_ADDR); undefined: /metrics on the main listener, admin token required. */
+  metricsAddr: { host: string; port: number } | undefined;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -120,21 +139,20 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     adminTokenPath: join(dataDir, 'admin-token'),
     logLevel: e.CAPSULE_LOG_LEVEL,
     rateLimit: { perSecond: e.CAPSULE_RATE_LIMIT, burst: e.CAPSULE_RATE_BURST },
+    tenantRateLimit: { perSecond: e.CAPSULE_TENANT_RATE ?? e.CAPSULE_RATE_LIMIT * 10, burst: e.CAPSULE_TENANT_BURST ?? e.CAPSULE_RATE_BURST * 10 },
+    auditMaxRows: e.CAPSULE_AUDIT_MAX_ROWS,
     eventRate: { perSecond: e.CAPSULE_EVENT_RATE, burst: e.CAPSULE_EVENT_BURST },
     eventHistory: e.CAPSULE_EVENT_HISTORY,
     eventReplayLimit: e.CAPSULE_EVENT_REPLAY_LIMIT,
     minFreeBytes: e.CAPSULE_MIN_FREE_MIB * 1024 * 1024,
-    admission: {
-      hostMemoryMiB: e.CAPSULE_HOST_MEMORY_MIB ?? defaultHostMemoryMiB(),
-      hostVcpus: Math.max(1, Math.floor(availableParallelism() * e.CAPSULE_CPU_OVERCOMMIT)),
-      maxVcpus: e.CAPSULE_MAX_VCPUS ?? Math.min(254, availableParallelism()),
-    },
+    admission: admissionConfig(e),
     stopTimeoutMs: e.CAPSULE_STOP_TIMEOUT * 1000,
     detachTimeoutMs: e.CAPSULE_DETACH_TIMEOUT * 1000,
     defaultHypervisor: e.CAPSULE_DEFAULT_HYPERVISOR,
     qemuBinary: e.CAPSULE_QEMU,
     maxBodyBytes: e.CAPSULE_MAX_BODY_BYTES,
     maxSocketsPerToken: e.CAPSULE_MAX_SOCKETS_PER_TOKEN,
+    metricsAddr: e.CAPSULE_METRICS_ADDR === undefined ? undefined : parseHostPort(e.CAPSULE_METRICS_ADDR),
     jail: {
       mode: e.CAPSULE_JAIL,
       uid: e.CAPSULE_JAIL_UID,
@@ -149,8 +167,25 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   };
 }
 
-/** Host memory less what the host itself keeps: 1 GiB or 10 %, whichever is more. */
-function defaultHostMemoryMiB(): number {
-  const total = Math.floor(totalmem() / (1024 * 1024));
-  return Math.max(64, total - Math.max(1024, Math.floor(total / 10)));
+function parseHostPort(addr: string): { host: string; port: number } {
+  const at = addr.lastIndexOf(':');
+  const port = Number(addr.slice(at + 1));
+  if (port > 65535) throw new Error(`invalid configuration: CAPSULE_METRICS_ADDR: port ${port} is out of range`);
+  return { host: addr.slice(0, at).replace(/^\[(.*)\]$/, '$1'), port };
+}
+
+/** The host's capacity for guests: explicit sizes win, else a share of memory and an overcommit of CPUs. */
+function admissionConfig(e: z.infer<typeof EnvSchema>): AdmissionConfig {
+  const cpus = availableParallelism();
+  const totalMiB = Math.floor(totalmem() / (1024 * 1024));
+  const share = e.CAPSULE_HOST_MEMORY_SHARE;
+  const overcommit = e.CAPSULE_VCPU_OVERCOMMIT ?? e.CAPSULE_CPU_OVERCOMMIT ?? 4;
+  const overcommitName = e.CAPSULE_VCPU_OVERCOMMIT === undefined && e.CAPSULE_CPU_OVERCOMMIT !== undefined ? 'CAPSULE_CPU_OVERCOMMIT' : 'CAPSULE_VCPU_OVERCOMMIT';
+  return {
+    hostMemoryMiB: e.CAPSULE_HOST_MEMORY_MIB ?? Math.max(64, Math.floor(totalMiB * share)),
+    memorySource: e.CAPSULE_HOST_MEMORY_MIB !== undefined ? 'CAPSULE_HOST_MEMORY_MIB' : `${share} × ${totalMiB} MiB host memory: CAPSULE_HOST_MEMORY_SHARE, or CAPSULE_HOST_MEMORY_MIB`,
+    hostVcpus: e.CAPSULE_HOST_VCPUS ?? Math.max(1, Math.floor(cpus * overcommit)),
+    vcpuSource: e.CAPSULE_HOST_VCPUS !== undefined ? 'CAPSULE_HOST_VCPUS' : `${cpus} host CPUs × ${overcommit}: ${overcommitName}, or CAPSULE_HOST_VCPUS`,
+    maxVcpus: e.CAPSULE_MAX_VCPUS ?? Math.min(254, cpus),
+  };
 }

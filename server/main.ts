@@ -15,6 +15,9 @@ import { DrivesComponent } from './supervisor/components/drives.js';
 import { RngComponent } from './supervisor/components/rng.js';
 import { BalloonComponent } from './supervisor/components/balloon.js';
 import { TokenStore } from './db/tokens.js';
+import { DEFAULT_TENANT, TenantStore } from './db/tenants.js';
+import { AuditStore } from './db/audit.js';
+import { Quotas } from './tenants/quotas.js';
 import { EventStore } from './db/events.js';
 import { StorageMonitor } from './db/storage.js';
 import { EventHub } from './events/hub.js';
@@ -22,6 +25,10 @@ import { QemuHypervisor } from './hypervisors/qemu.js';
 import { NativeHypervisor } from './hypervisors/native.js';
 import type { Hypervisor } from './hypervisors/types.js';
 import { Supervisor } from './supervisor/index.js';
+import { HostAdmission } from './supervisor/admission.js';
+import { Metrics } from './metrics/index.js';
+import { Readiness } from './health/readiness.js';
+import { metricsListenerApp } from './api/metrics.js';
 import { ensureDefaultImage, registerImages } from './images/registry.js';
 import { createApp } from './api/app.js';
 import { probeKvm } from '../lib/kvm-probe.js';
@@ -52,12 +59,17 @@ async function main(): Promise<void> {
   ensureVolumesDir(config.dataDir);
   const images = new ImageStore(db);
   const tokens = new TokenStore(db);
-  const hub = new EventHub(new EventStore(db, config.eventHistory, storage), config.eventRate, { replayLimit: config.eventReplayLimit });
+  const tenants = new TenantStore(db);
+  const quotas = new Quotas({ tenants, vms });
+  const audit = new AuditStore(db, config.auditMaxRows, storage);
+  const hub = new EventHub(new EventStore(db, config.eventHistory, storage), config.eventRate, { replayLimit: config.eventReplayLimit }, (vm) => vms.tenantOf(vm));
   // VM states the disk refused are kept in memory; save them once there is room again.
   setInterval(() => vms.flushUnsaved(), 5000).unref();
 
   if (tokens.count() === 0) {
-    const { token } = tokens.create('admin');
+    // The first admin belongs to the tenant migration 005 made (it holds what came before tenants).
+    const home = tenants.getByName(DEFAULT_TENANT) ?? tenants.create(DEFAULT_TENANT);
+    const { token } = tokens.create({ tenantId: home.id, name: 'admin', scope: 'admin' });
     writeFileSync(config.adminTokenPath, token + '\n', { mode: 0o600 });
     log.info({ file: config.adminTokenPath }, 'created the admin token');
   }
@@ -81,21 +93,39 @@ async function main(): Promise<void> {
   const drives = new DrivesComponent({ dataDir: config.dataDir, volumes, images, hub, jail, log });
   const balloon = new BalloonComponent();
   const components = [drives, new RngComponent(), balloon];
-  const supervisor = new Supervisor({ vms, images, hub, hypervisors, vmsDir: config.vmsDir, stopTimeoutMs: config.stopTimeoutMs, log, jail, admission: config.admission, components });
+  const admission = new HostAdmission(config.admission);
+  // Made before reattach so that the events reattach publishes (CRASHED for a VMM gone meanwhile) are counted.
+  const metrics = new Metrics({ vms, hub, admission, backends: [...hypervisors.keys()], cgroups: jail.cgroups, tenantName: (id) => tenants.get(id)?.name });
+  const supervisor = new Supervisor({ vms, images, hub, hypervisors, vmsDir: config.vmsDir, stopTimeoutMs: config.stopTimeoutMs, log, jail, admission, quotas, components });
   await supervisor.reattachAll();
+  log.info({ capacity: config.admission, reserved: admission.usage() }, 'host admission');
 
   const webDir = join(REPO_ROOT, 'dist', 'web');
   if (!existsSync(join(webDir, 'index.html'))) log.warn({ webDir }, 'web UI not built (npm run build)');
-  const { app, injectWebSocket } = createApp({ config, log, vms, images, tokens, hub, supervisor, volumes, drives, balloon, hypervisors, kvm: kvm.available, defaultHypervisor, webDir, jail: jailStatus, storage });
+  const readiness = new Readiness({ db, images, hypervisors, storage });
+  const { app, injectWebSocket } = createApp({
+    config, log, vms, images, tokens, tenants, quotas, audit, hub, supervisor, volumes, drives, balloon, hypervisors, kvm: kvm.available, defaultHypervisor, webDir, jail: jailStatus, storage,
+    readiness, metrics, metricsOnMainListener: config.metricsAddr === undefined,
+  });
   const server = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info) => {
     log.info({ url: `http://${config.host}:${info.port}`, port: info.port, kvm: kvm.available, kvmReason: kvm.reason }, 'listening');
   });
   injectWebSocket(server as Server);
+  let metricsServer: ReturnType<typeof serve> | undefined;
+  if (config.metricsAddr) {
+    const { host, port } = config.metricsAddr;
+    metricsServer = serve({ fetch: metricsListenerApp(metrics).fetch, port, hostname: host }, (info) => {
+      log.info({ url: `http://${host.includes(':') ? `[${host}]` : host}:${info.port}/metrics`, port: info.port }, 'metrics listening');
+    });
+    // A listener that cannot bind is a configuration error: stop rather than run unobserved.
+    metricsServer.on('error', (e: Error) => { log.fatal({ err: e.message }, 'the metrics listener (CAPSULE_METRICS_ADDR) failed'); process.exit(1); });
+  }
 
   const shutdown = (signal: string) => {
     log.info({ signal }, 'shutting down; VMs keep running and are reattached at the next start');
     supervisor.detachAll();
     server.close();
+    metricsServer?.close();
     db.close();
     process.exit(0);
   };

@@ -13,7 +13,7 @@ READY_MARKER=${CAPSULE_READY_MARKER:-CAPSULE_READY}
 # dependencies are loaded before it). Some may be built in or absent in a kernel: skipped.
 # vsock_loopback gives the guest a local vsock (CID 1) to test vsock programs without a host.
 IMG_DEVICE_MODULES="virtio_ring virtio virtio_mmio virtio_pci virtio_blk failover net_failover virtio_net
-  virtio_rng virtio_balloon virtio_console virtio_pmem nd_pmem vsock vmw_vsock_virtio_transport_common
+  virtio_rng virtio_balloon virtio_console virtio_pmem nfit nd_pmem vsock vmw_vsock_virtio_transport_common
   vmw_vsock_virtio_transport vsock_loopback button evdev"
 
 img_log() { echo "${IMG_NAME:-image}: $*"; }

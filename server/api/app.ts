@@ -6,6 +6,9 @@ import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import type { ImageStore } from '../db/images.js';
 import type { TokenStore } from '../db/tokens.js';
+import type { TenantStore } from '../db/tenants.js';
+import type { AuditStore } from '../db/audit.js';
+import type { Quotas } from '../tenants/quotas.js';
 import type { VmStore } from '../db/vms.js';
 import type { EventHub } from '../events/hub.js';
 import type { Hypervisor } from '../hypervisors/types.js';
@@ -17,8 +20,12 @@ import type { VolumeStore } from '../db/volumes.js';
 import type { DrivesComponent } from '../supervisor/components/drives.js';
 import type { BalloonComponent } from '../supervisor/components/balloon.js';
 import { BucketMap } from '../util/leaky-bucket.js';
-import { requireToken, rateLimit, type AuthVariables } from '../auth/middleware.js';
-import { attachWebSockets, SocketLimiter } from './websocket.js';
+import { ApiRateLimits, authorize, requireToken, rateLimit, type AuthVariables } from '../auth/middleware.js';
+import { attachWebSockets, CLOSE_TOKEN_REVOKED, SocketLimiter } from './websocket.js';
+import { vmOwnership, volumeOwnership } from './ownership.js';
+import { auditLog, auditRoutes } from './audit.js';
+import { tenantRoutes } from './tenants.js';
+import { tokenRoutes } from './tokens.js';
 import { errorHandler, errorResponse, validationError } from './errors.js';
 import { healthRoutes } from './health.js';
 import { imageRoutes } from './images.js';
@@ -29,6 +36,10 @@ import { balloonRoutes } from './balloon.js';
 import { eventRoutes } from './events.js';
 import { consoleRoutes } from './console.js';
 import { staticRoutes } from './static.js';
+import type { Metrics } from '../metrics/index.js';
+import type { Readiness } from '../health/readiness.js';
+import { requestMetrics } from './request-metrics.js';
+import { metricsRoute } from './metrics.js';
 
 export interface AppDeps {
   config: Config;
@@ -36,6 +47,9 @@ export interface AppDeps {
   vms: VmStore;
   images: ImageStore;
   tokens: TokenStore;
+  tenants: TenantStore;
+  quotas: Quotas;
+  audit: AuditStore;
   hub: EventHub;
   supervisor: Supervisor;
   volumes: VolumeStore;
@@ -50,6 +64,11 @@ export interface AppDeps {
   jail?: JailStatus;
   /** The data directory's health (free space, failed writes). */
   storage?: StorageMonitor;
+  /** GET /v1/health/ready's checks. */
+  readiness: Readiness;
+  /** Prometheus metrics; `metricsOnMainListener` false when CAPSULE_METRICS_ADDR serves them instead. */
+  metrics: Metrics;
+  metricsOnMainListener: boolean;
 }
 
 export type AppEnv = { Variables: AuthVariables };
@@ -63,16 +82,28 @@ export function newRouter(): App {
 
 export function createApp(deps: AppDeps) {
   const app = newRouter();
-  const buckets = new BucketMap(deps.config.rateLimit.perSecond, deps.config.rateLimit.burst);
+  const { rateLimit: perToken, tenantRateLimit: perTenant } = deps.config;
+  const limits = new ApiRateLimits(new BucketMap(perToken.perSecond, perToken.burst), new BucketMap(perTenant.perSecond, perTenant.burst));
   const sockets = new SocketLimiter(deps.config.maxSocketsPerToken);
+  // A revoked token (DELETE /v1/tokens/:id, its tenant deleted) loses its open WebSockets at once.
+  deps.tokens.onRevoked = (id) => sockets.closeAll(id, CLOSE_TOKEN_REVOKED, 'token revoked');
 
+  // First, so that it times everything after it, refusals included.
+  app.use('*', requestMetrics(deps.metrics));
   app.onError(errorHandler(deps.log));
   app.notFound((c) => errorResponse(c, 404, 'not_found', `no route for ${c.req.method} ${c.req.path}`));
-  app.use('/v1/*', requireToken(deps.tokens), rateLimit(buckets));
+  // Order matters: who (token), how fast (rate), then everything after is audited, including
+  // refusals by scope (authorize) and ownership.
+  app.use('/v1/*', requireToken(deps.tokens), rateLimit(limits), auditLog(deps.audit), authorize());
   app.use('/v1/*', bodyLimit({
     maxSize: deps.config.maxBodyBytes,
     onError: (c) => errorResponse(c, 413, 'payload_too_large', `request body exceeds ${deps.config.maxBodyBytes} bytes`),
   }));
+  // Another tenant's VM or volume is not found, on every route under it (ownership.ts).
+  app.use('/v1/vms/:id', vmOwnership(deps.vms));
+  app.use('/v1/vms/:id/*', vmOwnership(deps.vms));
+  app.use('/v1/volumes/:id', volumeOwnership(deps.volumes));
+  app.use('/v1/volumes/:id/*', volumeOwnership(deps.volumes));
 
   app.route('/v1', healthRoutes(deps));
   app.route('/v1', imageRoutes(deps));
@@ -80,14 +111,18 @@ export function createApp(deps: AppDeps) {
   app.route('/v1', driveRoutes(deps));
   app.route('/v1', balloonRoutes(deps));
   app.route('/v1', volumeRoutes(deps));
-  app.route('/v1', eventRoutes(deps, buckets, sockets));
-  app.route('/v1', consoleRoutes(deps, buckets, sockets));
+  app.route('/v1', tenantRoutes(deps));
+  app.route('/v1', tokenRoutes(deps));
+  app.route('/v1', auditRoutes(deps));
+  app.route('/v1', eventRoutes(deps, limits, sockets));
+  app.route('/v1', consoleRoutes(deps, limits, sockets));
   app.doc('/v1/openapi.json', {
     openapi: '3.0.3',
     info: { title: 'capsule API', version: '0.1.0', description: 'microVMs as a service' },
     security: [{ bearer: [] }],
   });
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer' });
+  if (deps.metricsOnMainListener) app.route('/', metricsRoute(deps.metrics, deps.tokens, limits));
   app.route('/', staticRoutes(deps.webDir));
   return { app, injectWebSocket: (server: Server) => attachWebSockets(server, app, deps.log) };
 }

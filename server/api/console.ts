@@ -5,10 +5,11 @@
 import type { Context } from 'hono';
 import type { WebSocket } from 'ws';
 import { errorResponse } from './errors.js';
-import { inboundAllowed, tokenKey } from './events.js';
+import { inboundAllowed, socketLimit } from './events.js';
 import { notUpgradeError, upgradeWebSocket, type SocketLimiter } from './websocket.js';
 import { newRouter, type AppDeps, type AppEnv } from './app.js';
-import type { BucketMap } from '../util/leaky-bucket.js';
+import type { ApiRateLimits } from '../auth/middleware.js';
+import type { TokenRecord } from '../db/tokens.js';
 import type { ConsoleCloseReason, ConsoleViewer } from '../console/bridge.js';
 
 export const CONSOLE_MAX_MESSAGE = 64 * 1024;
@@ -34,7 +35,7 @@ export function socketViewer(ws: WebSocket): ConsoleViewer {
   };
 }
 
-export function consoleRoutes(deps: AppDeps, buckets: BucketMap, sockets: SocketLimiter) {
+export function consoleRoutes(deps: AppDeps, limits: ApiRateLimits, sockets: SocketLimiter) {
   const router = newRouter();
   router.get('/vms/:id/console', async (c, next) => {
     const notUpgrade = notUpgradeError(c);
@@ -43,17 +44,26 @@ export function consoleRoutes(deps: AppDeps, buckets: BucketMap, sockets: Socket
     if (!deps.vms.get(id)) return errorResponse(c, 404, 'not_found', `no VM with id ${id}`);
     if (!deps.supervisor.console(id)) return errorResponse(c, 409, 'not_running', `VM ${id} is not running: its console is closed`);
     return next();
-  }, upgradeWebSocket({ maxPayload: CONSOLE_MAX_MESSAGE, limit: { limiter: sockets, key: tokenKey } }, (c: Context<AppEnv>) => {
+  }, upgradeWebSocket({ maxPayload: CONSOLE_MAX_MESSAGE, limit: socketLimit(sockets) }, (c: Context<AppEnv>) => {
     const id = c.req.param('id')!;
+    // Keystrokes change the guest: a read token watches the console but does not type.
+    const readOnly = (c.get('token') as TokenRecord).scope === 'read';
+    let toldReadOnly = false;
     let detach: (() => void) | undefined;
     return {
       onOpen: (ws: WebSocket) => {
+        deps.metrics.socketOpened('console');
         const bridge = deps.supervisor.console(id);
         if (!bridge) return ws.close(1011, 'console closed');
         detach = bridge.attach(socketViewer(ws));
       },
       onMessage: (data: Buffer, _binary: boolean, ws: WebSocket) => {
-        if (!inboundAllowed(c, buckets)) return ws.send(Buffer.from('\r\n[capsule: input rate limited]\r\n'));
+        if (readOnly) {
+          if (!toldReadOnly) ws.send(Buffer.from("\r\n[capsule: token scope 'read': input ignored]\r\n"));
+          toldReadOnly = true;
+          return;
+        }
+        if (!inboundAllowed(c, limits)) return ws.send(Buffer.from('\r\n[capsule: input rate limited]\r\n'));
         const bridge = deps.supervisor.console(id);
         if (bridge && !bridge.input(data)) {
           // The guest is not reading: stop reading this viewer (TCP pushes back to it) until it drains.
@@ -61,7 +71,10 @@ export function consoleRoutes(deps: AppDeps, buckets: BucketMap, sockets: Socket
           bridge.onDrain(() => ws.resume());
         }
       },
-      onClose: () => detach?.(),
+      onClose: () => {
+        deps.metrics.socketClosed('console');
+        detach?.();
+      },
     };
   }));
   return router;

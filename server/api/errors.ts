@@ -6,10 +6,13 @@ import type { ZodError } from 'zod';
 import { ApiError } from '../supervisor/errors.js';
 import { isNoSpace, isStorageError } from '../db/storage.js';
 
-export type ErrorStatus = 400 | 401 | 404 | 409 | 413 | 429 | 500 | 503 | 504 | 507;
+export type ErrorStatus = 400 | 401 | 403 | 404 | 409 | 413 | 429 | 500 | 503 | 504 | 507;
 
-export function errorResponse(c: Context, status: ErrorStatus, code: string, message: string, field?: string): Response {
-  return c.json({ error: field === undefined ? { code, message } : { code, message, field } }, status);
+export function errorResponse(c: Context, status: ErrorStatus, code: string, message: string, field?: string, details?: Record<string, unknown>): Response {
+  const error: Record<string, unknown> = { code, message };
+  if (field !== undefined) error.field = field;
+  if (details !== undefined) error.details = details;
+  return c.json({ error }, status);
 }
 
 /** The first zod issue, as a message that names the field. */
@@ -27,7 +30,10 @@ export function validationError(c: Context, error: ZodError): Response {
 
 /** The app's error handler: every failure as the one error shape; unexpected ones logged on `log`. */
 export const errorHandler = (log?: Logger) => (err: Error, c: Context): Response => {
-  if (err instanceof ApiError) return errorResponse(c, err.status, err.code, err.message, err.field);
+  if (err instanceof ApiError) {
+    if (err.extras.retryAfterSeconds !== undefined) c.header('Retry-After', String(err.extras.retryAfterSeconds));
+    return errorResponse(c, err.status, err.code, err.message, err.field, err.extras.details);
+  }
   if (err instanceof HTTPException) {
     const status = err.status as ErrorStatus;
     const code = status === 400 ? 'invalid_request' : status === 413 ? 'payload_too_large' : 'http_error';

@@ -5,21 +5,22 @@ import type { WebSocket } from 'ws';
 import { errorResponse } from './errors.js';
 import { notUpgradeError, upgradeWebSocket, type SocketLimiter } from './websocket.js';
 import { newRouter, type AppDeps, type AppEnv } from './app.js';
-import type { BucketMap } from '../util/leaky-bucket.js';
 import type { TokenRecord } from '../db/tokens.js';
+import type { ApiRateLimits } from '../auth/middleware.js';
+import { visibleTenant } from './ownership.js';
 
 export const EVENTS_MAX_MESSAGE = 4 * 1024;
 
-/** Open WebSockets are counted per token. */
+/** Open WebSockets are counted per token (and closed when it is revoked or expires). */
 export const tokenKey = (c: Context) => (c.get('token') as TokenRecord).id;
+export const socketLimit = (sockets: SocketLimiter) => ({ limiter: sockets, key: tokenKey, expiresAt: (c: Context) => (c.get('token') as TokenRecord).expiresAt });
 
-/** Inbound messages count against the token's bucket like API calls do. */
-export function inboundAllowed(c: Context<AppEnv>, buckets: BucketMap): boolean {
-  const token = c.get('token') as TokenRecord;
-  return buckets.get(token.id).tryTake();
+/** Inbound messages count against the token's and the tenant's buckets like API calls do. */
+export function inboundAllowed(c: Context<AppEnv>, limits: ApiRateLimits): boolean {
+  return limits.take(c.get('token') as TokenRecord) === undefined;
 }
 
-export function eventRoutes(deps: AppDeps, buckets: BucketMap, sockets: SocketLimiter) {
+export function eventRoutes(deps: AppDeps, limits: ApiRateLimits, sockets: SocketLimiter) {
   const router = newRouter();
   const validate = (vmScoped: boolean) => async (c: Context<AppEnv>, next: () => Promise<void>) => {
     const notUpgrade = notUpgradeError(c);
@@ -29,21 +30,28 @@ export function eventRoutes(deps: AppDeps, buckets: BucketMap, sockets: SocketLi
     if (vmScoped && !deps.vms.get(c.req.param('id') ?? '')) return errorResponse(c, 404, 'not_found', `no VM with id ${c.req.param('id')}`);
     return next();
   };
-  const stream = upgradeWebSocket({ maxPayload: EVENTS_MAX_MESSAGE, limit: { limiter: sockets, key: tokenKey } }, (c: Context<AppEnv>) => {
+  const stream = upgradeWebSocket({ maxPayload: EVENTS_MAX_MESSAGE, limit: socketLimit(sockets) }, (c: Context<AppEnv>) => {
     const vm = c.req.param('id');
+    // /v1/vms/:id/events: the VM's tenant was checked (ownership.ts); /v1/events: the caller's
+    // tenant's events, or for an admin all (or ?tenant=).
+    const tenant = vm === undefined ? visibleTenant(deps.tenants, c) : undefined;
     const sinceRaw = c.req.query('since');
     let unsubscribe: (() => void) | undefined;
     return {
       onOpen: (ws: WebSocket) => {
+        deps.metrics.socketOpened('events');
         unsubscribe = deps.hub.subscribe(
           { send: (m) => ws.send(m, { binary: false }), bufferedAmount: () => ws.bufferedAmount },
-          { vm, since: sinceRaw === undefined ? undefined : Number(sinceRaw) },
+          { vm, tenant, since: sinceRaw === undefined ? undefined : Number(sinceRaw) },
         );
       },
       onMessage: (_data: Buffer, _binary: boolean, ws: WebSocket) => {
-        if (!inboundAllowed(c, buckets)) ws.send(JSON.stringify({ error: { code: 'rate_limited', message: 'too many messages' } }));
+        if (!inboundAllowed(c, limits)) ws.send(JSON.stringify({ error: { code: 'rate_limited', message: 'too many messages' } }));
       },
-      onClose: () => unsubscribe?.(),
+      onClose: () => {
+        deps.metrics.socketClosed('events');
+        unsubscribe?.();
+      },
     };
   });
   router.get('/events', validate(false), stream);

@@ -1,7 +1,8 @@
 // Request and response schemas: validation and the OpenAPI document come from the same source.
 import { z } from '@hono/zod-openapi';
-import { VM_STATES } from '../db/vms.js';
+import { ROOTFS_DEVICES, VM_STATES } from '../db/vms.js';
 import { DRIVE_CACHES, DRIVE_STATES } from '../db/volumes.js';
+import { TOKEN_SCOPES } from '../db/tokens.js';
 import { VOLUME_MAX_MIB, VOLUME_MIN_MIB } from '../volumes/files.js';
 
 /** Most drives one VM may have (its definition and hot-plugged together). */
@@ -37,7 +38,8 @@ export const ErrorSchema = z.object({
 
 export const VmSchema = z.object({
   id: z.string().uuid(),
-  name: z.string(),
+  tenant: z.string().openapi({ description: 'the owning tenant\'s id' }),
+  name: z.string().openapi({ description: 'unique within its tenant' }),
   state: z.enum(VM_STATES),
   image: z.string(),
   hypervisor: z.enum(['qemu', 'native']),
@@ -46,6 +48,7 @@ export const VmSchema = z.object({
   cmdline: z.string().optional(),
   rng: z.boolean(),
   balloon: z.object({ enabled: z.boolean(), deflateOnOom: z.boolean() }),
+  rootfsDevice: z.enum(ROOTFS_DEVICES).openapi({ description: 'how an image\'s rootfs reaches the guest: virtio-blk (vda) or pmem (/dev/pmem0 with DAX; native: virtio-pmem, QEMU: an NVDIMM)' }),
   drives: z.array(DriveSchema).openapi({ description: 'in guest order: vda, vdb, ... (after vda = the image rootfs and vdb = the VM\'s layer, for an image with a rootfs)' }),
   pid: z.number().int().optional(),
   createdAt: z.string(),
@@ -67,11 +70,13 @@ export const CreateVmSchema = z.object({
     z.boolean(),
     z.object({ enabled: z.boolean().default(true), deflateOnOom: z.boolean().default(false) }).strict(),
   ]).default(false).openapi({ description: 'true, or {"deflateOnOom": true} to let the guest take memory back from the balloon when it runs out' }),
+  rootfsDevice: z.enum(ROOTFS_DEVICES).default('virtio-blk').openapi({ description: 'for an image with a rootfs: virtio-blk (the rootfs is vda, the layer vdb) or pmem (the rootfs is mapped into guest memory as /dev/pmem0 and mounted with DAX: no page-cache copy; the layer is vda). Kata\'s block_device_driver.' }),
 }).strict().openapi('CreateVm');
 
 export const VolumeSchema = z.object({
   id: z.string().uuid(),
-  name: z.string(),
+  tenant: z.string().openapi({ description: 'the owning tenant\'s id' }),
+  name: z.string().openapi({ description: 'unique within its tenant' }),
   sizeMiB: z.number().int(),
   fromImage: z.string().optional(),
   attachments: z.array(z.object({ vm: z.string(), vmName: z.string(), drive: z.string(), readOnly: z.boolean(), state: z.enum(DRIVE_STATES) })),
@@ -133,6 +138,17 @@ export const HealthSchema = z.object({
   }).optional().openapi('StorageStatus'),
 }).openapi('Health');
 
+const CheckSchema = z.object({ ok: z.boolean(), message: z.string() });
+export const ReadinessSchema = z.object({
+  status: z.enum(['ready', 'not_ready']),
+  checks: z.object({
+    database: CheckSchema.openapi({ description: 'a write in a rolled-back transaction succeeds, and no write to the data directory fails' }),
+    image: CheckSchema.openapi({ description: 'the default image is registered and its files are present' }),
+    backend: CheckSchema.openapi({ description: 'at least one hypervisor can run VMs (native: /dev/kvm usable; QEMU: its binary runs)' }),
+  }),
+  error: z.object({ code: z.literal('not_ready'), message: z.string() }).optional().openapi({ description: 'with 503: the failing checks' }),
+}).openapi('Readiness');
+
 export const IdParams = z.object({ id: z.string().min(1).openapi({ param: { name: 'id', in: 'path' } }) });
 export const DriveParams = z.object({
   id: z.string().min(1).openapi({ param: { name: 'id', in: 'path' } }),
@@ -144,4 +160,99 @@ export const ForceQuery = z.object({
 export const SinceQuery = z.object({
   since: z.string().regex(/^\d+$/, 'since must be a non-negative integer').optional(),
   access_token: z.string().optional(),
+});
+
+// ---- tenants, tokens, audit ----
+
+const NAME_RULE = 'name must start with a letter or digit and contain only letters, digits, ".", "_" and "-"';
+const quota = (what: string) => z.number().int().min(0).max(1_000_000_000).nullable().openapi({ description: `${what}; null: unlimited` });
+
+export const QuotasSchema = z.object({
+  vms: quota('VMs defined'),
+  vcpus: quota('vCPUs of running VMs (starting, running, paused, stopping)'),
+  memoryMiB: quota('guest memory of running VMs, MiB'),
+  volumeMiB: quota('the sizes of all volumes together, MiB'),
+}).openapi('Quotas');
+
+/** Absent quotas stay as they are (PATCH) or unlimited (POST); null makes one unlimited. */
+export const QuotasRequestSchema = z.object({
+  vms: quota('VMs defined').optional(),
+  vcpus: quota('vCPUs of running VMs').optional(),
+  memoryMiB: quota('guest memory of running VMs, MiB').optional(),
+  volumeMiB: quota('volume sizes together, MiB').optional(),
+}).strict().openapi('QuotasRequest');
+
+export const UsageSchema = z.object({
+  vms: z.number().int(), vcpus: z.number().int(), memoryMiB: z.number().int(), volumeMiB: z.number().int(),
+}).openapi('Usage');
+
+const TenantName = z.string().min(1).max(63).regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/, NAME_RULE)
+  .refine((s) => !UUID_SHAPED.test(s), 'name must not look like a tenant id (a UUID)');
+
+export const TenantSchema = z.object({
+  id: z.string().uuid(),
+  name: z.string(),
+  quotas: QuotasSchema,
+  usage: UsageSchema.optional().openapi({ description: 'what the tenant uses now, against quotas (GET /v1/tenants/:id)' }),
+  createdAt: z.string(),
+  updatedAt: z.string(),
+}).openapi('Tenant');
+
+export const CreateTenantSchema = z.object({ name: TenantName, quotas: QuotasRequestSchema.optional() }).strict().openapi('CreateTenant');
+export const UpdateTenantSchema = z.object({ name: TenantName.optional(), quotas: QuotasRequestSchema.optional() }).strict().openapi('UpdateTenant');
+
+export const TokenSchema = z.object({
+  id: z.string().uuid(),
+  name: z.string(),
+  tenant: z.string().openapi({ description: 'the tenant\'s id' }),
+  tenantName: z.string(),
+  scope: z.enum(TOKEN_SCOPES),
+  expiresAt: z.string().optional(),
+  createdAt: z.string(),
+}).openapi('Token');
+
+export const CreatedTokenSchema = TokenSchema.extend({
+  token: z.string().openapi({ description: 'the secret: cap_ and 64 hex digits. Shown in this response only', example: `cap_${'0'.repeat(64)}` }),
+}).openapi('CreatedToken');
+
+export const CreateTokenSchema = z.object({
+  tenant: z.string().min(1).max(128).optional().openapi({ description: 'tenant id or name (default: the caller\'s)' }),
+  name: z.string().min(1).max(128),
+  scope: z.enum(TOKEN_SCOPES).openapi({ description: 'read: look only; write: everything in the tenant; admin: everything, all tenants' }),
+  expiresAt: z.iso.datetime({ offset: true }).refine((s) => Date.parse(s) > Date.now(), 'expiresAt must be in the future').optional(),
+}).strict().openapi('CreateToken');
+
+export const WhoamiSchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  scope: z.enum(TOKEN_SCOPES),
+  expiresAt: z.string().optional(),
+  createdAt: z.string(),
+  tenant: z.object({ id: z.string(), name: z.string(), quotas: QuotasSchema, usage: UsageSchema }),
+}).openapi('Whoami');
+
+export const AuditEntrySchema = z.object({
+  id: z.number().int(),
+  at: z.string(),
+  token: z.string().openapi({ description: 'the token id' }),
+  tenant: z.string().openapi({ description: 'the caller\'s tenant id' }),
+  method: z.string(),
+  route: z.string().openapi({ example: '/v1/vms/:id/start' }),
+  path: z.string(),
+  resourceType: z.string().optional(),
+  resourceId: z.string().optional(),
+  resourceTenant: z.string().optional(),
+  status: z.number().int(),
+}).openapi('AuditEntry');
+
+export const AuditQuerySchema = z.object({
+  tenant: z.string().optional().openapi({ param: { name: 'tenant', in: 'query' }, description: 'tenant id or name: entries by it or about its resources' }),
+  vm: z.string().optional().openapi({ param: { name: 'vm', in: 'query' } }),
+  since: z.iso.datetime({ offset: true }).optional().openapi({ param: { name: 'since', in: 'query' } }),
+  until: z.iso.datetime({ offset: true }).optional().openapi({ param: { name: 'until', in: 'query' } }),
+  limit: z.coerce.number().int().min(1).max(1000).default(100).openapi({ param: { name: 'limit', in: 'query' } }),
+});
+
+export const TenantQuery = z.object({
+  tenant: z.string().optional().openapi({ param: { name: 'tenant', in: 'query' }, description: 'admin: only this tenant\'s (id or name)' }),
 });

@@ -4,19 +4,22 @@ import { createRoute, z } from '@hono/zod-openapi';
 import { ApiError } from '../supervisor/errors.js';
 import { checkDefinition } from '../supervisor/admission.js';
 import type { Vm } from '../db/vms.js';
-import { CreateVmSchema, ErrorSchema, ForceQuery, IdParams, VmSchema } from './schemas.js';
+import { callerToken } from '../auth/middleware.js';
+import { CreateVmSchema, ErrorSchema, ForceQuery, IdParams, TenantQuery, VmSchema } from './schemas.js';
+import { visibleTenant } from './ownership.js';
 import { newRouter, type AppDeps } from './app.js';
 
 const json = <T extends z.ZodType>(schema: T, description: string) => ({ description, content: { 'application/json': { schema } } });
 const errors = {
   400: json(ErrorSchema, 'invalid request'),
   401: json(ErrorSchema, 'missing or invalid token'),
-  404: json(ErrorSchema, 'no such VM'),
-  409: json(ErrorSchema, 'not allowed in the current state'),
+  403: json(ErrorSchema, 'token scope too small'),
+  404: json(ErrorSchema, 'no such VM (another tenant\'s is not found either)'),
+  409: json(ErrorSchema, 'not allowed in the current state; quota_exceeded'),
   429: json(ErrorSchema, 'rate limited'),
 };
 
-const listVms = createRoute({ method: 'get', path: '/vms', tags: ['vms'], summary: 'All VMs', responses: { 200: json(z.object({ items: z.array(VmSchema) }), 'VMs'), ...errors } });
+const listVms = createRoute({ method: 'get', path: '/vms', tags: ['vms'], summary: 'The tenant\'s VMs (an admin: all, or ?tenant=)', request: { query: TenantQuery }, responses: { 200: json(z.object({ items: z.array(VmSchema) }), 'VMs'), ...errors } });
 const getVm = createRoute({ method: 'get', path: '/vms/{id}', tags: ['vms'], request: { params: IdParams }, responses: { 200: json(VmSchema, 'the VM'), ...errors } });
 const createVm = createRoute({
   method: 'post', path: '/vms', tags: ['vms'], summary: 'Define a VM (it starts in state created)',
@@ -45,7 +48,7 @@ export function vmRoutes(deps: AppDeps) {
     return vm;
   };
   const r = newRouter()
-    .openapi(listVms, (c) => c.body(deps.vms.listJson(), 200, { 'content-type': 'application/json' }) as never)
+    .openapi(listVms, (c) => c.body(deps.vms.listJson(visibleTenant(deps.tenants, c)), 200, { 'content-type': 'application/json' }) as never)
     .openapi(getVm, (c) => c.json(mustGet(c.req.valid('param').id), 200))
     .openapi(createVm, (c) => {
       const body = c.req.valid('json');
@@ -63,11 +66,18 @@ export function vmRoutes(deps: AppDeps) {
         throw new ApiError(400, 'invalid_request', `vcpus: the ${hypervisor} hypervisor allows at most ${backend.limits.maxVcpus}`, 'vcpus');
       }
       checkDefinition(body, deps.config.admission);
-      if (deps.vms.getByName(body.name)) throw new ApiError(409, 'conflict', `name: a VM named ${body.name} exists`, 'name');
-      // Checked and inserted in one synchronous step: no other request can take a volume between.
-      const drives = deps.drives.resolve(undefined, body.drives, (i) => `drives.${i}.volume`);
+      if (body.rootfsDevice === 'pmem' && !image.rootfs) {
+        throw new ApiError(400, 'invalid_request', `rootfsDevice: image ${image.name} has no root filesystem to map as pmem`, 'rootfsDevice');
+      }
+      // The VM is the caller's tenant's: its name is unique there, its drives are its volumes.
+      const tenant = callerToken(c).tenantId;
+      c.set('resourceTenant', tenant);
+      if (deps.vms.getByName(tenant, body.name)) throw new ApiError(409, 'conflict', `name: a VM named ${body.name} exists`, 'name');
+      // Checked and inserted in one synchronous step: no other request can take a volume (or
+      // the tenant's last VM of quota) between.
+      const drives = deps.drives.resolve(tenant, undefined, body.drives, (i) => `drives.${i}.volume`);
       const balloon = typeof body.balloon === 'boolean' ? { enabled: body.balloon, deflateOnOom: false } : body.balloon;
-      let vm = deps.vms.create({ ...body, hypervisor, drives, balloon });
+      let vm = deps.vms.create({ ...body, tenant, hypervisor, drives, balloon }, () => deps.quotas.checkNewVm(tenant));
       try {
         deps.drives.createLayer(image, deps.supervisor.paths(vm.id).dir);
       } catch (e) {

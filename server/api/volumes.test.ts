@@ -107,8 +107,8 @@ test('VM drives: order and ids, defaults, name or id; validation names the field
   assert.deepEqual(plain.body.drives, []);
 
   const create = (name: string, drives: unknown) => s.api('POST', '/v1/vms', { name, drives });
-  let r = await create('drv-x', [{ volume: 'nope' }]);
-  assert.equal(r.status, 400);
+  let r = await create('drv-x', [{ volume: 'nope' }]); // unknown (or another tenant's): not found
+  assert.equal(r.status, 404);
   assert.equal(r.body.error.field, 'drives.0.volume');
   r = await create('drv-x', [{ volume: 'd-b', readOnly: true }, { volume: 'd-a', file: '/etc/passwd' }]);
   assert.equal(r.status, 400);

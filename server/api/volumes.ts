@@ -3,22 +3,26 @@
 import { randomUUID } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { createRoute, z } from '@hono/zod-openapi';
+import type { Context } from 'hono';
 import { ApiError } from '../supervisor/errors.js';
 import { copySparse, createSparse, MiB, roundedSize, volumePath } from '../volumes/files.js';
 import type { Volume } from '../db/volumes.js';
-import { CreateVolumeSchema, ErrorSchema, IdParams, VolumeSchema } from './schemas.js';
+import { callerToken } from '../auth/middleware.js';
+import { CreateVolumeSchema, ErrorSchema, IdParams, TenantQuery, VolumeSchema } from './schemas.js';
+import { findVolume, visibleTenant } from './ownership.js';
 import { newRouter, type AppDeps } from './app.js';
 
 const json = <T extends z.ZodType>(schema: T, description: string) => ({ description, content: { 'application/json': { schema } } });
 const errors = {
   400: json(ErrorSchema, 'invalid request'),
   401: json(ErrorSchema, 'missing or invalid token'),
-  404: json(ErrorSchema, 'no such volume'),
-  409: json(ErrorSchema, 'conflict (name taken) or volume_in_use'),
+  403: json(ErrorSchema, 'token scope too small'),
+  404: json(ErrorSchema, 'no such volume (another tenant\'s is not found either)'),
+  409: json(ErrorSchema, 'conflict (name taken), volume_in_use, quota_exceeded'),
   429: json(ErrorSchema, 'rate limited'),
 };
 
-const list = createRoute({ method: 'get', path: '/volumes', tags: ['volumes'], summary: 'All volumes', responses: { 200: json(z.object({ items: z.array(VolumeSchema) }), 'volumes'), ...errors } });
+const list = createRoute({ method: 'get', path: '/volumes', tags: ['volumes'], summary: 'The tenant\'s volumes (an admin: all, or ?tenant=)', request: { query: TenantQuery }, responses: { 200: json(z.object({ items: z.array(VolumeSchema) }), 'volumes'), ...errors } });
 const get = createRoute({
   method: 'get', path: '/volumes/{id}', tags: ['volumes'], summary: 'A volume (by id or name)',
   request: { params: IdParams }, responses: { 200: json(VolumeSchema, 'the volume'), ...errors },
@@ -34,20 +38,19 @@ const del = createRoute({
 });
 
 export function volumeRoutes(deps: AppDeps) {
-  const mustGet = (ref: string): Volume => {
-    const v = deps.volumes.resolve(ref);
-    if (!v) throw new ApiError(404, 'not_found', `no volume with id or name ${JSON.stringify(ref)}`);
-    return v;
-  };
-  const nameFree = (name: string) => {
-    if (deps.volumes.getByName(name)) throw new ApiError(409, 'conflict', `name: a volume named ${name} exists`, 'name');
+  const mustGet = (c: Context, ref: string): Volume => findVolume(deps.volumes, c, ref);
+  const nameFree = (tenant: string, name: string) => {
+    if (deps.volumes.getByName(tenant, name)) throw new ApiError(409, 'conflict', `name: a volume named ${name} exists`, 'name');
   };
   return newRouter()
-    .openapi(list, (c) => c.json({ items: deps.volumes.list() }, 200))
-    .openapi(get, (c) => c.json(mustGet(c.req.valid('param').id), 200))
+    .openapi(list, (c) => c.json({ items: deps.volumes.list(visibleTenant(deps.tenants, c)) }, 200))
+    .openapi(get, (c) => c.json(mustGet(c, c.req.valid('param').id), 200))
     .openapi(create, async (c) => {
       const body = c.req.valid('json');
-      nameFree(body.name);
+      // The caller's tenant's volume: its name is unique there, its size counts against its quota.
+      const tenant = callerToken(c).tenantId;
+      c.set('resourceTenant', tenant);
+      nameFree(tenant, body.name);
       const id = randomUUID();
       const path = volumePath(deps.config.dataDir, id);
       let sizeBytes: number;
@@ -60,6 +63,7 @@ export function volumeRoutes(deps: AppDeps) {
           throw new ApiError(400, 'invalid_request', `sizeMiB: the copy of ${image.name} needs at least ${imageBytes / MiB} MiB`, 'sizeMiB');
         }
         sizeBytes = Math.max(imageBytes, (body.sizeMiB ?? 0) * MiB);
+        deps.quotas.checkVolume(tenant, Math.ceil(sizeBytes / MiB)); // before the copy; again at the insert
         try {
           await copySparse(image.rootfs, path, sizeBytes);
         } catch (e) {
@@ -69,12 +73,15 @@ export function volumeRoutes(deps: AppDeps) {
         }
       } else {
         sizeBytes = body.sizeMiB! * MiB;
+        deps.quotas.checkVolume(tenant, body.sizeMiB!);
         createSparse(path, sizeBytes);
       }
       try {
         // The copy took a while: the name may have been taken meanwhile (then the UNIQUE constraint says so too).
-        nameFree(body.name);
-        const v = deps.volumes.create({ id, name: body.name, sizeBytes, fromImage: body.fromImage });
+        nameFree(tenant, body.name);
+        // The quota again, in the insert's transaction: a concurrent create may have used it meanwhile.
+        const v = deps.volumes.create({ id, tenant, name: body.name, sizeBytes, fromImage: body.fromImage },
+          () => deps.quotas.checkVolume(tenant, Math.ceil(sizeBytes / MiB)));
         return c.json(v, 201);
       } catch (e) {
         rmSync(path, { force: true });
@@ -82,7 +89,7 @@ export function volumeRoutes(deps: AppDeps) {
       }
     })
     .openapi(del, (c) => {
-      const v = mustGet(c.req.valid('param').id);
+      const v = mustGet(c, c.req.valid('param').id);
       if (v.attachments.length > 0) {
         const a = v.attachments[0]!;
         throw new ApiError(409, 'volume_in_use', `volume ${v.name} is a drive of VM ${a.vmName} (${a.drive})${v.attachments.length > 1 ? ` and ${v.attachments.length - 1} more` : ''}: detach it first`);

@@ -29,12 +29,19 @@ export interface UpgradeOptions {
   /** Largest inbound message in bytes; a larger one closes the socket with 1009. */
   maxPayload: number;
   /** Open sockets per key (the token): over it, the upgrade gets 429. */
-  limit?: { limiter: SocketLimiter; key: (c: Context) => string };
+  limit?: { limiter: SocketLimiter; key: (c: Context) => string; expiresAt?: (c: Context) => string | undefined };
 }
 
-/** Counts open WebSockets per key (one limiter shared by every WebSocket route). */
+/** Close code for a socket whose token was revoked or expired (4000-4999: application codes). */
+export const CLOSE_TOKEN_REVOKED = 4001;
+
+/**
+ * Counts open WebSockets per key (the token; one limiter shared by every WebSocket route) and
+ * knows the open sockets, so that revoking a token closes them at once.
+ */
 export class SocketLimiter {
   private readonly open = new Map<string, number>();
+  private readonly sockets = new Map<string, Set<WebSocket>>();
 
   constructor(readonly max: number) {}
 
@@ -54,6 +61,40 @@ export class SocketLimiter {
 
   count(key: string): number {
     return this.open.get(key) ?? 0;
+  }
+
+  /** Remembers an accepted socket of `key` until it closes; one whose token expires is closed then. */
+  track(key: string, ws: WebSocket, expiresAt?: string): void {
+    let set = this.sockets.get(key);
+    if (!set) this.sockets.set(key, (set = new Set()));
+    set.add(ws);
+    // (setTimeout takes at most 2^31-1 ms, ~24 days: a later expiry is checked again then.)
+    let expiry: NodeJS.Timeout | undefined;
+    const armExpiry = () => {
+      const ms = Date.parse(expiresAt!) - Date.now();
+      expiry = ms <= 0x7fffffff
+        ? setTimeout(() => ws.close(CLOSE_TOKEN_REVOKED, 'token expired'), Math.max(0, ms))
+        : setTimeout(armExpiry, 0x7fffffff);
+      expiry.unref();
+    };
+    if (expiresAt !== undefined) armExpiry();
+    ws.once('close', () => {
+      clearTimeout(expiry);
+      set.delete(ws);
+      if (set.size === 0 && this.sockets.get(key) === set) this.sockets.delete(key);
+    });
+  }
+
+  /** Closes every open socket of `key` (a revoked token) with `code` and `reason`; returns how many. */
+  closeAll(key: string, code: number, reason: string): number {
+    const set = this.sockets.get(key);
+    if (!set) return 0;
+    for (const ws of set) {
+      ws.close(code, reason);
+      // A peer that does not answer the close frame is cut off.
+      setTimeout(() => ws.terminate(), 1000).unref();
+    }
+    return set.size;
   }
 }
 
@@ -87,16 +128,20 @@ export function upgradeWebSocket(opts: UpgradeOptions, create: (c: Context) => S
     const slot = slotOf(c);
     if (!slot) return notUpgradeError(c)!;
     let release = () => {};
+    let handlers = create(c);
     if (opts.limit) {
       const { limiter, key } = opts.limit;
       const k = key(c);
+      const expiresAt = opts.limit.expiresAt?.(c);
       if (!limiter.acquire(k)) {
         return errorResponse(c, 429, 'too_many_sockets', `too many open WebSockets for this token (at most ${limiter.max}): close one first`);
       }
       let released = false;
       release = () => { if (!released) { released = true; limiter.release(k); } };
+      const inner = handlers;
+      handlers = { ...inner, onOpen: (ws) => { limiter.track(k, ws, expiresAt); inner.onOpen(ws); } };
     }
-    slot.accepted = { handlers: create(c), maxPayload: opts.maxPayload, release };
+    slot.accepted = { handlers, maxPayload: opts.maxPayload, release };
     // Never sent: the listener below sees `accepted` and hands the socket to ws instead.
     return c.body(null, 200);
   };

@@ -34,12 +34,25 @@ export function migrate(db: Db, migrationsDir: string): number[] {
     .map((f) => ({ name: f.name, version: Number(f.m[1]) }))
     .sort((a, b) => a.version - b.version);
   const pending = files.filter((f) => !applied.has(f.version));
+  if (pending.length === 0) return [];
   const record = db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)');
-  db.transaction(() => {
-    for (const f of pending) {
-      db.exec(readFileSync(join(migrationsDir, f.name), 'utf8'));
-      record.run(f.version, f.name, new Date().toISOString());
-    }
-  })();
+  // Foreign keys off while migrating, as SQLite's procedure for rebuilding a table says
+  // (https://sqlite.org/lang_altertable.html#otheralter): with them on, dropping the old table
+  // would cascade into the tables that reference it. They are checked before the commit.
+  // (The pragma is a no-op inside a transaction, so it is set around it.)
+  const foreignKeys = db.pragma('foreign_keys', { simple: true }) as number;
+  db.pragma('foreign_keys = OFF');
+  try {
+    db.transaction(() => {
+      for (const f of pending) {
+        db.exec(readFileSync(join(migrationsDir, f.name), 'utf8'));
+        record.run(f.version, f.name, new Date().toISOString());
+      }
+      const broken = db.pragma('foreign_key_check') as unknown[];
+      if (broken.length > 0) throw new Error(`migrations left ${broken.length} broken foreign key reference(s): ${JSON.stringify(broken[0])}`);
+    })();
+  } finally {
+    db.pragma(`foreign_keys = ${foreignKeys ? 'ON' : 'OFF'}`);
+  }
   return pending.map((f) => f.version);
 }

@@ -7,9 +7,14 @@ import { publicDrive, type Drive, type DriveRow, type NewDrive, type VolumeStore
 export const VM_STATES = ['created', 'starting', 'running', 'paused', 'stopping', 'stopped', 'crashed'] as const;
 export type VmState = (typeof VM_STATES)[number];
 export type HypervisorName = 'qemu' | 'native';
+/** How an image's rootfs reaches the guest: a virtio-blk disk, or persistent memory (DAX). */
+export const ROOTFS_DEVICES = ['virtio-blk', 'pmem'] as const;
+export type RootfsDevice = (typeof ROOTFS_DEVICES)[number];
 
 export interface Vm {
   id: string;
+  /** The owning tenant's id. */
+  tenant: string;
   name: string;
   state: VmState;
   image: string;
@@ -21,6 +26,8 @@ export interface Vm {
   rng: boolean;
   /** A virtio-balloon device; deflateOnOom: the guest may take pages back from the balloon under memory pressure. */
   balloon: { enabled: boolean; deflateOnOom: boolean };
+  /** For an image with a rootfs: a virtio-blk disk (vda) or pmem (/dev/pmem0, mounted with DAX). */
+  rootfsDevice: RootfsDevice;
   /** The client's drives in guest order (after an image's rootfs and the VM's layer, when the image has a rootfs). */
   drives: Drive[];
   pid?: number;
@@ -30,6 +37,7 @@ export interface Vm {
 
 interface VmRow {
   id: string;
+  tenant_id: string;
   name: string;
   state: VmState;
   image: string;
@@ -41,15 +49,17 @@ interface VmRow {
   rng: number;
   balloon: number;
   balloon_deflate_on_oom: number;
+  rootfs_device: RootfsDevice;
   created_at: string;
   updated_at: string;
 }
 
 function fromRow(r: VmRow, drives: readonly DriveRow[]): Vm {
   const vm: Vm = {
-    id: r.id, name: r.name, state: r.state, image: r.image, hypervisor: r.hypervisor,
+    id: r.id, tenant: r.tenant_id, name: r.name, state: r.state, image: r.image, hypervisor: r.hypervisor,
     vcpus: r.vcpus, memoryMiB: r.memory_mib,
     rng: r.rng === 1, balloon: { enabled: r.balloon === 1, deflateOnOom: r.balloon_deflate_on_oom === 1 },
+    rootfsDevice: r.rootfs_device,
     drives: drives.map(publicDrive),
     createdAt: r.created_at, updatedAt: r.updated_at,
   };
@@ -59,6 +69,7 @@ function fromRow(r: VmRow, drives: readonly DriveRow[]): Vm {
 }
 
 export interface NewVm {
+  tenant: string;
   name: string;
   image: string;
   hypervisor: HypervisorName;
@@ -67,6 +78,7 @@ export interface NewVm {
   cmdline?: string | undefined;
   rng?: boolean | undefined;
   balloon?: { enabled: boolean; deflateOnOom: boolean } | undefined;
+  rootfsDevice?: RootfsDevice | undefined;
   /** Volume ids (already resolved and checked). */
   drives?: readonly NewDrive[] | undefined;
 }
@@ -78,8 +90,12 @@ export class VmStore {
   private readonly listStmt;
   private readonly updateStateStmt;
   private readonly deleteStmt;
+  private readonly tenantStmt;
+  private readonly tenants = new Map<string, string>();
   /** The list as the API serves it, rebuilt after a write: listing is the hot read. */
   private listCache: { vms: Vm[]; json: string } | undefined;
+  /** Per tenant: the part of the list the tenant sees, serialized (cleared with listCache). */
+  private tenantJson = new Map<string, string>();
   /**
    * State changes the database refused (disk full): the VM really is in this state, so reads
    * show it, and every later write (and flushUnsaved(), on a timer) tries to save it again.
@@ -88,32 +104,38 @@ export class VmStore {
 
   constructor(private readonly db: Db, private readonly storage?: StorageMonitor, private readonly volumes?: VolumeStore) {
     if (storage) storage.statesNotSaved = () => this.unsaved.size;
-    if (volumes) volumes.onDrivesChanged = () => { this.listCache = undefined; };
-    this.insertStmt = db.prepare(`INSERT INTO vms (id, name, state, image, hypervisor, vcpus, memory_mib, cmdline, pid, rng, balloon, balloon_deflate_on_oom, created_at, updated_at)
-      VALUES (@id, @name, 'created', @image, @hypervisor, @vcpus, @memoryMiB, @cmdline, NULL, @rng, @balloon, @deflateOnOom, @now, @now)`);
+    if (volumes) volumes.onDrivesChanged = () => this.invalidate();
+    this.insertStmt = db.prepare(`INSERT INTO vms (id, tenant_id, name, state, image, hypervisor, vcpus, memory_mib, cmdline, pid, rng, balloon, balloon_deflate_on_oom, rootfs_device, created_at, updated_at)
+      VALUES (@id, @tenant, @name, 'created', @image, @hypervisor, @vcpus, @memoryMiB, @cmdline, NULL, @rng, @balloon, @deflateOnOom, @rootfsDevice, @now, @now)`);
     this.getStmt = db.prepare('SELECT * FROM vms WHERE id = ?');
-    this.getByNameStmt = db.prepare('SELECT * FROM vms WHERE name = ?');
+    this.getByNameStmt = db.prepare('SELECT * FROM vms WHERE tenant_id = ? AND name = ?');
     this.listStmt = db.prepare('SELECT * FROM vms ORDER BY created_at, id');
     this.updateStateStmt = db.prepare('UPDATE vms SET state = @state, pid = @pid, updated_at = @now WHERE id = @id');
     this.deleteStmt = db.prepare('DELETE FROM vms WHERE id = ?');
+    this.tenantStmt = db.prepare('SELECT tenant_id FROM vms WHERE id = ?').pluck();
   }
 
-  /** Inserts the VM and its drives in one transaction. */
-  create(v: NewVm): Vm {
+  /**
+   * Inserts the VM and its drives in one transaction; `check` (the tenant's quota) runs first in
+   * the same transaction, so nothing can be inserted between the check and this VM.
+   */
+  create(v: NewVm, check?: () => void): Vm {
     const id = randomUUID();
-    this.listCache = undefined;
+    this.invalidate();
     this.db.transaction(() => {
+      check?.();
       this.insertStmt.run({
-        name: v.name, image: v.image, hypervisor: v.hypervisor, vcpus: v.vcpus, memoryMiB: v.memoryMiB,
+        tenant: v.tenant, name: v.name, image: v.image, hypervisor: v.hypervisor, vcpus: v.vcpus, memoryMiB: v.memoryMiB,
         cmdline: v.cmdline ?? null, id, now: new Date().toISOString(),
         rng: v.rng === false ? 0 : 1, balloon: v.balloon?.enabled ? 1 : 0, deflateOnOom: v.balloon?.enabled && v.balloon.deflateOnOom ? 1 : 0,
+        rootfsDevice: v.rootfsDevice ?? 'virtio-blk',
       });
       if (v.drives && v.drives.length > 0) {
         if (!this.volumes) throw new Error('VmStore: drives need the volume store');
         this.volumes.addDrives(id, v.drives);
       }
     })();
-    this.listCache = undefined;
+    this.invalidate();
     return this.get(id)!;
   }
 
@@ -122,18 +144,43 @@ export class VmStore {
     return r && fromRow(this.overlay(r), this.volumes?.drives(id) ?? []);
   }
 
-  getByName(name: string): Vm | undefined {
-    const r = this.getByNameStmt.get(name) as VmRow | undefined;
+  /** The VM's tenant (it never changes): asked for every event published, so remembered. */
+  tenantOf(id: string): string | undefined {
+    let t = this.tenants.get(id);
+    if (t === undefined) {
+      t = this.tenantStmt.get(id) as string | undefined;
+      if (t !== undefined) this.tenants.set(id, t);
+    }
+    return t;
+  }
+
+  /** Names are unique per tenant. */
+  getByName(tenant: string, name: string): Vm | undefined {
+    const r = this.getByNameStmt.get(tenant, name) as VmRow | undefined;
     return r && fromRow(r, this.volumes?.drives(r.id) ?? []);
   }
 
-  list(): Vm[] {
-    return this.cachedList().vms;
+  /** Every VM, or a tenant's. */
+  list(tenant?: string): Vm[] {
+    const all = this.cachedList().vms;
+    return tenant === undefined ? all : all.filter((vm) => vm.tenant === tenant);
   }
 
-  /** `{"items":[...]}` of list(), serialized once per change. */
-  listJson(): string {
-    return this.cachedList().json;
+  /** `{"items":[...]}` of list(tenant), serialized once per change (and tenant). */
+  listJson(tenant?: string): string {
+    if (tenant === undefined) return this.cachedList().json;
+    let json = this.tenantJson.get(tenant);
+    if (json === undefined) {
+      json = JSON.stringify({ items: this.list(tenant) });
+      if (this.tenantJson.size >= 1024) this.tenantJson.clear();
+      this.tenantJson.set(tenant, json);
+    }
+    return json;
+  }
+
+  private invalidate(): void {
+    this.listCache = undefined;
+    this.tenantJson.clear();
   }
 
   private cachedList(): { vms: Vm[]; json: string } {
@@ -151,7 +198,7 @@ export class VmStore {
    * until it can be saved (the supervisor must not treat a refused write as a VMM failure).
    */
   setState(id: string, state: VmState, pid?: number): Vm | undefined {
-    this.listCache = undefined;
+    this.invalidate();
     this.unsaved.set(id, { state, pid: pid ?? null, now: new Date().toISOString() });
     this.flushUnsaved();
     return this.get(id);
@@ -167,9 +214,10 @@ export class VmStore {
   }
 
   delete(id: string): boolean {
-    this.listCache = undefined;
+    this.invalidate();
     const deleted = this.deleteStmt.run(id).changes > 0;
     this.unsaved.delete(id);
+    this.tenants.delete(id);
     return deleted;
   }
 

@@ -10,6 +10,8 @@ export type DriveState = (typeof DRIVE_STATES)[number];
 
 export interface Volume {
   id: string;
+  /** The owning tenant's id. */
+  tenant: string;
   name: string;
   sizeMiB: number;
   fromImage?: string;
@@ -36,7 +38,7 @@ export interface DriveRow extends Drive {
   sizeBytes: number;
 }
 
-interface VolumeRow { id: string; name: string; size_bytes: number; from_image: string | null; created_at: string; updated_at: string }
+interface VolumeRow { id: string; tenant_id: string; name: string; size_bytes: number; from_image: string | null; created_at: string; updated_at: string }
 interface DriveDbRow {
   vm_id: string; id: string; position: number; volume_id: string; read_only: number; cache: DriveCache;
   iops: number | null; state: DriveState; volume_name: string; size_bytes: number; vm_name?: string;
@@ -74,11 +76,15 @@ export class VolumeStore {
 
   constructor(private readonly db: Db) {}
 
-  create(v: { name: string; sizeBytes: number; fromImage?: string | undefined; id?: string }): Volume {
+  /** Inserts the volume; `check` (the tenant's quota) runs first in the same transaction. */
+  create(v: { tenant: string; name: string; sizeBytes: number; fromImage?: string | undefined; id?: string }, check?: () => void): Volume {
     const id = v.id ?? randomUUID();
     const now = new Date().toISOString();
-    this.db.prepare('INSERT INTO volumes (id, name, size_bytes, from_image, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)')
-      .run(id, v.name, v.sizeBytes, v.fromImage ?? null, now, now);
+    this.db.transaction(() => {
+      check?.();
+      this.db.prepare('INSERT INTO volumes (id, tenant_id, name, size_bytes, from_image, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
+        .run(id, v.tenant, v.name, v.sizeBytes, v.fromImage ?? null, now, now);
+    })();
     return this.get(id)!;
   }
 
@@ -87,18 +93,24 @@ export class VolumeStore {
     return r && this.fromRow(r);
   }
 
-  /** By id, else by name. */
-  resolve(ref: string): Volume | undefined {
-    return this.get(ref) ?? this.getByName(ref);
+  /** A tenant's volume by id, else by name (names are unique per tenant): another tenant's is not found. */
+  resolve(tenant: string, ref: string): Volume | undefined {
+    const byId = this.get(ref);
+    if (byId) return byId.tenant === tenant ? byId : undefined;
+    return this.getByName(tenant, ref);
   }
 
-  getByName(name: string): Volume | undefined {
-    const r = this.db.prepare('SELECT * FROM volumes WHERE name = ?').get(name) as VolumeRow | undefined;
+  getByName(tenant: string, name: string): Volume | undefined {
+    const r = this.db.prepare('SELECT * FROM volumes WHERE tenant_id = ? AND name = ?').get(tenant, name) as VolumeRow | undefined;
     return r && this.fromRow(r);
   }
 
-  list(): Volume[] {
-    return (this.db.prepare('SELECT * FROM volumes ORDER BY created_at, id').all() as VolumeRow[]).map((r) => this.fromRow(r));
+  /** Every volume, or a tenant's. */
+  list(tenant?: string): Volume[] {
+    const rows = tenant === undefined
+      ? this.db.prepare('SELECT * FROM volumes ORDER BY created_at, id').all()
+      : this.db.prepare('SELECT * FROM volumes WHERE tenant_id = ? ORDER BY created_at, id').all(tenant);
+    return (rows as VolumeRow[]).map((r) => this.fromRow(r));
   }
 
   sizeBytes(id: string): number | undefined {
@@ -175,7 +187,7 @@ export class VolumeStore {
 
   private fromRow(r: VolumeRow): Volume {
     const v: Volume = {
-      id: r.id, name: r.name, sizeMiB: Math.ceil(r.size_bytes / MiB),
+      id: r.id, tenant: r.tenant_id, name: r.name, sizeMiB: Math.ceil(r.size_bytes / MiB),
       attachments: this.attachmentsOf(r.id).map((d) => ({ vm: d.vmId, vmName: d.vmName, drive: d.id, readOnly: d.readOnly, state: d.state })),
       createdAt: r.created_at, updatedAt: r.updated_at,
     };

@@ -20,6 +20,8 @@ export interface SubscriberSink {
 
 export interface SubscribeOptions {
   vm?: string | undefined;
+  /** Only this tenant's events (a tenant's token never sees another's). */
+  tenant?: string | undefined;
   since?: number | undefined;
 }
 
@@ -31,6 +33,19 @@ export interface HubLimits {
   /** Events read from the store per replay step. */
   replayPage: number;
 }
+
+/** Running totals since the server started (read by the metrics at scrape time). */
+export interface HubStats {
+  /** Events published (stored or not). */
+  published: number;
+  /** Events a slow subscriber did not get live (each counted once per subscriber that lost it). */
+  droppedSlow: number;
+  /** Events a ?since= replay skipped because they were beyond the replay limit. */
+  droppedReplayLimit: number;
+}
+
+/** Sees every published event, synchronously, after it is stored (metrics derive VM lifecycle counts from it). */
+export type PublishObserver = (event: CapsuleEvent) => void;
 
 export const DEFAULT_HUB_LIMITS: HubLimits = { maxBuffered: 1024 * 1024, replayLimit: 10_000, replayPage: 200 };
 
@@ -44,17 +59,21 @@ class Subscriber {
   /** Cancels the pending replay step (a timer or an immediate), if any. */
   cancelStep: (() => void) | undefined;
 
-  constructor(readonly sink: SubscriberSink, readonly vm: string | undefined, readonly bucket: LeakyBucket) {}
+  constructor(readonly sink: SubscriberSink, readonly vm: string | undefined, readonly tenant: string | undefined, readonly bucket: LeakyBucket) {}
 }
 
 export class EventHub {
   private readonly subscribers = new Set<Subscriber>();
   private readonly limits: HubLimits;
+  private readonly observers: PublishObserver[] = [];
+  readonly stats: HubStats = { published: 0, droppedSlow: 0, droppedReplayLimit: 0 };
 
   constructor(
     private readonly store: EventStore,
     private readonly rate: { perSecond: number; burst: number },
     limits: Partial<HubLimits> = {},
+    /** The tenant a VM belongs to (stored with each event, for tenant-scoped subscribers). */
+    private readonly tenantOf: (vm: string) => string | undefined = () => undefined,
   ) {
     this.limits = { ...DEFAULT_HUB_LIMITS, ...limits };
   }
@@ -63,17 +82,34 @@ export class EventHub {
     return this.subscribers.size;
   }
 
-  /** Stores (or, on a full disk, counts) the event, then offers it to live subscribers. Never throws for storage. */
-  publish(vm: string, event: string, data: Record<string, unknown> = {}): CapsuleEvent {
-    const ev = this.store.append(vm, event, data);
+  /**
+   * Stores (or, on a full disk, counts) the event, then offers it to live subscribers. Never
+   * throws for storage. `tenant`: the VM's tenant, looked up unless given (a deleted VM's
+   * VM_DELETED names it, the VM being gone).
+   */
+  publish(vm: string, event: string, data: Record<string, unknown> = {}, tenant = this.tenantOf(vm)): CapsuleEvent {
+    const ev = this.store.append(vm, event, data, tenant ?? null);
+    this.stats.published++;
+    for (const observe of this.observers) {
+      try {
+        observe(ev);
+      } catch {
+        /* an observer (the metrics) must never cost an event its delivery */
+      }
+    }
     if (this.subscribers.size === 0) return ev;
     // Encode once, not once per subscriber: with 1,000 subscribers this is the hot loop.
     const message = Buffer.from(JSON.stringify(ev));
     for (const sub of this.subscribers) {
       if (sub.replayCursor !== undefined) continue;
-      if (sub.vm === undefined || sub.vm === vm) this.offer(sub, ev, message);
+      if ((sub.vm === undefined || sub.vm === vm) && (sub.tenant === undefined || sub.tenant === tenant)) this.offer(sub, ev, message);
     }
     return ev;
+  }
+
+  /** Adds an in-process observer of every published event (not a subscriber: no bucket, no drops). */
+  observe(fn: PublishObserver): void {
+    this.observers.push(fn);
   }
 
   /** A deleted VM's history goes with it (its VM_DELETED event stays). */
@@ -83,7 +119,7 @@ export class EventHub {
 
   /** Registers a sink; with `since`, replays stored events after it first (paced, see above). */
   subscribe(sink: SubscriberSink, opts: SubscribeOptions = {}): () => void {
-    const sub = new Subscriber(sink, opts.vm, new LeakyBucket(this.rate.perSecond, this.rate.burst));
+    const sub = new Subscriber(sink, opts.vm, opts.tenant, new LeakyBucket(this.rate.perSecond, this.rate.burst));
     this.subscribers.add(sub);
     if (opts.since !== undefined) this.startReplay(sub, opts.since);
     return () => {
@@ -94,11 +130,12 @@ export class EventHub {
   }
 
   private startReplay(sub: Subscriber, since: number): void {
-    const start = this.store.replayStart(since, sub.vm, this.limits.replayLimit);
+    const start = this.store.replayStart(since, { vm: sub.vm, tenant: sub.tenant }, this.limits.replayLimit);
     sub.replayCursor = start.cursor;
     if (start.skipped > 0) {
       // Older than the replay limit: announced as dropped, like events a slow subscriber lost.
       sub.dropped = start.skipped;
+      this.stats.droppedReplayLimit += start.skipped;
       sub.firstDroppedSeq = start.firstSkipped;
       sub.lastDroppedSeq = start.cursor;
     }
@@ -114,7 +151,7 @@ export class EventHub {
       if (!sub.bucket.tryTake()) return this.waitThenReplay(sub);
       this.sendDropNotice(sub);
     }
-    const page = this.store.since(sub.replayCursor, sub.vm, this.limits.replayPage);
+    const page = this.store.since(sub.replayCursor, { vm: sub.vm, tenant: sub.tenant }, this.limits.replayPage);
     if (page.length === 0) {
       sub.replayCursor = undefined; // caught up: live from here on
       return;
@@ -147,6 +184,7 @@ export class EventHub {
     }
     if (sub.dropped === 0) sub.firstDroppedSeq = ev.seq;
     sub.dropped++;
+    this.stats.droppedSlow++;
     sub.lastDroppedSeq = ev.seq;
     this.scheduleFlush(sub);
   }

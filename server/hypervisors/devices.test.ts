@@ -3,7 +3,7 @@
 // real QEMU in server/supervisor/drives.test.ts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { QemuHypervisor, qemuDeviceArgs, qemuValue } from './qemu.js';
+import { QemuHypervisor, qemuDeviceArgs, qemuMemoryArgs, qemuValue } from './qemu.js';
 import { NativeHypervisor, nativeDeviceArgs } from './native.js';
 import { effectiveCmdline, type DriveSpec, type QmpCommands, type VmDevices } from './types.js';
 import type { Vm } from '../db/vms.js';
@@ -73,6 +73,38 @@ test('native VMM: -drive, -rng, -balloon in StratoVirt\'s syntax', () => {
   const fg = native.foregroundCommand(vm, image, { qmpSocket: '/qmp', consoleSocket: '/console', config: '/vmm.cfg' }, devices);
   assert.ok(fg.args.includes('-rng') && fg.args.includes('-balloon'));
   assert.equal(JSON.parse(fg.config!)['boot-source'].boot_args, 'console=ttyS0 root=/dev/vda capsule.overlay=/dev/vdb');
+});
+
+test('pmem: QEMU maps each file as an NVDIMM above RAM (maxmem = RAM + the files, 2 MiB-rounded: Kata\'s memory_offset), on pc with nvdimm=on; native gets -device virtio-pmem', () => {
+  const MiB = 1024 * 1024;
+  assert.deepEqual(qemuMemoryArgs(512, []), ['-m', '512M']);
+  assert.deepEqual(qemuMemoryArgs(512, [{ id: 'rootfs', path: '/img/a,b.ext4', sizeBytes: 322 * MiB }]), [
+    '-m', '512M,slots=1,maxmem=834M',
+    '-object', 'memory-backend-file,id=pmem0,mem-path=/img/a,,b.ext4,size=337641472,share=off,readonly=on',
+    '-device', 'nvdimm,id=rootfs,memdev=pmem0,unarmed=on',
+  ]);
+  // a size that is not a multiple of 2 MiB takes the next 2 MiB in the layout; two files, two slots
+  const two = qemuMemoryArgs(256, [{ id: 'a', path: '/a', sizeBytes: 3 * MiB + 1 }, { id: 'b', path: '/b', sizeBytes: 2 * MiB }]);
+  assert.deepEqual(two.slice(0, 2), ['-m', '256M,slots=2,maxmem=262M']);
+  assert.ok(two.includes('nvdimm,id=b,memdev=pmem1,unarmed=on'));
+
+  const pmem = { ...devices, drives: [drives[1]!], pmem: [{ id: 'rootfs', path: '/drives/rootfs', sizeBytes: 4 * MiB }] };
+  const vm = { id: 'x', name: 'x', vcpus: 1, memoryMiB: 256, cmdline: undefined } as unknown as Vm;
+  const image = { kernel: '/k', cmdline: 'console=ttyS0' } as Image;
+  const paths = { qmpSocket: '/qmp', consoleSocket: '/console', config: '/vmm.cfg' };
+  for (const kvm of [true, false]) {
+    const q = new QemuHypervisor('/usr/bin/qemu-system-x86_64', kvm).foregroundCommand(vm, image, paths, pmem).args;
+    assert.equal(q[q.indexOf('-M') + 1], 'pc,nvdimm=on', 'microvm has no NVDIMM: pc, with or without KVM');
+    assert.equal(q[q.indexOf('-accel') + 1], kvm ? 'kvm' : 'tcg');
+    assert.equal(q[q.indexOf('-m') + 1], '256M,slots=1,maxmem=260M');
+    assert.ok(q.includes('nvdimm,id=rootfs,memdev=pmem0,unarmed=on'));
+    assert.ok(q.includes('virtio-blk-pci,drive=drive-0,id=drive-0'), 'pc: the disks are PCI');
+  }
+  const plain = new QemuHypervisor('/usr/bin/qemu-system-x86_64', true).foregroundCommand(vm, image, paths, devices).args;
+  assert.match(plain[plain.indexOf('-M') + 1]!, /^microvm,/);
+  assert.equal(plain[plain.indexOf('-m') + 1], '256M');
+  assert.deepEqual(nativeDeviceArgs({ drives: [], pmem: [{ id: 'rootfs', path: '/d/r,1', sizeBytes: 2 * MiB }], rng: false, kernelArgs: [] }),
+    ['-device', 'virtio-pmem,id=rootfs,file=/d/r,,1']);
 });
 
 test('the kernel command line gets the rootfs arguments after the VM\'s own', () => {

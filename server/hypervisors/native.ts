@@ -12,7 +12,7 @@ const onOff = (b: boolean) => (b ? 'on' : 'off');
 
 /**
  * The device options of capsule-vmm (StratoVirt's syntax, docs/vmm.md): one `-drive` per disk
- * in guest order, `-rng`, `-balloon`. A comma in a path is written twice (QEMU's escape).
+ * in guest order, `-device virtio-pmem` per pmem file, `-rng`, `-balloon`. A comma in a path is written twice (QEMU's escape).
  */
 export function nativeDeviceArgs(devices: VmDevices): string[] {
   const args: string[] = [];
@@ -24,6 +24,7 @@ export function nativeDeviceArgs(devices: VmDevices): string[] {
     ];
     args.push('-drive', opts.join(','));
   }
+  for (const p of devices.pmem ?? []) args.push('-device', `virtio-pmem,id=${p.id},file=${p.path.replace(/,/g, ',,')}`);
   if (devices.rng) args.push('-rng', 'random_file=/dev/urandom');
   if (devices.balloon) args.push('-balloon', `deflate-on-oom=${onOff(devices.balloon.deflateOnOom)}`);
   return args;

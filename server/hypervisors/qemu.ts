@@ -9,7 +9,7 @@ import { probeKvm } from '../../lib/kvm-probe.js';
 import type { Image } from '../db/images.js';
 import type { Vm } from '../db/vms.js';
 import { ApiError } from '../supervisor/errors.js';
-import { effectiveCmdline, NO_DEVICES, type Availability, type DriveSpec, type ForegroundPaths, type Hypervisor, type LaunchCommand, type QmpCommands, type VmDevices, type VmPaths } from './types.js';
+import { effectiveCmdline, NO_DEVICES, type Availability, type DriveSpec, type PmemSpec, type ForegroundPaths, type Hypervisor, type LaunchCommand, type QmpCommands, type VmDevices, type VmPaths } from './types.js';
 
 /** QEMU option values: a comma is written twice. */
 export function qemuValue(s: string): string {
@@ -43,6 +43,27 @@ export function qemuDeviceArgs(devices: VmDevices, pci: boolean): string[] {
   }
   if (devices.rng) args.push('-object', 'rng-random,id=rng0,filename=/dev/urandom', '-device', `${dev('rng')},rng=rng0,id=rng0`);
   if (devices.balloon) args.push('-device', `${dev('balloon')},id=balloon0,deflate-on-oom=${onOff(devices.balloon.deflateOnOom)}`);
+  return args;
+}
+
+const MiB = 1024 * 1024;
+/** NVDIMMs are placed in the hot-plug memory area in 2 MiB-aligned pieces. */
+const NVDIMM_ALIGN = 2 * MiB;
+
+/**
+ * Guest RAM and the NVDIMMs around it (Kata's memory_offset): each pmem file is a slot in
+ * the hot-plug memory area above RAM, so `maxmem` = RAM + the files' sizes (each rounded up
+ * to 2 MiB) and there is one slot per file. Without pmem, just the RAM.
+ */
+export function qemuMemoryArgs(memoryMiB: number, pmem: readonly PmemSpec[]): string[] {
+  if (pmem.length === 0) return ['-m', `${memoryMiB}M`];
+  const offsetMiB = pmem.reduce((n, p) => n + Math.ceil(p.sizeBytes / NVDIMM_ALIGN) * (NVDIMM_ALIGN / MiB), 0);
+  const args = ['-m', `${memoryMiB}M,slots=${pmem.length},maxmem=${memoryMiB + offsetMiB}M`];
+  pmem.forEach((p, i) => {
+    // share=off: the guest's writes (there should be none: unarmed) never reach the file.
+    args.push('-object', `memory-backend-file,id=pmem${i},mem-path=${qemuValue(p.path)},size=${p.sizeBytes},share=off,readonly=on`);
+    args.push('-device', `nvdimm,id=${p.id},memdev=pmem${i},unarmed=on`);
+  });
   return args;
 }
 
@@ -169,14 +190,17 @@ export class QemuHypervisor implements Hypervisor {
   private commonArgs(vm: Vm, image: Image, paths: ForegroundPaths, devices: VmDevices): { args: string[]; config: string | undefined } {
     const cmdline = effectiveCmdline(vm, image, devices);
     const config = qemuConfigFile(cmdline);
-    const machine = this.kvm
+    const pmem = devices.pmem ?? [];
+    // microvm has no NVDIMM (no NFIT): a VM with pmem runs on pc, with KVM where there is one.
+    const pc = !this.kvm || pmem.length > 0;
+    const machine = !pc
       ? ['-M', 'microvm,acpi=on,rtc=on,pit=on,pic=on,isa-serial=on', '-accel', 'kvm', '-cpu', 'host']
-      : ['-M', 'pc', '-accel', 'tcg'];
+      : ['-M', pmem.length > 0 ? 'pc,nvdimm=on' : 'pc', ...(this.kvm ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg'])];
     const args = [
       '-name', `capsule-${vm.id},process=capsule-${vm.id}`,
       ...machine,
       '-smp', String(vm.vcpus),
-      '-m', `${vm.memoryMiB}M`,
+      ...qemuMemoryArgs(vm.memoryMiB, pmem),
       '-nodefaults', '-nographic', '-no-reboot', '-no-user-config',
       '-kernel', image.kernel,
       ...(image.initrd ? ['-initrd', image.initrd] : []),
@@ -185,7 +209,7 @@ export class QemuHypervisor implements Hypervisor {
       '-chardev', `socket,id=console,path=${paths.consoleSocket},server=on,wait=off`,
       '-serial', 'chardev:console',
       '-qmp', `unix:${paths.qmpSocket},server=on,wait=off`,
-      ...qemuDeviceArgs(devices, !this.kvm),
+      ...qemuDeviceArgs(devices, pc),
     ];
     return { args, config };
   }

@@ -20,9 +20,25 @@ export interface DriveSpec {
   index: number;
 }
 
+/**
+ * A read-only image mapped into guest memory as persistent memory (/dev/pmem0, ...): native
+ * virtio-pmem, QEMU an NVDIMM. The guest mounts it with DAX, so its pages are the host's page
+ * cache of the file, shared by every VM of the image.
+ */
+export interface PmemSpec {
+  /** The device id in the VMM. */
+  id: string;
+  /** The file as the VMM opens it (host path, or inside a jailed VMM's root). */
+  path: string;
+  /** The file's size in bytes (QEMU's NVDIMM needs it for the memory layout). */
+  sizeBytes: number;
+}
+
 /** What a VM gets besides CPUs, memory and its kernel: built by the supervisor's components. */
 export interface VmDevices {
   drives: DriveSpec[];
+  /** Persistent-memory devices, in guest order (/dev/pmem0, ...). */
+  pmem?: PmemSpec[] | undefined;
   rng: boolean;
   balloon?: { deflateOnOom: boolean } | undefined;
   /** Appended to the kernel command line (an image with a rootfs: root= and capsule.overlay=). */

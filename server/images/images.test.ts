@@ -180,7 +180,7 @@ test('default image: the initramfs carries vsock-tool and the device modules; vs
   assert.ok(list.includes('bin/vsock-tool'));
   const order = execFileSync('sh', ['-c', `zcat ${join(dir, 'initramfs.cpio.gz')} | cpio -i --quiet --to-stdout lib/modules/load-order`]).toString().trim().split('\n');
   const want = ['virtio_ring', 'virtio', 'virtio_mmio', 'virtio_pci', 'virtio_blk', 'failover', 'net_failover', 'virtio_net', 'virtio-rng',
-    'virtio_balloon', 'virtio_console', 'virtio_pmem', 'nd_pmem', 'vsock', 'vmw_vsock_virtio_transport_common', 'vmw_vsock_virtio_transport'];
+    'virtio_balloon', 'virtio_console', 'virtio_pmem', 'nfit', 'nd_pmem', 'vsock', 'vmw_vsock_virtio_transport_common', 'vmw_vsock_virtio_transport'];
   const at = want.map((m) => order.indexOf(m));
   assert.ok(at.every((i) => i >= 0), `all of ${want.join(' ')} in ${order.join(' ')}`);
   assert.deepEqual(at, [...at].sort((a, b) => a - b), 'in this order');

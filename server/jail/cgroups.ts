@@ -24,6 +24,13 @@ export interface CgroupLimits {
   memoryBytes: number;
 }
 
+export interface CgroupUsage {
+  cpuSeconds: number | undefined;
+  memoryBytes: number | undefined;
+  /** The processes in the VM's (cpu) cgroup. */
+  pids: number[];
+}
+
 export interface MountInfo {
   root: string;
   mountPoint: string;
@@ -178,6 +185,31 @@ export class CgroupManager {
     } catch {
       return false;
     }
+  }
+
+  /**
+   * What the VM's cgroups have counted (for the metrics): CPU time, memory in use, and the
+   * processes in them. A counter this hierarchy does not offer is left out (cgroup v1 keeps CPU
+   * time in the cpuacct controller, which is a hierarchy of its own on some hosts and not one
+   * the jail uses): the caller sums the processes' own figures from /proc instead.
+   */
+  usage(id: string): CgroupUsage | undefined {
+    if (!this.layout) return undefined;
+    const read = (file: string) => { try { return readFileSync(file, 'utf8'); } catch { return undefined; } };
+    const num = (text: string | undefined) => (text === undefined || !/^\d+\s*$/.test(text) ? undefined : Number(text));
+    const pids = (dir: string) => (read(join(dir, 'cgroup.procs')) ?? '').split('\n').filter(Boolean).map(Number);
+    if (this.layout.version === 'v2') {
+      const dir = join(this.layout.base, id);
+      const procs = read(join(dir, 'cgroup.procs'));
+      if (procs === undefined) return undefined;
+      const usec = /^usage_usec (\d+)$/m.exec(read(join(dir, 'cpu.stat')) ?? '');
+      return { cpuSeconds: usec ? Number(usec[1]) / 1e6 : undefined, memoryBytes: num(read(join(dir, 'memory.current'))), pids: pids(dir) };
+    }
+    const cpu = join(this.layout.cpu, id);
+    const procs = read(join(cpu, 'cgroup.procs'));
+    if (procs === undefined) return undefined;
+    const ns = num(read(join(cpu, 'cpuacct.usage'))); // only where cpu and cpuacct share a hierarchy
+    return { cpuSeconds: ns === undefined ? undefined : ns / 1e9, memoryBytes: num(read(join(this.layout.memory, id, 'memory.usage_in_bytes'))), pids: pids(cpu) };
   }
 
   exists(id: string): boolean {

@@ -123,7 +123,7 @@ export function driveInRoot(id: string): string {
 }
 
 /**
- * The devices as the VMM sees them inside the root (each drive at drives/<id>), and the binds
+ * The devices as the VMM sees them inside the root (each drive and pmem file at drives/<id>), and the binds
  * that put the files there: read-only for a read-only drive, writable otherwise. `realPath`
  * maps a host path to the file to bind (links resolved).
  */
@@ -134,7 +134,12 @@ export function devicesInRoot(devices: VmDevices, realPath: (p: string) => strin
     mounts.push({ source: realPath(d.path), target, kind: 'file', readOnly: d.readOnly });
     return { ...d, path: target };
   });
-  return { devices: { ...devices, drives }, mounts };
+  const pmem = devices.pmem?.map((p) => {
+    const target = driveInRoot(p.id);
+    mounts.push({ source: realPath(p.path), target, kind: 'file', readOnly: true });
+    return { ...p, path: target };
+  });
+  return { devices: { ...devices, drives, ...(pmem ? { pmem } : {}) }, mounts };
 }
 
 /**

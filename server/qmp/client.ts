@@ -20,8 +20,17 @@ export const MAX_QMP_LINE = 1024 * 1024;
 
 interface Pending { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }
 
+export type QmpOutcome = 'ok' | 'error' | 'timeout' | 'closed';
+/** Told of every command's round trip (send to reply, error, timeout or close), for the metrics. */
+export type QmpRoundTripObserver = (command: string, seconds: number, outcome: QmpOutcome) => void;
+
 /** Events: 'event' (QmpEvent), 'close' (). */
 export class QmpClient extends EventEmitter {
+  /**
+   * One process-wide observer of round-trip times. Static because clients are made deep in the
+   * supervisor (launch, reattach) and the metrics are one per process; unset: nothing is timed.
+   */
+  static roundTripObserver: QmpRoundTripObserver | undefined;
   private buffer = '';
   private nextId = 1;
   private readonly pending = new Map<string, Pending>();
@@ -94,12 +103,20 @@ export class QmpClient extends EventEmitter {
     if (this.closed) return Promise.reject(new Error('QMP connection closed'));
     const id = String(this.nextId++);
     const msg: QmpCommand = args ? { execute: command, arguments: args, id } : { execute: command, id };
+    const observe = QmpClient.roundTripObserver;
+    const sent = observe ? process.hrtime.bigint() : 0n;
+    const timed = (outcome: QmpOutcome) => observe?.(command, Number(process.hrtime.bigint() - sent) / 1e9, outcome);
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
+        timed('timeout');
         reject(new Error(`QMP ${command} timed out`));
       }, timeoutMs);
-      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
+      this.pending.set(id, {
+        resolve: (v) => { timed('ok'); (resolve as (v: unknown) => void)(v); },
+        reject: (e) => { timed(e instanceof QmpError ? 'error' : 'closed'); reject(e); },
+        timer,
+      });
       try {
         write(JSON.stringify(msg) + '\n');
       } catch (e) {

@@ -210,6 +210,32 @@ test('an image with a rootfs: vda is its rootfs (read-only), vdb the VM\'s layer
   assert.equal((await s.api('DELETE', `/v1/vms/${id}`)).status, 204);
 });
 
+test('rootfsDevice pmem: the rootfs is an NVDIMM (QEMU) read as /dev/pmem0, the layer becomes vda, drives follow; refused for an image without a rootfs', async () => {
+  const bad = await s.api('POST', '/v1/vms', { name: 'pmem-bad', image: 'default', rootfsDevice: 'pmem' });
+  assert.equal(bad.status, 400, JSON.stringify(bad.body));
+  assert.match(bad.body.error.message, /rootfsDevice: image default has no root filesystem/);
+  await volume(s, 'p-data', 2);
+  const c = await s.api('POST', '/v1/vms', { name: 'pmem-1', image: 'rootfs', rootfsDevice: 'pmem', drives: [{ volume: 'p-data' }] });
+  assert.equal(c.status, 201, JSON.stringify(c.body));
+  assert.equal(c.body.rootfsDevice, 'pmem');
+  const id: string = c.body.id;
+  const start = await s.api('POST', `/v1/vms/${id}/start`);
+  assert.equal(start.status, 200, JSON.stringify(start.body));
+  const cons = new ConsoleCollector(s.ws(`/v1/vms/${id}/console`));
+  await cons.waitFor('CAPSULE_READY');
+  // the image's own root=/dev/vda is overridden by the later arguments
+  assert.match(await guest(cons, 'cat /proc/cmdline'), /root=\/dev\/pmem0 capsule\.overlay=\/dev\/vda$/);
+  assert.equal(await guest(cons, 'i=0; while [ ! -b /dev/pmem0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; sha256sum /dev/pmem0 | cut -d" " -f1'), sha256(rootfsPattern()));
+  assert.equal(await guest(cons, 'cat /sys/block/vda/size /sys/block/vdb/size | tr "\\n" " "'), `${2048 * MiB / 512} ${2 * MiB / 512}`);
+  assert.equal(await guest(cons, 'ls /sys/bus/nd/devices | grep -c ^region'), '1', 'one NVDIMM region');
+  // unarmed: the guest may write to its mapping at most; the file never changes (share=off)
+  await guest(cons, 'dd if=/dev/zero of=/dev/pmem0 bs=4096 count=1 conv=fsync; echo done');
+  assert.equal((await s.api('POST', `/v1/vms/${id}/stop`)).body.state, 'stopped');
+  assert.equal(sha256(readFileSync(join(images, 'rootfs', 'rootfs.img'))), sha256(rootfsPattern()), 'the image is untouched');
+  cons.close();
+  assert.equal((await s.api('DELETE', `/v1/vms/${id}`)).status, 204);
+});
+
 test('unjailed: the VMM opens the volume files directly; boot drive and hot-plug', async () => {
   const u = await TestServer.start({ env: { CAPSULE_IMAGES_DIR: images, CAPSULE_BUILD_IMAGE: '0', CAPSULE_JAIL: 'off' } });
   try {

@@ -18,8 +18,7 @@ import { logLine, readLogTail } from './vm-log.js';
 import { VM_ROOT_DIR } from '../jail/command.js';
 import { ApiError } from './errors.js';
 import { onRateLimitedEvents } from '../qmp/event-rate.js';
-import { checkStart } from './admission.js';
-import type { AdmissionConfig } from '../config.js';
+import type { HostAdmission } from './admission.js';
 import { emptyPlan, type LaunchPlan, type LiveVmContext, type VmComponent } from './components/types.js';
 
 function assertSockets(...paths: string[]): void {
@@ -57,8 +56,10 @@ export interface SupervisorDeps {
   log: Logger;
   /** The VMM jail (server/jail); absent or disabled: VMMs daemonize as they did before it. */
   jail?: Jail;
-  /** Host-wide limits checked at start; absent: no admission control (unit tests). */
-  admission?: AdmissionConfig;
+  /** Host capacity reserved at start, released when the VMM is gone; absent: no admission control (unit tests). */
+  admission?: HostAdmission;
+  /** The VM's tenant's quotas, checked at start before host admission (absent: none). */
+  quotas?: { checkStart(vm: Vm): void };
   /** Per-VM components (drives, rng, balloon), run in this order around each VMM's life. */
   components?: readonly VmComponent[];
 }
@@ -116,11 +117,21 @@ export class Supervisor {
     return this.withLock(id, async () => {
       const vm = this.mustGet(id);
       this.expectState(vm, ['created', 'stopped', 'crashed'], 'start');
-      // Checked in the same synchronous step as launch()'s move to `starting`.
-      if (this.d.admission) checkStart(vm, this.d.vms.list(), this.d.admission);
+      // The tenant's quota (409 quota_exceeded), then host admission (503 host_full unless the
+      // host has room; reserved until the VMM is gone): both in the same synchronous step as
+      // launch()'s move to `starting`, so concurrent starts cannot both take the last room.
+      this.d.quotas?.checkStart(vm);
+      this.d.admission?.reserve(vm);
       this.resets.delete(id);
       this.forcedStops.delete(id);
-      await this.launch(vm);
+      try {
+        await this.launch(vm);
+      } catch (e) {
+        // A start refused before launching (a component's check) leaves the VM inactive without
+        // a state change: give the reservation back here too.
+        if (!ACTIVE_STATES.includes(this.d.vms.get(id)?.state ?? 'stopped')) this.d.admission?.release(id);
+        throw e;
+      }
       return this.mustGet(id);
     });
   }
@@ -196,8 +207,9 @@ export class Supervisor {
       const vm = this.mustGet(id);
       if (this.live.has(id)) await this.stopLive(vm, force);
       this.d.vms.delete(id);
+      this.d.admission?.release(id);
       rmSync(this.paths(id).dir, { recursive: true, force: true });
-      this.d.hub.publish(id, 'VM_DELETED', {});
+      this.d.hub.publish(id, 'VM_DELETED', {}, vm.tenant); // the row is gone: name the tenant
       this.d.hub.forgetVm(id);
       this.forcedStops.delete(id);
       this.resets.delete(id);
@@ -210,6 +222,8 @@ export class Supervisor {
       if (!ACTIVE_STATES.includes(vm.state)) continue;
       await this.withLock(vm.id, () => this.reattach(vm)).catch((e: Error) => this.d.log.error({ vm: vm.id, err: e.message }, 'reattach failed'));
     }
+    // What still runs holds host capacity again.
+    this.d.admission?.rebuild(this.d.vms.list());
   }
 
   /** Server shutdown: let go of the VMMs (they keep running) without changing any state. */
@@ -483,6 +497,8 @@ export class Supervisor {
     if (!before) return;
     const keepPid = state === 'stopped' || state === 'crashed' || state === 'starting' ? undefined : (pid ?? before.pid);
     this.d.vms.setState(id, state, keepPid);
+    // Every way a VMM ends (stop, crash, failed launch) passes here: its host capacity is free again.
+    if (state === 'stopped' || state === 'crashed') this.d.admission?.release(id);
     if (before.state !== state) this.d.hub.publish(id, 'STATE_CHANGED', { state, previous: before.state });
   }
 

@@ -9,6 +9,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { TestServer, EventCollector, ConsoleCollector } from '../test/harness.js';
+import { ensureDriveTestImages, rootfsPattern } from '../test/drive-images.js';
 import { probeKvm } from '../../lib/kvm-probe.js';
 
 const MiB = 1024 * 1024;
@@ -17,7 +18,8 @@ let s: TestServer;
 before(async () => {
   const kvm = probeKvm();
   assert.ok(kvm.available, `KVM is not usable here: ${kvm.reason}`);
-  s = await TestServer.start({ env: { CAPSULE_STOP_TIMEOUT: '120' } });
+  // the drive tests' images: default, and `rootfs` (a known byte pattern as its root filesystem)
+  s = await TestServer.start({ env: { CAPSULE_STOP_TIMEOUT: '120', CAPSULE_IMAGES_DIR: ensureDriveTestImages(), CAPSULE_BUILD_IMAGE: '0' } });
 });
 after(async () => { await s?.stop(); });
 
@@ -85,5 +87,22 @@ test('native: drives through the API, read-only, rng, hot-plug and DEVICE_DELETE
   try { readSync(fd, back, 0, back.length, 2048 * 512); } finally { closeSync(fd); }
   assert.equal(back.toString(), marker, 'the guest\'s write reached the volume');
   events.close();
+  cons.close();
+});
+
+test('native: rootfsDevice pmem maps the image\'s rootfs as virtio-pmem (/dev/pmem0) in the jailed VMM; the layer is vda', async () => {
+  const c = await s.api('POST', '/v1/vms', { name: 'native-pmem', image: 'rootfs', memoryMiB: 256, rootfsDevice: 'pmem' });
+  assert.equal(c.status, 201, JSON.stringify(c.body));
+  const id: string = c.body.id;
+  const started = await s.api('POST', `/v1/vms/${id}/start`);
+  assert.equal(started.status, 200, JSON.stringify(started.body) + s.output.slice(-2000));
+  const cons = new ConsoleCollector(s.ws(`/v1/vms/${id}/console`));
+  await cons.opened;
+  await cons.waitFor('CAPSULE_READY', BOOT_MS);
+  assert.match(await guest(cons, 'cat /proc/cmdline'), /root=\/dev\/pmem0 capsule\.overlay=\/dev\/vda$/);
+  assert.equal(await guest(cons, 'i=0; while [ ! -b /dev/pmem0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; sha256sum /dev/pmem0 | cut -d" " -f1'), sha256(rootfsPattern()));
+  assert.equal(await guest(cons, 'cat /sys/block/vda/size'), String(2048 * MiB / 512), 'vda is the 2 GiB layer');
+  const stopped = await s.api('POST', `/v1/vms/${id}/stop`);
+  assert.equal(stopped.body.state, 'stopped', JSON.stringify(stopped.body));
   cons.close();
 });

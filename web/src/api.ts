@@ -4,6 +4,8 @@ export type VmState = 'created' | 'starting' | 'running' | 'paused' | 'stopping'
 
 export interface Vm {
   id: string;
+  /** The owning tenant's id (servers with tenants). */
+  tenant?: string;
   name: string;
   state: VmState;
   image: string;
@@ -45,6 +47,48 @@ export interface Volume {
   attachments: { vm: string; vmName: string; drive: string; readOnly: boolean; state: string }[];
   createdAt: string;
   updatedAt: string;
+}
+
+export type TokenScope = 'admin' | 'write' | 'read';
+
+export interface Quotas {
+  vms: number | null;
+  vcpus: number | null;
+  memoryMiB: number | null;
+  volumeMiB: number | null;
+}
+
+export interface Tenant {
+  id: string;
+  name: string;
+  quotas: Quotas;
+  usage?: Record<keyof Quotas, number>;
+}
+
+/** GET /v1/whoami: the signed-in token. */
+export interface Whoami {
+  id: string;
+  name: string;
+  scope: TokenScope;
+  expiresAt?: string;
+  tenant: Tenant;
+}
+
+export interface Token {
+  id: string;
+  name: string;
+  tenant: string;
+  tenantName: string;
+  scope: TokenScope;
+  expiresAt?: string;
+  createdAt: string;
+}
+
+export interface CreateToken {
+  tenant?: string;
+  name: string;
+  scope: TokenScope;
+  expiresAt?: string;
 }
 
 export interface CreateVolume {
@@ -178,6 +222,22 @@ export class Api {
   }
   detachDrive(vmId: string, driveId: string): Promise<void> {
     return this.request('DELETE', `/v1/vms/${encodeURIComponent(vmId)}/drives/${encodeURIComponent(driveId)}`);
+  }
+  whoami(): Promise<Whoami> {
+    return this.request('GET', '/v1/whoami');
+  }
+  async listTenants(): Promise<Tenant[]> {
+    return (await this.request<{ items: Tenant[] }>('GET', '/v1/tenants')).items;
+  }
+  async listTokens(): Promise<Token[]> {
+    return (await this.request<{ items: Token[] }>('GET', '/v1/tokens')).items;
+  }
+  /** The answer carries the secret (`token`): the only time the server shows it. */
+  createToken(spec: CreateToken): Promise<Token & { token: string }> {
+    return this.request('POST', '/v1/tokens', spec);
+  }
+  revokeToken(id: string): Promise<void> {
+    return this.request('DELETE', `/v1/tokens/${encodeURIComponent(id)}`);
   }
   log(id: string): Promise<string> {
     return this.request('GET', `/v1/vms/${encodeURIComponent(id)}/log`, undefined, { text: true });

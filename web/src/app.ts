@@ -1,6 +1,6 @@
 // Shared application context: API client, VM store, the global event stream, in-flight
 // actions and notifications. Views receive it and subscribe to what they need.
-import { Api, ApiError, type Vm } from './api.js';
+import { Api, ApiError, type Tenant, type Vm, type Whoami } from './api.js';
 import { actionDef, canOvertake, type ActionId } from './actions.js';
 import { EventStream, type CapsuleEvent, type StreamStatus } from './events.js';
 import { VmStore } from './store.js';
@@ -22,6 +22,12 @@ export class App {
   /** Last action error per VM, shown next to its buttons until the next action. */
   readonly actionErrors = new Map<string, string>();
   streamStatus: StreamStatus = 'closed';
+  /** The signed-in token (null until known, or from a server without /v1/whoami). */
+  me: Whoami | null = null;
+  /** Admins: the tenants, for the VM list's filter and the token form. */
+  tenants: Tenant[] = [];
+  /** Admins: the VM list shows this tenant's VMs only ('' = all). */
+  tenantFilter = '';
   private stream: EventStream | null = null;
   private readonly listeners = new Set<Listener>();
   private readonly eventListeners = new Set<(ev: CapsuleEvent) => void>();
@@ -60,6 +66,7 @@ export class App {
     // Listen first, then load the list: events that arrive before the snapshot are queued
     // and applied on top of it (stale ones are ignored by timestamp).
     this.stream.start();
+    void this.loadIdentity();
     await this.refresh();
     document.addEventListener('visibilitychange', this.onVisible);
   }
@@ -73,6 +80,17 @@ export class App {
   private readonly onVisible = (): void => {
     if (document.visibilityState === 'visible') this.stream?.kick();
   };
+
+  /** Who is signed in; for admins the tenant list too. Older servers have neither: no harm. */
+  async loadIdentity(): Promise<void> {
+    try {
+      this.me = await this.api.whoami();
+      if (this.me.scope === 'admin') this.tenants = await this.api.listTenants();
+    } catch {
+      /* not fatal: the header just shows no tenant */
+    }
+    this.changed();
+  }
 
   /** Why the last list load failed (shown with a Retry button), or null. */
   loadError: string | null = null;

@@ -1,4 +1,4 @@
-// Entry point: token handling, header, hash router (#/, #/new, #/vms/:id).
+// Entry point: token handling, header, hash router (#/, #/new, #/vms/:id, #/volumes, #/tokens).
 import { Api } from './api.js';
 import { App, type View } from './app.js';
 import { h } from './dom.js';
@@ -7,6 +7,7 @@ import { listView } from './views/list.js';
 import { createView } from './views/create.js';
 import { detailView } from './views/detail.js';
 import { volumesView } from './views/volumes.js';
+import { tokensView } from './views/tokens.js';
 
 const TOKEN_KEY = 'capsule.token';
 const BASE = ''; // same origin
@@ -15,13 +16,17 @@ const root = document.getElementById('app')!;
 const notifyEl = h('div', { class: 'toasts', 'aria-live': 'polite' });
 const streamEl = h('span', { class: 'stream', role: 'status' });
 const signOutBtn = h('button', { type: 'button', class: 'ghost' }, 'Sign out');
+// The signed-in tenant and scope (from /v1/whoami).
+const whoEl = h('span', { class: 'whoami', hidden: true });
+const tokensLink = h('a', { href: '#/tokens', hidden: true }, 'Tokens');
 const header = h(
   'header',
   { class: 'top' },
   h('a', { class: 'skip', href: '#main', onclick: skipToMain as EventListener }, 'Skip to content'),
   h('a', { class: 'brand', href: '#/' }, h('span', { class: 'logo', 'aria-hidden': 'true' }, '◆'), 'capsule'),
   h('div', { class: 'spacer' }),
-  h('nav', { class: 'nav', 'aria-label': 'Sections' }, h('a', { href: '#/' }, 'VMs'), h('a', { href: '#/volumes' }, 'Volumes')),
+  h('nav', { class: 'nav', 'aria-label': 'Sections' }, h('a', { href: '#/' }, 'VMs'), h('a', { href: '#/volumes' }, 'Volumes'), tokensLink),
+  whoEl,
   streamEl,
   signOutBtn,
 );
@@ -79,6 +84,17 @@ function signIn(token: string): void {
   route();
 }
 
+function updateWho(): void {
+  const me = app?.me;
+  whoEl.hidden = !me;
+  // Token management: admins (all tenants) and write tokens (their own tenant).
+  tokensLink.hidden = !me || me.scope === 'read';
+  if (!me) return;
+  whoEl.textContent = `${me.tenant.name} · ${me.scope}`;
+  whoEl.title = `Signed in with token “${me.name}” of tenant ${me.tenant.name} (scope ${me.scope})`;
+  whoEl.className = `whoami scope-${me.scope}`;
+}
+
 function updateStream(): void {
   if (!app) return;
   const s = app.streamStatus;
@@ -93,6 +109,7 @@ function route(message?: string): void {
   header.classList.toggle('signed-in', signedIn);
   signOutBtn.hidden = !signedIn;
   streamEl.hidden = !signedIn;
+  if (!signedIn) whoEl.hidden = tokensLink.hidden = true;
   if (!token) {
     document.title = 'Sign in · capsule';
     show(signInView(BASE, message, signIn));
@@ -103,6 +120,7 @@ function route(message?: string): void {
     api.onUnauthorized = () => signOut('Your token was rejected by the server (401). Please sign in again.');
     app = new App(api, notifyEl, signOut);
     app.onChange(updateStream);
+    app.onChange(updateWho);
     void app.start();
   }
   const hash = location.hash.replace(/^#/, '') || '/';
@@ -112,6 +130,9 @@ function route(message?: string): void {
   } else if (hash === '/volumes') {
     document.title = 'Volumes · capsule';
     show(volumesView(app));
+  } else if (hash === '/tokens') {
+    document.title = 'Tokens · capsule';
+    show(tokensView(app));
   } else if (hash === '/new') {
     document.title = 'New VM · capsule';
     show(createView(app, navigate));

@@ -10,7 +10,7 @@
 //
 // Hot-plug (attachDrive / beginDetach) runs under the supervisor's per-VM lock; waiting for the
 // guest to release a drive does not (the API waits on the promise beginDetach returns).
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { EventHub } from '../../events/hub.js';
@@ -37,8 +37,14 @@ export interface DriveRequest {
 
 /** The kernel arguments that tell an image's initramfs where its root and overlay are. */
 export const ROOTFS_KERNEL_ARGS = ['root=/dev/vda', 'capsule.overlay=/dev/vdb'];
-/** Disks an image with a rootfs puts before the VM's drives. */
-const SYSTEM_DISKS = 2;
+/** The same with the rootfs as persistent memory: the layer is then the first disk. */
+export const PMEM_ROOTFS_KERNEL_ARGS = ['root=/dev/pmem0', 'capsule.overlay=/dev/vda'];
+
+/** Disks an image with a rootfs puts before the VM's drives: rootfs and layer, or the layer alone. */
+function systemDisks(vm: Vm, image: Image | undefined): number {
+  if (!image?.rootfs) return 0;
+  return vm.rootfsDevice === 'pmem' ? 1 : 2;
+}
 
 export interface DrivesDeps {
   dataDir: string;
@@ -69,16 +75,17 @@ export class DrivesComponent implements VmComponent {
 
   /**
    * Resolves and checks the drives asked for (at VM creation, or one hot-plugged): each volume
-   * must exist; one volume may be attached writable to one VM only, and not read-only
+   * must exist and belong to the VM's tenant (another tenant's is "not found", like an unknown
+   * one: 404 naming the field); one volume may be attached writable to one VM only, and not read-only
    * elsewhere at the same time; read-only sharing is allowed. `field` names the request field
-   * (drives.N.volume, or volume). Throws 400 / 409 volume_in_use.
+   * (drives.N.volume, or volume). Throws 404 / 409 volume_in_use.
    */
-  resolve(vmId: string | undefined, requests: readonly DriveRequest[], field: (i: number) => string): Array<{ volume: string; readOnly: boolean; cache: DriveCache; iops?: number | undefined }> {
+  resolve(tenant: string, vmId: string | undefined, requests: readonly DriveRequest[], field: (i: number) => string): Array<{ volume: string; readOnly: boolean; cache: DriveCache; iops?: number | undefined }> {
     const existing = vmId ? this.d.volumes.drives(vmId) : [];
     const resolved: Array<{ volume: string; name: string; readOnly: boolean; cache: DriveCache; iops?: number | undefined }> = [];
     requests.forEach((r, i) => {
-      const vol = this.d.volumes.resolve(r.volume);
-      if (!vol) throw new ApiError(400, 'invalid_request', `${field(i)}: no volume with id or name ${JSON.stringify(r.volume)}`, field(i));
+      const vol = this.d.volumes.resolve(tenant, r.volume);
+      if (!vol) throw new ApiError(404, 'not_found', `${field(i)}: no volume with id or name ${JSON.stringify(r.volume)}`, field(i));
       const readOnly = r.readOnly ?? false;
       const mine = [...existing.filter((d) => d.volume === vol.id), ...resolved.filter((d) => d.volume === vol.id)];
       if (mine.length > 0 && (!readOnly || mine.some((d) => !d.readOnly))) {
@@ -119,11 +126,18 @@ export class DrivesComponent implements VmComponent {
       const layer = join(paths.dir, LAYER_FILE);
       // A VM defined before its image got a rootfs (or whose layer was lost) gets a fresh one.
       if (!existsSync(layer)) createWritableLayer(layer, LAYER_SIZE_BYTES);
-      disks.push({ id: 'rootfs', path: image.rootfs, readOnly: true, cache: 'writeback', index: 0 });
-      disks.push({ id: 'layer', path: layer, readOnly: false, cache: 'writeback', index: 1 });
+      const pmem = vm.rootfsDevice === 'pmem';
+      if (pmem) plan.devices.pmem = [{ id: 'rootfs', path: image.rootfs, sizeBytes: statSync(image.rootfs).size }];
+      else disks.push({ id: 'rootfs', path: image.rootfs, readOnly: true, cache: 'writeback', index: 0 });
+      disks.push({ id: 'layer', path: layer, readOnly: false, cache: 'writeback', index: disks.length });
       files.set('layer', { path: layer, write: true });
       largestWritable = LAYER_SIZE_BYTES;
-      if (!ctx.vm.cmdline?.includes('capsule.overlay=') && !image.cmdline.includes('capsule.overlay=')) plan.devices.kernelArgs.push(...ROOTFS_KERNEL_ARGS);
+      // The image's command line names its disks (root=/dev/vda ...); with pmem they move, and
+      // the later root= and capsule.overlay= win (the kernel's and the initramfs's parsing both).
+      // A VM's own command line that names the overlay is the client's choice and stays.
+      if (!vm.cmdline?.includes('capsule.overlay=') && (pmem || !image.cmdline.includes('capsule.overlay='))) {
+        plan.devices.kernelArgs.push(...(pmem ? PMEM_ROOTFS_KERNEL_ARGS : ROOTFS_KERNEL_ARGS));
+      }
     }
     const base = disks.length;
     for (const d of this.d.volumes.drives(vm.id)) {
@@ -201,7 +215,7 @@ export class DrivesComponent implements VmComponent {
    * a restart). Throws 409 invalid_state while the VM is starting or stopping.
    */
   async attachDrive(vm: Vm, live: LiveVmContext | undefined, req: DriveRequest): Promise<Drive> {
-    const [resolved] = this.resolve(vm.id, [req], () => 'volume');
+    const [resolved] = this.resolve(vm.tenant, vm.id, [req], () => 'volume');
     if (!live) {
       if (!['created', 'stopped', 'crashed'].includes(vm.state)) throw stateError(vm, 'attach a drive to');
       const [row] = this.d.volumes.addDrives(vm.id, [resolved!]);
@@ -241,7 +255,7 @@ export class DrivesComponent implements VmComponent {
         }
       }
       const image = this.d.images.get(vm.image);
-      await live.hypervisor.attachDrive(live.qmp, this.spec(row!, path, image?.rootfs ? SYSTEM_DISKS : 0));
+      await live.hypervisor.attachDrive(live.qmp, this.spec(row!, path, systemDisks(vm, image)));
       this.d.volumes.setDriveState(vm.id, row!.id, 'attached');
     } catch (e) {
       if (bound) this.d.jail?.unbindDrive(live.pid, live.paths.root, row!.id);

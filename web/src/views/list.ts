@@ -59,6 +59,23 @@ export function listView(app: App): View {
     empty,
   );
 
+  // Admins see every tenant's VMs: a filter narrows the list to one tenant.
+  const filterSel = h('select', { id: 'tenant-filter' }, h('option', { value: '' }, 'All tenants'));
+  const filterBox = h('div', { class: 'tenant-filter', hidden: true }, h('label', { for: 'tenant-filter' }, 'Tenant '), filterSel);
+  filterSel.addEventListener('change', () => {
+    app.tenantFilter = filterSel.value;
+    app.changed();
+  });
+  el.insertBefore(filterBox, loading);
+
+  function renderFilter(): void {
+    const admin = app.me?.scope === 'admin' && app.tenants.length > 0;
+    filterBox.hidden = !admin;
+    if (!admin || filterSel.options.length === app.tenants.length + 1) return;
+    filterSel.replaceChildren(h('option', { value: '' }, 'All tenants'), ...app.tenants.map((t) => h('option', { value: t.id }, t.name)));
+    filterSel.value = app.tenantFilter;
+  }
+
   const rows = new Map<string, Row>();
 
   function makeRow(vm: Vm): Row {
@@ -80,7 +97,8 @@ export function listView(app: App): View {
   }
 
   function render(): void {
-    const vms = app.store.sorted();
+    renderFilter();
+    const vms = app.store.sorted().filter((v) => !app.tenantFilter || v.tenant === app.tenantFilter);
     loading.hidden = app.store.loaded || app.loadError !== null;
     loadErr.hidden = app.loadError === null;
     loadErrText.textContent = app.loadError ?? '';

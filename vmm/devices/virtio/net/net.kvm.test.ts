@@ -95,7 +95,7 @@ async function powerOff(vm: Vm): Promise<void> {
 }
 
 /** guest -> host: `count` x 64 KiB of zeros through nc, timed on the host side (first byte to EOF). */
-async function throughput(vm: Vm, port: number, count = 256): Promise<{ mbps: number; bytes: number; ms: number }> {
+async function throughput(vm: Vm, port: number, count = TP_CHUNKS): Promise<{ mbps: number; bytes: number; ms: number }> {
   const sink = peer(['sink', '10.0.2.1', String(port)]);
   await sink.ready;
   try {
@@ -112,6 +112,8 @@ async function throughput(vm: Vm, port: number, count = 256): Promise<{ mbps: nu
   return { bytes: res.bytes, ms: res.ms, mbps: res.bytes / 1e6 / (res.ms / 1000) };
 }
 
+/** throughput runs: 8 MiB guest -> host, the same for userspace and vhost */
+const TP_CHUNKS = 128;
 const t0 = Date.now();
 const step = (what: string): void => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)} s] ${what}`);
 
@@ -214,7 +216,7 @@ describe('virtio-net on KVM', { concurrency: false }, () => {
       console.log(`guest virtio features (device id, negotiated bits 0..): ${feats.out.trim().replace(/\n/g, ' | ')}`);
       const snmp = async (): Promise<string> => (await con.run("grep '^Tcp:' /proc/net/snmp | tail -1; grep -i virtio /proc/interrupts")).out.trim();
       const before = await snmp();
-      const g = await throughput(vm, 5002, 32);
+      const g = await throughput(vm, 5002);
       console.log(`virtio-net userspace, guest -> host TCP: ${g.mbps.toFixed(2)} MB/s (${g.bytes} bytes in ${g.ms} ms)`);
       console.log(`guest TCP/irqs before: ${before}\nafter: ${await snmp()}`);
       console.log(`device: ${JSON.stringify((await q.call('x-query-net-metrics')).return)}`);
@@ -241,11 +243,13 @@ describe('virtio-net on KVM', { concurrency: false }, () => {
       t.skip('no /dev/vhost-net here (modprobe vhost_net failed)');
       return;
     }
-    // the nested lab's L1 kernel (Debian 6.1 under QEMU/TCG's emulated SVM) panics (kernel stack
-    // overflow in exc_page_fault, in a vCPU thread's KVM_RUN) once vhost-net moves frames for an
-    // L2 guest, which ends every test of the run: opt in
+    // The nested lab's L1 kernel (Debian 6.1 under QEMU/TCG's emulated SVM) does not survive
+    // vhost-net moving an L2 guest's frames: of 4 runs, 2 panicked (kernel stack overflow in
+    // exc_page_fault, in a vCPU thread's KVM_RUN), 1 hung silently until the lab's timeout, 1
+    // passed (16 MiB at 1.2 MB/s). Either way the whole lab run is lost, so this is opt-in;
+    // vhost.kvm.test.ts covers vhost-net without a guest (passes in the lab; also opt-in).
     if (process.env.CAPSULE_TEST_VHOST !== '1') {
-      t.skip('set CAPSULE_TEST_VHOST=1 (the nested lab\'s L1 kernel panics under vhost-net)');
+      t.skip('set CAPSULE_TEST_VHOST=1 (the nested lab\'s L1 kernel panics or hangs under vhost-net with an L2 guest)');
       return;
     }
     const vm = await boot('vhost', `id=net0,netdev=tap0,mac=${MAC},vhost=on`, ['-hotplug-slots', '0']);

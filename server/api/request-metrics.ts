@@ -1,0 +1,29 @@
+// Times every request into capsule_http_request_duration_seconds, labelled by the route
+// pattern Hono matched ("/v1/vms/:id"), never the raw URL: one series per route, however many
+// VMs or junk paths clients send.
+import type { Context, MiddlewareHandler } from 'hono';
+import { matchedRoutes } from 'hono/route';
+import type { Metrics } from '../metrics/index.js';
+
+/** Label for requests no route (other than catch-all middleware) matched. */
+export const UNMATCHED_ROUTE = 'unmatched';
+
+/**
+ * The pattern of the first route with a method handler that matched: the one that answers
+ * (middleware is registered for ALL methods). A request refused by middleware (401, 429)
+ * still gets the pattern of the route it was for.
+ */
+export function routePattern(c: Context): string {
+  return matchedRoutes(c).find((r) => r.method !== 'ALL')?.path ?? UNMATCHED_ROUTE;
+}
+
+export function requestMetrics(metrics: Metrics): MiddlewareHandler {
+  return async (c, next) => {
+    const start = process.hrtime.bigint();
+    try {
+      await next();
+    } finally {
+      metrics.observeRequest(c.req.method, routePattern(c), c.res.status, Number(process.hrtime.bigint() - start) / 1e9);
+    }
+  };
+}
