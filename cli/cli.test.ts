@@ -94,7 +94,8 @@ test('vm create, ls, show, start, pause, resume, stop, rm: by name, by id and by
   assert.ok(list.items.some((v) => v.id === vm.id && v.name === 'cli-life'));
   const table = await user.run(['vm', 'ls']);
   assert.match(table.stdout, /^NAME\s+STATE\s+/);
-  assert.match(table.stdout, new RegExp(`^cli-life\\s+created\\s+qemu\\s+1\\s+192 MiB\\s+0\\s+default\\s+${vm.id}`, 'm'));
+  // The admin sees every tenant's VMs: a TENANT column (the name) before the id.
+  assert.match(table.stdout, new RegExp(`^cli-life\\s+created\\s+qemu\\s+1\\s+192 MiB\\s+0\\s+default\\s+default\\s+${vm.id}`, 'm'));
 
   for (const ref of ['cli-life', vm.id, vm.id.slice(0, 8)]) {
     assert.equal((await user.json(['vm', 'show', ref])).id, vm.id, `show ${ref}`);

@@ -1,0 +1,91 @@
+// capsule tenant … and token … against the real tenants API (issue 10): an admin makes a
+// tenant with quotas and tokens for it; the tenant's tokens see and do only what they may;
+// revoking a token ends its event stream. No VM boots: quotas on VM count are checked at create.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { TestServer } from '../server/test/harness.js';
+import { CliUser } from './test/run-cli.js';
+
+let s: TestServer;
+let admin: CliUser;
+before(async () => {
+  s = await TestServer.start({ env: { CAPSULE_BUILD_IMAGE: '0' } });
+  admin = new CliUser();
+  assert.equal((await admin.login(s)).code, 0);
+});
+after(async () => {
+  await s.stop();
+  admin.cleanup();
+});
+
+/** A user whose token comes from the environment (as in CI), on the same server. */
+const userWith = (token: string) => new CliUser({ CAPSULE_URL: s.url, CAPSULE_TOKEN: token });
+
+test('tenant create/ls/show/update/rm and token create/ls/rm; quotas, scopes and ownership as the CLI sees them', async () => {
+  const acme = await admin.json(['tenant', 'create', 'acme', '--vms', '1', '--memory', '1G']);
+  assert.deepEqual(acme.quotas, { vms: 1, vcpus: null, memoryMiB: 1024, volumeMiB: null });
+  assert.match((await admin.run(['tenant', 'ls'])).stdout, /^acme\s+0\/1\s+0\/unlimited\s+0 MiB\/1 GiB\s+0 MiB\/unlimited\s/m);
+
+  const secret = await admin.run(['token', 'create', 'ci', '--tenant', 'acme', '--expires', '30d']);
+  assert.equal(secret.code, 0, secret.stderr);
+  const writeToken = secret.stdout.trim();
+  assert.match(writeToken, /^cap_[0-9a-f]{64}$/);
+  const reader = await admin.json(['token', 'create', 'viewer', '--tenant', acme.id, '--scope', 'read']);
+  assert.equal(reader.scope, 'read');
+
+  const w = userWith(writeToken);
+  const r = userWith(reader.token);
+  try {
+    assert.match((await w.run(['whoami'])).stdout, /^identity:\s+tenant acme, scope write, token ci, expires /m);
+    // The quota: one VM, the second refused with the API's numbers.
+    assert.equal((await w.run(['vm', 'create', 'web'])).code, 0);
+    const over = await w.run(['vm', 'create', 'web2']);
+    assert.equal(over.code, 1);
+    assert.match(over.stderr, /^error: quota_exceeded: quota vms exceeded: limit 1, in use 1, requested 1 \(tenant acme\)$/m);
+    assert.match((await admin.run(['tenant', 'show', 'acme'])).stdout, /^VMs:\s+1 of 1$/m);
+
+    // A read token looks but cannot change anything (403 names the scope).
+    assert.deepEqual((await r.json(['vm', 'ls'])).items.map((v: any) => v.name), ['web']);
+    const denied = await r.run(['vm', 'rm', 'web']);
+    assert.equal(denied.code, 1);
+    assert.match(denied.stderr, /^error: forbidden: token scope 'read' cannot /m);
+
+    // The admin's default tenant has a VM of the same name: the tenant sees only its own; the
+    // admin sees both (TENANT column), narrows with --tenant, and must use an id for `web`.
+    assert.equal((await admin.run(['vm', 'create', 'web'])).code, 0);
+    assert.equal((await w.json(['vm', 'show', 'web'])).tenant, acme.id);
+    const all = await admin.run(['vm', 'ls']);
+    assert.match(all.stdout, /^web\s+created\s.*\sacme\s/m);
+    assert.match(all.stdout, /^web\s+created\s.*\sdefault\s/m);
+    assert.deepEqual((await admin.json(['vm', 'ls', '--tenant', 'acme'])).items.map((v: any) => v.tenant), [acme.id]);
+    const ambiguous = await admin.run(['vm', 'show', 'web']);
+    assert.equal(ambiguous.code, 1);
+    assert.match(ambiguous.stderr, /^error: ambiguous: 2 VMs are named web: use the id/m);
+    assert.equal((await admin.run(['vm', 'rm', 'web'])).code, 1, 'rm refuses an ambiguous name too');
+
+    // Tokens: the tenant's write token lists its tenant's; revoking one closes its event stream (4001).
+    const tokens = (await w.json(['token', 'ls'])).items.map((t: any) => t.name).sort();
+    assert.deepEqual(tokens, ['ci', 'viewer']);
+    const events = r.start(['events']);
+    await new Promise((res) => setTimeout(res, 1000));
+    assert.equal((await w.run(['token', 'rm', 'viewer'])).code, 0);
+    const ended = await events.exited;
+    assert.equal(ended.code, 1);
+    assert.match(ended.stderr, /^error: events_closed: the server closed the event stream: token revoked$/m);
+    const gone = await r.run(['vm', 'ls']);
+    assert.equal(gone.code, 1);
+    assert.match(gone.stderr, /^error: unauthorized: /m);
+
+    // A tenant with VMs goes only with --force (its tokens with it).
+    assert.equal((await admin.json(['tenant', 'update', 'acme', '--name', 'acme-corp', '--vms', 'unlimited'])).quotas.vms, null);
+    const busy = await admin.run(['tenant', 'rm', 'acme-corp']);
+    assert.equal(busy.code, 1);
+    assert.match(busy.stderr, /^error: tenant_not_empty: /m);
+    assert.equal((await admin.run(['tenant', 'rm', '--force', 'acme-corp'])).code, 0);
+    assert.equal((await w.run(['vm', 'ls'])).code, 1, 'its tokens went with it');
+    assert.deepEqual((await admin.json(['tenant', 'ls'])).items.map((t: any) => t.name), ['default']);
+  } finally {
+    w.cleanup();
+    r.cleanup();
+  }
+});
