@@ -11,7 +11,9 @@ let admin: CliUser;
 before(async () => {
   s = await TestServer.start({ env: { CAPSULE_BUILD_IMAGE: '0' } });
   admin = new CliUser();
-  assert.equal((await admin.login(s)).code, 0);
+  const login = await admin.login(s);
+  assert.equal(login.code, 0, login.stderr);
+  assert.match(login.stdout, /^logged in to http:\/\/127\.0\.0\.1:\d+ \(tenant default, scope admin, token admin\)/);
 });
 after(async () => {
   await s.stop();
@@ -22,14 +24,24 @@ after(async () => {
 const userWith = (token: string) => new CliUser({ CAPSULE_URL: s.url, CAPSULE_TOKEN: token });
 
 test('tenant create/ls/show/update/rm and token create/ls/rm; quotas, scopes and ownership as the CLI sees them', async () => {
-  const acme = await admin.json(['tenant', 'create', 'acme', '--vms', '1', '--memory', '1G']);
+  const acme = await admin.json(['tenant', 'create', 'acme', '--vms', '1', '--memory', '1G', '--volume-size', 'unlimited']);
   assert.deepEqual(acme.quotas, { vms: 1, vcpus: null, memoryMiB: 1024, volumeMiB: null });
+  const nothing = await admin.run(['tenant', 'update', 'acme']);
+  assert.equal(nothing.code, 2);
+  assert.match(nothing.stderr, /nothing to change/);
   assert.match((await admin.run(['tenant', 'ls'])).stdout, /^acme\s+0\/1\s+0\/unlimited\s+0 MiB\/1 GiB\s+0 MiB\/unlimited\s/m);
 
   const secret = await admin.run(['token', 'create', 'ci', '--tenant', 'acme', '--expires', '30d']);
   assert.equal(secret.code, 0, secret.stderr);
+  // The secret alone on stdout (TOKEN=$(capsule token create …)); what it is on stderr.
+  assert.match(secret.stdout, /^cap_[0-9a-f]{64}\n$/);
+  assert.match(secret.stderr, /^token ci \(.*, write\) for tenant acme; the server will not show it again:$/m);
   const writeToken = secret.stdout.trim();
-  assert.match(writeToken, /^cap_[0-9a-f]{64}$/);
+  for (const [args, message] of [[['token', 'create', 'x'], /required option '-t, --tenant <tenant>'/], [['token', 'create', 'x', '-t', 'acme', '--scope', 'root'], /must be one of admin, write, read/]] as const) {
+    const usage = await admin.run([...args]);
+    assert.equal(usage.code, 2);
+    assert.match(usage.stderr, message);
+  }
   const reader = await admin.json(['token', 'create', 'viewer', '--tenant', acme.id, '--scope', 'read']);
   assert.equal(reader.scope, 'read');
 
@@ -66,6 +78,10 @@ test('tenant create/ls/show/update/rm and token create/ls/rm; quotas, scopes and
     // Tokens: the tenant's write token lists its tenant's; revoking one closes its event stream (4001).
     const tokens = (await w.json(['token', 'ls'])).items.map((t: any) => t.name).sort();
     assert.deepEqual(tokens, ['ci', 'viewer']);
+    const listed = await admin.run(['token', 'ls', '--tenant', 'acme']);
+    assert.match(listed.stdout, /^NAME\s+SCOPE\s+TENANT\s+EXPIRES\s+ID/);
+    assert.match(listed.stdout, /^viewer\s+read\s+acme\s+never\s/m);
+    assert.doesNotMatch(listed.stdout + JSON.stringify(await admin.json(['token', 'ls'])), /cap_/, 'no secret in any list');
     const events = r.start(['events']);
     await new Promise((res) => setTimeout(res, 1000));
     assert.equal((await w.run(['token', 'rm', 'viewer'])).code, 0);
