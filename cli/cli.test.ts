@@ -158,6 +158,10 @@ test('API errors exit 1 with the API\'s code and message on stderr; usage errors
   const image = await user.run(['vm', 'create', 'cli-noimage', '--image', 'nope']);
   assert.equal(image.code, 1);
   assert.match(image.stderr, /^error: invalid_request: image: no image named "nope"/);
+  // The option reaches the API, which explains what is wrong with it.
+  const pmem = await user.run(['vm', 'create', 'cli-pmem', '--rootfs-device', 'pmem']);
+  assert.equal(pmem.code, 1);
+  assert.equal(pmem.stderr, 'error: invalid_request: rootfsDevice: image default has no root filesystem to map as pmem\n');
   assert.equal((await user.run(['vm', 'rm', 'cli-dup'])).code, 0);
 
   const usage: Array<[string[], RegExp]> = [
@@ -180,7 +184,7 @@ test('API errors exit 1 with the API\'s code and message on stderr; usage errors
   }
   // Nothing was created by the refused commands.
   const names = (await user.json<{ items: Array<{ name: string }> }>(['vm', 'ls'])).items.map((v) => v.name);
-  assert.ok(!names.includes('x') && !names.includes('cli-noimage'));
+  assert.ok(!names.includes('x') && !names.includes('cli-noimage') && !names.includes('cli-pmem'));
   // Help and version are not errors.
   assert.equal((await user.run(['--help'])).code, 0);
   assert.match((await user.run(['--version'])).stdout, /^\d+\.\d+\.\d+\n$/);

@@ -24,7 +24,9 @@ export interface Vm {
   balloon: { enabled: boolean; deflateOnOom: boolean };
   drives: Drive[];
   pid?: number;
-  /** Set by servers with tenants (issue 10). */
+  /** How an image's rootfs reaches the guest: virtio-blk or pmem. */
+  rootfsDevice?: string;
+  /** The owning tenant's id (servers with tenants). */
   tenant?: string;
   createdAt: string;
   updatedAt: string;

@@ -37,6 +37,7 @@ function showVm(ctx: Context, vm: Vm): void {
     ['cmdline', vm.cmdline],
     ['rng', vm.rng],
     ['balloon', vm.balloon.enabled ? (vm.balloon.deflateOnOom ? 'yes (deflate on OOM)' : 'yes') : 'no'],
+    ...(vm.rootfsDevice !== undefined ? [['rootfs device', vm.rootfsDevice] as [string, string]] : []),
     ['pid', vm.pid],
     ['created', shortTime(vm.createdAt)],
     ['updated', shortTime(vm.updatedAt)],
@@ -63,6 +64,7 @@ interface CreateOptions {
   rng: boolean;
   balloon?: boolean;
   balloonDeflateOnOom?: boolean;
+  rootfsDevice?: string;
   start?: boolean;
 }
 
@@ -77,6 +79,7 @@ export function createBody(name: string, o: CreateOptions): Record<string, unkno
   if (!o.rng) body.rng = false;
   if (o.balloonDeflateOnOom) body.balloon = { deflateOnOom: true };
   else if (o.balloon) body.balloon = true;
+  if (o.rootfsDevice !== undefined) body.rootfsDevice = o.rootfsDevice;
   return body;
 }
 
@@ -111,6 +114,7 @@ export function vmCommand(): Command {
     .option('--no-rng', 'no virtio-rng device')
     .option('--balloon', 'a virtio-balloon device')
     .option('--balloon-deflate-on-oom', 'a balloon the guest may deflate when it runs out of memory')
+    .addOption(new Option('--rootfs-device <device>', 'for an image with a rootfs: virtio-blk (vda) or pmem (/dev/pmem0, DAX)').argParser(oneOf('virtio-blk', 'pmem')))
     .option('-s, --start', 'start the VM once created')
     .action(withContext(async (ctx, name: string, o: CreateOptions & { hypervisor?: string }) => {
       const client = ctx.client();
