@@ -81,7 +81,8 @@ test('CAPSULE_URL and CAPSULE_TOKEN override the stored login', async () => {
 });
 
 test('vm create, ls, show, start, pause, resume, stop, rm: by name, by id and by id prefix, json checked', async () => {
-  const vm = await user.json(['vm', 'create', 'cli-life', '--memory', '192M', '--vcpus', '1', '--no-rng', '--cmdline', 'console=ttyS0 quiet panic=-1 reboot=k']);
+  const vm = await user.json(['vm', 'create', 'cli-life', '--memory', '192M', '--vcpus', '1', '--no-rng', '--balloon', '--cmdline', 'console=ttyS0 quiet panic=-1 reboot=k']);
+  assert.deepEqual(vm.balloon, { enabled: true, deflateOnOom: false });
   assert.equal(vm.name, 'cli-life');
   assert.equal(vm.state, 'created');
   assert.equal(vm.memoryMiB, 192);
@@ -105,6 +106,8 @@ test('vm create, ls, show, start, pause, resume, stop, rm: by name, by id and by
   assert.match(shown.stdout, /^memory:\s+192 MiB$/m);
 
   assert.equal((await user.json(['vm', 'start', 'cli-life'])).state, 'running');
+  assert.equal((await user.json(['vm', 'balloon', 'cli-life', '128M'])).targetMiB, 128);
+  assert.equal(typeof (await user.json(['vm', 'balloon', 'cli-life'])).actualMiB, 'number');
   assert.equal((await user.json(['vm', 'pause', vm.id])).state, 'paused');
   const resumed = await user.run(['vm', 'resume', 'cli-life']);
   assert.equal(resumed.code, 0, resumed.stderr);

@@ -28,8 +28,8 @@ export function consoleCommand(): Command {
       const ws = await client.openSocket(`/v1/vms/${vm.id}/console`, (data) => process.stdout.write(data));
       const say = (s: string) => { if (!o.quiet) process.stderr.write(s); };
       say(`[capsule: connected to ${vm.name}'s console; leave with Ctrl-] or ~. at the start of a line]\r\n`);
-      const code = await runConsole(ws, process.stdin, say);
-      if (code instanceof Error) throw code;
+      const failure = await runConsole(ws, process.stdin, say);
+      if (failure instanceof Error) throw failure;
     }));
 }
 

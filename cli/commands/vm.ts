@@ -160,6 +160,19 @@ export function vmCommand(): Command {
       ctx.printer.raw(await ctx.client().text(`/v1/vms/${target.id}/log`));
     }));
 
+  vm.command('balloon').description('Show the guest memory the balloon driver reports; with TARGET, balloon the guest to it')
+    .argument('<vm>', 'name or id').argument('[target]', 'guest memory to balloon to: MiB, or 512M, 1G', sizeMiB)
+    .action(withContext(async (ctx, ref: string, target: number | undefined) => {
+      const vmFound = await resolveVm(ctx.client(), ref);
+      const path = `/v1/vms/${vmFound.id}/balloon`;
+      const b = target === undefined
+        ? await ctx.client().get<{ actualMiB: number; targetMiB?: number }>(path)
+        : await ctx.client().put<{ actualMiB: number; targetMiB?: number }>(path, { targetMiB: target });
+      if (ctx.printer.json) return ctx.printer.jsonValue(b);
+      // The driver gives memory back over a moment: `actual` catches up with `target`.
+      ctx.printer.message(`${vmFound.name}: ${mib(b.actualMiB)}${b.targetMiB !== undefined ? ` (target ${mib(b.targetMiB)})` : ''}`);
+    }));
+
   vm.addCommand(consoleCommand());
   vm.addCommand(driveCommand());
   return vm;
