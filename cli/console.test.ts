@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { TestServer, waitFor } from '../server/test/harness.js';
 import { CliUser, CAPSULE_BIN } from './test/run-cli.js';
 
+const BOOT_TIMEOUT_MS = 300_000;
 let s: TestServer;
 let user: CliUser;
 let vmId = '';
@@ -80,7 +81,8 @@ async function inGuest(pty: Pty, cmd: string): Promise<string> {
 test('vm console: a raw terminal to the guest\'s shell; Ctrl-] leaves with 0; the terminal is restored and its size kept', async () => {
   const { pty, files } = consoleSession('ctrl');
   await pty.waitFor("[capsule: connected to cli-console's console; leave with Ctrl-] or ~. at the start of a line]");
-  await pty.waitFor('CAPSULE_READY');
+  // The boot under TCG takes seconds, or minutes on a host that is busy with other guests.
+  await pty.waitFor('CAPSULE_READY', BOOT_TIMEOUT_MS);
   await pty.waitFor(/capsule# /);
 
   // While attached the terminal is raw (no echo, no line editing, no signals from Ctrl-C) and keeps its size.
