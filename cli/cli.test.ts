@@ -226,14 +226,15 @@ test('volume create, ls, show, rm; drive attach and detach by volume name', asyn
   assert.equal((await user.json<{ items: unknown[] }>(['volume', 'ls'])).items.length, 0);
 });
 
-test('events follows the stream: a VM\'s start appears as lines, and as NDJSON with --output json; Ctrl-C ends it with 0', async () => {
+test('events replays (--since) then follows the stream: a VM\'s start appears as lines, and as NDJSON with --output json; Ctrl-C ends it with 0', async () => {
   const vm = await user.json(['vm', 'create', 'cli-events']);
-  const all = user.start(['events']);
+  // Both replay from seq 0 first: once the VM's VM_CREATED is printed, each is subscribed and
+  // whatever the start publishes reaches it live.
+  const all = user.start(['events', '--since', '0']);
   const json = user.start(['--output', 'json', 'events', '--vm', 'cli-events', '--since', '0']);
   try {
-    // The events command prints nothing until an event comes: give both time to subscribe, so
-    // the plain one proves it follows live events (the json one replays from 0 regardless).
-    await new Promise((r) => setTimeout(r, 1500));
+    await all.waitForOutput((o) => /\scli-events\s+VM_CREATED\s+image=default vcpus=1 memoryMiB=256$/m.test(o), 'the replayed VM_CREATED line');
+    await json.waitForOutput((o) => o.includes('"VM_CREATED"'), 'the replayed VM_CREATED event');
     assert.equal((await user.run(['vm', 'start', 'cli-events'])).code, 0);
     await all.waitForOutput((o) => /cli-events\s+STATE_CHANGED\s+starting -> running/.test(o), 'a running line');
     await json.waitForOutput((o) => o.includes('"running"'), 'a running event');

@@ -65,7 +65,8 @@ test('tenant create/ls/show/update/rm and token create/ls/rm; quotas, scopes and
     // The admin's default tenant has a VM of the same name: the tenant sees only its own; the
     // admin sees both (TENANT column), narrows with --tenant, and must use an id for `web`.
     assert.equal((await admin.run(['vm', 'create', 'web'])).code, 0);
-    assert.equal((await w.json(['vm', 'show', 'web'])).tenant, acme.id);
+    const acmeWeb = await w.json(['vm', 'show', 'web']);
+    assert.equal(acmeWeb.tenant, acme.id);
     const all = await admin.run(['vm', 'ls']);
     assert.match(all.stdout, /^web\s+created\s.*\sacme\s/m);
     assert.match(all.stdout, /^web\s+created\s.*\sdefault\s/m);
@@ -82,8 +83,11 @@ test('tenant create/ls/show/update/rm and token create/ls/rm; quotas, scopes and
     assert.match(listed.stdout, /^NAME\s+SCOPE\s+TENANT\s+EXPIRES\s+ID/);
     assert.match(listed.stdout, /^viewer\s+read\s+acme\s+never\s/m);
     assert.doesNotMatch(listed.stdout + JSON.stringify(await admin.json(['token', 'ls'])), /cap_/, 'no secret in any list');
-    const events = r.start(['events']);
-    await new Promise((res) => setTimeout(res, 1000));
+    // Replaying acme's events from 0 shows when the stream is up: web's VM_CREATED.
+    const events = r.start(['--output', 'json', 'events', '--since', '0']);
+    await events.waitForOutput((o) => o.includes('"VM_CREATED"'), 'the read token\'s stream');
+    const seen = events.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    assert.deepEqual([...new Set(seen.map((e) => e.vm))], [acmeWeb.id], 'only its tenant\'s events (not the admin\'s web)');
     assert.equal((await w.run(['token', 'rm', 'viewer'])).code, 0);
     const ended = await events.exited;
     assert.equal(ended.code, 1);
