@@ -51,7 +51,10 @@ export async function startFakeServer(opts: { webDir: string; token?: string; bo
     events.push(ev);
     for (const s of eventSubs) if (s.vm === null || s.vm === vm) s.ws.send(JSON.stringify(ev));
   }
+  /** What each VM's console printed since its boot: replayed to a viewer that attaches, like the real bridge. */
+  const consoleHistory = new Map<string, string>();
   function consoleOut(id: string, text: string): void {
+    consoleHistory.set(id, ((consoleHistory.get(id) ?? '') + text).slice(-64 * 1024));
     for (const ws of consoles.get(id) ?? []) ws.send(Buffer.from(text));
   }
   function setState(id: string, state: State): void {
@@ -64,6 +67,7 @@ export async function startFakeServer(opts: { webDir: string; token?: string; bo
     emit(id, 'STATE_CHANGED', { state, previous });
   }
   function boot(id: string): void {
+    consoleHistory.delete(id);
     setState(id, 'starting');
     setTimeout(() => {
       if (vms.get(id)?.state !== 'starting') return;
@@ -215,9 +219,20 @@ export async function startFakeServer(opts: { webDir: string; token?: string; bo
       sock.end('HTTP/1.1 404 Not Found\r\n\r\n');
       return;
     }
+    // Like the real server: a console exists once the VMM is up (running or paused); while
+    // the VM is starting (or not running) the upgrade is refused with 409.
+    if (m && m[2] === 'console') {
+      const state = vms.get(decodeURIComponent(m[1]!))?.state;
+      if (state !== 'running' && state !== 'paused') {
+        sock.end('HTTP/1.1 409 Conflict\r\nContent-Length: 0\r\n\r\n');
+        return;
+      }
+    }
     wss.handleUpgrade(req, sock, head, (ws) => {
       if (m && m[2] === 'console') {
         const id = decodeURIComponent(m[1]!);
+        const history = consoleHistory.get(id);
+        if (history) ws.send(Buffer.from(history));
         let set = consoles.get(id);
         if (!set) consoles.set(id, (set = new Set()));
         set.add(ws);
