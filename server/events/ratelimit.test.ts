@@ -9,10 +9,14 @@ after(async () => { for (const s of servers) await s.stop(); });
 test('a burst over the API limit gets 429 with Retry-After', async () => {
   const s = await TestServer.start({ env: { CAPSULE_RATE_LIMIT: '5', CAPSULE_RATE_BURST: '10' } });
   servers.push(s);
+  const t0 = performance.now();
   const results = await Promise.all(Array.from({ length: 30 }, () => s.api('GET', '/v1/vms')));
+  const seconds = (performance.now() - t0) / 1000;
   const ok = results.filter((r) => r.status === 200).length;
   const limited = results.filter((r) => r.status === 429);
-  assert.ok(ok >= 10 && ok <= 12, `about the burst passes (got ${ok})`);
+  // The burst passes, plus what the bucket refilled (5/s) while the requests were under way:
+  // counted against the measured time, so a slow host does not fail the test.
+  assert.ok(ok >= 10 && ok <= 10 + Math.ceil(seconds * 5) + 1, `the burst passes, plus the refill over ${seconds.toFixed(2)} s (got ${ok})`);
   assert.equal(ok + limited.length, 30);
   const first = limited[0]!;
   assert.equal(first.body.error.code, 'rate_limited');
