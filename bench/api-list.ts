@@ -109,7 +109,14 @@ export async function benchApiList(opts: { vms?: number; seconds?: number; conne
       const rs = results.get(name)!;
       const ratios = rs.map((r, i) => round(r.requestsPerSecond / baseline[i]!.requestsPerSecond, 3));
       const cpuRatios = rs.map((r, i) => round(r.requestsPerCpuSecond / baseline[i]!.requestsPerCpuSecond, 3));
-      return { rounds: rs, ratios, ratio: median(ratios), cpuRatios, cpuRatio: median(cpuRatios) };
+      // Other work on the host only ever slows a round down: the best rounds of each side are
+      // the least disturbed, and their ratio is the other estimate given.
+      const best = (xs: number[]) => Math.max(...xs.filter((x) => Number.isFinite(x)));
+      return {
+        rounds: rs, ratios, ratio: median(ratios), cpuRatios, cpuRatio: median(cpuRatios),
+        bestRatio: round(best(rs.map((r) => r.requestsPerSecond)) / best(baseline.map((r) => r.requestsPerSecond)), 3),
+        bestCpuRatio: round(best(rs.map((r) => r.requestsPerCpuSecond)) / best(baseline.map((r) => r.requestsPerCpuSecond)), 3),
+      };
     };
     const mine = summary('capsule');
     return {
