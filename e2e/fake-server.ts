@@ -28,6 +28,9 @@ export interface FakeServer {
   dropEventSockets(): void;
   /** Emit an event as the server would. */
   emit(vm: string | null, event: string, data: unknown): void;
+  /** Started VMs stay `starting` until releaseBoots() (a test can act while a VM boots). */
+  holdBoots(): void;
+  releaseBoots(): void;
   /** Set a VM's state, emitting STATE_CHANGED. */
   setState(id: string, state: State): void;
   close(): Promise<void>;
@@ -66,15 +69,20 @@ export async function startFakeServer(opts: { webDir: string; token?: string; bo
     vm.pid = state === 'running' || state === 'paused' || state === 'starting' ? 4242 : undefined;
     emit(id, 'STATE_CHANGED', { state, previous });
   }
+  /** VMs whose boot waits for releaseBoots() (while holdBoots() is on). */
+  let holding = false;
+  const held: string[] = [];
+  function finishBoot(id: string): void {
+    if (vms.get(id)?.state !== 'starting') return;
+    setState(id, 'running');
+    const vm = vms.get(id)!;
+    consoleOut(id, `CAPSULE_READY cpus=${vm.vcpus} uptime=0.42\r\ncapsule# `);
+  }
   function boot(id: string): void {
     consoleHistory.delete(id);
     setState(id, 'starting');
-    setTimeout(() => {
-      if (vms.get(id)?.state !== 'starting') return;
-      setState(id, 'running');
-      const vm = vms.get(id)!;
-      consoleOut(id, `CAPSULE_READY cpus=${vm.vcpus} uptime=0.42\r\ncapsule# `);
-    }, bootMs);
+    if (holding) held.push(id);
+    else setTimeout(() => finishBoot(id), bootMs);
   }
 
   function authed(req: IncomingMessage, url: URL): boolean {
@@ -281,6 +289,13 @@ export async function startFakeServer(opts: { webDir: string; token?: string; bo
     },
     dropEventSockets() {
       for (const s of eventSubs) s.ws.terminate();
+    },
+    holdBoots() {
+      holding = true;
+    },
+    releaseBoots() {
+      holding = false;
+      for (const id of held.splice(0)) finishBoot(id);
     },
     async close() {
       for (const c of wss.clients) c.terminate();

@@ -90,10 +90,15 @@ test('start and type at once: the console attaches when running, no refused hand
   await p.getByLabel('Name').fill('ui-typist');
   await p.getByRole('button', { name: 'Create VM' }).click();
   await p.getByRole('heading', { name: 'ui-typist' }).waitFor();
-  await p.locator('main .page-head button[data-action="start"]').click();
-  await p.locator('.console-screen').click();
-  await p.keyboard.type('echo typed-ahead\n');
-  assert.notEqual(await p.locator('main').getAttribute('data-state'), 'running', 'typed while the VM was starting');
+  server.holdBoots(); // the VM stays starting until the typing is done
+  try {
+    await p.locator('main .page-head button[data-action="start"]').click();
+    await p.locator('main[data-state="starting"]').waitFor();
+    await p.locator('.console-screen').click();
+    await p.keyboard.type('echo typed-ahead\n');
+  } finally {
+    server.releaseBoots();
+  }
   await p.locator('main[data-state="running"]').waitFor();
   await waitForConsole(p, /CAPSULE_READY cpus=1/, 10_000);
   await waitForConsole(p, /\r?\ntyped-ahead/, 5_000);
