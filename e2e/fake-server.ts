@@ -28,6 +28,9 @@ export interface FakeServer {
   dropEventSockets(): void;
   /** Emit an event as the server would. */
   emit(vm: string | null, event: string, data: unknown): void;
+  /** Started VMs stay `starting` until releaseBoots() (a test can act while a VM boots). */
+  holdBoots(): void;
+  releaseBoots(): void;
   /** Set a VM's state, emitting STATE_CHANGED. */
   setState(id: string, state: State): void;
   close(): Promise<void>;
@@ -51,7 +54,10 @@ export async function startFakeServer(opts: { webDir: string; token?: string; bo
     events.push(ev);
     for (const s of eventSubs) if (s.vm === null || s.vm === vm) s.ws.send(JSON.stringify(ev));
   }
+  /** What each VM's console printed since its boot: replayed to a viewer that attaches, like the real bridge. */
+  const consoleHistory = new Map<string, string>();
   function consoleOut(id: string, text: string): void {
+    consoleHistory.set(id, ((consoleHistory.get(id) ?? '') + text).slice(-64 * 1024));
     for (const ws of consoles.get(id) ?? []) ws.send(Buffer.from(text));
   }
   function setState(id: string, state: State): void {
@@ -63,14 +69,20 @@ export async function startFakeServer(opts: { webDir: string; token?: string; bo
     vm.pid = state === 'running' || state === 'paused' || state === 'starting' ? 4242 : undefined;
     emit(id, 'STATE_CHANGED', { state, previous });
   }
+  /** VMs whose boot waits for releaseBoots() (while holdBoots() is on). */
+  let holding = false;
+  const held: string[] = [];
+  function finishBoot(id: string): void {
+    if (vms.get(id)?.state !== 'starting') return;
+    setState(id, 'running');
+    const vm = vms.get(id)!;
+    consoleOut(id, `CAPSULE_READY cpus=${vm.vcpus} uptime=0.42\r\ncapsule# `);
+  }
   function boot(id: string): void {
+    consoleHistory.delete(id);
     setState(id, 'starting');
-    setTimeout(() => {
-      if (vms.get(id)?.state !== 'starting') return;
-      setState(id, 'running');
-      const vm = vms.get(id)!;
-      consoleOut(id, `CAPSULE_READY cpus=${vm.vcpus} uptime=0.42\r\ncapsule# `);
-    }, bootMs);
+    if (holding) held.push(id);
+    else setTimeout(() => finishBoot(id), bootMs);
   }
 
   function authed(req: IncomingMessage, url: URL): boolean {
@@ -215,9 +227,20 @@ export async function startFakeServer(opts: { webDir: string; token?: string; bo
       sock.end('HTTP/1.1 404 Not Found\r\n\r\n');
       return;
     }
+    // Like the real server: a console exists once the VMM is up (running or paused); while
+    // the VM is starting (or not running) the upgrade is refused with 409.
+    if (m && m[2] === 'console') {
+      const state = vms.get(decodeURIComponent(m[1]!))?.state;
+      if (state !== 'running' && state !== 'paused') {
+        sock.end('HTTP/1.1 409 Conflict\r\nContent-Length: 0\r\n\r\n');
+        return;
+      }
+    }
     wss.handleUpgrade(req, sock, head, (ws) => {
       if (m && m[2] === 'console') {
         const id = decodeURIComponent(m[1]!);
+        const history = consoleHistory.get(id);
+        if (history) ws.send(Buffer.from(history));
         let set = consoles.get(id);
         if (!set) consoles.set(id, (set = new Set()));
         set.add(ws);
@@ -266,6 +289,13 @@ export async function startFakeServer(opts: { webDir: string; token?: string; bo
     },
     dropEventSockets() {
       for (const s of eventSubs) s.ws.terminate();
+    },
+    holdBoots() {
+      holding = true;
+    },
+    releaseBoots() {
+      holding = false;
+      for (const id of held.splice(0)) finishBoot(id);
     },
     async close() {
       for (const c of wss.clients) c.terminate();

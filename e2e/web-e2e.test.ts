@@ -290,6 +290,76 @@ test('VM lifecycle through the UI, watched by a second browser context', { skip,
   await b.context().close();
 });
 
+test('start and type at once: the keystrokes go out on the console once it attaches, and no WebSocket handshake fails', { skip, timeout: 600_000 }, async (t) => {
+  if (skip) return t.skip(String(skip));
+  const name = `typist-${randomBytes(3).toString('hex')}`;
+  const early = `early-${randomBytes(4).toString('hex')}`;
+  const later = `later-${randomBytes(4).toString('hex')}`;
+  const r = await api('POST', '/v1/vms', { name, image: 'default', vcpus: 1, memoryMiB: 256 });
+  assert.equal(r.status, 201);
+  const { id } = (await r.json()) as { id: string };
+  created.push(id);
+  const { page, errors } = await open();
+  // Every console message and socket failure, unfiltered (watchErrors lets WebSocket noise
+  // through): a console opened too early logs a failed handshake (409). And what the page
+  // sends on console sockets: the keystrokes, as the server receives them.
+  const consoleMessages: string[] = [];
+  const socketFailures: string[] = [];
+  let consoleSockets = 0;
+  let sentOnConsole = '';
+  page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') consoleMessages.push(`${m.type()}: ${m.text()}`); });
+  page.on('websocket', (ws) => {
+    ws.on('socketerror', (e) => socketFailures.push(`${ws.url()}: ${e}`));
+    if (!/\/console(\?|$)/.test(new URL(ws.url()).pathname + '?')) return;
+    consoleSockets++;
+    ws.on('framesent', (f) => { sentOnConsole += typeof f.payload === 'string' ? f.payload : f.payload.toString('utf8'); });
+  });
+  await signIn(page, base, token);
+  await page.locator(`tr[data-vm-name="${name}"]`).getByRole('link', { name }).click();
+  await page.getByRole('heading', { name }).waitFor();
+  await stateIs(page, 'created');
+
+  t.diagnostic('start, then type before the VM is running');
+  await btn(page, 'start').click();
+  await page.locator('.console-screen').click();
+  await page.keyboard.type(`echo ${early}`);
+  await page.keyboard.press('Enter');
+  const stateWhenTyped = await page.locator('main').getAttribute('data-state');
+  t.diagnostic(`typed while the VM was ${stateWhenTyped}`);
+  assert.notEqual(stateWhenTyped, 'running', 'the keystrokes were typed before the console could attach');
+  await stateIs(page, 'running', BOOT_MS);
+  await page.locator('.console[data-status="connected"]').waitFor({ timeout: 30_000 });
+  // Sent once the console attached, in order, nothing lost on the way to the server. (Whether
+  // the guest keeps bytes that reach its UART before its console is open is the guest's
+  // affair: a Linux 8250 resets its FIFO at start-up, so this test does not ask the guest.)
+  await waitForValue(() => sentOnConsole.includes(`echo ${early}\r`), 10_000);
+  assert.equal(consoleSockets, 1, 'one console socket: none opened (and refused) while starting');
+
+  t.diagnostic('the console is live: a command typed at the prompt runs');
+  await waitForConsole(page, /CAPSULE_READY cpus=1/, BOOT_MS);
+  await waitForConsole(page, /capsule# /, 60_000);
+  await page.keyboard.type(`echo ${later}`);
+  await page.keyboard.press('Enter');
+  await waitForConsole(page, new RegExp(`^${later}\\s*$`, 'm'), 60_000);
+  t.diagnostic(`the guest ${(await page.locator('.console-screen .xterm-rows').innerText()).includes(early) ? 'also echoed' : 'did not keep'} the keystrokes typed while it booted`);
+  await shot(page, 'console-typed-at-start');
+
+  assert.deepEqual(consoleMessages.filter((m) => /WebSocket|409/.test(m)), [], 'no failed WebSocket handshake logged');
+  assert.deepEqual(socketFailures, []);
+  assert.deepEqual(errors, []);
+  assert.equal((await api('DELETE', `/v1/vms/${id}?force=true`)).status, 204);
+  created.splice(created.indexOf(id), 1);
+  await page.context().close();
+});
+
+async function waitForValue(ok: () => boolean, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!ok()) {
+    if (Date.now() > deadline) throw new Error(`not within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 test('the list resumes (?since=) after the server restarts', { skip, timeout: 120_000 }, async (t) => {
   if (skip) return t.skip(String(skip));
   const { page, errors } = await open();

@@ -80,6 +80,33 @@ test('create form shows API validation errors beside the field', { skip }, async
   await p.context().close();
 });
 
+test('start and type at once: the console attaches when running, no refused handshake, the keystrokes run', { skip }, async () => {
+  const { page: p, errors } = await page();
+  const handshakeErrors: string[] = [];
+  p.on('console', (m) => { if (/WebSocket|409/.test(m.text())) handshakeErrors.push(`${m.type()}: ${m.text()}`); });
+  p.on('websocket', (ws) => ws.on('socketerror', (e) => handshakeErrors.push(`${ws.url()}: ${e}`)));
+  await signIn(p, server.url, server.token);
+  await p.getByRole('link', { name: 'New VM' }).click();
+  await p.getByLabel('Name').fill('ui-typist');
+  await p.getByRole('button', { name: 'Create VM' }).click();
+  await p.getByRole('heading', { name: 'ui-typist' }).waitFor();
+  server.holdBoots(); // the VM stays starting until the typing is done
+  try {
+    await p.locator('main .page-head button[data-action="start"]').click();
+    await p.locator('main[data-state="starting"]').waitFor();
+    await p.locator('.console-screen').click();
+    await p.keyboard.type('echo typed-ahead\n');
+  } finally {
+    server.releaseBoots();
+  }
+  await p.locator('main[data-state="running"]').waitFor();
+  await waitForConsole(p, /CAPSULE_READY cpus=1/, 10_000);
+  await waitForConsole(p, /\r?\ntyped-ahead/, 5_000);
+  assert.deepEqual(handshakeErrors, []);
+  assert.deepEqual(errors, []);
+  await p.context().close();
+});
+
 test('lifecycle: buttons follow the state, console, events, two viewers', { skip }, async () => {
   const { page: p, errors } = await page();
   const { page: q, errors: errors2 } = await page();

@@ -22,9 +22,11 @@ function resourceOf(path: string): { type?: string; id?: string } {
 
 export function auditLog(audit: AuditStore): MiddlewareHandler<{ Variables: AuthVariables }> {
   return async (c, next) => {
+    // Reads are not audited: they pass straight through (no await frame on the hot path).
+    if (READS.has(c.req.method)) return next();
     await next();
     const token = c.get('token');
-    if (READS.has(c.req.method) || !token) return;
+    if (!token) return;
     const res = resourceOf(c.req.path);
     let resourceTenant = c.get('resourceTenant');
     if (res.type && res.id === undefined && c.res.status === 201) {

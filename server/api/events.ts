@@ -1,5 +1,6 @@
 // Event streams over WebSocket: /v1/events (all VMs) and /v1/vms/:id/events.
 // Subscribers send nothing: inbound messages are limited to EVENTS_MAX_MESSAGE bytes.
+import type { Duplex } from 'node:stream';
 import type { Context } from 'hono';
 import type { WebSocket } from 'ws';
 import { errorResponse } from './errors.js';
@@ -20,8 +21,78 @@ export function inboundAllowed(c: Context<AppEnv>, limits: ApiRateLimits): boole
   return limits.take(c.get('token') as TokenRecord) === undefined;
 }
 
+/**
+ * The socket writes of one event-loop turn go out together: the first event sent to a
+ * subscriber in a turn corks its socket, and one setImmediate uncorks every socket corked in
+ * that turn. The hub still offers each event to every subscriber at once, in order, with its
+ * accounting (buckets, drops, bufferedAmount: corked bytes count) unchanged; but under load,
+ * when a turn publishes several events, each subscriber gets them in one write (syscall)
+ * instead of one write per event.
+ */
+export class TurnCorker {
+  private corked = new Set<Duplex>();
+  private scheduled = false;
+
+  cork(socket: Duplex): void {
+    if (this.corked.has(socket)) return;
+    socket.cork();
+    this.corked.add(socket);
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(this.uncorkAll);
+    }
+  }
+
+  private readonly uncorkAll = (): void => {
+    this.scheduled = false;
+    const sockets = this.corked;
+    this.corked = new Set();
+    for (const socket of sockets) socket.uncork();
+  };
+}
+
+/** ws keeps the TCP socket in a field it does not document; without it, sends go through ws.send. */
+const rawSocket = (ws: WebSocket): Duplex | undefined => (ws as unknown as { _socket?: Duplex })._socket;
+
+/**
+ * An unmasked, unfragmented text frame (RFC 6455 5.2), as a server sends it. A server's
+ * frames are the same bytes for every client, so the hub's one encoded message becomes one
+ * frame for all subscribers (remembered per message), written as is: ws.send would build a
+ * header and issue two writes per subscriber.
+ */
+const frames = new WeakMap<Buffer, Buffer>();
+export function textFrame(payload: Buffer): Buffer {
+  let frame = frames.get(payload);
+  if (frame) return frame;
+  const n = payload.length;
+  const headerLength = n < 126 ? 2 : n < 65536 ? 4 : 10;
+  frame = Buffer.allocUnsafe(headerLength + n);
+  frame[0] = 0x81; // FIN, opcode 1 (text)
+  if (n < 126) frame[1] = n;
+  else if (n < 65536) { frame[1] = 126; frame.writeUInt16BE(n, 2); }
+  else { frame[1] = 127; frame.writeBigUInt64BE(BigInt(n), 2); }
+  payload.copy(frame, headerLength);
+  frames.set(payload, frame);
+  return frame;
+}
+
+/**
+ * Sends a hub message to one subscriber: the shared frame straight to its socket, corked
+ * until the end of the turn. Safe beside ws's own sender: this server never compresses
+ * (perMessageDeflate is off) nor sends Blobs, so ws writes its frames (pings, close)
+ * synchronously and never holds a queue these writes could overtake; and only an OPEN
+ * socket is written to. ws.bufferedAmount counts these bytes (it reads the socket's).
+ */
+function sendEvent(ws: WebSocket, message: Buffer, corker: TurnCorker): void {
+  const socket = rawSocket(ws);
+  if (!socket || ws.readyState !== ws.OPEN) return ws.send(message, { binary: false });
+  corker.cork(socket);
+  socket.write(textFrame(message));
+}
+
 export function eventRoutes(deps: AppDeps, limits: ApiRateLimits, sockets: SocketLimiter) {
   const router = newRouter();
+  const corker = new TurnCorker();
   const validate = (vmScoped: boolean) => async (c: Context<AppEnv>, next: () => Promise<void>) => {
     const notUpgrade = notUpgradeError(c);
     if (notUpgrade) return notUpgrade;
@@ -41,7 +112,10 @@ export function eventRoutes(deps: AppDeps, limits: ApiRateLimits, sockets: Socke
       onOpen: (ws: WebSocket) => {
         deps.metrics.socketOpened('events');
         unsubscribe = deps.hub.subscribe(
-          { send: (m) => ws.send(m, { binary: false }), bufferedAmount: () => ws.bufferedAmount },
+          {
+            send: (m) => sendEvent(ws, m, corker),
+            bufferedAmount: () => ws.bufferedAmount,
+          },
           { vm, tenant, since: sinceRaw === undefined ? undefined : Number(sinceRaw) },
         );
       },

@@ -9,10 +9,14 @@ after(async () => { for (const s of servers) await s.stop(); });
 test('a burst over the API limit gets 429 with Retry-After', async () => {
   const s = await TestServer.start({ env: { CAPSULE_RATE_LIMIT: '5', CAPSULE_RATE_BURST: '10' } });
   servers.push(s);
+  const t0 = performance.now();
   const results = await Promise.all(Array.from({ length: 30 }, () => s.api('GET', '/v1/vms')));
+  const seconds = (performance.now() - t0) / 1000;
   const ok = results.filter((r) => r.status === 200).length;
   const limited = results.filter((r) => r.status === 429);
-  assert.ok(ok >= 10 && ok <= 12, `about the burst passes (got ${ok})`);
+  // The burst passes, plus what the bucket refilled (5/s) while the requests were under way:
+  // counted against the measured time, so a slow host does not fail the test.
+  assert.ok(ok >= 10 && ok <= 10 + Math.ceil(seconds * 5) + 1, `the burst passes, plus the refill over ${seconds.toFixed(2)} s (got ${ok})`);
   assert.equal(ok + limited.length, 30);
   const first = limited[0]!;
   assert.equal(first.body.error.code, 'rate_limited');
@@ -28,17 +32,40 @@ test('a slow subscriber gets EVENTS_DROPPED with the right count; replay recover
   servers.push(s);
   const sub = new EventCollector(s.ws('/v1/events'));
   await sub.opened;
-  // 20 definitions -> 20 VM_CREATED events in a quick burst.
-  for (let i = 0; i < 20; i++) assert.equal((await s.api('POST', '/v1/vms', { name: `burst-${i}` })).status, 201);
+  // 20 definitions -> 20 VM_CREATED events, sent together so that they outrun the 2/s bucket
+  // however slowly the host runs (each create also writes an audit row): without drops the
+  // test would prove nothing, so that much is asserted, not assumed.
+  const created = await Promise.all(Array.from({ length: 20 }, (_, i) => s.api('POST', '/v1/vms', { name: `burst-${i}` })));
+  for (const c of created) assert.equal(c.status, 201);
+  const ids = new Set(created.map((c) => c.body.id as string));
 
-  const notice = await sub.waitFor('EVENTS_DROPPED', () => true, 10_000);
-  const delivered = sub.messages.filter((m) => m.event === 'VM_CREATED').length;
-  assert.equal(delivered, 5, 'the burst passes, the rest is dropped');
-  assert.equal(notice.data.count, 20 - delivered);
-  assert.equal(notice.data.toSeq - notice.data.fromSeq + 1, notice.data.count);
-  // Replay from the stored history recovers what was dropped.
-  const replay = new EventCollector(s.ws(`/v1/events?since=${notice.data.fromSeq - 1}`));
-  await waitFor('replay', () => replay.messages.filter((m) => m.event === 'VM_CREATED').length >= notice.data.count || undefined, 10_000);
+  // Count-based, not time-based: the bucket refills while the creates run (how much depends
+  // on the host's speed), so how many pass live varies; what may not vary is that every
+  // event is accounted for exactly once, delivered or announced as dropped.
+  const live = () => sub.messages.filter((m) => m.event === 'VM_CREATED');
+  const notices = () => sub.messages.filter((m) => m.event === 'EVENTS_DROPPED');
+  const announced = () => notices().reduce((n, m) => n + (m.data.count as number), 0);
+  await waitFor('every event delivered or announced as dropped', () => live().length + announced() >= 20 || undefined, 20_000);
+  assert.ok(notices().length >= 1, 'a slow subscriber is told it lost events');
+  assert.ok(live().length >= 5, `at least the burst passes live (got ${live().length})`);
+  assert.equal(live().length + announced(), 20, 'no event both delivered and announced, none lost silently');
+  assert.deepEqual(new Set(live().map((m) => m.vm)).size, live().length);
+  for (const m of live()) assert.ok(ids.has(m.vm));
+  // Each notice covers one run of consecutive events, none of them delivered.
+  const liveSeqs = new Set(live().map((m) => m.seq));
+  const droppedSeqs: number[] = [];
+  for (const n of notices()) {
+    assert.equal(n.data.toSeq - n.data.fromSeq + 1, n.data.count);
+    for (let seq = n.data.fromSeq; seq <= n.data.toSeq; seq++) {
+      assert.ok(!liveSeqs.has(seq), `seq ${seq} both delivered and announced as dropped`);
+      droppedSeqs.push(seq);
+    }
+  }
+  // Replay from the stored history recovers every event that was dropped.
+  const first = Math.min(...droppedSeqs);
+  const replay = new EventCollector(s.ws(`/v1/events?since=${first - 1}`));
+  const replayed = () => new Set(replay.messages.filter((m) => m.event === 'VM_CREATED').map((m) => m.seq));
+  await waitFor('replay', () => droppedSeqs.every((seq) => replayed().has(seq)) || undefined, 30_000);
   sub.close();
   replay.close();
 });

@@ -36,6 +36,7 @@ const MIB = 1024 * 1024;
 export class Metrics {
   readonly registry = new Registry();
   private readonly httpDuration: Histogram<'method' | 'route' | 'status'>;
+  private readonly httpSeries = new Map<string, { observe(seconds: number): void }>();
   private readonly socketsOpen: Gauge<'kind'>;
   private readonly qmpRoundTrip: Histogram<'command' | 'outcome'>;
   private readonly starts: Counter<'backend' | 'tenant'>;
@@ -146,7 +147,12 @@ export class Metrics {
   }
 
   observeRequest(method: string, route: string, status: number, seconds: number): void {
-    this.httpDuration.observe({ method, route, status: String(status) }, seconds);
+    // One series per (method, route pattern, status): a bounded set, so its handle is kept
+    // rather than found again from a labels object (hashed and sorted) on every request.
+    const key = `${method} ${route} ${status}`;
+    let series = this.httpSeries.get(key);
+    if (!series) this.httpSeries.set(key, (series = this.httpDuration.labels({ method, route, status: String(status) })));
+    series.observe(seconds);
   }
 
   socketOpened(kind: SocketKind): void {

@@ -33,9 +33,22 @@ export function isAllowed(state: VmState | string, id: ActionId): boolean {
   return d.from === 'any' || (d.from as readonly string[]).includes(state);
 }
 
-/** States in which a serial console can be attached. */
+/** States in which a serial console is there or on its way (a booting VM's comes with `running`). */
 export function consoleAvailable(state: VmState | string): boolean {
   return state === 'starting' || state === 'running' || state === 'paused';
+}
+
+/**
+ * States in which the server accepts a console WebSocket: its console bridge exists once the
+ * VMM is up, which is when the VM turns `running`; while `starting` it answers 409.
+ */
+export function consoleAttachable(state: VmState | string): boolean {
+  return state === 'running' || state === 'paused';
+}
+
+/** States that end a boot: keystrokes still waiting for a console are for a guest that is gone. */
+export function bootEnded(state: VmState | string): boolean {
+  return state === 'stopping' || state === 'stopped' || state === 'crashed' || state === 'deleted';
 }
 
 export const STATES: readonly VmState[] = ['created', 'starting', 'running', 'paused', 'stopping', 'stopped', 'crashed'];

@@ -1,12 +1,19 @@
 // The serial console: @xterm/xterm + fit addon over GET /v1/vms/:id/console (raw bytes both
-// ways). Reconnects while the VM is in a console-capable state, e.g. after a restart.
+// ways). Connects once the VM is `running` (the server has no console to attach while it is
+// `starting`, and answers 409: the browser would log a failed handshake on every start), and
+// reconnects while the VM stays attachable, e.g. after a restart. Keystrokes typed before the
+// console is attached (right after Start) are kept, up to PENDING_INPUT_MAX bytes, and sent
+// once it is; a boot that ends first (stopped, crashed) discards them.
 import { Terminal, type ITheme } from '@xterm/xterm';
 import { FitAddon } from '@xterm/addon-fit';
 import type { Api } from './api.js';
-import { consoleAvailable } from './actions.js';
+import { bootEnded, consoleAttachable, consoleAvailable } from './actions.js';
 import { h } from './dom.js';
 
-export type ConsoleStatus = 'idle' | 'connecting' | 'connected' | 'disconnected';
+export type ConsoleStatus = 'idle' | 'waiting' | 'connecting' | 'connected' | 'disconnected';
+
+/** Keystrokes kept while no console is attached (a few lines of typing; more is dropped). */
+export const PENDING_INPUT_MAX = 4096;
 
 const LIGHT: ITheme = {
   background: '#fbfbfd',
@@ -56,6 +63,9 @@ export class ConsoleView {
   private readonly mq = window.matchMedia('(prefers-color-scheme: dark)');
   private readonly ro: ResizeObserver;
   private readonly reconnectBtn: HTMLButtonElement;
+  /** Input typed while no console is attached, in order; sent when one is. */
+  private pendingInput: Array<string | Uint8Array> = [];
+  private pendingBytes = 0;
 
   constructor(
     private readonly api: Api,
@@ -119,16 +129,17 @@ export class ConsoleView {
   setVmState(state: string): void {
     const prev = this.state;
     this.state = state;
-    this.reconnectBtn.disabled = !consoleAvailable(state);
-    if (!consoleAvailable(state)) {
-      if (this.retry) clearTimeout(this.retry);
-      this.retry = null;
-      if (!this.sock) this.setStatus('idle');
-      return;
-    }
+    this.reconnectBtn.disabled = !consoleAttachable(state);
+    if (bootEnded(state)) this.dropPendingInput();
     // A fresh boot: the old socket (if any) belongs to the previous VMM process.
     const restarted = state === 'starting' && prev !== 'starting';
     if (restarted && this.sock) this.close();
+    if (!consoleAttachable(state)) {
+      if (this.retry) clearTimeout(this.retry);
+      this.retry = null;
+      if (!this.sock) this.setStatus(consoleAvailable(state) ? 'waiting' : 'idle');
+      return;
+    }
     if (!this.sock && !this.retry) {
       this.attempt = 0;
       this.connect();
@@ -154,6 +165,7 @@ export class ConsoleView {
     this.el.dataset['status'] = s;
     const text: Record<ConsoleStatus, string> = {
       idle: 'not running',
+      waiting: 'waiting for the VM to start…',
       connecting: 'connecting…',
       connected: 'connected',
       disconnected: 'disconnected',
@@ -174,6 +186,8 @@ export class ConsoleView {
       this.setStatus('connected');
       const nl = this.term.buffer.active.cursorX === 0 ? '' : '\r\n';
       this.term.write(`${nl}\x1b[2m[capsule: console connected]\x1b[0m\r\n`);
+      for (const d of this.pendingInput) ws.send(d);
+      this.dropPendingInput();
     };
     ws.onmessage = (m) => {
       if (this.sock !== ws) return;
@@ -186,22 +200,32 @@ export class ConsoleView {
       const wasOpen = this.status === 'connected';
       if (wasOpen) this.term.write('\r\n\x1b[2m[capsule: console disconnected]\x1b[0m\r\n');
       if (this.destroyed) return;
-      if (consoleAvailable(this.state)) {
+      if (consoleAttachable(this.state)) {
         const delay = Math.min(5000, 500 * 2 ** this.attempt);
         this.attempt += 1;
         this.setStatus('disconnected', `retrying in ${Math.round(delay / 100) / 10} s${c.reason ? ` (${c.reason})` : ''}`);
         this.retry = setTimeout(() => {
           this.retry = null;
-          if (consoleAvailable(this.state) && !this.sock) this.connect();
+          if (consoleAttachable(this.state) && !this.sock) this.connect();
         }, delay);
       } else {
-        this.setStatus('idle');
+        this.setStatus(consoleAvailable(this.state) ? 'waiting' : 'idle');
       }
     };
   }
 
   private send(d: string | Uint8Array): void {
-    if (this.sock && this.sock.readyState === WebSocket.OPEN) this.sock.send(d);
+    if (this.sock && this.sock.readyState === WebSocket.OPEN) return this.sock.send(d);
+    // Not attached yet (the VM is still starting, or the socket is opening): keep it.
+    const bytes = typeof d === 'string' ? new TextEncoder().encode(d).length : d.length;
+    if (this.pendingBytes + bytes > PENDING_INPUT_MAX) return;
+    this.pendingInput.push(d);
+    this.pendingBytes += bytes;
+  }
+
+  private dropPendingInput(): void {
+    this.pendingInput = [];
+    this.pendingBytes = 0;
   }
 
   private close(): void {
