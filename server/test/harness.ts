@@ -79,7 +79,11 @@ export class TestServer {
     const end = Date.now() + (process.env.CAPSULE_IN_LAB ? 180_000 : 30_000);
     for (;;) {
       if (this.proc.exitCode !== null) throw new Error(`server exited: ${this.output}`);
-      if (Date.now() > end) throw new Error(`server did not start: ${this.output}`);
+      if (Date.now() > end) {
+        // A server left running would keep the test process alive (its pipes) until some outer timeout.
+        this.proc.kill('SIGKILL');
+        throw new Error(`server did not start: ${this.output}`);
+      }
       const up = await fetch(`${this.url}/v1/health`).then((r) => r.ok, () => false);
       if (up) break;
       await sleep(50);
