@@ -25,9 +25,9 @@ export interface AgentClientOptions {
   /** The VM's agent secret (passed to the guest at boot); undefined: the VM has none (not running). */
   token(vmId: string): string | undefined;
   connectTimeoutMs?: number;
-  /** A short call (stat, list, health, ...) gets its answer within this. */
+  /** A short call (stat, list, health, ...) gets its answer within this (default 30 s). */
   callTimeoutMs?: number;
-  /** A stream (exec, a transfer) fails after this long without a byte from the agent (it pings every 5 s). */
+  /** A stream (exec, a transfer) fails after this long without a byte from the agent (it pings every 5 s; default 60 s). */
   idleTimeoutMs?: number;
   maxFrame?: number;
 }
@@ -166,8 +166,10 @@ export class AgentClient {
 
   constructor(private readonly o: AgentClientOptions) {
     this.connectTimeoutMs = o.connectTimeoutMs ?? 10_000;
-    this.callTimeoutMs = o.callTimeoutMs ?? 15_000;
-    this.idleTimeoutMs = o.idleTimeoutMs ?? Math.max(4 * PING_INTERVAL_MS, 20_000);
+    // Generous for a guest under TCG on a loaded host (seen: 20 s without a byte from a
+    // 1-vCPU guest spawning 20 shells at host load 17); still a bound.
+    this.callTimeoutMs = o.callTimeoutMs ?? 30_000;
+    this.idleTimeoutMs = o.idleTimeoutMs ?? Math.max(12 * PING_INTERVAL_MS, 60_000);
     this.maxFrame = o.maxFrame ?? MAX_FRAME;
   }
 
