@@ -7,11 +7,11 @@
 //                 [--default-user user] [--allow-local]
 //
 // Node built-ins only (bundled by esbuild into one file, target node18).
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import * as fs from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
-import { createServer, type Socket } from 'node:net';
+import { createServer, Socket } from 'node:net';
 import * as os from 'node:os';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import {
@@ -129,6 +129,89 @@ sys.exit(os.WEXITSTATUS(st) if os.WIFEXITED(st) else 1)
 
 type Chunk = { ch: number; data: Buffer };
 
+/** The agent's ends of a process's stdio. */
+interface ProcIo {
+  stdin: NodeJS.WritableStream & { destroyed: boolean; writableEnded: boolean; on(e: 'error', f: () => void): unknown; once(e: 'drain', f: () => void): unknown } | null;
+  stdout: NodeJS.ReadableStream | null;
+  stderr: NodeJS.ReadableStream | null;
+}
+
+/**
+ * Children get real pipes (FIFOs) for stdio where possible: libuv's 'pipe' stdio are Unix socket
+ * pairs, and on a socket `echo x > /dev/stderr` fails (ENXIO: /proc/self/fd/2 cannot be opened)
+ * and bash takes stdin for an rshd connection and reads ~/.bashrc. FIFOs are made ahead of time
+ * (one `mkfifo` for 48) in a private directory and unlinked once opened; when the pool is empty
+ * a process gets socket pairs.
+ */
+class FifoPool {
+  private ready: string[] = [];
+  private filling = false;
+  private broken = false;
+  private seq = 0;
+  private readonly dir: string | undefined;
+
+  constructor() {
+    try {
+      this.dir = fs.mkdtempSync(join(os.tmpdir(), 'capsule-agent-'));
+      fs.chmodSync(this.dir, 0o700);
+      this.refill();
+    } catch {
+      this.broken = true;
+    }
+  }
+
+  /** Opens stdin, stdout and stderr FIFOs: the child's fds and the agent's streams; undefined: none ready. */
+  open(): { childFds: number[]; io: ProcIo; close: () => void } | undefined {
+    if (this.ready.length < 3) { this.refill(); return undefined; }
+    const names = this.ready.splice(0, 3);
+    if (this.ready.length < 24) this.refill();
+    const { O_RDONLY, O_WRONLY, O_RDWR, O_NONBLOCK } = fs.constants;
+    const fds: number[] = [];
+    const open = (p: string, flags: number) => { const fd = fs.openSync(p, flags); fds.push(fd); return fd; };
+    try {
+      const [pin, pout, perr] = names as [string, string, string];
+      // stdin: the child's end must block (a plain read end); opening it needs a writer present,
+      // so a read-write placeholder is open meanwhile.
+      const placeholder = open(pin, O_RDWR);
+      const inR = open(pin, O_RDONLY);
+      const inW = open(pin, O_WRONLY | O_NONBLOCK);
+      fs.closeSync(placeholder);
+      fds.splice(fds.indexOf(placeholder), 1);
+      const outR = open(pout, O_RDONLY | O_NONBLOCK);
+      const outW = open(pout, O_WRONLY);
+      const errR = open(perr, O_RDONLY | O_NONBLOCK);
+      const errW = open(perr, O_WRONLY);
+      for (const n of names) fs.rmSync(n, { force: true });
+      const stdin = new Socket({ fd: inW, readable: false, writable: true });
+      const stdout = new Socket({ fd: outR, readable: true, writable: false });
+      const stderr = new Socket({ fd: errR, readable: true, writable: false });
+      for (const s of [stdin, stdout, stderr]) s.on('error', () => { /* the process went */ });
+      const childFds = [inR, outW, errW];
+      return {
+        childFds,
+        io: { stdin: stdin as unknown as ProcIo['stdin'], stdout, stderr },
+        close: () => { for (const fd of childFds) { try { fs.closeSync(fd); } catch { /* closed */ } } },
+      };
+    } catch {
+      for (const fd of fds) { try { fs.closeSync(fd); } catch { /* closed */ } }
+      for (const n of names) fs.rmSync(n, { force: true });
+      return undefined;
+    }
+  }
+
+  private refill(): void {
+    if (this.filling || this.broken || !this.dir) return;
+    this.filling = true;
+    const names = Array.from({ length: 48 }, () => join(this.dir!, `p${this.seq++}`));
+    execFile('mkfifo', ['-m', '0600', ...names], (err) => {
+      this.filling = false;
+      if (err) { this.broken = true; return; }
+      this.ready.push(...names);
+    });
+  }
+}
+
+
 class Proc {
   readonly startedAt = new Date();
   private readonly t0 = Date.now();
@@ -143,7 +226,7 @@ class Proc {
   private openPipes = 2;
   finishedAt = 0;
 
-  constructor(readonly pid: number, readonly child: ChildProcess, readonly req: ExecRequest, readonly argv: string[], readonly user: User,
+  constructor(readonly pid: number, readonly child: ChildProcess, private readonly io: ProcIo, readonly req: ExecRequest, readonly argv: string[], readonly user: User,
     private readonly ctl: NodeJS.WritableStream | undefined, private readonly onDone: (p: Proc) => void) {
     const pipe = (stream: NodeJS.ReadableStream | null, ch: number) => {
       if (!stream) { this.openPipes--; return; }
@@ -151,9 +234,9 @@ class Proc {
       stream.on('end', () => this.pipeClosed());
       stream.on('error', () => this.pipeClosed());
     };
-    pipe(child.stdout, CH_STDOUT);
-    pipe(child.stderr, CH_STDERR);
-    child.stdin?.on('error', () => { /* the process closed its stdin */ });
+    pipe(io.stdout, CH_STDOUT);
+    pipe(io.stderr, CH_STDERR);
+    io.stdin?.on('error', () => { /* the process closed its stdin */ });
     child.on('exit', (code, signal) => {
       this.exitStatus = { code, signal };
       if (this.timer) clearTimeout(this.timer);
@@ -183,18 +266,18 @@ class Proc {
   }
 
   stdin(data: Buffer): boolean {
-    const s = this.child.stdin;
+    const s = this.io.stdin;
     if (!s || s.destroyed || s.writableEnded) return true;
     return s.write(data);
   }
 
   endStdin(): void {
-    const s = this.child.stdin;
+    const s = this.io.stdin;
     if (s && !s.destroyed && !s.writableEnded) s.end();
   }
 
   onStdinDrain(fn: () => void): void {
-    const s = this.child.stdin;
+    const s = this.io.stdin;
     if (!s || s.destroyed) fn(); else s.once('drain', fn);
   }
 
@@ -246,15 +329,15 @@ class Proc {
     if (!conn.sendData(ch, data)) {
       // The client reads slower than the process writes: stop reading its pipes until it drains
       // (the process then blocks on a full pipe, as it would on a slow terminal).
-      this.child.stdout?.pause();
-      this.child.stderr?.pause();
+      this.io.stdout?.pause();
+      this.io.stderr?.pause();
       conn.onDrain(() => this.resumePipes());
     }
   }
 
   private resumePipes(): void {
-    this.child.stdout?.resume();
-    this.child.stderr?.resume();
+    this.io.stdout?.resume();
+    this.io.stderr?.resume();
   }
 
   private pipeClosed(): void {
@@ -285,6 +368,8 @@ class Proc {
 
 class Processes {
   private readonly procs = new Map<number, Proc>();
+
+  private readonly fifos = new FifoPool();
 
   constructor(private readonly defaultUser: () => User) {}
 
@@ -331,23 +416,32 @@ class Processes {
     const ids = asOther ? { uid: user.uid, gid: user.gid } : {};
     let child: ChildProcess;
     let ctl: NodeJS.WritableStream | undefined;
-    if (req.pty) {
-      const cols = clampInt(req.pty.cols, 1, 1000, 80);
-      const rows = clampInt(req.pty.rows, 1, 1000, 24);
-      child = spawn('python3', ['-c', PTY_HELPER, String(cols), String(rows), ...argv], { cwd, env, ...ids, detached: true, stdio: ['pipe', 'pipe', 'pipe', 'pipe'] });
-      ctl = child.stdio[3] as NodeJS.WritableStream;
-      (ctl as unknown as { on(e: string, f: () => void): void }).on('error', () => { /* the helper is gone */ });
-    } else {
-      child = spawn(argv[0]!, argv.slice(1), { cwd, env, ...ids, detached: true, stdio: ['pipe', 'pipe', 'pipe'] });
+    const fifo = this.fifos.open();
+    const stdio: Array<'pipe' | number> = fifo ? [...fifo.childFds] : ['pipe', 'pipe', 'pipe'];
+    try {
+      if (req.pty) {
+        const cols = clampInt(req.pty.cols, 1, 1000, 80);
+        const rows = clampInt(req.pty.rows, 1, 1000, 24);
+        child = spawn('python3', ['-c', PTY_HELPER, String(cols), String(rows), ...argv], { cwd, env, ...ids, detached: true, stdio: [...stdio, 'pipe'] });
+        ctl = child.stdio[3] as NodeJS.WritableStream;
+        (ctl as unknown as { on(e: string, f: () => void): void }).on('error', () => { /* the helper is gone */ });
+      } else {
+        child = spawn(argv[0]!, argv.slice(1), { cwd, env, ...ids, detached: true, stdio });
+      }
+    } finally {
+      // The child has its own copies now.
+      fifo?.close();
     }
+    const io: ProcIo = fifo ? fifo.io : { stdin: child.stdin as ProcIo['stdin'], stdout: child.stdout, stderr: child.stderr };
     if (child.pid === undefined) {
       // spawn reports ENOENT / EACCES asynchronously, with no pid.
       const err = new AgentError('spawn_failed', `cannot run ${argv[0]}`);
       child.on('error', () => { /* reported here instead */ });
+      if (fifo) for (const s of [fifo.io.stdin, fifo.io.stdout, fifo.io.stderr]) (s as unknown as Socket).destroy();
       throw err;
     }
     child.on('error', () => { /* exit follows */ });
-    const p = new Proc(child.pid, child, req, argv, user, ctl, () => this.prune());
+    const p = new Proc(child.pid, child, io, req, argv, user, ctl, () => this.prune());
     this.procs.set(p.pid, p);
     if (req.stdin !== undefined) {
       if (typeof req.stdin !== 'string') throw new AgentError('invalid_request', 'stdin: base64');

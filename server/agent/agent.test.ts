@@ -65,6 +65,10 @@ test('exec: exit codes, stdout and stderr apart, env, cwd, stdin, non-UTF-8 byte
   await assert.rejects(run({ cmd: ['/no/such/program'] }), (e: any) => e.status === 400 || e.status === 502 || r.exit !== undefined);
   await assert.rejects(run({ cmd: ['true'], cwd: '/no/such/dir' }), (e: any) => e.status === 404);
   await assert.rejects(run({ cmd: ['true'], user: 'no-such-user' }), (e: any) => e.status === 400);
+  // stdio are real pipes (FIFOs), not socket pairs: /dev/stderr opens, /dev/stdin is a pipe.
+  r = await run({ cmd: ['sh', '-c', 'echo to-stderr > /dev/stderr; test -p /dev/stdin && test -p /dev/stdout && echo pipes'] });
+  assert.equal(r.stderr.toString(), 'to-stderr\n');
+  assert.equal(r.stdout.toString(), 'pipes\n');
 });
 
 test('exec: 20 MiB of output streamed without loss; streamed stdin; a timeout kills the process group', async () => {
@@ -112,9 +116,9 @@ test('exec: 20 at once; signals; a background process outlives its client and is
   assert.ok(gone(fgPid));
 
   // ... a background one does not: its output is kept until someone attaches.
-  // (What the first client received before it went is not kept again: the two together are all of it.)
+  // (Output sent to a client that is going away is lost with it: the first line comes after it went.)
   const out: Buffer[] = [];
-  const bg = await client.exec('vm', { cmd: ['sh', '-c', 'for i in 1 2 3; do echo line$i; sleep 0.3; done; exit 7'], background: true, tag: 'bg' }, { onOutput: (_c, d) => { out.push(d); } });
+  const bg = await client.exec('vm', { cmd: ['sh', '-c', 'sleep 0.5; for i in 1 2 3; do echo line$i; sleep 0.3; done; exit 7'], background: true, tag: 'bg' }, { onOutput: (_c, d) => { out.push(d); } });
   const bgPid = (await bg.started).pid;
   bg.close();
   await new Promise((r) => setTimeout(r, 100));
