@@ -861,6 +861,8 @@ export class Agent {
       liveConnections++;
       let counted = true;
       sock.setNoDelay(true);
+      // A server that vanished without a FIN is noticed (its foreground processes then go).
+      sock.setKeepAlive(true, 30_000);
       sock.setTimeout(HELLO_TIMEOUT_MS, () => sock.destroy());
       let head = Buffer.alloc(0);
       const onData = (d: Buffer) => {

@@ -96,7 +96,8 @@ async function main(): Promise<void> {
   const drives = new DrivesComponent({ dataDir: config.dataDir, volumes, images, hub, jail, log });
   const balloon = new BalloonComponent();
   // The guest agent: a secret per boot; reached over per-VM networking, or QEMU user networking
-  // with CAPSULE_AGENT_USERNET=1 (docs/agent.md). Per-VM networking's connect helper plugs in here.
+  // with CAPSULE_AGENT_USERNET=1 (docs/agent.md). Per-VM networking's connect helper plugs in
+  // here in place of NoTransport, e.g. { connect: (id) => network.connect(id, AGENT_PORT) }.
   const agents = new AgentComponent({ vmsDir: config.vmsDir, usernet: config.agentUsernet, log });
   const agentTransport: AgentTransport = config.agentUsernet ? new UsernetTransport(agents) : new NoTransport();
   const agent = new AgentClient({ transport: agentTransport, token: (id) => agents.token(id) });
