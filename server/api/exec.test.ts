@@ -223,3 +223,15 @@ test('the OpenAPI document describes exec and files', async () => {
     assert.ok(doc.paths[p], p);
   }
 });
+
+test('a VM that is not running answers 409; after a server restart (kill -9) the agent is reached again (its secret is kept in the VM directory)', async () => {
+  const idle = await server.api('POST', '/v1/vms', { name: 'idle-vm', image: 'sandbox', memoryMiB: 256, hypervisor: 'qemu' });
+  assert.equal((await server.api('POST', `/v1/vms/${idle.body.id}/exec`, { cmd: ['true'] })).status, 409);
+  assert.equal((await server.api('GET', `/v1/vms/${idle.body.id}/files?path=/`)).status, 409);
+  await server.kill9();
+  await server.launch();
+  await waitFor('the VM reattached', async () => ((await server.api('GET', `/v1/vms/${vmId}`)).body.state === 'running' ? true : undefined), 30_000);
+  const r = await exec({ shell: 'echo still here' });
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  assert.equal(r.body.stdout, 'still here\n');
+});
