@@ -649,6 +649,9 @@ class Conn {
         return this.finish({ ok: { pid: p.pid } });
       }
       case 'exec': {
+        // An early byte before the (synchronous, slow in a busy guest) spawn: the client knows the
+        // request arrived (its transport may be waiting for that: server/agent/transports.ts).
+        this.sendJson({ accepted: true });
         const p = a.procs.start(req as unknown as ExecRequest);
         this.follow(p);
         return;

@@ -11,6 +11,7 @@
 //                 {"v":1,"token","op",...}; every later one is a control message.
 //   kind 2 DATA   payload: u8 channel | bytes. Channel 0: stdin / an upload's bytes (client to
 //                 agent); 1: stdout / a download's bytes; 2: stderr (agent to client).
+//   (exec answers {"accepted":true} at once, before it spawns; clients ignore messages they do not know)
 //   kind 3 PING   no payload: the agent's heartbeat on a long operation (every PING_INTERVAL_MS),
 //                 so that a client can tell a silent agent from a quiet command.
 //

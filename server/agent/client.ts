@@ -165,7 +165,7 @@ export class AgentClient {
   private readonly maxFrame: number;
 
   constructor(private readonly o: AgentClientOptions) {
-    this.connectTimeoutMs = o.connectTimeoutMs ?? 10_000;
+    this.connectTimeoutMs = o.connectTimeoutMs ?? 30_000;
     // Generous for a guest under TCG on a loaded host (seen: 20 s without a byte from a
     // 1-vCPU guest spawning 20 shells at host load 17); still a bound.
     this.callTimeoutMs = o.callTimeoutMs ?? 30_000;
