@@ -49,7 +49,9 @@ export class AgentComponent implements VmComponent {
     const token = randomBytes(24).toString('hex');
     writeFileSync(join(paths.dir, AGENT_TOKEN_FILE), `${token}\n`, { mode: 0o600 });
     this.tokens.set(vm.id, token);
-    plan.devices.kernelArgs.push(`capsule.agent_token=${token}`);
+    // Before the other components' arguments (root=, capsule.overlay= stay last, as tests and
+    // clients read them).
+    plan.devices.kernelArgs.unshift(`capsule.agent_token=${token}`);
     rmSync(join(paths.dir, AGENT_PORT_FILE), { force: true });
     this.ports.delete(vm.id);
     if (!this.d.usernet) return;
@@ -62,7 +64,7 @@ export class AgentComponent implements VmComponent {
     writeFileSync(join(paths.dir, AGENT_PORT_FILE), `${port}\n`, { mode: 0o600 });
     this.ports.set(vm.id, port);
     plan.devices.userNet = { hostForwards: [{ hostPort: port, guestPort: AGENT_PORT }] };
-    plan.devices.kernelArgs.push(USERNET_GUEST_ARGS);
+    plan.devices.kernelArgs.splice(1, 0, USERNET_GUEST_ARGS);
   }
 
   attach(live: LiveVmContext): void {
