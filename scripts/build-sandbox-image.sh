@@ -36,7 +36,10 @@ img_find_kernel
 img_find_busybox
 img_lock "$OUT"
 # shellcheck disable=SC2046
-if [ "${CAPSULE_REBUILD:-0}" != 1 ] && img_up_to_date "$OUT/image.json" "$KERNEL" "$SELF" $(img_inputs power.sh net.sh udhcpc.script sandbox-initramfs-init sandbox-init vsock-tool.c); then
+# The guest agent (agent/*.ts, bundled by agent/build.mjs with esbuild from node_modules).
+AGENT_SRC=$(dirname "$IMG_SCRIPTS")/agent
+# shellcheck disable=SC2046
+if [ "${CAPSULE_REBUILD:-0}" != 1 ] && img_up_to_date "$OUT/image.json" "$KERNEL" "$SELF" $(img_inputs power.sh net.sh udhcpc.script sandbox-initramfs-init sandbox-init vsock-tool.c) "$AGENT_SRC"/*.ts "$AGENT_SRC/build.mjs"; then
   img_log "$OUT is up to date (kernel $KVER)"; exit 0
 fi
 [ "$(id -u)" -eq 0 ] || img_die "building the sandbox image needs root (mmdebstrap, file owners in the root filesystem)"
@@ -112,6 +115,21 @@ ln -sf /bin/busybox "$ROOT/usr/local/sbin/udhcpc"
 img_build_vsock_tool "$ROOT/usr/local/bin/vsock-tool"
 for a in poweroff reboot halt; do ln -sf /bin/busybox "$ROOT/usr/local/sbin/$a"; done
 ln -sf /bin/busybox "$ROOT/usr/local/bin/vi"
+# capsule-agent (docs/agent.md): one bundled file for Debian's Node.js 18, started by the init.
+command -v node >/dev/null || img_die "node not found (the guest agent is bundled with the host's Node.js and esbuild)"
+node "$AGENT_SRC/build.mjs" "$ROOT/usr/lib/capsule/capsule-agent.cjs" >/dev/null || img_die "the guest agent did not build (npm install first: esbuild)"
+chmod 0755 "$ROOT/usr/lib/capsule/capsule-agent.cjs"
+# The unprivileged account commands run as by default: user (uid 1000), home /home/user.
+if ! grep -q '^user:' "$ROOT/etc/passwd"; then
+  echo 'user:x:1000:1000:sandbox user:/home/user:/bin/bash' >> "$ROOT/etc/passwd"
+  echo 'user:x:1000:' >> "$ROOT/etc/group"
+  echo 'user:!:19000:0:99999:7:::' >> "$ROOT/etc/shadow"
+  [ -f "$ROOT/etc/gshadow" ] && echo 'user:!::' >> "$ROOT/etc/gshadow"
+fi
+mkdir -p "$ROOT/home/user"
+cp -a "$ROOT/etc/skel/." "$ROOT/home/user/" 2>/dev/null || true
+chown -R 1000:1000 "$ROOT/home/user"
+chmod 0750 "$ROOT/home/user"
 echo capsule > "$ROOT/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tcapsule\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' > "$ROOT/etc/hosts"
 printf '# capsule: no network is configured by the image; put nameservers here.\n' > "$ROOT/etc/resolv.conf"
@@ -157,7 +175,7 @@ img_install_kernel "$OUT"
 img_write_json "$OUT/image.json" <<JSON
 {
   "name": "sandbox",
-  "description": "Debian $SUITE (python3, nodejs, curl, fio) on a read-only ext4 root with a writable layer per VM; kernel $KVER",
+  "description": "Debian $SUITE (python3, nodejs, curl, fio, capsule-agent) on a read-only ext4 root with a writable layer per VM; kernel $KVER",
   "kernel": "vmlinuz",
   "initrd": "initramfs.cpio.gz",
   "rootfs": "rootfs.ext4",

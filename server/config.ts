@@ -65,6 +65,8 @@ const EnvSchema = z.object({
   CAPSULE_JAIL_MEMORY_OVERHEAD_MIB: intFromEnv(256, 0, 1 << 20),
   /** Cgroup under which capsule/<id> is created (relative to each hierarchy); default: the server's own. */
   CAPSULE_CGROUP_PARENT: z.string().regex(/^\/[^\0]*$/, 'must be an absolute cgroup path').optional(),
+  /** The guest agent's fallback path: unjailed QEMU VMs get a user-mode NIC forwarding a host port to it (docs/agent.md). */
+  CAPSULE_AGENT_USERNET: z.enum(['0', '1']).default('0'),
 });
 
 export interface JailConfig {
@@ -119,6 +121,8 @@ export interface Config {
   jail: JailConfig;
   /** The separate metrics listener (CAPSULE_METRICS_ADDR); undefined: /metrics on the main listener, admin token required. */
   metricsAddr: { host: string; port: number } | undefined;
+  /** CAPSULE_AGENT_USERNET: reach guest agents over QEMU user networking (the fallback for hosts without per-VM networking). */
+  agentUsernet: boolean;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -153,6 +157,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxBodyBytes: e.CAPSULE_MAX_BODY_BYTES,
     maxSocketsPerToken: e.CAPSULE_MAX_SOCKETS_PER_TOKEN,
     metricsAddr: e.CAPSULE_METRICS_ADDR === undefined ? undefined : parseHostPort(e.CAPSULE_METRICS_ADDR),
+    agentUsernet: e.CAPSULE_AGENT_USERNET === '1',
     jail: {
       mode: e.CAPSULE_JAIL,
       uid: e.CAPSULE_JAIL_UID,

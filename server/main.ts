@@ -14,6 +14,9 @@ import { ensureVolumesDir } from './volumes/files.js';
 import { DrivesComponent } from './supervisor/components/drives.js';
 import { RngComponent } from './supervisor/components/rng.js';
 import { BalloonComponent } from './supervisor/components/balloon.js';
+import { AgentComponent } from './supervisor/components/agent.js';
+import { AgentClient, type AgentTransport } from './agent/client.js';
+import { NoTransport, UsernetTransport } from './agent/transports.js';
 import { TokenStore } from './db/tokens.js';
 import { DEFAULT_TENANT, TenantStore } from './db/tenants.js';
 import { AuditStore } from './db/audit.js';
@@ -92,7 +95,13 @@ async function main(): Promise<void> {
   else log.info({ enabled: jailStatus.enabled, cgroups: jailStatus.cgroups, reasons: jailStatus.reasons }, 'VMM jail');
   const drives = new DrivesComponent({ dataDir: config.dataDir, volumes, images, hub, jail, log });
   const balloon = new BalloonComponent();
-  const components = [drives, new RngComponent(), balloon];
+  // The guest agent: a secret per boot; reached over per-VM networking, or QEMU user networking
+  // with CAPSULE_AGENT_USERNET=1 (docs/agent.md). Per-VM networking's connect helper plugs in
+  // here in place of NoTransport, e.g. { connect: (id) => network.connect(id, AGENT_PORT) }.
+  const agents = new AgentComponent({ vmsDir: config.vmsDir, usernet: config.agentUsernet, log });
+  const agentTransport: AgentTransport = config.agentUsernet ? new UsernetTransport(agents) : new NoTransport();
+  const agent = new AgentClient({ transport: agentTransport, token: (id) => agents.token(id) });
+  const components = [drives, new RngComponent(), balloon, agents];
   const admission = new HostAdmission(config.admission);
   // Made before reattach so that the events reattach publishes (CRASHED for a VMM gone meanwhile) are counted.
   const metrics = new Metrics({ vms, hub, admission, backends: [...hypervisors.keys()], cgroups: jail.cgroups, tenantName: (id) => tenants.get(id)?.name });
@@ -104,7 +113,7 @@ async function main(): Promise<void> {
   if (!existsSync(join(webDir, 'index.html'))) log.warn({ webDir }, 'web UI not built (npm run build)');
   const readiness = new Readiness({ db, images, hypervisors, storage });
   const { app, injectWebSocket } = createApp({
-    config, log, vms, images, tokens, tenants, quotas, audit, hub, supervisor, volumes, drives, balloon, hypervisors, kvm: kvm.available, defaultHypervisor, webDir, jail: jailStatus, storage,
+    config, log, vms, images, tokens, tenants, quotas, audit, hub, supervisor, volumes, drives, balloon, agent, hypervisors, kvm: kvm.available, defaultHypervisor, webDir, jail: jailStatus, storage,
     readiness, metrics, metricsOnMainListener: config.metricsAddr === undefined,
   });
   const server = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info) => {

@@ -21,6 +21,7 @@ import type { StorageMonitor } from '../db/storage.js';
 import type { VolumeStore } from '../db/volumes.js';
 import type { DrivesComponent } from '../supervisor/components/drives.js';
 import type { BalloonComponent } from '../supervisor/components/balloon.js';
+import type { AgentClient } from '../agent/client.js';
 import { BucketMap } from '../util/leaky-bucket.js';
 import { ApiRateLimits, authorize, requireToken, rateLimit, type AuthVariables } from '../auth/middleware.js';
 import { attachWebSockets, CLOSE_TOKEN_REVOKED, SocketLimiter } from './websocket.js';
@@ -35,6 +36,8 @@ import { vmRoutes } from './vms.js';
 import { volumeRoutes } from './volumes.js';
 import { driveRoutes } from './drives.js';
 import { balloonRoutes } from './balloon.js';
+import { execRoutes } from './exec.js';
+import { FILE_UPLOAD_PATH, fileRoutes } from './files.js';
 import { eventRoutes } from './events.js';
 import { consoleRoutes } from './console.js';
 import { staticRoutes } from './static.js';
@@ -58,6 +61,8 @@ export interface AppDeps {
   /** The supervisor's drives and balloon components (hot-plug and the balloon at run time). */
   drives: DrivesComponent;
   balloon: BalloonComponent;
+  /** The guest agents' client (exec and files). */
+  agent: AgentClient;
   hypervisors: ReadonlyMap<HypervisorName, Hypervisor>;
   kvm: boolean;
   defaultHypervisor: HypervisorName;
@@ -127,7 +132,9 @@ export function createApp(deps: AppDeps) {
   });
   // GET and HEAD requests have no body (the Fetch Request never carries one); asking would
   // only make @hono/node-server build the full Request (AbortController included) on every read.
-  app.use('/v1/*', (c, next) => (c.req.method === 'GET' || c.req.method === 'HEAD' ? next() : limitBody(c, next)));
+  // A file upload streams its body into the guest (bounded by the guest's disk), never held here.
+  const unlimited = (method: string, path: string): boolean => method === 'GET' || method === 'HEAD' || (method === 'PUT' && FILE_UPLOAD_PATH.test(path));
+  app.use('/v1/*', (c, next) => (unlimited(c.req.method, c.req.path) ? next() : limitBody(c, next)));
   // Another tenant's VM or volume is not found, on every route under it (ownership.ts).
   app.use('/v1/vms/:id', vmOwnership(deps.vms));
   app.use('/v1/vms/:id/*', vmOwnership(deps.vms));
@@ -139,6 +146,8 @@ export function createApp(deps: AppDeps) {
   app.route('/v1', vmRoutes(deps));
   app.route('/v1', driveRoutes(deps));
   app.route('/v1', balloonRoutes(deps));
+  app.route('/v1', execRoutes(deps, limits, sockets));
+  app.route('/v1', fileRoutes(deps));
   app.route('/v1', volumeRoutes(deps));
   app.route('/v1', tenantRoutes(deps));
   app.route('/v1', tokenRoutes(deps));

@@ -6,7 +6,7 @@ import type { ZodError } from 'zod';
 import { ApiError } from '../supervisor/errors.js';
 import { isNoSpace, isStorageError } from '../db/storage.js';
 
-export type ErrorStatus = 400 | 401 | 403 | 404 | 409 | 413 | 429 | 500 | 503 | 504 | 507;
+export type ErrorStatus = 400 | 401 | 403 | 404 | 409 | 413 | 429 | 500 | 502 | 503 | 504 | 507;
 
 export function errorResponse(c: Context, status: ErrorStatus, code: string, message: string, field?: string, details?: Record<string, unknown>): Response {
   const error: Record<string, unknown> = { code, message };

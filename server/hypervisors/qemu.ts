@@ -43,6 +43,10 @@ export function qemuDeviceArgs(devices: VmDevices, pci: boolean): string[] {
   }
   if (devices.rng) args.push('-object', 'rng-random,id=rng0,filename=/dev/urandom', '-device', `${dev('rng')},rng=rng0,id=rng0`);
   if (devices.balloon) args.push('-device', `${dev('balloon')},id=balloon0,deflate-on-oom=${onOff(devices.balloon.deflateOnOom)}`);
+  if (devices.userNet) {
+    const fwd = devices.userNet.hostForwards.map((f) => `,hostfwd=tcp:127.0.0.1:${f.hostPort}-:${f.guestPort}`).join('');
+    args.push('-netdev', `user,id=usernet0,restrict=on${fwd}`, '-device', `${dev('net')},netdev=usernet0,id=usernet0`);
+  }
   return args;
 }
 

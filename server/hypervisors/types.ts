@@ -43,6 +43,12 @@ export interface VmDevices {
   balloon?: { deflateOnOom: boolean } | undefined;
   /** Appended to the kernel command line (an image with a rootfs: root= and capsule.overlay=). */
   kernelArgs: string[];
+  /**
+   * QEMU only: a user-mode NIC (slirp, restrict=on: no egress) with TCP forwards from the host's
+   * 127.0.0.1: the guest agent's fallback path where there is no per-VM network
+   * (CAPSULE_AGENT_USERNET, supervisor/components/agent.ts).
+   */
+  userNet?: { hostForwards: Array<{ hostPort: number; guestPort: number }> } | undefined;
 }
 
 export const NO_DEVICES: VmDevices = { drives: [], rng: false, kernelArgs: [] };

@@ -63,6 +63,11 @@ test('sandbox image: image.json declares the rootfs and the overlay cmdline; the
   const fs = execFileSync('dumpe2fs', ['-h', join(dir, 'rootfs.ext4')], { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
   assert.match(fs, /Filesystem volume name:\s+capsule-root/);
   assert.doesNotMatch(fs, /has_journal/);
+  // The guest agent and the account commands run as (docs/agent.md).
+  const debugfs = (cmd: string) => execFileSync('debugfs', ['-R', cmd, join(dir, 'rootfs.ext4')], { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
+  assert.match(debugfs('cat /etc/passwd'), /^user:x:1000:1000:[^:]*:\/home\/user:\/bin\/bash$/m);
+  assert.match(debugfs('stat /home/user'), /Type: directory[\s\S]*User:\s+1000\s+Group:\s+1000/);
+  assert.match(debugfs('cat /usr/lib/capsule/capsule-agent.cjs'), /^#!\/usr\/bin\/env node/);
 });
 
 test('sandbox image: python3 and node run; the layer persists across boots, a fresh one is empty; pmem root with DAX; the rootfs is unchanged', async () => {

@@ -1,0 +1,200 @@
+// The capsule agent's wire protocol, shared by the agent (bundled for the guest's Node 18) and
+// the server's client. Node built-ins only; nothing newer than Node 18.
+//
+// One TCP connection per operation (exec, attach, a file transfer, a stat, ...): no head-of-line
+// blocking between operations, TCP's own flow control for every stream, and a connection's end
+// is the operation's end. The client opens with MAGIC (16 bytes), then frames both ways:
+//
+//   u32 big-endian N | u8 kind | N-1 bytes of payload          (N <= MAX_FRAME)
+//
+//   kind 1 JSON   payload: one UTF-8 JSON object. The client's first frame is the request
+//                 {"v":1,"token","op",...}; every later one is a control message.
+//   kind 2 DATA   payload: u8 channel | bytes. Channel 0: stdin / an upload's bytes (client to
+//                 agent); 1: stdout / a download's bytes; 2: stderr (agent to client).
+//   (exec answers {"accepted":true} at once, before it spawns; clients ignore messages they do not know)
+//   kind 3 PING   no payload: the agent's heartbeat on a long operation (every PING_INTERVAL_MS),
+//                 so that a client can tell a silent agent from a quiet command.
+//
+// Anything else than MAGIC at the start of a connection is HTTP (node:http in the agent): where
+// an envd-compatible server (E2B's Connect RPC, /files, /health) will live on the same port.
+export const AGENT_PORT = 49983;
+export const PROTOCOL_VERSION = 1;
+export const MAGIC = Buffer.from('CAPSULE-AGENT/1\n', 'latin1');
+/** Largest frame either side accepts (kind + payload); a larger length closes the connection. */
+export const MAX_FRAME = 1024 * 1024 + 16;
+/** Data frames are cut at this many bytes. */
+export const DATA_CHUNK = 256 * 1024;
+/** A JSON frame larger than this is refused (requests, listings are bounded well below). */
+export const MAX_JSON_FRAME = 1024 * 1024;
+export const PING_INTERVAL_MS = 5000;
+
+export const KIND_JSON = 1;
+export const KIND_DATA = 2;
+export const KIND_PING = 3;
+
+export const CH_STDIN = 0;
+export const CH_STDOUT = 1;
+export const CH_STDERR = 2;
+
+export function jsonFrame(obj: unknown): Buffer {
+  const body = Buffer.from(JSON.stringify(obj), 'utf8');
+  const head = Buffer.allocUnsafe(5);
+  head.writeUInt32BE(body.length + 1, 0);
+  head[4] = KIND_JSON;
+  return Buffer.concat([head, body]);
+}
+
+/** Data frames for `data` on `channel` (cut into DATA_CHUNK pieces). */
+export function dataFrames(channel: number, data: Buffer): Buffer[] {
+  const out: Buffer[] = [];
+  for (let off = 0; off < data.length || (off === 0 && data.length === 0); off += DATA_CHUNK) {
+    const piece = data.subarray(off, Math.min(data.length, off + DATA_CHUNK));
+    const head = Buffer.allocUnsafe(6);
+    head.writeUInt32BE(piece.length + 2, 0);
+    head[4] = KIND_DATA;
+    head[5] = channel;
+    out.push(Buffer.concat([head, piece]));
+    if (data.length === 0) break;
+  }
+  return out;
+}
+
+export const PING_FRAME = Buffer.from([0, 0, 0, 1, KIND_PING]);
+
+export type Frame =
+  | { kind: typeof KIND_JSON; msg: Record<string, unknown> }
+  | { kind: typeof KIND_DATA; channel: number; data: Buffer }
+  | { kind: typeof KIND_PING };
+
+/**
+ * Cuts a byte stream into frames. Never holds more than one frame's worth of bytes: a length
+ * over `maxFrame`, an unknown kind or bad JSON is an error (the caller closes the connection).
+ */
+export class FrameReader {
+  private chunks: Buffer[] = [];
+  private size = 0;
+  private failed = false;
+
+  constructor(private readonly onFrame: (f: Frame) => void, private readonly onError: (why: string) => void, private readonly maxFrame = MAX_FRAME) {}
+
+  push(chunk: Buffer): void {
+    if (this.failed) return;
+    this.chunks.push(chunk);
+    this.size += chunk.length;
+    while (!this.failed && this.size >= 4) {
+      const len = this.peekLength();
+      if (len < 1 || len > this.maxFrame) return this.fail(`frame of ${len} bytes (limit ${this.maxFrame})`);
+      if (this.size < 4 + len) return;
+      const buf = this.take(4 + len);
+      const kind = buf[4];
+      if (kind === KIND_JSON) {
+        if (len - 1 > MAX_JSON_FRAME) return this.fail('JSON frame too large');
+        let msg: unknown;
+        try {
+          msg = JSON.parse(buf.subarray(5).toString('utf8'));
+        } catch {
+          return this.fail('bad JSON frame');
+        }
+        if (msg === null || typeof msg !== 'object' || Array.isArray(msg)) return this.fail('JSON frame is not an object');
+        this.onFrame({ kind: KIND_JSON, msg: msg as Record<string, unknown> });
+      } else if (kind === KIND_DATA) {
+        if (len < 2) return this.fail('data frame without a channel');
+        this.onFrame({ kind: KIND_DATA, channel: buf[5]!, data: buf.subarray(6) });
+      } else if (kind === KIND_PING) {
+        this.onFrame({ kind: KIND_PING });
+      } else {
+        return this.fail(`unknown frame kind ${kind}`);
+      }
+    }
+  }
+
+  private fail(why: string): void {
+    this.failed = true;
+    this.chunks = [];
+    this.size = 0;
+    this.onError(why);
+  }
+
+  private peekLength(): number {
+    const first = this.chunks[0]!;
+    if (first.length >= 4) return first.readUInt32BE(0);
+    const head = Buffer.concat(this.chunks).subarray(0, 4);
+    return head.readUInt32BE(0);
+  }
+
+  private take(n: number): Buffer {
+    const all = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks);
+    const out = all.subarray(0, n);
+    const rest = all.subarray(n);
+    this.chunks = rest.length > 0 ? [rest] : [];
+    this.size = rest.length;
+    // A copy, so that a small frame does not pin a large chunk.
+    return Buffer.from(out);
+  }
+}
+
+/** Error codes the agent answers with ({"error":{"code","message"}}). */
+export type AgentErrorCode =
+  | 'unauthorized' | 'invalid_request' | 'not_found' | 'permission_denied' | 'exists' | 'not_a_directory'
+  | 'is_a_directory' | 'not_empty' | 'no_space' | 'not_regular' | 'too_large' | 'spawn_failed' | 'internal';
+
+/** Signals a client may send (by name). */
+export const SIGNALS = ['SIGHUP', 'SIGINT', 'SIGQUIT', 'SIGKILL', 'SIGTERM', 'SIGUSR1', 'SIGUSR2', 'SIGSTOP', 'SIGCONT', 'SIGWINCH'] as const;
+export type SignalName = (typeof SIGNALS)[number];
+
+export interface ExecRequest {
+  op: 'exec';
+  /** argv (no shell) ... */
+  cmd?: string[];
+  /** ... or a shell command line (/bin/bash -c, /bin/sh where there is no bash) */
+  shell?: string;
+  env?: Record<string, string>;
+  cwd?: string;
+  /** A user name from the guest's /etc/passwd (default: the agent's default user). */
+  user?: string;
+  /** Bytes to write to stdin first (base64). */
+  stdin?: string;
+  /** Keep stdin open for DATA frames after `stdin` (until {"eof":true}); otherwise it is closed. */
+  stdinOpen?: boolean;
+  /** Kill the process (group) after this many ms: the exit then says timedOut. */
+  timeoutMs?: number;
+  /** A pseudo-terminal of this size (stdout carries the terminal; stderr is empty). */
+  pty?: { cols: number; rows: number };
+  /** Survive this connection: output is kept (bounded) until a client attaches. */
+  background?: boolean;
+  tag?: string;
+}
+
+export interface ExitInfo {
+  exitCode: number | null;
+  signal?: string;
+  timedOut: boolean;
+  durationMs: number;
+}
+
+export interface ProcessInfo {
+  pid: number;
+  cmd: string[];
+  user: string;
+  tag?: string;
+  pty: boolean;
+  background: boolean;
+  startedAt: string;
+  running: boolean;
+  attached: boolean;
+  exit?: ExitInfo;
+  /** Output bytes dropped while nobody was attached (the buffer is bounded). */
+  droppedBytes: number;
+}
+
+export interface FileStat {
+  name: string;
+  path: string;
+  type: 'file' | 'dir' | 'symlink' | 'other';
+  size: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  mtime: string;
+  target?: string;
+}

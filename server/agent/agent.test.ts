@@ -1,0 +1,244 @@
+// The guest agent as a host process (the bundle the sandbox image installs, on a free port,
+// real processes and real files in a temp directory) driven by the server's AgentClient; and
+// the client against hostile fake agents (oversized frames, silence): it never hangs.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { REPO_ROOT } from '../paths.js';
+import { AgentClient, type AgentTransport } from './client.js';
+import { MAGIC } from '../../agent/protocol.js';
+
+const BUNDLE = join(REPO_ROOT, 'dist', 'agent', 'capsule-agent.cjs');
+const TOKEN = randomBytes(16).toString('hex');
+let agent: ChildProcess;
+let port = 0;
+let dir: string;
+let client: AgentClient;
+
+const tcp = (p: () => number): AgentTransport => ({
+  connect: () => new Promise((res, rej) => { const s = connect(p(), '127.0.0.1', () => res(s)); s.once('error', rej); }),
+});
+
+before(async () => {
+  assert.ok(existsSync(BUNDLE), `${BUNDLE} (npm run build)`);
+  dir = mkdtempSync(join(tmpdir(), 'capsule-agent-test-'));
+  agent = spawn(process.execPath, [BUNDLE, '--port', '0', '--host', '127.0.0.1', '--token', TOKEN, '--allow-local'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  port = await new Promise<number>((res, rej) => {
+    let out = '';
+    agent.stdout!.on('data', (d: Buffer) => { out += d.toString(); const m = /listening on [^:]+:(\d+)/.exec(out); if (m) res(Number(m[1])); });
+    agent.once('exit', (c) => rej(new Error(`agent exited ${c}`)));
+  });
+  client = new AgentClient({ transport: tcp(() => port), token: () => TOKEN, callTimeoutMs: 5000 });
+});
+
+after(() => {
+  agent?.kill('SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function run(req: Parameters<AgentClient['exec']>[1]) {
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  const s = await client.exec('vm', req, { onOutput: (ch, d) => { (ch === 1 ? out : err).push(d); } });
+  const exit = await s.done;
+  return { exit: exit!, stdout: Buffer.concat(out), stderr: Buffer.concat(err), pid: (await s.started).pid };
+}
+
+test('exec: exit codes, stdout and stderr apart, env, cwd, stdin, non-UTF-8 bytes, users', async () => {
+  let r = await run({ cmd: ['sh', '-c', 'echo out; echo err >&2; exit 3'] });
+  assert.equal(r.exit.exitCode, 3);
+  assert.equal(r.stdout.toString(), 'out\n');
+  assert.equal(r.stderr.toString(), 'err\n');
+  r = await run({ shell: 'echo "$FOO" && pwd', env: { FOO: 'bar baz' }, cwd: dir });
+  assert.equal(r.stdout.toString(), `bar baz\n${dir}\n`);
+  r = await run({ cmd: ['cat'], stdin: Buffer.from('from stdin').toString('base64') });
+  assert.equal(r.stdout.toString(), 'from stdin');
+  r = await run({ shell: "printf '\\377\\000\\200abc'" });
+  assert.deepEqual([...r.stdout], [0xff, 0x00, 0x80, 0x61, 0x62, 0x63]);
+  r = await run({ cmd: ['id', '-u'], user: 'nobody' });
+  assert.equal(r.stdout.toString().trim(), '65534');
+  await assert.rejects(run({ cmd: ['/no/such/program'] }), (e: any) => e.status === 400 || e.status === 502 || r.exit !== undefined);
+  await assert.rejects(run({ cmd: ['true'], cwd: '/no/such/dir' }), (e: any) => e.status === 404);
+  await assert.rejects(run({ cmd: ['true'], user: 'no-such-user' }), (e: any) => e.status === 400);
+  // stdio are real pipes (FIFOs), not socket pairs: /dev/stderr opens, /dev/stdin is a pipe.
+  r = await run({ cmd: ['sh', '-c', 'echo to-stderr > /dev/stderr; test -p /dev/stdin && test -p /dev/stdout && echo pipes'] });
+  assert.equal(r.stderr.toString(), 'to-stderr\n');
+  assert.equal(r.stdout.toString(), 'pipes\n');
+});
+
+test('exec: 20 MiB of output streamed without loss; streamed stdin; a timeout kills the process group', async () => {
+  const big = join(dir, 'big');
+  const r = await run({ cmd: ['sh', '-c', `head -c 20971520 /dev/urandom > ${big}; cat ${big} >&2; sha256sum < ${big}; rm ${big}`] });
+  // stdout carries the sum of the bytes, stderr the bytes themselves.
+  assert.equal(r.stderr.length, 20 * 1024 * 1024);
+  assert.equal(r.stdout.toString().split(' ')[0], createHash('sha256').update(r.stderr).digest('hex'));
+
+  const out: Buffer[] = [];
+  const s = await client.exec('vm', { cmd: ['sha256sum'], stdinOpen: true }, { onOutput: (_c, d) => { out.push(d); } });
+  const data = randomBytes(5 * 1024 * 1024);
+  for (let off = 0; off < data.length; off += 100_000) {
+    if (!s.stdin(data.subarray(off, off + 100_000))) await new Promise<void>((res) => s.onDrain(res));
+  }
+  s.eof();
+  assert.equal((await s.done)!.exitCode, 0);
+  assert.equal(Buffer.concat(out).toString().split(' ')[0], createHash('sha256').update(data).digest('hex'));
+
+  const t0 = Date.now();
+  const marker = join(dir, 'timeout-child');
+  const t = await run({ cmd: ['sh', '-c', `sleep 30 & echo $! > ${marker}; wait`], timeoutMs: 1000 });
+  assert.equal(t.exit.timedOut, true);
+  assert.equal(t.exit.signal, 'SIGKILL');
+  assert.ok(Date.now() - t0 < 5000);
+  const child = Number(readFileSync(marker, 'utf8'));
+  await new Promise((r) => setTimeout(r, 200));
+  assert.ok(gone(child), 'the shell\'s child went with it');
+});
+
+test('exec: 20 at once; signals; a background process outlives its client and is reattached by id', async () => {
+  const many = await Promise.all(Array.from({ length: 20 }, (_, i) => run({ cmd: ['sh', '-c', `sleep 0.2; echo ${i}`] })));
+  many.forEach((r, i) => { assert.equal(r.stdout.toString(), `${i}\n`); assert.equal(r.exit.exitCode, 0); });
+
+  const s = await client.exec('vm', { cmd: ['sleep', '30'] }, { onOutput: () => undefined });
+  const { pid } = await s.started;
+  s.signal('SIGTERM');
+  assert.equal((await s.done)!.signal, 'SIGTERM');
+
+  // A foreground process dies with its client ...
+  const fg = await client.exec('vm', { cmd: ['sleep', '30'] }, { onOutput: () => undefined });
+  const fgPid = (await fg.started).pid;
+  fg.close();
+  await new Promise((r) => setTimeout(r, 300));
+  assert.ok(gone(fgPid));
+
+  // ... a background one does not: its output is kept until someone attaches.
+  // (Output sent to a client that is going away is lost with it: the first line comes after it went.)
+  const out: Buffer[] = [];
+  const bg = await client.exec('vm', { cmd: ['sh', '-c', 'sleep 0.5; for i in 1 2 3; do echo line$i; sleep 0.3; done; exit 7'], background: true, tag: 'bg' }, { onOutput: (_c, d) => { out.push(d); } });
+  const bgPid = (await bg.started).pid;
+  bg.close();
+  await new Promise((r) => setTimeout(r, 100));
+  const list = await client.processes('vm');
+  const info = list.processes.find((p) => p.pid === bgPid);
+  assert.ok(info && info.running && info.background && !info.attached && info.tag === 'bg', JSON.stringify(list));
+  const again = await client.attach('vm', bgPid, { onOutput: (_c, d) => { out.push(d); } });
+  const exit = await again.done;
+  assert.equal(exit!.exitCode, 7);
+  assert.equal(Buffer.concat(out).toString(), 'line1\nline2\nline3\n');
+  assert.notEqual(pid, bgPid);
+});
+
+test('exec: a pty (python3 helper) reports a terminal of the asked size, and resizes', async (t) => {
+  if (spawnSyncOk('python3', ['-c', 'import pty']) === false) return t.skip('no python3');
+  const out: Buffer[] = [];
+  const s = await client.exec('vm', { shell: 'tty >/dev/null && echo is-a-tty; stty size; read x; stty size', pty: { cols: 100, rows: 30 }, stdinOpen: true },
+    { onOutput: (_c, d) => { out.push(d); } });
+  await waitUntil(() => Buffer.concat(out).toString().includes('30 100'));
+  s.resize(120, 40);
+  await new Promise((r) => setTimeout(r, 200));
+  s.stdin(Buffer.from('\n'));
+  const exit = await s.done;
+  assert.equal(exit!.exitCode, 0);
+  const text = Buffer.concat(out).toString();
+  assert.match(text, /is-a-tty/);
+  assert.match(text, /40 120/);
+});
+
+test('files: write (streamed), read back, stat, list, mkdir, move, remove; missing paths are 404', async () => {
+  const data = randomBytes(3 * 1024 * 1024 + 17);
+  async function* chunks() { for (let o = 0; o < data.length; o += 65536) yield data.subarray(o, o + 65536); }
+  const p = join(dir, 'sub/dir/file.bin');
+  const w = await client.write('vm', p, chunks());
+  assert.deepEqual(w, { path: p, size: data.length });
+  assert.ok(readFileSync(p).equals(data));
+  const r = await client.read('vm', p);
+  assert.equal(r.kind, 'file');
+  if (r.kind !== 'file') return;
+  assert.equal(r.file.size, data.length);
+  const back: Buffer[] = [];
+  for await (const c of r.body as unknown as AsyncIterable<Uint8Array>) back.push(Buffer.from(c));
+  assert.ok(Buffer.concat(back).equals(data));
+  const l = await client.read('vm', join(dir, 'sub/dir'));
+  assert.equal(l.kind, 'dir');
+  if (l.kind === 'dir') assert.deepEqual(l.entries.map((e) => [e.name, e.type, e.size]), [['file.bin', 'file', data.length]]);
+  assert.equal((await client.stat('vm', p)).type, 'file');
+  assert.deepEqual(await client.mkdir('vm', join(dir, 'a/b')), { path: join(dir, 'a/b'), created: true });
+  await client.move('vm', p, join(dir, 'a/b/moved.bin'));
+  assert.equal(statSync(join(dir, 'a/b/moved.bin')).size, data.length);
+  await client.remove('vm', join(dir, 'a'));
+  assert.equal(existsSync(join(dir, 'a')), false);
+  for (const call of [() => client.read('vm', join(dir, 'missing')), () => client.stat('vm', join(dir, 'missing')), () => client.remove('vm', join(dir, 'missing')),
+    () => client.move('vm', join(dir, 'missing'), join(dir, 'x'))]) {
+    await assert.rejects(call(), (e: any) => e.status === 404 && e.code === 'not_found');
+  }
+  writeFileSync(join(dir, 'plain'), 'x');
+  await assert.rejects(client.mkdir('vm', join(dir, 'plain/sub')), (e: any) => e.status === 400 || e.status === 409);
+  const h = await client.health('vm');
+  assert.ok(typeof h.time === 'string' && (h.memory as any).totalBytes > 0);
+});
+
+test('the agent refuses a wrong token; plain HTTP gets the HTTP side (/health)', async () => {
+  const bad = new AgentClient({ transport: tcp(() => port), token: () => 'wrong-token-0123456789', callTimeoutMs: 5000 });
+  await assert.rejects(bad.health('vm'), (e: any) => e.code === 'unauthorized');
+  const res = await fetch(`http://127.0.0.1:${port}/health`);
+  assert.equal(res.status, 204);
+});
+
+// ---- hostile agents ----
+
+async function fakeAgent(onConn: (s: Socket) => void): Promise<{ server: Server; port: number }> {
+  const server = createServer((s) => { s.on('error', () => undefined); onConn(s); });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { server, port: (server.address() as { port: number }).port };
+}
+
+test('a hostile agent never hangs the client: oversized frames, garbage, silence, a stalled stream', async () => {
+  // An oversized frame (a length of 2 GiB): the connection is closed at the header.
+  const huge = await fakeAgent((s) => { const h = Buffer.alloc(5); h.writeUInt32BE(0x7fffffff, 0); h[4] = 1; s.write(h); });
+  const silent = await fakeAgent(() => { /* accepts, never answers */ });
+  const garbage = await fakeAgent((s) => s.write(Buffer.from([0, 0, 0, 3, 9, 9, 9])));
+  // Answers the exec's start, then goes quiet (no heartbeat).
+  const stall = await fakeAgent((s) => s.once('data', () => {
+    const body = Buffer.from(JSON.stringify({ started: { pid: 1 } }));
+    const h = Buffer.alloc(5); h.writeUInt32BE(body.length + 1, 0); h[4] = 1;
+    s.write(Buffer.concat([h, body]));
+  }));
+  // Accepts the TCP connection only after a long time (never, here): connect deadline.
+  const neverConnects: AgentTransport = { connect: () => new Promise(() => undefined) };
+  const mk = (p: number | AgentTransport) => new AgentClient({
+    transport: typeof p === 'number' ? tcp(() => p) : p, token: () => TOKEN, callTimeoutMs: 1000, idleTimeoutMs: 1000, connectTimeoutMs: 1000,
+  });
+  const t0 = Date.now();
+  await assert.rejects(mk(huge.port).health('vm'), (e: any) => e.code === 'agent_protocol_error' && e.status === 502);
+  await assert.rejects(mk(garbage.port).health('vm'), (e: any) => e.code === 'agent_protocol_error');
+  await assert.rejects(mk(silent.port).health('vm'), (e: any) => e.code === 'agent_timeout' && e.status === 504);
+  await assert.rejects(mk(neverConnects).health('vm'), (e: any) => e.code === 'agent_timeout');
+  const s = await mk(stall.port).exec('vm', { cmd: ['x'] }, { onOutput: () => undefined });
+  await s.started;
+  await assert.rejects(s.done, (e: any) => e.code === 'agent_timeout');
+  assert.ok(Date.now() - t0 < 8000, `all within their deadlines (${Date.now() - t0} ms)`);
+  // And the magic is what the agent expects first.
+  assert.equal(MAGIC.toString(), 'CAPSULE-AGENT/1\n');
+  for (const f of [huge, silent, garbage, stall]) f.server.close();
+});
+
+/** The process is gone or a zombie (killed; its new parent has not reaped it yet). */
+function gone(pid: number): boolean {
+  try { return /^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8')); } catch { return true; }
+}
+
+function spawnSyncOk(cmd: string, args: string[]): boolean {
+  try { execFileSync(cmd, args, { stdio: 'ignore' }); return true; } catch { return false; }
+}
+
+async function waitUntil(fn: () => boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > end) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
