@@ -92,6 +92,8 @@ test('docker-compose: build on a local base, up, a VM inside, down keeps the dat
 
     const health = await (await fetch(`${url}/v1/health`)).json() as { kvm: boolean; jail: { enabled: boolean; reasons: Record<string, string> } };
     t.diagnostic(`inside the container: kvm ${health.kvm}, jail ${health.jail.enabled} (${health.jail.reasons.jail})`);
+    // docker-compose.yml gives the container what the jail needs (CAP_SYS_ADMIN).
+    assert.equal(health.jail.enabled, true, `the jail is on in the container: ${JSON.stringify(health.jail.reasons)}`);
     const tok = compose(['exec', '-T', 'capsule', 'cat', '/var/lib/capsule/admin-token']);
     assert.ok(tok.ok, tok.out);
     token = tok.out.trim();
@@ -113,6 +115,16 @@ test('docker-compose: build on a local base, up, a VM inside, down keeps the dat
         cons.send('echo sum-$((40+2))\n');
         await cons.waitFor('sum-42');
       } finally { cons.close(); }
+      // The VMM runs jailed: the VM's pid is the jail's unshare (a network namespace of its own,
+      // not the server's), and below it QEMU (named capsule-<id>) runs as a jail uid.
+      const ps = compose(['exec', '-T', 'capsule', 'sh', '-c',
+        'for p in /proc/[0-9]*; do echo "${p#/proc/} $(awk \'/^PPid|^Uid/{print $2}\' $p/status | tr "\\n" " ")$(readlink $p/ns/net) $(cat $p/comm)"; done']);
+      const procs = ps.out.split('\n').map((l) => l.split(' ')).map(([pid, ppid, uid, ...rest]) => ({ pid: Number(pid), ppid: Number(ppid), uid: Number(uid), rest: rest.join(' ') }));
+      const server = procs.find((p) => p.pid === 1);
+      const unshare = procs.find((p) => p.pid === started.body.pid);
+      const vmm = procs.find((p) => p.rest.endsWith(`capsule-${c.body.id}`.slice(0, 15)));
+      assert.ok(unshare?.rest.includes('unshare') && server && unshare.rest.split(' ')[0] !== server.rest.split(' ')[0], `the VM's pid is the jail's unshare, in another network namespace:\n${ps.out}`);
+      assert.ok(vmm && vmm.uid >= 100000, `QEMU runs as a jail uid:\n${ps.out}`);
       return c.body.id as string;
     });
 
@@ -130,6 +142,7 @@ test('docker-compose: build on a local base, up, a VM inside, down keeps the dat
     const again = await api('GET', `/v1/vms/${id}`);
     assert.equal(again.status, 200, JSON.stringify(again.body));
     assert.equal(again.body.name, 'in-docker');
+    t.diagnostic(`the VM after down and up: ${again.body.state}`);
     assert.ok(['stopped', 'crashed'].includes(again.body.state), `state after the container restarted: ${again.body.state}`);
     assert.equal(compose(['exec', '-T', 'capsule', 'cat', '/var/lib/capsule/admin-token']).out.trim(), token, 'the same admin token');
     // And it starts again.
