@@ -38,7 +38,6 @@ function unavailable(): string | undefined {
 }
 
 const skip = unavailable();
-if (skip) console.log(`# docker.test: skipped: ${skip}`);
 
 test('docker-compose: build on a local base, up, a VM inside, down keeps the data volume', { skip: skip ?? false, timeout: 45 * 60_000 }, async (t) => {
   const timings: Record<string, number> = {};
