@@ -193,7 +193,7 @@ export class ConsoleCollector {
     this.opened = new Promise((res, rej) => { socket.once('open', () => res()); socket.once('error', rej); });
   }
 
-  waitFor(needle: string | RegExp, timeoutMs = 90_000) {
+  waitFor(needle: string | RegExp, timeoutMs = 180_000) {
     return waitFor(`console output ${needle}`, () => (typeof needle === 'string' ? this.text.includes(needle) : needle.test(this.text)) || undefined, timeoutMs);
   }
 
