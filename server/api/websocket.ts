@@ -96,6 +96,11 @@ export class SocketLimiter {
     }
     return set.size;
   }
+
+  /** Closes every open socket of every key (the server is shutting down). */
+  closeEvery(code: number, reason: string): void {
+    for (const key of [...this.sockets.keys()]) this.closeAll(key, code, reason);
+  }
 }
 
 const UPGRADE = Symbol('capsule.websocket-upgrade');
