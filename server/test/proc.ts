@@ -1,5 +1,5 @@
 // What a process holds, read from /proc: the drills compare these before and after.
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 
 /** Open file descriptors of `pid`. */
 export function fdCount(pid: number): number {
@@ -45,4 +45,20 @@ export function pidsWithCmdline(needle: string): number[] {
     } catch { /* gone meanwhile */ }
   }
   return out;
+}
+
+/**
+ * The per-VM cgroup parents (<...>/capsule) the jail uses, read from GET /v1/health's
+ * `jail.reasons.cgroups` ("cgroup v2: /sys/fs/cgroup/.../capsule/<id> (...)", or one per v1 hierarchy).
+ */
+export function jailCgroupParents(health: { jail?: { reasons?: Record<string, string> } }): string[] {
+  const text = health.jail?.reasons?.cgroups ?? '';
+  return [...text.matchAll(/(\/sys\/fs\/cgroup[^\s,;()]*?\/capsule)\/<id>/g)].map((m) => m[1]!);
+}
+
+/** Which of `ids` still have a cgroup directory under one of `parents`. */
+export function cgroupsLeft(parents: string[], ids: Iterable<string>): string[] {
+  const left: string[] = [];
+  for (const id of ids) for (const p of parents) if (existsSync(`${p}/${id}`)) left.push(`${p}/${id}`);
+  return left;
 }
