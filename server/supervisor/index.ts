@@ -456,6 +456,21 @@ export class Supervisor {
     });
   }
 
+  /**
+   * The server died during a stop (kill -9 drill): nobody would finish it, and the VM would stay
+   * `stopping` for good with its VMM running. Finish it as a clean stop (the guest gets the power
+   * button again and CAPSULE_STOP_TIMEOUT before the kill), after the reattach and in the
+   * background, so that the server's start does not wait on guests.
+   */
+  private finishInterruptedStop(id: string): void {
+    void this.withLock(id, async () => {
+      const vm = this.d.vms.get(id);
+      if (vm?.state !== 'stopping' || !this.live.has(id)) return;
+      this.d.log.info({ vm: id }, 'finishing a stop the previous server process left under way');
+      await this.stopLive(vm, false);
+    }).catch((e: Error) => this.d.log.error({ vm: id, err: e.message }, 'finishing an interrupted stop failed'));
+  }
+
   private async reattach(vm: Vm): Promise<void> {
     const paths = this.paths(vm.id);
     const pid = readPidfile(paths.pidfile);
@@ -474,6 +489,7 @@ export class Supervisor {
         const status = await qmp.execute<{ running: boolean; status: string }>('query-status');
         if (vm.state !== 'stopping') this.setState(vm.id, status.running ? 'running' : 'paused', pid);
         this.d.log.info({ vm: vm.id, pid }, 'reattached to running VMM');
+        if (vm.state === 'stopping') this.finishInterruptedStop(vm.id);
         return;
       } catch (e) {
         this.d.log.warn({ vm: vm.id, pid, err: (e as Error).message }, 'VMM alive but unreachable; killing it');
