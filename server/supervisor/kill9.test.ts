@@ -6,7 +6,8 @@
 // booting on a small host would starve everything else, and the drill is about the server.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import Database from 'better-sqlite3';
 import { join } from 'node:path';
 import { TestServer, sleep, waitFor } from '../test/harness.js';
 import { writeFigures } from '../test/figures.js';
@@ -144,3 +145,26 @@ function isDescendant(pid: number, ancestor: number): boolean {
   }
   return false;
 }
+
+test('a VMM whose pidfile was never written (the server died in the middle of its launch) is found and ended at restart, leaving nothing', { timeout: 120_000 }, async () => {
+  const t = await TestServer.start();
+  try {
+    const id = (await t.api('POST', '/v1/vms', { name: 'no-pidfile', memoryMiB: 128 })).body.id as string;
+    const started = await t.api('POST', `/v1/vms/${id}/start`);
+    assert.equal(started.status, 200, JSON.stringify(started.body));
+    await t.kill9();
+    // The window between the spawn and the pidfile: the server died there, with the VM `starting`.
+    rmSync(join(t.dataDir, 'vms', id, 'vmm.pid'));
+    const db = new Database(join(t.dataDir, 'capsule.db'));
+    db.prepare("UPDATE vms SET state = 'starting', pid = NULL WHERE id = ?").run(id);
+    db.close();
+    assert.ok(pidsWithCmdline(id).length > 0, 'the VMM runs, unrecorded');
+    await t.launch();
+    const vm = (await t.api('GET', `/v1/vms/${id}`)).body;
+    assert.equal(vm.state, 'crashed');
+    assert.deepEqual(consistency(t.dataDir, [vm], new Set([id]), jailCgroupParents(await (await fetch(`${t.url}/v1/health`)).json() as never)), []);
+    assert.match(t.output, /VMM without a pidfile/);
+  } finally {
+    await t.stop();
+  }
+});
