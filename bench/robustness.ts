@@ -10,7 +10,7 @@ import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { REPO_ROOT } from '../server/paths.js';
 
-const DRILLS = ['api-fuzz', 'qmp-fuzz', 'websocket-abuse', 'kill9', 'disk-full', 'lifecycles', 'sigterm'];
+const DRILLS = ['api-fuzz', 'qmp-fuzz', 'qmp-fuzz-inprocess', 'websocket-abuse', 'kill9', 'disk-full', 'lifecycles', 'sigterm'];
 
 function arg(name: string, fallback: string | undefined): string | undefined {
   const i = process.argv.indexOf(name);

@@ -9,7 +9,7 @@ cd "$ROOT"
 export ROBUSTNESS_OUT=${ROBUSTNESS_OUT:-/tmp/robustness-out}
 mkdir -p "$ROBUSTNESS_OUT"
 [ "${CAPSULE_NO_BUILD:-0}" = 1 ] || npm run build
-for f in server/api/fuzz server/api/websocket-abuse server/supervisor/shutdown server/supervisor/diskfull server/supervisor/kill9 server/supervisor/lifecycles; do
+for f in server/api/fuzz vmm/qmp/fuzz server/api/websocket-abuse server/supervisor/shutdown server/supervisor/diskfull server/supervisor/kill9 server/supervisor/lifecycles; do
   node --test "dist/$f.test.js"
 done
 LAB_ARGS=()

@@ -3,7 +3,7 @@
 // Every complete input gets a reply, the server still answers, and no fd is left open.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { QmpServer } from './server.js';
@@ -33,7 +33,13 @@ test('QMP fuzz (in-process server): error replies for hostile input, the server 
   assert.deepEqual(await control.execute('query-status'), { running: true, singlestep: false, status: 'running' });
   // getfd may have kept fds under fuzzed names: those are the server's, by design; nothing else stays.
   await new Promise((r) => setTimeout(r, 500));
-  assert.equal(fdCount(), before + fds.size, `fds: ${before} before, ${fdCount()} after, ${fds.size} held by getfd`);
+  const after = fdCount();
+  const out = process.env.ROBUSTNESS_OUT; // (bench/robustness.ts merges the drills' figures)
+  if (out) {
+    mkdirSync(out, { recursive: true });
+    writeFileSync(join(out, 'qmp-fuzz-inprocess.json'), JSON.stringify({ drill: 'qmp-fuzz-inprocess', at: new Date().toISOString(), ...figures, fds: { before, after, heldByGetfd: fds.size } }, null, 2) + '\n');
+  }
+  assert.equal(after, before + fds.size, `fds: ${before} before, ${after} after, ${fds.size} held by getfd`);
   } finally {
     control.close();
     await srv.close();
