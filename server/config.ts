@@ -44,6 +44,8 @@ const EnvSchema = z.object({
   CAPSULE_DETACH_TIMEOUT: z.coerce.number().min(0.1).max(3600).default(30),
   /** Seconds a clean stop waits for the guest before killing the VMM. */
   CAPSULE_STOP_TIMEOUT: z.coerce.number().min(0).max(3600).default(30),
+  /** Seconds a SIGTERM waits for the requests in flight (a VM start under way) before the server exits anyway. */
+  CAPSULE_SHUTDOWN_TIMEOUT: z.coerce.number().min(0).max(3600).default(30),
   /** host:port of a separate listener that serves GET /metrics without a token (then the main one does not). */
   CAPSULE_METRICS_ADDR: z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, 'must be host:port (IPv6 as [addr]:port)').optional(),
   CAPSULE_DEFAULT_HYPERVISOR: z.enum(['qemu', 'native']).optional(),
@@ -113,6 +115,7 @@ export interface Config {
   minFreeBytes: number;
   admission: AdmissionConfig;
   stopTimeoutMs: number;
+  shutdownTimeoutMs: number;
   detachTimeoutMs: number;
   defaultHypervisor: 'qemu' | 'native' | undefined;
   qemuBinary: string;
@@ -151,6 +154,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     minFreeBytes: e.CAPSULE_MIN_FREE_MIB * 1024 * 1024,
     admission: admissionConfig(e),
     stopTimeoutMs: e.CAPSULE_STOP_TIMEOUT * 1000,
+    shutdownTimeoutMs: e.CAPSULE_SHUTDOWN_TIMEOUT * 1000,
     detachTimeoutMs: e.CAPSULE_DETACH_TIMEOUT * 1000,
     defaultHypervisor: e.CAPSULE_DEFAULT_HYPERVISOR,
     qemuBinary: e.CAPSULE_QEMU,

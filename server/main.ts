@@ -36,6 +36,7 @@ import { ensureDefaultImage, registerImages } from './images/registry.js';
 import { createApp } from './api/app.js';
 import { probeKvm } from '../lib/kvm-probe.js';
 import { Jail } from './jail/index.js';
+import { installShutdown, trackInFlight } from './shutdown.js';
 
 
 async function main(): Promise<void> {
@@ -112,7 +113,7 @@ async function main(): Promise<void> {
   const webDir = join(REPO_ROOT, 'dist', 'web');
   if (!existsSync(join(webDir, 'index.html'))) log.warn({ webDir }, 'web UI not built (npm run build)');
   const readiness = new Readiness({ db, images, hypervisors, storage });
-  const { app, injectWebSocket } = createApp({
+  const { app, injectWebSocket, closeSockets } = createApp({
     config, log, vms, images, tokens, tenants, quotas, audit, hub, supervisor, volumes, drives, balloon, agent, hypervisors, kvm: kvm.available, defaultHypervisor, webDir, jail: jailStatus, storage,
     readiness, metrics, metricsOnMainListener: config.metricsAddr === undefined,
   });
@@ -120,6 +121,7 @@ async function main(): Promise<void> {
     log.info({ url: `http://${config.host}:${info.port}`, port: info.port, kvm: kvm.available, kvmReason: kvm.reason }, 'listening');
   });
   injectWebSocket(server as Server);
+  const inFlight = trackInFlight(server as Server);
   let metricsServer: ReturnType<typeof serve> | undefined;
   if (config.metricsAddr) {
     const { host, port } = config.metricsAddr;
@@ -130,16 +132,15 @@ async function main(): Promise<void> {
     metricsServer.on('error', (e: Error) => { log.fatal({ err: e.message }, 'the metrics listener (CAPSULE_METRICS_ADDR) failed'); process.exit(1); });
   }
 
-  const shutdown = (signal: string) => {
-    log.info({ signal }, 'shutting down; VMs keep running and are reattached at the next start');
-    supervisor.detachAll();
-    server.close();
-    metricsServer?.close();
-    db.close();
-    process.exit(0);
-  };
-  process.on('SIGTERM', () => shutdown('SIGTERM'));
-  process.on('SIGINT', () => shutdown('SIGINT'));
+  // SIGTERM/SIGINT: stop accepting, finish what is in flight, leave the VMs running (shutdown.ts).
+  installShutdown({
+    server: server as Server, inFlight, closeSockets, timeoutMs: config.shutdownTimeoutMs, log,
+    finish: () => {
+      supervisor.detachAll();
+      metricsServer?.close();
+      db.close();
+    },
+  });
 }
 
 main().catch((e: Error) => {

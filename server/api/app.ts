@@ -162,5 +162,10 @@ export function createApp(deps: AppDeps) {
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer' });
   if (deps.metricsOnMainListener) app.route('/', metricsRoute(deps.metrics, deps.tokens, limits));
   app.route('/', staticRoutes(deps.webDir));
-  return { app, injectWebSocket: (server: Server) => attachWebSockets(server, app, deps.log) };
+  return {
+    app,
+    injectWebSocket: (server: Server) => attachWebSockets(server, app, deps.log),
+    /** Closes every open WebSocket (graceful shutdown). */
+    closeSockets: (code: number, reason: string) => sockets.closeEvery(code, reason),
+  };
 }

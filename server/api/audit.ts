@@ -17,7 +17,20 @@ function resourceOf(path: string): { type?: string; id?: string } {
   const m = /^\/v1\/([a-z]+)(?:\/([^/]+))?/.exec(path);
   const type = m ? RESOURCE_TYPES[m[1]!] : undefined;
   if (!type) return {};
-  return m![2] === undefined ? { type } : { type, id: decodeURIComponent(m![2]) };
+  return m![2] === undefined ? { type } : { type, id: decodeSegment(m![2]) };
+}
+
+/**
+ * A path segment as the routes see it; one that is not valid percent-encoding ("%zz") is kept
+ * as sent. (Found by the API fuzz drill: decodeURIComponent threw here, after the route had
+ * answered 404, and turned the answer into a 500.)
+ */
+function decodeSegment(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return segment;
+  }
 }
 
 export function auditLog(audit: AuditStore): MiddlewareHandler<{ Variables: AuthVariables }> {

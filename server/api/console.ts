@@ -5,7 +5,7 @@
 import type { Context } from 'hono';
 import type { WebSocket } from 'ws';
 import { errorResponse } from './errors.js';
-import { inboundAllowed, socketLimit } from './events.js';
+import { inboundGate, socketLimit } from './events.js';
 import { notUpgradeError, upgradeWebSocket, type SocketLimiter } from './websocket.js';
 import { newRouter, type AppDeps, type AppEnv } from './app.js';
 import type { ApiRateLimits } from '../auth/middleware.js';
@@ -49,6 +49,7 @@ export function consoleRoutes(deps: AppDeps, limits: ApiRateLimits, sockets: Soc
     // Keystrokes change the guest: a read token watches the console but does not type.
     const readOnly = (c.get('token') as TokenRecord).scope === 'read';
     let toldReadOnly = false;
+    const gate = inboundGate(c, limits, (ws) => ws.send(Buffer.from('\r\n[capsule: input rate limited]\r\n')));
     let detach: (() => void) | undefined;
     return {
       onOpen: (ws: WebSocket) => {
@@ -63,7 +64,7 @@ export function consoleRoutes(deps: AppDeps, limits: ApiRateLimits, sockets: Soc
           toldReadOnly = true;
           return;
         }
-        if (!inboundAllowed(c, limits)) return ws.send(Buffer.from('\r\n[capsule: input rate limited]\r\n'));
+        if (!gate(ws)) return;
         const bridge = deps.supervisor.console(id);
         if (bridge && !bridge.input(data)) {
           // The guest is not reading: stop reading this viewer (TCP pushes back to it) until it drains.

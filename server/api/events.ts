@@ -89,6 +89,33 @@ function sendEvent(ws: WebSocket, message: Buffer, corker: TurnCorker): void {
   corker.cork(socket);
   socket.write(textFrame(message));
 }
+/** WebSocket close code "policy violation" (RFC 6455): a client that floods a socket. */
+export const CLOSE_FLOOD = 1008;
+/** Refused messages in a row after which a socket is closed rather than told again. */
+export const FLOOD_CLOSE_AFTER = 64;
+
+/**
+ * One socket's inbound gate: a message passes while the buckets allow. The first refused message
+ * of a run gets one notice (`notify`); a client that keeps sending past FLOOD_CLOSE_AFTER refused
+ * messages in a row is closed with 1008 and a reason, so that a flood costs the server neither a
+ * reply per message nor the token's whole budget for good. A message that passes ends the run.
+ */
+export function inboundGate(c: Context<AppEnv>, limits: ApiRateLimits, notify: (ws: WebSocket) => void): (ws: WebSocket) => boolean {
+  let refused = 0;
+  return (ws) => {
+    if (inboundAllowed(c, limits)) {
+      refused = 0;
+      return true;
+    }
+    refused++;
+    if (refused === 1) notify(ws);
+    if (refused === FLOOD_CLOSE_AFTER) ws.close(CLOSE_FLOOD, `too many messages: rate limited (${FLOOD_CLOSE_AFTER} refused in a row)`);
+    return false;
+  };
+}
+
+/** Close code for a binary message on a socket that takes text only (RFC 6455 "unsupported data"). */
+export const CLOSE_UNSUPPORTED = 1003;
 
 export function eventRoutes(deps: AppDeps, limits: ApiRateLimits, sockets: SocketLimiter) {
   const router = newRouter();
@@ -107,6 +134,7 @@ export function eventRoutes(deps: AppDeps, limits: ApiRateLimits, sockets: Socke
     // tenant's events, or for an admin all (or ?tenant=).
     const tenant = vm === undefined ? visibleTenant(deps.tenants, c) : undefined;
     const sinceRaw = c.req.query('since');
+    const gate = inboundGate(c, limits, (ws) => ws.send(JSON.stringify({ error: { code: 'rate_limited', message: 'too many messages' } })));
     let unsubscribe: (() => void) | undefined;
     return {
       onOpen: (ws: WebSocket) => {
@@ -119,8 +147,10 @@ export function eventRoutes(deps: AppDeps, limits: ApiRateLimits, sockets: Socke
           { vm, tenant, since: sinceRaw === undefined ? undefined : Number(sinceRaw) },
         );
       },
-      onMessage: (_data: Buffer, _binary: boolean, ws: WebSocket) => {
-        if (!inboundAllowed(c, limits)) ws.send(JSON.stringify({ error: { code: 'rate_limited', message: 'too many messages' } }));
+      onMessage: (_data: Buffer, binary: boolean, ws: WebSocket) => {
+        // Subscribers send nothing that matters; binary frames are not even text.
+        if (binary) return ws.close(CLOSE_UNSUPPORTED, 'events sockets take no binary messages');
+        gate(ws);
       },
       onClose: () => {
         deps.metrics.socketClosed('events');

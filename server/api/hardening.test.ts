@@ -92,6 +92,13 @@ test('L3: malformed percent-encoding in a path gets 400 or 404, not 500', async 
     const r = await fetch(s.url + path);
     assert.ok(r.status === 400 || r.status === 404, `${path}: ${r.status}`);
   }
+  // A change (audited) to a malformed id: the audit log must not turn the route's 404 into a 500 (API fuzz drill).
+  for (const path of ['/v1/vms/%zz/start', '/v1/vms/%zz', '/v1/volumes/%E0%A4%A', '/v1/tenants/%', '/v1/tokens/%zz']) {
+    for (const method of ['POST', 'DELETE', 'PATCH']) {
+      const r = await s.api(method, path, {});
+      assert.ok(r.status >= 400 && r.status < 500, `${method} ${path}: ${r.status} ${JSON.stringify(r.body)}`);
+    }
+  }
   assert.ok(await healthy());
 });
 

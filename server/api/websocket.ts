@@ -96,6 +96,11 @@ export class SocketLimiter {
     }
     return set.size;
   }
+
+  /** Closes every open socket of every key (the server is shutting down). */
+  closeEvery(code: number, reason: string): void {
+    for (const key of [...this.sockets.keys()]) this.closeAll(key, code, reason);
+  }
 }
 
 const UPGRADE = Symbol('capsule.websocket-upgrade');
@@ -195,10 +200,11 @@ export function attachWebSockets(server: Server, app: FetchApp, log: Logger): vo
     }
     if (!accepted || res.status !== 200) return reject(socket, res.status, await res.text(), res.headers);
     if (socket.destroyed) return;
-    wssFor(accepted.maxPayload).handleUpgrade(req, socket, head, (ws) => open(ws, accepted.handlers));
+    wssFor(accepted.maxPayload).handleUpgrade(req, socket, head, (ws) => open(ws, accepted.handlers, accepted.maxPayload));
   }
 
-  function open(ws: WebSocket, h: SocketHandlers): void {
+  function open(ws: WebSocket, h: SocketHandlers, maxPayload: number): void {
+    withCloseReasons(ws, maxPayload);
     const guard = (what: string, fn: () => void) => {
       try {
         fn();
@@ -212,6 +218,21 @@ export function attachWebSockets(server: Server, app: FetchApp, log: Logger): vo
     ws.on('close', (code: number) => guard('close', () => h.onClose?.(code)));
     guard('open', () => h.onOpen(ws));
   }
+}
+
+/**
+ * ws closes a socket that breaks the protocol (a message over maxPayload: 1009; a bad frame: 1002;
+ * invalid UTF-8 in a text message: 1007) with the code alone. A client deserves the reason in
+ * words: give those closes one (ws calls the instance's close(), so an own property wraps it).
+ */
+function withCloseReasons(ws: WebSocket, maxPayload: number): void {
+  const reasons: Record<number, string> = {
+    1002: 'protocol error',
+    1007: 'invalid UTF-8 in a text message',
+    1009: `message too big: at most ${maxPayload} bytes`,
+  };
+  const close = ws.close.bind(ws);
+  ws.close = (code?: number, reason?: string | Buffer) => close(code, reason ?? (code === undefined ? undefined : reasons[code]));
 }
 
 /** The request target as an absolute URL on localhost, or undefined unless it is origin-form ("/path?query"). */

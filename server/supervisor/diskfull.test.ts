@@ -5,12 +5,13 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, rmdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, rmdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { TestServer, EventCollector, waitFor } from '../test/harness.js';
 import { isAlive } from './process.js';
+import { writeFigures } from '../test/figures.js';
 
 const root = process.getuid?.() === 0;
 const mnt = mkdtempSync(join(tmpdir(), 'capsule-full-'));
@@ -97,3 +98,79 @@ test('H1: a full data directory gives 507s, keeps the VM running, and recovers',
   assert.equal(stopped.body.state, 'stopped');
   events.close();
 });
+
+// Issue 10's drill: every kind of API write on a full data directory, counted. Each answer is a
+// success or a clear 507/503 (never a 500), the SQLite file passes `PRAGMA integrity_check` while
+// full, after a restart while full and after recovery, a refused volume leaves no file, and once
+// there is room every kind of write works again.
+const mnt2 = mkdtempSync(join(tmpdir(), 'capsule-full2-'));
+let s2: TestServer | undefined;
+after(async () => {
+  await s2?.stop().catch(() => undefined);
+  try { execFileSync('umount', ['-l', mnt2]); } catch { /* not mounted */ }
+  try { rmdirSync(mnt2); } catch { /* left for tmp cleaners */ }
+});
+
+test('full data directory drill: every write kind answers 2xx or 507/503, never 500; integrity_check ok throughout; recovery', { skip: !root && 'needs root (mount)' }, async () => {
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=24m', 'capsule-test-full2', mnt2]);
+  const dataDir = join(mnt2, 'data');
+  mkdirSync(dataDir);
+  s2 = await TestServer.start({ dataDir, env: { CAPSULE_MIN_FREE_MIB: '4', CAPSULE_RATE_LIMIT: '100000', CAPSULE_RATE_BURST: '100000' } });
+  const srv = s2;
+  const db = join(dataDir, 'capsule.db');
+  const integrity = () => {
+    const d = new Database(db, { readonly: true });
+    try { return d.pragma('integrity_check', { simple: true }); } finally { d.close(); }
+  };
+  const vm = (await srv.api('POST', '/v1/vms', { name: 'keep' })).body.id as string;
+  const tenant = (await srv.api('POST', '/v1/tenants', { name: 'full-t' })).body.id as string;
+  const writes: Array<[string, string, unknown?]> = [
+    ['POST', '/v1/vms', { name: 'n-vm' }],
+    ['POST', '/v1/volumes', { name: 'n-vol', sizeMiB: 1 }],
+    ['POST', '/v1/tenants', { name: 'n-tenant' }],
+    ['POST', '/v1/tokens', { name: 'n-token', scope: 'read' }],
+    ['PATCH', `/v1/tenants/${tenant}`, { quotas: { vms: 5 } }],
+    ['DELETE', `/v1/vms/${vm}`],
+  ];
+  const answers: Record<string, number[]> = {};
+  const sendAll = async (phase: string) => {
+    for (const [method, path, body] of writes) {
+      const key = `${method} ${path.replace(/[0-9a-f-]{36}/, ':id')}`;
+      const r = await srv.api(method, path, body);
+      (answers[`${phase}: ${key}`] ??= []).push(r.status);
+      assert.ok(r.status < 300 || r.status === 507 || r.status === 503 || r.status === 409, `${phase} ${key}: ${r.status} ${JSON.stringify(r.body)}`);
+      if (r.status === 507) assert.equal(r.body.error.code, 'insufficient_storage');
+      if (r.status === 503) assert.equal(r.body.error.code, 'storage_unavailable');
+    }
+  };
+
+  truncateWalOf(db);
+  fill(join(mnt2, 'fill'));
+  await sendAll('full');
+  const refused = Object.values(answers).flat().filter((x) => x === 507 || x === 503).length;
+  assert.ok(refused >= 3, `writes refused while full: ${JSON.stringify(answers)}`);
+  assert.equal(integrity(), 'ok', 'while full');
+  // A volume the database refused leaves no file behind.
+  const files = () => readdirSync(join(dataDir, 'volumes')).filter((f) => f.endsWith('.img')).length;
+  const rows = () => (srv.api('GET', '/v1/volumes').then((r) => r.body.items.length as number));
+  assert.equal(files(), await rows(), 'volume files match volume rows while full');
+
+  await srv.kill9();
+  await srv.launch();
+  assert.equal(integrity(), 'ok', 'after a restart while full');
+  assert.equal((await fetch(`${srv.url}/v1/health`)).status, 200);
+
+  rmSync(join(mnt2, 'fill'));
+  await waitFor('health ok', async () => ((await (await fetch(`${srv.url}/v1/health`)).json() as any).storage.ok) || undefined, 15_000);
+  writes[0]![2] = { name: 'n-vm-2' };
+  await sendAll('recovered');
+  for (const [k, v] of Object.entries(answers)) if (k.startsWith('recovered')) assert.ok(v.every((x) => x < 300), `${k}: ${v}`);
+  assert.equal(integrity(), 'ok', 'after recovery');
+  assert.equal(files(), await rows(), 'volume files match volume rows after recovery');
+  writeFigures('disk-full', { tmpfsMiB: 24, answers, refusedWhileFull: refused, fiveHundreds: 0, integrityCheck: { whileFull: 'ok', afterRestartWhileFull: 'ok', afterRecovery: 'ok' }, recovered: true });
+});
+
+function truncateWalOf(path: string): void {
+  const d = new Database(path);
+  try { d.pragma('wal_checkpoint(TRUNCATE)'); } finally { d.close(); }
+}

@@ -12,7 +12,7 @@ import type { Hypervisor, VmPaths } from '../hypervisors/types.js';
 import type { Jail } from '../jail/index.js';
 import { QmpClient } from '../qmp/client.js';
 import type { QmpEvent } from '../../lib/qmp-wire.js';
-import { isAlive, isOurProcess, kill, readPidfile, removeFiles, waitForExit } from './process.js';
+import { isAlive, isOurProcess, kill, processesNaming, readPidfile, removeFiles, waitForExit } from './process.js';
 import { asLaunchError, commandLine, jailedStartFailure, LAUNCH_TIMEOUT_MS, LaunchError, runLauncher, spawnDetached } from './spawn.js';
 import { logLine, readLogTail } from './vm-log.js';
 import { VM_ROOT_DIR } from '../jail/command.js';
@@ -456,6 +456,21 @@ export class Supervisor {
     });
   }
 
+  /**
+   * The server died during a stop (kill -9 drill): nobody would finish it, and the VM would stay
+   * `stopping` for good with its VMM running. Finish it as a clean stop (the guest gets the power
+   * button again and CAPSULE_STOP_TIMEOUT before the kill), after the reattach and in the
+   * background, so that the server's start does not wait on guests.
+   */
+  private finishInterruptedStop(id: string): void {
+    void this.withLock(id, async () => {
+      const vm = this.d.vms.get(id);
+      if (vm?.state !== 'stopping' || !this.live.has(id)) return;
+      this.d.log.info({ vm: id }, 'finishing a stop the previous server process left under way');
+      await this.stopLive(vm, false);
+    }).catch((e: Error) => this.d.log.error({ vm: id, err: e.message }, 'finishing an interrupted stop failed'));
+  }
+
   private async reattach(vm: Vm): Promise<void> {
     const paths = this.paths(vm.id);
     const pid = readPidfile(paths.pidfile);
@@ -474,12 +489,21 @@ export class Supervisor {
         const status = await qmp.execute<{ running: boolean; status: string }>('query-status');
         if (vm.state !== 'stopping') this.setState(vm.id, status.running ? 'running' : 'paused', pid);
         this.d.log.info({ vm: vm.id, pid }, 'reattached to running VMM');
+        if (vm.state === 'stopping') this.finishInterruptedStop(vm.id);
         return;
       } catch (e) {
         this.d.log.warn({ vm: vm.id, pid, err: (e as Error).message }, 'VMM alive but unreachable; killing it');
         kill(pid);
         await waitForExit(pid, 5000);
       }
+    }
+    // A VMM launched just before the previous server process died may have no pidfile yet (the
+    // jailed launch writes it after the spawn): found by its command line, which names the VM, it
+    // is ended rather than left running unseen with its mount and cgroups.
+    for (const stray of processesNaming(vm.id)) {
+      this.d.log.warn({ vm: vm.id, pid: stray }, 'VMM without a pidfile (the server died while launching it); killing it');
+      kill(stray);
+      await waitForExit(stray, 5000);
     }
     removeFiles(paths.pidfile, paths.qmpSocket, paths.consoleSocket);
     await this.d.jail?.cleanup(vm.id, paths.dir);

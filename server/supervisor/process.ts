@@ -1,5 +1,5 @@
 // Small process helpers for daemonized VMMs (not our children once they daemonize).
-import { readFileSync, rmSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync } from 'node:fs';
 
 /** True if pid exists and is not a zombie. */
 export function isAlive(pid: number): boolean {
@@ -55,4 +55,16 @@ export function kill(pid: number, signal: NodeJS.Signals = 'SIGKILL'): void {
 
 export function removeFiles(...paths: string[]): void {
   for (const p of paths) rmSync(p, { force: true });
+}
+
+/** Live processes (not this one) whose command line mentions `marker` (a VM's id). */
+export function processesNaming(marker: string): number[] {
+  const found: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const pid = Number(entry);
+    if (pid === process.pid) continue;
+    if (isOurProcess(pid, marker)) found.push(pid);
+  }
+  return found;
 }

@@ -91,6 +91,15 @@ export class TestServer {
     this.token = readFileSync(join(this.dataDir, 'admin-token'), 'utf8').trim();
   }
 
+  /** Sends `signal` to the server; resolves with its exit code once it has exited. */
+  async signal(signal: NodeJS.Signals): Promise<number | null> {
+    const p = this.proc;
+    if (!p || p.exitCode !== null) return p?.exitCode ?? null;
+    const exited = new Promise<number | null>((r) => p.once('exit', (code) => r(code)));
+    p.kill(signal);
+    return exited;
+  }
+
   /** SIGKILL the server (VMMs survive: they are daemons). */
   async kill9(): Promise<void> {
     const p = this.proc;

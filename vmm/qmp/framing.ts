@@ -23,6 +23,12 @@ export class JsonSplitter {
         if (this.depth === 0 && !this.inString) this.overflow = false;
         continue;
       }
+      if (this.depth === 0 && this.inString) {
+        // a string outside any object is junk (reported at its opening quote); braces in it do
+        // not open an object that would swallow the commands after it (found by the QMP fuzz drill)
+        this.track(ch);
+        continue;
+      }
       if (this.depth === 0 && !this.inString) {
         if (ch === '{' || ch === '[') {
           this.buf = ch;
@@ -33,6 +39,7 @@ export class JsonSplitter {
         // stray data outside an object: report once per run of junk
         if (this.start !== -2) out.push({ ok: false, error: `JSON parse error, invalid character '${ch}'` });
         this.start = -2;
+        if (ch === '"') this.inString = true;
         continue;
       }
       this.start = -1;

@@ -82,3 +82,12 @@ test('QMP server over a real Unix socket', async () => {
   await srv.close();
   assert.ok(!existsSync(path));
 });
+
+test('framing: a JSON string outside an object is one junk error; braces in it do not swallow the next command', () => {
+  const s = new JsonSplitter(100);
+  const frames = s.push('"{@-"\n{"execute":"query-status"}\n');
+  assert.deepEqual(frames.map((f) => f.ok), [false, true]);
+  assert.equal(frames[1]?.ok && frames[1].text, '{"execute":"query-status"}');
+  const escaped = s.push('"a\\"{b" {"x":1}');
+  assert.deepEqual(escaped.map((f) => f.ok), [false, true]);
+});
