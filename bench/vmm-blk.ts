@@ -14,8 +14,9 @@ import { mkdtempSync, writeFileSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { spawn } from 'node:child_process';
-import { ConsoleClient, QmpClient, startVmm, testImage, waitForFile } from '../vmm/testing/clients.js';
+import { QmpClient, startVmm, testImage, type ConsoleClient } from '../vmm/testing/clients.js';
 import { guestTool, initrdWithTools } from './guest-tools.js';
+import { guestConsole } from './guest-console.js';
 
 const work = mkdtempSync(join(tmpdir(), 'capsule-bench-blk-'));
 const DISK_MIB = 256;
@@ -119,18 +120,6 @@ function disk(name: string): string {
   return f;
 }
 
-async function bootConsole(conPath: string, stderr: () => string): Promise<ConsoleClient> {
-  try {
-    await waitForFile(conPath, 180_000);
-    const con = await ConsoleClient.connect(conPath);
-    await con.waitFor(/CAPSULE_READY/, 400_000);
-    await con.waitFor(/# /, 60_000);
-    return con;
-  } catch (e) {
-    throw new Error(`${(e as Error).message}\n${stderr().slice(-2000)}`);
-  }
-}
-
 /** Native capsule-vmm; with `iothread`, the disk's queue is served on an iothread. */
 async function native(img: Img, initrd: string, iothread: boolean): Promise<Guest> {
   const tag = iothread ? 'ni' : 'n';
@@ -140,7 +129,7 @@ async function native(img: Img, initrd: string, iothread: boolean): Promise<Gues
   const vmm = startVmm(['-kernel', img.kernel, '-initrd', initrd, '-append', img.cmdline, '-m', '512M',
     '-api-channel', `unix:${qmp}`, '-chardev', `id=c,path=${conPath}`, ...(iothread ? ['-iothread', 'id=io0'] : []),
     '-drive', drive, '-hotplug-slots', '0']);
-  const con = await bootConsole(conPath, () => vmm.stderr);
+  const con = await guestConsole(conPath, () => vmm.stderr);
   const q = await QmpClient.connect(qmp);
   return {
     name: iothread ? 'nativeIothread' : 'native', con, q,
@@ -162,7 +151,7 @@ async function qemu(img: Img, initrd: string): Promise<Guest> {
     '-drive', `id=disk,file=${disk('qemu.img')},format=raw,if=none,cache=writeback`, '-device', 'virtio-blk-device,drive=disk'], { stdio: ['ignore', 'ignore', 'pipe'] });
   p.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const exited = new Promise<void>((r) => p.once('exit', () => r()));
-  const con = await bootConsole(conPath, () => stderr);
+  const con = await guestConsole(conPath, () => stderr);
   return {
     name: 'qemu', con, q: null,
     stop: async () => {

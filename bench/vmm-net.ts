@@ -15,8 +15,9 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { ConsoleClient, QmpClient, startVmm, testImage, waitForFile } from '../vmm/testing/clients.js';
+import { QmpClient, startVmm, testImage, type ConsoleClient } from '../vmm/testing/clients.js';
 import { guestTool, initrdWithTools } from './guest-tools.js';
+import { guestConsole } from './guest-console.js';
 import { procMem, type ProcMem } from './proc-mem.js';
 
 const NS = `capsule-bench-${process.pid}`;
@@ -61,18 +62,6 @@ function disk(name: string): string {
   return f;
 }
 
-async function consoleOf(conPath: string, stderr: () => string): Promise<ConsoleClient> {
-  try {
-    await waitForFile(conPath, 180_000);
-    const con = await ConsoleClient.connect(conPath);
-    await con.waitFor(/CAPSULE_READY/, 400_000);
-    await con.waitFor(/# /, 60_000);
-    return con;
-  } catch (e) {
-    throw new Error(`${(e as Error).message}\n${stderr().slice(-2000)}`);
-  }
-}
-
 async function bootNative(img: Img, initrd: string, vhost: boolean, link: Link): Promise<Guest> {
   const tag = vhost ? 'nv' : 'n';
   const qmp = join(work, `${tag}.qmp`);
@@ -81,7 +70,7 @@ async function bootNative(img: Img, initrd: string, vhost: boolean, link: Link):
     '-api-channel', `unix:${qmp}`, '-chardev', `id=c,path=${conPath}`, '-drive', `id=disk,file=${disk(`${tag}.img`)}`,
     '-netdev', `id=net0,netdev=${link.tap},mac=${link.mac}${vhost ? ',vhost=on' : ''}`, '-rng', 'random_file=/dev/urandom', '-hotplug-slots', '0'],
   {}, ['ip', 'netns', 'exec', NS]);
-  const con = await consoleOf(conPath, () => vmm.stderr);
+  const con = await guestConsole(conPath, () => vmm.stderr);
   return {
     name: vhost ? 'nativeVhost' : 'native', link, con,
     pid: vmm.child.pid as number,
@@ -107,7 +96,7 @@ async function bootQemu(img: Img, initrd: string, vhost: boolean, link: Link): P
   let stderr = '';
   p.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const exited = new Promise<void>((r) => p.once('exit', () => r()));
-  const con = await consoleOf(conPath, () => stderr);
+  const con = await guestConsole(conPath, () => stderr);
   return {
     name: vhost ? 'qemuVhost' : 'qemu', link, con,
     pid: p.pid as number, // `ip netns exec` execs qemu in place

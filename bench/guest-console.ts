@@ -1,0 +1,16 @@
+// The serial console of a guest a benchmark booted: waits for the socket, the image's ready
+// marker and the shell's prompt, with deadlines for the nested lab (slow, more so under load).
+// A guest that never comes up fails with its VMM's last stderr, which says why.
+import { ConsoleClient, waitForFile } from '../vmm/testing/clients.js';
+
+export async function guestConsole(conPath: string, stderr: () => string): Promise<ConsoleClient> {
+  try {
+    await waitForFile(conPath, 180_000);
+    const con = await ConsoleClient.connect(conPath);
+    await con.waitFor(/CAPSULE_READY/, 400_000);
+    await con.waitFor(/# /, 60_000);
+    return con;
+  } catch (e) {
+    throw new Error(`${(e as Error).message}\n${stderr().slice(-2000)}`);
+  }
+}
