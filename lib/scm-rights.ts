@@ -19,6 +19,14 @@ export const MAX_FDS = 16;
  */
 export function sendWithFds(sock: number, data: Uint8Array, fds: number[]): void {
   if (fds.length > MAX_FDS) throw new RangeError(`at most ${MAX_FDS} fds per message`);
+  sendWithAnyFds(sock, data, fds);
+}
+
+/**
+ * sendWithFds() without QEMU's 16-fd bound (the kernel's own is 253, SCM_MAX_FD): for tests that
+ * send a VMM more fds than any well-behaved client would.
+ */
+export function sendWithAnyFds(sock: number, data: Uint8Array, fds: number[]): void {
   const clen = 16 + 4 * fds.length;
   const control = Buffer.alloc((clen + 7) & ~7);
   control.writeBigUInt64LE(BigInt(clen), 0);

@@ -9,39 +9,20 @@ import { closeSync, mkdtempSync, openSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import koffi from 'koffi';
 import fc from 'fast-check';
 import { socketFd } from '../qmp/scm-reader.js';
+import { sendWithAnyFds } from '../../lib/scm-rights.js';
 
 /** Commands that would end or stop the guest: the drill is about the VMM surviving its clients. */
 export const SPARED = new Set(['quit', 'system_powerdown', 'system_reset', 'stop', 'cont', 'balloon', 'device_del', 'closefd']);
 
 export interface QmpFuzzFigures { inputs: number; errorReplies: number; returnReplies: number; fdsSentWithScmRights: number }
 
-const libc = koffi.load('libc.so.6');
-const sendmsgRaw = libc.func('long sendmsg(int fd, void *msg, int flags)') as (fd: number, msg: Buffer, flags: number) => number | bigint;
-
-/** One sendmsg() with `text` and `fds` (any number, up to the kernel's 253): the lib's sender caps at 16 like QEMU. */
+/** `text` and `fds` in one sendmsg (any number of fds: the fuzz sends up to 200). */
 function sendWithFds(sock: Socket, text: string, fds: number[]): void {
   const fd = socketFd(sock);
   assert.ok(fd !== undefined);
-  const clen = 16 + 4 * fds.length;
-  const control = Buffer.alloc((clen + 7) & ~7);
-  control.writeBigUInt64LE(BigInt(clen), 0);
-  control.writeInt32LE(1, 8); // SOL_SOCKET
-  control.writeInt32LE(1, 12); // SCM_RIGHTS
-  fds.forEach((f, i) => control.writeInt32LE(f, 16 + 4 * i));
-  const payload = Buffer.from(text);
-  const iov = Buffer.alloc(16);
-  iov.writeBigUInt64LE(BigInt(koffi.address(payload)), 0);
-  iov.writeBigUInt64LE(BigInt(payload.length), 8);
-  const msg = Buffer.alloc(56);
-  msg.writeBigUInt64LE(BigInt(koffi.address(iov)), 16);
-  msg.writeBigUInt64LE(1n, 24);
-  msg.writeBigUInt64LE(BigInt(koffi.address(control)), 32);
-  msg.writeBigUInt64LE(BigInt(control.length), 40);
-  const n = Number(sendmsgRaw(fd, msg, 0x4000));
-  assert.equal(n, payload.length, `sendmsg: ${n}`);
+  sendWithAnyFds(fd, Buffer.from(text), fds);
 }
 
 /** A raw connection: what it sends, the JSON lines it got back. */
