@@ -14,6 +14,8 @@ import { ensureVolumesDir } from './volumes/files.js';
 import { DrivesComponent } from './supervisor/components/drives.js';
 import { RngComponent } from './supervisor/components/rng.js';
 import { BalloonComponent } from './supervisor/components/balloon.js';
+import { NetworkComponent } from './supervisor/components/network.js';
+import { networkConfigFromEnv } from './network/host.js';
 import { TokenStore } from './db/tokens.js';
 import { DEFAULT_TENANT, TenantStore } from './db/tenants.js';
 import { AuditStore } from './db/audit.js';
@@ -92,7 +94,9 @@ async function main(): Promise<void> {
   else log.info({ enabled: jailStatus.enabled, cgroups: jailStatus.cgroups, reasons: jailStatus.reasons }, 'VMM jail');
   const drives = new DrivesComponent({ dataDir: config.dataDir, volumes, images, hub, jail, log });
   const balloon = new BalloonComponent();
-  const components = [drives, new RngComponent(), balloon];
+  const network = new NetworkComponent({ vms, dataDir: config.dataDir, config: networkConfigFromEnv(), log });
+  log.info(network.status(), 'VM networks');
+  const components = [drives, new RngComponent(), balloon, network];
   const admission = new HostAdmission(config.admission);
   // Made before reattach so that the events reattach publishes (CRASHED for a VMM gone meanwhile) are counted.
   const metrics = new Metrics({ vms, hub, admission, backends: [...hypervisors.keys()], cgroups: jail.cgroups, tenantName: (id) => tenants.get(id)?.name });
@@ -104,7 +108,7 @@ async function main(): Promise<void> {
   if (!existsSync(join(webDir, 'index.html'))) log.warn({ webDir }, 'web UI not built (npm run build)');
   const readiness = new Readiness({ db, images, hypervisors, storage });
   const { app, injectWebSocket } = createApp({
-    config, log, vms, images, tokens, tenants, quotas, audit, hub, supervisor, volumes, drives, balloon, hypervisors, kvm: kvm.available, defaultHypervisor, webDir, jail: jailStatus, storage,
+    config, log, vms, images, tokens, tenants, quotas, audit, hub, supervisor, volumes, drives, balloon, network, hypervisors, kvm: kvm.available, defaultHypervisor, webDir, jail: jailStatus, storage,
     readiness, metrics, metricsOnMainListener: config.metricsAddr === undefined,
   });
   const server = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info) => {

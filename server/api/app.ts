@@ -19,6 +19,7 @@ import type { StorageMonitor } from '../db/storage.js';
 import type { VolumeStore } from '../db/volumes.js';
 import type { DrivesComponent } from '../supervisor/components/drives.js';
 import type { BalloonComponent } from '../supervisor/components/balloon.js';
+import type { NetworkComponent } from '../supervisor/components/network.js';
 import { BucketMap } from '../util/leaky-bucket.js';
 import { ApiRateLimits, authorize, requireToken, rateLimit, type AuthVariables } from '../auth/middleware.js';
 import { attachWebSockets, CLOSE_TOKEN_REVOKED, SocketLimiter } from './websocket.js';
@@ -56,6 +57,8 @@ export interface AppDeps {
   /** The supervisor's drives and balloon components (hot-plug and the balloon at run time). */
   drives: DrivesComponent;
   balloon: BalloonComponent;
+  /** VM networks (docs/network.md): egress at run time, the guest's endpoint. Absent in unit tests. */
+  network?: NetworkComponent;
   hypervisors: ReadonlyMap<HypervisorName, Hypervisor>;
   kvm: boolean;
   defaultHypervisor: HypervisorName;

@@ -43,6 +43,8 @@ export function qemuDeviceArgs(devices: VmDevices, pci: boolean): string[] {
   }
   if (devices.rng) args.push('-object', 'rng-random,id=rng0,filename=/dev/urandom', '-device', `${dev('rng')},rng=rng0,id=rng0`);
   if (devices.balloon) args.push('-device', `${dev('balloon')},id=balloon0,deflate-on-oom=${onOff(devices.balloon.deflateOnOom)}`);
+  // The tap exists already (the server made it, owned by the VMM's uid, in the namespace QEMU runs in).
+  if (devices.net) args.push('-netdev', `tap,id=net0,ifname=${qemuValue(devices.net.tap)},script=no,downscript=no`, '-device', `${dev('net')},netdev=net0,id=net0,mac=${devices.net.mac}`);
   return args;
 }
 
