@@ -31,6 +31,15 @@ function sh(cmd: string, args: string[]): { ok: boolean; out: string } {
   const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 30_000 });
   return { ok: r.status === 0, out: `${r.stdout ?? ''}${r.stderr ?? ''}` };
 }
+function shAsync(cmd: string, args: string[]): Promise<string> {
+  return new Promise((resolve) => {
+    const c = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    c.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    c.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    c.once('exit', () => resolve(out));
+  });
+}
 function must(cmd: string, args: string[]): string {
   const r = sh(cmd, args);
   assert.ok(r.ok, `${cmd} ${args.join(' ')}: ${r.out}`);
@@ -161,8 +170,9 @@ test('egress, isolation from each other and from the host, the host reaches the 
   assert.notEqual(abPing.status, 0, abPing.out);
 
   // Nor the host: its listener on 0.0.0.0, the capsule server's port, on any of the host's addresses.
-  const outsideSees = sh('ip', ['netns', 'exec', OUT_NS, 'sh', '-c', `echo | busybox nc -w 3 ${OUT_HOST} ${hostPort}`]);
-  assert.match(outsideSees.out, /host-listener/, 'control: the listener answers the outside');
+  // (async: the listener lives in this process, which spawnSync would block)
+  const outsideSees = await shAsync('ip', ['netns', 'exec', OUT_NS, 'sh', '-c', `echo | busybox nc -w 3 ${OUT_HOST} ${hostPort}`]);
+  assert.match(outsideSees, /host-listener/, 'control: the listener answers the outside');
   hostHits = 0;
   for (const addr of [hostAddr, OUT_HOST, '172.17.0.1', gatewayOf(na.hostAddress), '127.0.0.1']) {
     for (const port of [hostPort, s.port]) {
