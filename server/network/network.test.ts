@@ -6,65 +6,28 @@
 // capsule server itself (HOST=0.0.0.0).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { createServer, type Server } from 'node:net';
 import { TestServer, ConsoleCollector, waitFor, sleep } from '../test/harness.js';
+import { createOutside, GET_OUTSIDE, guest, leftovers as leftoversOf, must, removeLeftovers, removeOutside, sh, shAsync, OUT_HOST, type Outside } from '../test/network.js';
 import { instanceTag } from './host.js';
 import { connectToGuest } from '../supervisor/components/network.js';
 
-const OUT_NS = `capsule-test-out-${process.pid}`;
-const OUT_HOST_IF = `tout${process.pid % 100000}`; // not "cap*": an uplink, not a VM
-const OUT_HOST = '198.51.100.1';
-const OUT_REMOTE = '198.51.100.2';
-const OUT_PORT = 8000;
 const POOL = `10.${214 + (process.pid % 20)}.0.0/24`;
 
 let s: TestServer;
-let tag: string;
-let outside: ChildProcess;
+let tag = '';
+let outside: Outside | undefined;
+let OUT_NS = '';
 let hostListener: Server;
 let hostPort: number;
 let hostAddr: string;
 let hostHits = 0;
-
-function sh(cmd: string, args: string[]): { ok: boolean; out: string } {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 30_000 });
-  return { ok: r.status === 0, out: `${r.stdout ?? ''}${r.stderr ?? ''}` };
-}
-function shAsync(cmd: string, args: string[]): Promise<string> {
-  return new Promise((resolve) => {
-    const c = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    c.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    c.stderr.on('data', (d: Buffer) => (out += d.toString()));
-    c.once('exit', () => resolve(out));
-  });
-}
-function must(cmd: string, args: string[]): string {
-  const r = sh(cmd, args);
-  assert.ok(r.ok, `${cmd} ${args.join(' ')}: ${r.out}`);
-  return r.out;
-}
-
-/** What this server left on the host: namespaces, links and nftables tables with its tag. */
-function leftovers(): string[] {
-  const ns = sh('ip', ['netns', 'list']).out.split('\n').filter((l) => l.startsWith(`capsule-${tag}-`));
-  const links = sh('ip', ['-o', 'link', 'show']).out.split('\n').filter((l) => l.includes(`cap${tag}`));
-  const tables = sh('nft', ['list', 'tables']).out.split('\n').filter((l) => l.includes(`capsule-${tag}-`));
-  return [...ns, ...links, ...tables];
-}
+const leftovers = () => leftoversOf(tag);
 
 before(async () => {
-  // The outside: a namespace behind a veth pair, with an HTTP server on 198.51.100.2:8000.
-  must('ip', ['netns', 'add', OUT_NS]);
-  must('ip', ['link', 'add', OUT_HOST_IF, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', OUT_NS]);
-  must('ip', ['addr', 'add', `${OUT_HOST}/24`, 'dev', OUT_HOST_IF]);
-  must('ip', ['link', 'set', OUT_HOST_IF, 'up']);
-  must('ip', ['-n', OUT_NS, 'addr', 'add', `${OUT_REMOTE}/24`, 'dev', 'eth0']);
-  must('ip', ['-n', OUT_NS, 'link', 'set', 'eth0', 'up']);
-  must('ip', ['-n', OUT_NS, 'link', 'set', 'lo', 'up']);
-  outside = spawn('ip', ['netns', 'exec', OUT_NS, process.execPath, '-e',
-    `require('http').createServer((q, r) => r.end('outside-ok from ' + q.socket.remoteAddress + '\\n')).listen(${OUT_PORT}, '${OUT_REMOTE}')`], { stdio: 'ignore' });
+  outside = createOutside();
+  OUT_NS = outside.ns;
   // A listener of the host's on every address.
   hostListener = createServer((c) => { hostHits++; c.end('host-listener\n'); });
   await new Promise<void>((r) => hostListener.listen(0, '0.0.0.0', r));
@@ -75,33 +38,16 @@ before(async () => {
   tag = instanceTag(s.dataDir);
   const h = (await s.api('GET', '/v1/health')).body;
   assert.equal(h.network?.enabled, true, `networks are not available: ${JSON.stringify(h.network)}`);
-  await waitFor('the outside server', () => sh('ip', ['netns', 'exec', OUT_NS, 'sh', '-c', `exec 3<>/dev/tcp/${OUT_REMOTE}/${OUT_PORT}`]).ok || sh('ss', ['-N', OUT_NS, '-ltn']).out.includes(`:${OUT_PORT}`) || undefined, 20_000);
+  await waitFor('the outside server', () => sh('ss', ['-N', OUT_NS, '-ltn']).out.includes(':8000') || undefined, 20_000);
 });
 
 after(async () => {
   await s?.stop();
   // A failed test may leave its VMs' networks (the server was killed, its data directory is gone).
-  if (tag) {
-    for (const l of sh('ip', ['netns', 'list']).out.split('\n')) if (l.startsWith(`capsule-${tag}-`)) sh('ip', ['netns', 'del', l.split(' ')[0]!]);
-    for (const l of sh('ip', ['-o', 'link', 'show']).out.split('\n')) { const m = new RegExp(`(cap${tag}[0-9a-f]{8})`).exec(l); if (m) sh('ip', ['link', 'del', m[1]!]); }
-    for (const l of sh('nft', ['list', 'tables']).out.split('\n')) { const m = /^table inet (capsule-\S+)$/.exec(l.trim()); if (m && m[1]!.startsWith(`capsule-${tag}-`)) sh('nft', ['delete', 'table', 'inet', m[1]!]); }
-  }
-  outside?.kill();
+  if (tag) removeLeftovers(tag);
+  removeOutside(outside);
   hostListener?.close();
-  sh('ip', ['link', 'del', OUT_HOST_IF]);
-  sh('ip', ['netns', 'del', OUT_NS]);
 });
-
-let tagCounter = 0;
-/** Runs `cmd` in the guest shell; its output and exit status. */
-async function guest(cons: ConsoleCollector, cmd: string, timeoutMs = 90_000): Promise<{ out: string; status: number }> {
-  const t = `R${++tagCounter}`;
-  cons.send(`X=$(${cmd} 2>&1); echo "<<${t}"">$?>$X<<"\n`);
-  const re = new RegExp(`<<${t}>(\\d+)>([^]*?)<<`);
-  await cons.waitFor(re, timeoutMs);
-  const m = re.exec(cons.text)!;
-  return { status: Number(m[1]), out: m[2]!.trim() };
-}
 
 async function bootVm(name: string, extra: Record<string, unknown> = {}): Promise<{ id: string; vm: any; cons: ConsoleCollector }> {
   const c = await s.api('POST', '/v1/vms', { name, memoryMiB: 256, ...extra });
@@ -117,9 +63,7 @@ async function bootVm(name: string, extra: Record<string, unknown> = {}): Promis
 
 /** The root namespace's end of a VM's veth pair: its host-side address minus one. */
 const gatewayOf = (a: string): string => a.split('.').map((p, i) => (i === 3 ? String(Number(p) - 1) : p)).join('.');
-
-// (busybox nc, not wget: the static busybox's wget crashes resolving in this initramfs)
-const wgetOutside = `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 ${OUT_REMOTE} ${OUT_PORT} | grep outside-ok`;
+const wgetOutside = GET_OUTSIDE;
 /** busybox nc: connect, print what the other side sends, give up after 4 s. */
 const ncTo = (addr: string, port: number) => `echo x | nc -w 4 ${addr} ${port}`;
 
@@ -200,11 +144,15 @@ test('egress, isolation from each other and from the host, the host reaches the 
   assert.equal(out3.status, 0, out3.out);
   assert.equal((await s.api('PATCH', `/v1/vms/${a.id}`, { network: { egress: false }, name: 'x' })).status, 400, 'only network.egress may change');
 
-  // kill -9 of the server; b's VMM dies while it is down; a keeps running.
+  // Egress off again, then kill -9 of the server; b's VMM dies while it is down; a keeps running.
+  assert.equal((await s.api('PATCH', `/v1/vms/${a.id}`, { network: { egress: false } })).body.network.egress, false);
   await s.kill9();
   const bPid = Number(spawnSync('cat', [`${s.dataDir}/vms/${b.id}/vmm.pid`], { encoding: 'utf8' }).stdout);
   process.kill(bPid, 'SIGKILL');
   await waitFor('b\'s VMM gone', () => { try { process.kill(bPid, 0); return undefined; } catch { return true; } }, 20_000);
+  // While the server is down, a's root side goes missing (its table, its host-side veth): the restart must restore it.
+  must('nft', ['delete', 'table', 'inet', `capsule-${tag}-${a.id}`]);
+  must('ip', ['link', 'del', `cap${tag}${a.id.slice(0, 8)}`]);
   await s.launch();
   await waitFor('b\'s network removed', () => (leftovers().some((l) => l.includes(b.id) || l.includes(`cap${tag}${b.id.slice(0, 8)}`)) ? undefined : true), 20_000);
   assert.equal((await s.api('GET', `/v1/vms/${a.id}`)).body.state, 'running');
