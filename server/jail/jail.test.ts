@@ -457,7 +457,8 @@ for (const mode of ['on', 'off'] as const) {
             // Paths it may hold: its log (stdout/stderr), sh's own script, unjailed QEMU's own pidfile lock,
             // and the VMM the rng device's source (/dev/urandom; jailed: the jail's own node).
             const allowed = [join(vmDir, 'vmm.log'), join(vmDir, 'jail.sh'), join(vmDir, 'vmm.pid'), '/dev/null',
-              ...(isVmm ? ['/dev/urandom', join(vmDir, 'root', 'dev', 'urandom')] : [])];
+              // ... and its NIC's tap (docs/network.md).
+              ...(isVmm ? ['/dev/urandom', join(vmDir, 'root', 'dev', 'urandom'), '/dev/net/tun', join(vmDir, 'root', 'dev', 'net', 'tun')] : [])];
             assert.ok(allowed.includes(target), `pid ${p} fd ${fd} -> ${target}`);
           }
         }
