@@ -210,6 +210,19 @@ export class VmStore {
     return slot;
   }
 
+  /** A new slot for the VM (its old one turned out to be taken on the host meanwhile). Throws when the pool is full. */
+  reassignNetworkSlot(id: string): number {
+    if (!this.allocator) throw new Error('no address pool');
+    const alloc = this.allocator;
+    const slot = this.db.transaction(() => {
+      const s = alloc(this.usedSlots());
+      this.setSlotStmt.run({ id, slot: s });
+      return s;
+    })();
+    this.invalidate();
+    return slot;
+  }
+
   setEgress(id: string, egress: boolean): Vm | undefined {
     this.invalidate();
     this.setEgressStmt.run({ id, egress: egress ? 1 : 0, now: new Date().toISOString() });

@@ -124,6 +124,9 @@ export class NetworkComponent implements VmComponent {
     let slot: number;
     try {
       slot = this.d.vms.networkSlot(vm.id);
+      // Another server on this host (another pool overlapping ours) may have taken the addresses
+      // since the slot was given: then the VM gets a free one (its hostAddress changes).
+      if (this.takenOnHost(slot, vmNames(this.tag, vm.id).hostVeth)) slot = this.d.vms.reassignNetworkSlot(vm.id);
     } catch (e) {
       throw new ApiError(409, 'network_pool_exhausted', (e as Error).message);
     }
@@ -213,6 +216,16 @@ export class NetworkComponent implements VmComponent {
       return s;
     }
     throw new Error(`the host-side address pool (CAPSULE_NET_POOL, ${n} VMs) is full`);
+  }
+
+  /** Whether an interface other than `own` has the slot's addresses. */
+  private takenOnHost(slot: number, own: string): boolean {
+    const a = slotAddresses(this.d.config.pool, slot);
+    for (const [name, addrs] of Object.entries(networkInterfaces())) {
+      if (name === own) continue;
+      if ((addrs ?? []).some((x) => x.address === a.gateway || x.address === a.hostAddress)) return true;
+    }
+    return false;
   }
 
   private describe(vm: Vm, slot: number, owner: VmNet['owner']): VmNet {
