@@ -19,9 +19,13 @@ before(async () => {
   assert.ok(kvm.available, `KVM is not usable here: ${kvm.reason}`);
   // The lab's L1 cannot autoload modules (its usermode helper's root is its initramfs): load them here.
   sh('modprobe', ['-a', 'tun', 'veth', 'nf_tables', 'nf_conntrack', 'nf_nat', 'nft_ct', 'nft_nat', 'nft_masq', 'nft_chain_nat', 'nft_fib', 'nft_fib_inet', 'nft_fib_ipv4', 'nft_fib_ipv6']);
-  outside = createOutside();
+  // The server first: under TCG in the lab a second node starting beside it (the outside's
+  // server) slowed its start past the harness's 30 s.
   s = await TestServer.start({ env: { CAPSULE_STOP_TIMEOUT: '120', CAPSULE_NET_POOL: '10.231.0.0/24', CAPSULE_NET_DNS: '192.0.2.53' } });
   tag = instanceTag(s.dataDir);
+  outside = createOutside();
+  const ns = outside.ns;
+  await waitFor('the outside server', () => sh('ss', ['-N', ns, '-ltn']).out.includes(':8000') || undefined, 120_000);
   const h = (await s.api('GET', '/v1/health')).body;
   assert.equal(h.network?.enabled, true, JSON.stringify(h.network));
 });
