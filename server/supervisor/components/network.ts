@@ -142,7 +142,8 @@ export class NetworkComponent implements VmComponent {
     }
     this.active.set(vm.id, v);
     plan.devices.net = { tap: TAP_NAME, mac: v.mac };
-    plan.devices.kernelArgs.push(guestKernelArg(this.d.config.dns));
+    // Before the other components' arguments (root=, capsule.overlay= stay last, as tests and clients read them).
+    plan.devices.kernelArgs.unshift(guestKernelArg(this.d.config.dns));
     plan.netns = `${NETNS_DIR}/${v.names.netns}`;
   }
 
