@@ -7,8 +7,9 @@
 #   gcc, libc6-dev    building vsock-tool (static) for the guest images
 #   mmdebstrap, e2fsprogs   the sandbox image's root filesystem (Debian userland -> ext4)
 #   chromium          the browser the web UI tests drive (playwright-core)
+#   iproute2, nftables   per-VM networks: namespaces, veth pairs, taps (ip), NAT and filtering (nft)
 set -euo pipefail
-PKGS=(qemu-system-x86 linux-image-amd64 busybox-static cpio kmod xz-utils zstd file gcc libc6-dev mmdebstrap e2fsprogs chromium)
+PKGS=(qemu-system-x86 linux-image-amd64 busybox-static cpio kmod xz-utils zstd file gcc libc6-dev mmdebstrap e2fsprogs chromium iproute2 nftables)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -15,8 +15,10 @@ import { DrivesComponent } from './supervisor/components/drives.js';
 import { RngComponent } from './supervisor/components/rng.js';
 import { BalloonComponent } from './supervisor/components/balloon.js';
 import { AgentComponent } from './supervisor/components/agent.js';
-import { AgentClient, type AgentTransport } from './agent/client.js';
-import { NoTransport, UsernetTransport } from './agent/transports.js';
+import { AgentClient } from './agent/client.js';
+import { NetworkTransport, RoutedTransport, UsernetTransport, type GuestPath } from './agent/transports.js';
+import { NetworkComponent } from './supervisor/components/network.js';
+import { networkConfigFromEnv } from './network/host.js';
 import { TokenStore } from './db/tokens.js';
 import { DEFAULT_TENANT, TenantStore } from './db/tenants.js';
 import { AuditStore } from './db/audit.js';
@@ -96,13 +98,17 @@ async function main(): Promise<void> {
   else log.info({ enabled: jailStatus.enabled, cgroups: jailStatus.cgroups, reasons: jailStatus.reasons }, 'VMM jail');
   const drives = new DrivesComponent({ dataDir: config.dataDir, volumes, images, hub, jail, log });
   const balloon = new BalloonComponent();
-  // The guest agent: a secret per boot; reached over per-VM networking, or QEMU user networking
-  // with CAPSULE_AGENT_USERNET=1 (docs/agent.md). Per-VM networking's connect helper plugs in
-  // here in place of NoTransport, e.g. { connect: (id) => network.connect(id, AGENT_PORT) }.
+  const network = new NetworkComponent({ vms, dataDir: config.dataDir, config: networkConfigFromEnv(), log });
+  log.info(network.status(), 'VM networks');
+  // The guest agent: a secret per boot; reached over the VM's own network, or, on hosts without
+  // per-VM networking, QEMU user networking with CAPSULE_AGENT_USERNET=1 (docs/agent.md).
   const agents = new AgentComponent({ vmsDir: config.vmsDir, usernet: config.agentUsernet, log });
-  const agentTransport: AgentTransport = config.agentUsernet ? new UsernetTransport(agents) : new NoTransport();
-  const agent = new AgentClient({ transport: agentTransport, token: (id) => agents.token(id) });
-  const components = [drives, new RngComponent(), balloon, agents];
+  const paths: GuestPath[] = [new NetworkTransport(network)];
+  if (config.agentUsernet) paths.push(new UsernetTransport(agents));
+  const noPath = network.available ? 'it was created without a network, or is not running' : `per-VM networking is off here (${network.reason}); CAPSULE_AGENT_USERNET=1 reaches unjailed QEMU VMs instead`;
+  const agent = new AgentClient({ transport: new RoutedTransport(paths, noPath), token: (id) => agents.token(id) });
+  // The network before the agent: the agent's user-mode fallback is only for VMs without a NIC.
+  const components = [drives, new RngComponent(), balloon, network, agents];
   const admission = new HostAdmission(config.admission);
   // Made before reattach so that the events reattach publishes (CRASHED for a VMM gone meanwhile) are counted.
   const metrics = new Metrics({ vms, hub, admission, backends: [...hypervisors.keys()], cgroups: jail.cgroups, tenantName: (id) => tenants.get(id)?.name });
@@ -114,7 +120,7 @@ async function main(): Promise<void> {
   if (!existsSync(join(webDir, 'index.html'))) log.warn({ webDir }, 'web UI not built (npm run build)');
   const readiness = new Readiness({ db, images, hypervisors, storage });
   const { app, injectWebSocket, closeSockets } = createApp({
-    config, log, vms, images, tokens, tenants, quotas, audit, hub, supervisor, volumes, drives, balloon, agent, hypervisors, kvm: kvm.available, defaultHypervisor, webDir, jail: jailStatus, storage,
+    config, log, vms, images, tokens, tenants, quotas, audit, hub, supervisor, volumes, drives, balloon, network, agent, hypervisors, kvm: kvm.available, defaultHypervisor, webDir, jail: jailStatus, storage,
     readiness, metrics, metricsOnMainListener: config.metricsAddr === undefined,
   });
   const server = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info) => {

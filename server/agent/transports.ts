@@ -1,13 +1,46 @@
 // Ways the server reaches guest TCP port 49983 of a VM (AgentTransport, client.ts).
 //
-// The default path is per-VM networking (each VM in its own network namespace, the same guest
-// address everywhere): its helper connects into the VM's namespace; wiring it is one line in
-// server/main.ts. Until then, and on hosts without root networking, the fallback is QEMU's user
-// network with a host forward (CAPSULE_AGENT_USERNET=1, components/agent.ts).
+// The default path is per-VM networking (docs/network.md: each VM in its own network namespace,
+// the same guest address everywhere, a unique host-side address DNATed to the guest). On hosts
+// without it (not root, no nftables, CAPSULE_NETWORK=off) the fallback is QEMU's user network
+// with a host forward (CAPSULE_AGENT_USERNET=1, components/agent.ts). RoutedTransport picks,
+// per VM, the first path that VM has.
 import { connect, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { AGENT_PORT } from '../../agent/protocol.js';
 import type { AgentComponent } from '../supervisor/components/agent.js';
+import type { NetworkComponent } from '../supervisor/components/network.js';
 import type { AgentTransport } from './client.js';
+
+/** A path to some VMs' agents: `has` says whether this VM is reachable this way now. */
+export interface GuestPath extends AgentTransport {
+  has(vmId: string): boolean;
+}
+
+/** Per-VM networking: the VM's host-side address, DNATed to the guest's agent port. */
+export class NetworkTransport implements GuestPath {
+  constructor(private readonly network: Pick<NetworkComponent, 'endpoint' | 'connectGuest'>) {}
+
+  has(vmId: string): boolean {
+    return this.network.endpoint(vmId) !== undefined;
+  }
+
+  async connect(vmId: string): Promise<Duplex> {
+    const s = await this.network.connectGuest(vmId, AGENT_PORT);
+    s.setNoDelay(true);
+    return s;
+  }
+}
+
+/** The first path that has the VM; none: an error that says why the agent cannot be reached. */
+export class RoutedTransport implements AgentTransport {
+  constructor(private readonly paths: readonly GuestPath[], private readonly why: string) {}
+
+  connect(vmId: string): Promise<Duplex> {
+    const path = this.paths.find((p) => p.has(vmId));
+    return path ? path.connect(vmId) : Promise.reject(new Error(`this VM has no network path to its agent: ${this.why}`));
+  }
+}
 
 /**
  * QEMU user networking: 127.0.0.1:PORT forwarded to the guest's agent. slirp listens on the
@@ -17,10 +50,14 @@ import type { AgentTransport } from './client.js';
  */
 export const CONNECTING_PER_VM = 8;
 
-export class UsernetTransport implements AgentTransport {
+export class UsernetTransport implements GuestPath {
   private readonly connecting = new Map<string, { n: number; waiters: Array<() => void> }>();
 
   constructor(private readonly agents: AgentComponent) {}
+
+  has(vmId: string): boolean {
+    return this.agents.usernetPort(vmId) !== undefined;
+  }
 
   async connect(vmId: string): Promise<Duplex> {
     const port = this.agents.usernetPort(vmId);
@@ -57,12 +94,5 @@ export class UsernetTransport implements AgentTransport {
     if (next) return next(); // the place passes to the next waiter
     slot.n--;
     if (slot.n === 0) this.connecting.delete(vmId);
-  }
-}
-
-/** No path to any guest (neither per-VM networking nor the user-mode fallback is on). */
-export class NoTransport implements AgentTransport {
-  connect(): Promise<Duplex> {
-    return Promise.reject(new Error('this server has no network path to guests yet: per-VM networking is not enabled (CAPSULE_AGENT_USERNET=1 uses QEMU user networking instead; docs/agent.md)'));
   }
 }

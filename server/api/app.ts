@@ -22,6 +22,7 @@ import type { VolumeStore } from '../db/volumes.js';
 import type { DrivesComponent } from '../supervisor/components/drives.js';
 import type { BalloonComponent } from '../supervisor/components/balloon.js';
 import type { AgentClient } from '../agent/client.js';
+import type { NetworkComponent } from '../supervisor/components/network.js';
 import { BucketMap } from '../util/leaky-bucket.js';
 import { ApiRateLimits, authorize, requireToken, rateLimit, type AuthVariables } from '../auth/middleware.js';
 import { attachWebSockets, CLOSE_TOKEN_REVOKED, SocketLimiter } from './websocket.js';
@@ -63,6 +64,8 @@ export interface AppDeps {
   balloon: BalloonComponent;
   /** The guest agents' client (exec and files). */
   agent: AgentClient;
+  /** VM networks (docs/network.md): egress at run time, the guest's endpoint. Absent in unit tests. */
+  network?: NetworkComponent;
   hypervisors: ReadonlyMap<HypervisorName, Hypervisor>;
   kvm: boolean;
   defaultHypervisor: HypervisorName;

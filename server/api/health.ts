@@ -27,7 +27,7 @@ export function healthRoutes(deps: AppDeps) {
       const details: Record<string, string> = {};
       for (const h of deps.hypervisors.values()) details[h.name] = h.availability().reason;
       const jail = deps.jail ?? { enabled: false, user: false, namespaces: false, cgroups: false, rlimits: false, reasons: { jail: 'not configured' } };
-      const body = { status: 'ok' as const, kvm: deps.kvm, hypervisors: usable, defaultHypervisor: deps.defaultHypervisor, details, jail };
+      const body = { status: 'ok' as const, kvm: deps.kvm, hypervisors: usable, defaultHypervisor: deps.defaultHypervisor, details, ...(deps.network ? { network: deps.network.status() } : {}), jail };
       return c.json(deps.storage ? { ...body, storage: deps.storage.status() } : body, 200);
     })
     .openapi(ready, (c) => {

@@ -49,6 +49,13 @@ export const VmSchema = z.object({
   rng: z.boolean(),
   balloon: z.object({ enabled: z.boolean(), deflateOnOom: z.boolean() }),
   rootfsDevice: z.enum(ROOTFS_DEVICES).openapi({ description: 'how an image\'s rootfs reaches the guest: virtio-blk (vda) or pmem (/dev/pmem0 with DAX; native: virtio-pmem, QEMU: an NVDIMM)' }),
+  network: z.object({
+    enabled: z.boolean().openapi({ description: 'the VM has a NIC (on by default)' }),
+    egress: z.boolean().openapi({ description: 'NAT to the host\'s uplink (on by default; PATCH to switch at run time)' }),
+    guestAddress: z.string().optional().openapi({ description: 'the guest\'s address: the same in every VM (each has its own network namespace)' }),
+    hostAddress: z.string().optional().openapi({ description: 'where the host reaches the guest: unique per VM (DNAT to guestAddress)' }),
+    mac: z.string().optional(),
+  }).openapi({ description: 'docs/network.md; the addresses are shown where the host gives VMs networks' }),
   drives: z.array(DriveSchema).openapi({ description: 'in guest order: vda, vdb, ... (after vda = the image rootfs and vdb = the VM\'s layer, for an image with a rootfs)' }),
   pid: z.number().int().optional(),
   createdAt: z.string(),
@@ -71,7 +78,15 @@ export const CreateVmSchema = z.object({
     z.object({ enabled: z.boolean().default(true), deflateOnOom: z.boolean().default(false) }).strict(),
   ]).default(false).openapi({ description: 'true, or {"deflateOnOom": true} to let the guest take memory back from the balloon when it runs out' }),
   rootfsDevice: z.enum(ROOTFS_DEVICES).default('virtio-blk').openapi({ description: 'for an image with a rootfs: virtio-blk (the rootfs is vda, the layer vdb) or pmem (the rootfs is mapped into guest memory as /dev/pmem0 and mounted with DAX: no page-cache copy; the layer is vda). Kata\'s block_device_driver.' }),
+  network: z.object({
+    enabled: z.boolean().default(true),
+    egress: z.boolean().default(true),
+  }).strict().default({ enabled: true, egress: true }).openapi({ description: 'a NIC in the VM\'s own network namespace (docs/network.md); egress: NAT to the host\'s uplink' }),
 }).strict().openapi('CreateVm');
+
+export const UpdateVmSchema = z.object({
+  network: z.object({ egress: z.boolean() }).strict(),
+}).strict().openapi('UpdateVm');
 
 export const VolumeSchema = z.object({
   id: z.string().uuid(),
@@ -118,6 +133,7 @@ export const HealthSchema = z.object({
   hypervisors: z.array(z.enum(['qemu', 'native'])),
   defaultHypervisor: z.enum(['qemu', 'native']).optional(),
   details: z.record(z.string(), z.string()).optional(),
+  network: z.object({ enabled: z.boolean(), reason: z.string() }).optional().openapi({ description: 'whether VMs started now get their network (docs/network.md), or why not' }),
   jail: z.object({
     enabled: z.boolean().openapi({ description: 'VMMs started now run in the jail (docs/jail.md)' }),
     user: z.boolean().openapi({ description: 'jailed VMMs run as an unprivileged per-VM user, without capabilities' }),

@@ -5,7 +5,7 @@ import { ApiError } from '../supervisor/errors.js';
 import { checkDefinition } from '../supervisor/admission.js';
 import type { Vm } from '../db/vms.js';
 import { callerToken } from '../auth/middleware.js';
-import { CreateVmSchema, ErrorSchema, ForceQuery, IdParams, TenantQuery, VmSchema } from './schemas.js';
+import { CreateVmSchema, ErrorSchema, ForceQuery, IdParams, TenantQuery, UpdateVmSchema, VmSchema } from './schemas.js';
 import { visibleTenant } from './ownership.js';
 import { newRouter, queryWhenPresent, type AppDeps } from './app.js';
 
@@ -29,6 +29,12 @@ const createVm = createRoute({
 const deleteVm = createRoute({
   method: 'delete', path: '/vms/{id}', tags: ['vms'], summary: 'Stop (if running) and delete a VM',
   request: { params: IdParams, query: ForceQuery }, responses: { 204: { description: 'deleted' }, ...errors },
+});
+
+const updateVm = createRoute({
+  method: 'patch', path: '/vms/{id}', tags: ['vms'], summary: 'Change a VM at run time: {"network":{"egress":bool}} switches its NAT to the uplink (docs/network.md)',
+  request: { params: IdParams, body: { required: true, content: { 'application/json': { schema: UpdateVmSchema } } } },
+  responses: { 200: json(VmSchema, 'the VM'), ...errors },
 });
 
 const ACTIONS = ['start', 'stop', 'pause', 'resume', 'reboot'] as const;
@@ -91,6 +97,17 @@ export function vmRoutes(deps: AppDeps) {
       vm = deps.vms.get(vm.id)!;
       deps.hub.publish(vm.id, 'VM_CREATED', vm as unknown as Record<string, unknown>);
       return c.json(vm, 201);
+    })
+    .openapi(updateVm, async (c) => {
+      const { id } = c.req.valid('param');
+      const body = c.req.valid('json');
+      mustGet(id);
+      const vm = await deps.supervisor.withVm(id, async (v) => {
+        if (!deps.network) throw new ApiError(409, 'no_network', 'this server gives VMs no network');
+        return deps.network.setEgress(v, body.network.egress);
+      });
+      deps.hub.publish(id, 'VM_UPDATED', { network: vm.network });
+      return c.json(vm, 200);
     })
     .openapi(deleteVm, async (c) => {
       const { id } = c.req.valid('param');

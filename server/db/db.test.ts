@@ -94,7 +94,7 @@ test('migrations 004+005 carry a 001+002 database over: a default tenant owns ev
     db.prepare("INSERT INTO events (vm_id, event, data, timestamp) VALUES ('vm-a', 'VM_CREATED', '{}', ?), ('vm-gone', 'VM_DELETED', '{}', ?)").run(now, now);
     db.close();
 
-    cpSync(MIGRATIONS_DIR, migrations, { recursive: true }); // everything after 002: 004 (rootfs_device), 005 (tenants)
+    cpSync(MIGRATIONS_DIR, migrations, { recursive: true }); // everything after 002: 004 (rootfs_device), 005 (tenants), 006 (network)
     db = openDb(path, migrations);
     const tenants = new TenantStore(db);
     const def = tenants.getByName(DEFAULT_TENANT)!;
@@ -121,7 +121,9 @@ test('migrations 004+005 carry a 001+002 database over: a default tenant owns ev
     assert.throws(() => insert.run('vm-e', 'no-such-tenant', now, now), /FOREIGN KEY/);
     db.prepare("DELETE FROM vms WHERE id = 'vm-a'").run();
     assert.equal(db.prepare('SELECT count(*) FROM vm_drives').pluck().get(), 0, 'drives still cascade with their VM');
-    assert.deepEqual(db.prepare('SELECT version FROM schema_migrations').pluck().all(), [1, 2, 4, 5]);
+    // 006: VMs made before networks get one (egress on) at their next start; no address yet.
+    assert.deepEqual(db.prepare("SELECT network_enabled, network_egress, network_slot FROM vms WHERE id = 'vm-b'").get(), { network_enabled: 1, network_egress: 1, network_slot: null });
+    assert.deepEqual(db.prepare('SELECT version FROM schema_migrations').pluck().all(), [1, 2, 4, 5, 6]);
     db.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -28,12 +28,31 @@ export interface Vm {
   balloon: { enabled: boolean; deflateOnOom: boolean };
   /** For an image with a rootfs: a virtio-blk disk (vda) or pmem (/dev/pmem0, mounted with DAX). */
   rootfsDevice: RootfsDevice;
+  /** The VM's NIC (docs/network.md): addresses are shown while the host gives VMs networks. */
+  network: VmNetwork;
   /** The client's drives in guest order (after an image's rootfs and the VM's layer, when the image has a rootfs). */
   drives: Drive[];
   pid?: number;
   createdAt: string;
   updatedAt: string;
 }
+
+/** A VM's network as the API shows it. */
+export interface VmNetwork {
+  enabled: boolean;
+  /** NAT to the host's uplink (switchable at run time). */
+  egress: boolean;
+  /** The guest's own address (the same in every VM: each has its own namespace). */
+  guestAddress?: string;
+  /** Where the host reaches the guest (unique per VM; DNAT to guestAddress). */
+  hostAddress?: string;
+  mac?: string;
+}
+
+/** Fills in the addresses of a VM's network from its pool slot (set by the network component). */
+export type NetworkView = (id: string, slot: number | null, enabled: boolean, egress: boolean) => VmNetwork;
+
+const plainNetwork: NetworkView = (_id, _slot, enabled, egress) => ({ enabled, egress });
 
 interface VmRow {
   id: string;
@@ -50,16 +69,20 @@ interface VmRow {
   balloon: number;
   balloon_deflate_on_oom: number;
   rootfs_device: RootfsDevice;
+  network_enabled: number;
+  network_egress: number;
+  network_slot: number | null;
   created_at: string;
   updated_at: string;
 }
 
-function fromRow(r: VmRow, drives: readonly DriveRow[]): Vm {
+function fromRow(r: VmRow, drives: readonly DriveRow[], view: NetworkView = plainNetwork): Vm {
   const vm: Vm = {
     id: r.id, tenant: r.tenant_id, name: r.name, state: r.state, image: r.image, hypervisor: r.hypervisor,
     vcpus: r.vcpus, memoryMiB: r.memory_mib,
     rng: r.rng === 1, balloon: { enabled: r.balloon === 1, deflateOnOom: r.balloon_deflate_on_oom === 1 },
     rootfsDevice: r.rootfs_device,
+    network: view(r.id, r.network_slot ?? null, (r.network_enabled ?? 1) === 1, (r.network_egress ?? 1) === 1),
     drives: drives.map(publicDrive),
     createdAt: r.created_at, updatedAt: r.updated_at,
   };
@@ -81,7 +104,11 @@ export interface NewVm {
   rootfsDevice?: RootfsDevice | undefined;
   /** Volume ids (already resolved and checked). */
   drives?: readonly NewDrive[] | undefined;
+  network?: { enabled: boolean; egress: boolean } | undefined;
 }
+
+/** Picks a free slot of the host-side address pool (set by the network component); undefined: none needed. */
+export type SlotAllocator = (used: ReadonlySet<number>) => number;
 
 export class VmStore {
   private readonly insertStmt;
@@ -92,6 +119,13 @@ export class VmStore {
   private readonly deleteStmt;
   private readonly tenantStmt;
   private readonly tenants = new Map<string, string>();
+  private readonly slotsStmt;
+  private readonly setSlotStmt;
+  private readonly setEgressStmt;
+  private readonly slotStmt;
+  /** The network component's: addresses from slots, and the slot allocator. */
+  private view: NetworkView = plainNetwork;
+  private allocator: SlotAllocator | undefined;
   /** The list as the API serves it, rebuilt after a write: listing is the hot read. */
   private listCache: { vms: Vm[]; json: string } | undefined;
   /** Per tenant: the part of the list the tenant sees, serialized (cleared with listCache). */
@@ -105,8 +139,12 @@ export class VmStore {
   constructor(private readonly db: Db, private readonly storage?: StorageMonitor, private readonly volumes?: VolumeStore) {
     if (storage) storage.statesNotSaved = () => this.unsaved.size;
     if (volumes) volumes.onDrivesChanged = () => this.invalidate();
-    this.insertStmt = db.prepare(`INSERT INTO vms (id, tenant_id, name, state, image, hypervisor, vcpus, memory_mib, cmdline, pid, rng, balloon, balloon_deflate_on_oom, rootfs_device, created_at, updated_at)
-      VALUES (@id, @tenant, @name, 'created', @image, @hypervisor, @vcpus, @memoryMiB, @cmdline, NULL, @rng, @balloon, @deflateOnOom, @rootfsDevice, @now, @now)`);
+    this.insertStmt = db.prepare(`INSERT INTO vms (id, tenant_id, name, state, image, hypervisor, vcpus, memory_mib, cmdline, pid, rng, balloon, balloon_deflate_on_oom, rootfs_device, network_enabled, network_egress, network_slot, created_at, updated_at)
+      VALUES (@id, @tenant, @name, 'created', @image, @hypervisor, @vcpus, @memoryMiB, @cmdline, NULL, @rng, @balloon, @deflateOnOom, @rootfsDevice, @netEnabled, @netEgress, @netSlot, @now, @now)`);
+    this.slotsStmt = db.prepare('SELECT network_slot FROM vms WHERE network_slot IS NOT NULL').pluck();
+    this.setSlotStmt = db.prepare('UPDATE vms SET network_slot = @slot WHERE id = @id');
+    this.setEgressStmt = db.prepare('UPDATE vms SET network_egress = @egress, updated_at = @now WHERE id = @id');
+    this.slotStmt = db.prepare('SELECT network_slot FROM vms WHERE id = ?').pluck();
     this.getStmt = db.prepare('SELECT * FROM vms WHERE id = ?');
     this.getByNameStmt = db.prepare('SELECT * FROM vms WHERE tenant_id = ? AND name = ?');
     this.listStmt = db.prepare('SELECT * FROM vms ORDER BY created_at, id');
@@ -129,6 +167,8 @@ export class VmStore {
         cmdline: v.cmdline ?? null, id, now: new Date().toISOString(),
         rng: v.rng === false ? 0 : 1, balloon: v.balloon?.enabled ? 1 : 0, deflateOnOom: v.balloon?.enabled && v.balloon.deflateOnOom ? 1 : 0,
         rootfsDevice: v.rootfsDevice ?? 'virtio-blk',
+        netEnabled: v.network?.enabled === false ? 0 : 1, netEgress: v.network?.egress === false ? 0 : 1,
+        netSlot: v.network?.enabled !== false && this.allocator ? this.allocator(this.usedSlots()) : null,
       });
       if (v.drives && v.drives.length > 0) {
         if (!this.volumes) throw new Error('VmStore: drives need the volume store');
@@ -141,7 +181,52 @@ export class VmStore {
 
   get(id: string): Vm | undefined {
     const r = this.getStmt.get(id) as VmRow | undefined;
-    return r && fromRow(this.overlay(r), this.volumes?.drives(id) ?? []);
+    return r && fromRow(this.overlay(r), this.volumes?.drives(id) ?? [], this.view);
+  }
+
+  /** The network component: how addresses are shown, and how a slot is picked. */
+  setNetwork(view: NetworkView, allocator: SlotAllocator): void {
+    this.view = view;
+    this.allocator = allocator;
+    this.invalidate();
+  }
+
+  private usedSlots(): Set<number> {
+    return new Set(this.slotsStmt.all() as number[]);
+  }
+
+  /** The VM's pool slot, allocated now if it has none (a VM defined before networks). Throws when the pool is full. */
+  networkSlot(id: string): number {
+    const cur = this.slotStmt.get(id) as number | null | undefined;
+    if (cur !== null && cur !== undefined) return cur;
+    if (!this.allocator) throw new Error('no address pool');
+    const alloc = this.allocator;
+    const slot = this.db.transaction(() => {
+      const s = alloc(this.usedSlots());
+      this.setSlotStmt.run({ id, slot: s });
+      return s;
+    })();
+    this.invalidate();
+    return slot;
+  }
+
+  /** A new slot for the VM (its old one turned out to be taken on the host meanwhile). Throws when the pool is full. */
+  reassignNetworkSlot(id: string): number {
+    if (!this.allocator) throw new Error('no address pool');
+    const alloc = this.allocator;
+    const slot = this.db.transaction(() => {
+      const s = alloc(this.usedSlots());
+      this.setSlotStmt.run({ id, slot: s });
+      return s;
+    })();
+    this.invalidate();
+    return slot;
+  }
+
+  setEgress(id: string, egress: boolean): Vm | undefined {
+    this.invalidate();
+    this.setEgressStmt.run({ id, egress: egress ? 1 : 0, now: new Date().toISOString() });
+    return this.get(id);
   }
 
   /** The VM's tenant (it never changes): asked for every event published, so remembered. */
@@ -157,7 +242,7 @@ export class VmStore {
   /** Names are unique per tenant. */
   getByName(tenant: string, name: string): Vm | undefined {
     const r = this.getByNameStmt.get(tenant, name) as VmRow | undefined;
-    return r && fromRow(r, this.volumes?.drives(r.id) ?? []);
+    return r && fromRow(r, this.volumes?.drives(r.id) ?? [], this.view);
   }
 
   /** Every VM, or a tenant's. */
@@ -186,7 +271,7 @@ export class VmStore {
   private cachedList(): { vms: Vm[]; json: string } {
     if (!this.listCache) {
       const drives = this.volumes?.allDrives() ?? new Map<string, DriveRow[]>();
-      const vms = (this.listStmt.all() as VmRow[]).map((r) => fromRow(this.overlay(r), drives.get(r.id) ?? []));
+      const vms = (this.listStmt.all() as VmRow[]).map((r) => fromRow(this.overlay(r), drives.get(r.id) ?? [], this.view));
       this.listCache = { vms, json: JSON.stringify({ items: vms }) };
     }
     return this.listCache;

@@ -27,6 +27,8 @@ export function nativeDeviceArgs(devices: VmDevices): string[] {
   for (const p of devices.pmem ?? []) args.push('-device', `virtio-pmem,id=${p.id},file=${p.path.replace(/,/g, ',,')}`);
   if (devices.rng) args.push('-rng', 'random_file=/dev/urandom');
   if (devices.balloon) args.push('-balloon', `deflate-on-oom=${onOff(devices.balloon.deflateOnOom)}`);
+  // The tap exists already in the VMM's network namespace, owned by its uid: opened by name before the seccomp filter.
+  if (devices.net) args.push('-netdev', `id=net0,netdev=${devices.net.tap},mac=${devices.net.mac}`);
   return args;
 }
 

@@ -47,6 +47,8 @@ export function qemuDeviceArgs(devices: VmDevices, pci: boolean): string[] {
     const fwd = devices.userNet.hostForwards.map((f) => `,hostfwd=tcp:127.0.0.1:${f.hostPort}-:${f.guestPort}`).join('');
     args.push('-netdev', `user,id=usernet0,restrict=on${fwd}`, '-device', `${dev('net')},netdev=usernet0,id=usernet0`);
   }
+  // The tap exists already (the server made it, owned by the VMM's uid, in the namespace QEMU runs in).
+  if (devices.net) args.push('-netdev', `tap,id=net0,ifname=${qemuValue(devices.net.tap)},script=no,downscript=no`, '-device', `${dev('net')},netdev=net0,id=net0,mac=${devices.net.mac}`);
   return args;
 }
 

@@ -41,6 +41,8 @@ export interface VmDevices {
   pmem?: PmemSpec[] | undefined;
   rng: boolean;
   balloon?: { deflateOnOom: boolean } | undefined;
+  /** A virtio-net NIC on a tap the server made in the VM's network namespace (the VMM runs there and opens it by name). */
+  net?: { tap: string; mac: string } | undefined;
   /** Appended to the kernel command line (an image with a rootfs: root= and capsule.overlay=). */
   kernelArgs: string[];
   /**

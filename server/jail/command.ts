@@ -63,6 +63,12 @@ export interface JailSpec {
   symlinks: readonly JailSymlink[];
   /** Give the VMM its own /dev/kvm (owned by the jail's uid). */
   kvm: boolean;
+  /**
+   * The VM's network namespace (/run/netns/NAME, docs/network.md): the jail runs in it (nsenter
+   * --net, then unshare without --net) and gets /dev/net/tun to open the VM's tap, which the
+   * server made there owned by the jail's uid. Absent: a new empty network namespace.
+   */
+  netns?: { path: string; nsenter: string } | undefined;
   /** Host cgroup.procs files sh writes itself into before anything else. */
   cgroupProcs: readonly string[];
   /** The VMM: absolute path inside the root, and its arguments (already with in-root paths). */
@@ -211,6 +217,7 @@ export function buildJailCommand(spec: JailSpec): JailCommand {
   // /dev: a tmpfs of its own, with just the nodes a VMM needs.
   lines.push(`${q(t.mount)} -t tmpfs -o nosuid,noexec,mode=0755,size=64k,nr_inodes=16 capsule-dev "$R/dev" || die 'cannot mount /dev'`);
   lines.push(`${q(t.mknod)} -m 0666 "$R/dev/null" c 1 3 && ${q(t.mknod)} -m 0666 "$R/dev/urandom" c 1 9 || die 'cannot create /dev nodes'`);
+  if (spec.netns) lines.push(`${q(t.mkdir)} -p "$R/dev/net" && ${q(t.mknod)} -m 0600 "$R/dev/net/tun" c 10 200 && ${q(t.chown)} ${spec.uid}:${spec.gid} "$R/dev/net/tun" || die 'cannot create /dev/net/tun'`);
   if (spec.kvm) lines.push(`${q(t.mknod)} -m 0600 "$R/dev/kvm" c 10 232 && ${q(t.chown)} ${spec.uid}:${spec.gid} "$R/dev/kvm" || die 'cannot create /dev/kvm'`);
   // A /proc of the new PID namespace (sh is its pid 1, so the mount shows only the jail).
   lines.push(`${q(t.mount)} -t proc -o nosuid,nodev,noexec proc "$R/proc" || die 'cannot mount /proc'`);
@@ -228,6 +235,17 @@ export function buildJailCommand(spec: JailSpec): JailCommand {
   lines.push(vmm.map(q).join(' '));
   lines.push('exit $?');
   const script = lines.join('\n');
+  if (spec.netns) {
+    assertAbsolute('netns', spec.netns.path);
+    assertAbsolute('nsenter', spec.netns.nsenter);
+    // nsenter --net without --fork execs unshare: the tracked pid is still unshare's.
+    return {
+      command: spec.netns.nsenter,
+      args: [`--net=${spec.netns.path}`, '--', t.unshare, '--fork', '--pid', '--mount', '--ipc', '--uts', '--propagation', 'private', '--kill-child', '--', t.sh, spec.scriptPath],
+      env: { PATH: JAIL_PATH },
+      script,
+    };
+  }
   return {
     command: t.unshare,
     // --net, --ipc, --uts: from the VMM's namespaces nothing of the host's network (the API on

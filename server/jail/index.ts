@@ -126,7 +126,7 @@ export class Jail {
    * command's process is the host pid to track: it lives exactly as long as the VMM, and killing
    * it kills the VMM.
    */
-  prepare(hypervisor: Hypervisor, vm: Vm, image: Image, paths: VmPaths, devices: VmDevices = NO_DEVICES, minFileSizeBytes = 0): { command: string; args: string[]; env: Record<string, string>; uid: number; gid: number; script: string; vmm: string[] } {
+  prepare(hypervisor: Hypervisor, vm: Vm, image: Image, paths: VmPaths, devices: VmDevices = NO_DEVICES, minFileSizeBytes = 0, netns?: string): { command: string; args: string[]; env: Record<string, string>; uid: number; gid: number; script: string; vmm: string[] } {
     if (!this.enabled || !this.tools) throw new Error(this.unavailableReason());
     // The server reaches the sockets (and writes the config) at host paths: they must be the
     // in-root paths the VMM uses, under its root.
@@ -172,6 +172,7 @@ export class Jail {
       mounts: [...host.mounts, ...inRoot.mounts, ...disks.mounts],
       symlinks: host.symlinks,
       kvm: hypervisor.usesKvm() && existsDevice('/dev/kvm'),
+      netns: netns === undefined ? undefined : { path: netns, nsenter: mustWhich('nsenter') },
       cgroupProcs,
       command: realFile(command),
       args: fg.args,
@@ -376,6 +377,12 @@ export class Jail {
     }
     return { ok: true, reason: `RLIMIT_NOFILE ${this.cfg.nofile}, RLIMIT_FSIZE ${this.cfg.fsizeBytes} bytes` };
   }
+}
+
+function mustWhich(tool: string): string {
+  const p = which(tool);
+  if (!p) throw new Error(`${tool} (util-linux) not found`);
+  return p;
 }
 
 /** The process's descendants (children first), from /proc/<pid>/task/<tid>/children. */

@@ -108,7 +108,10 @@ test('a jailed guest: user, namespaces, root, rlimits, cgroups; console, pause/r
   assert.ok(existsSync(`/proc/${vmm}/root/image/kernel`));
   assert.ok(!existsSync(`/proc/${vmm}/root/etc/passwd`), 'the host /etc is not there');
   assert.ok(!existsSync(`/proc/${vmm}/root${s.dataDir}`), 'nor the server data');
-  assert.deepEqual(readdirSync(`/proc/${vmm}/root/dev`).sort(), ['null', 'urandom'], 'no /dev/kvm under TCG, nothing else');
+  // net/tun: the VM's NIC (a VM has a network by default where the host gives one, docs/network.md).
+  const tun = health.network?.enabled ? ['net'] : [];
+  assert.deepEqual(readdirSync(`/proc/${vmm}/root/dev`).sort(), [...tun, 'null', 'urandom'], 'no /dev/kvm under TCG, nothing else');
+  if (tun.length) assert.deepEqual(readdirSync(`/proc/${vmm}/root/dev/net`), ['tun']);
   const mounts = parseMountInfo(readFileSync(`/proc/${vmm}/mountinfo`, 'utf8'));
   for (const p of ['/usr/lib', '/image/kernel', '/image/initrd', '/usr/bin/qemu-system-x86_64']) {
     const m = mounts.find((x) => x.mountPoint === p);
@@ -287,7 +290,8 @@ function tcpConnect(port: number, netns?: string): { status: number | null; out:
 }
 
 test('M5: the VMM has its own network, IPC and UTS namespaces; the API on 127.0.0.1 is unreachable from them; QMP and the console still work', { skip: !root && 'the jail needs root' }, async () => {
-  const c = await s.api('POST', '/v1/vms', { name: 'jailed-netns' });
+  // Without a network (docs/network.md): an empty namespace of its own. (With one, below.)
+  const c = await s.api('POST', '/v1/vms', { name: 'jailed-netns', network: { enabled: false } });
   const id: string = c.body.id;
   const started = await s.api('POST', `/v1/vms/${id}/start`);
   assert.equal(started.body.state, 'running', JSON.stringify(started.body));
@@ -318,6 +322,21 @@ test('M5: the VMM has its own network, IPC and UTS namespaces; the API on 127.0.
   cons.close();
   assert.equal((await s.api('POST', `/v1/vms/${id}/stop?force=true`)).body.state, 'stopped');
   assert.equal((await s.api('DELETE', `/v1/vms/${id}`)).status, 204);
+
+  // With a network (the default) the VMM runs in the VM's namespace: lo, the veth to the host and
+  // the guest's tap, nothing else; the API on the namespace's 127.0.0.1 is not the server's.
+  const n = await s.api('POST', '/v1/vms', { name: 'jailed-netns-net' });
+  const nstarted = await s.api('POST', `/v1/vms/${n.body.id}/start`);
+  assert.equal(nstarted.body.state, 'running', JSON.stringify(nstarted.body));
+  const nvmm = vmmPid(nstarted.body.pid);
+  if ((await s.api('GET', '/v1/health')).body.network?.enabled) {
+    const named = spawnSync('ip', ['netns', 'identify', String(nvmm)], { encoding: 'utf8' }).stdout.trim();
+    assert.match(named, new RegExp(`^capsule-[0-9a-f]{4}-${n.body.id}$`), 'the VMM is in the VM\'s named namespace');
+    const nlinks = spawnSync('nsenter', [`--net=/proc/${nvmm}/ns/net`, '--', 'cat', '/proc/net/dev'], { encoding: 'utf8' });
+    assert.deepEqual(nlinks.stdout.split('\n').slice(2).filter(Boolean).map((l) => l.trim().split(':')[0]).sort(), ['lo', 'tap0', 'veth0']);
+    assert.deepEqual(tcpConnect(s.port, `/proc/${nvmm}/ns/net`), { status: 3, out: 'ECONNREFUSED' });
+  }
+  assert.equal((await s.api('DELETE', `/v1/vms/${n.body.id}?force=true`)).status, 204);
 });
 
 test('L5: the kernel command line is in no argv (unshare, sh, the VMM) yet reaches the guest; the script is a root-only file', { skip: !root && 'the jail needs root' }, async () => {
@@ -441,7 +460,8 @@ for (const mode of ['on', 'off'] as const) {
             // Paths it may hold: its log (stdout/stderr), sh's own script, unjailed QEMU's own pidfile lock,
             // and the VMM the rng device's source (/dev/urandom; jailed: the jail's own node).
             const allowed = [join(vmDir, 'vmm.log'), join(vmDir, 'jail.sh'), join(vmDir, 'vmm.pid'), '/dev/null',
-              ...(isVmm ? ['/dev/urandom', join(vmDir, 'root', 'dev', 'urandom')] : [])];
+              // ... and its NIC's tap (docs/network.md).
+              ...(isVmm ? ['/dev/urandom', join(vmDir, 'root', 'dev', 'urandom'), '/dev/net/tun', join(vmDir, 'root', 'dev', 'net', 'tun')] : [])];
             assert.ok(allowed.includes(target), `pid ${p} fd ${fd} -> ${target}`);
           }
         }

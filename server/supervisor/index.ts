@@ -224,6 +224,15 @@ export class Supervisor {
     }
     // What still runs holds host capacity again.
     this.d.admission?.rebuild(this.d.vms.list());
+    // What is left on the host of VMs that no longer run (a kill -9 of the server before its cleanup).
+    const live = new Set(this.live.keys());
+    for (const c of this.components) {
+      try {
+        c.reconcile?.(live);
+      } catch (e) {
+        this.d.log.error({ component: c.name, err: (e as Error).message }, 'component reconcile failed');
+      }
+    }
   }
 
   /** Server shutdown: let go of the VMMs (they keep running) without changing any state. */
@@ -276,7 +285,7 @@ export class Supervisor {
         // (it lives as long as the VMM; killing it kills the VMM). Ready = QMP answers.
         let cmd: ReturnType<Jail['prepare']>;
         try {
-          cmd = jail.prepare(hypervisor, vm, image, paths, plan.devices, plan.minFileSizeBytes);
+          cmd = jail.prepare(hypervisor, vm, image, paths, plan.devices, plan.minFileSizeBytes, plan.netns);
         } catch (e) {
           throw new LaunchError('the jail could not be set up', (e as Error).message);
         }
@@ -291,7 +300,10 @@ export class Supervisor {
         consoleBridge = new ConsoleBridge(paths.consoleSocket);
         await consoleBridge.connect().catch((e: Error) => { qmp.close(); throw asLaunchError(e, 'the VMM\'s console did not answer'); });
       } else {
-        const { command, args, env, config } = hypervisor.launchCommand(vm, image, paths, plan.devices);
+        const launch = hypervisor.launchCommand(vm, image, paths, plan.devices);
+        const { env, config } = launch;
+        // The VM's network namespace: the daemonized VMM lives there (nsenter --net execs it).
+        const { command, args } = plan.netns === undefined ? launch : { command: 'nsenter', args: [`--net=${plan.netns}`, '--', launch.command, ...launch.args] };
         mkdirSync(paths.root, { recursive: true, mode: 0o700 });
         if (config !== undefined) writeFileSync(paths.config, config, { mode: 0o600, flag: 'wx' });
         this.d.log.info({ vm: vm.id, command, reason }, 'launching VMM');

@@ -7,6 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import { REPO_ROOT } from '../paths.js';
+import { instanceTag } from '../network/host.js';
+import { removeLeftovers } from './network.js';
 
 export { REPO_ROOT };
 export const TEST_IMAGES_DIR = process.env.CAPSULE_TEST_IMAGES ?? '/tmp/capsule-test-images';
@@ -139,6 +141,9 @@ export class TestServer {
         } catch { /* no VMM */ }
       }
     }
+    // The VMs' networks (docs/network.md): a server that starts again on this data directory
+    // would reconcile them away; this one never will.
+    if (process.getuid?.() === 0) removeLeftovers(instanceTag(this.dataDir));
     unmountBelow(this.dataDir);
     rmSync(this.dataDir, { recursive: true, force: true });
   }

@@ -15,6 +15,8 @@ export interface Vm {
   pid?: number | null;
   rng?: boolean;
   balloon?: { enabled: boolean; deflateOnOom: boolean };
+  /** The VM's NIC (servers with VM networks): the guest's address, where the host reaches it, NAT to the uplink. */
+  network?: { enabled: boolean; egress: boolean; guestAddress?: string; hostAddress?: string; mac?: string };
   /** In guest order (vda, vdb, ... after an image's rootfs and layer). */
   drives?: Drive[];
   createdAt: string;

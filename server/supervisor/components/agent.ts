@@ -3,7 +3,7 @@
 // from /proc/cmdline) and kept in vms/<id>/agent.token (0600) so that a restarted server still
 // talks to a VM that kept running.
 //
-// The fallback path to the agent for hosts without per-VM networking (CAPSULE_AGENT_USERNET=1):
+// The fallback path to the agent for VMs without per-VM networking (CAPSULE_AGENT_USERNET=1):
 // a QEMU user-mode NIC (slirp, restrict=on: no egress, no way to the host) with one host
 // forward, 127.0.0.1:PORT -> guest 10.0.2.15:49983, and a static guest address. Only for
 // unjailed QEMU (a jailed VMM has its own network namespace, where the forward would listen).
@@ -54,7 +54,8 @@ export class AgentComponent implements VmComponent {
     plan.devices.kernelArgs.unshift(`capsule.agent_token=${token}`);
     rmSync(join(paths.dir, AGENT_PORT_FILE), { force: true });
     this.ports.delete(vm.id);
-    if (!this.d.usernet) return;
+    // A VM with its own NIC (the network component ran first) is reached through it.
+    if (!this.d.usernet || plan.devices.net) return;
     if (vm.hypervisor !== 'qemu' || ctx.jailUid !== undefined) {
       this.d.log.warn({ vm: vm.id, hypervisor: vm.hypervisor, jailed: ctx.jailUid !== undefined },
         'CAPSULE_AGENT_USERNET: only unjailed QEMU VMs get the user-mode NIC (CAPSULE_JAIL=off); this VM\'s agent is unreachable that way');

@@ -26,6 +26,8 @@ export interface LaunchPlan {
   devices: VmDevices;
   /** The largest file the VMM must be able to write (a writable drive): RLIMIT_FSIZE is at least this. */
   minFileSizeBytes: number;
+  /** The network namespace the VMM runs in (/run/netns/NAME; the network component's), if any. */
+  netns?: string | undefined;
 }
 
 /** A running VMM as components see it. */
@@ -45,6 +47,12 @@ export interface VmComponent {
   attach?(live: LiveVmContext): void;
   reattach?(live: LiveVmContext): void;
   cleanup(vmId: string): void;
+  /**
+   * After the server's start has reattached every running VMM (reattach) and cleaned up after
+   * every dead one (cleanup): remove what is left on the host of VMs that no longer run (a
+   * server killed before its cleanup). `live`: the ids of the VMs whose VMM runs.
+   */
+  reconcile?(live: ReadonlySet<string>): void;
 }
 
 export function emptyPlan(): LaunchPlan {

@@ -101,6 +101,7 @@ export function detailView(app: App, id: string, navigate: (hash: string) => voi
     fact('vcpus', 'vCPUs');
     fact('memory', 'Memory');
     fact('devices', 'Devices');
+    fact('network', 'Network');
     fact('pid', 'VMM pid');
     fact('created', 'Created');
     fact('updated', 'Updated');
@@ -144,6 +145,9 @@ export function detailView(app: App, id: string, navigate: (hash: string) => voi
     dd['vcpus']!.textContent = String(v.vcpus);
     dd['memory']!.textContent = fmtMem(v.memoryMiB);
     dd['devices']!.textContent = [v.rng !== false ? 'rng' : '', v.balloon?.enabled ? `balloon${v.balloon.deflateOnOom ? ' (deflate on OOM)' : ''}` : ''].filter(Boolean).join(', ') || '—';
+    const n = v.network;
+    dd['network']!.textContent = !n ? '—' : !n.enabled ? 'none'
+      : [n.guestAddress ? `guest ${n.guestAddress}` : '', n.hostAddress ? `host ${n.hostAddress}` : '', `egress ${n.egress ? 'on' : 'off'}`].filter(Boolean).join(', ');
     drivesCard?.update(v);
     dd['pid']!.textContent = v.pid ? String(v.pid) : '—';
     dd['created']!.textContent = fmtTime(v.createdAt);
