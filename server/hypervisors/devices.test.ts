@@ -95,7 +95,7 @@ test('pmem: QEMU maps each file as an NVDIMM above RAM (maxmem = RAM + the files
   for (const kvm of [true, false]) {
     const q = new QemuHypervisor('/usr/bin/qemu-system-x86_64', kvm).foregroundCommand(vm, image, paths, pmem).args;
     assert.equal(q[q.indexOf('-M') + 1], 'pc,nvdimm=on', 'microvm has no NVDIMM: pc, with or without KVM');
-    assert.equal(q[q.indexOf('-accel') + 1], kvm ? 'kvm' : 'tcg');
+    assert.equal(q[q.indexOf('-accel') + 1], kvm ? 'kvm' : 'tcg,tb-size=128');
     assert.equal(q[q.indexOf('-m') + 1], '256M,slots=1,maxmem=260M');
     assert.ok(q.includes('nvdimm,id=rootfs,memdev=pmem0,unarmed=on'));
     assert.ok(q.includes('virtio-blk-pci,drive=drive-0,id=drive-0'), 'pc: the disks are PCI');

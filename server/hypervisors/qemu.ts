@@ -12,6 +12,14 @@ import { ApiError } from '../supervisor/errors.js';
 import { effectiveCmdline, NO_DEVICES, type Availability, type DriveSpec, type PmemSpec, type ForegroundPaths, type Hypervisor, type LaunchCommand, type QmpCommands, type VmDevices, type VmPaths } from './types.js';
 
 /** QEMU option values: a comma is written twice. */
+/**
+ * TCG's translated-code cache in MiB. QEMU's default is 1 GiB, filled as the guest runs more
+ * code: a busy sandbox guest grew its VMM past guest memory + the jail's 256 MiB overhead and
+ * the memory cgroup killed it (a 64 MiB upload through the NIC). 128 MiB holds a Linux guest's
+ * working set; the cache is flushed and refilled when full.
+ */
+export const TCG_CODE_CACHE_MIB = 128;
+
 export function qemuValue(s: string): string {
   return s.replace(/,/g, ',,');
 }
@@ -201,7 +209,7 @@ export class QemuHypervisor implements Hypervisor {
     const pc = !this.kvm || pmem.length > 0;
     const machine = !pc
       ? ['-M', 'microvm,acpi=on,rtc=on,pit=on,pic=on,isa-serial=on', '-accel', 'kvm', '-cpu', 'host']
-      : ['-M', pmem.length > 0 ? 'pc,nvdimm=on' : 'pc', ...(this.kvm ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg'])];
+      : ['-M', pmem.length > 0 ? 'pc,nvdimm=on' : 'pc', ...(this.kvm ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', `tcg,tb-size=${TCG_CODE_CACHE_MIB}`])];
     const args = [
       '-name', `capsule-${vm.id},process=capsule-${vm.id}`,
       ...machine,
