@@ -107,6 +107,7 @@ async function main(): Promise<void> {
   if (config.agentUsernet) paths.push(new UsernetTransport(agents));
   const noPath = network.available ? 'it was created without a network, or is not running' : `per-VM networking is off here (${network.reason}); CAPSULE_AGENT_USERNET=1 reaches unjailed QEMU VMs instead`;
   const agent = new AgentClient({ transport: new RoutedTransport(paths, noPath), token: (id) => agents.token(id) });
+  agents.onVmGone = (id) => agent.abortVm(id, 'the VM stopped');
   // The network before the agent: the agent's user-mode fallback is only for VMs without a NIC.
   const components = [drives, new RngComponent(), balloon, network, agents];
   const admission = new HostAdmission(config.admission);

@@ -226,6 +226,32 @@ test('a hostile agent never hangs the client: oversized frames, garbage, silence
   for (const f of [huge, silent, garbage, stall]) f.server.close();
 });
 
+test('a VM that goes away ends its operations at once (abortVm): an upload stuck on a full socket, a running exec', async () => {
+  const frame = (obj: unknown) => { const b = Buffer.from(JSON.stringify(obj)); const h = Buffer.alloc(5); h.writeUInt32BE(b.length + 1, 0); h[4] = 1; return Buffer.concat([h, b]); };
+  // Says "ready" for a write, then stops reading (a guest that vanished: the socket fills up, never drains).
+  const stuck = await fakeAgent((s) => s.once('data', () => { s.write(frame({ ready: true })); s.pause(); }));
+  const running = await fakeAgent((s) => s.once('data', () => s.write(frame({ started: { pid: 7 } }))));
+  const mk = (p: number) => new AgentClient({ transport: tcp(() => p), token: () => TOKEN, callTimeoutMs: 60_000, idleTimeoutMs: 60_000 });
+  const uploader = mk(stuck.port);
+  async function* forever() { for (;;) yield Buffer.alloc(1 << 20); }
+  const upload = uploader.write('vm-a', '/x', forever());
+  await waitUntil(() => uploader.openSessions('vm-a') === 1);
+  await new Promise((r) => setTimeout(r, 300)); // the socket's buffers fill; the writer waits for 'drain'
+  const execer = mk(running.port);
+  const s = await execer.exec('vm-a', { cmd: ['x'] }, { onOutput: () => undefined });
+  await s.started;
+  const t0 = Date.now();
+  uploader.abortVm('vm-a', 'the VM stopped');
+  execer.abortVm('vm-b'); // another VM: nothing of vm-a's ends
+  assert.equal(execer.openSessions('vm-a'), 1);
+  execer.abortVm('vm-a');
+  await assert.rejects(upload, (e: any) => e.status === 502 && /the VM stopped/.test(e.message));
+  await assert.rejects(s.done, (e: any) => e.status === 502);
+  assert.ok(Date.now() - t0 < 2000, 'at once, not at a deadline');
+  assert.deepEqual([uploader.openSessions('vm-a'), execer.openSessions('vm-a')], [0, 0]);
+  for (const f of [stuck, running]) f.server.close();
+});
+
 /** The process is gone or a zombie (killed; its new parent has not reaped it yet). */
 function gone(pid: number): boolean {
   try { return /^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8')); } catch { return true; }

@@ -66,6 +66,9 @@ export class AgentSession {
   private ended = false;
   private frameHandler: (f: Frame) => void = () => undefined;
   private endHandler: (err: ApiError | undefined) => void = () => undefined;
+  /** Writers waiting for 'drain': woken at the end too (a dead socket never drains). */
+  private readonly drainWaiters = new Set<() => void>();
+  private readonly endWatchers: Array<() => void> = [];
 
   constructor(readonly sock: Duplex, private readonly idleMs: number, maxFrame: number) {
     this.reader = new FrameReader((f) => { if (!this.ended) this.frameHandler(f); }, (why) => this.fail(protocolError(why)), maxFrame);
@@ -103,7 +106,15 @@ export class AgentSession {
 
   onDrain(fn: () => void): void {
     if (this.ended) return fn();
-    this.sock.once('drain', fn);
+    const wake = () => { this.sock.off('drain', wake); this.drainWaiters.delete(wake); fn(); };
+    this.drainWaiters.add(wake);
+    this.sock.once('drain', wake);
+  }
+
+  /** Called once when the session ends, however (besides onEnd's one handler). */
+  whenEnded(fn: () => void): void {
+    if (this.ended) fn();
+    else this.endWatchers.push(fn);
   }
 
   pause(): void { this.sock.pause(); }
@@ -124,6 +135,8 @@ export class AgentSession {
     clearTimeout(this.deadlineTimer);
     this.sock.destroy();
     this.endHandler(err);
+    for (const wake of [...this.drainWaiters]) wake();
+    for (const fn of this.endWatchers.splice(0)) fn();
   }
 
   private touch(): void {
@@ -163,6 +176,8 @@ export class AgentClient {
   private readonly callTimeoutMs: number;
   readonly idleTimeoutMs: number;
   private readonly maxFrame: number;
+  /** Open sessions by VM: ended at once when the VM's VMM goes (abortVm). */
+  private readonly sessions = new Map<string, Set<AgentSession>>();
 
   constructor(private readonly o: AgentClientOptions) {
     this.connectTimeoutMs = o.connectTimeoutMs ?? 30_000;
@@ -189,9 +204,33 @@ export class AgentClient {
       throw e instanceof ApiError ? e : unreachable(e.message);
     }).finally(() => clearTimeout(timer));
     const s = new AgentSession(sock, this.idleTimeoutMs, this.maxFrame);
+    this.track(vmId, s);
     sock.write(MAGIC);
     s.sendJson({ v: PROTOCOL_VERSION, token, ...req });
     return s;
+  }
+
+  /**
+   * The VM's VMM is gone: every operation on it ends now with 502. (Its guest cannot answer,
+   * and a connection to a vanished guest would otherwise wait for TCP to give up, many minutes.)
+   */
+  abortVm(vmId: string, why = 'the VM stopped'): void {
+    for (const s of [...(this.sessions.get(vmId) ?? [])]) s.fail(unreachable(why));
+  }
+
+  /** Open operations on a VM (for tests and metrics). */
+  openSessions(vmId: string): number {
+    return this.sessions.get(vmId)?.size ?? 0;
+  }
+
+  private track(vmId: string, s: AgentSession): void {
+    let set = this.sessions.get(vmId);
+    if (!set) this.sessions.set(vmId, (set = new Set()));
+    set.add(s);
+    s.whenEnded(() => {
+      set!.delete(s);
+      if (set!.size === 0 && this.sessions.get(vmId) === set) this.sessions.delete(vmId);
+    });
   }
 
   /** A short call: the `ok` answer, within the call deadline. */

@@ -31,6 +31,8 @@ export class AgentComponent implements VmComponent {
   readonly name = 'agent';
   private readonly tokens = new Map<string, string>();
   private readonly ports = new Map<string, number>();
+  /** Told when a VM's VMM is gone (the agent client ends its open operations on it). */
+  onVmGone: (vmId: string) => void = () => undefined;
 
   constructor(private readonly d: AgentComponentDeps) {}
 
@@ -77,6 +79,7 @@ export class AgentComponent implements VmComponent {
   }
 
   cleanup(vmId: string): void {
+    this.onVmGone(vmId);
     this.tokens.delete(vmId);
     this.ports.delete(vmId);
     const dir = join(this.d.vmsDir, vmId);
