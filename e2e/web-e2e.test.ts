@@ -481,7 +481,10 @@ test('tenants: the header shows tenant and scope; an admin filters VMs by tenant
   await page.getByLabel('Tenant').selectOption({ label: tenant });
   await page.getByLabel('Scope').selectOption('read');
   await page.getByRole('button', { name: 'Create token' }).click();
-  const secret = (await page.locator('output.secret').innerText()).trim();
+  // The output is in the page (empty, hidden) before the create returns: wait for its text.
+  const secretOut = page.locator('output.secret', { hasText: /^cap_/ });
+  await secretOut.waitFor();
+  const secret = (await secretOut.innerText()).trim();
   assert.match(secret, /^cap_[0-9a-f]{64}$/);
   const who = (await (await fetch(base + '/v1/whoami', { headers: { Authorization: `Bearer ${secret}` } })).json()) as { scope: string; tenant: { name: string } };
   assert.deepEqual([who.scope, who.tenant.name], ['read', tenant]);
