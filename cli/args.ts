@@ -34,6 +34,20 @@ export function collect<T>(parse: (v: string) => T) {
   return (value: string, previous: T[] = []): T[] => [...previous, parse(value)];
 }
 
+/** `KEY=VALUE` (the value may contain `=`). */
+export function keyValue(value: string): [string, string] {
+  const i = value.indexOf('=');
+  if (i < 1) throw new InvalidArgumentError('must be KEY=VALUE');
+  return [value.slice(0, i), value.slice(i + 1)];
+}
+
+/** A duration in seconds: `90`, `90s`, `15m`, `2h`, `1d`. */
+export function durationSec(value: string): number {
+  const m = /^(\d+)\s*(s|m|h|d)?$/i.exec(value.trim());
+  if (!m || Number(m[1]) < 1) throw new InvalidArgumentError('must be a duration: 90 (seconds), 90s, 15m, 2h, 1d');
+  return Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[(m[2] ?? 's').toLowerCase() as 's' | 'm' | 'h' | 'd'];
+}
+
 export interface DriveSpec {
   volume: string;
   readOnly?: boolean;

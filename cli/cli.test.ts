@@ -121,6 +121,23 @@ test('vm create, ls, show, start, pause, resume, stop, rm: by name, by id and by
   assert.equal((await s.api('GET', `/v1/vms/${vm.id}`)).status, 404);
 });
 
+test('vm create --metadata --timeout --on-timeout; ls --metadata/--state filters; vm timeout resets, sets and removes the TTL', async () => {
+  const vm = await user.json(['vm', 'create', 'cli-ttl', '--memory', '128M', '--metadata', 'team=search', '--metadata', 'note=a=b', '--timeout', '2h', '--on-timeout', 'delete']);
+  assert.deepEqual([vm.metadata, vm.timeoutSec, vm.onTimeout], [{ team: 'search', note: 'a=b' }, 7200, 'delete']);
+  await user.json(['vm', 'create', 'cli-other', '--memory', '128M', '--metadata', 'team=ads']);
+  const names = async (args: string[]) => (await user.json<{ items: Array<{ name: string }> }>(['vm', 'ls', ...args])).items.map((v) => v.name).filter((n) => n.startsWith('cli-')).sort();
+  assert.deepEqual(await names(['--metadata', 'team=search']), ['cli-ttl']);
+  assert.deepEqual(await names(['--metadata', 'team=ads', '--state', 'created']), ['cli-other']);
+  assert.deepEqual(await names(['--state', 'running']), []);
+  assert.match((await user.run(['vm', 'show', 'cli-ttl'])).stdout, /^metadata team:\s+search$[\s\S]*^ttl:\s+7200 s, then delete$/m);
+  assert.equal((await user.json(['vm', 'timeout', 'cli-ttl', '15m'])).timeoutSec, 900);
+  assert.equal((await user.run(['vm', 'timeout', 'cli-ttl', 'none'])).stdout, 'cli-ttl: no TTL\n');
+  const bad = await user.run(['vm', 'create', 'cli-bad', '--timeout', 'soon']);
+  assert.equal(bad.code, 2, 'a usage error');
+  assert.match(bad.stderr, /duration/);
+  assert.equal((await user.run(['vm', 'rm', 'cli-ttl', 'cli-other'])).code, 0);
+});
+
 test('tables fit the width in COLUMNS, truncating the widest columns; without it (a pipe) values are whole', async () => {
   const long = 'a-vm-with-a-rather-long-name-that-is-wider-than-the-terminal-x';
   const vm = await user.json(['vm', 'create', long]);

@@ -28,6 +28,10 @@ export interface Vm {
   rootfsDevice?: string;
   /** The owning tenant's id (servers with tenants). */
   tenant?: string;
+  metadata?: Record<string, string>;
+  timeoutSec?: number;
+  onTimeout?: string;
+  expiresAt?: string;
   createdAt: string;
   updatedAt: string;
 }

@@ -39,6 +39,7 @@ import { createApp } from './api/app.js';
 import { probeKvm } from '../lib/kvm-probe.js';
 import { Jail } from './jail/index.js';
 import { installShutdown, trackInFlight } from './shutdown.js';
+import { VmTimeouts } from './lifetimes/timeouts.js';
 
 
 async function main(): Promise<void> {
@@ -114,14 +115,17 @@ async function main(): Promise<void> {
   // Made before reattach so that the events reattach publishes (CRASHED for a VMM gone meanwhile) are counted.
   const metrics = new Metrics({ vms, hub, admission, backends: [...hypervisors.keys()], cgroups: jail.cgroups, tenantName: (id) => tenants.get(id)?.name });
   const supervisor = new Supervisor({ vms, images, hub, hypervisors, vmsDir: config.vmsDir, stopTimeoutMs: config.stopTimeoutMs, log, jail, admission, quotas, components });
+  // Observes state changes from here on (the reattach above publishes none that start a run).
+  const timeouts = new VmTimeouts({ vms, hub, actions: supervisor, log });
   await supervisor.reattachAll();
+  timeouts.start(); // deadlines that passed while the server was down act now
   log.info({ capacity: config.admission, reserved: admission.usage() }, 'host admission');
 
   const webDir = join(REPO_ROOT, 'dist', 'web');
   if (!existsSync(join(webDir, 'index.html'))) log.warn({ webDir }, 'web UI not built (npm run build)');
   const readiness = new Readiness({ db, images, hypervisors, storage });
   const { app, injectWebSocket, closeSockets } = createApp({
-    config, log, vms, images, tokens, tenants, quotas, audit, hub, supervisor, volumes, drives, balloon, network, agent, hypervisors, kvm: kvm.available, defaultHypervisor, webDir, jail: jailStatus, storage,
+    config, log, vms, images, tokens, tenants, quotas, audit, hub, supervisor, volumes, drives, balloon, network, agent, timeouts, hypervisors, kvm: kvm.available, defaultHypervisor, webDir, jail: jailStatus, storage,
     readiness, metrics, metricsOnMainListener: config.metricsAddr === undefined,
   });
   const server = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info) => {
@@ -143,6 +147,7 @@ async function main(): Promise<void> {
   installShutdown({
     server: server as Server, inFlight, closeSockets, timeoutMs: config.shutdownTimeoutMs, log,
     finish: () => {
+      timeouts.close();
       supervisor.detachAll();
       metricsServer?.close();
       db.close();

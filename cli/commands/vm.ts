@@ -1,9 +1,9 @@
 // capsule vm …: definitions and lifecycle (POST /v1/vms, /v1/vms/:id/{start,stop,…}).
 import { Command, Option } from 'commander';
-import { collect, driveSpec, oneOf, positiveInt, sizeMiB, type DriveSpec } from '../args.js';
+import { collect, driveSpec, durationSec, keyValue, oneOf, positiveInt, sizeMiB, type DriveSpec } from '../args.js';
 import { withContext, type Context } from '../context.js';
 import { mib, shortTime, type Column } from '../output.js';
-import { resolveVm, tenantNames, tenantQuery } from '../resolve.js';
+import { resolveVm, tenantNames } from '../resolve.js';
 import { withSpinner } from '../spinner.js';
 import type { Drive, List, Vm } from '../types.js';
 import { consoleCommand } from './console.js';
@@ -39,6 +39,9 @@ function showVm(ctx: Context, vm: Vm): void {
     ['balloon', vm.balloon.enabled ? (vm.balloon.deflateOnOom ? 'yes (deflate on OOM)' : 'yes') : 'no'],
     ...(vm.rootfsDevice !== undefined ? [['rootfs device', vm.rootfsDevice] as [string, string]] : []),
     ['pid', vm.pid],
+    ...Object.entries(vm.metadata ?? {}).map(([k, v]) => [`metadata ${k}`, v] as [string, string]),
+    ...(vm.timeoutSec !== undefined ? [['ttl', `${vm.timeoutSec} s, then ${vm.onTimeout ?? 'stop'}`] as [string, string]] : []),
+    ...(vm.expiresAt !== undefined ? [['expires', shortTime(vm.expiresAt)] as [string, string]] : []),
     ['created', shortTime(vm.createdAt)],
     ['updated', shortTime(vm.updatedAt)],
   ]);
@@ -65,6 +68,9 @@ interface CreateOptions {
   balloon?: boolean;
   balloonDeflateOnOom?: boolean;
   rootfsDevice?: string;
+  metadata?: Array<[string, string]>;
+  timeout?: number;
+  onTimeout?: string;
   start?: boolean;
 }
 
@@ -80,6 +86,9 @@ export function createBody(name: string, o: CreateOptions): Record<string, unkno
   if (o.balloonDeflateOnOom) body.balloon = { deflateOnOom: true };
   else if (o.balloon) body.balloon = true;
   if (o.rootfsDevice !== undefined) body.rootfsDevice = o.rootfsDevice;
+  if (o.metadata?.length) body.metadata = Object.fromEntries(o.metadata);
+  if (o.timeout !== undefined) body.timeoutSec = o.timeout;
+  if (o.onTimeout !== undefined) body.onTimeout = o.onTimeout;
   return body;
 }
 
@@ -96,8 +105,14 @@ export function vmCommand(): Command {
 
   vm.command('ls').alias('list').description('List VMs')
     .option('-t, --tenant <tenant>', 'admin: only this tenant\'s (name or id)')
-    .action(withContext(async (ctx, o: { tenant?: string }) => {
-      const list = await ctx.client().get<List<Vm>>(`/v1/vms${tenantQuery(o.tenant)}`);
+    .option('--metadata <key=value>', 'only VMs with this metadata (repeatable: all must match)', collect(keyValue))
+    .option('--state <state>', 'only VMs in this state')
+    .action(withContext(async (ctx, o: { tenant?: string; metadata?: Array<[string, string]>; state?: string }) => {
+      const q = new URLSearchParams();
+      if (o.tenant) q.set('tenant', o.tenant);
+      if (o.state) q.set('state', o.state);
+      for (const [k, v] of o.metadata ?? []) q.set(`metadata.${k}`, v);
+      const list = await ctx.client().get<List<Vm>>(`/v1/vms${q.size ? `?${q}` : ''}`);
       if (ctx.printer.json) return ctx.printer.jsonValue(list);
       ctx.printer.table(list, list.items, vmColumns(list.items, await tenantNames(ctx.client(), list.items)));
     }));
@@ -115,6 +130,9 @@ export function vmCommand(): Command {
     .option('--balloon', 'a virtio-balloon device')
     .option('--balloon-deflate-on-oom', 'a balloon the guest may deflate when it runs out of memory')
     .addOption(new Option('--rootfs-device <device>', 'for an image with a rootfs: virtio-blk (vda) or pmem (/dev/pmem0, DAX)').argParser(oneOf('virtio-blk', 'pmem')))
+    .option('--metadata <key=value>', 'a metadata entry (repeatable)', collect(keyValue))
+    .option('--timeout <duration>', 'TTL from each start: 90, 15m, 2h, 1d', durationSec)
+    .addOption(new Option('--on-timeout <action>', 'at the TTL: stop (default) or delete').argParser(oneOf('stop', 'delete')))
     .option('-s, --start', 'start the VM once created')
     .action(withContext(async (ctx, name: string, o: CreateOptions & { hypervisor?: string }) => {
       const client = ctx.client();
@@ -152,6 +170,16 @@ export function vmCommand(): Command {
         await withSpinner(`deleting ${t.name}`, client.delete(`/v1/vms/${t.id}${o.force ? '?force=true' : ''}`));
         ctx.printer.message(`${t.name}: deleted`);
       }
+    }));
+
+  vm.command('timeout').description('Restart a VM\'s TTL from now; with DURATION set a new one (90, 15m, 2h); "none" removes it')
+    .argument('<vm>', 'name or id').argument('[duration]', 'new TTL, or none')
+    .action(withContext(async (ctx, ref: string, duration?: string) => {
+      const found = await resolveVm(ctx.client(), ref);
+      const body = duration === undefined ? {} : { timeoutSec: duration === 'none' ? null : durationSec(duration) };
+      const v = await ctx.client().post<Vm>(`/v1/vms/${found.id}/timeout`, body);
+      if (ctx.printer.json) return ctx.printer.jsonValue(v);
+      ctx.printer.message(v.timeoutSec === undefined ? `${v.name}: no TTL` : `${v.name}: TTL ${v.timeoutSec} s${v.expiresAt ? `, expires ${shortTime(v.expiresAt)}` : ' from its next start'}`);
     }));
 
   vm.command('log').alias('logs').description('Print the VMM\'s log (the last MiB)').argument('<vm>', 'name or id')

@@ -23,6 +23,7 @@ import type { DrivesComponent } from '../supervisor/components/drives.js';
 import type { BalloonComponent } from '../supervisor/components/balloon.js';
 import type { AgentClient } from '../agent/client.js';
 import type { NetworkComponent } from '../supervisor/components/network.js';
+import type { VmTimeouts } from '../lifetimes/timeouts.js';
 import { BucketMap } from '../util/leaky-bucket.js';
 import { ApiRateLimits, authorize, requireToken, rateLimit, type AuthVariables } from '../auth/middleware.js';
 import { attachWebSockets, CLOSE_TOKEN_REVOKED, SocketLimiter } from './websocket.js';
@@ -66,6 +67,8 @@ export interface AppDeps {
   agent: AgentClient;
   /** VM networks (docs/network.md): egress at run time, the guest's endpoint. Absent in unit tests. */
   network?: NetworkComponent;
+  /** VM TTLs (POST /v1/vms/:id/timeout). */
+  timeouts: VmTimeouts;
   hypervisors: ReadonlyMap<HypervisorName, Hypervisor>;
   kvm: boolean;
   defaultHypervisor: HypervisorName;

@@ -1,6 +1,6 @@
 // Request and response schemas: validation and the OpenAPI document come from the same source.
 import { z } from '@hono/zod-openapi';
-import { ROOTFS_DEVICES, VM_STATES } from '../db/vms.js';
+import { ON_TIMEOUT, ROOTFS_DEVICES, VM_STATES } from '../db/vms.js';
 import { DRIVE_CACHES, DRIVE_STATES } from '../db/volumes.js';
 import { TOKEN_SCOPES } from '../db/tokens.js';
 import { VOLUME_MAX_MIB, VOLUME_MIN_MIB } from '../volumes/files.js';
@@ -36,6 +36,25 @@ export const ErrorSchema = z.object({
   }),
 }).openapi('Error');
 
+/** Most keys of a VM's metadata, and the longest key and value (bytes of UTF-8 are not counted: characters). */
+export const METADATA_MAX_KEYS = 64;
+export const METADATA_MAX_KEY = 128;
+export const METADATA_MAX_VALUE = 1024;
+/** The longest TTL: 30 days. */
+export const MAX_TIMEOUT_SEC = 30 * 24 * 3600;
+
+export const MetadataSchema = z.record(z.string(), z.string().max(METADATA_MAX_VALUE, `metadata values are at most ${METADATA_MAX_VALUE} characters`))
+  .superRefine((m, ctx) => {
+    const keys = Object.keys(m);
+    if (keys.length > METADATA_MAX_KEYS) ctx.addIssue({ code: 'custom', message: `metadata has at most ${METADATA_MAX_KEYS} keys` });
+    for (const k of keys) {
+      if (k.length === 0 || k.length > METADATA_MAX_KEY) ctx.addIssue({ code: 'custom', path: [k], message: `metadata keys are 1-${METADATA_MAX_KEY} characters` });
+    }
+  })
+  .openapi({ description: `the client's labels: strings to strings (at most ${METADATA_MAX_KEYS} keys); GET /v1/vms?metadata.KEY=VALUE filters by them`, example: { team: 'search', purpose: 'ci' } });
+
+export const TimeoutSecSchema = z.number().int().min(1, `timeoutSec must be 1-${MAX_TIMEOUT_SEC} (30 days)`).max(MAX_TIMEOUT_SEC, `timeoutSec must be 1-${MAX_TIMEOUT_SEC} (30 days)`);
+
 export const VmSchema = z.object({
   id: z.string().uuid(),
   tenant: z.string().openapi({ description: 'the owning tenant\'s id' }),
@@ -57,6 +76,10 @@ export const VmSchema = z.object({
     mac: z.string().optional(),
   }).openapi({ description: 'docs/network.md; the addresses are shown where the host gives VMs networks' }),
   drives: z.array(DriveSchema).openapi({ description: 'in guest order: vda, vdb, ... (after vda = the image rootfs and vdb = the VM\'s layer, for an image with a rootfs)' }),
+  metadata: z.record(z.string(), z.string()),
+  timeoutSec: z.number().int().optional().openapi({ description: 'the VM\'s TTL, counted from each start (absent: none)' }),
+  onTimeout: z.enum(ON_TIMEOUT).openapi({ description: 'at expiry the VM is stopped or deleted' }),
+  expiresAt: z.string().optional().openapi({ description: 'when the current run ends (a running VM with a TTL)' }),
   pid: z.number().int().optional(),
   createdAt: z.string(),
   updatedAt: z.string(),
@@ -82,11 +105,19 @@ export const CreateVmSchema = z.object({
     enabled: z.boolean().default(true),
     egress: z.boolean().default(true),
   }).strict().default({ enabled: true, egress: true }).openapi({ description: 'a NIC in the VM\'s own network namespace (docs/network.md); egress: NAT to the host\'s uplink' }),
+  metadata: MetadataSchema.default({}),
+  timeoutSec: TimeoutSecSchema.optional().openapi({ description: `the VM's TTL in seconds (1-${MAX_TIMEOUT_SEC}), counted from each start; POST /v1/vms/{id}/timeout resets it` }),
+  onTimeout: z.enum(ON_TIMEOUT).default('stop').openapi({ description: 'what happens at expiry: stop (the definition stays) or delete' }),
 }).strict().openapi('CreateVm');
 
 export const UpdateVmSchema = z.object({
-  network: z.object({ egress: z.boolean() }).strict(),
-}).strict().openapi('UpdateVm');
+  network: z.object({ egress: z.boolean() }).strict().optional(),
+  metadata: MetadataSchema.optional().openapi({ description: 'replaces the VM\'s metadata' }),
+}).strict().refine((b) => b.network !== undefined || b.metadata !== undefined, 'give network, metadata, or both').openapi('UpdateVm');
+
+export const SetTimeoutSchema = z.object({
+  timeoutSec: TimeoutSecSchema.nullable().optional().openapi({ description: 'the new TTL (null: none); absent: the VM\'s own' }),
+}).strict().openapi('SetTimeout');
 
 export const VolumeSchema = z.object({
   id: z.string().uuid(),
@@ -271,4 +302,21 @@ export const AuditQuerySchema = z.object({
 
 export const TenantQuery = z.object({
   tenant: z.string().optional().openapi({ param: { name: 'tenant', in: 'query' }, description: 'admin: only this tenant\'s (id or name)' }),
+});
+
+/**
+ * GET /v1/vms: filters (all must match) and pages. Besides these, any number of
+ * `metadata.KEY=VALUE`. Without `limit` the whole list comes at once (as before pages existed).
+ */
+export const ListVmsQuery = TenantQuery.extend({
+  state: z.enum(VM_STATES).optional().openapi({ param: { name: 'state', in: 'query' } }),
+  limit: z.coerce.number().int().min(1, 'limit must be 1-1000').max(1000, 'limit must be 1-1000').optional()
+    .openapi({ param: { name: 'limit', in: 'query' }, description: 'at most this many (1-1000); the answer has nextCursor when more follow' }),
+  cursor: z.string().max(512).optional().openapi({ param: { name: 'cursor', in: 'query' }, description: 'nextCursor of the previous page' }),
+}).catchall(z.string()).superRefine((q, ctx) => {
+  for (const key of Object.keys(q)) {
+    if (['tenant', 'state', 'limit', 'cursor'].includes(key)) continue;
+    if (!/^metadata\.[^.].*$/.test(key)) ctx.addIssue({ code: 'custom', path: [key], message: `unknown query parameter ${key} (tenant, state, limit, cursor, metadata.KEY)` });
+    else if (typeof q[key] !== 'string') ctx.addIssue({ code: 'custom', path: [key], message: `${key} is given more than once` });
+  }
 });

@@ -5,7 +5,8 @@ import { ApiError } from '../supervisor/errors.js';
 import { checkDefinition } from '../supervisor/admission.js';
 import type { Vm } from '../db/vms.js';
 import { callerToken } from '../auth/middleware.js';
-import { CreateVmSchema, ErrorSchema, ForceQuery, IdParams, TenantQuery, UpdateVmSchema, VmSchema } from './schemas.js';
+import { CreateVmSchema, ErrorSchema, ForceQuery, IdParams, ListVmsQuery, SetTimeoutSchema, UpdateVmSchema, VmSchema } from './schemas.js';
+import { page } from './pages.js';
 import { visibleTenant } from './ownership.js';
 import { newRouter, queryWhenPresent, type AppDeps } from './app.js';
 
@@ -19,7 +20,12 @@ const errors = {
   429: json(ErrorSchema, 'rate limited'),
 };
 
-const listVms = createRoute({ method: 'get', path: '/vms', tags: ['vms'], summary: 'The tenant\'s VMs (an admin: all, or ?tenant=)', request: { query: TenantQuery }, responses: { 200: json(z.object({ items: z.array(VmSchema) }), 'VMs'), ...errors } });
+const listVms = createRoute({
+  method: 'get', path: '/vms', tags: ['vms'],
+  summary: 'The tenant\'s VMs (an admin: all, or ?tenant=); filters ?state=, ?metadata.KEY=VALUE (all must match); pages with ?limit= and ?cursor=',
+  request: { query: ListVmsQuery },
+  responses: { 200: json(z.object({ items: z.array(VmSchema), nextCursor: z.string().optional().openapi({ description: 'with ?limit=: more follow; pass as ?cursor=' }) }), 'VMs, oldest first'), ...errors },
+});
 const getVm = createRoute({ method: 'get', path: '/vms/{id}', tags: ['vms'], request: { params: IdParams }, responses: { 200: json(VmSchema, 'the VM'), ...errors } });
 const createVm = createRoute({
   method: 'post', path: '/vms', tags: ['vms'], summary: 'Define a VM (it starts in state created)',
@@ -32,9 +38,16 @@ const deleteVm = createRoute({
 });
 
 const updateVm = createRoute({
-  method: 'patch', path: '/vms/{id}', tags: ['vms'], summary: 'Change a VM at run time: {"network":{"egress":bool}} switches its NAT to the uplink (docs/network.md)',
+  method: 'patch', path: '/vms/{id}', tags: ['vms'], summary: 'Change a VM at run time: {"network":{"egress":bool}} switches its NAT to the uplink (docs/network.md); {"metadata":{...}} replaces its metadata',
   request: { params: IdParams, body: { required: true, content: { 'application/json': { schema: UpdateVmSchema } } } },
   responses: { 200: json(VmSchema, 'the VM'), ...errors },
+});
+
+const setTimeoutRoute = createRoute({
+  method: 'post', path: '/vms/{id}/timeout', tags: ['vms'],
+  summary: 'Restart the VM\'s TTL from now ({} keeps its timeoutSec; {"timeoutSec": N} sets a new one; null removes it). A VM that is not running keeps it for its next start.',
+  request: { params: IdParams, body: { required: true, content: { 'application/json': { schema: SetTimeoutSchema } } } },
+  responses: { 200: json(VmSchema, 'the VM, with its new expiresAt'), ...errors },
 });
 
 const ACTIONS = ['start', 'stop', 'pause', 'resume', 'reboot'] as const;
@@ -54,10 +67,20 @@ export function vmRoutes(deps: AppDeps) {
     return vm;
   };
   const r = newRouter();
-  // The hot read: the list is served pre-serialized per tenant (VmStore.listJson), and its one
-  // optional input (?tenant=) is validated only when a query is there (queryWhenPresent).
+  // The hot read: the whole list is served pre-serialized per tenant (VmStore.listJson), and the
+  // query is validated only when there is one (queryWhenPresent). Filters and pages work on the
+  // cached list.
   r.openAPIRegistry.registerPath(listVms);
-  r.get('/vms', queryWhenPresent(TenantQuery), (c) => c.body(deps.vms.listJson(visibleTenant(deps.tenants, c)), 200, { 'content-type': 'application/json' }));
+  r.get('/vms', queryWhenPresent(ListVmsQuery), (c) => {
+    const tenant = visibleTenant(deps.tenants, c);
+    const q = c.req.valid('query' as never) as z.infer<typeof ListVmsQuery>;
+    const wanted = Object.entries(q).filter(([k]) => k.startsWith('metadata.')).map(([k, v]) => [k.slice('metadata.'.length), v as string] as const);
+    if (q.state === undefined && q.limit === undefined && wanted.length === 0) {
+      return c.body(deps.vms.listJson(tenant), 200, { 'content-type': 'application/json' });
+    }
+    const items = deps.vms.list(tenant).filter((vm) => (q.state === undefined || vm.state === q.state) && wanted.every(([k, v]) => vm.metadata[k] === v));
+    return c.json(q.limit === undefined ? { items } : page(items, q.limit, q.cursor), 200);
+  });
   r.openapi(getVm, (c) => c.json(mustGet(c.req.valid('param').id), 200))
     .openapi(createVm, (c) => {
       const body = c.req.valid('json');
@@ -103,10 +126,14 @@ export function vmRoutes(deps: AppDeps) {
       const body = c.req.valid('json');
       mustGet(id);
       const vm = await deps.supervisor.withVm(id, async (v) => {
-        if (!deps.network) throw new ApiError(409, 'no_network', 'this server gives VMs no network');
-        return deps.network.setEgress(v, body.network.egress);
+        if (body.network) {
+          if (!deps.network) throw new ApiError(409, 'no_network', 'this server gives VMs no network');
+          v = deps.network.setEgress(v, body.network.egress);
+        }
+        if (body.metadata) v = deps.vms.setMetadata(id, body.metadata)!;
+        return v;
       });
-      deps.hub.publish(id, 'VM_UPDATED', { network: vm.network });
+      deps.hub.publish(id, 'VM_UPDATED', { ...(body.network ? { network: vm.network } : {}), ...(body.metadata ? { metadata: vm.metadata } : {}) });
       return c.json(vm, 200);
     })
     .openapi(deleteVm, async (c) => {
@@ -115,6 +142,12 @@ export function vmRoutes(deps: AppDeps) {
       await deps.supervisor.delete(id, isForce(c.req.valid('query').force));
       return c.body(null, 204);
     });
+  r.openapi(setTimeoutRoute, async (c) => {
+    const { id } = c.req.valid('param');
+    const { timeoutSec } = c.req.valid('json');
+    mustGet(id);
+    return c.json(await deps.supervisor.withVm(id, async (vm) => deps.timeouts.reset(vm, timeoutSec)), 200);
+  });
   r.openapi(actionRoute('start'), async (c) => c.json(await deps.supervisor.start(c.req.valid('param').id), 200));
   r.openapi(actionRoute('stop'), async (c) => {
     const force = isForce(new URL(c.req.url).searchParams.get('force') ?? undefined);

@@ -94,7 +94,7 @@ test('migrations 004+005 carry a 001+002 database over: a default tenant owns ev
     db.prepare("INSERT INTO events (vm_id, event, data, timestamp) VALUES ('vm-a', 'VM_CREATED', '{}', ?), ('vm-gone', 'VM_DELETED', '{}', ?)").run(now, now);
     db.close();
 
-    cpSync(MIGRATIONS_DIR, migrations, { recursive: true }); // everything after 002: 004 (rootfs_device), 005 (tenants), 006 (network)
+    cpSync(MIGRATIONS_DIR, migrations, { recursive: true }); // everything after 002: 004 (rootfs_device), 005 (tenants), 006 (network), 007 (metadata, lifetimes)
     db = openDb(path, migrations);
     const tenants = new TenantStore(db);
     const def = tenants.getByName(DEFAULT_TENANT)!;
@@ -123,7 +123,10 @@ test('migrations 004+005 carry a 001+002 database over: a default tenant owns ev
     assert.equal(db.prepare('SELECT count(*) FROM vm_drives').pluck().get(), 0, 'drives still cascade with their VM');
     // 006: VMs made before networks get one (egress on) at their next start; no address yet.
     assert.deepEqual(db.prepare("SELECT network_enabled, network_egress, network_slot FROM vms WHERE id = 'vm-b'").get(), { network_enabled: 1, network_egress: 1, network_slot: null });
-    assert.deepEqual(db.prepare('SELECT version FROM schema_migrations').pluck().all(), [1, 2, 4, 5, 6]);
+    // 007: no metadata, no TTL; the metadata column holds only JSON objects.
+    assert.deepEqual(db.prepare("SELECT metadata, timeout_sec, on_timeout, expires_at FROM vms WHERE id = 'vm-b'").get(), { metadata: '{}', timeout_sec: null, on_timeout: 'stop', expires_at: null });
+    assert.throws(() => db.prepare("UPDATE vms SET metadata = '[1]' WHERE id = 'vm-b'").run(), /CHECK/);
+    assert.deepEqual(db.prepare('SELECT version FROM schema_migrations').pluck().all(), [1, 2, 4, 5, 6, 7]);
     db.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -10,6 +10,9 @@ export type HypervisorName = 'qemu' | 'native';
 /** How an image's rootfs reaches the guest: a virtio-blk disk, or persistent memory (DAX). */
 export const ROOTFS_DEVICES = ['virtio-blk', 'pmem'] as const;
 export type RootfsDevice = (typeof ROOTFS_DEVICES)[number];
+/** What happens to a VM when its TTL runs out. */
+export const ON_TIMEOUT = ['stop', 'delete'] as const;
+export type OnTimeout = (typeof ON_TIMEOUT)[number];
 
 export interface Vm {
   id: string;
@@ -32,6 +35,13 @@ export interface Vm {
   network: VmNetwork;
   /** The client's drives in guest order (after an image's rootfs and the VM's layer, when the image has a rootfs). */
   drives: Drive[];
+  /** The client's labels (string map); lists filter by them. */
+  metadata: Record<string, string>;
+  /** The TTL, counted from each start (absent: none). */
+  timeoutSec?: number;
+  onTimeout: OnTimeout;
+  /** When the current run ends (while the VM runs with a TTL). */
+  expiresAt?: string;
   pid?: number;
   createdAt: string;
   updatedAt: string;
@@ -72,6 +82,10 @@ interface VmRow {
   network_enabled: number;
   network_egress: number;
   network_slot: number | null;
+  metadata: string;
+  timeout_sec: number | null;
+  on_timeout: OnTimeout;
+  expires_at: string | null;
   created_at: string;
   updated_at: string;
 }
@@ -84,9 +98,13 @@ function fromRow(r: VmRow, drives: readonly DriveRow[], view: NetworkView = plai
     rootfsDevice: r.rootfs_device,
     network: view(r.id, r.network_slot ?? null, (r.network_enabled ?? 1) === 1, (r.network_egress ?? 1) === 1),
     drives: drives.map(publicDrive),
+    metadata: JSON.parse(r.metadata ?? '{}') as Record<string, string>,
+    onTimeout: r.on_timeout ?? 'stop',
     createdAt: r.created_at, updatedAt: r.updated_at,
   };
   if (r.cmdline !== null) vm.cmdline = r.cmdline;
+  if (r.timeout_sec !== null && r.timeout_sec !== undefined) vm.timeoutSec = r.timeout_sec;
+  if (r.expires_at !== null && r.expires_at !== undefined) vm.expiresAt = r.expires_at;
   if (r.pid !== null) vm.pid = r.pid;
   return vm;
 }
@@ -105,6 +123,9 @@ export interface NewVm {
   /** Volume ids (already resolved and checked). */
   drives?: readonly NewDrive[] | undefined;
   network?: { enabled: boolean; egress: boolean } | undefined;
+  metadata?: Record<string, string> | undefined;
+  timeoutSec?: number | undefined;
+  onTimeout?: OnTimeout | undefined;
 }
 
 /** Picks a free slot of the host-side address pool (set by the network component); undefined: none needed. */
@@ -123,6 +144,11 @@ export class VmStore {
   private readonly setSlotStmt;
   private readonly setEgressStmt;
   private readonly slotStmt;
+  private readonly setMetadataStmt;
+  private readonly setTimeoutStmt;
+  private readonly setExpiryStmt;
+  private readonly dueStmt;
+  private readonly nextExpiryStmt;
   /** The network component's: addresses from slots, and the slot allocator. */
   private view: NetworkView = plainNetwork;
   private allocator: SlotAllocator | undefined;
@@ -139,8 +165,13 @@ export class VmStore {
   constructor(private readonly db: Db, private readonly storage?: StorageMonitor, private readonly volumes?: VolumeStore) {
     if (storage) storage.statesNotSaved = () => this.unsaved.size;
     if (volumes) volumes.onDrivesChanged = () => this.invalidate();
-    this.insertStmt = db.prepare(`INSERT INTO vms (id, tenant_id, name, state, image, hypervisor, vcpus, memory_mib, cmdline, pid, rng, balloon, balloon_deflate_on_oom, rootfs_device, network_enabled, network_egress, network_slot, created_at, updated_at)
-      VALUES (@id, @tenant, @name, 'created', @image, @hypervisor, @vcpus, @memoryMiB, @cmdline, NULL, @rng, @balloon, @deflateOnOom, @rootfsDevice, @netEnabled, @netEgress, @netSlot, @now, @now)`);
+    this.insertStmt = db.prepare(`INSERT INTO vms (id, tenant_id, name, state, image, hypervisor, vcpus, memory_mib, cmdline, pid, rng, balloon, balloon_deflate_on_oom, rootfs_device, network_enabled, network_egress, network_slot, metadata, timeout_sec, on_timeout, created_at, updated_at)
+      VALUES (@id, @tenant, @name, 'created', @image, @hypervisor, @vcpus, @memoryMiB, @cmdline, NULL, @rng, @balloon, @deflateOnOom, @rootfsDevice, @netEnabled, @netEgress, @netSlot, @metadata, @timeoutSec, @onTimeout, @now, @now)`);
+    this.setMetadataStmt = db.prepare('UPDATE vms SET metadata = @metadata, updated_at = @now WHERE id = @id');
+    this.setTimeoutStmt = db.prepare('UPDATE vms SET timeout_sec = @timeoutSec, expires_at = @expiresAt, updated_at = @now WHERE id = @id');
+    this.setExpiryStmt = db.prepare('UPDATE vms SET expires_at = @expiresAt WHERE id = @id');
+    this.dueStmt = db.prepare('SELECT id FROM vms WHERE expires_at IS NOT NULL AND expires_at <= ? ORDER BY expires_at').pluck();
+    this.nextExpiryStmt = db.prepare('SELECT min(expires_at) FROM vms WHERE expires_at IS NOT NULL').pluck();
     this.slotsStmt = db.prepare('SELECT network_slot FROM vms WHERE network_slot IS NOT NULL').pluck();
     this.setSlotStmt = db.prepare('UPDATE vms SET network_slot = @slot WHERE id = @id');
     this.setEgressStmt = db.prepare('UPDATE vms SET network_egress = @egress, updated_at = @now WHERE id = @id');
@@ -169,6 +200,7 @@ export class VmStore {
         rootfsDevice: v.rootfsDevice ?? 'virtio-blk',
         netEnabled: v.network?.enabled === false ? 0 : 1, netEgress: v.network?.egress === false ? 0 : 1,
         netSlot: v.network?.enabled !== false && this.allocator ? this.allocator(this.usedSlots()) : null,
+        metadata: JSON.stringify(v.metadata ?? {}), timeoutSec: v.timeoutSec ?? null, onTimeout: v.onTimeout ?? 'stop',
       });
       if (v.drives && v.drives.length > 0) {
         if (!this.volumes) throw new Error('VmStore: drives need the volume store');
@@ -227,6 +259,36 @@ export class VmStore {
     this.invalidate();
     this.setEgressStmt.run({ id, egress: egress ? 1 : 0, now: new Date().toISOString() });
     return this.get(id);
+  }
+
+  /** Replaces the VM's metadata. */
+  setMetadata(id: string, metadata: Record<string, string>): Vm | undefined {
+    this.invalidate();
+    this.setMetadataStmt.run({ id, metadata: JSON.stringify(metadata), now: new Date().toISOString() });
+    return this.get(id);
+  }
+
+  /** Sets the TTL (null: none) and the current run's deadline (null: none). */
+  setTimeout(id: string, timeoutSec: number | null, expiresAt: string | null): Vm | undefined {
+    this.invalidate();
+    this.setTimeoutStmt.run({ id, timeoutSec, expiresAt, now: new Date().toISOString() });
+    return this.get(id);
+  }
+
+  /** Sets or clears the current run's deadline (not a change of the definition: updatedAt stays). */
+  setExpiry(id: string, expiresAt: string | null): void {
+    this.invalidate();
+    this.setExpiryStmt.run({ id, expiresAt });
+  }
+
+  /** VMs whose deadline is at or before `now` (ISO), earliest first. */
+  expiredBy(now: string): string[] {
+    return this.dueStmt.all(now) as string[];
+  }
+
+  /** The earliest deadline of any VM (ISO), or undefined. */
+  nextExpiry(): string | undefined {
+    return (this.nextExpiryStmt.get() as string | null) ?? undefined;
   }
 
   /** The VM's tenant (it never changes): asked for every event published, so remembered. */
