@@ -217,7 +217,8 @@ export function detailView(app: App, id: string, navigate: (hash: string) => voi
     } catch (e) {
       if (agentPhase !== 'checking') return;
       if (e instanceof ApiError && e.status === 401) app.reportError('Agent', e);
-      if (Date.now() - agentSince > AGENT_WAIT_MS || (e instanceof ApiError && (e.status === 401 || e.status === 403))) {
+      // 404: the VM is gone, or the server has no agent routes; 401/403: this token may not ask.
+      if (Date.now() - agentSince > AGENT_WAIT_MS || (e instanceof ApiError && [401, 403, 404].includes(e.status))) {
         agentPhase = 'absent';
         dd['agent']!.textContent = 'none answers';
         return;
