@@ -483,6 +483,8 @@ test('tenants: the header shows tenant and scope; an admin filters VMs by tenant
   await page.getByLabel('Tenant').selectOption({ label: tenant });
   await page.getByLabel('Scope').selectOption('read');
   await page.getByRole('button', { name: 'Create token' }).click();
+  // The box is in the page (hidden, empty) before the answer: wait until it shows.
+  await page.locator('output.secret').waitFor({ state: 'visible' });
   const secret = (await page.locator('output.secret').innerText()).trim();
   assert.match(secret, /^cap_[0-9a-f]{64}$/);
   const who = (await (await fetch(base + '/v1/whoami', { headers: { Authorization: `Bearer ${secret}` } })).json()) as { scope: string; tenant: { name: string } };
