@@ -8,9 +8,11 @@ import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, rea
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import type { Browser, Page } from 'playwright-core';
 import { CHROMIUM, ROOT, launch, newContext, shot, signIn, waitForConsole, watchErrors } from './browser.js';
+import { buildImage } from '../server/images/registry.js';
+import { TestServer } from '../server/test/harness.js';
 
 const SERVER = join(ROOT, 'dist', 'server', 'main.js');
 const IMAGES = process.env['CAPSULE_TEST_IMAGES'] ?? '/tmp/capsule-test-images';
@@ -499,4 +501,127 @@ test('tenants: the header shows tenant and scope; an admin filters VMs by tenant
   assert.equal((await api('DELETE', `/v1/vms/${((await mine.json()) as { id: string }).id}`)).status, 204);
   assert.deepEqual(errors, []);
   await page.context().close();
+});
+
+test('sandbox VM: the Exec box streams a command (stderr apart, exit code, stdin, Stop) and the Files tab uploads, downloads, makes a folder and deletes', { skip, timeout: 600_000 }, async (t) => {
+  if (skip) return t.skip(String(skip));
+  buildImage(IMAGES, 'sandbox', 'ignore'); // cached
+  // A server of its own, as deployed: the VM on its own network, the agent reached through it.
+  const srv = await TestServer.start({ env: { CAPSULE_NETWORK: 'on', CAPSULE_NET_POOL: `10.${204 + (process.pid % 20)}.0.0/24` } });
+  const { page, errors } = await open();
+  try {
+    const name = `sbx-${randomBytes(3).toString('hex')}`;
+    const made = await srv.api('POST', '/v1/vms', { name, image: 'sandbox', memoryMiB: 512, hypervisor: 'qemu' });
+    assert.equal(made.status, 201, JSON.stringify(made.body));
+    const id = made.body.id as string;
+    assert.equal((await srv.api('POST', `/v1/vms/${id}/start`)).status, 200);
+    await signIn(page, srv.url, srv.token);
+    await page.locator(`tr[data-vm-name="${name}"]`).getByRole('link', { name }).click();
+    await page.getByRole('heading', { name }).waitFor();
+
+    t.diagnostic('the tabs appear once the guest agent answers');
+    const t0 = Date.now();
+    await page.getByRole('tab', { name: 'Exec' }).waitFor({ timeout: BOOT_MS });
+    t.diagnostic(`agent seen by the page ${Date.now() - t0} ms after it opened`);
+    assert.equal(await page.getByRole('tab', { name: 'Console' }).getAttribute('aria-selected'), 'true');
+    assert.match(await page.locator('.facts').innerText(), /capsule-agent/);
+    assert.match(await page.locator('.facts').innerText(), /guest \d+\.\d+\.\d+\.\d+/, 'the guest address is shown');
+
+    const execBox = page.locator('section.exec');
+    const filesTab = page.locator('section.files-panel');
+    t.diagnostic('exec: stdout and stderr apart, exit code 4');
+    await page.getByRole('tab', { name: 'Exec' }).click();
+    await page.getByLabel('Command', { exact: true }).fill('echo hello; echo oops >&2; exit 4');
+    await execBox.getByRole('button', { name: 'Run', exact: true }).click();
+    await page.locator('.exec[data-exit-code="4"]').waitFor({ timeout: 60_000 });
+    const out = page.getByRole('log', { name: 'Command output' });
+    assert.equal(await out.innerText(), 'hello\noops\n');
+    assert.equal(await out.locator('.stderr').innerText(), 'oops\n');
+    assert.equal(await out.locator('.stdout').innerText(), 'hello\n');
+    assert.match(await page.locator('.exec-status').innerText(), /^Exit code 4/);
+    await shot(page, 'sandbox-exec');
+
+    t.diagnostic('exec: a line of stdin');
+    await page.getByLabel('Command', { exact: true }).fill('read x; echo "got $x"');
+    await execBox.getByRole('button', { name: 'Run', exact: true }).click();
+    await page.getByLabel('Input line').fill('abc');
+    await execBox.getByRole('button', { name: 'Send line', exact: true }).click();
+    await page.locator('.exec[data-exit-code="0"]').waitFor({ timeout: 60_000 });
+    assert.equal(await out.innerText(), 'got abc\n');
+
+    t.diagnostic('exec: Stop interrupts a long command');
+    await page.getByLabel('Command', { exact: true }).fill('echo started; sleep 300');
+    await execBox.getByRole('button', { name: 'Run', exact: true }).click();
+    await out.getByText('started').waitFor({ timeout: 60_000 });
+    await execBox.getByRole('button', { name: 'Stop', exact: true }).click();
+    await page.locator('.exec[data-exit-code]').waitFor({ timeout: 30_000 });
+    assert.match(await page.locator('.exec-status').innerText(), /SIGINT|Exit code 130/);
+
+    t.diagnostic('files: the home folder, an upload');
+    await page.getByRole('tab', { name: 'Files' }).click();
+    await page.getByRole('status').filter({ hasText: /items? in \/home\/user/ }).waitFor();
+    assert.equal(await page.getByLabel('Path', { exact: true }).inputValue(), '/home/user');
+    const bytes = Buffer.concat([Buffer.from('capsule web upload\n'), randomBytes(3000), Buffer.from([0, 0xff, 0xfe])]);
+    await page.getByLabel('Upload to this folder').setInputFiles({ name: 'note.bin', mimeType: 'application/octet-stream', buffer: bytes });
+    await filesTab.getByRole('button', { name: 'Upload', exact: true }).click();
+    const row = page.locator('tr[data-file-name="note.bin"]');
+    await row.waitFor();
+    assert.match(await row.innerText(), /file[\s\S]*3\.0 KiB/);
+    const inGuest = await srv.api('POST', `/v1/vms/${id}/exec`, { shell: 'sha256sum /home/user/note.bin' });
+    assert.equal(inGuest.body.stdout.split(' ')[0], createHash('sha256').update(bytes).digest('hex'), 'the guest has the same bytes');
+
+    t.diagnostic('files: download (the same bytes)');
+    const [download] = await Promise.all([page.waitForEvent('download'), row.getByRole('button', { name: 'Download note.bin' }).click()]);
+    assert.equal(download.suggestedFilename(), 'note.bin');
+    const got = readFileSync((await download.path())!);
+    assert.ok(got.equals(bytes), `downloaded ${got.length} bytes, uploaded ${bytes.length}`);
+
+    t.diagnostic('files: make a folder, open it, go up');
+    await page.getByLabel('New folder').fill('made-by-ui');
+    await filesTab.getByRole('button', { name: 'Make folder', exact: true }).click();
+    await page.getByRole('button', { name: 'Open folder made-by-ui' }).click();
+    await page.locator('.files-panel[data-path="/home/user/made-by-ui"]').waitFor();
+    await page.getByText('This folder is empty.').waitFor();
+    await page.getByRole('button', { name: 'Up to the parent folder' }).click();
+    await page.locator('.files-panel[data-path="/home/user"]').waitFor();
+    await shot(page, 'sandbox-files');
+
+    t.diagnostic('phone width, dark mode: the Files tab fits');
+    {
+      const { page: p, errors: phoneErrors } = await open({ phone: true, dark: true });
+      await signIn(p, srv.url, srv.token);
+      await p.goto(`${srv.url}/#/vms/${encodeURIComponent(id)}`);
+      await p.getByRole('tab', { name: 'Files' }).click();
+      await p.locator('tr[data-file-name="note.bin"]').waitFor();
+      await shot(p, 'sandbox-files-phone-dark');
+      const overflow = await p.evaluate<number>('document.documentElement.scrollWidth - window.innerWidth');
+      assert.ok(overflow <= 0, `page is ${overflow}px wider than the phone`);
+      assert.deepEqual(phoneErrors, []);
+      await p.context().close();
+    }
+
+    t.diagnostic('files: delete asks to confirm');
+    await row.getByRole('button', { name: 'Delete note.bin' }).click();
+    await row.getByRole('button', { name: 'Confirm delete note.bin' }).click();
+    await row.waitFor({ state: 'detached' });
+    assert.equal((await srv.api('GET', `/v1/vms/${id}/files?path=/home/user/note.bin`)).status, 404);
+    assert.equal((await srv.api('GET', `/v1/vms/${id}/files/stat?path=/home/user/made-by-ui`)).body.type, 'dir');
+
+    t.diagnostic('files: an error shows in the alert');
+    await page.getByLabel('Path', { exact: true }).fill('/no/such/dir');
+    await filesTab.getByRole('button', { name: 'Go', exact: true }).click();
+    await page.locator('.files-panel .form-error').filter({ hasText: /404/ }).waitFor();
+
+    t.diagnostic('ports: the card follows GET /v1/vms/:id/ports (hidden where the server has no such route)');
+    const ports = await srv.api('GET', `/v1/vms/${id}/ports`);
+    const card = page.locator('section[aria-labelledby="ports-h"]');
+    if (ports.status === 404) assert.ok(await card.isHidden(), 'no ports route: no card');
+    else await card.waitFor();
+    t.diagnostic(`GET /ports: ${ports.status}`);
+
+    assert.deepEqual(errors, []);
+  } finally {
+    await page.context().close();
+    await srv.stop();
+  }
 });

@@ -23,6 +23,8 @@ before(async () => {
     export * from './web/src/events.ts';
     export { Api, ApiError, toApiError } from './web/src/api.ts';
     export { matchField } from './web/src/views/create.ts';
+    export { fmtBytes, joinPath, parentPath } from './web/src/views/files.ts';
+    export { describeExit } from './web/src/views/exec.ts';
   `;
   await build({
     stdin: { contents: entry, resolveDir: fileURLToPath(new URL('../../', import.meta.url)), loader: 'ts' },
@@ -102,6 +104,44 @@ test('Api sends the bearer token and JSON, and builds ws URLs with access_token'
     throw new TypeError('fetch failed');
   });
   await assert.rejects(down.health(), (e: any) => e.status === 0 && /Cannot reach/.test(e.describe()));
+});
+
+test('the Files and Exec helpers: paths, sizes, exit lines; the file calls and ports through Api', async () => {
+  assert.equal(mod.joinPath('/home/user', 'a.txt'), '/home/user/a.txt');
+  assert.equal(mod.joinPath('/', 'etc'), '/etc');
+  assert.equal(mod.joinPath('/tmp/', '/abs'), '/abs');
+  assert.equal(mod.parentPath('/home/user'), '/home');
+  assert.equal(mod.parentPath('/home'), '/');
+  assert.equal(mod.parentPath('/'), '/');
+  assert.deepEqual([0, 1023, 1024, 3022, 5 * 1024 * 1024, 300 * 1024 * 1024 * 1024].map(mod.fmtBytes), ['0 B', '1023 B', '1.0 KiB', '3.0 KiB', '5.0 MiB', '300 GiB']);
+  assert.equal(mod.describeExit({ exitCode: 4, timedOut: false, durationMs: 330 }), 'Exit code 4 after 0.33 s');
+  assert.equal(mod.describeExit({ exitCode: null, signal: 'SIGKILL', timedOut: true }), 'Ended by SIGKILL (timed out)');
+
+  const calls: [string, RequestInit | undefined][] = [];
+  let answer: () => Response = () => new Response('{}', { status: 200, headers: { 'content-type': 'application/json' } });
+  const api = new mod.Api('', 'tok', async (u: string, init?: RequestInit) => {
+    calls.push([u, init]);
+    return answer();
+  });
+  answer = () => new Response('{"error":{"code":"not_found","message":"no route"}}', { status: 404 });
+  assert.equal(await api.ports('v'), null, 'a server without the ports route: null (the card hides)');
+  answer = () => new Response(JSON.stringify({ ports: [{ port: 8000, path: '/v1/vms/v/ports/8000/' }] }), { status: 200, headers: { 'content-type': 'application/json' } });
+  assert.deepEqual(await api.ports('v'), [{ port: 8000, path: '/v1/vms/v/ports/8000/' }]);
+  answer = () => new Response(JSON.stringify([{ port: 22, path: '/p/' }, { bogus: true }]), { status: 200, headers: { 'content-type': 'application/json' } });
+  assert.deepEqual(await api.ports('v'), [{ port: 22, path: '/p/' }]);
+  answer = () => new Response('{"path":"/home/user/a b","size":3}', { status: 200, headers: { 'content-type': 'application/json' } });
+  calls.length = 0;
+  await api.upload('v', '/home/user/a b', new Blob(['abc']));
+  assert.equal(calls[0]![0], '/v1/vms/v/files?path=%2Fhome%2Fuser%2Fa%20b');
+  assert.equal(calls[0]![1]!.method, 'PUT');
+  assert.equal((calls[0]![1]!.headers as Record<string, string>)['Authorization'], 'Bearer tok');
+  answer = () => new Response('bytes', { status: 200, headers: { 'content-type': 'application/octet-stream' } });
+  await assert.rejects(api.listDir('v', '/etc/passwd'), (e: any) => e.status === 400 && /not a directory/.test(e.message));
+  assert.equal(await (await api.download('v', '/etc/passwd')).text(), 'bytes');
+  answer = () => new Response('{"path":"/x","created":true}', { status: 200, headers: { 'content-type': 'application/json' } });
+  await api.mkdir('v', '/x');
+  assert.equal(calls.at(-1)![0], '/v1/vms/v/files/mkdir');
+  assert.equal(calls.at(-1)![1]!.body, '{"path":"/x"}');
 });
 
 const vm = (id: string, state: string, updatedAt: string) => ({

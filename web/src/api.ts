@@ -125,6 +125,29 @@ export interface CreateVm {
   drives?: DriveRequest[];
 }
 
+/** One entry of a guest directory listing (GET /v1/vms/:id/files?path=DIR). */
+export interface FileEntry {
+  name: string;
+  path: string;
+  type: 'file' | 'dir' | 'symlink' | 'other';
+  size: number;
+  mode?: number;
+  mtime?: string;
+  target?: string;
+}
+
+export interface DirListing {
+  path: string;
+  entries: FileEntry[];
+  truncated?: boolean;
+}
+
+/** A listening guest port and its proxy path (GET /v1/vms/:id/ports). */
+export interface GuestPort {
+  port: number;
+  path: string;
+}
+
 export type VmAction = 'start' | 'stop' | 'pause' | 'resume' | 'reboot';
 
 export class ApiError extends Error {
@@ -164,14 +187,24 @@ export class Api {
   ) {}
 
   async request<T>(method: string, path: string, body?: unknown, opts: { text?: boolean } = {}): Promise<T> {
-    const headers: Record<string, string> = { Authorization: `Bearer ${this.token}` };
+    const headers: Record<string, string> = {};
     if (body !== undefined) headers['Content-Type'] = 'application/json';
+    const res = await this.raw(method, path, { headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    if (res.status === 204) return undefined as T;
+    if (opts.text) return (await res.text()) as T;
+    const ct = res.headers.get('content-type') ?? '';
+    if (!ct.includes('json')) return (await res.text()) as T;
+    return (await res.json()) as T;
+  }
+
+  /** A request with the token; any non-2xx answer throws an ApiError. The caller reads the body. */
+  async raw(method: string, path: string, init: { headers?: Record<string, string>; body?: BodyInit | undefined } = {}): Promise<Response> {
     let res: Response;
     try {
       res = await this.fetchImpl(this.base + path, {
         method,
-        headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
+        headers: { ...init.headers, Authorization: `Bearer ${this.token}` },
+        body: init.body,
       });
     } catch (e) {
       throw new ApiError(0, 'network', e instanceof Error ? e.message : String(e));
@@ -181,11 +214,7 @@ export class Api {
       if (err.status === 401) this.onUnauthorized?.();
       throw err;
     }
-    if (res.status === 204) return undefined as T;
-    if (opts.text) return (await res.text()) as T;
-    const ct = res.headers.get('content-type') ?? '';
-    if (!ct.includes('json')) return (await res.text()) as T;
-    return (await res.json()) as T;
+    return res;
   }
 
   health(): Promise<Health> {
@@ -243,6 +272,51 @@ export class Api {
   }
   log(id: string): Promise<string> {
     return this.request('GET', `/v1/vms/${encodeURIComponent(id)}/log`, undefined, { text: true });
+  }
+
+  /** The guest agent's health (VMs whose image runs capsule-agent); throws when there is none. */
+  agentHealth(id: string): Promise<Record<string, unknown>> {
+    return this.request('GET', `/v1/vms/${encodeURIComponent(id)}/agent`);
+  }
+  /** Listening guest ports; null when the server has no such route (404 from an older server). */
+  async ports(id: string): Promise<GuestPort[] | null> {
+    let r: unknown;
+    try {
+      r = await this.request('GET', `/v1/vms/${encodeURIComponent(id)}/ports`);
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 404) return null;
+      throw e;
+    }
+    const list = Array.isArray(r) ? r : ((r as { ports?: unknown; items?: unknown } | null)?.ports ?? (r as { items?: unknown } | null)?.items);
+    if (!Array.isArray(list)) return [];
+    return list.filter((p): p is GuestPort => !!p && typeof p === 'object' && typeof (p as GuestPort).port === 'number');
+  }
+  private filesPath(id: string, path: string, sub = ''): string {
+    return `/v1/vms/${encodeURIComponent(id)}/files${sub}${path ? `?path=${encodeURIComponent(path)}` : ''}`;
+  }
+  /** A guest directory's listing (a file's path answers with its bytes: then this throws). */
+  async listDir(id: string, path: string): Promise<DirListing> {
+    const res = await this.raw('GET', this.filesPath(id, path));
+    if (!(res.headers.get('content-type') ?? '').includes('json')) {
+      void res.body?.cancel();
+      throw new ApiError(400, 'not_a_directory', `${path} is a file, not a directory`);
+    }
+    return (await res.json()) as DirListing;
+  }
+  /** A guest file's bytes. */
+  async download(id: string, path: string): Promise<Blob> {
+    return (await this.raw('GET', this.filesPath(id, path))).blob();
+  }
+  /** Uploads `data` as the guest file `path` (the browser streams the Blob from disk). */
+  async upload(id: string, path: string, data: Blob): Promise<{ path: string; size: number }> {
+    const res = await this.raw('PUT', this.filesPath(id, path), { headers: { 'Content-Type': 'application/octet-stream' }, body: data });
+    return (await res.json()) as { path: string; size: number };
+  }
+  deletePath(id: string, path: string): Promise<void> {
+    return this.request('DELETE', this.filesPath(id, path));
+  }
+  mkdir(id: string, path: string): Promise<{ path: string; created: boolean }> {
+    return this.request('POST', this.filesPath(id, '', '/mkdir'), { path });
   }
 
   /** ws(s):// URL for a WebSocket route, authenticated with ?access_token=. */

@@ -1,4 +1,6 @@
-// One VM: details, lifecycle buttons, serial console, live event log and the VMM log.
+// One VM: details, lifecycle buttons, serial console, live event log and the VMM log. For a
+// running VM whose guest agent answers (GET /v1/vms/:id/agent), tabs beside the console: Exec
+// and Files, and the card of its listening ports.
 import { ApiError, type Vm } from '../api.js';
 import type { App, View } from '../app.js';
 import { ConsoleView } from '../console.js';
@@ -6,9 +8,15 @@ import { EventStream, type CapsuleEvent } from '../events.js';
 import { h, clear, fmtClock, fmtMem, fmtTime } from '../dom.js';
 import { ActionBar } from './actionbar.js';
 import { DrivesCard } from './drives.js';
+import { ExecPanel } from './exec.js';
+import { FilesPanel } from './files.js';
+import { PortsCard } from './ports.js';
+import { Tabs } from './tabs.js';
 import { setBadge, stateBadge } from './state.js';
 
 const MAX_EVENTS = 500;
+/** How long after the VM is running the page keeps asking for its guest agent (a TCG boot is slow). */
+const AGENT_WAIT_MS = 240_000;
 
 export function detailView(app: App, id: string, navigate: (hash: string) => void): View {
   const heading = h('h1', { tabindex: '-1' }, 'VM');
@@ -22,6 +30,14 @@ export function detailView(app: App, id: string, navigate: (hash: string) => voi
   let bar: ActionBar | null = null;
   let consoleView: ConsoleView | null = null;
   let drivesCard: DrivesCard | null = null;
+  let execPanel: ExecPanel | null = null;
+  let filesPanel: FilesPanel | null = null;
+  let portsCard: PortsCard | null = null;
+  let tabs: Tabs | null = null;
+  // The guest agent: idle (not running), checking (asking, with retries), ready, absent (gave up).
+  let agentPhase: 'idle' | 'checking' | 'ready' | 'absent' = 'idle';
+  let agentTimer: ReturnType<typeof setTimeout> | null = null;
+  let agentSince = 0;
   let stream: EventStream | null = null;
   let gone = false;
   const dd: Record<string, HTMLElement> = {};
@@ -102,14 +118,25 @@ export function detailView(app: App, id: string, navigate: (hash: string) => voi
     fact('memory', 'Memory');
     fact('devices', 'Devices');
     fact('network', 'Network');
+    fact('agent', 'Agent');
     fact('pid', 'VMM pid');
     fact('created', 'Created');
     fact('updated', 'Updated');
     consoleView = new ConsoleView(app.api, id);
     drivesCard = new DrivesCard(app, v);
+    execPanel = new ExecPanel(app.api, id);
+    filesPanel = new FilesPanel(app, id);
+    portsCard = new PortsCard(app, id);
+    const files = filesPanel;
+    tabs = new Tabs('VM tools', [
+      { id: 'console', label: 'Console', panel: consoleView.el },
+      { id: 'exec', label: 'Exec', panel: execPanel.el },
+      { id: 'files', label: 'Files', panel: files.el, onShow: () => files.show() },
+    ]);
+    tabs.setEnabled(false);
     body.append(
-      consoleView.el,
-      h('div', { class: 'side' }, h('section', { class: 'card', 'aria-label': 'Details' }, dl), drivesCard.el, eventsSection, logSection),
+      h('div', { class: 'main-col' }, tabs.list, tabs.panels),
+      h('div', { class: 'side' }, h('section', { class: 'card', 'aria-label': 'Details' }, dl), portsCard.el, drivesCard.el, eventsSection, logSection),
     );
     consoleView.mount();
     update(v);
@@ -153,6 +180,51 @@ export function detailView(app: App, id: string, navigate: (hash: string) => voi
     dd['created']!.textContent = fmtTime(v.createdAt);
     dd['updated']!.textContent = fmtTime(v.updatedAt);
     consoleView?.setVmState(v.state);
+    watchAgent(v);
+  }
+
+  // --- the guest agent: Exec and Files tabs, ports ---
+  function watchAgent(v: Vm): void {
+    if (v.state !== 'running' || gone) {
+      if (agentTimer) clearTimeout(agentTimer);
+      agentTimer = null;
+      if (agentPhase !== 'idle') {
+        agentPhase = 'idle';
+        tabs?.setEnabled(false);
+        portsCard?.hide();
+      }
+      dd['agent']!.textContent = '—';
+      return;
+    }
+    if (agentPhase !== 'idle') return;
+    agentPhase = 'checking';
+    agentSince = Date.now();
+    dd['agent']!.textContent = 'checking…';
+    void checkAgent(1);
+  }
+
+  async function checkAgent(attempt: number): Promise<void> {
+    agentTimer = null;
+    if (agentPhase !== 'checking') return;
+    try {
+      const health = await app.api.agentHealth(id);
+      if (agentPhase !== 'checking') return;
+      agentPhase = 'ready';
+      const version = typeof health['version'] === 'string' ? health['version'] : '';
+      dd['agent']!.textContent = `capsule-agent${version ? ' ' + version : ''}`;
+      tabs?.setEnabled(true);
+      void portsCard?.load();
+    } catch (e) {
+      if (agentPhase !== 'checking') return;
+      if (e instanceof ApiError && e.status === 401) app.reportError('Agent', e);
+      // 404: the VM is gone, or the server has no agent routes; 401/403: this token may not ask.
+      if (Date.now() - agentSince > AGENT_WAIT_MS || (e instanceof ApiError && [401, 403, 404].includes(e.status))) {
+        agentPhase = 'absent';
+        dd['agent']!.textContent = 'none answers';
+        return;
+      }
+      agentTimer = setTimeout(() => void checkAgent(attempt + 1), Math.min(10_000, 1000 * attempt));
+    }
   }
 
   function markGone(): void {
@@ -165,6 +237,10 @@ export function detailView(app: App, id: string, navigate: (hash: string) => voi
     bar?.el.remove();
     stream?.stop();
     consoleView?.setVmState('deleted');
+    if (agentTimer) clearTimeout(agentTimer);
+    agentPhase = 'idle';
+    tabs?.setEnabled(false);
+    portsCard?.hide();
   }
 
   cleanups.push(
@@ -207,7 +283,11 @@ export function detailView(app: App, id: string, navigate: (hash: string) => voi
     destroy() {
       for (const c of cleanups) c();
       stream?.stop();
+      if (agentTimer) clearTimeout(agentTimer);
+      agentPhase = 'idle';
       consoleView?.destroy();
+      execPanel?.destroy();
+      filesPanel?.destroy();
       bar?.destroy();
       clear(body);
     },
