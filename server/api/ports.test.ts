@@ -342,7 +342,7 @@ test('tenants and scopes: another tenant\'s VM is 404 on HTTP, upgrade and list;
   await assert.rejects(openWs(`ws://127.0.0.1:${server.port}/v1/vms/${vmId}/ports/8002/`, { headers: auth(reader) }), (e: any) => e.status === 403);
 });
 
-test('bad ports are 400; a port nobody listens on 502 at once; a VM that is not running 409', async () => {
+test('bad ports are 400; a port nobody listens on 502 at once; a VM that is not running, or has no network, 409', async () => {
   for (const p of ['0', '70000', 'abc', '-1', '1e3']) {
     const r = await fetch(portUrl(p, '/'), { headers: auth() });
     assert.equal(r.status, 400, p);
@@ -367,6 +367,21 @@ test('bad ports are 400; a port nobody listens on 502 at once; a VM that is not 
   assert.equal(r.status, 409);
   assert.equal((await errorOf(r)).code, 'not_running');
   assert.equal((await server.api('GET', `/v1/vms/${idle.body.id}/ports`)).status, 409);
+
+  // Running without a network: 409 saying so (the check needs no booted guest: stopped at once).
+  const bare = await server.api('POST', '/v1/vms', { name: 'no-net-vm', image: 'default', memoryMiB: 128, hypervisor: 'qemu', network: { enabled: false } });
+  assert.equal(bare.status, 201, JSON.stringify(bare.body));
+  assert.equal((await server.api('POST', `/v1/vms/${bare.body.id}/start`)).status, 200);
+  try {
+    r = await fetch(`${server.url}/v1/vms/${bare.body.id}/ports/8000/`, { headers: auth() });
+    assert.equal(r.status, 409);
+    const nn = await errorOf(r);
+    assert.equal(nn.code, 'no_network');
+    assert.match(nn.message, /without a network/);
+    await assert.rejects(openWs(`ws://127.0.0.1:${server.port}/v1/vms/${bare.body.id}/ports/8000/`, { headers: auth() }), (x: any) => x.status === 409);
+  } finally {
+    await server.api('POST', `/v1/vms/${bare.body.id}/stop?force=true`);
+  }
 });
 
 test('a hostile guest: garbage, a 100 KB header and silence get 502/502/504; the server lives on', async () => {
