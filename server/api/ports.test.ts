@@ -108,7 +108,8 @@ srv.listen(8002);
 `;
 
 // Broken servers: 8004 answers something that is not HTTP, 8005 a 100 KB header, 8006 nothing
-// ever; 8003 listens on loopback only (out of the host's reach).
+// ever, 8007 a head and part of the body, then nothing; 8003 listens on loopback only (out of
+// the host's reach).
 const BROKEN_PY = String.raw`
 import socket, threading, time
 def serve(port, reply, host='0.0.0.0'):
@@ -116,13 +117,13 @@ def serve(port, reply, host='0.0.0.0'):
     def one(c):
         try:
             c.recv(65536)
-            if reply is None: time.sleep(600)
-            else: c.sendall(reply)
+            if reply is not None: c.sendall(reply)
+            if reply is None or reply.endswith(b'partial'): time.sleep(600)
         except OSError: pass
         finally: c.close()
     while True:
         c, _ = s.accept(); threading.Thread(target=one, args=(c,), daemon=True).start()
-for p, r in {8004: b'NOT HTTP AT ALL\r\n\r\n', 8005: b'HTTP/1.1 200 OK\r\nX-Big: ' + b'a' * 100000 + b'\r\n\r\n', 8006: None}.items():
+for p, r in {8004: b'NOT HTTP AT ALL\r\n\r\n', 8005: b'HTTP/1.1 200 OK\r\nX-Big: ' + b'a' * 100000 + b'\r\n\r\n', 8006: None, 8007: b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial'}.items():
     threading.Thread(target=serve, args=(p, r), daemon=True).start()
 serve(8003, b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok', '127.0.0.1')
 `;
@@ -175,7 +176,7 @@ test('GET /ports lists the guest\'s listening ports (not the agent\'s), with the
     assert.equal(l.status, 200, JSON.stringify(l.body));
     last = l.body;
     const ports = l.body.ports.map((p: any) => p.port);
-    return [8000, 8001, 8002, 8003, 8004, 8005, 8006].every((p) => ports.includes(p)) ? l.body.ports : undefined;
+    return [8000, 8001, 8002, 8003, 8004, 8005, 8006, 8007].every((p) => ports.includes(p)) ? l.body.ports : undefined;
   }, 300_000).catch(async (e) => {
     const logs = await exec('tail -n 20 /tmp/*.log; ps aux | grep -E "python3|node" | grep -v grep');
     throw new Error(`${e.message}: last ${JSON.stringify(last)}; in the guest: ${logs.body.stdout}${logs.body.stderr}`);
@@ -384,7 +385,7 @@ test('bad ports are 400; a port nobody listens on 502 at once; a VM that is not 
   }
 });
 
-test('a hostile guest: garbage, a 100 KB header and silence get 502/502/504; the server lives on', async () => {
+test('a hostile guest: garbage, a 100 KB header and silence get 502/502/504, a stall mid-answer is cut; the server lives on', async () => {
   let r = await fetch(portUrl(8004, '/'), { headers: auth() });
   assert.equal(r.status, 502);
   assert.equal((await errorOf(r)).code, 'port_protocol_error');
@@ -396,6 +397,12 @@ test('a hostile guest: garbage, a 100 KB header and silence get 502/502/504; the
   assert.equal(r.status, 504);
   assert.equal((await errorOf(r)).code, 'port_timeout');
   assert.ok(Date.now() - t0 < (IDLE_S + 5) * 1000);
+  // A guest that stalls mid-answer: the client's connection is cut after the idle timeout.
+  const t1 = Date.now();
+  r = await fetch(portUrl(8007, '/'), { headers: auth() });
+  assert.equal(r.status, 200);
+  await assert.rejects(r.arrayBuffer());
+  assert.ok(Date.now() - t1 < (IDLE_S + 5) * 1000, `cut after ${Date.now() - t1} ms`);
   // An upgrade the guest never answers: 504 too.
   await assert.rejects(openWs(`ws://127.0.0.1:${server.port}/v1/vms/${vmId}/ports/8006/`, { headers: auth() }), (x: any) => x.status === 504);
   // A client that leaves mid-download: the server is fine, and so is the next request.
