@@ -51,7 +51,9 @@ const EnvSchema = z.object({
   CAPSULE_DEFAULT_HYPERVISOR: z.enum(['qemu', 'native']).optional(),
   CAPSULE_QEMU: z.string().default('qemu-system-x86_64'),
   CAPSULE_MAX_BODY_BYTES: intFromEnv(64 * 1024, 128, 64 * 1024 * 1024),
-  /** Open WebSockets (events and consoles together) per token. */
+  /** Seconds a proxied connection to a guest's port (/v1/vms/:id/ports/:port) may stay silent before it is cut (504 before the answer began). */
+  CAPSULE_PORT_IDLE_TIMEOUT: z.coerce.number().min(0.1).max(86400).default(60),
+  /** Open WebSockets (events, consoles, exec and ports together) per token. */
   CAPSULE_MAX_SOCKETS_PER_TOKEN: intFromEnv(64, 1, 100_000),
   /** The VMM jail (docs/jail.md): auto = on where the host allows it, on = required, off. */
   CAPSULE_JAIL: z.enum(['auto', 'on', 'off']).default('auto'),
@@ -121,6 +123,8 @@ export interface Config {
   qemuBinary: string;
   maxBodyBytes: number;
   maxSocketsPerToken: number;
+  /** CAPSULE_PORT_IDLE_TIMEOUT in ms: the ports proxy cuts a guest connection silent this long. */
+  portIdleTimeoutMs: number;
   jail: JailConfig;
   /** The separate metrics listener (CAPSULE_METRICS_ADDR); undefined: /metrics on the main listener, admin token required. */
   metricsAddr: { host: string; port: number } | undefined;
@@ -160,6 +164,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     qemuBinary: e.CAPSULE_QEMU,
     maxBodyBytes: e.CAPSULE_MAX_BODY_BYTES,
     maxSocketsPerToken: e.CAPSULE_MAX_SOCKETS_PER_TOKEN,
+    portIdleTimeoutMs: e.CAPSULE_PORT_IDLE_TIMEOUT * 1000,
     metricsAddr: e.CAPSULE_METRICS_ADDR === undefined ? undefined : parseHostPort(e.CAPSULE_METRICS_ADDR),
     agentUsernet: e.CAPSULE_AGENT_USERNET === '1',
     jail: {

@@ -41,6 +41,7 @@ import { balloonRoutes } from './balloon.js';
 import { execRoutes } from './exec.js';
 import { FILE_UPLOAD_PATH, fileRoutes } from './files.js';
 import { eventRoutes } from './events.js';
+import { PORT_PROXY_PATH, portRoutes } from './ports.js';
 import { consoleRoutes } from './console.js';
 import { staticRoutes } from './static.js';
 import type { Metrics } from '../metrics/index.js';
@@ -138,8 +139,10 @@ export function createApp(deps: AppDeps) {
   });
   // GET and HEAD requests have no body (the Fetch Request never carries one); asking would
   // only make @hono/node-server build the full Request (AbortController included) on every read.
-  // A file upload streams its body into the guest (bounded by the guest's disk), never held here.
-  const unlimited = (method: string, path: string): boolean => method === 'GET' || method === 'HEAD' || (method === 'PUT' && FILE_UPLOAD_PATH.test(path));
+  // A file upload streams its body into the guest (bounded by the guest's disk), never held here;
+  // so does a request to a guest's port (ports.ts): the guest decides how much it takes.
+  const unlimited = (method: string, path: string): boolean =>
+    method === 'GET' || method === 'HEAD' || (method === 'PUT' && FILE_UPLOAD_PATH.test(path)) || PORT_PROXY_PATH.test(path);
   app.use('/v1/*', (c, next) => (unlimited(c.req.method, c.req.path) ? next() : limitBody(c, next)));
   // Another tenant's VM or volume is not found, on every route under it (ownership.ts).
   app.use('/v1/vms/:id', vmOwnership(deps.vms));
@@ -154,6 +157,7 @@ export function createApp(deps: AppDeps) {
   app.route('/v1', balloonRoutes(deps));
   app.route('/v1', execRoutes(deps, limits, sockets));
   app.route('/v1', fileRoutes(deps));
+  app.route('/v1', portRoutes(deps, sockets));
   app.route('/v1', volumeRoutes(deps));
   app.route('/v1', tenantRoutes(deps));
   app.route('/v1', tokenRoutes(deps));

@@ -32,6 +32,16 @@ export interface UpgradeOptions {
   limit?: { limiter: SocketLimiter; key: (c: Context) => string; expiresAt?: (c: Context) => string | undefined };
 }
 
+/**
+ * What the limiter can close: a ws WebSocket, or a raw spliced connection (the ports proxy,
+ * ports.ts) behind a small adapter.
+ */
+export interface TrackedSocket {
+  close(code?: number, reason?: string): void;
+  terminate(): void;
+  once(event: 'close', listener: () => void): unknown;
+}
+
 /** Close code for a socket whose token was revoked or expired (4000-4999: application codes). */
 export const CLOSE_TOKEN_REVOKED = 4001;
 
@@ -41,7 +51,7 @@ export const CLOSE_TOKEN_REVOKED = 4001;
  */
 export class SocketLimiter {
   private readonly open = new Map<string, number>();
-  private readonly sockets = new Map<string, Set<WebSocket>>();
+  private readonly sockets = new Map<string, Set<TrackedSocket>>();
 
   constructor(readonly max: number) {}
 
@@ -64,7 +74,7 @@ export class SocketLimiter {
   }
 
   /** Remembers an accepted socket of `key` until it closes; one whose token expires is closed then. */
-  track(key: string, ws: WebSocket, expiresAt?: string): void {
+  track(key: string, ws: TrackedSocket, expiresAt?: string): void {
     let set = this.sockets.get(key);
     if (!set) this.sockets.set(key, (set = new Set()));
     set.add(ws);
@@ -105,8 +115,19 @@ export class SocketLimiter {
 
 const UPGRADE = Symbol('capsule.websocket-upgrade');
 
+/**
+ * A raw upgrade (ports.ts): instead of a ws WebSocket, the route takes the client's socket as
+ * it is (the request already parsed, `head` the bytes read after it) and speaks to it itself.
+ * `discard` is called instead when the socket is not handed over (the client went away).
+ */
+export interface RawUpgrade {
+  splice(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  discard(): void;
+}
+
 interface UpgradeSlot {
-  accepted?: { handlers: SocketHandlers; maxPayload: number; release: () => void };
+  accepted?: { handlers: SocketHandlers; maxPayload: number; release: () => void; raw?: undefined }
+    | { raw: RawUpgrade; release: () => void };
 }
 
 type UpgradeEnv = { incoming: IncomingMessage; outgoing: undefined; [UPGRADE]: UpgradeSlot };
@@ -125,6 +146,37 @@ export function isUpgradeRequest(c: Context): boolean {
 export function notUpgradeError(c: Context): Response | undefined {
   if (isUpgradeRequest(c)) return undefined;
   return errorResponse(c, 400, 'invalid_request', 'this endpoint is a WebSocket: send an Upgrade request');
+}
+
+/**
+ * Accepts an upgrade as a raw connection (the ports proxy): `raw.splice` gets the client's
+ * socket. Counts in the per-token socket limit like any WebSocket (the limiter may close it:
+ * a revoked token's connections are cut). Returns the route's answer.
+ */
+export function acceptRawUpgrade(c: Context, limit: NonNullable<UpgradeOptions['limit']>, raw: RawUpgrade): Response {
+  const slot = slotOf(c);
+  if (!slot) { raw.discard(); return notUpgradeError(c)!; }
+  const { limiter } = limit;
+  const k = limit.key(c);
+  if (!limiter.acquire(k)) {
+    raw.discard();
+    return errorResponse(c, 429, 'too_many_sockets', `too many open WebSockets for this token (at most ${limiter.max}): close one first`);
+  }
+  const expiresAt = limit.expiresAt?.(c);
+  let released = false;
+  const release = () => { if (!released) { released = true; limiter.release(k); } };
+  slot.accepted = {
+    release,
+    raw: {
+      discard: raw.discard,
+      splice: (req, socket, head) => {
+        const destroy = () => socket.destroy();
+        limiter.track(k, { close: destroy, terminate: destroy, once: (_e, fn) => socket.once('close', fn) }, expiresAt);
+        raw.splice(req, socket, head);
+      },
+    },
+  };
+  return c.body(null, 200);
 }
 
 /** The route's last handler: accepts the upgrade with `handlers` (earlier middleware has validated). */
@@ -193,13 +245,17 @@ export function attachWebSockets(server: Server, app: FetchApp, log: Logger): vo
     const accepted = slot.accepted;
     // The place a route took is given back when the socket closes, whether or not it opened.
     if (accepted) socket.once('close', accepted.release);
-    if (accepted && (res.status !== 200 || socket.destroyed)) accepted.release();
+    if (accepted && (res.status !== 200 || socket.destroyed)) {
+      accepted.release();
+      accepted.raw?.discard();
+    }
     if (!accepted && res.ok) {
       // A route that is not a WebSocket endpoint answered: its body is not for an upgrade request.
       return reject(socket, 400, { error: { code: 'invalid_request', message: `${url.slice('http://localhost'.length)} is not a WebSocket endpoint` } });
     }
     if (!accepted || res.status !== 200) return reject(socket, res.status, await res.text(), res.headers);
     if (socket.destroyed) return;
+    if (accepted.raw) return accepted.raw.splice(req, socket, head);
     wssFor(accepted.maxPayload).handleUpgrade(req, socket, head, (ws) => open(ws, accepted.handlers, accepted.maxPayload));
   }
 

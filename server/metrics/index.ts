@@ -18,7 +18,7 @@ import { QmpClient } from '../qmp/client.js';
 import { ACTIVE_STATES, type HostAdmission } from '../supervisor/admission.js';
 import { readVmUsage } from './vm-usage.js';
 
-export type SocketKind = 'console' | 'exec' | 'events';
+export type SocketKind = 'console' | 'exec' | 'events' | 'ports';
 
 export interface MetricsSources {
   vms: VmStore;
