@@ -511,7 +511,7 @@ test('sandbox VM: the Exec box streams a command (stderr apart, exit code, stdin
   const { page, errors } = await open();
   try {
     const name = `sbx-${randomBytes(3).toString('hex')}`;
-    const made = await srv.api('POST', '/v1/vms', { name, image: 'sandbox', memoryMiB: 512, hypervisor: 'qemu' });
+    const made = await srv.api('POST', '/v1/vms', { name, image: 'sandbox', memoryMiB: 512, hypervisor: 'qemu', timeoutSec: 3600, metadata: { purpose: 'e2e' } });
     assert.equal(made.status, 201, JSON.stringify(made.body));
     const id = made.body.id as string;
     assert.equal((await srv.api('POST', `/v1/vms/${id}/start`)).status, 200);
@@ -526,6 +526,8 @@ test('sandbox VM: the Exec box streams a command (stderr apart, exit code, stdin
     assert.equal(await page.getByRole('tab', { name: 'Console' }).getAttribute('aria-selected'), 'true');
     assert.match(await page.locator('.facts').innerText(), /capsule-agent/);
     assert.match(await page.locator('.facts').innerText(), /guest \d+\.\d+\.\d+\.\d+/, 'the guest address is shown');
+    assert.match(await page.locator('.facts').innerText(), /3600 s from each start, then stop; ends /, 'the TTL and its deadline');
+    assert.match(await page.locator('.facts').innerText(), /purpose=e2e/);
 
     const execBox = page.locator('section.exec');
     const filesTab = page.locator('section.files-panel');
@@ -612,12 +614,22 @@ test('sandbox VM: the Exec box streams a command (stderr apart, exit code, stdin
     await filesTab.getByRole('button', { name: 'Go', exact: true }).click();
     await page.locator('.files-panel .form-error').filter({ hasText: /404/ }).waitFor();
 
-    t.diagnostic('ports: the card follows GET /v1/vms/:id/ports (hidden where the server has no such route)');
-    const ports = await srv.api('GET', `/v1/vms/${id}/ports`);
+    t.diagnostic('ports: a server the guest starts is listed with its proxy URL, which answers');
+    const serve = await srv.api('POST', `/v1/vms/${id}/exec`, { shell: 'cd /home/user && setsid nohup python3 -m http.server 8123 >/dev/null 2>&1 </dev/null &' });
+    assert.equal(serve.body.exitCode, 0, JSON.stringify(serve.body));
     const card = page.locator('section[aria-labelledby="ports-h"]');
-    if (ports.status === 404) assert.ok(await card.isHidden(), 'no ports route: no card');
-    else await card.waitFor();
-    t.diagnostic(`GET /ports: ${ports.status}`);
+    await card.waitFor();
+    const listed = card.locator('li[data-port="8123"]');
+    for (let i = 0; i < 60 && !(await listed.count()); i++) {
+      await card.getByRole('button', { name: 'Refresh' }).click();
+      await page.waitForTimeout(1000);
+    }
+    const url = (await listed.locator('code.port-url').innerText()).trim();
+    assert.equal(url, `${srv.url}/v1/vms/${id}/ports/8123/`);
+    const proxied = await fetch(url, { headers: { authorization: `Bearer ${srv.token}` } });
+    assert.equal(proxied.status, 200);
+    assert.match(await proxied.text(), /made-by-ui/, 'the guest\'s http.server lists the home folder');
+    await shot(page, 'sandbox-ports');
 
     assert.deepEqual(errors, []);
   } finally {

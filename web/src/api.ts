@@ -19,6 +19,12 @@ export interface Vm {
   network?: { enabled: boolean; egress: boolean; guestAddress?: string; hostAddress?: string; mac?: string };
   /** In guest order (vda, vdb, ... after an image's rootfs and layer). */
   drives?: Drive[];
+  /** The client's labels (servers with metadata). */
+  metadata?: Record<string, string>;
+  /** The TTL from each start, what happens then, and when the current run ends. */
+  timeoutSec?: number;
+  onTimeout?: 'stop' | 'delete';
+  expiresAt?: string;
   createdAt: string;
   updatedAt: string;
 }

@@ -119,6 +119,8 @@ export function detailView(app: App, id: string, navigate: (hash: string) => voi
     fact('devices', 'Devices');
     fact('network', 'Network');
     fact('agent', 'Agent');
+    fact('ttl', 'Lifetime');
+    fact('metadata', 'Metadata');
     fact('pid', 'VMM pid');
     fact('created', 'Created');
     fact('updated', 'Updated');
@@ -176,6 +178,10 @@ export function detailView(app: App, id: string, navigate: (hash: string) => voi
     dd['network']!.textContent = !n ? '—' : !n.enabled ? 'none'
       : [n.guestAddress ? `guest ${n.guestAddress}` : '', n.hostAddress ? `host ${n.hostAddress}` : '', `egress ${n.egress ? 'on' : 'off'}`].filter(Boolean).join(', ');
     drivesCard?.update(v);
+    dd['ttl']!.textContent = v.timeoutSec === undefined ? 'no TTL'
+      : `${v.timeoutSec} s from each start, then ${v.onTimeout ?? 'stop'}${v.expiresAt ? `; ends ${fmtTime(v.expiresAt)}` : ''}`;
+    const meta = Object.entries(v.metadata ?? {});
+    dd['metadata']!.textContent = meta.length ? meta.map(([k, val]) => `${k}=${val}`).join(', ') : '—';
     dd['pid']!.textContent = v.pid ? String(v.pid) : '—';
     dd['created']!.textContent = fmtTime(v.createdAt);
     dd['updated']!.textContent = fmtTime(v.updatedAt);
