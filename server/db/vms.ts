@@ -231,18 +231,10 @@ export class VmStore {
   networkSlot(id: string): number {
     const cur = this.slotStmt.get(id) as number | null | undefined;
     if (cur !== null && cur !== undefined) return cur;
-    if (!this.allocator) throw new Error('no address pool');
-    const alloc = this.allocator;
-    const slot = this.db.transaction(() => {
-      const s = alloc(this.usedSlots());
-      this.setSlotStmt.run({ id, slot: s });
-      return s;
-    })();
-    this.invalidate();
-    return slot;
+    return this.reassignNetworkSlot(id);
   }
 
-  /** A new slot for the VM (its old one turned out to be taken on the host meanwhile). Throws when the pool is full. */
+  /** A new slot for the VM (it has none, or its old one turned out to be taken on the host meanwhile). Throws when the pool is full. */
   reassignNetworkSlot(id: string): number {
     if (!this.allocator) throw new Error('no address pool');
     const alloc = this.allocator;
