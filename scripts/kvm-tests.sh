@@ -116,6 +116,18 @@ if [ -z "${CAPSULE_TEST_IMAGE:-}" ]; then
   CAPSULE_TEST_IMAGES=$LAB/images
   CAPSULE_TEST_IMAGE=$CAPSULE_TEST_IMAGES/default
   bash "$ROOT/scripts/build-image.sh" "$CAPSULE_TEST_IMAGE" >&2 || { say "guest image build failed"; exit 2; }
+  # The sandbox image (the guest agent's tests): the host's copy when npm test built one
+  # (CAPSULE_HOST_TEST_IMAGES, from scripts/run-tests.mjs), else built here (cached).
+  HOST_SANDBOX=${CAPSULE_HOST_TEST_IMAGES:-}/sandbox
+  if [ -n "${CAPSULE_HOST_TEST_IMAGES:-}" ] && [ -f "$HOST_SANDBOX/image.json" ]; then
+    if ! cmp -s "$HOST_SANDBOX/image.json" "$CAPSULE_TEST_IMAGES/sandbox/image.json" || [ "$HOST_SANDBOX/rootfs.ext4" -nt "$CAPSULE_TEST_IMAGES/sandbox/rootfs.ext4" ]; then
+      rm -rf "$CAPSULE_TEST_IMAGES/sandbox.tmp" && cp -a --sparse=always "$HOST_SANDBOX" "$CAPSULE_TEST_IMAGES/sandbox.tmp" \
+        && rm -rf "$CAPSULE_TEST_IMAGES/sandbox" && mv "$CAPSULE_TEST_IMAGES/sandbox.tmp" "$CAPSULE_TEST_IMAGES/sandbox" \
+        || { say "copying the sandbox image failed"; exit 2; }
+    fi
+  else
+    bash "$ROOT/scripts/build-sandbox-image.sh" "$CAPSULE_TEST_IMAGES/sandbox" >&2 || { say "sandbox image build failed"; exit 2; }
+  fi
 fi
 export CAPSULE_TEST_IMAGE CAPSULE_TEST_IMAGES=${CAPSULE_TEST_IMAGES:-$(dirname "$CAPSULE_TEST_IMAGE")}
 

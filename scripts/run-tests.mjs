@@ -43,7 +43,7 @@ const run = (label, cmd, args) => {
   console.log(`\n# ${label}: ${args.filter((a) => a.endsWith('.js')).length} file(s)`);
   const env = { ...process.env, CAPSULE_TEST_IMAGES: images, CAPSULE_NO_BUILD: '1' };
   // The lab cannot see this host's /tmp: it builds its own copy of the image in its work folder.
-  if (label === 'KVM tests') delete env.CAPSULE_TEST_IMAGES;
+  if (label === 'KVM tests') { delete env.CAPSULE_TEST_IMAGES; env.CAPSULE_HOST_TEST_IMAGES = images; }
   const r = spawnSync(cmd, args, { stdio: 'inherit', cwd: root, env });
   if (r.status !== 0) failed = true;
 };

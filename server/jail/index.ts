@@ -37,9 +37,11 @@ interface Step {
 
 /**
  * Files in a VM directory that are not the jail's (everything else there is the jail's root
- * skeleton): the log, and the writable layer of a VM whose image has a rootfs.
+ * skeleton): the log, the writable layer of a VM whose image has a rootfs (the drives
+ * component's), and the guest agent's per-boot secret and user-net port (the agent
+ * component's, written before the launch: a restarted server reads them to reach the agent).
  */
-const VM_FILES = new Set(['vmm.log', 'layer.img']);
+const VM_FILES = new Set(['vmm.log', 'layer.img', 'agent.token', 'agent.port']);
 
 /**
  * The VMM's root: a tmpfs of this size and inode count (RLIMIT_FSIZE caps one file, not their
