@@ -9,11 +9,22 @@ import { buildImage } from '../images/registry.js';
 import { TEST_IMAGES_DIR, TestServer } from '../test/harness.js';
 import { capsuleTokenOf, e2bKeyOf, SandboxTokens } from './keys.js';
 import { MemoryLifetimes } from './lifetimes.js';
+import { entryOf, guestUser, imageOfTemplate, matchesMetadata, metadataFilter, userOfAuthorization } from './mapping.js';
+import { endEvent } from './envd/process.js';
+import type { ApiError } from '../supervisor/errors.js';
 
 let server: TestServer;
 let sandbox: Sandbox | undefined;
 /** Generous: the first create boots a guest under TCG on a shared host. */
 const slow = { requestTimeoutMs: 300_000 };
+
+async function waitUntil(fn: () => boolean, what: string, ms = 30_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
 
 before(async () => {
   buildImage(TEST_IMAGES_DIR, 'sandbox', 'ignore'); // cached
@@ -41,6 +52,30 @@ test('keys: a capsule token cap_<hex> is the E2B key e2b_<hex>, and back; nothin
   assert.ok(!t.verify('vm-2', t.tokenFor('vm-1')), 'a sandbox token opens its sandbox only');
   assert.ok(!t.verify('vm-1', undefined));
   assert.ok(!t.verify('vm-1', 'zz'));
+});
+
+test('mapping: envd users, exits as envd ends them, metadata filters, file entries', () => {
+  const basic = (s: string) => `Basic ${Buffer.from(s).toString('base64')}`;
+  assert.equal(userOfAuthorization(undefined), 'user', 'commands run as user unless the SDK asks');
+  assert.equal(userOfAuthorization(basic('root:')), 'root');
+  assert.throws(() => userOfAuthorization(basic('../etc:')), (e: ApiError) => e.status === 400);
+  assert.throws(() => userOfAuthorization('Bearer x'), (e: ApiError) => e.status === 400);
+  assert.throws(() => guestUser('Robert; rm'), (e: ApiError) => e.status === 400);
+  assert.deepEqual(endEvent({ exitCode: 3, timedOut: false, durationMs: 1 }), { case: 'end', value: { exitCode: 3, exited: true, status: 'exit status 3' } });
+  assert.deepEqual(endEvent({ exitCode: null, signal: 'SIGKILL', timedOut: false, durationMs: 1 }), { case: 'end', value: { exitCode: -1, exited: false, status: 'signal: killed' } });
+  // The SDK's list filter: each key and value encoded, then joined as a query string.
+  const q = new URLSearchParams({ [encodeURIComponent('a b')]: encodeURIComponent('x&y=z') }).toString();
+  assert.deepEqual(metadataFilter(q), { 'a b': 'x&y=z' });
+  assert.deepEqual(metadataFilter('k=%25E0%25A4%25A'), { k: '%E0%A4%A' }, 'a malformed escape is kept, not a 500');
+  assert.ok(matchesMetadata({ a: '1', b: '2' }, { a: '1' }) && !matchesMetadata({ a: '1' }, { a: '2' }));
+  assert.equal(imageOfTemplate('base'), 'sandbox');
+  assert.equal(imageOfTemplate('default'), 'default');
+  const e = entryOf({ name: 'f', path: '/home/user/f', type: 'file', size: 5, mode: 0o100640, uid: 1000, gid: 0, mtime: '2026-01-01T00:00:00.000Z' });
+  assert.equal(e.permissions, '-rw-r-----');
+  assert.equal(e.mode, 0o640);
+  assert.equal(e.owner, 'user');
+  assert.equal(e.group, 'root');
+  assert.equal(e.size, 5n);
 });
 
 test('lifetimes: a sandbox is killed when its timeout passes; a new timeout replaces the old', async () => {
@@ -243,6 +278,30 @@ test('Sandbox.list shows it with its metadata (and filters by it); setTimeout mo
   await assert.rejects(Sandbox.setTimeout(sandbox.sandboxId, 1000, other), NotFoundError);
   assert.equal((await Sandbox.list(other).nextItems()).length, 0);
   assert.equal(await sandbox.isRunning(), true, 'still there');
+});
+
+test('pty: a terminal of the asked size that takes input and follows a resize', async () => {
+  assert.ok(sandbox);
+  let screen = '';
+  const term = await sandbox.pty.create({ cols: 90, rows: 20, onData: (d) => { screen += Buffer.from(d).toString('utf8'); } });
+  await sandbox.pty.sendInput(term.pid, new TextEncoder().encode('stty size\n'));
+  await waitUntil(() => screen.includes('20 90'), 'the first size');
+  await sandbox.pty.resize(term.pid, { cols: 100, rows: 30 });
+  await sandbox.pty.sendInput(term.pid, new TextEncoder().encode('stty size; exit 0\n'));
+  await term.wait();
+  assert.match(screen, /30 100/);
+});
+
+test('pause, then connect resumes it', async () => {
+  assert.ok(sandbox);
+  assert.equal(await sandbox.pause(), true);
+  assert.equal((await sandbox.getInfo()).state, 'paused');
+  assert.equal((await server.api('GET', `/v1/vms/${sandbox.sandboxId}`)).body.state, 'paused');
+  assert.equal(await sandbox.isRunning(), false, 'envd answers 502 while paused');
+  assert.equal(await Sandbox.pause(sandbox.sandboxId), false, 'already paused');
+  await Sandbox.connect(sandbox.sandboxId);
+  assert.equal((await sandbox.getInfo()).state, 'running');
+  assert.equal((await sandbox.commands.run('echo awake')).stdout, 'awake\n');
 });
 
 test('Sandbox.connect gives access again; kill() deletes the VM and the sandbox is gone', async () => {

@@ -68,8 +68,13 @@ export const isSandboxState = (vm: Vm): boolean => vm.state === 'running' || vm.
 export function metadataFilter(raw: string | undefined): Record<string, string> {
   if (!raw) return {};
   const out: Record<string, string> = {};
-  for (const [k, v] of new URLSearchParams(raw)) out[decodeURIComponent(k)] = decodeURIComponent(v);
+  for (const [k, v] of new URLSearchParams(raw)) out[decodeOnce(k)] = decodeOnce(v);
   return out;
+}
+
+/** The SDK encodes each key and value before it builds the query string; a stray `%` stays as it is. */
+function decodeOnce(s: string): string {
+  try { return decodeURIComponent(s); } catch { return s; }
 }
 
 export const matchesMetadata = (metadata: Record<string, string>, filter: Record<string, string>): boolean =>

@@ -99,12 +99,13 @@ export function processService(agent: AgentClient): EnvdServiceImpl {
       if (!p?.cmd) throw new ConnectError('process.cmd is required', Code.InvalidArgument);
       const user = wrap(() => userOfAuthorization(ctx.requestHeader.get('authorization')));
       const pty = r.pty?.size ? { cols: clamp(r.pty.size.cols, 80), rows: clamp(r.pty.size.rows, 24) } : undefined;
+      // A terminal always takes input (envd's `stdin` flag is for pipes).
       let stream: ExecStream | undefined;
       const q = new EventQueue<ProcessEventInit>(() => stream?.pause(), () => stream?.resume());
       try {
         stream = await agent.exec(sb.vmId, {
           cmd: [p.cmd, ...p.args], env: { ...sb.envVars, ...p.envs }, user, background: true,
-          ...(p.cwd ? { cwd: p.cwd } : {}), ...(r.stdin ? { stdinOpen: true } : {}), ...(pty ? { pty } : {}), ...(r.tag !== undefined ? { tag: r.tag } : {}),
+          ...(p.cwd ? { cwd: p.cwd } : {}), ...(r.stdin || pty ? { stdinOpen: true } : {}), ...(pty ? { pty } : {}), ...(r.tag !== undefined ? { tag: r.tag } : {}),
         }, handlers(q, !!pty));
         const info = await stream.started;
         yield* follow(sb.vmId, info.pid, stream, q, ctx);
