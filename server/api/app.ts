@@ -166,7 +166,10 @@ export function createApp(deps: AppDeps) {
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer' });
   // E2B compatibility (docs/e2b.md): its REST calls become capsule API calls, made in process.
   // The envd side (/e2b/sandbox) streams uploads into the guest: no body limit there.
-  const e2b = e2bApi(deps, (path, init) => Promise.resolve(app.request(path, init)));
+  const e2b = e2bApi(deps, (path, init) => Promise.resolve(app.request(path, init)), (tenant) => {
+    const bucket = limits.perTenant.get(tenant);
+    return bucket.tryTake() ? undefined : Math.max(1, Math.ceil(bucket.msUntil() / 1000));
+  });
   app.use('/e2b/*', (c, next) => (c.req.path.startsWith('/e2b/sandbox/') || c.req.method === 'GET' ? next() : limitBody(c, next)));
   app.route('/e2b/sandbox', e2b.envd);
   app.route('/e2b', e2b.rest);

@@ -132,6 +132,37 @@ test('refusals: a wrong or missing key is 401 in E2B\'s shape; bad input is 400;
   assert.equal((await envd.json() as any).code, 'unauthenticated');
 });
 
+test('rate limits: E2B calls count against the token and tenant as capsule calls do (429, RateLimitError)', async () => {
+  const limited = await TestServer.start({ env: { CAPSULE_NETWORK: 'off', CAPSULE_RATE_LIMIT: '1', CAPSULE_RATE_BURST: '4', CAPSULE_TENANT_RATE: '1', CAPSULE_TENANT_BURST: '4' } });
+  const apiUrl = process.env.E2B_API_URL;
+  try {
+    const vm = await limited.api('POST', '/v1/vms', { name: 'idle', image: 'sandbox' });
+    assert.equal(vm.status, 201, JSON.stringify(vm.body));
+    // envd: metered per tenant (it has no capsule token), before it says the never-started sandbox is not running.
+    const access = SandboxTokens.fromDataDir(limited.dataDir).tokenFor(vm.body.id);
+    const health = () => fetch(`${limited.url}/e2b/sandbox/health`, { headers: { 'e2b-sandbox-id': vm.body.id, 'x-access-token': access } });
+    const statuses: number[] = [];
+    let refused: Response | undefined;
+    for (let i = 0; i < 20 && !refused; i++) {
+      const r = await health();
+      statuses.push(r.status);
+      if (r.status === 429) refused = r;
+    }
+    assert.equal(statuses[0], 502, 'not running');
+    assert.ok(refused, `429 once the tenant's burst is spent: ${statuses.join(' ')}`);
+    assert.ok(Number(refused.headers.get('retry-after')) >= 1);
+    // REST: the capsule call behind it is refused; the SDK (no retries) says RateLimitError.
+    process.env.E2B_API_URL = `${limited.url}/e2b`;
+    const key = e2bKeyOf(limited.token)!;
+    let listed: unknown;
+    for (let i = 0; i < 20 && !(listed instanceof Error); i++) listed = await Sandbox.list({ apiKey: key, retries: 0 }).nextItems().catch((e: Error) => e);
+    assert.equal((listed as Error).name, 'RateLimitError', String(listed));
+  } finally {
+    process.env.E2B_API_URL = apiUrl;
+    await limited.stop();
+  }
+});
+
 test('Sandbox.create from a template, with metadata and a timeout: ready when it returns', async () => {
   const t0 = Date.now();
   sandbox = await Sandbox.create('base', { metadata: { purpose: 'e2b-test', run: '1' }, timeoutMs: 600_000, envs: { SANDBOX_WIDE: 'everywhere' }, ...slow });

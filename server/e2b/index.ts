@@ -11,7 +11,8 @@ import { envdRoutes } from './envd/index.js';
 /** How long a create waits for the new guest's agent (TCG boots take 20-60 s on a loaded host). */
 const BOOT_TIMEOUT_MS = 180_000;
 
-export function e2bApi(deps: AppDeps, api: CapsuleApi) {
+/** `rateLimit`: the tenant's API rate limit, for envd calls (which carry no capsule token). */
+export function e2bApi(deps: AppDeps, api: CapsuleApi, rateLimit: (tenant: string) => number | undefined) {
   const sandboxTokens = SandboxTokens.fromDataDir(deps.config.dataDir);
   // A sandbox whose timeout passes is killed, as on E2B: its VM deleted.
   const lifetimes = new MemoryLifetimes(
@@ -20,7 +21,7 @@ export function e2bApi(deps: AppDeps, api: CapsuleApi) {
   );
   return {
     rest: e2bRestRoutes({ api, agent: deps.agent, lifetimes, sandboxTokens, bootTimeoutMs: BOOT_TIMEOUT_MS }),
-    envd: envdRoutes({ agent: deps.agent, vms: deps.vms, sandboxTokens, lifetimes }),
+    envd: envdRoutes({ agent: deps.agent, vms: deps.vms, sandboxTokens, lifetimes, rateLimit }),
     lifetimes,
   };
 }

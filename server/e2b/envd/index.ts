@@ -22,6 +22,8 @@ export interface EnvdDeps {
   vms: VmStore;
   sandboxTokens: SandboxTokens;
   lifetimes: SandboxLifetimes;
+  /** The tenant's API rate limit (capsule's, shared with its /v1 calls): undefined, or the seconds to wait. */
+  rateLimit(tenant: string): number | undefined;
 }
 
 type Env = { Variables: { vmId: string } };
@@ -30,7 +32,7 @@ type Env = { Variables: { vmId: string } };
 const CONNECT_PATH = /^\/[a-z]+\.[A-Za-z]+\/[A-Za-z]+$/;
 
 /** A refusal in the shape its caller reads: Connect's error JSON on RPC paths, envd's elsewhere. */
-function refuse(c: Context, status: 401 | 404 | 502, code: Code, message: string, rpcPath: string): Response {
+function refuse(c: Context, status: 401 | 404 | 429 | 502, code: Code, message: string, rpcPath: string): Response {
   if (CONNECT_PATH.test(rpcPath)) return c.json({ code: Code[code].replace(/[A-Z]/g, (m, i: number) => (i ? '_' : '') + m.toLowerCase()), message }, status);
   return c.json(e2bError(status, message), status);
 }
@@ -51,7 +53,14 @@ export function envdRoutes(d: EnvdDeps) {
     }
     const vm = d.vms.get(id);
     // E2B's proxy answers 502 for a sandbox that is gone: the SDK reads it as "the sandbox was killed or timed out".
-    if (!vm || vm.state !== 'running') return refuse(c, 502, Code.Unavailable, `sandbox ${id} is not running${vm ? ` (its VM is ${vm.state})` : ''}`, rpcPath);
+    if (!vm) return refuse(c, 502, Code.Unavailable, `sandbox ${id} is not running (it is gone)`, rpcPath);
+    // Calls count against the sandbox's tenant, as its /v1 calls do (envd has no capsule token to meter).
+    const wait = d.rateLimit(vm.tenant);
+    if (wait !== undefined) {
+      c.header('Retry-After', String(wait));
+      return refuse(c, 429, Code.ResourceExhausted, `too many requests for this sandbox's tenant: retry in ${wait} s`, rpcPath);
+    }
+    if (vm.state !== 'running') return refuse(c, 502, Code.Unavailable, `sandbox ${id} is not running (its VM is ${vm.state})`, rpcPath);
     c.set('vmId', id);
     return next();
   });
