@@ -309,6 +309,16 @@ test('Sandbox.list shows it with its metadata (and filters by it); setTimeout mo
   await assert.rejects(Sandbox.setTimeout(sandbox.sandboxId, 1000, other), NotFoundError);
   assert.equal((await Sandbox.list(other).nextItems()).length, 0);
   assert.equal(await sandbox.isRunning(), true, 'still there');
+
+  // A read token of the same tenant looks, but may not change the sandbox or get its access (which runs commands).
+  const ro = await server.api('POST', '/v1/tokens', { name: 'e2b-read', scope: 'read' });
+  assert.equal(ro.status, 201, JSON.stringify(ro.body));
+  const read = { apiKey: e2bKeyOf(ro.body.token)! };
+  assert.ok((await Sandbox.list(read).nextItems()).some((s) => s.sandboxId === sandbox!.sandboxId));
+  await assert.rejects(Sandbox.setTimeout(sandbox.sandboxId, 1000, read), /403/);
+  await assert.rejects(Sandbox.connect(sandbox.sandboxId, read), /403/);
+  await assert.rejects(Sandbox.kill(sandbox.sandboxId, read), /403/);
+  await assert.rejects(Sandbox.create('base', read), /403/);
 });
 
 test('pty: a terminal of the asked size that takes input and follows a resize', async () => {

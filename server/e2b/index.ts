@@ -20,7 +20,7 @@ export function e2bApi(deps: AppDeps, api: CapsuleApi, rateLimit: (tenant: strin
     (vmId, e) => deps.log.warn({ vm: vmId, err: e.message }, 'e2b sandbox timed out, but its deletion failed'),
   );
   return {
-    rest: e2bRestRoutes({ api, agent: deps.agent, lifetimes, sandboxTokens, bootTimeoutMs: BOOT_TIMEOUT_MS }),
+    rest: e2bRestRoutes({ api, agent: deps.agent, lifetimes, sandboxTokens, tokens: deps.tokens, bootTimeoutMs: BOOT_TIMEOUT_MS }),
     envd: envdRoutes({ agent: deps.agent, vms: deps.vms, sandboxTokens, lifetimes, rateLimit }),
     lifetimes,
   };

@@ -16,6 +16,7 @@ import { Hono, type Context, type MiddlewareHandler } from 'hono';
 import { z } from 'zod';
 import type { Vm } from '../db/vms.js';
 import type { AgentClient } from '../agent/client.js';
+import type { TokenStore } from '../db/tokens.js';
 import { capsuleTokenOf } from './keys.js';
 import type { SandboxTokens } from './keys.js';
 import { DEFAULT_TIMEOUT_SEC, MAX_TIMEOUT_SEC, type SandboxLifetimes } from './lifetimes.js';
@@ -31,6 +32,7 @@ export interface RestDeps {
   agent: AgentClient;
   lifetimes: SandboxLifetimes;
   sandboxTokens: SandboxTokens;
+  tokens: TokenStore;
   /** How long create waits for the guest's agent to answer (a TCG boot takes 20-60 s). */
   bootTimeoutMs: number;
 }
@@ -66,11 +68,12 @@ async function parse<T>(c: Context, schema: z.ZodType<T>): Promise<{ ok: true; d
 
 /** The answer of a capsule API call: its JSON, or the error it gave, to pass on in E2B's shape. */
 class Upstream {
-  constructor(readonly status: number, readonly body: any) {}
+  constructor(readonly status: number, readonly body: any, private readonly retryAfter: string | null = null) {}
   get ok(): boolean { return this.status >= 200 && this.status < 300; }
-  /** E2B's error for this answer. */
+  /** E2B's error for this answer (a rate limit's Retry-After kept: the SDK waits by it). */
   error(c: Context): Response {
     const message = this.body?.error?.message ?? `capsule answered ${this.status}`;
+    if (this.retryAfter !== null) c.header('Retry-After', this.retryAfter);
     return c.json(e2bError(this.status, message), this.status as 400);
   }
 }
@@ -99,7 +102,7 @@ export function e2bRestRoutes(d: RestDeps) {
     const text = await res.text();
     let parsed: unknown = text;
     try { parsed = text ? JSON.parse(text) : undefined; } catch { /* not JSON */ }
-    return new Upstream(res.status, parsed);
+    return new Upstream(res.status, parsed, res.headers.get('retry-after'));
   };
 
   /** The caller's VM as a sandbox, or the E2B 404 (another tenant's VM is capsule's 404 too). */
@@ -111,6 +114,15 @@ export function e2bRestRoutes(d: RestDeps) {
     const vm = got.body as Vm;
     if (!isSandboxState(vm)) return c.json(e2bError(404, `sandbox ${id} not found (its VM is ${vm.state})`), 404);
     return vm;
+  };
+
+  /**
+   * Routes that change a sandbox without a capsule write call behind them (its timeout), or hand
+   * out its access token (which runs commands): a `read` token may not, as it may not exec.
+   */
+  const writeScope = (c: Context<Env>): Response | undefined => {
+    const scope = d.tokens.verify(c.get('capsuleToken'))?.scope;
+    return scope === 'read' ? c.json(e2bError(403, `token scope 'read' cannot ${c.req.method} ${c.req.path.replace(/^\/e2b/, '')}`), 403) : undefined;
   };
 
   const access = (vm: Vm) => ({
@@ -196,6 +208,8 @@ export function e2bRestRoutes(d: RestDeps) {
     if (!p.ok) return p.res;
     const vm = await sandboxVm(c, c.req.param('id'));
     if (vm instanceof Response) return vm;
+    const refused = writeScope(c);
+    if (refused) return refused;
     // A sandbox made through capsule's own API (or before a restart) gets its first end here.
     if (!d.lifetimes.setTimeout(vm.id, p.data.timeout)) {
       const now = new Date();
@@ -215,6 +229,8 @@ export function e2bRestRoutes(d: RestDeps) {
     if (!p.ok) return p.res;
     const vm = await sandboxVm(c, c.req.param('id'));
     if (vm instanceof Response) return vm;
+    const refused = writeScope(c);
+    if (refused) return refused;
     const wasPaused = vm.state === 'paused';
     const failed = await resume(c, vm);
     if (failed) return failed;
@@ -225,6 +241,8 @@ export function e2bRestRoutes(d: RestDeps) {
   r.post('/sandboxes/:id/resume', async (c) => {
     const vm = await sandboxVm(c, c.req.param('id'));
     if (vm instanceof Response) return vm;
+    const refused = writeScope(c);
+    if (refused) return refused;
     if (vm.state !== 'paused') return c.json(e2bError(409, `sandbox ${vm.id} is not paused`), 409);
     const failed = await resume(c, vm);
     return failed ?? c.json(access(vm), 201);
