@@ -11,6 +11,8 @@ import { capsuleTokenOf, e2bKeyOf, SandboxTokens } from './keys.js';
 import { MemoryLifetimes } from './lifetimes.js';
 import { entryOf, guestUser, imageOfTemplate, matchesMetadata, metadataFilter, userOfAuthorization } from './mapping.js';
 import { endEvent } from './envd/process.js';
+import { message } from './envd/proto.js';
+import { fromBinary } from '@bufbuild/protobuf';
 import type { ApiError } from '../supervisor/errors.js';
 
 let server: TestServer;
@@ -217,6 +219,17 @@ test('commands: output streams as it comes (onStdout/onStderr); background, list
   const bg = await sandbox.commands.run('sleep 300', { background: true });
   assert.ok(bg.pid > 0);
   assert.ok((await sandbox.commands.list()).some((p) => p.pid === bg.pid), 'listed');
+  // The same service in binary protobuf (other Connect clients), and JSON with a field from a newer SDK.
+  const envd = (body: BodyInit, type: string) => fetch(`${server.url}/e2b/sandbox/process.Process/List`, {
+    method: 'POST', body, headers: { 'content-type': type, 'e2b-sandbox-id': sandbox!.sandboxId, 'x-access-token': SandboxTokens.fromDataDir(server.dataDir).tokenFor(sandbox!.sandboxId) },
+  });
+  const bin = await envd(new Uint8Array(0), 'application/proto');
+  assert.equal(bin.status, 200);
+  const listed = fromBinary(message('process.ListResponse'), new Uint8Array(await bin.arrayBuffer())) as unknown as { processes: Array<{ pid: number }> };
+  assert.ok(listed.processes.some((p) => p.pid === bg.pid), 'binary');
+  const json = await envd(JSON.stringify({ someFutureField: true }), 'application/json');
+  assert.equal(json.status, 200, await json.clone().text());
+  assert.ok(((await json.json()) as { processes: Array<{ pid: number }> }).processes.some((p) => p.pid === bg.pid), 'json');
   assert.equal(await bg.kill(), true);
   const ended = await bg.wait().then(() => undefined, (e: unknown) => e);
   assert.ok(ended instanceof CommandExitError, 'killed');

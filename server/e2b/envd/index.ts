@@ -38,7 +38,8 @@ function refuse(c: Context, status: 401 | 404 | 429 | 502, code: Code, message: 
 }
 
 export function envdRoutes(d: EnvdDeps) {
-  const router = createConnectRouter({ connect: true, grpc: false, grpcWeb: false })
+  // Fields a newer SDK adds are skipped, as protobuf's binary encoding does anyway.
+  const router = createConnectRouter({ connect: true, grpc: false, grpcWeb: false, jsonOptions: { ignoreUnknownFields: true } })
     .service(ProcessService, processService(d.agent) as never)
     .service(FilesystemService, filesystemService(d.agent) as never);
   const handlers = new Map<string, UniversalHandler>(router.handlers.map((h) => [h.requestPath, h]));
