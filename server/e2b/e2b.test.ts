@@ -220,7 +220,7 @@ test('commands: output streams as it comes (onStdout/onStderr); background, list
   assert.ok(bg.pid > 0);
   assert.ok((await sandbox.commands.list()).some((p) => p.pid === bg.pid), 'listed');
   // The same service in binary protobuf (other Connect clients), and JSON with a field from a newer SDK.
-  const envd = (body: BodyInit, type: string) => fetch(`${server.url}/e2b/sandbox/process.Process/List`, {
+  const envd = (body: string | Uint8Array, type: string) => fetch(`${server.url}/e2b/sandbox/process.Process/List`, {
     method: 'POST', body, headers: { 'content-type': type, 'e2b-sandbox-id': sandbox!.sandboxId, 'x-access-token': SandboxTokens.fromDataDir(server.dataDir).tokenFor(sandbox!.sandboxId) },
   });
   const bin = await envd(new Uint8Array(0), 'application/proto');
