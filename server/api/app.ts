@@ -48,6 +48,7 @@ import type { Metrics } from '../metrics/index.js';
 import type { Readiness } from '../health/readiness.js';
 import { requestMetrics } from './request-metrics.js';
 import { metricsRoute } from './metrics.js';
+import { e2bApi } from '../e2b/index.js';
 
 export interface AppDeps {
   config: Config;
@@ -170,6 +171,15 @@ export function createApp(deps: AppDeps) {
     security: [{ bearer: [] }],
   });
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer' });
+  // E2B compatibility (docs/e2b.md): its REST calls become capsule API calls, made in process.
+  // The envd side (/e2b/sandbox) streams uploads into the guest: no body limit there.
+  const e2b = e2bApi(deps, (path, init) => Promise.resolve(app.request(path, init)), (tenant) => {
+    const bucket = limits.perTenant.get(tenant);
+    return bucket.tryTake() ? undefined : Math.max(1, Math.ceil(bucket.msUntil() / 1000));
+  });
+  app.use('/e2b/*', (c, next) => (c.req.path.startsWith('/e2b/sandbox/') || c.req.method === 'GET' ? next() : limitBody(c, next)));
+  app.route('/e2b/sandbox', e2b.envd);
+  app.route('/e2b', e2b.rest);
   if (deps.metricsOnMainListener) app.route('/', metricsRoute(deps.metrics, deps.tokens, limits));
   app.route('/', staticRoutes(deps.webDir));
   return {
