@@ -40,6 +40,7 @@ import { probeKvm } from '../lib/kvm-probe.js';
 import { Jail } from './jail/index.js';
 import { installShutdown, trackInFlight } from './shutdown.js';
 import { VmTimeouts } from './lifetimes/timeouts.js';
+import { E2bSandboxStore } from './db/e2b-sandboxes.js';
 
 
 async function main(): Promise<void> {
@@ -125,7 +126,7 @@ async function main(): Promise<void> {
   if (!existsSync(join(webDir, 'index.html'))) log.warn({ webDir }, 'web UI not built (npm run build)');
   const readiness = new Readiness({ db, images, hypervisors, storage });
   const { app, injectWebSocket, closeSockets } = createApp({
-    config, log, vms, images, tokens, tenants, quotas, audit, hub, supervisor, volumes, drives, balloon, network, agent, timeouts, hypervisors, kvm: kvm.available, defaultHypervisor, webDir, jail: jailStatus, storage,
+    config, log, vms, images, tokens, tenants, quotas, audit, hub, supervisor, volumes, drives, balloon, network, agent, timeouts, e2bSandboxes: new E2bSandboxStore(db), hypervisors, kvm: kvm.available, defaultHypervisor, webDir, jail: jailStatus, storage,
     readiness, metrics, metricsOnMainListener: config.metricsAddr === undefined,
   });
   const server = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info) => {

@@ -24,6 +24,7 @@ import type { BalloonComponent } from '../supervisor/components/balloon.js';
 import type { AgentClient } from '../agent/client.js';
 import type { NetworkComponent } from '../supervisor/components/network.js';
 import type { VmTimeouts } from '../lifetimes/timeouts.js';
+import type { E2bSandboxStore } from '../db/e2b-sandboxes.js';
 import { BucketMap } from '../util/leaky-bucket.js';
 import { ApiRateLimits, authorize, requireToken, rateLimit, type AuthVariables } from '../auth/middleware.js';
 import { attachWebSockets, CLOSE_TOKEN_REVOKED, SocketLimiter } from './websocket.js';
@@ -71,6 +72,8 @@ export interface AppDeps {
   network?: NetworkComponent;
   /** VM TTLs (POST /v1/vms/:id/timeout). */
   timeouts: VmTimeouts;
+  /** The E2B-compatible API's records of sandboxes beyond their VMs. */
+  e2bSandboxes: E2bSandboxStore;
   hypervisors: ReadonlyMap<HypervisorName, Hypervisor>;
   kvm: boolean;
   defaultHypervisor: HypervisorName;

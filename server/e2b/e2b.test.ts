@@ -8,7 +8,6 @@ import { Sandbox, CommandExitError, NotFoundError, AuthenticationError, type Com
 import { buildImage } from '../images/registry.js';
 import { TEST_IMAGES_DIR, TestServer } from '../test/harness.js';
 import { capsuleTokenOf, e2bKeyOf, SandboxTokens } from './keys.js';
-import { MemoryLifetimes } from './lifetimes.js';
 import { entryOf, guestUser, imageOfTemplate, matchesMetadata, metadataFilter, userOfAuthorization } from './mapping.js';
 import { endEvent } from './envd/process.js';
 import { message } from './envd/proto.js';
@@ -78,21 +77,6 @@ test('mapping: envd users, exits as envd ends them, metadata filters, file entri
   assert.equal(e.owner, 'user');
   assert.equal(e.group, 'root');
   assert.equal(e.size, 5n);
-});
-
-test('lifetimes: a sandbox is killed when its timeout passes; a new timeout replaces the old', async () => {
-  const expired: string[] = [];
-  const l = new MemoryLifetimes(async (id) => { expired.push(id); });
-  const now = Date.now();
-  l.add({ vmId: 'a', templateId: 'base', metadata: {}, envVars: {}, startedAt: new Date(now), endAt: new Date(now + 100) });
-  l.add({ vmId: 'b', templateId: 'base', metadata: {}, envVars: {}, startedAt: new Date(now), endAt: new Date(now + 100) });
-  assert.ok(l.setTimeout('b', 60));
-  assert.equal(l.setTimeout('nope', 1), undefined);
-  await new Promise((r) => setTimeout(r, 300));
-  assert.deepEqual(expired, ['a']);
-  assert.equal(l.get('a'), undefined);
-  assert.ok(l.get('b')!.endAt.getTime() > Date.now() + 50_000);
-  l.close();
 });
 
 test('refusals: a wrong or missing key is 401 in E2B\'s shape; bad input is 400; an unknown template 404', async () => {
@@ -308,9 +292,17 @@ test('Sandbox.list shows it with its metadata (and filters by it); setTimeout mo
   assert.equal((await Sandbox.list({ query: { metadata: { purpose: 'e2b-test' } } }).nextItems()).length, 1);
   assert.equal((await Sandbox.list({ query: { metadata: { purpose: 'other' } } }).nextItems()).length, 0);
 
-  await sandbox.setTimeout(90_000);
+  await sandbox.setTimeout(900_000);
   const end = (await sandbox.getInfo()).endAt.getTime();
-  assert.ok(Math.abs(end - (Date.now() + 90_000)) < 30_000, `endAt moved to about 90 s from now: ${new Date(end).toISOString()}`);
+  assert.ok(Math.abs(end - (Date.now() + 900_000)) < 30_000, `endAt moved to about 900 s from now: ${new Date(end).toISOString()}`);
+  // It is the VM's TTL (with delete), in the database: a restarted server keeps metadata, end and envs.
+  const asVm = (await server.api('GET', `/v1/vms/${sandbox.sandboxId}`)).body;
+  assert.deepEqual([asVm.metadata, asVm.onTimeout, asVm.expiresAt], [{ purpose: 'e2b-test', run: '1' }, 'delete', new Date(end).toISOString()]);
+  await server.kill9();
+  await server.launch();
+  const after = await Sandbox.getInfo(sandbox.sandboxId);
+  assert.deepEqual([after.metadata, after.endAt.getTime(), after.templateId], [{ purpose: 'e2b-test', run: '1' }, end, 'base']);
+  assert.equal((await sandbox.commands.run('echo "$SANDBOX_WIDE"')).stdout, 'everywhere\n', 'the sandbox\'s envs too');
 
   // Another tenant: the sandbox is not found, cannot be killed or extended, and is not listed.
   assert.equal((await server.api('POST', '/v1/tenants', { name: 'other' })).status, 201);

@@ -4,7 +4,7 @@
 //   /e2b/sandbox  the SDK's E2B_SANDBOX_URL  (envd/)
 import type { AppDeps } from '../api/app.js';
 import { SandboxTokens } from './keys.js';
-import { MemoryLifetimes } from './lifetimes.js';
+import { E2bSandboxStore } from '../db/e2b-sandboxes.js';
 import { e2bRestRoutes, type CapsuleApi } from './rest.js';
 import { envdRoutes } from './envd/index.js';
 
@@ -14,14 +14,9 @@ const BOOT_TIMEOUT_MS = 180_000;
 /** `rateLimit`: the tenant's API rate limit, for envd calls (which carry no capsule token). */
 export function e2bApi(deps: AppDeps, api: CapsuleApi, rateLimit: (tenant: string) => number | undefined) {
   const sandboxTokens = SandboxTokens.fromDataDir(deps.config.dataDir);
-  // A sandbox whose timeout passes is killed, as on E2B: its VM deleted.
-  const lifetimes = new MemoryLifetimes(
-    (vmId) => deps.supervisor.delete(vmId, true).then(() => deps.log.info({ vm: vmId }, 'e2b sandbox timed out: deleted')),
-    (vmId, e) => deps.log.warn({ vm: vmId, err: e.message }, 'e2b sandbox timed out, but its deletion failed'),
-  );
+  const sandboxes = deps.e2bSandboxes;
   return {
-    rest: e2bRestRoutes({ api, agent: deps.agent, lifetimes, sandboxTokens, tokens: deps.tokens, bootTimeoutMs: BOOT_TIMEOUT_MS }),
-    envd: envdRoutes({ agent: deps.agent, vms: deps.vms, sandboxTokens, lifetimes, rateLimit }),
-    lifetimes,
+    rest: e2bRestRoutes({ api, agent: deps.agent, sandboxes, sandboxTokens, tokens: deps.tokens, bootTimeoutMs: BOOT_TIMEOUT_MS }),
+    envd: envdRoutes({ agent: deps.agent, vms: deps.vms, sandboxTokens, sandboxes, rateLimit }),
   };
 }

@@ -5,7 +5,8 @@ import { Code, ConnectError } from '@connectrpc/connect';
 import type { Vm } from '../db/vms.js';
 import type { FileStat } from '../agent/client.js';
 import { ApiError } from '../supervisor/errors.js';
-import type { SandboxRecord } from './lifetimes.js';
+import type { E2bSandbox } from '../db/e2b-sandboxes.js';
+import { NO_END } from './lifetimes.js';
 import { FileType } from './envd/proto.js';
 
 /**
@@ -43,20 +44,20 @@ export function userOfAuthorization(header: string | null | undefined): string {
 }
 
 /** A VM as E2B's ListedSandbox / SandboxDetail. */
-export function sandboxOf(vm: Vm, r: SandboxRecord | undefined): Record<string, unknown> {
+export function sandboxOf(vm: Vm, r: E2bSandbox | undefined): Record<string, unknown> {
   return {
     sandboxID: vm.id,
     templateID: r?.templateId ?? vm.image,
     alias: r?.templateId ?? vm.image,
     clientID: 'capsule',
-    startedAt: (r?.startedAt ?? new Date(vm.createdAt)).toISOString(),
-    // Without a record (made through capsule's API, or a restart forgot it) the sandbox has no end.
-    endAt: r ? r.endAt.toISOString() : '9999-12-31T23:59:59.000Z',
+    startedAt: vm.createdAt,
+    // The VM's deadline; a VM made through capsule's own API without a TTL has no end.
+    endAt: vm.expiresAt ?? NO_END,
     cpuCount: vm.vcpus,
     memoryMB: vm.memoryMiB,
     diskSizeMB: 0,
     envdVersion: ENVD_VERSION,
-    metadata: r?.metadata ?? {},
+    metadata: vm.metadata ?? {},
     state: vm.state === 'paused' ? 'paused' : 'running',
   };
 }

@@ -19,7 +19,8 @@ import type { AgentClient } from '../agent/client.js';
 import type { TokenStore } from '../db/tokens.js';
 import { capsuleTokenOf } from './keys.js';
 import type { SandboxTokens } from './keys.js';
-import { DEFAULT_TIMEOUT_SEC, MAX_TIMEOUT_SEC, type SandboxLifetimes } from './lifetimes.js';
+import { DEFAULT_TIMEOUT_SEC, MAX_TIMEOUT_SEC } from './lifetimes.js';
+import type { E2bSandboxStore } from '../db/e2b-sandboxes.js';
 import {
   ENVD_VERSION, SANDBOX_MEMORY_MIB, SANDBOX_VCPUS, e2bError, imageOfTemplate, isSandboxState, matchesMetadata, metadataFilter, sandboxOf,
 } from './mapping.js';
@@ -30,7 +31,8 @@ export type CapsuleApi = (path: string, init: RequestInit) => Promise<Response>;
 export interface RestDeps {
   api: CapsuleApi;
   agent: AgentClient;
-  lifetimes: SandboxLifetimes;
+  /** What a sandbox has beyond its VM (template id, envVars). */
+  sandboxes: E2bSandboxStore;
   sandboxTokens: SandboxTokens;
   tokens: TokenStore;
   /** How long create waits for the guest's agent to answer (a TCG boot takes 20-60 s). */
@@ -127,7 +129,7 @@ export function e2bRestRoutes(d: RestDeps) {
 
   const access = (vm: Vm) => ({
     sandboxID: vm.id,
-    templateID: d.lifetimes.get(vm.id)?.templateId ?? vm.image,
+    templateID: d.sandboxes.get(vm.id)?.templateId ?? vm.image,
     clientID: 'capsule',
     envdVersion: ENVD_VERSION,
     envdAccessToken: d.sandboxTokens.tokenFor(vm.id),
@@ -144,6 +146,10 @@ export function e2bRestRoutes(d: RestDeps) {
       memoryMiB: SANDBOX_MEMORY_MIB,
       vcpus: SANDBOX_VCPUS,
       network: { enabled: true, egress: body.allow_internet_access ?? true },
+      metadata: body.metadata ?? {},
+      // E2B kills a sandbox whose time is up: the VM's TTL, with delete.
+      timeoutSec: body.timeout ?? DEFAULT_TIMEOUT_SEC,
+      onTimeout: 'delete',
     });
     if (!made.ok) {
       // capsule names the field: an unknown image is E2B's unknown template.
@@ -151,6 +157,7 @@ export function e2bRestRoutes(d: RestDeps) {
       return made.error(c);
     }
     const vm = made.body as Vm;
+    d.sandboxes.put(vm.id, { templateId: body.templateID, envVars: body.envVars ?? {} });
     // From here on a failure must not leave the VM behind.
     const fail = async (res: Response) => { await call(c, 'DELETE', `/v1/vms/${vm.id}?force=true`).catch(() => undefined); return res; };
     const started = await call(c, 'POST', `/v1/vms/${vm.id}/start`);
@@ -159,11 +166,6 @@ export function e2bRestRoutes(d: RestDeps) {
     if (!(await waitForAgent(d.agent, vm.id, d.bootTimeoutMs))) {
       return fail(c.json(e2bError(504, `sandbox ${vm.id}: the guest agent did not answer within ${Math.round(d.bootTimeoutMs / 1000)} s of the start`), 504));
     }
-    const now = new Date();
-    d.lifetimes.add({
-      vmId: vm.id, templateId: body.templateID, metadata: body.metadata ?? {}, envVars: body.envVars ?? {},
-      startedAt: now, endAt: new Date(now.getTime() + (body.timeout ?? DEFAULT_TIMEOUT_SEC) * 1000),
-    });
     return c.json({ ...access(vm), alias: body.templateID }, 201);
   };
 
@@ -176,7 +178,7 @@ export function e2bRestRoutes(d: RestDeps) {
     const limit = Math.min(Math.max(Number(c.req.query('limit') ?? 1000) || 1000, 1), 1000);
     const items = (got.body.items as Vm[])
       .filter(isSandboxState)
-      .map((vm) => sandboxOf(vm, d.lifetimes.get(vm.id)))
+      .map((vm) => sandboxOf(vm, d.sandboxes.get(vm.id)))
       .filter((s) => states.has(s.state as string) && matchesMetadata(s.metadata as Record<string, string>, filter))
       .slice(0, limit);
     return c.json(items, 200);
@@ -190,7 +192,7 @@ export function e2bRestRoutes(d: RestDeps) {
   r.get('/sandboxes/:id', async (c) => {
     const vm = await sandboxVm(c, c.req.param('id'));
     if (vm instanceof Response) return vm;
-    return c.json(sandboxOf(vm, d.lifetimes.get(vm.id)), 200);
+    return c.json(sandboxOf(vm, d.sandboxes.get(vm.id)), 200);
   });
 
   r.delete('/sandboxes/:id', async (c) => {
@@ -199,7 +201,6 @@ export function e2bRestRoutes(d: RestDeps) {
     if (vm instanceof Response) return vm;
     const gone = await call(c, 'DELETE', `/v1/vms/${vm.id}?force=true`);
     if (!gone.ok) return gone.status === 404 ? c.json(e2bError(404, `sandbox ${id} not found`), 404) : gone.error(c);
-    d.lifetimes.forget(vm.id);
     return c.body(null, 204);
   });
 
@@ -210,13 +211,18 @@ export function e2bRestRoutes(d: RestDeps) {
     if (vm instanceof Response) return vm;
     const refused = writeScope(c);
     if (refused) return refused;
-    // A sandbox made through capsule's own API (or before a restart) gets its first end here.
-    if (!d.lifetimes.setTimeout(vm.id, p.data.timeout)) {
-      const now = new Date();
-      d.lifetimes.add({ vmId: vm.id, templateId: vm.image, metadata: {}, envVars: {}, startedAt: new Date(vm.createdAt), endAt: new Date(now.getTime() + p.data.timeout * 1000) });
-    }
-    return c.body(null, 204);
+    const set = await setTimeoutOf(c, vm, p.data.timeout);
+    return set ?? c.body(null, 204);
   });
+
+  /**
+   * The sandbox now ends `seconds` from now: the VM's TTL. One made through capsule's own API
+   * (no onTimeout: delete) keeps its own onTimeout.
+   */
+  const setTimeoutOf = async (c: Context<Env>, vm: Vm, seconds: number): Promise<Response | undefined> => {
+    const set = await call(c, 'POST', `/v1/vms/${vm.id}/timeout`, { timeoutSec: seconds });
+    return set.ok ? undefined : set.error(c);
+  };
 
   const resume = async (c: Context<Env>, vm: Vm): Promise<Response | undefined> => {
     if (vm.state !== 'paused') return undefined;
@@ -234,7 +240,10 @@ export function e2bRestRoutes(d: RestDeps) {
     const wasPaused = vm.state === 'paused';
     const failed = await resume(c, vm);
     if (failed) return failed;
-    if (p.data.timeout !== undefined) d.lifetimes.setTimeout(vm.id, p.data.timeout);
+    if (p.data.timeout !== undefined) {
+      const set = await setTimeoutOf(c, vm, p.data.timeout);
+      if (set) return set;
+    }
     return c.json(access(vm), wasPaused ? 201 : 200);
   });
 

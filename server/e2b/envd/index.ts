@@ -9,7 +9,7 @@ import { universalServerRequestFromFetch, universalServerResponseToFetch, type U
 import type { AgentClient } from '../../agent/client.js';
 import type { VmStore } from '../../db/vms.js';
 import type { SandboxTokens } from '../keys.js';
-import type { SandboxLifetimes } from '../lifetimes.js';
+import type { E2bSandboxStore } from '../../db/e2b-sandboxes.js';
 import { e2bError } from '../mapping.js';
 import { SANDBOX } from './context.js';
 import { FilesystemService, ProcessService } from './proto.js';
@@ -21,7 +21,7 @@ export interface EnvdDeps {
   agent: AgentClient;
   vms: VmStore;
   sandboxTokens: SandboxTokens;
-  lifetimes: SandboxLifetimes;
+  sandboxes: E2bSandboxStore;
   /** The tenant's API rate limit (capsule's, shared with its /v1 calls): undefined, or the seconds to wait. */
   rateLimit(tenant: string): number | undefined;
 }
@@ -76,7 +76,7 @@ export function envdRoutes(d: EnvdDeps) {
     if (!handler) return c.json({ code: 'unimplemented', message: `capsule does not serve ${path}` }, 404);
     const req = universalServerRequestFromFetch(c.req.raw, {});
     const vmId = c.get('vmId');
-    req.contextValues = createContextValues().set(SANDBOX, { vmId, envVars: d.lifetimes.get(vmId)?.envVars ?? {} });
+    req.contextValues = createContextValues().set(SANDBOX, { vmId, envVars: d.sandboxes.get(vmId)?.envVars ?? {} });
     return universalServerResponseToFetch(await handler(req));
   });
 
