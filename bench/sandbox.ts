@@ -15,6 +15,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { connect } from 'node:net';
 import { TEST_IMAGES_DIR, TestServer, waitFor } from '../server/test/harness.js';
 import { buildImage } from '../server/images/registry.js';
+import { loadNetworkModules } from '../server/test/network.js';
 import { isMain, percentile, printJson, round } from './util.js';
 
 const ECHO_PORT = 7000;
@@ -88,6 +89,7 @@ export async function benchSandbox(opts: { hypervisor?: 'qemu' | 'native'; boots
   const rounds = opts.rounds ?? 100;
   const uploadMiB = opts.uploadMiB ?? 64;
   buildImage(TEST_IMAGES_DIR, 'sandbox', 'ignore');
+  loadNetworkModules(); // the nested lab's L1 cannot autoload them
   const s = await TestServer.start({ env: { CAPSULE_LOG_LEVEL: 'warn', CAPSULE_NETWORK: 'on', CAPSULE_NET_POOL: '10.229.0.0/24', CAPSULE_RATE_LIMIT: '100000', CAPSULE_RATE_BURST: '100000' } });
   try {
     const health = (await s.api('GET', '/v1/health')).body;

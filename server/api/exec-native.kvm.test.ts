@@ -10,7 +10,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { TEST_IMAGES_DIR, TestServer, waitFor } from '../test/harness.js';
 import { instanceTag } from '../network/host.js';
-import { removeLeftovers, sh } from '../test/network.js';
+import { loadNetworkModules, removeLeftovers } from '../test/network.js';
 import { probeKvm } from '../../lib/kvm-probe.js';
 
 let s: TestServer;
@@ -21,7 +21,7 @@ before(async () => {
   assert.ok(probeKvm().available, 'KVM is not usable here');
   assert.ok(existsSync(join(TEST_IMAGES_DIR, 'sandbox', 'image.json')), 'the sandbox image (scripts/kvm-tests.sh copies or builds it)');
   // The lab's L1 cannot autoload modules: load what VM networks need.
-  sh('modprobe', ['-a', 'tun', 'veth', 'nf_tables', 'nf_conntrack', 'nf_nat', 'nft_ct', 'nft_nat', 'nft_masq', 'nft_chain_nat', 'nft_fib', 'nft_fib_inet', 'nft_fib_ipv4', 'nft_fib_ipv6']);
+  loadNetworkModules();
   s = await TestServer.start({ env: { CAPSULE_STOP_TIMEOUT: '120', CAPSULE_NET_POOL: '10.232.0.0/24', CAPSULE_NET_DNS: '192.0.2.53' } });
   tag = instanceTag(s.dataDir);
   const c = await s.api('POST', '/v1/vms', { name: 'native-sandbox', image: 'sandbox', memoryMiB: 512 });

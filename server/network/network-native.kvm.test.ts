@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { TestServer, ConsoleCollector, waitFor, sleep } from '../test/harness.js';
-import { createOutside, GET_OUTSIDE, guest, leftovers, removeLeftovers, removeOutside, sh, OUT_HOST, type Outside } from '../test/network.js';
+import { createOutside, GET_OUTSIDE, guest, leftovers, loadNetworkModules, removeLeftovers, removeOutside, sh, OUT_HOST, type Outside } from '../test/network.js';
 import { instanceTag } from './host.js';
 import { connectToGuest } from '../supervisor/components/network.js';
 import { probeKvm } from '../../lib/kvm-probe.js';
@@ -18,7 +18,7 @@ before(async () => {
   const kvm = probeKvm();
   assert.ok(kvm.available, `KVM is not usable here: ${kvm.reason}`);
   // The lab's L1 cannot autoload modules (its usermode helper's root is its initramfs): load them here.
-  sh('modprobe', ['-a', 'tun', 'veth', 'nf_tables', 'nf_conntrack', 'nf_nat', 'nft_ct', 'nft_nat', 'nft_masq', 'nft_chain_nat', 'nft_fib', 'nft_fib_inet', 'nft_fib_ipv4', 'nft_fib_ipv6']);
+  loadNetworkModules();
   // The server first: under TCG in the lab a second node starting beside it (the outside's
   // server) slowed its start past the harness's 30 s.
   s = await TestServer.start({ env: { CAPSULE_STOP_TIMEOUT: '120', CAPSULE_NET_POOL: '10.231.0.0/24', CAPSULE_NET_DNS: '192.0.2.53' } });

@@ -85,3 +85,8 @@ export async function guest(cons: ConsoleCollector, cmd: string, timeoutMs = 90_
 
 /** An HTTP GET of the outside from the guest (busybox nc: the static busybox's wget crashes resolving in the initramfs). */
 export const GET_OUTSIDE = `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 ${OUT_REMOTE} ${OUT_PORT} | grep outside-ok`;
+
+/** The modules VM networks need; the nested lab's L1 cannot autoload them (its usermode helper's root is its initramfs). */
+export function loadNetworkModules(): void {
+  sh('modprobe', ['-a', 'tun', 'veth', 'nf_tables', 'nf_conntrack', 'nf_nat', 'nft_ct', 'nft_nat', 'nft_masq', 'nft_chain_nat', 'nft_fib', 'nft_fib_inet', 'nft_fib_ipv4', 'nft_fib_ipv6']);
+}
