@@ -8,7 +8,7 @@ import { Terminal, type ITheme } from '@xterm/xterm';
 import { FitAddon } from '@xterm/addon-fit';
 import type { Api } from './api.js';
 import { bootEnded, consoleAttachable, consoleAvailable } from './actions.js';
-import { h } from './dom.js';
+import { closeQuietly, h } from './dom.js';
 
 export type ConsoleStatus = 'idle' | 'waiting' | 'connecting' | 'connected' | 'disconnected';
 
@@ -231,11 +231,7 @@ export class ConsoleView {
   private close(): void {
     const s = this.sock;
     this.sock = null;
-    if (s) {
-      s.onclose = null;
-      s.onmessage = null;
-      s.close();
-    }
+    closeQuietly(s);
   }
 
   focus(): void {

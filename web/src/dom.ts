@@ -61,3 +61,11 @@ export function uid(prefix: string): string {
   idCounter += 1;
   return `${prefix}-${idCounter}`;
 }
+
+/** Closes a WebSocket we are done with, without its close and message handlers running. */
+export function closeQuietly(s: WebSocket | null): void {
+  if (!s) return;
+  s.onclose = null;
+  s.onmessage = null;
+  s.close();
+}

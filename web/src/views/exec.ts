@@ -3,7 +3,7 @@
 // (or the signal) comes at the end; Stop sends SIGINT, then Kill sends SIGKILL; a line of input
 // can be sent to the command's stdin while it runs.
 import type { Api } from '../api.js';
-import { h, uid } from '../dom.js';
+import { closeQuietly, h, uid } from '../dom.js';
 
 /** Characters kept in the output area; older output is dropped beyond this. */
 export const EXEC_OUTPUT_MAX = 512 * 1024;
@@ -242,10 +242,6 @@ export class ExecPanel {
   destroy(): void {
     const s = this.sock;
     this.sock = null;
-    if (s) {
-      s.onclose = null;
-      s.onmessage = null;
-      s.close();
-    }
+    closeQuietly(s);
   }
 }
