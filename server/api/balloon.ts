@@ -1,9 +1,8 @@
 // /v1/vms/:id/balloon: the guest's memory target (QMP balloon) and what it has (query-balloon).
-import { createRoute, z } from '@hono/zod-openapi';
-import { BalloonRequestSchema, BalloonSchema, ErrorSchema, IdParams } from './schemas.js';
+import { createRoute } from '@hono/zod-openapi';
+import { BalloonRequestSchema, BalloonSchema, ErrorSchema, IdParams, json } from './schemas.js';
 import { newRouter, type AppDeps } from './app.js';
 
-const json = <T extends z.ZodType>(schema: T, description: string) => ({ description, content: { 'application/json': { schema } } });
 const errors = {
   400: json(ErrorSchema, 'invalid request'),
   401: json(ErrorSchema, 'missing or invalid token'),

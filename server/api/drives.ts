@@ -2,10 +2,9 @@
 // detach one (hot-unplugged when it runs: the guest releases it, DEVICE_DELETED, then it is gone).
 import { createRoute, z } from '@hono/zod-openapi';
 import { ApiError } from '../supervisor/errors.js';
-import { DriveParams, DriveRequestSchema, DriveSchema, ErrorSchema, IdParams, MAX_DRIVES } from './schemas.js';
+import { DriveParams, DriveRequestSchema, DriveSchema, ErrorSchema, IdParams, json, MAX_DRIVES } from './schemas.js';
 import { newRouter, type AppDeps } from './app.js';
 
-const json = <T extends z.ZodType>(schema: T, description: string) => ({ description, content: { 'application/json': { schema } } });
 const errors = {
   400: json(ErrorSchema, 'invalid request'),
   401: json(ErrorSchema, 'missing or invalid token'),

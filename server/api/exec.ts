@@ -14,7 +14,7 @@ import { SIGNALS } from '../../agent/protocol.js';
 import { errorResponse } from './errors.js';
 import { inboundAllowed, socketLimit } from './events.js';
 import { notUpgradeError, upgradeWebSocket, type SocketLimiter } from './websocket.js';
-import { ErrorSchema, IdParams } from './schemas.js';
+import { ErrorSchema, IdParams, json } from './schemas.js';
 import { newRouter, type AppDeps, type AppEnv } from './app.js';
 
 /** stdout and stderr kept per POST exec (each); beyond, the answer says truncated. */
@@ -77,7 +77,6 @@ const ProcessSchema = z.object({
   exit: z.object({ exitCode: z.number().int().nullable(), signal: z.string().optional(), timedOut: z.boolean(), durationMs: z.number() }).optional(),
 }).openapi('Process');
 
-const json = <T extends z.ZodType>(schema: T, description: string) => ({ description, content: { 'application/json': { schema } } });
 export const agentErrors = {
   400: json(ErrorSchema, 'invalid request (or the agent refused it: bad cwd, user, ...)'),
   401: json(ErrorSchema, 'missing or invalid token'),

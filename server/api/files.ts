@@ -9,7 +9,7 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { ApiError } from '../supervisor/errors.js';
 import { agentErrors, requireRunning } from './exec.js';
-import { ErrorSchema, IdParams } from './schemas.js';
+import { ErrorSchema, IdParams, json } from './schemas.js';
 import { newRouter, type AppDeps } from './app.js';
 
 /** PUT /v1/vms/:id/files streams its body to the guest: app.ts exempts it from the body limit. */
@@ -25,7 +25,6 @@ const FileStatSchema = z.object({
 }).openapi('FileStat');
 const ListingSchema = z.object({ path: z.string(), entries: z.array(FileStatSchema), truncated: z.boolean() }).openapi('DirectoryListing');
 
-const json = <T extends z.ZodType>(schema: T, description: string) => ({ description, content: { 'application/json': { schema } } });
 
 const getFile = createRoute({
   method: 'get', path: '/vms/{id}/files', tags: ['files'], summary: 'Download a file (streamed), or list a directory',

@@ -18,7 +18,7 @@ import { AGENT_PORT, GUEST_ADDRESS } from '../network/host.js';
 import { acceptRawUpgrade, isUpgradeRequest, type SocketLimiter } from './websocket.js';
 import { socketLimit } from './events.js';
 import { agentErrors, requireRunning } from './exec.js';
-import { ErrorSchema, IdParams } from './schemas.js';
+import { ErrorSchema, IdParams, json } from './schemas.js';
 import { newRouter, type AppDeps, type AppEnv } from './app.js';
 
 /** Proxied requests stream their bodies: app.ts exempts these paths from the body limit. */
@@ -328,7 +328,6 @@ export async function listeningPorts(deps: AppDeps, id: string): Promise<Listeni
 
 // ---- routes ----
 
-const json = <T extends z.ZodType>(schema: T, description: string) => ({ description, content: { 'application/json': { schema } } });
 const PortSchema = z.object({
   port: z.number().int(), addresses: z.array(z.string()), reachable: z.boolean().openapi({ description: 'false: it listens on loopback only, the proxy cannot reach it' }),
   path: z.string().openapi({ description: 'the proxy path for it' }),

@@ -28,6 +28,9 @@ export const DriveRequestSchema = z.object({
   iops: z.number().int().min(1).max(1_000_000).optional().openapi({ description: 'total I/O operations per second' }),
 }).strict().openapi('DriveRequest');
 
+/** An OpenAPI response with a JSON body of `schema` (the route files' response tables). */
+export const json = <T extends z.ZodType>(schema: T, description: string) => ({ description, content: { 'application/json': { schema } } });
+
 export const ErrorSchema = z.object({
   error: z.object({
     code: z.string().openapi({ example: 'invalid_request' }),

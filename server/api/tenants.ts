@@ -6,10 +6,9 @@ import { ApiError } from '../supervisor/errors.js';
 import { callerToken } from '../auth/middleware.js';
 import type { Tenant } from '../db/tenants.js';
 import { volumePath } from '../volumes/files.js';
-import { CreateTenantSchema, ErrorSchema, ForceQuery, IdParams, TenantSchema, UpdateTenantSchema } from './schemas.js';
+import { CreateTenantSchema, ErrorSchema, ForceQuery, IdParams, json, TenantSchema, UpdateTenantSchema } from './schemas.js';
 import { newRouter, type AppDeps } from './app.js';
 
-const json = <T extends z.ZodType>(schema: T, description: string) => ({ description, content: { 'application/json': { schema } } });
 const errors = {
   400: json(ErrorSchema, 'invalid request'),
   401: json(ErrorSchema, 'missing or invalid token'),

@@ -7,11 +7,10 @@ import { ApiError } from '../supervisor/errors.js';
 import { callerToken, isAdmin } from '../auth/middleware.js';
 import type { TokenRecord } from '../db/tokens.js';
 import type { Tenant } from '../db/tenants.js';
-import { CreatedTokenSchema, CreateTokenSchema, ErrorSchema, IdParams, TenantQuery, TokenSchema, WhoamiSchema } from './schemas.js';
+import { CreatedTokenSchema, CreateTokenSchema, ErrorSchema, IdParams, json, TenantQuery, TokenSchema, WhoamiSchema } from './schemas.js';
 import { visibleTenant } from './ownership.js';
 import { newRouter, type AppDeps } from './app.js';
 
-const json = <T extends z.ZodType>(schema: T, description: string) => ({ description, content: { 'application/json': { schema } } });
 const errors = {
   400: json(ErrorSchema, 'invalid request'),
   401: json(ErrorSchema, 'missing or invalid token'),

@@ -5,12 +5,11 @@ import { ApiError } from '../supervisor/errors.js';
 import { checkDefinition } from '../supervisor/admission.js';
 import type { Vm } from '../db/vms.js';
 import { callerToken } from '../auth/middleware.js';
-import { CreateVmSchema, ErrorSchema, ForceQuery, IdParams, ListVmsQuery, SetTimeoutSchema, UpdateVmSchema, VmSchema } from './schemas.js';
+import { CreateVmSchema, ErrorSchema, ForceQuery, IdParams, json, ListVmsQuery, SetTimeoutSchema, UpdateVmSchema, VmSchema } from './schemas.js';
 import { page } from './pages.js';
 import { visibleTenant } from './ownership.js';
 import { newRouter, queryWhenPresent, type AppDeps } from './app.js';
 
-const json = <T extends z.ZodType>(schema: T, description: string) => ({ description, content: { 'application/json': { schema } } });
 const errors = {
   400: json(ErrorSchema, 'invalid request'),
   401: json(ErrorSchema, 'missing or invalid token'),

@@ -8,11 +8,10 @@ import { ApiError } from '../supervisor/errors.js';
 import { copySparse, createSparse, MiB, roundedSize, volumePath } from '../volumes/files.js';
 import type { Volume } from '../db/volumes.js';
 import { callerToken } from '../auth/middleware.js';
-import { CreateVolumeSchema, ErrorSchema, IdParams, TenantQuery, VolumeSchema } from './schemas.js';
+import { CreateVolumeSchema, ErrorSchema, IdParams, json, TenantQuery, VolumeSchema } from './schemas.js';
 import { findVolume, visibleTenant } from './ownership.js';
 import { newRouter, type AppDeps } from './app.js';
 
-const json = <T extends z.ZodType>(schema: T, description: string) => ({ description, content: { 'application/json': { schema } } });
 const errors = {
   400: json(ErrorSchema, 'invalid request'),
   401: json(ErrorSchema, 'missing or invalid token'),
