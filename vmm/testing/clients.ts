@@ -26,26 +26,31 @@ export function connectUnix(path: string): Promise<Socket> {
   });
 }
 
+/** Calls `fn` with each newline-terminated JSON object `sock` receives (QMP's framing). */
+export function onJsonLines(sock: Socket, fn: (m: Record<string, unknown>) => void): void {
+  let buf = '';
+  sock.setEncoding('utf8');
+  sock.on('data', (d: string) => {
+    buf += d;
+    let i: number;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i).trim();
+      buf = buf.slice(i + 1);
+      if (line) fn(JSON.parse(line) as Record<string, unknown>);
+    }
+  });
+}
+
 export class QmpClient {
-  private buf = '';
   readonly messages: Array<Record<string, unknown>> = [];
   private waiters: Array<() => void> = [];
   greeting: Record<string, unknown> | undefined;
 
   private constructor(readonly sock: Socket) {
-    sock.setEncoding('utf8');
-    sock.on('data', (d: string) => {
-      this.buf += d;
-      let i: number;
-      while ((i = this.buf.indexOf('\n')) >= 0) {
-        const line = this.buf.slice(0, i).trim();
-        this.buf = this.buf.slice(i + 1);
-        if (!line) continue;
-        const m = JSON.parse(line) as Record<string, unknown>;
-        if (!this.greeting && 'QMP' in m) this.greeting = m;
-        else this.messages.push(m);
-        for (const w of this.waiters.splice(0)) w();
-      }
+    onJsonLines(sock, (m) => {
+      if (!this.greeting && 'QMP' in m) this.greeting = m;
+      else this.messages.push(m);
+      for (const w of this.waiters.splice(0)) w();
     });
   }
 

@@ -6,12 +6,13 @@
 // Every complete input must get {"error":{"class","desc"}} or a return.
 import assert from 'node:assert/strict';
 import { closeSync, mkdtempSync, openSync, writeFileSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import fc from 'fast-check';
 import { socketFd } from '../qmp/scm-reader.js';
 import { sendWithAnyFds } from '../../lib/scm-rights.js';
+import { connectUnix, onJsonLines } from './clients.js';
 
 /** Commands that would end or stop the guest: the drill is about the VMM surviving its clients. */
 export const SPARED = new Set(['quit', 'system_powerdown', 'system_reset', 'stop', 'cont', 'balloon', 'device_del', 'closefd']);
@@ -29,24 +30,14 @@ function sendWithFds(sock: Socket, text: string, fds: number[]): void {
 class Raw {
   static path = '';
   replies: Array<Record<string, unknown>> = [];
-  private buf = '';
   closed = false;
   private constructor(readonly sock: Socket) {
-    sock.setEncoding('utf8');
-    sock.on('data', (d: string) => {
-      this.buf += d;
-      let i: number;
-      while ((i = this.buf.indexOf('\n')) >= 0) {
-        const line = this.buf.slice(0, i).trim();
-        this.buf = this.buf.slice(i + 1);
-        if (line) this.replies.push(JSON.parse(line));
-      }
-    });
+    onJsonLines(sock, (m) => this.replies.push(m));
     sock.on('error', () => { /* the VMM may close on us; counted by the checks after */ });
     sock.on('close', () => { this.closed = true; });
   }
   static async open(negotiate: boolean): Promise<Raw> {
-    const sock = await new Promise<Socket>((res, rej) => { const s = connect(Raw.path); s.once('connect', () => res(s)); s.once('error', rej); });
+    const sock = await connectUnix(Raw.path);
     const r = new Raw(sock);
     await r.until(1); // greeting
     if (negotiate) {
