@@ -12,7 +12,7 @@ import type { Hypervisor, VmPaths } from '../hypervisors/types.js';
 import type { Jail } from '../jail/index.js';
 import { QmpClient } from '../qmp/client.js';
 import type { QmpEvent } from '../../lib/qmp-wire.js';
-import { isAlive, isOurProcess, kill, processesNaming, readPidfile, removeFiles, waitForExit } from './process.js';
+import { isAlive, isOurProcess, kill, killProcessesNaming, readPidfile, removeFiles, waitForExit } from './process.js';
 import { asLaunchError, commandLine, jailedStartFailure, LAUNCH_TIMEOUT_MS, LaunchError, runLauncher, spawnDetached } from './spawn.js';
 import { logLine, readLogTail } from './vm-log.js';
 import { VM_ROOT_DIR } from '../jail/command.js';
@@ -512,11 +512,7 @@ export class Supervisor {
     // A VMM launched just before the previous server process died may have no pidfile yet (the
     // jailed launch writes it after the spawn): found by its command line, which names the VM, it
     // is ended rather than left running unseen with its mount and cgroups.
-    for (const stray of processesNaming(vm.id)) {
-      this.d.log.warn({ vm: vm.id, pid: stray }, 'VMM without a pidfile (the server died while launching it); killing it');
-      kill(stray);
-      await waitForExit(stray, 5000);
-    }
+    await killProcessesNaming(vm.id, (pid) => this.d.log.warn({ vm: vm.id, pid }, 'VMM without a pidfile (the server died while launching it); killing it'));
     removeFiles(paths.pidfile, paths.qmpSocket, paths.consoleSocket);
     await this.d.jail?.cleanup(vm.id, paths.dir);
     this.cleanupComponents(vm.id);

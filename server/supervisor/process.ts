@@ -68,3 +68,12 @@ export function processesNaming(marker: string): number[] {
   }
   return found;
 }
+
+/** Kills every process naming `marker` (see processesNaming), each waited for up to 5 s; `onKill` first says which. */
+export async function killProcessesNaming(marker: string, onKill: (pid: number) => void): Promise<void> {
+  for (const pid of processesNaming(marker)) {
+    onKill(pid);
+    kill(pid);
+    await waitForExit(pid, 5000);
+  }
+}
