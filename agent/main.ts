@@ -16,7 +16,7 @@ import * as os from 'node:os';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import {
   AGENT_PORT, CH_STDERR, CH_STDIN, CH_STDOUT, FrameReader, KIND_DATA, KIND_JSON, MAGIC, PING_FRAME, PING_INTERVAL_MS, PROTOCOL_VERSION, SIGNALS,
-  dataFrames, jsonFrame, type AgentErrorCode, type ExecRequest, type ExitInfo, type FileStat, type Frame, type ProcessInfo,
+  jsonFrame, writeDataFrames, type AgentErrorCode, type ExecRequest, type ExitInfo, type FileStat, type Frame, type ProcessInfo,
 } from './protocol.js';
 
 export const AGENT_VERSION = '0.1.0';
@@ -565,9 +565,7 @@ class Conn {
 
   sendData(ch: number, data: Buffer): boolean {
     if (this.closed) return true;
-    let ok = true;
-    for (const f of dataFrames(ch, data)) ok = this.sock.write(f);
-    return ok;
+    return writeDataFrames(this.sock, ch, data);
   }
 
   onDrain(fn: () => void): void {
@@ -757,7 +755,8 @@ class Conn {
     const tmp = join(dirname(path), `.${basename(path)}.capsule-${process.pid}-${Math.random().toString(36).slice(2, 10)}`);
     let fd: number;
     try { fd = fs.openSync(tmp, 'wx', mode); } catch (e) { throw fsError(e, path); }
-    const out = fs.createWriteStream('', { fd, autoClose: true });
+    // A deep buffer: the socket is paused only when the disk falls this far behind.
+    const out = fs.createWriteStream('', { fd, autoClose: true, highWaterMark: 4 * 1024 * 1024 });
     let size = 0;
     let done = false;
     let failed = false;

@@ -44,22 +44,38 @@ export function jsonFrame(obj: unknown): Buffer {
   return Buffer.concat([head, body]);
 }
 
-/** Data frames for `data` on `channel` (cut into DATA_CHUNK pieces). */
-export function dataFrames(channel: number, data: Buffer): Buffer[] {
-  const out: Buffer[] = [];
-  for (let off = 0; off < data.length || (off === 0 && data.length === 0); off += DATA_CHUNK) {
+/** What writeDataFrames writes to (a socket). */
+export interface FrameSink {
+  write(b: Buffer): boolean;
+  cork(): void;
+  uncork(): void;
+}
+
+/**
+ * Writes `data` on `channel` as data frames (cut into DATA_CHUNK pieces): each frame's 6-byte
+ * head and its piece of `data` go out as they are (no copy into one buffer), corked so that
+ * they leave in one writev. Returns write()'s answer for the last piece (false: wait for drain).
+ */
+export function writeDataFrames(sink: FrameSink, channel: number, data: Buffer): boolean {
+  let ok = true;
+  sink.cork();
+  for (let off = 0; off < data.length || off === 0; off += DATA_CHUNK) {
     const piece = data.subarray(off, Math.min(data.length, off + DATA_CHUNK));
     const head = Buffer.allocUnsafe(6);
     head.writeUInt32BE(piece.length + 2, 0);
     head[4] = KIND_DATA;
     head[5] = channel;
-    out.push(Buffer.concat([head, piece]));
+    sink.write(head);
+    ok = piece.length > 0 ? sink.write(piece) : ok;
     if (data.length === 0) break;
   }
-  return out;
+  sink.uncork();
+  return ok;
 }
 
 export const PING_FRAME = Buffer.from([0, 0, 0, 1, KIND_PING]);
+/** Frames at least this large are handed on as views of what was read (see FrameReader). */
+const MIN_VIEW = 4096;
 
 export type Frame =
   | { kind: typeof KIND_JSON; msg: Record<string, unknown> }
@@ -69,6 +85,8 @@ export type Frame =
 /**
  * Cuts a byte stream into frames. Never holds more than one frame's worth of bytes: a length
  * over `maxFrame`, an unknown kind or bad JSON is an error (the caller closes the connection).
+ * A data frame that arrived in one piece is handed on as a view of it (no copy: uploads are
+ * megabytes of these); one cut across reads is put together once.
  */
 export class FrameReader {
   private chunks: Buffer[] = [];
@@ -122,14 +140,27 @@ export class FrameReader {
     return head.readUInt32BE(0);
   }
 
+  /** The next n bytes (n <= size): a view when the first chunk holds them, else one copy. */
   private take(n: number): Buffer {
-    const all = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks);
-    const out = all.subarray(0, n);
-    const rest = all.subarray(n);
-    this.chunks = rest.length > 0 ? [rest] : [];
-    this.size = rest.length;
-    // A copy, so that a small frame does not pin a large chunk.
-    return Buffer.from(out);
+    this.size -= n;
+    const first = this.chunks[0]!;
+    if (first.length >= n && n >= MIN_VIEW) {
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+      return first.subarray(0, n);
+    }
+    // Small frames are copied, so that one does not pin a large chunk.
+    const out = Buffer.allocUnsafe(n);
+    let at = 0;
+    while (at < n) {
+      const c = this.chunks[0]!;
+      const k = Math.min(c.length, n - at);
+      c.copy(out, at, 0, k);
+      at += k;
+      if (k === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(k);
+    }
+    return out;
   }
 }
 

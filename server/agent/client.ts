@@ -8,7 +8,7 @@
 // fallback, agent/usernet.ts).
 import type { Duplex } from 'node:stream';
 import {
-  CH_STDIN, FrameReader, KIND_DATA, KIND_JSON, MAGIC, MAX_FRAME, PING_INTERVAL_MS, PROTOCOL_VERSION, dataFrames, jsonFrame,
+  CH_STDIN, FrameReader, KIND_DATA, KIND_JSON, MAGIC, MAX_FRAME, PING_INTERVAL_MS, PROTOCOL_VERSION, jsonFrame, writeDataFrames,
   type ExecRequest, type ExitInfo, type FileStat, type Frame, type ProcessInfo,
 } from '../../agent/protocol.js';
 import { ApiError, type ApiErrorStatus } from '../supervisor/errors.js';
@@ -99,9 +99,7 @@ export class AgentSession {
 
   sendData(data: Buffer): boolean {
     if (this.ended) return true;
-    let ok = true;
-    for (const f of dataFrames(CH_STDIN, data)) ok = this.sock.write(f);
-    return ok;
+    return writeDataFrames(this.sock, CH_STDIN, data);
   }
 
   onDrain(fn: () => void): void {
