@@ -4,6 +4,8 @@
 // scripts/build-sandbox-image.sh runs this and installs the result as
 // /usr/lib/capsule/capsule-agent.cjs.
 import { build } from 'esbuild';
+import { execFileSync } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -22,3 +24,14 @@ await build({
   banner: { js: '#!/usr/bin/env node\n// capsule-agent: bundled from agent/ in the capsule repository (agent/build.mjs).' },
 });
 console.log(`agent: built ${out}`);
+
+// capsule-spawn (agent/capsule-spawn.c), static, beside the bundle: the agent starts processes
+// through it (agent/spawner.ts). Without gcc the agent uses Node's spawn for everything.
+const helper = join(dirname(out), 'capsule-spawn');
+try {
+  execFileSync('gcc', ['-static', '-Os', '-s', '-Wall', '-Wextra', '-Werror', '-o', helper, join(here, 'capsule-spawn.c')], { stdio: ['ignore', 'ignore', 'inherit'] });
+  console.log(`agent: built ${helper}`);
+} catch (e) {
+  rmSync(helper, { force: true });
+  console.log(`agent: capsule-spawn not built (${e.code === 'ENOENT' ? 'no gcc' : 'gcc failed'}): the agent will use Node's spawn`);
+}

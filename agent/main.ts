@@ -4,7 +4,7 @@
 // health. Protocol: agent/protocol.ts; security and limits: docs/agent.md.
 //
 //   capsule-agent [--port 49983] [--host 0.0.0.0] (--token-file FILE | --token TOKEN)
-//                 [--default-user user] [--allow-local]
+//                 [--default-user user] [--allow-local] [--spawner PATH|none]
 //
 // Node built-ins only (bundled by esbuild into one file, target node18).
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
@@ -18,6 +18,7 @@ import {
   AGENT_PORT, CH_STDERR, CH_STDIN, CH_STDOUT, FrameReader, KIND_DATA, KIND_JSON, MAGIC, PING_FRAME, PING_INTERVAL_MS, PROTOCOL_VERSION, SIGNALS,
   jsonFrame, writeDataFrames, type AgentErrorCode, type ExecRequest, type ExitInfo, type FileStat, type Frame, type ProcessInfo,
 } from './protocol.js';
+import { SpawnError, Spawner, type ExitHandler, type SpawnRequest, type SpawnedProcess } from './spawner.js';
 
 export const AGENT_VERSION = '0.1.0';
 /** Output kept per process while no client is attached (older bytes are dropped, and counted). */
@@ -47,10 +48,13 @@ interface Options {
   token: string;
   defaultUser: string | undefined;
   allowLocal: boolean;
+  /** capsule-spawn's path, or 'none': Node's spawn for every process. */
+  spawner: string;
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Partial<Options> & { tokenFile?: string } = { port: AGENT_PORT, host: '0.0.0.0', allowLocal: false };
+  // capsule-spawn is installed beside the agent's bundle (agent/build.mjs).
+  const o: Partial<Options> & { tokenFile?: string } = { port: AGENT_PORT, host: '0.0.0.0', allowLocal: false, spawner: join(dirname(process.argv[1] ?? '.'), 'capsule-spawn') };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const val = () => { const v = argv[++i]; if (v === undefined) throw new Error(`${a} needs a value`); return v; };
@@ -60,6 +64,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--token-file') o.tokenFile = val();
     else if (a === '--default-user') o.defaultUser = val();
     else if (a === '--allow-local') o.allowLocal = true;
+    else if (a === '--spawner') o.spawner = val();
     else throw new Error(`unknown argument ${a}`);
   }
   if (o.tokenFile) o.token = fs.readFileSync(o.tokenFile, 'utf8').trim();
@@ -71,14 +76,24 @@ function parseArgs(argv: string[]): Options {
 
 interface User { name: string; uid: number; gid: number; home: string; shell: string }
 
+/** /etc/passwd parsed, kept while the file's mtime and size stay (every exec looks a user up). */
+let passwd: { key: string; users: Map<string, User> } | undefined;
+
 function lookupUser(name: string): User | undefined {
-  let text: string;
-  try { text = fs.readFileSync('/etc/passwd', 'utf8'); } catch { return undefined; }
-  for (const line of text.split('\n')) {
-    const f = line.split(':');
-    if (f.length >= 7 && f[0] === name) return { name, uid: Number(f[2]), gid: Number(f[3]), home: f[5]!, shell: f[6]! };
+  let key: string;
+  try { const st = fs.statSync('/etc/passwd'); key = `${st.mtimeMs}:${st.size}:${st.ino}`; } catch { return undefined; }
+  if (passwd?.key !== key) {
+    let text: string;
+    try { text = fs.readFileSync('/etc/passwd', 'utf8'); } catch { return undefined; }
+    const users = new Map<string, User>();
+    for (const line of text.split('\n')) {
+      const f = line.split(':');
+      if (f.length >= 7 && !users.has(f[0]!)) users.set(f[0]!, { name: f[0]!, uid: Number(f[2]), gid: Number(f[3]), home: f[5]!, shell: f[6]! });
+    }
+    passwd = { key, users };
   }
-  return undefined;
+  const u = passwd.users.get(name);
+  return u && { ...u };
 }
 
 // ---- processes ----
@@ -140,8 +155,8 @@ interface ProcIo {
  * Children get real pipes (FIFOs) for stdio where possible: libuv's 'pipe' stdio are Unix socket
  * pairs, and on a socket `echo x > /dev/stderr` fails (ENXIO: /proc/self/fd/2 cannot be opened)
  * and bash takes stdin for an rshd connection and reads ~/.bashrc. FIFOs are made ahead of time
- * (one `mkfifo` for 48) in a private directory and unlinked once opened; when the pool is empty
- * a process gets socket pairs.
+ * (48 at a time, by capsule-spawn or `mkfifo`) in a private directory and unlinked once opened;
+ * when the pool is empty a process gets socket pairs.
  */
 class FifoPool {
   private ready: string[] = [];
@@ -150,7 +165,7 @@ class FifoPool {
   private seq = 0;
   private readonly dir: string | undefined;
 
-  constructor() {
+  constructor(private readonly spawner: () => Spawner | undefined) {
     try {
       this.dir = fs.mkdtempSync(join(os.tmpdir(), 'capsule-agent-'));
       fs.chmodSync(this.dir, 0o700);
@@ -160,11 +175,68 @@ class FifoPool {
     }
   }
 
-  /** Opens stdin, stdout and stderr FIFOs: the child's fds and the agent's streams; undefined: none ready. */
-  open(): { childFds: number[]; io: ProcIo; close: () => void } | undefined {
-    if (this.ready.length < 3) { this.refill(); return undefined; }
-    const names = this.ready.splice(0, 3);
+  /**
+   * Three FIFOs for stdin, stdout and stderr, owned by the child's user (a process reopens its
+   * stdio through /proc/self/fd: `echo > /dev/stderr`), or undefined when none are ready.
+   */
+  private take(owner: { uid: number; gid: number }, n = 3): string[] | undefined {
+    if (this.ready.length < n) { this.refill(); return undefined; }
+    const names = this.ready.splice(0, n);
     if (this.ready.length < 24) this.refill();
+    try {
+      if (owner.uid !== process.getuid!() || owner.gid !== process.getgid!()) for (const n of names) fs.chownSync(n, owner.uid, owner.gid);
+    } catch {
+      for (const n of names) fs.rmSync(n, { force: true });
+      return undefined;
+    }
+    return names;
+  }
+
+  /**
+   * The agent's ends of three FIFOs, for a child that opens the other ends by path (capsule-spawn):
+   * `release` after the child has started (or failed) unlinks them and lets the child have stdin.
+   */
+  openForChild(owner: { uid: number; gid: number }, withStdin: boolean): { paths: [string, string, string]; io: ProcIo; release: () => void } | undefined {
+    const names = this.take(owner, withStdin ? 3 : 2);
+    if (!names) return undefined;
+    const { O_RDONLY, O_WRONLY, O_RDWR, O_NONBLOCK } = fs.constants;
+    const fds: number[] = [];
+    const open = (p: string, flags: number) => { const fd = fs.openSync(p, flags); fds.push(fd); return fd; };
+    const unlinkAll = () => { for (const n of names) { try { fs.unlinkSync(n); } catch { /* gone */ } } };
+    try {
+      const [pout, perr, pin] = names;
+      // The read-write placeholder lets the agent open its non-blocking write end of stdin
+      // (ENXIO without a reader); it is closed once the child has its read end, so that the
+      // child is the only reader.
+      const placeholder = pin === undefined ? undefined : open(pin, O_RDWR);
+      const inW = pin === undefined ? undefined : open(pin, O_WRONLY | O_NONBLOCK);
+      const outR = open(pout!, O_RDONLY | O_NONBLOCK);
+      const errR = open(perr!, O_RDONLY | O_NONBLOCK);
+      const io: ProcIo = {
+        stdin: inW === undefined ? null : new Socket({ fd: inW, readable: false, writable: true }) as unknown as ProcIo['stdin'],
+        stdout: new Socket({ fd: outR, readable: true, writable: false }),
+        stderr: new Socket({ fd: errR, readable: true, writable: false }),
+      };
+      for (const x of [io.stdin, io.stdout, io.stderr]) x?.on('error', () => { /* the process went */ });
+      return {
+        paths: [pin ?? '/dev/null', pout!, perr!], io,
+        release: () => {
+          if (placeholder !== undefined) { try { fs.closeSync(placeholder); } catch { /* closed */ } }
+          // The names are not needed any more; unlinking can wait until the answer is out.
+          setImmediate(unlinkAll);
+        },
+      };
+    } catch {
+      for (const fd of fds) { try { fs.closeSync(fd); } catch { /* closed */ } }
+      unlinkAll();
+      return undefined;
+    }
+  }
+
+  /** Opens stdin, stdout and stderr FIFOs: the child's fds and the agent's streams; undefined: none ready. */
+  open(owner: { uid: number; gid: number }): { childFds: number[]; io: ProcIo; close: () => void } | undefined {
+    const names = this.take(owner);
+    if (!names) return undefined;
     const { O_RDONLY, O_WRONLY, O_RDWR, O_NONBLOCK } = fs.constants;
     const fds: number[] = [];
     const open = (p: string, flags: number) => { const fd = fs.openSync(p, flags); fds.push(fd); return fd; };
@@ -203,11 +275,14 @@ class FifoPool {
     if (this.filling || this.broken || !this.dir) return;
     this.filling = true;
     const names = Array.from({ length: 48 }, () => join(this.dir!, `p${this.seq++}`));
-    execFile('mkfifo', ['-m', '0600', ...names], (err) => {
+    const done = (err: unknown) => {
       this.filling = false;
       if (err) { this.broken = true; return; }
       this.ready.push(...names);
-    });
+    };
+    const spawner = this.spawner();
+    if (spawner) spawner.mkfifo(names).then(() => done(undefined), done);
+    else execFile('mkfifo', ['-m', '0600', ...names], done);
   }
 }
 
@@ -226,7 +301,7 @@ class Proc {
   private openPipes = 2;
   finishedAt = 0;
 
-  constructor(readonly pid: number, readonly child: ChildProcess, private readonly io: ProcIo, readonly req: ExecRequest, readonly argv: string[], readonly user: User,
+  constructor(readonly pid: number, onExit: (fn: ExitHandler) => void, private readonly io: ProcIo, readonly req: ExecRequest, readonly argv: string[], readonly user: User,
     private readonly ctl: NodeJS.WritableStream | undefined, private readonly onDone: (p: Proc) => void) {
     const pipe = (stream: NodeJS.ReadableStream | null, ch: number) => {
       if (!stream) { this.openPipes--; return; }
@@ -237,7 +312,7 @@ class Proc {
     pipe(io.stdout, CH_STDOUT);
     pipe(io.stderr, CH_STDERR);
     io.stdin?.on('error', () => { /* the process closed its stdin */ });
-    child.on('exit', (code, signal) => {
+    onExit((code, signal) => {
       this.exitStatus = { code, signal };
       if (this.timer) clearTimeout(this.timer);
       if (this.openPipes === 0) this.finish();
@@ -369,9 +444,17 @@ class Proc {
 class Processes {
   private readonly procs = new Map<number, Proc>();
 
-  private readonly fifos = new FifoPool();
+  private readonly fifos: FifoPool;
 
-  constructor(private readonly defaultUser: () => User) {}
+  /** spawner: capsule-spawn, when it runs (else every process is started with Node's spawn). */
+  constructor(private readonly defaultUser: () => User, private readonly spawner: Spawner | undefined) {
+    this.fifos = new FifoPool(() => (spawner?.alive ? spawner : undefined));
+  }
+
+  /** How processes are started now: capsule-spawn, or Node's spawn (no helper, or it went). */
+  get starter(): 'capsule-spawn' | 'node' {
+    return this.spawner?.alive ? 'capsule-spawn' : 'node';
+  }
 
   get(pid: number): Proc {
     const p = this.procs.get(pid);
@@ -384,7 +467,7 @@ class Processes {
     return [...this.procs.values()].map((p) => p.info());
   }
 
-  start(req: ExecRequest): Proc {
+  async start(req: ExecRequest): Promise<Proc> {
     this.prune();
     if ([...this.procs.values()].filter((p) => p.running).length >= MAX_PROCESSES) throw new AgentError('too_large', `at most ${MAX_PROCESSES} processes at once`);
     const user = resolveUser(req.user, this.defaultUser);
@@ -413,11 +496,45 @@ class Processes {
     if (!st.isDirectory()) throw new AgentError('not_a_directory', `cwd: ${cwd} is not a directory`);
     const asOther = user.uid !== process.getuid!();
     if (asOther && process.getuid!() !== 0) throw new AgentError('permission_denied', `the agent does not run as root: it cannot run processes as ${user.name}`);
-    const ids = asOther ? { uid: user.uid, gid: user.gid } : {};
+    const owner = asOther ? { uid: user.uid, gid: user.gid } : { uid: process.getuid!(), gid: process.getgid!() };
+    // A process given no stdin reads /dev/null (as `docker exec` without -i).
+    const helped = !req.pty && this.spawner?.alive ? this.fifos.openForChild(owner, wantsStdin(req)) : undefined;
+    const p = helped
+      ? await this.startWithHelper(helped, { argv, env, cwd, ...owner }, req, user)
+      : this.startWithNode(argv, env, cwd, owner, req, user);
+    this.procs.set(p.pid, p);
+    if (req.stdin !== undefined) {
+      if (typeof req.stdin !== 'string') throw new AgentError('invalid_request', 'stdin: base64');
+      p.stdin(Buffer.from(req.stdin, 'base64'));
+    }
+    if (!req.stdinOpen) p.endStdin();
+    return p;
+  }
+
+  /** Through capsule-spawn (vfork): the child opens the FIFOs whose other ends the agent holds. */
+  private async startWithHelper(f: NonNullable<ReturnType<FifoPool['openForChild']>>, r: Omit<SpawnRequest, 'stdio'>, req: ExecRequest, user: User): Promise<Proc> {
+    let sp: SpawnedProcess;
+    try {
+      sp = await this.spawner!.spawn({ ...r, stdio: f.paths });
+    } catch (e) {
+      for (const x of [f.io.stdin, f.io.stdout, f.io.stderr]) (x as unknown as Socket | null)?.destroy();
+      if (e instanceof SpawnError) throw new AgentError('spawn_failed', `cannot run ${r.argv[0]}: ${e.errno} (${e.step})`);
+      // The helper went away meanwhile: Node's spawn from now on.
+      return this.startWithNode(r.argv, r.env, r.cwd, { uid: r.uid, gid: r.gid }, req, user);
+    } finally {
+      f.release();
+    }
+    return new Proc(sp.pid, (fn) => sp.onExit(fn), f.io, req, r.argv, user, undefined, () => this.prune());
+  }
+
+  /** Node's spawn (libuv: fork of the agent): for pseudo-terminals, and where the helper is missing. */
+  private startWithNode(argv: string[], env: Record<string, string>, cwd: string, owner: { uid: number; gid: number }, req: ExecRequest, user: User): Proc {
+    const ids = owner.uid !== process.getuid!() || owner.gid !== process.getgid!() ? owner : {};
     let child: ChildProcess;
     let ctl: NodeJS.WritableStream | undefined;
-    const fifo = this.fifos.open();
-    const stdio: Array<'pipe' | number> = fifo ? [...fifo.childFds] : ['pipe', 'pipe', 'pipe'];
+    const fifo = this.fifos.open(owner);
+    const stdio: Array<'pipe' | 'ignore' | number> = fifo ? [...fifo.childFds] : ['pipe', 'pipe', 'pipe'];
+    if (!req.pty && !wantsStdin(req)) stdio[0] = 'ignore'; // /dev/null, as through capsule-spawn
     try {
       if (req.pty) {
         const cols = clampInt(req.pty.cols, 1, 1000, 80);
@@ -441,14 +558,7 @@ class Processes {
       throw err;
     }
     child.on('error', () => { /* exit follows */ });
-    const p = new Proc(child.pid, child, io, req, argv, user, ctl, () => this.prune());
-    this.procs.set(p.pid, p);
-    if (req.stdin !== undefined) {
-      if (typeof req.stdin !== 'string') throw new AgentError('invalid_request', 'stdin: base64');
-      p.stdin(Buffer.from(req.stdin, 'base64'));
-    }
-    if (!req.stdinOpen) p.endStdin();
-    return p;
+    return new Proc(child.pid, (fn) => child.on('exit', fn), io, req, argv, user, ctl, () => this.prune());
   }
 
   /** Drops finished processes nobody is attached to: after FINISHED_TTL_MS, and beyond MAX_FINISHED. */
@@ -463,6 +573,11 @@ class Processes {
   forget(p: Proc): void {
     if (!p.running) this.procs.delete(p.pid);
   }
+}
+
+/** Whether a process gets a stdin pipe (else /dev/null). */
+function wantsStdin(req: ExecRequest): boolean {
+  return !!req.stdinOpen || req.stdin !== undefined;
 }
 
 function clampInt(v: unknown, min: number, max: number, dflt: number): number {
@@ -631,9 +746,13 @@ class Conn {
     try {
       this.dispatch(req);
     } catch (e) {
-      if (e instanceof AgentError) this.fail(e.code, e.message);
-      else this.fail('internal', (e as Error).message);
+      this.failWith(e);
     }
+  }
+
+  private failWith(e: unknown): void {
+    if (e instanceof AgentError) this.fail(e.code, e.message);
+    else this.fail('internal', (e as Error).message);
   }
 
   private dispatch(req: Record<string, unknown>): void {
@@ -647,11 +766,17 @@ class Conn {
         return this.finish({ ok: { pid: p.pid } });
       }
       case 'exec': {
-        // An early byte before the (synchronous, slow in a busy guest) spawn: the client knows the
-        // request arrived (its transport may be waiting for that: server/agent/transports.ts).
+        // An early byte before the (slow in a busy guest) spawn: the client knows the request
+        // arrived (its transport may be waiting for that: server/agent/transports.ts).
         this.sendJson({ accepted: true });
-        const p = a.procs.start(req as unknown as ExecRequest);
-        this.follow(p);
+        // Frames that come while the process starts (stdin, eof, a signal) wait for it.
+        const early: Frame[] = [];
+        this.handler = (f) => { early.push(f); };
+        a.procs.start(req as unknown as ExecRequest).then((p) => {
+          if (this.closed) { if (!p.req.background) p.kill('SIGKILL'); return; }
+          this.follow(p);
+          for (const f of early) this.handler!(f);
+        }, (e: unknown) => this.failWith(e));
         return;
       }
       case 'attach': {
@@ -824,7 +949,7 @@ export class Agent {
       const me = os.userInfo();
       return { name: me.username, uid: me.uid, gid: me.gid, home: me.homedir, shell: me.shell ?? '/bin/sh' };
     };
-    this.procs = new Processes(this.defaultUser);
+    this.procs = new Processes(this.defaultUser, o.spawner === 'none' ? undefined : Spawner.start(o.spawner));
   }
 
   checkToken(t: unknown): boolean {
@@ -837,7 +962,7 @@ export class Agent {
     return {
       version: AGENT_VERSION, protocol: PROTOCOL_VERSION, time: new Date().toISOString(), uptimeSec: os.uptime(), agentUptimeSec: (Date.now() - this.started) / 1000,
       memory: { totalBytes: m.MemTotal ?? os.totalmem(), freeBytes: m.MemFree ?? os.freemem(), availableBytes: m.MemAvailable ?? os.freemem() },
-      loadavg: os.loadavg(), cpus: os.cpus().length, hostname: os.hostname(), processes: this.procs.list().filter((p) => p.running).length,
+      loadavg: os.loadavg(), cpus: os.cpus().length, hostname: os.hostname(), processes: this.procs.list().filter((p) => p.running).length, spawner: this.procs.starter,
     };
   }
 

@@ -39,7 +39,7 @@ img_lock "$OUT"
 # The guest agent (agent/*.ts, bundled by agent/build.mjs with esbuild from node_modules).
 AGENT_SRC=$(dirname "$IMG_SCRIPTS")/agent
 # shellcheck disable=SC2046
-if [ "${CAPSULE_REBUILD:-0}" != 1 ] && img_up_to_date "$OUT/image.json" "$KERNEL" "$SELF" $(img_inputs power.sh net.sh udhcpc.script sandbox-initramfs-init sandbox-init vsock-tool.c) "$AGENT_SRC"/*.ts "$AGENT_SRC/build.mjs"; then
+if [ "${CAPSULE_REBUILD:-0}" != 1 ] && img_up_to_date "$OUT/image.json" "$KERNEL" "$SELF" $(img_inputs power.sh net.sh udhcpc.script sandbox-initramfs-init sandbox-init vsock-tool.c) "$AGENT_SRC"/*.ts "$AGENT_SRC"/*.c "$AGENT_SRC/build.mjs"; then
   img_log "$OUT is up to date (kernel $KVER)"; exit 0
 fi
 [ "$(id -u)" -eq 0 ] || img_die "building the sandbox image needs root (mmdebstrap, file owners in the root filesystem)"
@@ -115,10 +115,12 @@ ln -sf /bin/busybox "$ROOT/usr/local/sbin/udhcpc"
 img_build_vsock_tool "$ROOT/usr/local/bin/vsock-tool"
 for a in poweroff reboot halt; do ln -sf /bin/busybox "$ROOT/usr/local/sbin/$a"; done
 ln -sf /bin/busybox "$ROOT/usr/local/bin/vi"
-# capsule-agent (docs/agent.md): one bundled file for Debian's Node.js 18, started by the init.
+# capsule-agent (docs/agent.md): one bundled file for Debian's Node.js 18, started by the init ...
 command -v node >/dev/null || img_die "node not found (the guest agent is bundled with the host's Node.js and esbuild)"
 node "$AGENT_SRC/build.mjs" "$ROOT/usr/lib/capsule/capsule-agent.cjs" >/dev/null || img_die "the guest agent did not build (npm install first: esbuild)"
 chmod 0755 "$ROOT/usr/lib/capsule/capsule-agent.cjs"
+# ... and capsule-spawn beside it (agent/capsule-spawn.c: the agent starts processes through it).
+[ -x "$ROOT/usr/lib/capsule/capsule-spawn" ] || img_die "capsule-spawn did not build (install gcc libc6-dev)"
 # The unprivileged account commands run as by default: user (uid 1000), home /home/user.
 if ! grep -q '^user:' "$ROOT/etc/passwd"; then
   echo 'user:x:1000:1000:sandbox user:/home/user:/bin/bash' >> "$ROOT/etc/passwd"

@@ -24,16 +24,22 @@ const tcp = (p: () => number): AgentTransport => ({
   connect: () => new Promise((res, rej) => { const s = connect(p(), '127.0.0.1', () => res(s)); s.once('error', rej); }),
 });
 
+/** The bundled agent on a free port (extra arguments appended): its process, port and a client. */
+async function startAgent(extra: string[] = []): Promise<{ proc: ChildProcess; port: number; client: AgentClient }> {
+  const proc = spawn(process.execPath, [BUNDLE, '--port', '0', '--host', '127.0.0.1', '--token', TOKEN, '--allow-local', ...extra], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const p = await new Promise<number>((res, rej) => {
+    let out = '';
+    proc.stdout!.on('data', (d: Buffer) => { out += d.toString(); const m = /listening on [^:]+:(\d+)/.exec(out); if (m) res(Number(m[1])); });
+    proc.once('exit', (c) => rej(new Error(`agent exited ${c}`)));
+  });
+  return { proc, port: p, client: new AgentClient({ transport: tcp(() => p), token: () => TOKEN, callTimeoutMs: 5000 }) };
+}
+
 before(async () => {
   assert.ok(existsSync(BUNDLE), `${BUNDLE} (npm run build)`);
+  assert.ok(existsSync(join(BUNDLE, '..', 'capsule-spawn')), 'capsule-spawn is built beside the bundle (gcc)');
   dir = mkdtempSync(join(tmpdir(), 'capsule-agent-test-'));
-  agent = spawn(process.execPath, [BUNDLE, '--port', '0', '--host', '127.0.0.1', '--token', TOKEN, '--allow-local'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  port = await new Promise<number>((res, rej) => {
-    let out = '';
-    agent.stdout!.on('data', (d: Buffer) => { out += d.toString(); const m = /listening on [^:]+:(\d+)/.exec(out); if (m) res(Number(m[1])); });
-    agent.once('exit', (c) => rej(new Error(`agent exited ${c}`)));
-  });
-  client = new AgentClient({ transport: tcp(() => port), token: () => TOKEN, callTimeoutMs: 5000 });
+  ({ proc: agent, port, client } = await startAgent());
 });
 
 after(() => {
@@ -41,10 +47,10 @@ after(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function run(req: Parameters<AgentClient['exec']>[1]) {
+async function run(req: Parameters<AgentClient['exec']>[1], c = client) {
   const out: Buffer[] = [];
   const err: Buffer[] = [];
-  const s = await client.exec('vm', req, { onOutput: (ch, d) => { (ch === 1 ? out : err).push(d); } });
+  const s = await c.exec('vm', req, { onOutput: (ch, d) => { (ch === 1 ? out : err).push(d); } });
   const exit = await s.done;
   return { exit: exit!, stdout: Buffer.concat(out), stderr: Buffer.concat(err), pid: (await s.started).pid };
 }
@@ -62,13 +68,56 @@ test('exec: exit codes, stdout and stderr apart, env, cwd, stdin, non-UTF-8 byte
   assert.deepEqual([...r.stdout], [0xff, 0x00, 0x80, 0x61, 0x62, 0x63]);
   r = await run({ cmd: ['id', '-u'], user: 'nobody' });
   assert.equal(r.stdout.toString().trim(), '65534');
-  await assert.rejects(run({ cmd: ['/no/such/program'] }), (e: any) => e.status === 400 || e.status === 502 || r.exit !== undefined);
+  await assert.rejects(run({ cmd: ['/no/such/program'] }), (e: any) => e.status === 400 && e.code === 'spawn_failed' && /ENOENT \(exec\)/.test(e.message));
+  await assert.rejects(run({ cmd: ['no-such-program-on-the-path'] }), (e: any) => e.status === 400 && /ENOENT/.test(e.message));
   await assert.rejects(run({ cmd: ['true'], cwd: '/no/such/dir' }), (e: any) => e.status === 404);
   await assert.rejects(run({ cmd: ['true'], user: 'no-such-user' }), (e: any) => e.status === 400);
-  // stdio are real pipes (FIFOs), not socket pairs: /dev/stderr opens, /dev/stdin is a pipe.
-  r = await run({ cmd: ['sh', '-c', 'echo to-stderr > /dev/stderr; test -p /dev/stdin && test -p /dev/stdout && echo pipes'] });
+  // stdio are real pipes (FIFOs), not socket pairs: /dev/stderr opens, /dev/stdin is a pipe
+  // when the request gives stdin, /dev/null when it does not.
+  r = await run({ cmd: ['sh', '-c', 'echo to-stderr > /dev/stderr; test -p /dev/stdin && test -p /dev/stdout && echo pipes'], stdin: '' });
   assert.equal(r.stderr.toString(), 'to-stderr\n');
   assert.equal(r.stdout.toString(), 'pipes\n');
+  r = await run({ cmd: ['sh', '-c', 'readlink /proc/self/fd/0; cat'] });
+  assert.equal(r.stdout.toString(), '/dev/null\n');
+});
+
+test('spawning: capsule-spawn by default; Node\'s spawn with --spawner none and after the helper is killed, same results', async () => {
+  assert.equal((await client.health('vm')).spawner, 'capsule-spawn');
+  // What a command sees is the same whichever starts it.
+  const probe = async (c: AgentClient) => {
+    const r = await run({ shell: 'echo "$FOO $(id -u)" && pwd && echo e >/dev/stderr; test -p /dev/stdin && read x && echo "in:$x"; exit 5', env: { FOO: 'bar' }, cwd: dir, user: 'nobody', stdin: Buffer.from('line\n').toString('base64') }, c);
+    return { code: r.exit.exitCode, out: r.stdout.toString(), err: r.stderr.toString() };
+  };
+  const want = { code: 5, out: `bar 65534\n${dir}\nin:line\n`, err: 'e\n' };
+  assert.deepEqual(await probe(client), want);
+  // Processes that end at once: the helper's start and exit replies then come in one read (a
+  // bug once left such a process running forever in the agent's eyes).
+  const quick = Promise.all(Array.from({ length: 60 }, (_, i) => run(i % 2 ? { cmd: ['true'] } : { cmd: ['id', '-u'], user: 'nobody' })));
+  const all = await Promise.race([quick, new Promise<never>((_r, rej) => setTimeout(() => rej(new Error('quick processes did not all end within 20 s')), 20_000).unref())]);
+  assert.ok(all.every((r) => r.exit.exitCode === 0));
+  const plain = await startAgent(['--spawner', 'none']);
+  try {
+    assert.equal((await plain.client.health('vm')).spawner, 'node');
+    assert.deepEqual(await probe(plain.client), want);
+  } finally {
+    plain.proc.kill('SIGKILL');
+  }
+  // A second agent whose helper is killed while a process it started runs: that process's end is
+  // still reported (without a code: the helper took it), and later ones start through Node.
+  const lone = await startAgent();
+  try {
+    const s = await lone.client.exec('vm', { cmd: ['sleep', '1'] }, { onOutput: () => undefined });
+    await s.started;
+    const helper = Number(execFileSync('pgrep', ['-P', String(lone.proc.pid), '-f', 'capsule-spawn']).toString().trim());
+    assert.ok(helper > 0);
+    process.kill(helper, 'SIGKILL');
+    const exit = await s.done;
+    assert.equal(exit!.exitCode, null);
+    assert.equal((await lone.client.health('vm')).spawner, 'node');
+    assert.deepEqual(await probe(lone.client), want);
+  } finally {
+    lone.proc.kill('SIGKILL');
+  }
 });
 
 test('exec: 20 MiB of output streamed without loss; streamed stdin; a timeout kills the process group', async () => {
