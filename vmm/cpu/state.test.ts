@@ -3,11 +3,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as io from '../kvm/ioctls.js';
-import type { CpuidEntry, MsrEntry, VcpuFd, VmFd } from '../kvm/kvm.js';
+import { MsrReadError, type CpuidEntry, type MsrEntry, type VcpuFd, type VmFd } from '../kvm/kvm.js';
 import { OFFSETOF, SIZEOF } from '../kvm/layout.js';
 import { msrBatches, msrShouldSerialize, msrsToSave, MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE } from './msrs.js';
 import {
-  restoreVcpuState, restoreVmState, saveVcpuState, saveVmState, validateVcpuState, VcpuStateError,
+  restoreVcpuState, restoreVmState, savableMsrs, saveVcpuState, saveVmState, validateVcpuState, VcpuStateError,
   type VcpuState, type VcpuStateIo, type VmState, type VmStateIo,
 } from './state.js';
 
@@ -164,4 +164,23 @@ test('MSR selection follows Firecracker: architectural and KVM PV MSRs in, Hyper
   assert.ok(batches.slice(0, -1).every((b) => b.length <= 100 && !b.includes(MSR_IA32_TSC_DEADLINE)));
   assert.deepEqual(batches.at(-1), [MSR_IA32_TSC_DEADLINE]);
   assert.deepEqual(batches.flat().sort(), [...list].sort());
+});
+
+test('savableMsrs: drops exactly the MSRs KVM refuses to read, in batches of at most 255', () => {
+  const refuse = new Set([0x3, 0x200, 0x250]);
+  const calls: number[] = [];
+  const io = {
+    getMsrs(indices: ReadonlyArray<number>): MsrEntry[] {
+      calls.push(indices.length);
+      assert.ok(indices.length <= 255);
+      const bad = indices.findIndex((i) => refuse.has(i));
+      if (bad >= 0) throw new MsrReadError(indices[bad]!, bad, indices.length);
+      return indices.map((i) => [i, 0n]);
+    },
+  };
+  const all = Array.from({ length: 600 }, (_, i) => i);
+  const r = savableMsrs(io, all);
+  assert.deepEqual(r.refused, [0x3, 0x200, 0x250]);
+  assert.deepEqual(r.msrs, all.filter((i) => !refuse.has(i)));
+  assert.throws(() => savableMsrs({ getMsrs: () => { throw new Error('EBADF'); } }, [1]), /EBADF/);
 });

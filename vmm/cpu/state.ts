@@ -19,7 +19,7 @@
 //          its own after IA32_TSC (vmm/cpu/msrs.ts), VCPU_EVENTS last; then KVMCLOCK_CTRL so the
 //          guest does not count the stop as a soft lockup.
 import * as io from '../kvm/ioctls.js';
-import { MAX_MSRS_PER_CALL, type CpuidEntry, type MsrEntry } from '../kvm/kvm.js';
+import { MAX_MSRS_PER_CALL, MsrReadError, type CpuidEntry, type MsrEntry } from '../kvm/kvm.js';
 import { OFFSETOF, SIZEOF } from '../kvm/layout.js';
 import { msrBatches, MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE } from './msrs.js';
 
@@ -114,7 +114,41 @@ export interface SaveVcpuOptions {
   xsaveSize: number;
 }
 
-/** Reads a stopped vCPU's whole state, in Firecracker's order (see the header). */
+/**
+ * The part of `indices` (msrsToSave()) this vCPU can read, and the MSRs KVM refused.
+ * KVM_GET_MSR_INDEX_LIST names MSRs that KVM_GET_MSRS refuses for a given vCPU (PMU MSRs when the
+ * CPUID hides the PMU, VMX ones without nested, some under nested virtualization): Firecracker
+ * keeps a deny list of those; asking the vCPU finds the same set without a list to maintain. Run
+ * once at init, on a vCPU whose CPUID is set, before the seccomp filter; saveVcpuState() then
+ * fails on any MSR it cannot read instead of skipping it. An MSR KVM cannot read for this vCPU
+ * it could not restore either, so nothing is lost by leaving it out.
+ */
+export function savableMsrs(vcpu: Pick<VcpuStateIo, 'getMsrs'>, indices: ReadonlyArray<number>): { msrs: number[]; refused: number[] } {
+  const msrs: number[] = [];
+  const refused: number[] = [];
+  let left = [...indices];
+  while (left.length > 0) {
+    const batch = left.slice(0, MAX_MSRS_PER_CALL);
+    try {
+      vcpu.getMsrs(batch);
+      msrs.push(...batch);
+      left = left.slice(batch.length);
+    } catch (e) {
+      if (!(e instanceof MsrReadError)) throw e;
+      msrs.push(...batch.slice(0, e.read));
+      refused.push(e.index);
+      left = left.slice(e.read + 1);
+    }
+  }
+  return { msrs, refused };
+}
+
+/**
+ * Reads a stopped vCPU's whole state, in Firecracker's order (see the header). The vCPU must have
+ * re-entered KVM_RUN since its last IO/MMIO exit (e.g. one KVM_RUN with immediate_exit = 1, or a
+ * kick out of KVM_RUN): KVM completes an exit's instruction only on the next KVM_RUN, so state read
+ * right after an exit would restore the instruction half done (KVM API docs, KVM_RUN / immediate_exit).
+ */
 export function saveVcpuState(vcpu: VcpuStateIo, opts: SaveVcpuOptions): VcpuState {
   const mpState = vcpu.getMpState();
   const regs = vcpu.getRegs();

@@ -27,6 +27,14 @@ function sized(op: string, b: Buffer, size: number): Buffer {
   return b;
 }
 
+/** KVM_GET_MSRS read only the first `read` of `wanted` MSRs: KVM refuses MSR `index` for this vCPU. */
+export class MsrReadError extends Error {
+  constructor(readonly index: number, readonly read: number, readonly wanted: number) {
+    super(`KVM_GET_MSRS stopped at MSR 0x${index.toString(16)}: ${read} of ${wanted} read`);
+    this.name = 'MsrReadError';
+  }
+}
+
 /** One MSR: its index and 64-bit value (struct kvm_msr_entry). */
 export type MsrEntry = [index: number, value: bigint];
 
@@ -334,9 +342,7 @@ export class VcpuFd {
     if (indices.length > MAX_MSRS_PER_CALL) throw new RangeError(`KVM_GET_MSRS: ${indices.length} MSRs, at most ${MAX_MSRS_PER_CALL} per call`);
     const b = encodeMsrs(indices.map((i) => [i, 0n]));
     const n = check('KVM_GET_MSRS', ioctlPtr(this.fd, io.KVM_GET_MSRS, b));
-    if (n !== indices.length) {
-      throw new Error(`KVM_GET_MSRS stopped at MSR 0x${(indices[n] ?? 0).toString(16)}: ${n} of ${indices.length} read`);
-    }
+    if (n !== indices.length) throw new MsrReadError(indices[n] ?? 0, n, indices.length);
     return indices.map((idx, i) => [idx, b.readBigUInt64LE(16 + i * 16)]);
   }
   /**
