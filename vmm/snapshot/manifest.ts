@@ -36,7 +36,12 @@ export interface SnapshotManifest {
   createdAt: string;
   /** CPUID leaf 0 vendor of the host that saved: GenuineIntel, AuthenticAMD, ... */
   cpuVendor: string;
-  /** the guest-visible CPUID of vCPU 0, with its hash (cpuidHash) for quick comparison */
+  /**
+   * the guest-visible CPUID of vCPU 0 as the VMM configured it (what it passed to KVM_SET_CPUID2),
+   * with its hash (cpuidHash) for quick comparison. Not KVM_GET_CPUID2's copy: KVM updates bits of
+   * that at run time (OSXSAVE from CR4, the XSAVE size from XCR0, the APIC bit), so it would not
+   * match what a restoring host computes. The exact per-vCPU entries are in the vCPU sections.
+   */
   cpuid: { sha256: string; entries: CpuidEntry[] };
   /** memory was MAP_SHARED (mem-share=on / a shared -mem-path): a restore must copy, not map CoW */
   memory: { shared: boolean; regions: MemoryRegionRef[] };

@@ -194,7 +194,7 @@ test('sections: a missing one, one for a vCPU or device the manifest lacks, and 
 
 test('manifest: validated as hostile input', () => {
   const good = JSON.parse(JSON.stringify(snapshot().manifest)) as Record<string, unknown>;
-  const bad = (edit: (m: any) => void, re: RegExp): void => { // eslint-disable-line @typescript-eslint/no-explicit-any
+  const bad = (edit: (m: any) => void, re: RegExp): void => {
     const m = JSON.parse(JSON.stringify(good));
     edit(m);
     assert.throws(() => parseManifest(JSON.stringify(m)), (e: Error) => e instanceof ManifestError && re.test(e.message), re.source);
