@@ -73,7 +73,7 @@ export function cpuVendor(cpuid: ReadonlyArray<CpuidEntry>): string {
   return b.toString('latin1');
 }
 
-const key = (e: CpuidEntry): string => `0x${e.function.toString(16)}.${e.index}`;
+const key = (e: CpuidEntry): string => `0x${(e.function >>> 0).toString(16)}.${e.index >>> 0}`;
 const sortCpuid = (c: ReadonlyArray<CpuidEntry>): CpuidEntry[] =>
   [...c].sort((a, b) => (a.function - b.function) || (a.index - b.index));
 
@@ -184,7 +184,12 @@ export function parseManifest(json: Buffer | string): SnapshotManifest {
 
 /** Builds a manifest (the hash from the entries) and checks it as the reader will. */
 export function makeManifest(m: Omit<SnapshotManifest, 'cpuid' | 'createdAt'> & { cpuid: CpuidEntry[]; createdAt?: string }): SnapshotManifest {
-  const out: SnapshotManifest = { ...m, createdAt: m.createdAt ?? new Date().toISOString(), cpuid: { sha256: cpuidHash(m.cpuid), entries: sortCpuid(m.cpuid) } };
+  // registers built with JS bit operators (vmm/boot/cpuid.ts) can be negative int32s: store them as u32
+  const u32 = (e: CpuidEntry): CpuidEntry => ({
+    function: e.function >>> 0, index: e.index >>> 0, flags: e.flags >>> 0, eax: e.eax >>> 0, ebx: e.ebx >>> 0, ecx: e.ecx >>> 0, edx: e.edx >>> 0,
+  });
+  const entries = sortCpuid(m.cpuid.map(u32));
+  const out: SnapshotManifest = { ...m, createdAt: m.createdAt ?? new Date().toISOString(), cpuid: { sha256: cpuidHash(entries), entries } };
   return parseManifest(JSON.stringify(out));
 }
 
@@ -211,6 +216,8 @@ export class CompatibilityError extends Error {
 const MAX_LISTED = 8;
 /** addresses and sizes go above 32 bits: no `>>> 0` here */
 const hex = (n: number): string => `0x${n.toString(16)}`;
+/** CPUID registers may arrive as negative int32s (JS bit operators) */
+const hex32 = (n: number): string => `0x${(n >>> 0).toString(16)}`;
 function capped(lines: string[]): string[] {
   return lines.length > MAX_LISTED ? [...lines.slice(0, MAX_LISTED), `... and ${lines.length - MAX_LISTED} more`] : lines;
 }
@@ -224,7 +231,7 @@ export function cpuidDifferences(saved: ReadonlyArray<CpuidEntry>, host: Readonl
     const h = b.get(k);
     if (!h) { out.push(`CPUID leaf ${k} is missing on this host`); continue; }
     for (const r of ['eax', 'ebx', 'ecx', 'edx', 'flags'] as const) {
-      if ((e[r] >>> 0) !== (h[r] >>> 0)) out.push(`CPUID leaf ${k} ${r}: snapshot ${hex(e[r])}, host ${hex(h[r])}`);
+      if ((e[r] >>> 0) !== (h[r] >>> 0)) out.push(`CPUID leaf ${k} ${r}: snapshot ${hex32(e[r])}, host ${hex32(h[r])}`);
     }
   }
   for (const k of b.keys()) if (!a.has(k)) out.push(`CPUID leaf ${k} exists on this host, not in the snapshot`);

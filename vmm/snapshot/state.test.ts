@@ -231,6 +231,10 @@ test('checkCompatible: null when everything matches; otherwise every mismatch li
   const m = snapshot().manifest;
   assert.equal(cpuVendor([AMD]), 'AuthenticAMD');
   assert.equal(checkCompatible(m, host()), null, 'CPUID order does not matter');
+  // int32 registers (JS bit operators) are the same CPUID as their u32 value
+  const signed = makeManifest({ ...m, cpuid: [AMD, { ...LEAF1, ecx: LEAF1.ecx | 0 }] });
+  assert.equal(signed.cpuid.entries[1]!.ecx, 0x80000000);
+  assert.equal(checkCompatible(signed, { ...host(), cpuid: [AMD, { ...LEAF1, ecx: LEAF1.ecx | 0 }] }), null);
   const h: HostDescription = {
     ...host(), vmmVersion: '0.2.0', cpuVendor: 'GenuineIntel', vcpus: 4,
     cpuid: [AMD, { ...LEAF1, ecx: 0 }, { function: 7, index: 0, flags: 1, eax: 0, ebx: 1, ecx: 0, edx: 0 }],
