@@ -13,7 +13,11 @@ const sandbox = fileURLToPath(new URL('./sandbox.js', import.meta.url));
 
 test('the policy allows exactly the KVM requests the VMM uses after init, with the VMM\'s numbers', () => {
   const kvm = Object.keys(VMM_IOCTLS).filter((k) => k.startsWith('KVM_'));
-  assert.deepEqual(kvm.sort(), ['KVM_GET_MP_STATE', 'KVM_GET_REGS', 'KVM_GET_SREGS', 'KVM_IOEVENTFD', 'KVM_IRQFD', 'KVM_IRQ_LINE', 'KVM_RUN']);
+  assert.deepEqual(kvm.sort(), ['KVM_GET_MP_STATE', 'KVM_GET_REGS', 'KVM_GET_SREGS', 'KVM_IOEVENTFD', 'KVM_IRQFD', 'KVM_IRQ_LINE', 'KVM_RUN',
+    // snapshot (vmm/cpu/state.ts saveVcpuState/saveVmState, and KVMCLOCK_CTRL at pause): reads only
+    'KVM_GET_CLOCK', 'KVM_GET_CPUID2', 'KVM_GET_DEBUGREGS', 'KVM_GET_IRQCHIP', 'KVM_GET_LAPIC', 'KVM_GET_MSRS', 'KVM_GET_PIT2',
+    'KVM_GET_VCPU_EVENTS', 'KVM_GET_XCRS', 'KVM_GET_XSAVE', 'KVM_GET_XSAVE2', 'KVM_KVMCLOCK_CTRL'].sort());
+  assert.ok(!kvm.some((k) => k.startsWith('KVM_SET_')), 'restoring state is init-only');
   for (const k of kvm) assert.equal(VMM_IOCTLS[k], (io as unknown as Record<string, number>)[k], k);
 });
 

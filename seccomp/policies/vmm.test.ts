@@ -51,6 +51,13 @@ test('VMM policy decisions', () => {
   assert.equal(act('ioctl', [10, 0xae01]), 'kill_process', 'KVM_CREATE_VM is init-only');
   assert.equal(act('ioctl', [10, 0xae41]), 'kill_process', 'KVM_CREATE_VCPU is init-only');
   assert.equal(act('ioctl', [10, 0x5413]), 'kill_process', 'TIOCGWINSZ not needed');
+  // snapshot: the GETs are allowed (above); restoring state is init-only, in a fresh VMM process
+  for (const [name, req] of Object.entries({
+    KVM_SET_REGS: 0x4090ae82, KVM_SET_SREGS: 0x4138ae84, KVM_SET_XSAVE: 0x5000aea5, KVM_SET_XCRS: 0x4188aea7,
+    KVM_SET_LAPIC: 0x4400ae8f, KVM_SET_MSRS: 0x4008ae89, KVM_SET_CPUID2: 0x4008ae90, KVM_SET_VCPU_EVENTS: 0x4040aea0,
+    KVM_SET_DEBUGREGS: 0x4080aea2, KVM_SET_MP_STATE: 0x4004ae99, KVM_SET_IRQCHIP: 0x8208ae63, KVM_SET_PIT2: 0x4070aea0,
+    KVM_SET_CLOCK: 0x4030ae7b, KVM_GET_MSR_INDEX_LIST: 0xc004ae02,
+  })) assert.equal(act('ioctl', [10, req]), 'kill_process', `${name} is init-only`);
   assert.equal(emulate(compilePolicy(vmmPolicy({ log: true })).program, { nr: nr('socket') }).action, 'log');
   assert.equal(emulate(prog, { nr: nr('read'), arch: 0x40000003 }).action, 'kill_process', 'i386');
   assert.equal(emulate(prog, { nr: nr('read') | 0x40000000 }).action, 'kill_process', 'x32');

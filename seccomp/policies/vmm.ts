@@ -26,6 +26,26 @@ export const VMM_IOCTLS: Readonly<Record<string, number>> = Object.freeze({
   // resets a device, which happens whenever the guest likes, long after init.
   KVM_IRQFD: 0x4020ae76,
   KVM_IOEVENTFD: 0x4040ae79,
+  // Snapshot (issue 12, vmm/cpu/state.ts saveVcpuState/saveVmState): a snapshot is taken from a
+  // running VMM, paused by QMP long after init, so reading every vCPU's and the in-kernel devices'
+  // state must stay allowed. Only GETs: they return the VMM's own guest's state, which the VMM
+  // can already read in guest memory. (KVM_GET_REGS, KVM_GET_SREGS and KVM_GET_MP_STATE are above.)
+  // The SETs stay init-only: a restore is a fresh VMM process that applies the state before it
+  // installs the filter, and KVM_GET_MSR_INDEX_LIST (on /dev/kvm) is read once at init.
+  KVM_GET_XSAVE: 0x9000aea4,
+  KVM_GET_XSAVE2: 0x9000aecf, // only for guests with dynamic XSAVE features (KVM_CAP_XSAVE2 > 4096)
+  KVM_GET_XCRS: 0x8188aea6,
+  KVM_GET_DEBUGREGS: 0x8080aea1,
+  KVM_GET_LAPIC: 0x8400ae8e,
+  KVM_GET_CPUID2: 0xc008ae91,
+  KVM_GET_MSRS: 0xc008ae88,
+  KVM_GET_VCPU_EVENTS: 0x8040ae9f,
+  KVM_GET_IRQCHIP: 0xc208ae62,
+  KVM_GET_PIT2: 0x8070ae9f,
+  KVM_GET_CLOCK: 0x8030ae7c,
+  // pausing (snapshot, and QMP stop): tells the guest's kvmclock it was stopped on purpose, so its
+  // watchdogs do not report a soft lockup for the time it was paused; changes no host state
+  KVM_KVMCLOCK_CTRL: 0xaead,
   // virtio-net (vmm/devices/virtio/net/): the tap's rx offloads follow what the guest driver
   // accepted, known only when it activates the device (any time after init); a tap sent for QMP
   // netdev_add is checked (TUNGETIFF: a tap with IFF_NO_PI|IFF_VNET_HDR) and given the 12-byte

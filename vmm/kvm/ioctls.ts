@@ -48,6 +48,34 @@ export const KVM_IRQFD = _IOW(KVMIO, 0x76, 32);
 /** struct kvm_ioeventfd (64 bytes): a guest PIO/MMIO write signals an eventfd instead of exiting. */
 export const KVM_IOEVENTFD = _IOW(KVMIO, 0x79, 64);
 
+// Snapshot/restore (vmm/cpu/state.ts). Sizes are the structs' (layout.ts), which the numbers encode.
+/** system ioctl (/dev/kvm): struct kvm_msr_list, the MSRs KVM can save/restore; E2BIG + nmsrs filled in when too small */
+export const KVM_GET_MSR_INDEX_LIST = _IOWR(KVMIO, 0x02, 4);
+export const KVM_GET_MSRS = _IOWR(KVMIO, 0x88, 8);
+/** struct kvm_cpuid2: the CPUID the vCPU was given (KVM_SET_CPUID2) */
+export const KVM_GET_CPUID2 = _IOWR(KVMIO, 0x91, 8);
+export const KVM_GET_XSAVE = _IOR(KVMIO, 0xa4, 4096);
+/** reads KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) bytes, not the 4096 the number encodes */
+export const KVM_SET_XSAVE = _IOW(KVMIO, 0xa5, 4096);
+/** writes KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) bytes (>= 4096: dynamic features such as AMX) */
+export const KVM_GET_XSAVE2 = _IOR(KVMIO, 0xcf, 4096);
+export const KVM_GET_XCRS = _IOR(KVMIO, 0xa6, 392);
+export const KVM_SET_XCRS = _IOW(KVMIO, 0xa7, 392);
+export const KVM_GET_VCPU_EVENTS = _IOR(KVMIO, 0x9f, 64);
+export const KVM_SET_VCPU_EVENTS = _IOW(KVMIO, 0xa0, 64);
+export const KVM_GET_DEBUGREGS = _IOR(KVMIO, 0xa1, 128);
+export const KVM_SET_DEBUGREGS = _IOW(KVMIO, 0xa2, 128);
+export const KVM_GET_IRQCHIP = _IOWR(KVMIO, 0x62, 520);
+/** _IOR although it writes: a historical mistake the header keeps (the number is what counts) */
+export const KVM_SET_IRQCHIP = _IOR(KVMIO, 0x63, 520);
+/** the same nr as KVM_GET_VCPU_EVENTS; the size (struct kvm_pit_state2, 112) tells them apart */
+export const KVM_GET_PIT2 = _IOR(KVMIO, 0x9f, 112);
+export const KVM_SET_PIT2 = _IOW(KVMIO, 0xa0, 112);
+export const KVM_GET_CLOCK = _IOR(KVMIO, 0x7c, 48);
+export const KVM_SET_CLOCK = _IOW(KVMIO, 0x7b, 48);
+/** tells a paused guest's kvmclock it was stopped on purpose (no soft-lockup warning on resume) */
+export const KVM_KVMCLOCK_CTRL = _IO(KVMIO, 0xad);
+
 /** Every number above by its C name, for the fixture test. */
 export const IOCTLS: Record<string, number> = {
   KVM_GET_API_VERSION, KVM_CREATE_VM, KVM_CHECK_EXTENSION, KVM_GET_VCPU_MMAP_SIZE, KVM_GET_SUPPORTED_CPUID,
@@ -55,6 +83,9 @@ export const IOCTLS: Record<string, number> = {
   KVM_IRQ_LINE, KVM_CREATE_PIT2, KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS, KVM_SET_SREGS, KVM_SET_MSRS,
   KVM_SET_CPUID2, KVM_GET_LAPIC, KVM_SET_LAPIC, KVM_SET_FPU, KVM_GET_MP_STATE, KVM_SET_MP_STATE,
   KVM_IRQFD, KVM_IOEVENTFD,
+  KVM_GET_MSR_INDEX_LIST, KVM_GET_MSRS, KVM_GET_CPUID2, KVM_GET_XSAVE, KVM_SET_XSAVE, KVM_GET_XSAVE2, KVM_GET_XCRS,
+  KVM_SET_XCRS, KVM_GET_VCPU_EVENTS, KVM_SET_VCPU_EVENTS, KVM_GET_DEBUGREGS, KVM_SET_DEBUGREGS, KVM_GET_IRQCHIP,
+  KVM_SET_IRQCHIP, KVM_GET_PIT2, KVM_SET_PIT2, KVM_GET_CLOCK, KVM_SET_CLOCK, KVM_KVMCLOCK_CTRL,
 };
 
 // KVM_CHECK_EXTENSION capabilities used.
@@ -83,3 +114,29 @@ export const KVM_IRQFD_FLAG_RESAMPLE = 1 << 1;
 export const KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0;
 export const KVM_IOEVENTFD_FLAG_PIO = 1 << 1;
 export const KVM_IOEVENTFD_FLAG_DEASSIGN = 1 << 2;
+
+// Snapshot/restore capabilities (vmm/cpu/state.ts checks the ones it needs before saving).
+export const KVM_CAP_ADJUST_CLOCK = 39;
+export const KVM_CAP_VCPU_EVENTS = 41;
+export const KVM_CAP_DEBUGREGS = 50;
+export const KVM_CAP_XSAVE = 55;
+export const KVM_CAP_XCRS = 56;
+export const KVM_CAP_KVMCLOCK_CTRL = 76;
+/** on the VM fd: the kvm_xsave size KVM_GET_XSAVE2/KVM_SET_XSAVE use (0: no XSAVE2, 4096 is used) */
+export const KVM_CAP_XSAVE2 = 208;
+/** kvm_xcrs.xcrs has room for this many */
+export const KVM_MAX_XCRS = 16;
+// kvm_irqchip.chip_id
+export const KVM_IRQCHIP_PIC_MASTER = 0;
+export const KVM_IRQCHIP_PIC_SLAVE = 1;
+export const KVM_IRQCHIP_IOAPIC = 2;
+// kvm_clock_data.flags
+export const KVM_CLOCK_TSC_STABLE = 2;
+export const KVM_CLOCK_REALTIME = 1 << 2;
+export const KVM_CLOCK_HOST_TSC = 1 << 3;
+// kvm_mp_state.mp_state (x86)
+export const KVM_MP_STATE_RUNNABLE = 0;
+export const KVM_MP_STATE_UNINITIALIZED = 1;
+export const KVM_MP_STATE_INIT_RECEIVED = 2;
+export const KVM_MP_STATE_HALTED = 3;
+export const KVM_MP_STATE_SIPI_RECEIVED = 4;

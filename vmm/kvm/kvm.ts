@@ -3,7 +3,7 @@
 import { openSync } from 'node:fs';
 import * as io from './ioctls.js';
 import { OFFSETOF, SIZEOF } from './layout.js';
-import { closeFd, errno, errnoName, ioctlInt, ioctlPtr, mmap, MAP_SHARED, PROT_READ, PROT_WRITE, view } from './sys.js';
+import { closeFd, E2BIG, errno, errnoName, ioctlInt, ioctlPtr, mmap, MAP_SHARED, PROT_READ, PROT_WRITE, view } from './sys.js';
 
 export class KvmError extends Error {
   constructor(readonly op: string, readonly errno: number) {
@@ -15,6 +15,40 @@ export class KvmError extends Error {
 function check(op: string, r: number): number {
   if (r < 0) throw new KvmError(op, errno());
   return r;
+}
+
+/**
+ * A SET ioctl makes the kernel copy a fixed number of bytes from the pointer it is given: a
+ * shorter Buffer would have it read past the end of ours (into whatever the heap holds next).
+ * Every fixed-size setter checks the length first.
+ */
+function sized(op: string, b: Buffer, size: number): Buffer {
+  if (b.length !== size) throw new RangeError(`${op}: ${b.length} bytes, the struct is ${size}`);
+  return b;
+}
+
+/** KVM_GET_MSRS read only the first `read` of `wanted` MSRs: KVM refuses MSR `index` for this vCPU. */
+export class MsrReadError extends Error {
+  constructor(readonly index: number, readonly read: number, readonly wanted: number) {
+    super(`KVM_GET_MSRS stopped at MSR 0x${index.toString(16)}: ${read} of ${wanted} read`);
+    this.name = 'MsrReadError';
+  }
+}
+
+/** One MSR: its index and 64-bit value (struct kvm_msr_entry). */
+export type MsrEntry = [index: number, value: bigint];
+
+/** entries per KVM_GET/SET_MSRS call: the kernel's msr_io() says E2BIG when nmsrs >= MAX_IO_MSRS (256) */
+export const MAX_MSRS_PER_CALL = 255;
+
+function encodeMsrs(entries: ReadonlyArray<MsrEntry>): Buffer {
+  const b = Buffer.alloc(8 + 16 * entries.length);
+  b.writeUInt32LE(entries.length, 0);
+  entries.forEach(([idx, val], i) => {
+    b.writeUInt32LE(idx >>> 0, 8 + i * 16);
+    b.writeBigUInt64LE(BigInt.asUintN(64, val), 16 + i * 16);
+  });
+  return b;
 }
 
 export interface CpuidEntry {
@@ -29,6 +63,8 @@ export interface CpuidEntry {
 
 export const KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1;
 const MAX_CPUID_ENTRIES = 256;
+/** KVM_GET_MSR_INDEX_LIST: a list longer than this is refused (a few hundred is normal) */
+const MAX_MSR_INDICES = 4096;
 
 export function encodeCpuid(entries: CpuidEntry[]): Buffer {
   const esz = SIZEOF.kvm_cpuid_entry2 as number;
@@ -50,6 +86,7 @@ export function encodeCpuid(entries: CpuidEntry[]): Buffer {
 export function decodeCpuid(b: Buffer): CpuidEntry[] {
   const esz = SIZEOF.kvm_cpuid_entry2 as number;
   const n = b.readUInt32LE(0);
+  if (8 + n * esz > b.length) throw new RangeError(`kvm_cpuid2: ${n} entries do not fit ${b.length} bytes`);
   const out: CpuidEntry[] = [];
   for (let i = 0; i < n; i++) {
     const o = 8 + i * esz;
@@ -86,6 +123,25 @@ export class Kvm {
     b.writeUInt32LE(MAX_CPUID_ENTRIES, 0);
     check('KVM_GET_SUPPORTED_CPUID', ioctlPtr(this.fd, io.KVM_GET_SUPPORTED_CPUID, b));
     return decodeCpuid(b);
+  }
+  /**
+   * KVM_GET_MSR_INDEX_LIST: every MSR index KVM can save and restore on this host (msrs_to_save
+   * plus the emulated ones). The kernel says E2BIG and fills in the count when the array is too
+   * small, so the first call asks with none and the second with exactly that many.
+   */
+  msrIndexList(): number[] {
+    const head = Buffer.alloc(4);
+    const r = ioctlPtr(this.fd, io.KVM_GET_MSR_INDEX_LIST, head);
+    if (r < 0 && errno() !== E2BIG) throw new KvmError('KVM_GET_MSR_INDEX_LIST', errno());
+    const n = head.readUInt32LE(0);
+    if (n > MAX_MSR_INDICES) throw new RangeError(`KVM_GET_MSR_INDEX_LIST: ${n} MSRs, more than ${MAX_MSR_INDICES}`);
+    const b = Buffer.alloc(4 + 4 * n);
+    b.writeUInt32LE(n, 0);
+    check('KVM_GET_MSR_INDEX_LIST', ioctlPtr(this.fd, io.KVM_GET_MSR_INDEX_LIST, b));
+    const got = Math.min(b.readUInt32LE(0), n);
+    const out: number[] = [];
+    for (let i = 0; i < got; i++) out.push(b.readUInt32LE(4 + 4 * i));
+    return out;
   }
   createVm(): VmFd {
     const fd = check('KVM_CREATE_VM', ioctlInt(this.fd, io.KVM_CREATE_VM, 0));
@@ -165,6 +221,43 @@ export class VmFd {
   unregisterIoeventfd(eventfd: number, addr: number | bigint, len: number, datamatch?: number | bigint, pio = false): void {
     check('KVM_IOEVENTFD', ioctlPtr(this.fd, io.KVM_IOEVENTFD, ioeventfdArg(eventfd, addr, len, datamatch, pio, true)));
   }
+  /** KVM_CHECK_EXTENSION on the VM: some answers are per VM (KVM_CAP_XSAVE2's size) */
+  checkExtension(cap: number): number {
+    return check('KVM_CHECK_EXTENSION', ioctlInt(this.fd, io.KVM_CHECK_EXTENSION, cap));
+  }
+  /** Bytes of a vCPU's XSAVE state for this VM: KVM_CAP_XSAVE2's answer, or the legacy 4096. */
+  xsaveSize(): number {
+    const n = this.checkExtension(io.KVM_CAP_XSAVE2);
+    return n > 0 ? Math.max(n, SIZEOF.kvm_xsave as number) : SIZEOF.kvm_xsave as number;
+  }
+  /** KVM_GET_IRQCHIP: one in-kernel interrupt controller's state (PIC master/slave or IOAPIC), struct kvm_irqchip. */
+  getIrqchip(chipId: number): Buffer {
+    const b = Buffer.alloc(SIZEOF.kvm_irqchip as number);
+    b.writeUInt32LE(chipId >>> 0, OFFSETOF['kvm_irqchip.chip_id'] as number);
+    check('KVM_GET_IRQCHIP', ioctlPtr(this.fd, io.KVM_GET_IRQCHIP, b));
+    return b;
+  }
+  /** KVM_SET_IRQCHIP: the chip is the one named by the buffer's chip_id. */
+  setIrqchip(b: Buffer): void {
+    check('KVM_SET_IRQCHIP', ioctlPtr(this.fd, io.KVM_SET_IRQCHIP, sized('KVM_SET_IRQCHIP', b, SIZEOF.kvm_irqchip as number)));
+  }
+  getPit2(): Buffer {
+    const b = Buffer.alloc(SIZEOF.kvm_pit_state2 as number);
+    check('KVM_GET_PIT2', ioctlPtr(this.fd, io.KVM_GET_PIT2, b));
+    return b;
+  }
+  setPit2(b: Buffer): void {
+    check('KVM_SET_PIT2', ioctlPtr(this.fd, io.KVM_SET_PIT2, sized('KVM_SET_PIT2', b, SIZEOF.kvm_pit_state2 as number)));
+  }
+  /** KVM_GET_CLOCK: kvmclock's value (ns) and flags (KVM_CLOCK_TSC_STABLE, and REALTIME/HOST_TSC when the host has them). */
+  getClock(): Buffer {
+    const b = Buffer.alloc(SIZEOF.kvm_clock_data as number);
+    check('KVM_GET_CLOCK', ioctlPtr(this.fd, io.KVM_GET_CLOCK, b));
+    return b;
+  }
+  setClock(b: Buffer): void {
+    check('KVM_SET_CLOCK', ioctlPtr(this.fd, io.KVM_SET_CLOCK, sized('KVM_SET_CLOCK', b, SIZEOF.kvm_clock_data as number)));
+  }
   createVcpu(id: number): VcpuFd {
     const fd = check('KVM_CREATE_VCPU', ioctlInt(this.fd, io.KVM_CREATE_VCPU, id));
     const size = this.kvm.vcpuMmapSize();
@@ -214,7 +307,7 @@ export class VcpuFd {
     return b;
   }
   setRegs(b: Buffer): void {
-    check('KVM_SET_REGS', ioctlPtr(this.fd, io.KVM_SET_REGS, b));
+    check('KVM_SET_REGS', ioctlPtr(this.fd, io.KVM_SET_REGS, sized('KVM_SET_REGS', b, SIZEOF.kvm_regs as number)));
   }
   getSregs(): Buffer {
     const b = Buffer.alloc(SIZEOF.kvm_sregs as number);
@@ -222,23 +315,84 @@ export class VcpuFd {
     return b;
   }
   setSregs(b: Buffer): void {
-    check('KVM_SET_SREGS', ioctlPtr(this.fd, io.KVM_SET_SREGS, b));
+    check('KVM_SET_SREGS', ioctlPtr(this.fd, io.KVM_SET_SREGS, sized('KVM_SET_SREGS', b, SIZEOF.kvm_sregs as number)));
   }
   setFpu(b: Buffer): void {
-    check('KVM_SET_FPU', ioctlPtr(this.fd, io.KVM_SET_FPU, b));
+    check('KVM_SET_FPU', ioctlPtr(this.fd, io.KVM_SET_FPU, sized('KVM_SET_FPU', b, SIZEOF.kvm_fpu as number)));
   }
   setCpuid(entries: CpuidEntry[]): void {
     check('KVM_SET_CPUID2', ioctlPtr(this.fd, io.KVM_SET_CPUID2, encodeCpuid(entries)));
   }
-  /** Returns how many MSRs were set. */
-  setMsrs(msrs: Array<[number, bigint]>): number {
-    const b = Buffer.alloc(8 + 16 * msrs.length);
-    b.writeUInt32LE(msrs.length, 0);
-    msrs.forEach(([idx, val], i) => {
-      b.writeUInt32LE(idx >>> 0, 8 + i * 16);
-      b.writeBigUInt64LE(val, 16 + i * 16);
-    });
-    return check('KVM_SET_MSRS', ioctlPtr(this.fd, io.KVM_SET_MSRS, b));
+  /** KVM_GET_CPUID2: the CPUID entries this vCPU was given (what the guest sees). */
+  getCpuid(): CpuidEntry[] {
+    const b = Buffer.alloc(8 + MAX_CPUID_ENTRIES * (SIZEOF.kvm_cpuid_entry2 as number));
+    b.writeUInt32LE(MAX_CPUID_ENTRIES, 0);
+    check('KVM_GET_CPUID2', ioctlPtr(this.fd, io.KVM_GET_CPUID2, b));
+    return decodeCpuid(b);
+  }
+  /** Returns how many MSRs were set (KVM stops at the first one it refuses). */
+  setMsrs(msrs: ReadonlyArray<MsrEntry>): number {
+    return check('KVM_SET_MSRS', ioctlPtr(this.fd, io.KVM_SET_MSRS, encodeMsrs(msrs)));
+  }
+  /**
+   * KVM_GET_MSRS for `indices` (at most MAX_MSRS_PER_CALL). KVM stops at the first MSR it cannot
+   * read and returns how many it read: that is an error naming the MSR, not a shorter answer.
+   */
+  getMsrs(indices: ReadonlyArray<number>): MsrEntry[] {
+    if (indices.length > MAX_MSRS_PER_CALL) throw new RangeError(`KVM_GET_MSRS: ${indices.length} MSRs, at most ${MAX_MSRS_PER_CALL} per call`);
+    const b = encodeMsrs(indices.map((i) => [i, 0n]));
+    const n = check('KVM_GET_MSRS', ioctlPtr(this.fd, io.KVM_GET_MSRS, b));
+    if (n !== indices.length) throw new MsrReadError(indices[n] ?? 0, n, indices.length);
+    return indices.map((idx, i) => [idx, b.readBigUInt64LE(16 + i * 16)]);
+  }
+  /**
+   * XSAVE area: `size` is the VM's xsaveSize(). 4096 uses KVM_GET_XSAVE (every KVM with
+   * KVM_CAP_XSAVE); larger needs KVM_GET_XSAVE2, which writes that many bytes.
+   */
+  getXsave(size = SIZEOF.kvm_xsave as number): Buffer {
+    const legacy = SIZEOF.kvm_xsave as number;
+    if (size < legacy || size % 4 !== 0) throw new RangeError(`xsave size ${size}: a multiple of 4, at least ${legacy}`);
+    const b = Buffer.alloc(size);
+    if (size === legacy) check('KVM_GET_XSAVE', ioctlPtr(this.fd, io.KVM_GET_XSAVE, b));
+    else check('KVM_GET_XSAVE2', ioctlPtr(this.fd, io.KVM_GET_XSAVE2, b));
+    return b;
+  }
+  /** KVM_SET_XSAVE reads the VM's xsaveSize() bytes: `b` must be exactly that long (`size`). */
+  setXsave(b: Buffer, size = SIZEOF.kvm_xsave as number): void {
+    check('KVM_SET_XSAVE', ioctlPtr(this.fd, io.KVM_SET_XSAVE, sized('KVM_SET_XSAVE', b, size)));
+  }
+  getXcrs(): Buffer {
+    const b = Buffer.alloc(SIZEOF.kvm_xcrs as number);
+    check('KVM_GET_XCRS', ioctlPtr(this.fd, io.KVM_GET_XCRS, b));
+    return b;
+  }
+  setXcrs(b: Buffer): void {
+    check('KVM_SET_XCRS', ioctlPtr(this.fd, io.KVM_SET_XCRS, sized('KVM_SET_XCRS', b, SIZEOF.kvm_xcrs as number)));
+  }
+  /** Pending exception/interrupt/NMI/SMI and the interrupt shadow: what is in flight between two instructions. */
+  getVcpuEvents(): Buffer {
+    const b = Buffer.alloc(SIZEOF.kvm_vcpu_events as number);
+    check('KVM_GET_VCPU_EVENTS', ioctlPtr(this.fd, io.KVM_GET_VCPU_EVENTS, b));
+    return b;
+  }
+  setVcpuEvents(b: Buffer): void {
+    check('KVM_SET_VCPU_EVENTS', ioctlPtr(this.fd, io.KVM_SET_VCPU_EVENTS, sized('KVM_SET_VCPU_EVENTS', b, SIZEOF.kvm_vcpu_events as number)));
+  }
+  getDebugregs(): Buffer {
+    const b = Buffer.alloc(SIZEOF.kvm_debugregs as number);
+    check('KVM_GET_DEBUGREGS', ioctlPtr(this.fd, io.KVM_GET_DEBUGREGS, b));
+    return b;
+  }
+  setDebugregs(b: Buffer): void {
+    check('KVM_SET_DEBUGREGS', ioctlPtr(this.fd, io.KVM_SET_DEBUGREGS, sized('KVM_SET_DEBUGREGS', b, SIZEOF.kvm_debugregs as number)));
+  }
+  /**
+   * KVM_KVMCLOCK_CTRL: tell the guest (through its kvmclock page) that it was paused by the host,
+   * so its watchdogs do not report a soft lockup for the time spent stopped. EINVAL when the guest
+   * has not enabled kvmclock: returned as false, that is not an error.
+   */
+  kvmclockCtrl(): boolean {
+    return ioctlInt(this.fd, io.KVM_KVMCLOCK_CTRL, 0) >= 0;
   }
   getLapic(): Buffer {
     const b = Buffer.alloc(SIZEOF.kvm_lapic_state as number);
@@ -246,12 +400,17 @@ export class VcpuFd {
     return b;
   }
   setLapic(b: Buffer): void {
-    check('KVM_SET_LAPIC', ioctlPtr(this.fd, io.KVM_SET_LAPIC, b));
+    check('KVM_SET_LAPIC', ioctlPtr(this.fd, io.KVM_SET_LAPIC, sized('KVM_SET_LAPIC', b, SIZEOF.kvm_lapic_state as number)));
   }
   getMpState(): number {
     const b = Buffer.alloc(4);
     check('KVM_GET_MP_STATE', ioctlPtr(this.fd, io.KVM_GET_MP_STATE, b));
     return b.readUInt32LE(0);
+  }
+  setMpState(state: number): void {
+    const b = Buffer.alloc(SIZEOF.kvm_mp_state as number);
+    b.writeUInt32LE(state >>> 0, 0);
+    check('KVM_SET_MP_STATE', ioctlPtr(this.fd, io.KVM_SET_MP_STATE, b));
   }
   close(): void {
     closeFd(this.fd);

@@ -1,4 +1,4 @@
-// Struct sizes and field offsets from <linux/kvm.h> and <sys/epoll.h> (x86_64). Checked against
+// Struct sizes and field offsets from <linux/kvm.h>, <asm/kvm.h> and <sys/epoll.h> (x86_64). Checked against
 // fixtures/layout.txt (printed by fixtures/layout.c) in layout.test.ts.
 
 export const SIZEOF: Record<string, number> = {
@@ -18,6 +18,19 @@ export const SIZEOF: Record<string, number> = {
   kvm_mp_state: 4,
   kvm_irqfd: 32,
   kvm_ioeventfd: 64,
+  // snapshot/restore (vmm/cpu/state.ts)
+  kvm_msr_list: 4,
+  /** the legacy 4 KiB XSAVE area; KVM_GET_XSAVE2 may need more (KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) on the VM) */
+  kvm_xsave: 4096,
+  kvm_xcr: 16,
+  kvm_xcrs: 392,
+  kvm_vcpu_events: 64,
+  kvm_debugregs: 128,
+  /** chip_id, pad, then a 512-byte union (PIC or IOAPIC state) */
+  kvm_irqchip: 520,
+  kvm_pit_channel_state: 24,
+  kvm_pit_state2: 112,
+  kvm_clock_data: 48,
   /** packed on x86_64: u32 events, then the u64 data at offset 4 */
   epoll_event: 12,
 };
@@ -49,6 +62,17 @@ export const OFFSETOF: Record<string, number> = {
   'kvm_ioeventfd.datamatch': 0, 'kvm_ioeventfd.addr': 8, 'kvm_ioeventfd.len': 16, 'kvm_ioeventfd.fd': 20,
   'kvm_ioeventfd.flags': 24,
   'epoll_event.events': 0, 'epoll_event.data': 4,
+  'kvm_msr_list.nmsrs': 0, 'kvm_msr_list.indices': 4,
+  'kvm_xsave.region': 0,
+  'kvm_xcr.xcr': 0, 'kvm_xcr.value': 8, 'kvm_xcrs.nr_xcrs': 0, 'kvm_xcrs.flags': 4, 'kvm_xcrs.xcrs': 8,
+  'kvm_vcpu_events.exception.injected': 0, 'kvm_vcpu_events.interrupt.injected': 8, 'kvm_vcpu_events.nmi.injected': 12,
+  'kvm_vcpu_events.sipi_vector': 16, 'kvm_vcpu_events.flags': 20, 'kvm_vcpu_events.smi.smm': 24,
+  'kvm_vcpu_events.triple_fault.pending': 28, 'kvm_vcpu_events.exception_has_payload': 55,
+  'kvm_vcpu_events.exception_payload': 56,
+  'kvm_debugregs.db': 0, 'kvm_debugregs.dr6': 32, 'kvm_debugregs.dr7': 40, 'kvm_debugregs.flags': 48,
+  'kvm_irqchip.chip_id': 0, 'kvm_irqchip.chip': 8,
+  'kvm_pit_state2.channels': 0, 'kvm_pit_state2.flags': 72,
+  'kvm_clock_data.clock': 0, 'kvm_clock_data.flags': 8, 'kvm_clock_data.realtime': 16, 'kvm_clock_data.host_tsc': 24,
 };
 
 const off = (k: string): number => {

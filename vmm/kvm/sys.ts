@@ -31,6 +31,8 @@ const SYS_gettid = 186;
 
 export const EINTR = 4;
 export const EAGAIN = 11;
+/** KVM_GET_MSR_INDEX_LIST / KVM_GET_CPUID2: the caller's array is too small */
+export const E2BIG = 7;
 
 /** A failed system call, with its errno. */
 export class SysError extends Error {
@@ -41,7 +43,7 @@ export class SysError extends Error {
 }
 
 const NAMES: Record<number, string> = {
-  1: 'EPERM', 2: 'ENOENT', 4: 'EINTR', 9: 'EBADF', 11: 'EAGAIN', 12: 'ENOMEM', 13: 'EACCES', 14: 'EFAULT',
+  1: 'EPERM', 2: 'ENOENT', 4: 'EINTR', 7: 'E2BIG', 9: 'EBADF', 11: 'EAGAIN', 12: 'ENOMEM', 13: 'EACCES', 14: 'EFAULT',
   16: 'EBUSY', 17: 'EEXIST', 19: 'ENODEV', 22: 'EINVAL', 25: 'ENOTTY', 28: 'ENOSPC', 95: 'EOPNOTSUPP',
 };
 export function errnoName(e: number): string {
