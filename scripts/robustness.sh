@@ -7,6 +7,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 export ROBUSTNESS_OUT=${ROBUSTNESS_OUT:-/tmp/robustness-out}
+# The soak drill runs 200 lifecycles here (npm test runs 50).
+export LIFECYCLES=${LIFECYCLES:-200}
 mkdir -p "$ROBUSTNESS_OUT"
 [ "${CAPSULE_NO_BUILD:-0}" = 1 ] || npm run build
 for f in server/api/fuzz vmm/qmp/fuzz server/api/websocket-abuse server/supervisor/shutdown server/supervisor/diskfull server/supervisor/kill9 server/supervisor/lifecycles; do
