@@ -50,29 +50,45 @@ const msgArb: fc.Arbitrary<Msg> = fc.oneof(
   fc.constant({ ping: true as const }),
 );
 
+/**
+ * What a consumer sees: JSON messages, pings, and runs of bytes per channel (data is a byte
+ * stream: how it is cut into frames and pieces is not part of the meaning).
+ */
+function meaning(items: Array<Msg | Frame>): unknown[] {
+  const out: unknown[] = [];
+  for (const it of items) {
+    const json = 'json' in it ? it.json : 'kind' in it && it.kind === KIND_JSON ? it.msg : undefined;
+    const data = 'data' in it ? { ch: 'ch' in it ? it.ch : (it as { channel: number }).channel, bytes: it.data } : undefined;
+    const last = out[out.length - 1] as { ch: number; bytes: Buffer } | undefined;
+    if (json) out.push(JSON.parse(JSON.stringify(json)));
+    else if (data && last && typeof last === 'object' && 'bytes' in last && last.ch === data.ch) last.bytes = Buffer.concat([last.bytes, data.bytes]);
+    else if (data) out.push({ ch: data.ch, bytes: Buffer.from(data.bytes) });
+    else out.push('ping');
+  }
+  return out;
+}
+
 test('frames survive any cutting of the stream into reads; data comes back byte for byte', () => {
   fc.assert(fc.property(fc.array(msgArb, { maxLength: 12 }), fc.array(fc.nat(), { maxLength: 30 }), (msgs, cuts) => {
     const { frames, error } = decode(encode(msgs), cuts);
     assert.equal(error, undefined);
-    // Data of one write may come as several frames (DATA_CHUNK): compare the joined bytes per message.
-    let i = 0;
-    for (const m of msgs) {
-      if ('json' in m) {
-        const f = frames[i++]!;
-        assert.equal(f.kind, KIND_JSON);
-        assert.deepEqual(f.kind === KIND_JSON && f.msg, JSON.parse(JSON.stringify(m.json)));
-      } else if ('data' in m) {
-        const want = Math.max(1, Math.ceil(m.data.length / DATA_CHUNK));
-        const got = frames.slice(i, i + want);
-        i += want;
-        assert.ok(got.every((f) => f.kind === KIND_DATA && f.channel === m.ch));
-        assert.deepEqual(Buffer.concat(got.map((f) => (f.kind === KIND_DATA ? f.data : Buffer.alloc(0)))), m.data);
-      } else {
-        assert.equal(frames[i++]!.kind, 3);
-      }
-    }
-    assert.equal(i, frames.length);
+    assert.deepEqual(meaning(frames), meaning(msgs));
+    // No empty pieces, except the one frame of an empty write.
+    const empties = frames.filter((f) => f.kind === KIND_DATA && f.data.length === 0).length;
+    assert.equal(empties, msgs.filter((m) => 'data' in m && m.data.length === 0).length);
   }), { numRuns: 300 });
+});
+
+test('a data frame is passed on as its bytes arrive, before the frame is complete', () => {
+  const pieces: number[] = [];
+  const r = new FrameReader((f) => { if (f.kind === KIND_DATA) pieces.push(f.data.length); }, (why) => assert.fail(why));
+  const sink = new Sink();
+  writeDataFrames(sink, 0, Buffer.alloc(100_000, 9));
+  const bytes = sink.bytes;
+  r.push(bytes.subarray(0, 50_006));
+  assert.deepEqual(pieces, [50_000]);
+  r.push(bytes.subarray(50_006));
+  assert.deepEqual(pieces, [50_000, 50_000]);
 });
 
 test('a large write: DATA_CHUNK frames in one corked batch, the payload not copied', () => {
@@ -85,6 +101,11 @@ test('a large write: DATA_CHUNK frames in one corked batch, the payload not copi
   for (let k = 1; k < 6; k += 2) assert.equal(sink.parts[k]!.buffer, data.buffer);
   const { frames } = decode(sink.bytes, []);
   assert.deepEqual(frames.map((f) => (f.kind === KIND_DATA ? f.data.length : -1)), [DATA_CHUNK, DATA_CHUNK, 5]);
+  // Read in one piece, the large frames are views of the read (no copy); the small one is copied.
+  const whole = sink.bytes;
+  const viewed: boolean[] = [];
+  new FrameReader((f) => { if (f.kind === KIND_DATA) viewed.push(f.data.buffer === whole.buffer); }, (why) => assert.fail(why)).push(whole);
+  assert.deepEqual(viewed, [true, true, false]);
   // An empty write is one empty frame (an explicit "nothing"), as before.
   const empty = new Sink();
   writeDataFrames(empty, 0, Buffer.alloc(0));
@@ -111,6 +132,7 @@ test('hostile streams: oversized length, zero length, unknown kind, bad JSON, a 
     ['json', Buffer.concat([head(4, KIND_JSON), Buffer.from('{{{')]), /bad JSON/],
     ['array', Buffer.concat([head(3, KIND_JSON), Buffer.from('[]')]), /not an object/],
     ['channel', head(1, KIND_DATA), /without a channel/],
+    ['data', head(MAX_FRAME + 1, KIND_DATA), /limit/],
   ];
   for (const [name, bytes, want] of cases) {
     const { frames, error } = decode(bytes, [1, 3]);

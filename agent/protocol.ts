@@ -85,23 +85,50 @@ export type Frame =
 /**
  * Cuts a byte stream into frames. Never holds more than one frame's worth of bytes: a length
  * over `maxFrame`, an unknown kind or bad JSON is an error (the caller closes the connection).
- * A data frame that arrived in one piece is handed on as a view of it (no copy: uploads are
- * megabytes of these); one cut across reads is put together once.
+ * A data frame is handed on as it arrives, in as many pieces as the reads cut it into, each a
+ * view of what was read (no copy, no waiting for the whole frame: uploads are megabytes of these),
+ * except pieces under 4 KiB, which are copied so that a small one does not keep a large read
+ * alive. Consumers treat data as a byte stream, so the cut does not matter to them.
  */
 export class FrameReader {
   private chunks: Buffer[] = [];
   private size = 0;
   private failed = false;
+  /** Payload bytes of the data frame being passed on that have not come yet, and its channel. */
+  private dataLeft = 0;
+  private dataChannel = 0;
 
   constructor(private readonly onFrame: (f: Frame) => void, private readonly onError: (why: string) => void, private readonly maxFrame = MAX_FRAME) {}
 
   push(chunk: Buffer): void {
     if (this.failed) return;
+    if (this.dataLeft > 0) {
+      // The payload of a data frame goes on as it comes (nothing is buffered meanwhile).
+      const n = Math.min(this.dataLeft, chunk.length);
+      this.dataLeft -= n;
+      this.emitData(chunk.subarray(0, n));
+      if (n === chunk.length) return;
+      chunk = chunk.subarray(n);
+    }
     this.chunks.push(chunk);
     this.size += chunk.length;
     while (!this.failed && this.size >= 4) {
       const len = this.peekLength();
       if (len < 1 || len > this.maxFrame) return this.fail(`frame of ${len} bytes (limit ${this.maxFrame})`);
+      if (this.size >= 5 && this.peekByte(4) === KIND_DATA) {
+        if (len < 2) return this.fail('data frame without a channel');
+        if (this.size < 6) return;
+        this.dataChannel = this.take(6)[5]!;
+        this.dataLeft = len - 2;
+        if (this.dataLeft === 0) { this.emitData(Buffer.alloc(0)); continue; }
+        // What is buffered of the payload now, then (push) the rest as it arrives.
+        while (this.dataLeft > 0 && this.size > 0 && !this.failed) {
+          const piece = this.takeUpTo(this.dataLeft);
+          this.dataLeft -= piece.length;
+          this.emitData(piece);
+        }
+        continue;
+      }
       if (this.size < 4 + len) return;
       const buf = this.take(4 + len);
       const kind = buf[4];
@@ -115,9 +142,6 @@ export class FrameReader {
         }
         if (msg === null || typeof msg !== 'object' || Array.isArray(msg)) return this.fail('JSON frame is not an object');
         this.onFrame({ kind: KIND_JSON, msg: msg as Record<string, unknown> });
-      } else if (kind === KIND_DATA) {
-        if (len < 2) return this.fail('data frame without a channel');
-        this.onFrame({ kind: KIND_DATA, channel: buf[5]!, data: buf.subarray(6) });
       } else if (kind === KIND_PING) {
         this.onFrame({ kind: KIND_PING });
       } else {
@@ -130,7 +154,32 @@ export class FrameReader {
     this.failed = true;
     this.chunks = [];
     this.size = 0;
+    this.dataLeft = 0;
     this.onError(why);
+  }
+
+  /** A piece of the current data frame's payload: a view, or a copy when it is small. */
+  private emitData(piece: Buffer): void {
+    const data = piece.length >= MIN_VIEW ? piece : Buffer.from(piece);
+    this.onFrame({ kind: KIND_DATA, channel: this.dataChannel, data });
+  }
+
+  private peekByte(i: number): number {
+    for (const c of this.chunks) {
+      if (i < c.length) return c[i]!;
+      i -= c.length;
+    }
+    return -1;
+  }
+
+  /** Up to n bytes from the first chunk (a view; never empty while size > 0). */
+  private takeUpTo(n: number): Buffer {
+    const first = this.chunks[0]!;
+    const k = Math.min(n, first.length);
+    if (k === first.length) this.chunks.shift();
+    else this.chunks[0] = first.subarray(k);
+    this.size -= k;
+    return first.subarray(0, k);
   }
 
   private peekLength(): number {
