@@ -27,6 +27,18 @@ function sized(op: string, b: Buffer, size: number): Buffer {
   return b;
 }
 
+/** An ioctl that fills a struct of `size` bytes (a KVM_GET_*): the struct. */
+function getStruct(fd: number, op: string, nr: number, size: number): Buffer {
+  const b = Buffer.alloc(size);
+  check(op, ioctlPtr(fd, nr, b));
+  return b;
+}
+
+/** An ioctl that reads a struct of `size` bytes (a KVM_SET_*); a Buffer of another size is refused. */
+function setStruct(fd: number, op: string, nr: number, b: Buffer, size: number): void {
+  check(op, ioctlPtr(fd, nr, sized(op, b, size)));
+}
+
 /** KVM_GET_MSRS read only the first `read` of `wanted` MSRs: KVM refuses MSR `index` for this vCPU. */
 export class MsrReadError extends Error {
   constructor(readonly index: number, readonly read: number, readonly wanted: number) {
@@ -239,24 +251,20 @@ export class VmFd {
   }
   /** KVM_SET_IRQCHIP: the chip is the one named by the buffer's chip_id. */
   setIrqchip(b: Buffer): void {
-    check('KVM_SET_IRQCHIP', ioctlPtr(this.fd, io.KVM_SET_IRQCHIP, sized('KVM_SET_IRQCHIP', b, SIZEOF.kvm_irqchip as number)));
+    setStruct(this.fd, 'KVM_SET_IRQCHIP', io.KVM_SET_IRQCHIP, b, SIZEOF.kvm_irqchip as number);
   }
   getPit2(): Buffer {
-    const b = Buffer.alloc(SIZEOF.kvm_pit_state2 as number);
-    check('KVM_GET_PIT2', ioctlPtr(this.fd, io.KVM_GET_PIT2, b));
-    return b;
+    return getStruct(this.fd, 'KVM_GET_PIT2', io.KVM_GET_PIT2, SIZEOF.kvm_pit_state2 as number);
   }
   setPit2(b: Buffer): void {
-    check('KVM_SET_PIT2', ioctlPtr(this.fd, io.KVM_SET_PIT2, sized('KVM_SET_PIT2', b, SIZEOF.kvm_pit_state2 as number)));
+    setStruct(this.fd, 'KVM_SET_PIT2', io.KVM_SET_PIT2, b, SIZEOF.kvm_pit_state2 as number);
   }
   /** KVM_GET_CLOCK: kvmclock's value (ns) and flags (KVM_CLOCK_TSC_STABLE, and REALTIME/HOST_TSC when the host has them). */
   getClock(): Buffer {
-    const b = Buffer.alloc(SIZEOF.kvm_clock_data as number);
-    check('KVM_GET_CLOCK', ioctlPtr(this.fd, io.KVM_GET_CLOCK, b));
-    return b;
+    return getStruct(this.fd, 'KVM_GET_CLOCK', io.KVM_GET_CLOCK, SIZEOF.kvm_clock_data as number);
   }
   setClock(b: Buffer): void {
-    check('KVM_SET_CLOCK', ioctlPtr(this.fd, io.KVM_SET_CLOCK, sized('KVM_SET_CLOCK', b, SIZEOF.kvm_clock_data as number)));
+    setStruct(this.fd, 'KVM_SET_CLOCK', io.KVM_SET_CLOCK, b, SIZEOF.kvm_clock_data as number);
   }
   createVcpu(id: number): VcpuFd {
     const fd = check('KVM_CREATE_VCPU', ioctlInt(this.fd, io.KVM_CREATE_VCPU, id));
@@ -302,23 +310,19 @@ export class VcpuFd {
     this.runView = new DataView(view(runAddr, runSize));
   }
   getRegs(): Buffer {
-    const b = Buffer.alloc(SIZEOF.kvm_regs as number);
-    check('KVM_GET_REGS', ioctlPtr(this.fd, io.KVM_GET_REGS, b));
-    return b;
+    return getStruct(this.fd, 'KVM_GET_REGS', io.KVM_GET_REGS, SIZEOF.kvm_regs as number);
   }
   setRegs(b: Buffer): void {
-    check('KVM_SET_REGS', ioctlPtr(this.fd, io.KVM_SET_REGS, sized('KVM_SET_REGS', b, SIZEOF.kvm_regs as number)));
+    setStruct(this.fd, 'KVM_SET_REGS', io.KVM_SET_REGS, b, SIZEOF.kvm_regs as number);
   }
   getSregs(): Buffer {
-    const b = Buffer.alloc(SIZEOF.kvm_sregs as number);
-    check('KVM_GET_SREGS', ioctlPtr(this.fd, io.KVM_GET_SREGS, b));
-    return b;
+    return getStruct(this.fd, 'KVM_GET_SREGS', io.KVM_GET_SREGS, SIZEOF.kvm_sregs as number);
   }
   setSregs(b: Buffer): void {
-    check('KVM_SET_SREGS', ioctlPtr(this.fd, io.KVM_SET_SREGS, sized('KVM_SET_SREGS', b, SIZEOF.kvm_sregs as number)));
+    setStruct(this.fd, 'KVM_SET_SREGS', io.KVM_SET_SREGS, b, SIZEOF.kvm_sregs as number);
   }
   setFpu(b: Buffer): void {
-    check('KVM_SET_FPU', ioctlPtr(this.fd, io.KVM_SET_FPU, sized('KVM_SET_FPU', b, SIZEOF.kvm_fpu as number)));
+    setStruct(this.fd, 'KVM_SET_FPU', io.KVM_SET_FPU, b, SIZEOF.kvm_fpu as number);
   }
   setCpuid(entries: CpuidEntry[]): void {
     check('KVM_SET_CPUID2', ioctlPtr(this.fd, io.KVM_SET_CPUID2, encodeCpuid(entries)));
@@ -359,32 +363,26 @@ export class VcpuFd {
   }
   /** KVM_SET_XSAVE reads the VM's xsaveSize() bytes: `b` must be exactly that long (`size`). */
   setXsave(b: Buffer, size = SIZEOF.kvm_xsave as number): void {
-    check('KVM_SET_XSAVE', ioctlPtr(this.fd, io.KVM_SET_XSAVE, sized('KVM_SET_XSAVE', b, size)));
+    setStruct(this.fd, 'KVM_SET_XSAVE', io.KVM_SET_XSAVE, b, size);
   }
   getXcrs(): Buffer {
-    const b = Buffer.alloc(SIZEOF.kvm_xcrs as number);
-    check('KVM_GET_XCRS', ioctlPtr(this.fd, io.KVM_GET_XCRS, b));
-    return b;
+    return getStruct(this.fd, 'KVM_GET_XCRS', io.KVM_GET_XCRS, SIZEOF.kvm_xcrs as number);
   }
   setXcrs(b: Buffer): void {
-    check('KVM_SET_XCRS', ioctlPtr(this.fd, io.KVM_SET_XCRS, sized('KVM_SET_XCRS', b, SIZEOF.kvm_xcrs as number)));
+    setStruct(this.fd, 'KVM_SET_XCRS', io.KVM_SET_XCRS, b, SIZEOF.kvm_xcrs as number);
   }
   /** Pending exception/interrupt/NMI/SMI and the interrupt shadow: what is in flight between two instructions. */
   getVcpuEvents(): Buffer {
-    const b = Buffer.alloc(SIZEOF.kvm_vcpu_events as number);
-    check('KVM_GET_VCPU_EVENTS', ioctlPtr(this.fd, io.KVM_GET_VCPU_EVENTS, b));
-    return b;
+    return getStruct(this.fd, 'KVM_GET_VCPU_EVENTS', io.KVM_GET_VCPU_EVENTS, SIZEOF.kvm_vcpu_events as number);
   }
   setVcpuEvents(b: Buffer): void {
-    check('KVM_SET_VCPU_EVENTS', ioctlPtr(this.fd, io.KVM_SET_VCPU_EVENTS, sized('KVM_SET_VCPU_EVENTS', b, SIZEOF.kvm_vcpu_events as number)));
+    setStruct(this.fd, 'KVM_SET_VCPU_EVENTS', io.KVM_SET_VCPU_EVENTS, b, SIZEOF.kvm_vcpu_events as number);
   }
   getDebugregs(): Buffer {
-    const b = Buffer.alloc(SIZEOF.kvm_debugregs as number);
-    check('KVM_GET_DEBUGREGS', ioctlPtr(this.fd, io.KVM_GET_DEBUGREGS, b));
-    return b;
+    return getStruct(this.fd, 'KVM_GET_DEBUGREGS', io.KVM_GET_DEBUGREGS, SIZEOF.kvm_debugregs as number);
   }
   setDebugregs(b: Buffer): void {
-    check('KVM_SET_DEBUGREGS', ioctlPtr(this.fd, io.KVM_SET_DEBUGREGS, sized('KVM_SET_DEBUGREGS', b, SIZEOF.kvm_debugregs as number)));
+    setStruct(this.fd, 'KVM_SET_DEBUGREGS', io.KVM_SET_DEBUGREGS, b, SIZEOF.kvm_debugregs as number);
   }
   /**
    * KVM_KVMCLOCK_CTRL: tell the guest (through its kvmclock page) that it was paused by the host,
@@ -395,12 +393,10 @@ export class VcpuFd {
     return ioctlInt(this.fd, io.KVM_KVMCLOCK_CTRL, 0) >= 0;
   }
   getLapic(): Buffer {
-    const b = Buffer.alloc(SIZEOF.kvm_lapic_state as number);
-    check('KVM_GET_LAPIC', ioctlPtr(this.fd, io.KVM_GET_LAPIC, b));
-    return b;
+    return getStruct(this.fd, 'KVM_GET_LAPIC', io.KVM_GET_LAPIC, SIZEOF.kvm_lapic_state as number);
   }
   setLapic(b: Buffer): void {
-    check('KVM_SET_LAPIC', ioctlPtr(this.fd, io.KVM_SET_LAPIC, sized('KVM_SET_LAPIC', b, SIZEOF.kvm_lapic_state as number)));
+    setStruct(this.fd, 'KVM_SET_LAPIC', io.KVM_SET_LAPIC, b, SIZEOF.kvm_lapic_state as number);
   }
   getMpState(): number {
     const b = Buffer.alloc(4);
