@@ -176,8 +176,8 @@ class FifoPool {
   }
 
   /**
-   * Three FIFOs for stdin, stdout and stderr, owned by the child's user (a process reopens its
-   * stdio through /proc/self/fd: `echo > /dev/stderr`), or undefined when none are ready.
+   * n FIFOs (for stdout, stderr and, when wanted, stdin), owned by the child's user (a process
+   * reopens its stdio through /proc/self/fd: `echo > /dev/stderr`), or undefined when none are ready.
    */
   private take(owner: { uid: number; gid: number }, n = 3): string[] | undefined {
     if (this.ready.length < n) { this.refill(); return undefined; }
@@ -193,8 +193,9 @@ class FifoPool {
   }
 
   /**
-   * The agent's ends of three FIFOs, for a child that opens the other ends by path (capsule-spawn):
-   * `release` after the child has started (or failed) unlinks them and lets the child have stdin.
+   * The agent's ends of FIFOs for a child that opens the other ends by path (capsule-spawn):
+   * stdout and stderr, and stdin when wanted (else the child's stdin path is /dev/null).
+   * `release` after the child has started (or failed) lets the child have stdin and unlinks them.
    */
   openForChild(owner: { uid: number; gid: number }, withStdin: boolean): { paths: [string, string, string]; io: ProcIo; release: () => void } | undefined {
     const names = this.take(owner, withStdin ? 3 : 2);
