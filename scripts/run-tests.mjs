@@ -22,7 +22,7 @@ function find(dir, out = []) {
   return out.sort();
 }
 
-const all = ['cli', 'lib', 'server', 'vmm', 'seccomp', 'bench', 'scripts', 'e2e'].flatMap((d) => find(join(root, 'dist', d)))
+const all = ['agent', 'cli', 'lib', 'server', 'vmm', 'seccomp', 'bench', 'scripts', 'e2e'].flatMap((d) => find(join(root, 'dist', d)))
   .filter((f) => !filter || f.includes(filter));
 const kvm = all.filter((f) => f.endsWith('.kvm.test.js'));
 const e2e = all.filter((f) => f.startsWith('dist/e2e/') && !kvm.includes(f));
