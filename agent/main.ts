@@ -234,42 +234,29 @@ class FifoPool {
     }
   }
 
-  /** Opens stdin, stdout and stderr FIFOs: the child's fds and the agent's streams; undefined: none ready. */
+  /**
+   * For Node's spawn: the same FIFOs with the child's ends opened here too (its stdio fds; the
+   * caller closes them once the child has its copies), and the agent's streams.
+   */
   open(owner: { uid: number; gid: number }): { childFds: number[]; io: ProcIo; close: () => void } | undefined {
-    const names = this.take(owner);
-    if (!names) return undefined;
-    const { O_RDONLY, O_WRONLY, O_RDWR, O_NONBLOCK } = fs.constants;
-    const fds: number[] = [];
-    const open = (p: string, flags: number) => { const fd = fs.openSync(p, flags); fds.push(fd); return fd; };
+    const f = this.openForChild(owner, true);
+    if (!f) return undefined;
+    const { O_RDONLY, O_WRONLY } = fs.constants;
+    const childFds: number[] = [];
     try {
-      const [pin, pout, perr] = names as [string, string, string];
-      // stdin: the child's end must block (a plain read end); opening it needs a writer present,
-      // so a read-write placeholder is open meanwhile.
-      const placeholder = open(pin, O_RDWR);
-      const inR = open(pin, O_RDONLY);
-      const inW = open(pin, O_WRONLY | O_NONBLOCK);
-      fs.closeSync(placeholder);
-      fds.splice(fds.indexOf(placeholder), 1);
-      const outR = open(pout, O_RDONLY | O_NONBLOCK);
-      const outW = open(pout, O_WRONLY);
-      const errR = open(perr, O_RDONLY | O_NONBLOCK);
-      const errW = open(perr, O_WRONLY);
-      for (const n of names) fs.rmSync(n, { force: true });
-      const stdin = new Socket({ fd: inW, readable: false, writable: true });
-      const stdout = new Socket({ fd: outR, readable: true, writable: false });
-      const stderr = new Socket({ fd: errR, readable: true, writable: false });
-      for (const s of [stdin, stdout, stderr]) s.on('error', () => { /* the process went */ });
-      const childFds = [inR, outW, errW];
-      return {
-        childFds,
-        io: { stdin: stdin as unknown as ProcIo['stdin'], stdout, stderr },
-        close: () => { for (const fd of childFds) { try { fs.closeSync(fd); } catch { /* closed */ } } },
-      };
+      // stdin's read end blocks (a plain read end); the placeholder is its writer until release.
+      f.paths.forEach((p, i) => childFds.push(fs.openSync(p, i === 0 ? O_RDONLY : O_WRONLY)));
     } catch {
-      for (const fd of fds) { try { fs.closeSync(fd); } catch { /* closed */ } }
-      for (const n of names) fs.rmSync(n, { force: true });
+      for (const fd of childFds) { try { fs.closeSync(fd); } catch { /* closed */ } }
+      for (const x of [f.io.stdin, f.io.stdout, f.io.stderr]) (x as unknown as Socket | null)?.destroy();
+      f.release();
       return undefined;
     }
+    f.release();
+    return {
+      childFds, io: f.io,
+      close: () => { for (const fd of childFds) { try { fs.closeSync(fd); } catch { /* closed */ } } },
+    };
   }
 
   private refill(): void {
