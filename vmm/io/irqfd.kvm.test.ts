@@ -26,6 +26,7 @@ import { probeKvm } from '../../lib/kvm-probe.js';
 import { gettid, ioctlInt, mmap, munmap, MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, view } from '../kvm/sys.js';
 import { EventFd } from './eventfd.js';
 import { IoThread } from './iothread.js';
+import { enterRealMode } from '../testing/real-mode.js';
 
 /*
  * guest.S (as --32; ld -m elf_i386 -Ttext 0x1000 --oformat binary), CS=DS=SS=0:
@@ -89,17 +90,7 @@ class Guest {
     this.vm.createIrqchip();
     this.vcpu = this.vm.createVcpu(0);
     this.vcpu.setLapic(configureLapic(this.vcpu.getLapic())); // LINT0 ExtINT: the PIC reaches the CPU
-    const s = this.vcpu.getSregs();
-    for (const seg of [0, 24, 48, 72, 96, 120]) { // cs ds es fs gs ss: base 0, selector 0
-      s.writeBigUInt64LE(0n, seg);
-      s.writeUInt16LE(0, seg + 12);
-    }
-    this.vcpu.setSregs(s);
-    const r = Buffer.alloc(144);
-    r.writeBigUInt64LE(BigInt(CODE_AT), 128); // rip
-    r.writeBigUInt64LE(2n, 136); // rflags
-    r.writeBigUInt64LE(0x8000n, 48); // rsp
-    this.vcpu.setRegs(r);
+    enterRealMode(this.vcpu, CODE_AT);
   }
 
   /** One KVM_RUN; the exit it returned with (null: interrupted by the watchdog). */

@@ -28,6 +28,7 @@ import { msrsToSave } from '../cpu/msrs.js';
 import { restoreVcpuState, restoreVmState, savableMsrs, saveVcpuState, saveVmState } from '../cpu/state.js';
 import * as io from '../kvm/ioctls.js';
 import { Kvm, type VcpuFd, type VmFd } from '../kvm/kvm.js';
+import { enterRealMode } from '../testing/real-mode.js';
 import { EXIT, OFFSETOF, RUN } from '../kvm/layout.js';
 import { gettid, ioctlInt, mmap, munmap, MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, view } from '../kvm/sys.js';
 import { probeKvm } from '../../lib/kvm-probe.js';
@@ -92,17 +93,7 @@ class Machine {
   boot(): void {
     this.vcpu.setCpuid(filterCpuid(kvm.supportedCpuid(), 0, 1));
     this.vcpu.setLapic(configureLapic(this.vcpu.getLapic()));
-    const s = this.vcpu.getSregs();
-    for (const seg of [0, 24, 48, 72, 96, 120]) { // cs ds es fs gs ss: base 0, selector 0
-      s.writeBigUInt64LE(0n, seg);
-      s.writeUInt16LE(0, seg + 12);
-    }
-    this.vcpu.setSregs(s);
-    const r = Buffer.alloc(144);
-    r.writeBigUInt64LE(BigInt(CODE_AT), 128); // rip
-    r.writeBigUInt64LE(2n, 136); // rflags
-    r.writeBigUInt64LE(0x8000n, 48); // rsp
-    this.vcpu.setRegs(r);
+    enterRealMode(this.vcpu, CODE_AT);
   }
 
   /** Runs to the next exit, which must be the guest's `out 0x500`; returns [EBX count, x87 count]. */
