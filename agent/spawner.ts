@@ -7,6 +7,7 @@
 // still checked: a malformed line ends it, and the agent goes on with Node's own spawn.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { constants as osConstants } from 'node:os';
+import { readFileSync } from 'node:fs';
 
 export interface SpawnRequest {
   argv: string[];
@@ -188,10 +189,25 @@ export class Spawner {
     if (orphans.length === 0) return;
     const timer = setInterval(() => {
       for (let i = orphans.length - 1; i >= 0; i--) {
-        try { process.kill(orphans[i]!.pid, 0); } catch { orphans.splice(i, 1)[0]!.end(null, null); }
+        if (isGone(orphans[i]!.pid)) orphans.splice(i, 1)[0]!.end(null, null);
       }
       if (orphans.length === 0) clearInterval(timer);
     }, ORPHAN_POLL_MS);
     timer.unref();
+  }
+}
+
+/**
+ * Whether a process has ended. A zombie has: an orphan's new parent (init, or a container's
+ * first process) may be slow to reap it, or never do so, and `kill(pid, 0)` succeeds on a zombie.
+ */
+function isGone(pid: number): boolean {
+  try { process.kill(pid, 0); } catch { return true; }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state === 'Z' || state === 'X';
+  } catch {
+    return true;
   }
 }

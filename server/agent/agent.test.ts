@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { REPO_ROOT } from '../paths.js';
 import { AgentClient, type AgentTransport } from './client.js';
 import { MAGIC } from '../../agent/protocol.js';
+import { waitFor } from '../test/harness.js';
 
 const BUNDLE = join(REPO_ROOT, 'dist', 'agent', 'capsule-agent.cjs');
 const TOKEN = randomBytes(16).toString('hex');
@@ -106,11 +107,15 @@ test('spawning: capsule-spawn by default; Node\'s spawn with --spawner none and 
   // still reported (without a code: the helper took it), and later ones start through Node.
   const lone = await startAgent();
   try {
-    const s = await lone.client.exec('vm', { cmd: ['sleep', '1'] }, { onOutput: () => undefined });
+    // The process outlives the helper whatever the machine's speed; it is ended by a signal
+    // once the helper is gone (its exit status then is nobody's to report).
+    const s = await lone.client.exec('vm', { cmd: ['sleep', '600'] }, { onOutput: () => undefined });
     await s.started;
     const helper = Number(execFileSync('pgrep', ['-P', String(lone.proc.pid), '-f', 'capsule-spawn']).toString().trim());
     assert.ok(helper > 0);
     process.kill(helper, 'SIGKILL');
+    await waitFor('the agent to notice the helper is gone', async () => (await lone.client.health('vm')).spawner === 'node' || undefined, 20_000);
+    s.signal('SIGTERM');
     const exit = await s.done;
     assert.equal(exit!.exitCode, null);
     assert.equal((await lone.client.health('vm')).spawner, 'node');
