@@ -15,6 +15,10 @@ import { DrivesComponent } from './supervisor/components/drives.js';
 import { RngComponent } from './supervisor/components/rng.js';
 import { BalloonComponent } from './supervisor/components/balloon.js';
 import { AgentComponent } from './supervisor/components/agent.js';
+import { SnapshotComponent } from './supervisor/components/snapshot.js';
+import { SnapshotStore } from './db/snapshots.js';
+import { SnapshotService } from './snapshots/service.js';
+import { removePartials } from './snapshots/files.js';
 import { AgentClient } from './agent/client.js';
 import { NetworkTransport, RoutedTransport, UsernetTransport, type GuestPath } from './agent/transports.js';
 import { NetworkComponent } from './supervisor/components/network.js';
@@ -66,6 +70,10 @@ async function main(): Promise<void> {
   const vms = new VmStore(db, storage, volumes);
   ensureVolumesDir(config.dataDir);
   const images = new ImageStore(db);
+  const snapshots = new SnapshotStore(db);
+  // Snapshots whose writing a killed server left half done.
+  const partial = removePartials(config.dataDir);
+  if (partial.length > 0) log.warn({ partial }, 'removed unfinished snapshot directories');
   const tokens = new TokenStore(db);
   const tenants = new TenantStore(db);
   const quotas = new Quotas({ tenants, vms });
@@ -111,7 +119,9 @@ async function main(): Promise<void> {
   const agent = new AgentClient({ transport: new RoutedTransport(paths, noPath), token: (id) => agents.token(id) });
   agents.onVmGone = (id) => agent.abortVm(id, 'the VM stopped');
   // The network before the agent: the agent's user-mode fallback is only for VMs without a NIC.
-  const components = [drives, new RngComponent(), balloon, network, agents];
+  // The snapshot component before the agent's: a restored guest keeps its agent secret.
+  const snapshotComponent = new SnapshotComponent({ dataDir: config.dataDir, snapshots, vms });
+  const components = [snapshotComponent, drives, new RngComponent(), balloon, network, agents];
   const admission = new HostAdmission(config.admission);
   // Made before reattach so that the events reattach publishes (CRASHED for a VMM gone meanwhile) are counted.
   const metrics = new Metrics({ vms, hub, admission, backends: [...hypervisors.keys()], cgroups: jail.cgroups, tenantName: (id) => tenants.get(id)?.name });
@@ -125,8 +135,12 @@ async function main(): Promise<void> {
   const webDir = join(REPO_ROOT, 'dist', 'web');
   if (!existsSync(join(webDir, 'index.html'))) log.warn({ webDir }, 'web UI not built (npm run build)');
   const readiness = new Readiness({ db, images, hypervisors, storage });
+  const snapshotService = new SnapshotService({ dataDir: config.dataDir, minFreeBytes: config.minFreeBytes, snapshots, vms, images, supervisor, hub, log });
+  snapshotComponent.onRestored = (vm, snapshot) => snapshotService.restored(vm, snapshot);
+  supervisor.onVmDeleted = (vm) => snapshotService.vmDeleted(vm);
   const { app, injectWebSocket, closeSockets } = createApp({
-    config, log, vms, images, tokens, tenants, quotas, audit, hub, supervisor, volumes, drives, balloon, network, agent, timeouts, e2bSandboxes: new E2bSandboxStore(db), hypervisors, kvm: kvm.available, defaultHypervisor, webDir, jail: jailStatus, storage,
+    config, log, vms, images, tokens, tenants, quotas, audit, hub, supervisor, volumes, snapshots,
+    snapshotService, drives, balloon, network, agent, timeouts, e2bSandboxes: new E2bSandboxStore(db), hypervisors, kvm: kvm.available, defaultHypervisor, webDir, jail: jailStatus, storage,
     readiness, metrics, metricsOnMainListener: config.metricsAddr === undefined,
   });
   const server = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info) => {

@@ -19,6 +19,8 @@ import type { Supervisor } from '../supervisor/index.js';
 import type { JailStatus } from '../jail/index.js';
 import type { StorageMonitor } from '../db/storage.js';
 import type { VolumeStore } from '../db/volumes.js';
+import type { SnapshotStore } from '../db/snapshots.js';
+import type { SnapshotService } from '../snapshots/service.js';
 import type { DrivesComponent } from '../supervisor/components/drives.js';
 import type { BalloonComponent } from '../supervisor/components/balloon.js';
 import type { AgentClient } from '../agent/client.js';
@@ -37,6 +39,7 @@ import { healthRoutes } from './health.js';
 import { imageRoutes } from './images.js';
 import { vmRoutes } from './vms.js';
 import { volumeRoutes } from './volumes.js';
+import { snapshotOwnership, snapshotRoutes } from './snapshots.js';
 import { driveRoutes } from './drives.js';
 import { balloonRoutes } from './balloon.js';
 import { execRoutes } from './exec.js';
@@ -63,6 +66,9 @@ export interface AppDeps {
   hub: EventHub;
   supervisor: Supervisor;
   volumes: VolumeStore;
+  /** Snapshots (docs/snapshots.md): the rows, and taking and deleting them. */
+  snapshots: SnapshotStore;
+  snapshotService: SnapshotService;
   /** The supervisor's drives and balloon components (hot-plug and the balloon at run time). */
   drives: DrivesComponent;
   balloon: BalloonComponent;
@@ -153,6 +159,7 @@ export function createApp(deps: AppDeps) {
   app.use('/v1/vms/:id/*', vmOwnership(deps.vms));
   app.use('/v1/volumes/:id', volumeOwnership(deps.volumes));
   app.use('/v1/volumes/:id/*', volumeOwnership(deps.volumes));
+  app.use('/v1/snapshots/:id', snapshotOwnership(deps.snapshots));
 
   app.route('/v1', healthRoutes(deps));
   app.route('/v1', imageRoutes(deps));
@@ -163,6 +170,7 @@ export function createApp(deps: AppDeps) {
   app.route('/v1', fileRoutes(deps));
   app.route('/v1', portRoutes(deps, sockets));
   app.route('/v1', volumeRoutes(deps));
+  app.route('/v1', snapshotRoutes(deps));
   app.route('/v1', tenantRoutes(deps));
   app.route('/v1', tokenRoutes(deps));
   app.route('/v1', auditRoutes(deps));

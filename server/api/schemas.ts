@@ -83,6 +83,7 @@ export const VmSchema = z.object({
   timeoutSec: z.number().int().optional().openapi({ description: 'the VM\'s TTL, counted from each start (absent: none)' }),
   onTimeout: z.enum(ON_TIMEOUT).openapi({ description: 'at expiry the VM is stopped or deleted' }),
   expiresAt: z.string().optional().openapi({ description: 'when the current run ends (a running VM with a TTL)' }),
+  restoreFrom: z.string().optional().openapi({ description: 'the snapshot its next start restores instead of booting (a VM made with fromSnapshot, until its first start succeeds)' }),
   pid: z.number().int().optional(),
   createdAt: z.string(),
   updatedAt: z.string(),
@@ -112,6 +113,43 @@ export const CreateVmSchema = z.object({
   timeoutSec: TimeoutSecSchema.optional().openapi({ description: `the VM's TTL in seconds (1-${MAX_TIMEOUT_SEC}), counted from each start; POST /v1/vms/{id}/timeout resets it` }),
   onTimeout: z.enum(ON_TIMEOUT).default('stop').openapi({ description: 'what happens at expiry: stop (the definition stays) or delete' }),
 }).strict().openapi('CreateVm');
+
+/**
+ * A VM made from a snapshot: image, CPUs, memory, hypervisor and devices are the snapshot's (its
+ * saved state depends on them), so only what the guest does not see can be given.
+ */
+export const CreateVmFromSnapshotSchema = z.object({
+  name: CreateVmSchema.shape.name,
+  fromSnapshot: z.string().min(1).max(128).openapi({ description: 'a snapshot of the caller\'s tenant, by id or name: the first start restores it (docs/snapshots.md)' }),
+  network: z.object({ egress: z.boolean().default(true) }).strict().optional().openapi({ description: 'egress of the VM\'s NIC, if the snapshot\'s VM had one' }),
+  metadata: MetadataSchema.default({}),
+  timeoutSec: CreateVmSchema.shape.timeoutSec,
+  onTimeout: CreateVmSchema.shape.onTimeout,
+}).strict().openapi('CreateVmFromSnapshot');
+
+export const SnapshotSchema = z.object({
+  id: z.string().uuid(),
+  tenant: z.string().openapi({ description: 'the owning tenant\'s id' }),
+  name: z.string().openapi({ description: 'unique within its tenant' }),
+  sourceVm: z.string().optional().openapi({ description: 'the VM it was taken of (it may be gone)' }),
+  hypervisor: z.enum(['qemu', 'native']),
+  image: z.string(),
+  vcpus: z.number().int(),
+  memoryMiB: z.number().int(),
+  definition: z.object({
+    cmdline: z.string().optional(),
+    rng: z.boolean(),
+    balloon: z.object({ enabled: z.boolean(), deflateOnOom: z.boolean() }),
+    rootfsDevice: z.enum(ROOTFS_DEVICES),
+    network: z.object({ enabled: z.boolean() }),
+  }).openapi({ description: 'the settings a VM made from it gets' }),
+  sizeBytes: z.number().int().openapi({ description: 'the space its files take on the host' }),
+  createdAt: z.string(),
+}).openapi('Snapshot');
+
+export const CreateSnapshotSchema = z.object({
+  name: CreateVmSchema.shape.name.optional().openapi({ description: 'unique within the tenant; default: <vm name>-<time>' }),
+}).strict().openapi('CreateSnapshot');
 
 export const UpdateVmSchema = z.object({
   network: z.object({ egress: z.boolean() }).strict().optional(),

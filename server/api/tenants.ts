@@ -61,8 +61,8 @@ export function tenantRoutes(deps: AppDeps) {
       if (t.id === callerToken(c).tenantId) throw new ApiError(409, 'conflict', `tenant ${t.name} is the tenant of the token making this request: use another tenant's admin token`);
       const force = ['true', '1'].includes(c.req.valid('query').force ?? '');
       const held = deps.tenants.holdings(t.id);
-      if (!force && held.vms + held.volumes > 0) {
-        throw new ApiError(409, 'tenant_not_empty', `tenant ${t.name} has ${held.vms} VM(s) and ${held.volumes} volume(s): delete them first, or add ?force=true to delete them with the tenant`);
+      if (!force && held.vms + held.volumes + held.snapshots > 0) {
+        throw new ApiError(409, 'tenant_not_empty', `tenant ${t.name} has ${held.vms} VM(s), ${held.volumes} volume(s) and ${held.snapshots} snapshot(s): delete them first, or add ?force=true to delete them with the tenant`);
       }
       await deleteTenant(deps, t);
       return c.body(null, 204);
@@ -80,6 +80,8 @@ async function deleteTenant(deps: AppDeps, t: Tenant): Promise<void> {
     deps.volumes.delete(v.id);
     rmSync(volumePath(deps.config.dataDir, v.id), { force: true });
   }
+  // After the VMs: none is left to restore from them.
+  for (const s of deps.snapshots.list(t.id)) deps.snapshotService.delete(s);
   deps.tenants.delete(t.id);
   deps.log.info({ tenant: t.id, name: t.name }, 'tenant deleted');
 }

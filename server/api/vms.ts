@@ -5,10 +5,11 @@ import { ApiError } from '../supervisor/errors.js';
 import { checkDefinition } from '../supervisor/admission.js';
 import type { Vm } from '../db/vms.js';
 import { callerToken } from '../auth/middleware.js';
-import { CreateVmSchema, ErrorSchema, ForceQuery, IdParams, json, ListVmsQuery, SetTimeoutSchema, UpdateVmSchema, VmSchema } from './schemas.js';
+import { CreateVmFromSnapshotSchema, CreateVmSchema, ErrorSchema, ForceQuery, IdParams, json, ListVmsQuery, SetTimeoutSchema, UpdateVmSchema, VmSchema } from './schemas.js';
 import { page } from './pages.js';
 import { visibleTenant } from './ownership.js';
 import { newRouter, queryWhenPresent, type AppDeps } from './app.js';
+import { createFromSnapshot } from './vms-from-snapshot.js';
 
 const errors = {
   400: json(ErrorSchema, 'invalid request'),
@@ -27,8 +28,8 @@ const listVms = createRoute({
 });
 const getVm = createRoute({ method: 'get', path: '/vms/{id}', tags: ['vms'], request: { params: IdParams }, responses: { 200: json(VmSchema, 'the VM'), ...errors } });
 const createVm = createRoute({
-  method: 'post', path: '/vms', tags: ['vms'], summary: 'Define a VM (it starts in state created)',
-  request: { body: { required: true, content: { 'application/json': { schema: CreateVmSchema } } } },
+  method: 'post', path: '/vms', tags: ['vms'], summary: 'Define a VM (it starts in state created); with fromSnapshot, a VM whose first start restores that snapshot (docs/snapshots.md)',
+  request: { body: { required: true, content: { 'application/json': { schema: z.union([CreateVmSchema, CreateVmFromSnapshotSchema]) } } } },
   responses: { 201: json(VmSchema, 'created'), ...errors, 413: json(ErrorSchema, 'body too large') },
 });
 const deleteVm = createRoute({
@@ -57,6 +58,15 @@ const actionRoute = (action: (typeof ACTIONS)[number]) => createRoute({
   responses: { 200: json(VmSchema, 'the VM after the action'), ...errors },
 });
 
+const PauseSchema = z.object({
+  persist: z.boolean().default(false).openapi({ description: 'pause to disk: the VM\'s state is written, its VMM ended and its memory freed; it is then stopped with restoreFrom set, and resume (or start) restores it (docs/snapshots.md)' }),
+}).strict().openapi('Pause');
+const pauseRoute = createRoute({
+  method: 'post', path: '/vms/{id}/pause', tags: ['vms'], summary: 'pause the VM (QMP stop); {"persist":true}: pause to disk',
+  request: { params: IdParams, body: { required: false, content: { 'application/json': { schema: PauseSchema } } } },
+  responses: { 200: json(VmSchema, 'the VM after the action'), ...errors, 507: json(ErrorSchema, 'no room on disk for its state') },
+});
+
 const isForce = (v: string | undefined) => v === 'true' || v === '1';
 
 export function vmRoutes(deps: AppDeps) {
@@ -81,8 +91,10 @@ export function vmRoutes(deps: AppDeps) {
     return c.json(q.limit === undefined ? { items } : page(items, q.limit, q.cursor), 200);
   });
   r.openapi(getVm, (c) => c.json(mustGet(c.req.valid('param').id), 200))
-    .openapi(createVm, (c) => {
-      const body = c.req.valid('json');
+    .openapi(createVm, async (c) => {
+      const input = c.req.valid('json');
+      if ('fromSnapshot' in input) return c.json(await createFromSnapshot(deps, c, input), 201);
+      const body = input;
       const image = deps.images.get(body.image);
       if (!image) throw new ApiError(400, 'invalid_request', `image: no image named ${JSON.stringify(body.image)}`, 'image');
       const hypervisor = body.hypervisor ?? deps.defaultHypervisor;
@@ -152,7 +164,11 @@ export function vmRoutes(deps: AppDeps) {
     const force = isForce(new URL(c.req.url).searchParams.get('force') ?? undefined);
     return c.json(await deps.supervisor.stop(c.req.valid('param').id, force), 200);
   });
-  r.openapi(actionRoute('pause'), async (c) => c.json(await deps.supervisor.pause(c.req.valid('param').id), 200));
+  r.openapi(pauseRoute, async (c) => {
+    const { id } = c.req.valid('param');
+    const persist = c.req.header('content-type')?.includes('json') ? c.req.valid('json').persist : false;
+    return c.json(persist ? await deps.snapshotService.suspend(id) : await deps.supervisor.pause(id), 200);
+  });
   r.openapi(actionRoute('resume'), async (c) => c.json(await deps.supervisor.resume(c.req.valid('param').id), 200));
   r.openapi(actionRoute('reboot'), async (c) => c.json(await deps.supervisor.reboot(c.req.valid('param').id), 200));
   r.get('/vms/:id/log', (c) => {

@@ -95,8 +95,8 @@ export class TenantStore {
   }
 
   /** What the tenant owns, counted (a tenant with any of it cannot be deleted without force). */
-  holdings(id: string): { vms: number; volumes: number } {
+  holdings(id: string): { vms: number; volumes: number; snapshots: number } {
     const count = (table: string) => Number(this.db.prepare(`SELECT count(*) FROM ${table} WHERE tenant_id = ?`).pluck().get(id));
-    return { vms: count('vms'), volumes: count('volumes') };
+    return { vms: count('vms'), volumes: count('volumes'), snapshots: count('snapshots') };
   }
 }

@@ -42,6 +42,8 @@ export interface Vm {
   onTimeout: OnTimeout;
   /** When the current run ends (while the VM runs with a TTL). */
   expiresAt?: string;
+  /** The snapshot its next start restores instead of booting (docs/snapshots.md). */
+  restoreFrom?: string;
   pid?: number;
   createdAt: string;
   updatedAt: string;
@@ -86,6 +88,7 @@ interface VmRow {
   timeout_sec: number | null;
   on_timeout: OnTimeout;
   expires_at: string | null;
+  restore_snapshot: string | null;
   created_at: string;
   updated_at: string;
 }
@@ -105,6 +108,7 @@ function fromRow(r: VmRow, drives: readonly DriveRow[], view: NetworkView = plai
   if (r.cmdline !== null) vm.cmdline = r.cmdline;
   if (r.timeout_sec !== null && r.timeout_sec !== undefined) vm.timeoutSec = r.timeout_sec;
   if (r.expires_at !== null && r.expires_at !== undefined) vm.expiresAt = r.expires_at;
+  if (r.restore_snapshot !== null && r.restore_snapshot !== undefined) vm.restoreFrom = r.restore_snapshot;
   if (r.pid !== null) vm.pid = r.pid;
   return vm;
 }
@@ -126,6 +130,8 @@ export interface NewVm {
   metadata?: Record<string, string> | undefined;
   timeoutSec?: number | undefined;
   onTimeout?: OnTimeout | undefined;
+  /** The snapshot the first start restores (the definition above is the snapshot's). */
+  restoreSnapshot?: string | undefined;
 }
 
 /** Picks a free slot of the host-side address pool (set by the network component); undefined: none needed. */
@@ -149,6 +155,7 @@ export class VmStore {
   private readonly setExpiryStmt;
   private readonly dueStmt;
   private readonly nextExpiryStmt;
+  private readonly setRestoreStmt;
   /** The network component's: addresses from slots, and the slot allocator. */
   private view: NetworkView = plainNetwork;
   private allocator: SlotAllocator | undefined;
@@ -165,8 +172,9 @@ export class VmStore {
   constructor(private readonly db: Db, private readonly storage?: StorageMonitor, private readonly volumes?: VolumeStore) {
     if (storage) storage.statesNotSaved = () => this.unsaved.size;
     if (volumes) volumes.onDrivesChanged = () => this.invalidate();
-    this.insertStmt = db.prepare(`INSERT INTO vms (id, tenant_id, name, state, image, hypervisor, vcpus, memory_mib, cmdline, pid, rng, balloon, balloon_deflate_on_oom, rootfs_device, network_enabled, network_egress, network_slot, metadata, timeout_sec, on_timeout, created_at, updated_at)
-      VALUES (@id, @tenant, @name, 'created', @image, @hypervisor, @vcpus, @memoryMiB, @cmdline, NULL, @rng, @balloon, @deflateOnOom, @rootfsDevice, @netEnabled, @netEgress, @netSlot, @metadata, @timeoutSec, @onTimeout, @now, @now)`);
+    this.insertStmt = db.prepare(`INSERT INTO vms (id, tenant_id, name, state, image, hypervisor, vcpus, memory_mib, cmdline, pid, rng, balloon, balloon_deflate_on_oom, rootfs_device, network_enabled, network_egress, network_slot, metadata, timeout_sec, on_timeout, restore_snapshot, created_at, updated_at)
+      VALUES (@id, @tenant, @name, 'created', @image, @hypervisor, @vcpus, @memoryMiB, @cmdline, NULL, @rng, @balloon, @deflateOnOom, @rootfsDevice, @netEnabled, @netEgress, @netSlot, @metadata, @timeoutSec, @onTimeout, @restoreSnapshot, @now, @now)`);
+    this.setRestoreStmt = db.prepare('UPDATE vms SET restore_snapshot = @snapshot WHERE id = @id');
     this.setMetadataStmt = db.prepare('UPDATE vms SET metadata = @metadata, updated_at = @now WHERE id = @id');
     this.setTimeoutStmt = db.prepare('UPDATE vms SET timeout_sec = @timeoutSec, expires_at = @expiresAt, updated_at = @now WHERE id = @id');
     this.setExpiryStmt = db.prepare('UPDATE vms SET expires_at = @expiresAt WHERE id = @id');
@@ -201,6 +209,7 @@ export class VmStore {
         netEnabled: v.network?.enabled === false ? 0 : 1, netEgress: v.network?.egress === false ? 0 : 1,
         netSlot: v.network?.enabled !== false && this.allocator ? this.allocator(this.usedSlots()) : null,
         metadata: JSON.stringify(v.metadata ?? {}), timeoutSec: v.timeoutSec ?? null, onTimeout: v.onTimeout ?? 'stop',
+        restoreSnapshot: v.restoreSnapshot ?? null,
       });
       if (v.drives && v.drives.length > 0) {
         if (!this.volumes) throw new Error('VmStore: drives need the volume store');
@@ -265,6 +274,12 @@ export class VmStore {
     this.invalidate();
     this.setTimeoutStmt.run({ id, timeoutSec, expiresAt, now: new Date().toISOString() });
     return this.get(id);
+  }
+
+  /** Sets or clears the snapshot the VM's next start restores (not a change of the definition: updatedAt stays). */
+  setRestoreSnapshot(id: string, snapshot: string | null): void {
+    this.invalidate();
+    this.setRestoreStmt.run({ id, snapshot });
   }
 
   /** Sets or clears the current run's deadline (not a change of the definition: updatedAt stays). */

@@ -52,6 +52,18 @@ export class NativeHypervisor implements Hypervisor {
     this.resetExits = !extraArgs.includes('-disable-seccomp');
   }
 
+  snapshotSupport(): Availability {
+    return { available: false, reason: 'the native VMM does not write snapshots yet (its vCPU and VM state can be saved; device state cannot): use hypervisor qemu' };
+  }
+
+  saveSnapshot(): Promise<string[]> {
+    return Promise.reject(new Error(this.snapshotSupport().reason));
+  }
+
+  loadSnapshot(): Promise<void> {
+    return Promise.reject(new Error(this.snapshotSupport().reason));
+  }
+
   availability(): Availability {
     if (!this.kvm.available) return { available: false, reason: `needs KVM: ${this.kvm.reason}` };
     if (!existsSync(VMM_MAIN)) return { available: false, reason: `${VMM_MAIN} is missing (npm run build)` };

@@ -9,6 +9,7 @@ import { probeKvm } from '../../lib/kvm-probe.js';
 import type { Image } from '../db/images.js';
 import type { Vm } from '../db/vms.js';
 import { ApiError } from '../supervisor/errors.js';
+import { loadQemuState, saveQemuState } from './qemu-migration.js';
 import { effectiveCmdline, NO_DEVICES, type Availability, type DriveSpec, type PmemSpec, type ForegroundPaths, type Hypervisor, type LaunchCommand, type QmpCommands, type VmDevices, type VmPaths } from './types.js';
 
 /** QEMU option values: a comma is written twice. */
@@ -201,6 +202,18 @@ export class QemuHypervisor implements Hypervisor {
     await qmp.execute('blockdev-del', { 'node-name': id }).catch(() => undefined);
   }
 
+  snapshotSupport(): Availability {
+    return { available: true, reason: 'QEMU migration to a file (copy restore)' };
+  }
+
+  saveSnapshot(qmp: QmpCommands, dir: string, timeoutMs: number): Promise<string[]> {
+    return saveQemuState(qmp, dir, timeoutMs);
+  }
+
+  loadSnapshot(qmp: QmpCommands, dir: string, timeoutMs: number): Promise<void> {
+    return loadQemuState(qmp, dir, timeoutMs);
+  }
+
   private commonArgs(vm: Vm, image: Image, paths: ForegroundPaths, devices: VmDevices): { args: string[]; config: string | undefined } {
     const cmdline = effectiveCmdline(vm, image, devices);
     const config = qemuConfigFile(cmdline);
@@ -224,6 +237,10 @@ export class QemuHypervisor implements Hypervisor {
       '-serial', 'chardev:console',
       '-qmp', `unix:${paths.qmpSocket},server=on,wait=off`,
       ...qemuDeviceArgs(devices, pc),
+      // A VM generation ID (ACPI; pc only): a new one in every QEMU process, so a guest restored
+      // from a snapshot is told it is a copy and reseeds its RNG (Linux's vmgenid driver).
+      ...(pc ? ['-device', 'vmgenid,guid=auto,id=vmgenid0'] : []),
+      ...(devices.incoming ? ['-incoming', 'defer'] : []),
     ];
     return { args, config };
   }

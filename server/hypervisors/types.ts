@@ -51,6 +51,11 @@ export interface VmDevices {
    * (CAPSULE_AGENT_USERNET, supervisor/components/agent.ts).
    */
   userNet?: { hostForwards: Array<{ hostPort: number; guestPort: number }> } | undefined;
+  /**
+   * The VMM starts without booting and waits for a snapshot's state (Hypervisor.loadSnapshot;
+   * QEMU's -incoming defer): a restore (docs/snapshots.md).
+   */
+  incoming?: boolean | undefined;
 }
 
 export const NO_DEVICES: VmDevices = { drives: [], rng: false, kernelArgs: [] };
@@ -145,6 +150,20 @@ export interface Hypervisor {
   readonly hotplugNeedsPath: boolean;
   /** Whether QMP system_reset ends the VMM process (the supervisor then relaunches it). */
   readonly resetExits: boolean;
+  /** Whether this backend can write and load snapshots, and why not. */
+  snapshotSupport(): Availability;
+  /**
+   * Writes the paused VM's saved state (devices, CPUs and memory) into the directory `dir`
+   * (empty, the server's): the files are opened by the server and passed to the VMM, which
+   * opens nothing itself (a jailed or seccomp-filtered VMM could not). Returns the names written.
+   */
+  saveSnapshot(qmp: QmpCommands, dir: string, timeoutMs: number): Promise<string[]>;
+  /**
+   * Loads the state saveSnapshot wrote into a VMM launched with devices.incoming; afterwards the
+   * VM is paused where the snapshot was taken (the caller resumes it). Throws on a state the
+   * VMM refuses, naming why.
+   */
+  loadSnapshot(qmp: QmpCommands, dir: string, timeoutMs: number): Promise<void>;
   /** What this backend accepts beyond the API's own bounds. */
   readonly limits: { minMemoryMiB: number; maxVcpus: number };
 }

@@ -21,6 +21,22 @@ import { onRateLimitedEvents } from '../qmp/event-rate.js';
 import type { HostAdmission } from './admission.js';
 import { emptyPlan, type LaunchPlan, type LiveVmContext, type VmComponent } from './components/types.js';
 
+/** Time allowed to load or write a snapshot: a minute, and half a minute per GiB of guest memory. */
+export function snapshotTimeoutMs(memoryMiB: number): number {
+  return 60_000 + Math.ceil(memoryMiB / 1024) * 30_000;
+}
+
+/** Loads a snapshot into a VMM started to wait for one, and lets the guest run on. */
+async function restoreSnapshot(hypervisor: Hypervisor, qmp: QmpClient, dir: string, memoryMiB: number): Promise<void> {
+  try {
+    await hypervisor.loadSnapshot(qmp, dir, snapshotTimeoutMs(memoryMiB));
+    await qmp.execute('cont');
+  } catch (e) {
+    qmp.close();
+    throw new LaunchError('the snapshot could not be loaded (its state is damaged or does not fit this VMM)', (e as Error).message);
+  }
+}
+
 function assertSockets(...paths: string[]): void {
   for (const p of paths) if (!lstatSync(p).isSocket()) throw new Error(`${p} is not a socket`);
 }
@@ -71,6 +87,8 @@ export class Supervisor {
   /** VMs a forced stop was asked for: nothing may relaunch them (a reboot in flight, a guest reset). */
   private readonly forcedStops = new Set<string>();
   private closing = false;
+  /** Told after a VM's definition is deleted (what else the server keeps of it goes too). */
+  onVmDeleted: (vm: Vm) => void = () => undefined;
 
   constructor(private readonly d: SupervisorDeps) {}
 
@@ -161,6 +179,9 @@ export class Supervisor {
   }
 
   resume(id: string): Promise<Vm> {
+    // A VM paused to disk is stopped, with its state to restore: resuming it is its start.
+    const saved = this.d.vms.get(id);
+    if (saved?.state === 'stopped' && saved.restoreFrom !== undefined) return this.start(id);
     return this.withLock(id, async () => {
       const vm = this.mustGet(id);
       this.expectState(vm, ['paused'], 'resume');
@@ -211,6 +232,7 @@ export class Supervisor {
       rmSync(this.paths(id).dir, { recursive: true, force: true });
       this.d.hub.publish(id, 'VM_DELETED', {}, vm.tenant); // the row is gone: name the tenant
       this.d.hub.forgetVm(id);
+      this.onVmDeleted(vm);
       this.forcedStops.delete(id);
       this.resets.delete(id);
     });
@@ -265,7 +287,8 @@ export class Supervisor {
     const jailUid = jail?.enabled ? jail.identity(vm.id).uid : undefined;
     const plan: LaunchPlan = emptyPlan();
     try {
-      for (const c of this.components) c.prepare({ vm, image, paths, jailUid }, plan);
+      const snapshots = hypervisor.snapshotSupport().available;
+      for (const c of this.components) c.prepare({ vm, image, paths, jailUid, snapshots }, plan);
     } catch (e) {
       this.cleanupComponents(vm.id);
       if (reason === 'reboot') {
@@ -317,6 +340,7 @@ export class Supervisor {
           throw asLaunchError(e, 'QMP did not answer within 10 s');
         });
       }
+      if (plan.restore) await restoreSnapshot(hypervisor, qmp, plan.restore.dir, vm.memoryMiB);
       // The VMM read its config at start: the command line stays in no file.
       removeFiles(paths.config);
       const live = this.track(vm.id, pid, hypervisor, qmp, consoleBridge, undefined, jailUid);

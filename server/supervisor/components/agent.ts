@@ -48,7 +48,8 @@ export class AgentComponent implements VmComponent {
 
   prepare(ctx: LaunchContext, plan: LaunchPlan): void {
     const { vm, paths } = ctx;
-    const token = randomBytes(24).toString('hex');
+    // A restored guest's agent holds the secret it had when the snapshot was written.
+    const token = plan.restore?.agentToken ?? randomBytes(24).toString('hex');
     writeFileSync(join(paths.dir, AGENT_TOKEN_FILE), `${token}\n`, { mode: 0o600 });
     this.tokens.set(vm.id, token);
     // Before the other components' arguments (root=, capsule.overlay= stay last, as tests and

@@ -19,6 +19,8 @@ export interface LaunchContext {
   paths: VmPaths;
   /** The uid the VMM will run as when jailed; undefined: not jailed (it runs as the server). */
   jailUid: number | undefined;
+  /** The VM's backend writes snapshots (Hypervisor.snapshotSupport). */
+  snapshots: boolean;
 }
 
 export interface LaunchPlan {
@@ -28,6 +30,11 @@ export interface LaunchPlan {
   minFileSizeBytes: number;
   /** The network namespace the VMM runs in (/run/netns/NAME; the network component's), if any. */
   netns?: string | undefined;
+  /**
+   * The VM restores a snapshot instead of booting (the restore component's): the supervisor
+   * loads `dir` into the VMM once QMP answers, then resumes it.
+   */
+  restore?: { snapshot: string; dir: string; agentToken?: string } | undefined;
 }
 
 /** A running VMM as components see it. */
