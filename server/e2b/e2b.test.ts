@@ -6,7 +6,8 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Sandbox, CommandExitError, NotFoundError, AuthenticationError, type CommandResult } from 'e2b';
 import { buildImage } from '../images/registry.js';
-import { TEST_IMAGES_DIR, TestServer } from '../test/harness.js';
+import { TEST_IMAGES_DIR, TestServer, waitFor } from '../test/harness.js';
+import { isAlive } from '../supervisor/process.js';
 import { capsuleTokenOf, e2bKeyOf, SandboxTokens } from './keys.js';
 import { entryOf, guestUser, imageOfTemplate, matchesMetadata, metadataFilter, userOfAuthorization } from './mapping.js';
 import { endEvent } from './envd/process.js';
@@ -338,16 +339,25 @@ test('pty: a terminal of the asked size that takes input and follows a resize', 
   assert.match(screen, /30 100/);
 });
 
-test('pause, then connect resumes it', async () => {
+test('pause (to disk: the VMM ends, its memory is freed), then connect resumes it: its processes carry on', async () => {
   assert.ok(sandbox);
+  const { pid } = (await server.api('GET', `/v1/vms/${sandbox.sandboxId}`)).body;
+  await sandbox.commands.run('i=0; while true; do i=$((i+1)); echo $i > /tmp/ticks; sleep 0.2; done', { background: true });
+  await waitFor('the loop to tick', async () => Number((await sandbox!.commands.run('cat /tmp/ticks || echo 0')).stdout) > 0 || undefined);
   assert.equal(await sandbox.pause(), true);
   assert.equal((await sandbox.getInfo()).state, 'paused');
-  assert.equal((await server.api('GET', `/v1/vms/${sandbox.sandboxId}`)).body.state, 'paused');
-  assert.equal(await sandbox.isRunning(), false, 'envd answers 502 while paused');
+  const vm = (await server.api('GET', `/v1/vms/${sandbox.sandboxId}`)).body;
+  assert.equal(vm.state, 'stopped');
+  assert.equal(typeof vm.restoreFrom, 'string');
+  assert.ok(!isAlive(pid), 'the VMM is gone');
+  assert.equal(await sandbox.isRunning(), false, 'envd does not answer while paused');
   assert.equal(await Sandbox.pause(sandbox.sandboxId), false, 'already paused');
   await Sandbox.connect(sandbox.sandboxId);
   assert.equal((await sandbox.getInfo()).state, 'running');
   assert.equal((await sandbox.commands.run('echo awake')).stdout, 'awake\n');
+  const ticks = async () => Number((await sandbox!.commands.run('cat /tmp/ticks')).stdout);
+  const first = await ticks();
+  await waitFor('the loop started before the pause to go on', async () => (await ticks()) > first || undefined, 30_000);
 });
 
 test('Sandbox.connect gives access again; kill() deletes the VM and the sandbox is gone', async () => {

@@ -58,12 +58,15 @@ export function sandboxOf(vm: Vm, r: E2bSandbox | undefined): Record<string, unk
     diskSizeMB: 0,
     envdVersion: ENVD_VERSION,
     metadata: vm.metadata ?? {},
-    state: vm.state === 'paused' ? 'paused' : 'running',
+    state: isPaused(vm) ? 'paused' : 'running',
   };
 }
 
+/** Paused in memory, or paused to disk (stopped, with its state to restore: docs/snapshots.md). */
+export const isPaused = (vm: Vm): boolean => vm.state === 'paused' || (vm.state === 'stopped' && vm.restoreFrom !== undefined);
+
 /** The VMs E2B can call sandboxes: running or paused ones. */
-export const isSandboxState = (vm: Vm): boolean => vm.state === 'running' || vm.state === 'paused';
+export const isSandboxState = (vm: Vm): boolean => vm.state === 'running' || isPaused(vm);
 
 /** E2B's `metadata` list filter: a URL-encoded query string (`k=v&k2=v2`), every pair must match. */
 export function metadataFilter(raw: string | undefined): Record<string, string> {

@@ -22,7 +22,7 @@ import type { SandboxTokens } from './keys.js';
 import { DEFAULT_TIMEOUT_SEC, MAX_TIMEOUT_SEC } from './lifetimes.js';
 import type { E2bSandboxStore } from '../db/e2b-sandboxes.js';
 import {
-  ENVD_VERSION, SANDBOX_MEMORY_MIB, SANDBOX_VCPUS, e2bError, imageOfTemplate, isSandboxState, matchesMetadata, metadataFilter, sandboxOf,
+  ENVD_VERSION, SANDBOX_MEMORY_MIB, SANDBOX_VCPUS, e2bError, imageOfTemplate, isPaused, isSandboxState, matchesMetadata, metadataFilter, sandboxOf,
 } from './mapping.js';
 
 /** Sends a request to capsule's own API (in process): the app's `request`. */
@@ -225,9 +225,14 @@ export function e2bRestRoutes(d: RestDeps) {
   };
 
   const resume = async (c: Context<Env>, vm: Vm): Promise<Response | undefined> => {
-    if (vm.state !== 'paused') return undefined;
+    if (!isPaused(vm)) return undefined;
     const resumed = await call(c, 'POST', `/v1/vms/${vm.id}/resume`);
-    return resumed.ok ? undefined : resumed.error(c);
+    if (!resumed.ok) return resumed.error(c);
+    // Restored from disk: its agent runs on, but give its network a moment to answer.
+    if (vm.state === 'stopped' && !(await waitForAgent(d.agent, vm.id, d.bootTimeoutMs))) {
+      return c.json(e2bError(504, `sandbox ${vm.id}: the guest agent did not answer after the resume`), 504);
+    }
+    return undefined;
   };
 
   r.post('/v2/sandboxes/:id/connect', async (c) => {
@@ -237,7 +242,7 @@ export function e2bRestRoutes(d: RestDeps) {
     if (vm instanceof Response) return vm;
     const refused = writeScope(c);
     if (refused) return refused;
-    const wasPaused = vm.state === 'paused';
+    const wasPaused = isPaused(vm);
     const failed = await resume(c, vm);
     if (failed) return failed;
     if (p.data.timeout !== undefined) {
@@ -252,7 +257,7 @@ export function e2bRestRoutes(d: RestDeps) {
     if (vm instanceof Response) return vm;
     const refused = writeScope(c);
     if (refused) return refused;
-    if (vm.state !== 'paused') return c.json(e2bError(409, `sandbox ${vm.id} is not paused`), 409);
+    if (!isPaused(vm)) return c.json(e2bError(409, `sandbox ${vm.id} is not paused`), 409);
     const failed = await resume(c, vm);
     return failed ?? c.json(access(vm), 201);
   });
@@ -260,8 +265,12 @@ export function e2bRestRoutes(d: RestDeps) {
   r.post('/sandboxes/:id/pause', async (c) => {
     const vm = await sandboxVm(c, c.req.param('id'));
     if (vm instanceof Response) return vm;
-    if (vm.state === 'paused') return c.json(e2bError(409, `sandbox ${vm.id} is already paused`), 409);
-    const paused = await call(c, 'POST', `/v1/vms/${vm.id}/pause`);
+    if (isPaused(vm)) return c.json(e2bError(409, `sandbox ${vm.id} is already paused`), 409);
+    // As E2B's: to disk, freeing the VM's memory; in memory where the backend writes no snapshots.
+    let paused = await call(c, 'POST', `/v1/vms/${vm.id}/pause`, { persist: true });
+    if (!paused.ok && paused.status === 409 && paused.body?.error?.code === 'snapshot_unsupported') {
+      paused = await call(c, 'POST', `/v1/vms/${vm.id}/pause`);
+    }
     return paused.ok ? c.body(null, 204) : paused.error(c);
   });
 
