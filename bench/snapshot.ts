@@ -1,0 +1,139 @@
+// Snapshot benchmarks (issue 12), one server, the default image, per guest size:
+//   cold       POST /v1/vms + start -> `running`, and -> the guest answering on its console;
+//   snapshot   POST /v1/vms/:id/snapshot of the running guest (written and resumed), its size;
+//   restore    POST /v1/vms {fromSnapshot} + start -> `running`, and -> the guest answering;
+//   suspend    pause {"persist":true} -> resume -> the guest answering (pause-to-disk round trip);
+//   memory     PSS of `clones` VMs restored from one snapshot, together, against one booted VM.
+// QEMU here restores by copy (its migration stream), so restore time and clone memory grow with
+// the guest; the targets (CoW restore of 4 GiB within 2x of 256 MiB, clones <= 1.5x) are for the
+// native VMM's MAP_PRIVATE restore. `node dist/bench/snapshot.js` (BENCH_SIZES=256,1024,4096).
+import { readdirSync, readFileSync } from 'node:fs';
+import { ConsoleCollector, TestServer } from '../server/test/harness.js';
+import { isMain, median, printJson, round } from './util.js';
+
+const SIZES = (process.env.BENCH_SIZES ?? '256,1024,4096').split(',').map(Number);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const CLONES = Number(process.env.BENCH_CLONES ?? 4);
+
+/** The process and its descendants (a jailed VMM runs under unshare). */
+function tree(pid: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const p of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      children.set(ppid, [...(children.get(ppid) ?? []), Number(p)]);
+    } catch { /* gone */ }
+  }
+  const out = [pid];
+  for (let i = 0; i < out.length; i++) out.push(...(children.get(out[i]!) ?? []));
+  return out;
+}
+
+function pssMiB(pid: number): number {
+  let kb = 0;
+  for (const p of tree(pid)) {
+    try {
+      kb += Number(/^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${p}/smaps_rollup`, 'utf8'))?.[1] ?? 0);
+    } catch { /* gone */ }
+  }
+  return kb / 1024;
+}
+
+async function answers(s: TestServer, id: string): Promise<void> {
+  const c = new ConsoleCollector(s.ws(`/v1/vms/${id}/console`));
+  await c.opened;
+  const tag = Math.random().toString(36).slice(2, 8);
+  c.send(`echo ok-${tag}\n`);
+  await c.waitFor(`ok-${tag}`, 120_000);
+  c.close();
+}
+
+async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
+  const t0 = performance.now();
+  const v = await fn();
+  return [v, performance.now() - t0];
+}
+
+async function api(s: TestServer, method: string, path: string, body?: unknown): Promise<any> {
+  const r = await s.api(method, path, body);
+  if (r.status >= 300) throw new Error(`${method} ${path}: ${r.status} ${JSON.stringify(r.body)}`);
+  return r.body;
+}
+
+export async function benchSnapshot() {
+  const s = await TestServer.start({ env: { CAPSULE_RATE_LIMIT: '1000', CAPSULE_RATE_BURST: '1000' } });
+  const sizes = [];
+  try {
+    for (const memoryMiB of SIZES) {
+      const r = { memoryMiB, coldRunningMs: [] as number[], coldAnswerMs: [] as number[], snapshotMs: [] as number[], snapshotBytes: 0, restoreRunningMs: [] as number[], restoreAnswerMs: [] as number[], suspendResumeMs: [] as number[], onePssMiB: 0, clonesPssMiB: 0 };
+      let snapshot = '';
+      for (let i = 0; i < ROUNDS; i++) {
+        const [vm, running] = await timed(async () => {
+          const v = await api(s, 'POST', '/v1/vms', { name: `cold-${memoryMiB}-${i}`, memoryMiB, network: { enabled: false } });
+          return api(s, 'POST', `/v1/vms/${v.id}/start`);
+        });
+        const t0 = performance.now();
+        const c = new ConsoleCollector(s.ws(`/v1/vms/${vm.id}/console`));
+        await c.opened;
+        await c.waitFor(/CAPSULE_READY/);
+        c.close();
+        r.coldRunningMs.push(running);
+        r.coldAnswerMs.push(running + performance.now() - t0);
+        if (i === 0) r.onePssMiB = round(pssMiB(vm.pid));
+        const [snap, ms] = await timed(() => api(s, 'POST', `/v1/vms/${vm.id}/snapshot`, { name: `snap-${memoryMiB}-${i}` }));
+        r.snapshotMs.push(ms);
+        r.snapshotBytes = snap.sizeBytes;
+        snapshot = snap.id;
+        const [, sr] = await timed(async () => {
+          await api(s, 'POST', `/v1/vms/${vm.id}/pause`, { persist: true });
+          await api(s, 'POST', `/v1/vms/${vm.id}/resume`);
+          await answers(s, vm.id);
+        });
+        r.suspendResumeMs.push(sr);
+        await api(s, 'DELETE', `/v1/vms/${vm.id}?force=true`);
+      }
+      for (let i = 0; i < ROUNDS; i++) {
+        const [vm, running] = await timed(async () => {
+          const v = await api(s, 'POST', '/v1/vms', { name: `restore-${memoryMiB}-${i}`, fromSnapshot: snapshot });
+          return api(s, 'POST', `/v1/vms/${v.id}/start`);
+        });
+        const [, answer] = await timed(() => answers(s, vm.id));
+        r.restoreRunningMs.push(running);
+        r.restoreAnswerMs.push(running + answer);
+        await api(s, 'DELETE', `/v1/vms/${vm.id}?force=true`);
+      }
+      const clones = [];
+      for (let i = 0; i < CLONES; i++) {
+        const v = await api(s, 'POST', '/v1/vms', { name: `clone-${memoryMiB}-${i}`, fromSnapshot: snapshot });
+        clones.push(await api(s, 'POST', `/v1/vms/${v.id}/start`));
+      }
+      for (const v of clones) await answers(s, v.id);
+      r.clonesPssMiB = round(clones.reduce((n, v) => n + pssMiB(v.pid), 0));
+      for (const v of clones) await api(s, 'DELETE', `/v1/vms/${v.id}?force=true`);
+      for (const x of (await api(s, 'GET', '/v1/snapshots')).items) await api(s, 'DELETE', `/v1/snapshots/${x.id}`);
+      sizes.push({
+        memoryMiB,
+        coldToRunningMs: round(median(r.coldRunningMs)), coldToAnswerMs: round(median(r.coldAnswerMs)),
+        snapshotWriteMs: round(median(r.snapshotMs)), snapshotMiB: round(r.snapshotBytes / 1048576), snapshotMsPerGiB: round(median(r.snapshotMs) / (memoryMiB / 1024)),
+        restoreToRunningMs: round(median(r.restoreRunningMs)), restoreToAnswerMs: round(median(r.restoreAnswerMs)),
+        pauseToDiskRoundTripMs: round(median(r.suspendResumeMs)),
+        onePssMiB: r.onePssMiB, clones: CLONES, clonesPssMiB: r.clonesPssMiB, clonesVsOne: round(r.clonesPssMiB / r.onePssMiB, 2),
+      });
+    }
+  } finally {
+    await s.stop();
+  }
+  const first = sizes[0]!;
+  const last = sizes[sizes.length - 1]!;
+  return {
+    bench: 'snapshot', hypervisor: 'qemu', date: new Date().toISOString(), rounds: ROUNDS, sizes,
+    ratios: {
+      [`restoreToRunning ${last.memoryMiB} MiB vs ${first.memoryMiB} MiB (target <= 2 with CoW restore)`]: round(last.restoreToRunningMs / first.restoreToRunningMs, 2),
+      [`restoreToAnswer vs coldToAnswer at ${first.memoryMiB} MiB`]: round(first.restoreToAnswerMs / first.coldToAnswerMs, 3),
+      [`${CLONES} clones' PSS vs one VM at ${first.memoryMiB} MiB (target <= 1.5 for ten clones with CoW restore)`]: first.clonesVsOne,
+    },
+  };
+}
+
+if (isMain(import.meta.url)) printJson(await benchSnapshot());
