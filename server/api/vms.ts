@@ -9,6 +9,7 @@ import { CreateVmFromSnapshotSchema, CreateVmSchema, ErrorSchema, ForceQuery, Id
 import { page } from './pages.js';
 import { visibleTenant } from './ownership.js';
 import { newRouter, queryWhenPresent, type AppDeps } from './app.js';
+import { validationError } from './errors.js';
 import { createFromSnapshot } from './vms-from-snapshot.js';
 
 const errors = {
@@ -29,7 +30,7 @@ const listVms = createRoute({
 const getVm = createRoute({ method: 'get', path: '/vms/{id}', tags: ['vms'], request: { params: IdParams }, responses: { 200: json(VmSchema, 'the VM'), ...errors } });
 const createVm = createRoute({
   method: 'post', path: '/vms', tags: ['vms'], summary: 'Define a VM (it starts in state created); with fromSnapshot, a VM whose first start restores that snapshot (docs/snapshots.md)',
-  request: { body: { required: true, content: { 'application/json': { schema: z.union([CreateVmSchema, CreateVmFromSnapshotSchema]) } } } },
+  request: { body: { required: true, content: { 'application/json': { schema: CreateVmSchema } } } },
   responses: { 201: json(VmSchema, 'created'), ...errors, 413: json(ErrorSchema, 'body too large') },
 });
 const deleteVm = createRoute({
@@ -90,11 +91,19 @@ export function vmRoutes(deps: AppDeps) {
     const items = deps.vms.list(tenant).filter((vm) => (q.state === undefined || vm.state === q.state) && wanted.every(([k, v]) => vm.metadata[k] === v));
     return c.json(q.limit === undefined ? { items } : page(items, q.limit, q.cursor), 200);
   });
+  // A body with fromSnapshot is the other shape of POST /v1/vms (CreateVmFromSnapshot), handled
+  // before CreateVm's validator: one schema per shape keeps each one's 400s naming their field.
+  r.openAPIRegistry.register('CreateVmFromSnapshot', CreateVmFromSnapshotSchema);
+  r.post('/vms', async (c, next) => {
+    const raw: unknown = await c.req.json().catch(() => undefined);
+    if (typeof raw !== 'object' || raw === null || !('fromSnapshot' in raw)) return next();
+    const parsed = CreateVmFromSnapshotSchema.safeParse(raw);
+    if (!parsed.success) return validationError(c, parsed.error);
+    return c.json(await createFromSnapshot(deps, c, parsed.data), 201);
+  });
   r.openapi(getVm, (c) => c.json(mustGet(c.req.valid('param').id), 200))
     .openapi(createVm, async (c) => {
-      const input = c.req.valid('json');
-      if ('fromSnapshot' in input) return c.json(await createFromSnapshot(deps, c, input), 201);
-      const body = input;
+      const body = c.req.valid('json');
       const image = deps.images.get(body.image);
       if (!image) throw new ApiError(400, 'invalid_request', `image: no image named ${JSON.stringify(body.image)}`, 'image');
       const hypervisor = body.hypervisor ?? deps.defaultHypervisor;
