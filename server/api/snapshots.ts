@@ -51,8 +51,8 @@ export function snapshotRoutes(deps: AppDeps) {
   };
   return newRouter()
     .openapi(take, async (c) => {
+      // Another tenant's or no VM: 404 from the ownership middleware (and withVm).
       const { id } = c.req.valid('param');
-      if (!deps.vms.get(id)) throw new ApiError(404, 'not_found', `no VM with id ${id}`);
       const body = c.req.header('content-type')?.includes('json') ? c.req.valid('json') : {};
       return c.json(await deps.snapshotService.create(id, body?.name), 201);
     })

@@ -102,7 +102,7 @@ export function vmRoutes(deps: AppDeps) {
     return c.json(await createFromSnapshot(deps, c, parsed.data), 201);
   });
   r.openapi(getVm, (c) => c.json(mustGet(c.req.valid('param').id), 200))
-    .openapi(createVm, async (c) => {
+    .openapi(createVm, (c) => {
       const body = c.req.valid('json');
       const image = deps.images.get(body.image);
       if (!image) throw new ApiError(400, 'invalid_request', `image: no image named ${JSON.stringify(body.image)}`, 'image');

@@ -127,11 +127,6 @@ export class SnapshotStore {
     return this.db.prepare('SELECT id, name FROM vms WHERE restore_snapshot = ? ORDER BY created_at').all(id) as Array<{ id: string; name: string }>;
   }
 
-  /** Sum of the tenant's snapshot sizes in bytes. */
-  tenantBytes(tenant: string): number {
-    return Number(this.db.prepare('SELECT coalesce(sum(size_bytes), 0) FROM snapshots WHERE tenant_id = ?').pluck().get(tenant));
-  }
-
   delete(id: string): boolean {
     return this.db.prepare('DELETE FROM snapshots WHERE id = ?').run(id).changes > 0;
   }

@@ -28,8 +28,8 @@ export interface SnapshotComponentDeps {
 
 export class SnapshotComponent implements VmComponent {
   readonly name = 'snapshot';
-  /** VMs whose running VMM was restored (the mark is cleared when it is up). */
-  private readonly restoring = new Set<string>();
+  /** VMs whose VMM is launched to restore, and the snapshot each restores (until it is up). */
+  private readonly restoring = new Map<string, string>();
   /** Told when a VM was restored (a pause-to-disk state is deleted then: the snapshot service's). */
   onRestored: (vmId: string, snapshotId: string) => void = () => undefined;
 
@@ -53,14 +53,15 @@ export class SnapshotComponent implements VmComponent {
     } catch { /* the source VM had no agent secret */ }
     plan.restore = { snapshot: id, dir, ...(agentToken ? { agentToken } : {}) };
     plan.devices.incoming = true;
-    this.restoring.add(ctx.vm.id);
+    this.restoring.set(ctx.vm.id, id);
   }
 
   attach(live: LiveVmContext): void {
-    if (!this.restoring.delete(live.id)) return;
-    const snapshot = this.d.vms.get(live.id)?.restoreFrom;
+    const snapshot = this.restoring.get(live.id);
+    if (snapshot === undefined) return;
+    this.restoring.delete(live.id);
     this.d.vms.setRestoreSnapshot(live.id, null);
-    if (snapshot !== undefined) this.onRestored(live.id, snapshot);
+    this.onRestored(live.id, snapshot);
   }
 
   cleanup(vmId: string): void {
