@@ -15,7 +15,7 @@ import type { ImageStore } from '../db/images.js';
 import type { Snapshot, SnapshotKind, SnapshotStore } from '../db/snapshots.js';
 import type { Vm, VmStore } from '../db/vms.js';
 import type { Supervisor } from '../supervisor/index.js';
-import { snapshotTimeoutMs } from '../supervisor/index.js';
+import { snapshotTimeoutMs } from '../supervisor/components/snapshot.js';
 import { ApiError } from '../supervisor/errors.js';
 import type { LiveVmContext } from '../supervisor/components/types.js';
 import { AGENT_TOKEN_FILE } from '../supervisor/components/agent.js';

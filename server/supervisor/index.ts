@@ -20,22 +20,7 @@ import { ApiError } from './errors.js';
 import { onRateLimitedEvents } from '../qmp/event-rate.js';
 import type { HostAdmission } from './admission.js';
 import { emptyPlan, type LaunchPlan, type LiveVmContext, type VmComponent } from './components/types.js';
-
-/** Time allowed to load or write a snapshot: a minute, and half a minute per GiB of guest memory. */
-export function snapshotTimeoutMs(memoryMiB: number): number {
-  return 60_000 + Math.ceil(memoryMiB / 1024) * 30_000;
-}
-
-/** Loads a snapshot into a VMM started to wait for one, and lets the guest run on. */
-async function restoreSnapshot(hypervisor: Hypervisor, qmp: QmpClient, dir: string, memoryMiB: number): Promise<void> {
-  try {
-    await hypervisor.loadSnapshot(qmp, dir, snapshotTimeoutMs(memoryMiB));
-    await qmp.execute('cont');
-  } catch (e) {
-    qmp.close();
-    throw new LaunchError('the snapshot could not be loaded (its state is damaged or does not fit this VMM)', (e as Error).message);
-  }
-}
+import { restoreSnapshot } from './components/snapshot.js';
 
 function assertSockets(...paths: string[]): void {
   for (const p of paths) if (!lstatSync(p).isSocket()) throw new Error(`${p} is not a socket`);

@@ -16,9 +16,28 @@ import type { VmStore } from '../../db/vms.js';
 import { damage, snapshotDir, SNAPSHOT_AGENT_TOKEN_FILE } from '../../snapshots/files.js';
 import { ApiError } from '../errors.js';
 import type { LaunchContext, LaunchPlan, LiveVmContext, VmComponent } from './types.js';
+import type { Hypervisor } from '../../hypervisors/types.js';
+import type { QmpClient } from '../../qmp/client.js';
+import { LaunchError } from '../spawn.js';
 
 /** What a QEMU snapshot holds besides guest memory (device state; a few MiB), with room to spare. */
 const STATE_OVERHEAD_BYTES = 64 * 1024 * 1024;
+
+/** Time allowed to load or write a snapshot: a minute, and half a minute per GiB of guest memory. */
+export function snapshotTimeoutMs(memoryMiB: number): number {
+  return 60_000 + Math.ceil(memoryMiB / 1024) * 30_000;
+}
+
+/** Loads a snapshot into a VMM started to wait for one, and lets the guest run on. */
+export async function restoreSnapshot(hypervisor: Hypervisor, qmp: QmpClient, dir: string, memoryMiB: number): Promise<void> {
+  try {
+    await hypervisor.loadSnapshot(qmp, dir, snapshotTimeoutMs(memoryMiB));
+    await qmp.execute('cont');
+  } catch (e) {
+    qmp.close();
+    throw new LaunchError('the snapshot could not be loaded (its state is damaged or does not fit this VMM)', (e as Error).message);
+  }
+}
 
 export interface SnapshotComponentDeps {
   dataDir: string;
