@@ -103,6 +103,9 @@ export const FLOOD_CLOSE_AFTER = 64;
 export function inboundGate(c: Context<AppEnv>, limits: ApiRateLimits, notify: (ws: WebSocket) => void): (ws: WebSocket) => boolean {
   let refused = 0;
   return (ws) => {
+    // Closing for a flood: what is still in flight is dropped unmetered, so that the frames a
+    // client sent before it saw the close do not drain the token's budget for its next calls.
+    if (refused >= FLOOD_CLOSE_AFTER) return false;
     if (inboundAllowed(c, limits)) {
       refused = 0;
       return true;

@@ -32,12 +32,28 @@ const closed = (ws: WebSocket) => new Promise<{ code: number; reason: string }>(
   ws.once('close', (code, reason) => r({ code, reason: reason.toString() }));
 });
 
+/**
+ * Opens a socket as the flooder. Right after a flood the token's own bucket may still be full
+ * (429 rate_limited is the right answer to its next upgrade): wait as Retry-After says, 1 s.
+ */
+async function openAsFlooder(path: string): Promise<WebSocket> {
+  for (let attempt = 0; ; attempt++) {
+    const ws = s.ws(path, flooder);
+    try {
+      await opened(ws);
+      return ws;
+    } catch (e) {
+      if (attempt >= 5 || !/429/.test(String(e))) throw e;
+      await sleep(1000);
+    }
+  }
+}
+
 /** Opens a socket as the flooder, sends `frames` as fast as the client can, resolves the close and what came back. */
 async function abuse(path: string, frames: Array<{ data: Buffer | string; binary: boolean }>): Promise<{ code: number; reason: string; replies: number; ms: number }> {
-  const ws = s.ws(path, flooder);
+  const ws = await openAsFlooder(path);
   let replies = 0;
   ws.on('message', () => { replies++; });
-  await opened(ws);
   const done = closed(ws);
   const t0 = Date.now();
   for (const f of frames) {

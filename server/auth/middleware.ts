@@ -92,12 +92,14 @@ function forbidden(c: Context, scope: TokenScope, method: string, path: string, 
 export class ApiRateLimits {
   constructor(readonly perToken: BucketMap, readonly perTenant: BucketMap) {}
 
-  /** Takes one unit from both buckets; the one that refused, if any (the tenant's is asked first). */
+  /** Takes one unit from both buckets, or from neither; the one that refused, if any (the tenant's is asked first). */
   take(token: TokenRecord): { bucket: LeakyBucket; what: 'token' | 'tenant' } | undefined {
     const tenant = this.perTenant.get(token.tenantId);
-    if (!tenant.tryTake()) return { bucket: tenant, what: 'tenant' };
     const own = this.perToken.get(token.id);
+    // Both are asked before either is charged: a call one token is refused costs its tenant nothing.
+    if (tenant.msUntil() > 0) return { bucket: tenant, what: 'tenant' };
     if (!own.tryTake()) return { bucket: own, what: 'token' };
+    tenant.tryTake();
     return undefined;
   }
 }
