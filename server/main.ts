@@ -19,6 +19,8 @@ import { SnapshotComponent } from './supervisor/components/snapshot.js';
 import { SnapshotStore } from './db/snapshots.js';
 import { SnapshotService } from './snapshots/service.js';
 import { removePartials } from './snapshots/files.js';
+import { TemplateStore } from './db/templates.js';
+import { TemplateService } from './templates/service.js';
 import { AgentClient } from './agent/client.js';
 import { NetworkTransport, RoutedTransport, UsernetTransport, type GuestPath } from './agent/transports.js';
 import { NetworkComponent } from './supervisor/components/network.js';
@@ -138,9 +140,12 @@ async function main(): Promise<void> {
   const snapshotService = new SnapshotService({ dataDir: config.dataDir, minFreeBytes: config.minFreeBytes, snapshots, vms, images, supervisor, hub, log });
   snapshotComponent.onRestored = (vm, snapshot) => snapshotService.restored(vm, snapshot);
   supervisor.onVmDeleted = (vm) => snapshotService.vmDeleted(vm);
+  const templates = new TemplateStore(db);
+  const templateService = new TemplateService({ config, log, vms, images, quotas, supervisor, hypervisors, templates, snapshots, snapshotService, drives, agent, hub, timeouts, network });
+  await templateService.recover(); // pools' VMs were reattached above
   const { app, injectWebSocket, closeSockets } = createApp({
     config, log, vms, images, tokens, tenants, quotas, audit, hub, supervisor, volumes, snapshots,
-    snapshotService, drives, balloon, network, agent, timeouts, e2bSandboxes: new E2bSandboxStore(db), hypervisors, kvm: kvm.available, defaultHypervisor, webDir, jail: jailStatus, storage,
+    snapshotService, templates, templateService, drives, balloon, network, agent, timeouts, e2bSandboxes: new E2bSandboxStore(db), hypervisors, kvm: kvm.available, defaultHypervisor, webDir, jail: jailStatus, storage,
     readiness, metrics, metricsOnMainListener: config.metricsAddr === undefined,
   });
   const server = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info) => {
@@ -163,6 +168,7 @@ async function main(): Promise<void> {
     server: server as Server, inFlight, closeSockets, timeoutMs: config.shutdownTimeoutMs, log,
     finish: () => {
       timeouts.close();
+      templateService.close();
       supervisor.detachAll();
       metricsServer?.close();
       db.close();

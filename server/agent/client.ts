@@ -421,3 +421,17 @@ function agentError(e: unknown): AgentCallError {
   const message = typeof o.message === 'string' ? o.message.slice(0, 1000) : 'the agent failed';
   return new AgentCallError(code, message);
 }
+
+/** Polls the agent's health until it answers (the guest boots and starts it), or the time is up. */
+export async function waitForAgent(agent: AgentClient, vmId: string, timeoutMs: number): Promise<boolean> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    try {
+      await agent.health(vmId, Math.min(5000, Math.max(1, end - Date.now())));
+      return true;
+    } catch {
+      await new Promise((res) => setTimeout(res, 250));
+    }
+  }
+  return false;
+}

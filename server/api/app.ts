@@ -40,6 +40,9 @@ import { imageRoutes } from './images.js';
 import { vmRoutes } from './vms.js';
 import { volumeRoutes } from './volumes.js';
 import { snapshotOwnership, snapshotRoutes } from './snapshots.js';
+import { templateOwnership, templateRoutes } from './templates.js';
+import type { TemplateStore } from '../db/templates.js';
+import type { TemplateService } from '../templates/service.js';
 import { driveRoutes } from './drives.js';
 import { balloonRoutes } from './balloon.js';
 import { execRoutes } from './exec.js';
@@ -69,6 +72,9 @@ export interface AppDeps {
   /** Snapshots (docs/snapshots.md): the rows, and taking and deleting them. */
   snapshots: SnapshotStore;
   snapshotService: SnapshotService;
+  /** Templates and their pools (docs/templates.md). */
+  templates: TemplateStore;
+  templateService: TemplateService;
   /** The supervisor's drives and balloon components (hot-plug and the balloon at run time). */
   drives: DrivesComponent;
   balloon: BalloonComponent;
@@ -160,6 +166,7 @@ export function createApp(deps: AppDeps) {
   app.use('/v1/volumes/:id', volumeOwnership(deps.volumes));
   app.use('/v1/volumes/:id/*', volumeOwnership(deps.volumes));
   app.use('/v1/snapshots/:id', snapshotOwnership(deps.snapshots));
+  app.use('/v1/templates/:id', templateOwnership(deps.templates));
 
   app.route('/v1', healthRoutes(deps));
   app.route('/v1', imageRoutes(deps));
@@ -171,6 +178,7 @@ export function createApp(deps: AppDeps) {
   app.route('/v1', portRoutes(deps, sockets));
   app.route('/v1', volumeRoutes(deps));
   app.route('/v1', snapshotRoutes(deps));
+  app.route('/v1', templateRoutes(deps));
   app.route('/v1', tenantRoutes(deps));
   app.route('/v1', tokenRoutes(deps));
   app.route('/v1', auditRoutes(deps));

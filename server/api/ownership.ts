@@ -33,6 +33,20 @@ export function ownership(tenantOf: (c: Context, ref: string) => string | undefi
   };
 }
 
+/** A store of a tenant's resources named by id or name (snapshots, templates). */
+export interface NamedResources<T> {
+  resolve(tenant: string, ref: string): T | undefined;
+  get(id: string): T | undefined;
+}
+
+/** A resource by id or name as the caller sees it: a tenant's own; an admin's any by id. */
+export function lookupOwned<T>(store: NamedResources<T>, c: Context, ref: string): T | undefined {
+  const token = callerToken(c);
+  const own = store.resolve(token.tenantId, ref);
+  if (own || token.scope !== 'admin') return own;
+  return store.get(ref);
+}
+
 export const vmOwnership = (vms: VmStore) => ownership((_c, id) => vms.tenantOf(id), (id) => `no VM with id ${id}`);
 
 export const volumeOwnership = (volumes: VolumeStore) =>

@@ -84,6 +84,8 @@ export const VmSchema = z.object({
   onTimeout: z.enum(ON_TIMEOUT).openapi({ description: 'at expiry the VM is stopped or deleted' }),
   expiresAt: z.string().optional().openapi({ description: 'when the current run ends (a running VM with a TTL)' }),
   restoreFrom: z.string().optional().openapi({ description: 'the snapshot its next start restores instead of booting (a VM made with fromSnapshot, until its first start succeeds)' }),
+  template: z.string().optional().openapi({ description: 'the template it was made from (its id; docs/templates.md)' }),
+  role: z.enum(['template-build', 'pool-warming', 'pool']).optional().openapi({ description: 'set while the server keeps the VM for a template (its build, or its pool): such VMs are not in lists' }),
   pid: z.number().int().optional(),
   createdAt: z.string(),
   updatedAt: z.string(),
@@ -126,6 +128,63 @@ export const CreateVmFromSnapshotSchema = z.object({
   timeoutSec: CreateVmSchema.shape.timeoutSec,
   onTimeout: CreateVmSchema.shape.onTimeout,
 }).strict().openapi('CreateVmFromSnapshot');
+
+export const CreateVmFromTemplateSchema = z.object({
+  name: CreateVmSchema.shape.name,
+  template: z.string().min(1).max(128).openapi({ description: 'a ready template of the caller\'s tenant, by id or name: the VM is one of its pool, or a restore of its snapshot (docs/templates.md)' }),
+  network: CreateVmFromSnapshotSchema.shape.network,
+  metadata: MetadataSchema.default({}),
+  timeoutSec: CreateVmSchema.shape.timeoutSec,
+  onTimeout: CreateVmSchema.shape.onTimeout,
+}).strict().openapi('CreateVmFromTemplate');
+
+/** A template's commands: one shell line each, run by the guest agent (/bin/sh -c). */
+const TemplateCommand = z.string().min(1).max(4096).refine((s) => !s.includes('\0'), 'a command must not contain NUL');
+export const MAX_POOL_SIZE = 64;
+const PoolSize = z.number().int().min(0).max(MAX_POOL_SIZE).openapi({ description: `clones kept running, ready to be claimed (0-${MAX_POOL_SIZE}); they count in the tenant's quotas` });
+
+export const CreateTemplateSchema = z.object({
+  name: CreateVmSchema.shape.name,
+  image: CreateVmSchema.shape.image,
+  vcpus: CreateVmSchema.shape.vcpus,
+  memoryMiB: CreateVmSchema.shape.memoryMiB,
+  hypervisor: CreateVmSchema.shape.hypervisor,
+  startCmd: TemplateCommand.optional().openapi({ description: 'started in the background once the guest agent answers; it keeps running in every VM of the template' }),
+  readyCmd: TemplateCommand.optional().openapi({ description: 'run until it exits 0 (each try at most 10 s); without it, the start command started (or, without either, the image\'s ready marker on the console) is ready' }),
+  readyTimeoutSec: z.number().int().min(1).max(3600).default(300).openapi({ description: 'how long the build may take from boot to ready' }),
+  pool: PoolSize.default(0),
+}).strict().openapi('CreateTemplate');
+
+export const UpdateTemplateSchema = z.object({ pool: PoolSize }).strict().openapi('UpdateTemplate');
+
+export const TemplateSchema = z.object({
+  id: z.string().uuid(),
+  tenant: z.string().openapi({ description: 'the owning tenant\'s id' }),
+  name: z.string(),
+  image: z.string(),
+  hypervisor: z.enum(['qemu', 'native']),
+  vcpus: z.number().int(),
+  memoryMiB: z.number().int(),
+  startCmd: z.string().optional(),
+  readyCmd: z.string().optional(),
+  readyTimeoutSec: z.number().int(),
+  pool: z.number().int(),
+  state: z.enum(['building', 'ready', 'failed']),
+  step: z.enum(['booting', 'starting', 'waiting-ready', 'snapshotting']).optional().openapi({ description: 'while building' }),
+  reason: z.string().optional().openapi({ description: 'why the build failed' }),
+  snapshot: z.string().optional().openapi({ description: 'the template\'s own snapshot (not among the tenant\'s snapshots)' }),
+  createdAt: z.string(),
+  updatedAt: z.string(),
+}).openapi('Template');
+
+export const PoolSchema = z.object({
+  template: z.string().openapi({ description: 'the template\'s name' }),
+  size: z.number().int().openapi({ description: 'the clones wanted' }),
+  ready: z.number().int().openapi({ description: 'running, waiting to be claimed' }),
+  warming: z.number().int().openapi({ description: 'being restored' }),
+  failed: z.number().int().openapi({ description: 'refills that failed in a row (retried with a growing pause)' }),
+  reason: z.string().optional().openapi({ description: 'why the last refill failed' }),
+}).openapi('Pool');
 
 export const SnapshotSchema = z.object({
   id: z.string().uuid(),

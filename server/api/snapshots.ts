@@ -3,10 +3,9 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import { ApiError } from '../supervisor/errors.js';
-import { callerToken } from '../auth/middleware.js';
 import type { Snapshot, SnapshotStore } from '../db/snapshots.js';
 import { CreateSnapshotSchema, ErrorSchema, IdParams, json, SnapshotSchema, TenantQuery } from './schemas.js';
-import { ownership, visibleTenant } from './ownership.js';
+import { lookupOwned, ownership, visibleTenant } from './ownership.js';
 import { newRouter, type AppDeps } from './app.js';
 
 const errors = {
@@ -32,12 +31,7 @@ const del = createRoute({
 });
 
 /** A snapshot by id or name as the caller sees it: a tenant's own; an admin's any by id. */
-export function lookupSnapshot(snapshots: SnapshotStore, c: Context, ref: string): Snapshot | undefined {
-  const token = callerToken(c);
-  const own = snapshots.resolve(token.tenantId, ref);
-  if (own || token.scope !== 'admin') return own;
-  return snapshots.get(ref);
-}
+const lookupSnapshot = (snapshots: SnapshotStore, c: Context, ref: string): Snapshot | undefined => lookupOwned(snapshots, c, ref);
 
 /** Guards /v1/snapshots/:id: another tenant's snapshot is not found. */
 export const snapshotOwnership = (snapshots: SnapshotStore) =>

@@ -61,8 +61,8 @@ export function tenantRoutes(deps: AppDeps) {
       if (t.id === callerToken(c).tenantId) throw new ApiError(409, 'conflict', `tenant ${t.name} is the tenant of the token making this request: use another tenant's admin token`);
       const force = ['true', '1'].includes(c.req.valid('query').force ?? '');
       const held = deps.tenants.holdings(t.id);
-      if (!force && held.vms + held.volumes + held.snapshots > 0) {
-        throw new ApiError(409, 'tenant_not_empty', `tenant ${t.name} has ${held.vms} VM(s), ${held.volumes} volume(s) and ${held.snapshots} snapshot(s): delete them first, or add ?force=true to delete them with the tenant`);
+      if (!force && held.vms + held.volumes + held.snapshots + held.templates > 0) {
+        throw new ApiError(409, 'tenant_not_empty', `tenant ${t.name} has ${held.vms} VM(s), ${held.volumes} volume(s), ${held.snapshots} snapshot(s) and ${held.templates} template(s): delete them first, or add ?force=true to delete them with the tenant`);
       }
       await deleteTenant(deps, t);
       return c.body(null, 204);
@@ -71,11 +71,18 @@ export function tenantRoutes(deps: AppDeps) {
 
 /**
  * Tokens first (revoked at once, their sockets closed: nothing of the tenant can act while the
- * rest goes), then VMs (stopped by kill), volumes (files too), the tenant.
+ * rest goes), then templates (their pools drained), VMs (stopped by kill), volumes (files too),
+ * snapshots, the tenant.
  */
 async function deleteTenant(deps: AppDeps, t: Tenant): Promise<void> {
   deps.tokens.revokeTenant(t.id);
+  // Templates before VMs: their pools stop refilling. One being restored from is retried after the VMs.
+  const templatesLeft = async (retry: boolean) => {
+    for (const tpl of deps.templates.list(t.id)) await deps.templateService.delete(tpl).catch((e: Error) => { if (retry) throw e; });
+  };
+  await templatesLeft(false);
   for (const vm of deps.vms.list(t.id)) await deps.supervisor.delete(vm.id, true);
+  await templatesLeft(true);
   for (const v of deps.volumes.list(t.id)) {
     deps.volumes.delete(v.id);
     rmSync(volumePath(deps.config.dataDir, v.id), { force: true });

@@ -2,10 +2,10 @@
 import { rmSync } from 'node:fs';
 import { createRoute, z } from '@hono/zod-openapi';
 import { ApiError } from '../supervisor/errors.js';
-import { checkDefinition } from '../supervisor/admission.js';
+import { checkVmShape } from './vm-shape.js';
 import type { Vm } from '../db/vms.js';
 import { callerToken } from '../auth/middleware.js';
-import { CreateVmFromSnapshotSchema, CreateVmSchema, ErrorSchema, ForceQuery, IdParams, json, ListVmsQuery, SetTimeoutSchema, UpdateVmSchema, VmSchema } from './schemas.js';
+import { CreateVmFromSnapshotSchema, CreateVmFromTemplateSchema, CreateVmSchema, ErrorSchema, ForceQuery, IdParams, json, ListVmsQuery, SetTimeoutSchema, UpdateVmSchema, VmSchema } from './schemas.js';
 import { page } from './pages.js';
 import { visibleTenant } from './ownership.js';
 import { newRouter, queryWhenPresent, type AppDeps } from './app.js';
@@ -88,36 +88,37 @@ export function vmRoutes(deps: AppDeps) {
     if (q.state === undefined && q.limit === undefined && wanted.length === 0) {
       return c.body(deps.vms.listJson(tenant), 200, { 'content-type': 'application/json' });
     }
-    const items = deps.vms.list(tenant).filter((vm) => (q.state === undefined || vm.state === q.state) && wanted.every(([k, v]) => vm.metadata[k] === v));
+    const items = deps.vms.listShown(tenant).filter((vm) => (q.state === undefined || vm.state === q.state) && wanted.every(([k, v]) => vm.metadata[k] === v));
     return c.json(q.limit === undefined ? { items } : page(items, q.limit, q.cursor), 200);
   });
   // A body with fromSnapshot is the other shape of POST /v1/vms (CreateVmFromSnapshot), handled
   // before CreateVm's validator: one schema per shape keeps each one's 400s naming their field.
   r.openAPIRegistry.register('CreateVmFromSnapshot', CreateVmFromSnapshotSchema);
+  r.openAPIRegistry.register('CreateVmFromTemplate', CreateVmFromTemplateSchema);
   r.post('/vms', async (c, next) => {
     const raw: unknown = await c.req.json().catch(() => undefined);
-    if (typeof raw !== 'object' || raw === null || !('fromSnapshot' in raw)) return next();
-    const parsed = CreateVmFromSnapshotSchema.safeParse(raw);
-    if (!parsed.success) return validationError(c, parsed.error);
-    return c.json(await createFromSnapshot(deps, c, parsed.data), 201);
+    if (typeof raw !== 'object' || raw === null) return next();
+    if ('fromSnapshot' in raw) {
+      const parsed = CreateVmFromSnapshotSchema.safeParse(raw);
+      if (!parsed.success) return validationError(c, parsed.error);
+      return c.json(await createFromSnapshot(deps, c, parsed.data), 201);
+    }
+    if ('template' in raw) {
+      // A running VM of the template: from its pool, else restored now (startedFrom says which).
+      const parsed = CreateVmFromTemplateSchema.safeParse(raw);
+      if (!parsed.success) return validationError(c, parsed.error);
+      const tenant = callerToken(c).tenantId;
+      c.set('resourceTenant', tenant);
+      const { vm, from } = await deps.templateService.launch({ ...parsed.data, tenant });
+      return c.json({ ...vm, startedFrom: from }, 201, { 'capsule-started-from': from });
+    }
+    return next();
   });
   r.openapi(getVm, (c) => c.json(mustGet(c.req.valid('param').id), 200))
     .openapi(createVm, (c) => {
       const body = c.req.valid('json');
-      const image = deps.images.get(body.image);
-      if (!image) throw new ApiError(400, 'invalid_request', `image: no image named ${JSON.stringify(body.image)}`, 'image');
-      const hypervisor = body.hypervisor ?? deps.defaultHypervisor;
-      const backend = deps.hypervisors.get(hypervisor);
-      if (!backend?.availability().available) {
-        throw new ApiError(400, 'invalid_request', `hypervisor: ${hypervisor} is not available on this host (${backend?.availability().reason ?? 'unknown'})`, 'hypervisor');
-      }
-      if (body.memoryMiB < backend.limits.minMemoryMiB) {
-        throw new ApiError(400, 'invalid_request', `memoryMiB: the ${hypervisor} hypervisor needs at least ${backend.limits.minMemoryMiB} MiB`, 'memoryMiB');
-      }
-      if (body.vcpus > backend.limits.maxVcpus) {
-        throw new ApiError(400, 'invalid_request', `vcpus: the ${hypervisor} hypervisor allows at most ${backend.limits.maxVcpus}`, 'vcpus');
-      }
-      checkDefinition(body, deps.config.admission);
+      const hypervisor = checkVmShape(deps, body);
+      const image = deps.images.get(body.image)!;
       if (body.rootfsDevice === 'pmem' && !image.rootfs) {
         throw new ApiError(400, 'invalid_request', `rootfsDevice: image ${image.name} has no root filesystem to map as pmem`, 'rootfsDevice');
       }

@@ -126,7 +126,7 @@ test('migrations 004+005 carry a 001+002 database over: a default tenant owns ev
     // 007: no metadata, no TTL; the metadata column holds only JSON objects.
     assert.deepEqual(db.prepare("SELECT metadata, timeout_sec, on_timeout, expires_at FROM vms WHERE id = 'vm-b'").get(), { metadata: '{}', timeout_sec: null, on_timeout: 'stop', expires_at: null });
     assert.throws(() => db.prepare("UPDATE vms SET metadata = '[1]' WHERE id = 'vm-b'").run(), /CHECK/);
-    assert.deepEqual(db.prepare('SELECT version FROM schema_migrations').pluck().all(), [1, 2, 4, 5, 6, 7, 8, 9]);
+    assert.deepEqual(db.prepare('SELECT version FROM schema_migrations').pluck().all(), [1, 2, 4, 5, 6, 7, 8, 9, 10]);
     db.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -59,8 +59,9 @@ export interface NewSnapshot extends Omit<Snapshot, 'createdAt' | 'sourceVm'> {
   kind: SnapshotKind;
 }
 
-/** Clients see their own snapshots only, never a VM's pause-to-disk state. */
-const USER = "kind = 'user'";
+/** Clients see their own snapshots only, never a VM's pause-to-disk state nor a template's snapshot (docs/templates.md). */
+const OWN = 'id NOT IN (SELECT snapshot_id FROM templates WHERE snapshot_id IS NOT NULL)';
+const USER = `kind = 'user' AND ${OWN}`;
 
 export class SnapshotStore {
   constructor(private readonly db: Db) {}
@@ -117,8 +118,8 @@ export class SnapshotStore {
   /** Clients' snapshots, or `kind` ones. */
   list(tenant?: string, kind: SnapshotKind = 'user'): Snapshot[] {
     const rows = (tenant === undefined
-      ? this.db.prepare('SELECT * FROM snapshots WHERE kind = ? ORDER BY created_at, id').all(kind)
-      : this.db.prepare('SELECT * FROM snapshots WHERE tenant_id = ? AND kind = ? ORDER BY created_at, id').all(tenant, kind)) as SnapshotRow[];
+      ? this.db.prepare(`SELECT * FROM snapshots WHERE kind = ? AND ${OWN} ORDER BY created_at, id`).all(kind)
+      : this.db.prepare(`SELECT * FROM snapshots WHERE tenant_id = ? AND kind = ? AND ${OWN} ORDER BY created_at, id`).all(tenant, kind)) as SnapshotRow[];
     return rows.map(fromRow);
   }
 

@@ -95,8 +95,13 @@ export class TenantStore {
   }
 
   /** What the tenant owns, counted (a tenant with any of it cannot be deleted without force). */
-  holdings(id: string): { vms: number; volumes: number; snapshots: number } {
-    const count = (table: string) => Number(this.db.prepare(`SELECT count(*) FROM ${table} WHERE tenant_id = ?`).pluck().get(id));
-    return { vms: count('vms'), volumes: count('volumes'), snapshots: count('snapshots') };
+  /** What the tenant holds as its clients see it (VMs kept for templates and a template's or a pause's snapshot count with their owner). */
+  holdings(id: string): { vms: number; volumes: number; snapshots: number; templates: number } {
+    const count = (table: string, where = '') => Number(this.db.prepare(`SELECT count(*) FROM ${table} WHERE tenant_id = ?${where}`).pluck().get(id));
+    return {
+      vms: count('vms', ' AND role IS NULL'), volumes: count('volumes'),
+      snapshots: count('snapshots', " AND kind = 'user' AND id NOT IN (SELECT snapshot_id FROM templates WHERE snapshot_id IS NOT NULL)"),
+      templates: count('templates'),
+    };
   }
 }

@@ -13,6 +13,8 @@ export type RootfsDevice = (typeof ROOTFS_DEVICES)[number];
 /** What happens to a VM when its TTL runs out. */
 export const ON_TIMEOUT = ['stop', 'delete'] as const;
 export type OnTimeout = (typeof ON_TIMEOUT)[number];
+/** A VM the server keeps for a template (docs/templates.md): its build VM, or a clone waiting in its pool. Hidden from lists. */
+export type VmRole = 'template-build' | 'pool-warming' | 'pool';
 
 export interface Vm {
   id: string;
@@ -44,6 +46,10 @@ export interface Vm {
   expiresAt?: string;
   /** The snapshot its next start restores instead of booting (docs/snapshots.md). */
   restoreFrom?: string;
+  /** The template it was made from (its id). */
+  template?: string;
+  /** Set while the server keeps the VM for a template (not in VM lists). */
+  role?: VmRole;
   pid?: number;
   createdAt: string;
   updatedAt: string;
@@ -89,6 +95,8 @@ interface VmRow {
   on_timeout: OnTimeout;
   expires_at: string | null;
   restore_snapshot: string | null;
+  template_id: string | null;
+  role: VmRole | null;
   created_at: string;
   updated_at: string;
 }
@@ -109,6 +117,8 @@ function fromRow(r: VmRow, drives: readonly DriveRow[], view: NetworkView = plai
   if (r.timeout_sec !== null && r.timeout_sec !== undefined) vm.timeoutSec = r.timeout_sec;
   if (r.expires_at !== null && r.expires_at !== undefined) vm.expiresAt = r.expires_at;
   if (r.restore_snapshot !== null && r.restore_snapshot !== undefined) vm.restoreFrom = r.restore_snapshot;
+  if (r.template_id !== null && r.template_id !== undefined) vm.template = r.template_id;
+  if (r.role !== null && r.role !== undefined) vm.role = r.role;
   if (r.pid !== null) vm.pid = r.pid;
   return vm;
 }
@@ -132,6 +142,16 @@ export interface NewVm {
   onTimeout?: OnTimeout | undefined;
   /** The snapshot the first start restores (the definition above is the snapshot's). */
   restoreSnapshot?: string | undefined;
+  /** Made from this template (its id), and kept by the server as `role` when set. */
+  template?: string | undefined;
+  role?: VmRole | undefined;
+}
+
+/** What a client's claim of a pool VM gives it (its TTL is set after, from the claim on). */
+export interface PoolClaim {
+  name: string;
+  metadata?: Record<string, string> | undefined;
+  onTimeout?: OnTimeout | undefined;
 }
 
 /** Picks a free slot of the host-side address pool (set by the network component); undefined: none needed. */
@@ -156,6 +176,8 @@ export class VmStore {
   private readonly dueStmt;
   private readonly nextExpiryStmt;
   private readonly setRestoreStmt;
+  private readonly claimStmt;
+  private readonly keptStmt;
   /** The network component's: addresses from slots, and the slot allocator. */
   private view: NetworkView = plainNetwork;
   private allocator: SlotAllocator | undefined;
@@ -172,8 +194,11 @@ export class VmStore {
   constructor(private readonly db: Db, private readonly storage?: StorageMonitor, private readonly volumes?: VolumeStore) {
     if (storage) storage.statesNotSaved = () => this.unsaved.size;
     if (volumes) volumes.onDrivesChanged = () => this.invalidate();
-    this.insertStmt = db.prepare(`INSERT INTO vms (id, tenant_id, name, state, image, hypervisor, vcpus, memory_mib, cmdline, pid, rng, balloon, balloon_deflate_on_oom, rootfs_device, network_enabled, network_egress, network_slot, metadata, timeout_sec, on_timeout, restore_snapshot, created_at, updated_at)
-      VALUES (@id, @tenant, @name, 'created', @image, @hypervisor, @vcpus, @memoryMiB, @cmdline, NULL, @rng, @balloon, @deflateOnOom, @rootfsDevice, @netEnabled, @netEgress, @netSlot, @metadata, @timeoutSec, @onTimeout, @restoreSnapshot, @now, @now)`);
+    this.insertStmt = db.prepare(`INSERT INTO vms (id, tenant_id, name, state, image, hypervisor, vcpus, memory_mib, cmdline, pid, rng, balloon, balloon_deflate_on_oom, rootfs_device, network_enabled, network_egress, network_slot, metadata, timeout_sec, on_timeout, restore_snapshot, template_id, role, created_at, updated_at)
+      VALUES (@id, @tenant, @name, 'created', @image, @hypervisor, @vcpus, @memoryMiB, @cmdline, NULL, @rng, @balloon, @deflateOnOom, @rootfsDevice, @netEnabled, @netEgress, @netSlot, @metadata, @timeoutSec, @onTimeout, @restoreSnapshot, @template, @role, @now, @now)`);
+    this.claimStmt = db.prepare(`UPDATE vms SET role = NULL, name = @name, metadata = @metadata, on_timeout = @onTimeout, updated_at = @now
+      WHERE id = (SELECT id FROM vms WHERE template_id = @template AND role = 'pool' AND state = 'running' ORDER BY created_at, id LIMIT 1) RETURNING id`).pluck();
+    this.keptStmt = db.prepare('SELECT id FROM vms WHERE template_id = ? AND role = ? ORDER BY created_at, id').pluck();
     this.setRestoreStmt = db.prepare('UPDATE vms SET restore_snapshot = @snapshot WHERE id = @id');
     this.setMetadataStmt = db.prepare('UPDATE vms SET metadata = @metadata, updated_at = @now WHERE id = @id');
     this.setTimeoutStmt = db.prepare('UPDATE vms SET timeout_sec = @timeoutSec, expires_at = @expiresAt, updated_at = @now WHERE id = @id');
@@ -209,7 +234,7 @@ export class VmStore {
         netEnabled: v.network?.enabled === false ? 0 : 1, netEgress: v.network?.egress === false ? 0 : 1,
         netSlot: v.network?.enabled !== false && this.allocator ? this.allocator(this.usedSlots()) : null,
         metadata: JSON.stringify(v.metadata ?? {}), timeoutSec: v.timeoutSec ?? null, onTimeout: v.onTimeout ?? 'stop',
-        restoreSnapshot: v.restoreSnapshot ?? null,
+        restoreSnapshot: v.restoreSnapshot ?? null, template: v.template ?? null, role: v.role ?? null,
       });
       if (v.drives && v.drives.length > 0) {
         if (!this.volumes) throw new Error('VmStore: drives need the volume store');
@@ -282,6 +307,35 @@ export class VmStore {
     this.setRestoreStmt.run({ id, snapshot });
   }
 
+  /**
+   * Hands the oldest running pool VM of the template to a client (its role cleared, its name
+   * and labels the client's), in one statement: two claims never get the same VM. `check` (the
+   * name still free) runs in the same transaction. Undefined when the pool has none ready.
+   */
+  claimPooled(templateId: string, claim: PoolClaim, check?: () => void): Vm | undefined {
+    this.invalidate();
+    const id = this.db.transaction(() => {
+      check?.();
+      return this.claimStmt.get({
+        template: templateId, name: claim.name, metadata: JSON.stringify(claim.metadata ?? {}),
+        onTimeout: claim.onTimeout ?? 'stop', now: new Date().toISOString(),
+      }) as string | undefined;
+    })();
+    this.invalidate();
+    return id === undefined ? undefined : this.get(id);
+  }
+
+  /** A VM kept for a template changes role (a warmed pool VM becomes claimable). */
+  setRole(id: string, role: VmRole): void {
+    this.invalidate();
+    this.db.prepare('UPDATE vms SET role = ? WHERE id = ? AND role IS NOT NULL').run(role, id);
+  }
+
+  /** The VMs the server keeps for a template in `role`, oldest first. */
+  kept(templateId: string, role: VmRole): Vm[] {
+    return (this.keptStmt.all(templateId, role) as string[]).map((id) => this.get(id)!).filter(Boolean);
+  }
+
   /** Sets or clears the current run's deadline (not a change of the definition: updatedAt stays). */
   setExpiry(id: string, expiresAt: string | null): void {
     this.invalidate();
@@ -314,18 +368,23 @@ export class VmStore {
     return r && fromRow(r, this.volumes?.drives(r.id) ?? [], this.view);
   }
 
-  /** Every VM, or a tenant's. */
+  /** Every VM, or a tenant's (those the server keeps for templates too: they count in quotas). */
   list(tenant?: string): Vm[] {
     const all = this.cachedList().vms;
     return tenant === undefined ? all : all.filter((vm) => vm.tenant === tenant);
   }
 
-  /** `{"items":[...]}` of list(tenant), serialized once per change (and tenant). */
+  /** The VMs clients see: without those the server keeps for templates. */
+  listShown(tenant?: string): Vm[] {
+    return this.list(tenant).filter((vm) => vm.role === undefined);
+  }
+
+  /** `{"items":[...]}` of listShown(tenant), serialized once per change (and tenant). */
   listJson(tenant?: string): string {
     if (tenant === undefined) return this.cachedList().json;
     let json = this.tenantJson.get(tenant);
     if (json === undefined) {
-      json = JSON.stringify({ items: this.list(tenant) });
+      json = JSON.stringify({ items: this.listShown(tenant) });
       if (this.tenantJson.size >= 1024) this.tenantJson.clear();
       this.tenantJson.set(tenant, json);
     }
@@ -341,7 +400,7 @@ export class VmStore {
     if (!this.listCache) {
       const drives = this.volumes?.allDrives() ?? new Map<string, DriveRow[]>();
       const vms = (this.listStmt.all() as VmRow[]).map((r) => fromRow(this.overlay(r), drives.get(r.id) ?? [], this.view));
-      this.listCache = { vms, json: JSON.stringify({ items: vms }) };
+      this.listCache = { vms, json: JSON.stringify({ items: vms.filter((vm) => vm.role === undefined) }) };
     }
     return this.listCache;
   }

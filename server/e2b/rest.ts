@@ -15,7 +15,7 @@ import { randomBytes } from 'node:crypto';
 import { Hono, type Context, type MiddlewareHandler } from 'hono';
 import { z } from 'zod';
 import type { Vm } from '../db/vms.js';
-import type { AgentClient } from '../agent/client.js';
+import { waitForAgent, type AgentClient } from '../agent/client.js';
 import type { TokenStore } from '../db/tokens.js';
 import { capsuleTokenOf } from './keys.js';
 import type { SandboxTokens } from './keys.js';
@@ -276,18 +276,4 @@ export function e2bRestRoutes(d: RestDeps) {
 
   r.all('*', (c) => c.json(e2bError(404, `capsule does not serve E2B's ${c.req.method} ${c.req.path.replace(/^\/e2b/, '')} (docs/e2b.md lists what it does)`), 404));
   return r;
-}
-
-/** Polls the agent's health until it answers (the guest boots and starts it), or the time is up. */
-async function waitForAgent(agent: AgentClient, vmId: string, timeoutMs: number): Promise<boolean> {
-  const end = Date.now() + timeoutMs;
-  while (Date.now() < end) {
-    try {
-      await agent.health(vmId, Math.min(5000, Math.max(1, end - Date.now())));
-      return true;
-    } catch {
-      await new Promise((res) => setTimeout(res, 250));
-    }
-  }
-  return false;
 }
