@@ -3,7 +3,9 @@
 //   snapshot   POST /v1/vms/:id/snapshot of the running guest (written and resumed), its size;
 //   restore    POST /v1/vms {fromSnapshot} + start -> `running`, and -> the guest answering;
 //   suspend    pause {"persist":true} -> resume -> the guest answering (pause-to-disk round trip);
-//   memory     PSS of `clones` VMs restored from one snapshot, together, against one booted VM.
+//   memory     PSS of `clones` VMs restored from one snapshot, together, against one booted VM;
+//   pool       a template's build, POST /v1/vms {"template"} served from its pool (-> running,
+//              -> answering), and with an empty pool (a restore of the template's snapshot).
 // QEMU here restores by copy (its migration stream), so restore time and clone memory grow with
 // the guest; the targets (CoW restore of 4 GiB within 2x of 256 MiB, clones <= 1.5x) are for the
 // native VMM's MAP_PRIVATE restore. `node dist/bench/snapshot.js` (BENCH_SIZES=256,1024,4096).
@@ -61,6 +63,57 @@ async function api(s: TestServer, method: string, path: string, body?: unknown):
   return r.body;
 }
 
+/** Waits (polling) until `fn` returns a value. */
+async function until<T>(what: string, fn: () => Promise<T | undefined>, ms = 300_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out: ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/**
+ * A template of the default image with a pool of ROUNDS clones: POST /v1/vms {"template"} served
+ * from the pool (the call's round trip: it includes HTTP on loopback, so it bounds the server's
+ * time from above), then, with the pool emptied, the same call restoring the template's snapshot.
+ */
+async function benchPool(s: TestServer, memoryMiB: number) {
+  const name = `tpl-${memoryMiB}`;
+  const t0 = performance.now();
+  await api(s, 'POST', '/v1/templates', { name, memoryMiB, pool: ROUNDS });
+  await until('template ready', async () => ((await api(s, 'GET', `/v1/templates/${name}`)).state === 'ready' ? true : undefined));
+  const buildMs = performance.now() - t0;
+  const ready = () => until('pool filled', async () => ((await api(s, 'GET', '/v1/pools')).items.find((p: any) => p.template === name)?.ready === ROUNDS ? true : undefined));
+  await ready();
+  const claimMs: number[] = [];
+  const claimAnswerMs: number[] = [];
+  const fallbackMs: number[] = [];
+  const made: string[] = [];
+  for (let i = 0; i < ROUNDS; i++) {
+    const [vm, ms] = await timed(() => api(s, 'POST', '/v1/vms', { name: `claim-${memoryMiB}-${i}`, template: name }));
+    if (vm.startedFrom !== 'pool') throw new Error(`claim ${i} was not served from the pool`);
+    const [, answer] = await timed(() => answers(s, vm.id));
+    claimMs.push(ms);
+    claimAnswerMs.push(ms + answer);
+    made.push(vm.id);
+  }
+  await api(s, 'PATCH', `/v1/templates/${name}`, { pool: 0 });
+  for (let i = 0; i < ROUNDS; i++) {
+    const [vm, ms] = await timed(() => api(s, 'POST', '/v1/vms', { name: `fallback-${memoryMiB}-${i}`, template: name }));
+    if (vm.startedFrom !== 'snapshot') throw new Error(`fallback ${i} came from the pool`);
+    fallbackMs.push(ms);
+    made.push(vm.id);
+  }
+  for (const id of made) await api(s, 'DELETE', `/v1/vms/${id}?force=true`);
+  await api(s, 'DELETE', `/v1/templates/${name}`);
+  return {
+    templateBuildMs: round(buildMs), poolClaimToRunningMs: round(median(claimMs)), poolClaimToAnswerMs: round(median(claimAnswerMs)),
+    templateRestoreToRunningMs: round(median(fallbackMs)),
+  };
+}
+
 export async function benchSnapshot() {
   const s = await TestServer.start({ env: { CAPSULE_RATE_LIMIT: '1000', CAPSULE_RATE_BURST: '1000' } });
   const sizes = [];
@@ -112,6 +165,7 @@ export async function benchSnapshot() {
       r.clonesPssMiB = round(clones.reduce((n, v) => n + pssMiB(v.pid), 0));
       for (const v of clones) await api(s, 'DELETE', `/v1/vms/${v.id}?force=true`);
       for (const x of (await api(s, 'GET', '/v1/snapshots')).items) await api(s, 'DELETE', `/v1/snapshots/${x.id}`);
+      const pool = await benchPool(s, memoryMiB);
       sizes.push({
         memoryMiB,
         coldToRunningMs: round(median(r.coldRunningMs)), coldToAnswerMs: round(median(r.coldAnswerMs)),
@@ -119,6 +173,7 @@ export async function benchSnapshot() {
         restoreToRunningMs: round(median(r.restoreRunningMs)), restoreToAnswerMs: round(median(r.restoreAnswerMs)),
         pauseToDiskRoundTripMs: round(median(r.suspendResumeMs)),
         onePssMiB: r.onePssMiB, clones: CLONES, clonesPssMiB: r.clonesPssMiB, clonesVsOne: round(r.clonesPssMiB / r.onePssMiB, 2),
+        ...pool,
       });
     }
   } finally {
@@ -132,6 +187,8 @@ export async function benchSnapshot() {
       [`restoreToRunning ${last.memoryMiB} MiB vs ${first.memoryMiB} MiB (target <= 2 with CoW restore)`]: round(last.restoreToRunningMs / first.restoreToRunningMs, 2),
       [`restoreToAnswer vs coldToAnswer at ${first.memoryMiB} MiB`]: round(first.restoreToAnswerMs / first.coldToAnswerMs, 3),
       [`${CLONES} clones' PSS vs one VM at ${first.memoryMiB} MiB (target <= 1.5 for ten clones with CoW restore)`]: first.clonesVsOne,
+      [`pool claim -> running, ms at ${first.memoryMiB} MiB, call round trip (target: p50 <= 10 ms server-side)`]: first.poolClaimToRunningMs,
+      [`pool claim -> running vs cold start -> running at ${first.memoryMiB} MiB`]: round(first.poolClaimToRunningMs / first.coldToRunningMs, 3),
     },
   };
 }

@@ -295,3 +295,35 @@ test('completion: bash and zsh scripts; the bash one parses (bash -n) and comple
     await user.run(['vm', 'rm', 'cli-complete-me']);
   }
 });
+
+test('template create follows the build step by step; pool ls; vm create --template comes from the pool; template pool, rm', { timeout: 300_000 }, async () => {
+  // The default image has no agent: its build is ready at the image's console marker.
+  const built = await user.run(['template', 'create', 'cli-tpl', '--memory', '256M', '--pool', '1']);
+  assert.equal(built.code, 0, built.stderr);
+  assert.match(built.stderr, /^cli-tpl: booting… \(\d+\.\d s\)$/m);
+  assert.match(built.stderr, /^cli-tpl: snapshotting… /m);
+  assert.match(built.stdout, /^cli-tpl: ready, pool 1 \(/);
+  assert.match((await user.run(['template', 'ls'])).stdout, /^cli-tpl\s+ready\s+1\s+default\s/m);
+  // The pool fills in the background.
+  for (let i = 0; ; i++) {
+    const pools = await user.json<{ items: Array<{ template: string; ready: number }> }>(['pool', 'ls']);
+    if (pools.items.find((p) => p.template === 'cli-tpl')?.ready === 1) break;
+    assert.ok(i < 240, 'the pool filled within 2 minutes');
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  assert.match((await user.run(['pool', 'ls'])).stdout, /^cli-tpl\s+1\s+1\s+0\s+0/m);
+  const vm = await user.run(['vm', 'create', 'cli-from-tpl', '--template', 'cli-tpl']);
+  assert.equal(vm.code, 0, vm.stderr);
+  assert.match(vm.stdout, /^cli-from-tpl: running, from the pool \(/);
+  const clash = await user.run(['vm', 'create', 'x', '--template', 'cli-tpl', '--memory', '1G']);
+  assert.equal(clash.code, 2);
+  assert.match(clash.stderr, /--template gives the VM its template's memory/);
+  assert.equal((await user.run(['template', 'pool', 'cli-tpl', '0'])).stdout, 'cli-tpl: pool 0\n');
+  const failed = await user.run(['template', 'create', 'cli-bad', '--ready-cmd', 'false', '--ready-timeout', '10']);
+  assert.equal(failed.code, 1);
+  assert.match(failed.stderr, /error: template_failed: template cli-bad failed to build: /);
+  const rm = await user.run(['template', 'rm', 'cli-tpl', 'cli-bad']);
+  assert.equal(rm.code, 0, rm.stderr);
+  assert.equal((await user.json<{ items: unknown[] }>(['template', 'ls'])).items.length, 0);
+  assert.equal((await user.run(['vm', 'rm', '--force', 'cli-from-tpl'])).code, 0);
+});

@@ -5,6 +5,7 @@ import { completeCommand, completionCommand } from './commands/completion.js';
 import { eventsCommand } from './commands/events.js';
 import { imageCommand } from './commands/image.js';
 import { loginCommand, logoutCommand, whoamiCommand } from './commands/login.js';
+import { poolCommand, templateCommand } from './commands/template.js';
 import { tenantCommand } from './commands/tenant.js';
 import { tokenCommand } from './commands/token.js';
 import { vmCommand } from './commands/vm.js';
@@ -30,7 +31,7 @@ export function buildProgram(): Command {
   // Subcommands made with `new Command()` do not inherit settings from the parent: copy them.
   const children = [
     loginCommand(), logoutCommand(), whoamiCommand(), vmCommand(), volumeCommand(), imageCommand(),
-    eventsCommand(), tenantCommand(), tokenCommand(),
+    templateCommand(), poolCommand(), eventsCommand(), tenantCommand(), tokenCommand(),
   ];
   for (const c of children) program.addCommand(c);
   program.addCommand(completionCommand(program));

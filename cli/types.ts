@@ -98,3 +98,32 @@ export interface VmEvent {
 export interface List<T> {
   items: T[];
 }
+
+export interface Template {
+  id: string;
+  tenant?: string;
+  name: string;
+  image: string;
+  hypervisor: string;
+  vcpus: number;
+  memoryMiB: number;
+  startCmd?: string;
+  readyCmd?: string;
+  readyTimeoutSec: number;
+  pool: number;
+  state: 'building' | 'ready' | 'failed';
+  step?: string;
+  reason?: string;
+  snapshot?: string;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface Pool {
+  template: string;
+  size: number;
+  ready: number;
+  warming: number;
+  failed: number;
+  reason?: string;
+}

@@ -451,6 +451,54 @@ test('volumes: create one in the Volumes view, attach it at VM creation, see and
   await page.context().close();
 });
 
+test('templates: create one in the Templates view, watch its build progress to ready and its pool fill, start a VM of it from the pool', { skip, timeout: 300_000 }, async (t) => {
+  if (skip) return t.skip(String(skip));
+  const { page, errors } = await open();
+  await signIn(page, base, token);
+  const name = `tpl-${randomBytes(3).toString('hex')}`;
+  await page.getByRole('link', { name: 'Templates' }).first().click();
+  await page.getByRole('heading', { name: 'Templates' }).waitFor();
+
+  t.diagnostic('a validation error first (the API\'s), then a template of the default image with a pool of 1');
+  await page.getByLabel('Name').fill('_bad');
+  await page.getByRole('button', { name: 'Create template' }).click();
+  await page.getByRole('alert').filter({ hasText: /name/ }).waitFor();
+  await page.getByLabel('Name').fill(name);
+  await page.getByLabel('Image').selectOption('default');
+  await page.getByLabel('Pool size').fill('1');
+  await page.getByRole('button', { name: 'Create template' }).click();
+  const row = page.locator(`tr[data-template-name="${name}"]`);
+  // The build's progress bar, moved on by the TEMPLATE_PROGRESS events.
+  await row.locator('progress[aria-label^="Building"]').waitFor();
+  await shot(page, 'template-building');
+  await row.locator('.state-running').waitFor({ timeout: BOOT_MS });
+  await row.filter({ hasText: '1 of 1 ready' }).waitFor({ timeout: BOOT_MS });
+  await shot(page, 'template-ready');
+
+  t.diagnostic('Start VM: a pool VM, shown running on its page');
+  await row.getByRole('button', { name: `Start a VM of template ${name}` }).click();
+  await page.getByRole('heading', { name: new RegExp(`^${name}-`) }).waitFor();
+  const id = decodeURIComponent(new URL(page.url()).hash.replace('#/vms/', ''));
+  created.push(id);
+  const vm = (await (await api('GET', `/v1/vms/${id}`)).json()) as { state: string; template: string };
+  assert.equal(vm.state, 'running');
+  assert.ok(vm.template);
+  // The pool's own VMs never appear in the VM list.
+  await page.getByRole('link', { name: 'VMs', exact: true }).click();
+  await page.locator('table.vms').waitFor();
+  assert.equal(await page.locator('tr', { hasText: '_pool.' }).count(), 0);
+
+  t.diagnostic('delete the template: the row goes; the VM made from it runs on');
+  await page.getByRole('link', { name: 'Templates' }).first().click();
+  await row.getByRole('button', { name: `Delete template ${name}` }).click();
+  await row.waitFor({ state: 'detached' });
+  assert.equal(((await (await api('GET', `/v1/vms/${id}`)).json()) as { state: string }).state, 'running');
+  assert.equal((await api('DELETE', `/v1/vms/${id}?force=true`)).status, 204);
+  created.splice(created.indexOf(id), 1);
+  assert.deepEqual(errors, []);
+  await page.context().close();
+});
+
 test('tenants: the header shows tenant and scope; an admin filters VMs by tenant, makes a token (secret shown once) and revokes it', { skip, timeout: 120_000 }, async (t) => {
   if (skip) return t.skip(String(skip));
   const suffix = randomBytes(3).toString('hex');

@@ -1,6 +1,7 @@
 // capsule vm …: definitions and lifecycle (POST /v1/vms, /v1/vms/:id/{start,stop,…}).
 import { Command, Option } from 'commander';
 import { collect, driveSpec, durationSec, keyValue, oneOf, positiveInt, sizeMiB, type DriveSpec } from '../args.js';
+import { UsageError } from '../errors.js';
 import { withContext, type Context } from '../context.js';
 import { mib, shortTime, type Column } from '../output.js';
 import { resolveVm, tenantNames } from '../resolve.js';
@@ -72,10 +73,12 @@ interface CreateOptions {
   timeout?: number;
   onTimeout?: string;
   start?: boolean;
+  template?: string;
 }
 
 export function createBody(name: string, o: CreateOptions): Record<string, unknown> {
   const body: Record<string, unknown> = { name };
+  if (o.template !== undefined) body.template = o.template;
   if (o.image !== undefined) body.image = o.image;
   if (o.vcpus !== undefined) body.vcpus = o.vcpus;
   if (o.memory !== undefined) body.memoryMiB = o.memory;
@@ -134,8 +137,16 @@ export function vmCommand(): Command {
     .option('--timeout <duration>', 'TTL from each start: 90, 15m, 2h, 1d', durationSec)
     .addOption(new Option('--on-timeout <action>', 'at the TTL: stop (default) or delete').argParser(oneOf('stop', 'delete')))
     .option('-s, --start', 'start the VM once created')
+    .option('-T, --template <template>', 'a running VM of this template: from its pool, else restored (image, size and devices are the template\'s)')
     .action(withContext(async (ctx, name: string, o: CreateOptions & { hypervisor?: string }) => {
       const client = ctx.client();
+      if (o.template !== undefined) {
+        const clash = (['image', 'vcpus', 'memory', 'backend', 'cmdline', 'drive', 'rootfsDevice'] as const).filter((k) => o[k] !== undefined);
+        if (clash.length > 0) throw new UsageError(`--template gives the VM its template's ${clash.join(', ')}: leave them out`);
+        const vm = await withSpinner(`starting ${name} from ${o.template}`, client.post<Vm & { startedFrom: string }>('/v1/vms', createBody(name, o)));
+        if (ctx.printer.json) return ctx.printer.jsonValue(vm);
+        return ctx.printer.message(`${vm.name}: ${vm.state}, ${vm.startedFrom === 'pool' ? 'from the pool' : 'restored (the pool had none ready)'} (${vm.id})`);
+      }
       let created = await client.post<Vm>('/v1/vms', createBody(name, { ...o, backend: o.backend ?? o.hypervisor }));
       if (o.start) created = await withSpinner(`starting ${created.name}`, client.post<Vm>(`/v1/vms/${created.id}/start`));
       if (ctx.printer.json) ctx.printer.jsonValue(created);

@@ -25,8 +25,48 @@ export interface Vm {
   timeoutSec?: number;
   onTimeout?: 'stop' | 'delete';
   expiresAt?: string;
+  /** The snapshot its next start restores; the template it was made from; set while the server keeps it for a template (hidden). */
+  restoreFrom?: string;
+  template?: string;
+  role?: 'template-build' | 'pool-warming' | 'pool';
   createdAt: string;
   updatedAt: string;
+}
+
+/** The steps of a template's build, in order (docs/templates.md). */
+export const TEMPLATE_STEPS = ['booting', 'starting', 'waiting-ready', 'snapshotting'] as const;
+
+export interface Template {
+  id: string;
+  name: string;
+  image: string;
+  vcpus: number;
+  memoryMiB: number;
+  startCmd?: string;
+  readyCmd?: string;
+  pool: number;
+  state: 'building' | 'ready' | 'failed';
+  step?: (typeof TEMPLATE_STEPS)[number];
+  reason?: string;
+  createdAt: string;
+}
+
+export interface CreateTemplate {
+  name: string;
+  image?: string;
+  memoryMiB?: number;
+  startCmd?: string;
+  readyCmd?: string;
+  pool?: number;
+}
+
+export interface Pool {
+  template: string;
+  size: number;
+  ready: number;
+  warming: number;
+  failed: number;
+  reason?: string;
 }
 
 export type DriveCache = 'none' | 'writeback' | 'unsafe';
@@ -253,6 +293,22 @@ export class Api {
   }
   deleteVolume(id: string): Promise<void> {
     return this.request('DELETE', `/v1/volumes/${encodeURIComponent(id)}`);
+  }
+  async listTemplates(): Promise<Template[]> {
+    return (await this.request<{ items: Template[] }>('GET', '/v1/templates')).items;
+  }
+  async listPools(): Promise<Pool[]> {
+    return (await this.request<{ items: Pool[] }>('GET', '/v1/pools')).items;
+  }
+  createTemplate(spec: CreateTemplate): Promise<Template> {
+    return this.request('POST', '/v1/templates', spec);
+  }
+  deleteTemplate(id: string): Promise<void> {
+    return this.request('DELETE', `/v1/templates/${encodeURIComponent(id)}`);
+  }
+  /** A running VM of the template (from its pool, or restored). */
+  vmFromTemplate(name: string, template: string): Promise<Vm & { startedFrom: 'pool' | 'snapshot' }> {
+    return this.request('POST', '/v1/vms', { name, template });
   }
   attachDrive(vmId: string, spec: DriveRequest): Promise<Drive> {
     return this.request('POST', `/v1/vms/${encodeURIComponent(vmId)}/drives`, spec);

@@ -1,4 +1,4 @@
-// Entry point: token handling, header, hash router (#/, #/new, #/vms/:id, #/volumes, #/tokens).
+// Entry point: token handling, header, hash router (#/, #/new, #/vms/:id, #/volumes, #/templates, #/tokens).
 import { Api } from './api.js';
 import { App, type View } from './app.js';
 import { h } from './dom.js';
@@ -7,6 +7,7 @@ import { listView } from './views/list.js';
 import { createView } from './views/create.js';
 import { detailView } from './views/detail.js';
 import { volumesView } from './views/volumes.js';
+import { templatesView } from './views/templates.js';
 import { tokensView } from './views/tokens.js';
 
 const TOKEN_KEY = 'capsule.token';
@@ -25,7 +26,7 @@ const header = h(
   h('a', { class: 'skip', href: '#main', onclick: skipToMain as EventListener }, 'Skip to content'),
   h('a', { class: 'brand', href: '#/' }, h('span', { class: 'logo', 'aria-hidden': 'true' }, '◆'), 'capsule'),
   h('div', { class: 'spacer' }),
-  h('nav', { class: 'nav', 'aria-label': 'Sections' }, h('a', { href: '#/' }, 'VMs'), h('a', { href: '#/volumes' }, 'Volumes'), tokensLink),
+  h('nav', { class: 'nav', 'aria-label': 'Sections' }, h('a', { href: '#/' }, 'VMs'), h('a', { href: '#/volumes' }, 'Volumes'), h('a', { href: '#/templates' }, 'Templates'), tokensLink),
   whoEl,
   streamEl,
   signOutBtn,
@@ -130,6 +131,9 @@ function route(message?: string): void {
   } else if (hash === '/volumes') {
     document.title = 'Volumes · capsule';
     show(volumesView(app));
+  } else if (hash === '/templates') {
+    document.title = 'Templates · capsule';
+    show(templatesView(app, navigate));
   } else if (hash === '/tokens') {
     document.title = 'Tokens · capsule';
     show(tokensView(app));

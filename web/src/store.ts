@@ -45,6 +45,8 @@ export class VmStore {
 
   /** Insert or update one VM (an API response is authoritative at its updatedAt). */
   upsert(vm: Vm): void {
+    // A VM the server keeps for a template (its build, its pool) is not the user's until claimed.
+    if (vm.role) return;
     const cur = this.vms.get(vm.id);
     if (cur && isNewer(cur, vm)) return;
     if (this.deleted.has(vm.id)) return;
