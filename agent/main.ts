@@ -808,8 +808,29 @@ class Conn {
       }
       case 'read': return this.read(req);
       case 'write': return this.write(req);
+      case 'set-clock': {
+        this.setClock(req.epochMs);
+        return;
+      }
       default: throw new AgentError('invalid_request', `unknown op ${JSON.stringify(req.op)}`);
     }
+  }
+
+  /**
+   * Sets the guest's wall clock (after a restore from a snapshot, the guest's clock is the
+   * snapshot's: minutes or days behind). `date` does it (CAP_SYS_TIME: the agent is root); the
+   * answer says how far the clock moved.
+   */
+  private setClock(epochMs: unknown): void {
+    // 2000-01-01 .. 2200-01-01: anything else is not a time the host meant.
+    if (typeof epochMs !== 'number' || !Number.isFinite(epochMs) || epochMs < 946_684_800_000 || epochMs > 7_258_118_400_000) {
+      throw new AgentError('invalid_request', 'epochMs: a time in milliseconds since 1970, between 2000 and 2200');
+    }
+    const before = Date.now();
+    execFile('date', ['-u', '-s', `@${(epochMs / 1000).toFixed(3)}`], { timeout: 5000 }, (err, _out, stderr) => {
+      if (err) return this.fail('internal', `date -s: ${(stderr || err.message).trim()}`);
+      this.finish({ ok: { movedMs: epochMs - before, time: new Date().toISOString() } });
+    });
   }
 
   /** Streams a process: stdin and control messages in, output and the exit out. */

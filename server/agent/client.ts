@@ -251,6 +251,16 @@ export class AgentClient {
     return this.call(vmId, { op: 'health' }, timeoutMs);
   }
 
+  /** Whether the VM has an agent to talk to (its secret is known: it runs with one). */
+  hasAgent(vmId: string): boolean {
+    return this.o.token(vmId) !== undefined;
+  }
+
+  /** Sets the guest's wall clock; how far it moved. */
+  setClock(vmId: string, epochMs: number): Promise<{ movedMs: number; time: string }> {
+    return this.call(vmId, { op: 'set-clock', epochMs });
+  }
+
   processes(vmId: string): Promise<{ processes: ProcessInfo[] }> {
     return this.call(vmId, { op: 'processes' });
   }

@@ -11,6 +11,7 @@ import { copyFileSync, existsSync, renameSync, rmSync, statfsSync, statSync } fr
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { EventHub } from '../events/hub.js';
+import { waitForAgent, type AgentClient } from '../agent/client.js';
 import type { ImageStore } from '../db/images.js';
 import type { Snapshot, SnapshotKind, SnapshotStore } from '../db/snapshots.js';
 import type { Vm, VmStore } from '../db/vms.js';
@@ -32,7 +33,12 @@ export interface SnapshotServiceDeps {
   supervisor: Supervisor;
   hub: EventHub;
   log: Logger;
+  /** The guest agents' client: a restored guest's clock is set through it. */
+  agent?: AgentClient | undefined;
 }
+
+/** How long a restored guest's agent has to answer before its clock is left as it is. */
+const CLOCK_AGENT_WAIT_MS = 60_000;
 
 export class SnapshotService {
   constructor(private readonly d: SnapshotServiceDeps) {}
@@ -84,9 +90,24 @@ export class SnapshotService {
     return this.d.vms.get(vmId)!;
   }
 
-  /** After a restore: a VM's pause-to-disk state has served its one use. */
+  /**
+   * After a restore: the guest's clock is the snapshot's (behind by however long the snapshot
+   * waited), so its agent, where it has one, sets it to the host's; a VM's pause-to-disk state
+   * has served its one use.
+   */
   restored(vmId: string, snapshotId: string): void {
     if (this.d.snapshots.getAny(snapshotId)?.kind === 'suspend') this.remove(snapshotId);
+    if (this.d.agent?.hasAgent(vmId)) void this.correctClock(vmId, this.d.agent);
+  }
+
+  private async correctClock(vmId: string, agent: AgentClient): Promise<void> {
+    try {
+      if (!(await waitForAgent(agent, vmId, CLOCK_AGENT_WAIT_MS))) throw new Error(`the agent did not answer within ${CLOCK_AGENT_WAIT_MS / 1000} s`);
+      const { movedMs } = await agent.setClock(vmId, Date.now());
+      this.d.log.info({ vm: vmId, movedMs }, 'guest clock corrected after a restore');
+    } catch (e) {
+      this.d.log.warn({ vm: vmId, err: (e as Error).message }, 'could not correct the guest clock after a restore');
+    }
   }
 
   /** A VM is deleted: its pause-to-disk state goes with it. */

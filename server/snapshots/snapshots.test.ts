@@ -9,7 +9,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { closeSync, openSync, readdirSync, readFileSync, statSync, truncateSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { TestServer, ConsoleCollector, waitFor, TEST_IMAGES_DIR } from '../test/harness.js';
+import { TestServer, ConsoleCollector, waitFor, sleep, TEST_IMAGES_DIR } from '../test/harness.js';
 import { buildImage } from '../images/registry.js';
 import { isAlive } from '../supervisor/process.js';
 
@@ -268,8 +268,20 @@ test('sandbox image: a clone keeps its agent and gets its own disk; the snapshot
   const layerSum = await sha(layer);
   assert.equal((await s.api('DELETE', `/v1/vms/${vm.id}?force=true`)).status, 204);
 
+  // The restored guests' clocks start where the snapshot's stood: let it fall 15 s behind.
+  const taken = Date.now();
   const [a, b] = [await create({ name: 'sbx-a', fromSnapshot: 'sbx-snap' }), await create({ name: 'sbx-b', fromSnapshot: 'sbx-snap' })];
+  await sleep(Math.max(0, 15_000 - (Date.now() - taken)));
   for (const v of [a, b]) await start(v.id);
+  // The server sets each restored guest's clock through its agent.
+  for (const v of [a, b]) {
+    const skew = await waitFor('the restored guest\'s clock corrected', async () => {
+      const h = await s.api('GET', `/v1/vms/${v.id}/agent`);
+      const d = h.status === 200 ? Math.abs(Date.parse(h.body.time) - Date.now()) : Infinity;
+      return d < 3000 ? d : undefined;
+    }, 60_000);
+    assert.ok(skew < 3000);
+  }
   for (const v of [a, b]) {
     // The agent answers at once: it was running in the snapshot, with the secret it keeps.
     r = await s.api('POST', `/v1/vms/${v.id}/exec`, { shell: 'cat /root/file', user: 'root' });
