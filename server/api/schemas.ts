@@ -150,7 +150,7 @@ export const CreateTemplateSchema = z.object({
   memoryMiB: CreateVmSchema.shape.memoryMiB,
   hypervisor: CreateVmSchema.shape.hypervisor,
   startCmd: TemplateCommand.optional().openapi({ description: 'started in the background once the guest agent answers; it keeps running in every VM of the template' }),
-  readyCmd: TemplateCommand.optional().openapi({ description: 'run until it exits 0 (each try at most 10 s); without it, the start command started (or, without either, the image\'s ready marker on the console) is ready' }),
+  readyCmd: TemplateCommand.optional().openapi({ description: 'run until it exits 0 (each try at most 10 s); without it, the start command done or still running a second after its start (or, without either, the image\'s ready marker on the console) is ready' }),
   readyTimeoutSec: z.number().int().min(1).max(3600).default(300).openapi({ description: 'how long the build may take from boot to ready' }),
   pool: PoolSize.default(0),
 }).strict().openapi('CreateTemplate');

@@ -373,3 +373,34 @@ test('Sandbox.connect gives access again; kill() deletes the VM and the sandbox 
   await assert.rejects(sandbox.commands.run('true'));
   sandbox = undefined;
 });
+
+test('Sandbox.create of a capsule template: a pool VM, its start command\'s work already done, no boot', { timeout: 600_000 }, async () => {
+  const t = await server.api('POST', '/v1/templates', {
+    name: 'e2b-warm', image: 'sandbox', memoryMiB: 512, pool: 1,
+    startCmd: 'echo warmed-$((6*7)) > ~/warm.txt; exec python3 -m http.server 8000 --bind 127.0.0.1',
+    readyCmd: 'curl -sf http://127.0.0.1:8000/warm.txt',
+  });
+  assert.equal(t.status, 202, JSON.stringify(t.body));
+  await waitFor('the template and its pool', async () => {
+    const p = (await server.api('GET', '/v1/pools')).body.items.find((x: any) => x.template === 'e2b-warm');
+    const tpl = (await server.api('GET', '/v1/templates/e2b-warm')).body;
+    assert.notEqual(tpl.state, 'failed', tpl.reason);
+    return p?.ready === 1 || undefined;
+  }, 300_000);
+  const t0 = Date.now();
+  const sbx = await Sandbox.create('e2b-warm', { timeoutMs: 120_000, envs: { GREETING: 'hi' }, ...slow });
+  console.log(`Sandbox.create from a pool: ${Date.now() - t0} ms`);
+  try {
+    const vm = (await server.api('GET', `/v1/vms/${sbx.sandboxId}`)).body;
+    assert.equal(vm.state, 'running');
+    assert.equal(typeof vm.template, 'string');
+    assert.equal((await sbx.getInfo()).templateId, 'e2b-warm');
+    assert.equal((await sbx.commands.run('cat ~/warm.txt')).stdout, 'warmed-42\n');
+    // The start command's server carries on in the sandbox; the sandbox's envs apply.
+    assert.equal((await sbx.commands.run('curl -sf http://127.0.0.1:8000/warm.txt')).stdout, 'warmed-42\n');
+    assert.equal((await sbx.commands.run('echo $GREETING')).stdout, 'hi\n');
+  } finally {
+    await sbx.kill();
+  }
+  assert.equal((await server.api('DELETE', '/v1/templates/e2b-warm')).status, 204);
+});

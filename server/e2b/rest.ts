@@ -140,6 +140,10 @@ export function e2bRestRoutes(d: RestDeps) {
     const p = await parse(c, CreateSchema);
     if (!p.ok) return p.res;
     const body = p.data;
+    // A capsule template of that name (docs/templates.md): a running VM from its pool, or
+    // restored from its snapshot, with its start command already running; no boot.
+    const template = await call(c, 'GET', `/v1/templates/${encodeURIComponent(body.templateID)}`);
+    if (template.ok) return createFromTemplate(c, body);
     const made = await call(c, 'POST', '/v1/vms', {
       name: `e2b-${randomBytes(6).toString('hex')}`,
       image: imageOfTemplate(body.templateID),
@@ -165,6 +169,23 @@ export function e2bRestRoutes(d: RestDeps) {
     // E2B's create returns a sandbox that takes commands: wait for the agent to answer.
     if (!(await waitForAgent(d.agent, vm.id, d.bootTimeoutMs))) {
       return fail(c.json(e2bError(504, `sandbox ${vm.id}: the guest agent did not answer within ${Math.round(d.bootTimeoutMs / 1000)} s of the start`), 504));
+    }
+    return c.json({ ...access(vm), alias: body.templateID }, 201);
+  };
+
+  const createFromTemplate = async (c: Context<Env>, body: z.infer<typeof CreateSchema>) => {
+    const made = await call(c, 'POST', '/v1/vms', {
+      name: `e2b-${randomBytes(6).toString('hex')}`, template: body.templateID,
+      network: { egress: body.allow_internet_access ?? true }, metadata: body.metadata ?? {},
+      timeoutSec: body.timeout ?? DEFAULT_TIMEOUT_SEC, onTimeout: 'delete',
+    });
+    if (!made.ok) return made.error(c);
+    const vm = made.body as Vm;
+    d.sandboxes.put(vm.id, { templateId: body.templateID, envVars: body.envVars ?? {} });
+    // A pool VM's agent was checked when it was warmed; a fresh restore's answers within moments.
+    if (!(await waitForAgent(d.agent, vm.id, d.bootTimeoutMs))) {
+      await call(c, 'DELETE', `/v1/vms/${vm.id}?force=true`).catch(() => undefined);
+      return c.json(e2bError(504, `sandbox ${vm.id}: the guest agent did not answer within ${Math.round(d.bootTimeoutMs / 1000)} s of the restore`), 504);
     }
     return c.json({ ...access(vm), alias: body.templateID }, 201);
   };

@@ -12,6 +12,8 @@ import type { TemplateDeps } from './service.js';
 const READY_TRY_MS = 10_000;
 /** Pause between tries of the ready command. */
 const READY_PAUSE_MS = 500;
+/** Without a ready command, a start command still running this long after its start is ready. */
+const START_SETTLE_MS = 1000;
 /** What a failure message quotes of a command's output. */
 const OUTPUT_TAIL = 512;
 
@@ -46,6 +48,10 @@ export async function buildTemplate(d: TemplateDeps, t: Template, gone: () => bo
       if (t.readyCmd !== undefined) {
         step('waiting-ready');
         await untilReady(d, vm, t.readyCmd, deadline, start);
+      } else if (start) {
+        // No ready command: ready is the start command done (a setup), or still running a
+        // moment after it started (a service).
+        await Promise.race([start.stream.done.catch(() => undefined), new Promise((r) => setTimeout(r, START_SETTLE_MS))]);
       }
       start?.checkAlive();
     } finally {
