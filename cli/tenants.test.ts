@@ -25,7 +25,7 @@ const userWith = (token: string) => new CliUser({ CAPSULE_URL: s.url, CAPSULE_TO
 
 test('tenant create/ls/show/update/rm and token create/ls/rm; quotas, scopes and ownership as the CLI sees them', async () => {
   const acme = await admin.json(['tenant', 'create', 'acme', '--vms', '1', '--memory', '1G', '--volume-size', 'unlimited']);
-  assert.deepEqual(acme.quotas, { vms: 1, vcpus: null, memoryMiB: 1024, volumeMiB: null });
+  assert.deepEqual(acme.quotas, { vms: 1, vcpus: null, memoryMiB: 1024, volumeMiB: null, snapshotMiB: null });
   const nothing = await admin.run(['tenant', 'update', 'acme']);
   assert.equal(nothing.code, 2);
   assert.match(nothing.stderr, /nothing to change/);

@@ -62,6 +62,7 @@ export interface Quotas {
   vcpus?: number | null;
   memoryMiB?: number | null;
   volumeMiB?: number | null;
+  snapshotMiB?: number | null;
 }
 
 export interface Tenant {

@@ -137,7 +137,7 @@ async function main(): Promise<void> {
   const webDir = join(REPO_ROOT, 'dist', 'web');
   if (!existsSync(join(webDir, 'index.html'))) log.warn({ webDir }, 'web UI not built (npm run build)');
   const readiness = new Readiness({ db, images, hypervisors, storage });
-  const snapshotService = new SnapshotService({ dataDir: config.dataDir, minFreeBytes: config.minFreeBytes, snapshots, vms, images, supervisor, hub, log, agent });
+  const snapshotService = new SnapshotService({ dataDir: config.dataDir, minFreeBytes: config.minFreeBytes, snapshots, vms, images, supervisor, hub, log, agent, quotas });
   snapshotComponent.onRestored = (vm, snapshot) => snapshotService.restored(vm, snapshot);
   supervisor.onVmDeleted = (vm) => snapshotService.vmDeleted(vm);
   const templates = new TemplateStore(db);

@@ -13,6 +13,7 @@ const QUOTAS: Array<{ key: keyof Quotas; flag: string; label: string; size: bool
   { key: 'vcpus', flag: 'vcpus', label: 'running vCPUs', size: false },
   { key: 'memoryMiB', flag: 'memory', label: 'running memory', size: true },
   { key: 'volumeMiB', flag: 'volume-size', label: 'volume space', size: true },
+  { key: 'snapshotMiB', flag: 'snapshot-size', label: 'snapshot space', size: true },
 ];
 
 // commander turns a parser's null into '': the parser says 'unlimited', quotasFrom() makes it null.

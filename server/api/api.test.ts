@@ -160,7 +160,7 @@ test('migrations are recorded once', () => {
   const db = new Database(join(s.dataDir, 'capsule.db'), { readonly: true });
   try {
     const rows = db.prepare('SELECT version FROM schema_migrations').pluck().all();
-    assert.deepEqual(rows, [1, 2, 4, 5, 6, 7, 8, 9, 10]);
+    assert.deepEqual(rows, [1, 2, 4, 5, 6, 7, 8, 9, 10, 11]);
     assert.equal(db.pragma('journal_mode', { simple: true }), 'wal');
   } finally { db.close(); }
 });

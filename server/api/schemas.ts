@@ -319,6 +319,7 @@ export const QuotasSchema = z.object({
   vcpus: quota('vCPUs of running VMs (starting, running, paused, stopping)'),
   memoryMiB: quota('guest memory of running VMs, MiB'),
   volumeMiB: quota('the sizes of all volumes together, MiB'),
+  snapshotMiB: quota('the disk all snapshots take together (taken, paused to disk, templates\'), MiB'),
 }).openapi('Quotas');
 
 /** Absent quotas stay as they are (PATCH) or unlimited (POST); null makes one unlimited. */
@@ -327,10 +328,11 @@ export const QuotasRequestSchema = z.object({
   vcpus: quota('vCPUs of running VMs').optional(),
   memoryMiB: quota('guest memory of running VMs, MiB').optional(),
   volumeMiB: quota('volume sizes together, MiB').optional(),
+  snapshotMiB: quota('snapshots\' disk together, MiB').optional(),
 }).strict().openapi('QuotasRequest');
 
 export const UsageSchema = z.object({
-  vms: z.number().int(), vcpus: z.number().int(), memoryMiB: z.number().int(), volumeMiB: z.number().int(),
+  vms: z.number().int(), vcpus: z.number().int(), memoryMiB: z.number().int(), volumeMiB: z.number().int(), snapshotMiB: z.number().int(),
 }).openapi('Usage');
 
 const TenantName = z.string().min(1).max(63).regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/, NAME_RULE)

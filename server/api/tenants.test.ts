@@ -42,7 +42,7 @@ const opened = (ws: WebSocket) => new Promise<void>((r, j) => { ws.once('open', 
 
 test('tenants: create, list, get by id or name with usage, rename, quotas, conflicts; admin only', async () => {
   const t = await tenant('acme', { vms: 3, vcpus: null });
-  assert.deepEqual(t, { ...t, name: 'acme', quotas: { vms: 3, vcpus: null, memoryMiB: null, volumeMiB: null } });
+  assert.deepEqual(t, { ...t, name: 'acme', quotas: { vms: 3, vcpus: null, memoryMiB: null, volumeMiB: null, snapshotMiB: null } });
   assert.equal((await s.api('POST', '/v1/tenants', { name: 'acme' })).status, 409);
   assert.equal((await s.api('POST', '/v1/tenants', { name: 'bad name' })).body.error.field, 'name');
   assert.equal((await s.api('POST', '/v1/tenants', { name: 'x', quotas: { disks: 1 } })).status, 400);
@@ -50,10 +50,10 @@ test('tenants: create, list, get by id or name with usage, rename, quotas, confl
   assert.ok(list.includes('default') && list.includes('acme'));
   const byName = await s.api('GET', '/v1/tenants/acme');
   assert.equal(byName.body.id, t.id);
-  assert.deepEqual(byName.body.usage, { vms: 0, vcpus: 0, memoryMiB: 0, volumeMiB: 0 });
+  assert.deepEqual(byName.body.usage, { vms: 0, vcpus: 0, memoryMiB: 0, volumeMiB: 0, snapshotMiB: 0 });
   const p = await s.api('PATCH', `/v1/tenants/${t.id}`, { name: 'acme2', quotas: { vms: null, memoryMiB: 512 } });
   assert.equal(p.status, 200);
-  assert.deepEqual([p.body.name, p.body.quotas], ['acme2', { vms: null, vcpus: null, memoryMiB: 512, volumeMiB: null }]);
+  assert.deepEqual([p.body.name, p.body.quotas], ['acme2', { vms: null, vcpus: null, memoryMiB: 512, volumeMiB: null, snapshotMiB: null }]);
   assert.equal((await s.api('GET', '/v1/tenants/nope')).status, 404);
   const w = await token('acme2', 'write');
   for (const [m, path] of [['GET', '/v1/tenants'], ['POST', '/v1/tenants'], ['GET', `/v1/tenants/${t.id}`], ['DELETE', `/v1/tenants/${t.id}`], ['GET', '/v1/audit']] as const) {
@@ -275,7 +275,7 @@ test('quotas: 409 quota_exceeded with the numbers; two concurrent starts cannot 
   assert.match(lost.body.error.message, /^quota vcpus exceeded: limit 1, in use 1, requested 1/);
   const running = r1.status === 200 ? v1 : v2;
   const usage = (await s.api('GET', `/v1/tenants/${t.id}`)).body.usage;
-  assert.deepEqual(usage, { vms: 2, vcpus: 1, memoryMiB: 128, volumeMiB: 8 });
+  assert.deepEqual(usage, { vms: 2, vcpus: 1, memoryMiB: 128, volumeMiB: 8, snapshotMiB: 0 });
 
   // Revoking the token closes its console and events sockets at once, with the reason.
   await waitFor('running', async () => (await s.api('GET', `/v1/vms/${running.id}`)).body.state === 'running' || undefined);

@@ -99,7 +99,7 @@ test('migrations 004+005 carry a 001+002 database over: a default tenant owns ev
     const tenants = new TenantStore(db);
     const def = tenants.getByName(DEFAULT_TENANT)!;
     assert.match(def.id, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
-    assert.deepEqual(def.quotas, { vms: null, vcpus: null, memoryMiB: null, volumeMiB: null });
+    assert.deepEqual(def.quotas, { vms: null, vcpus: null, memoryMiB: null, volumeMiB: null, snapshotMiB: null });
     // Every row kept, now the default tenant's; the drive (which references both rebuilt tables) survived.
     const rows = db.prepare('SELECT id, tenant_id, name, state, vcpus, memory_mib, balloon, rootfs_device FROM vms ORDER BY id').all();
     assert.deepEqual(rows, [
@@ -126,7 +126,7 @@ test('migrations 004+005 carry a 001+002 database over: a default tenant owns ev
     // 007: no metadata, no TTL; the metadata column holds only JSON objects.
     assert.deepEqual(db.prepare("SELECT metadata, timeout_sec, on_timeout, expires_at FROM vms WHERE id = 'vm-b'").get(), { metadata: '{}', timeout_sec: null, on_timeout: 'stop', expires_at: null });
     assert.throws(() => db.prepare("UPDATE vms SET metadata = '[1]' WHERE id = 'vm-b'").run(), /CHECK/);
-    assert.deepEqual(db.prepare('SELECT version FROM schema_migrations').pluck().all(), [1, 2, 4, 5, 6, 7, 8, 9, 10]);
+    assert.deepEqual(db.prepare('SELECT version FROM schema_migrations').pluck().all(), [1, 2, 4, 5, 6, 7, 8, 9, 10, 11]);
     db.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -8,9 +8,11 @@ export interface Quotas {
   vcpus: number | null;
   memoryMiB: number | null;
   volumeMiB: number | null;
+  /** The disk all the tenant's snapshots take (those it took, pause-to-disk states, templates'). */
+  snapshotMiB: number | null;
 }
 
-export const QUOTA_NAMES = ['vms', 'vcpus', 'memoryMiB', 'volumeMiB'] as const;
+export const QUOTA_NAMES = ['vms', 'vcpus', 'memoryMiB', 'volumeMiB', 'snapshotMiB'] as const;
 export type QuotaName = (typeof QUOTA_NAMES)[number];
 
 export interface Tenant {
@@ -26,15 +28,15 @@ export const DEFAULT_TENANT = 'default';
 
 interface TenantRow {
   id: string; name: string;
-  quota_vms: number | null; quota_vcpus: number | null; quota_memory_mib: number | null; quota_volume_mib: number | null;
+  quota_vms: number | null; quota_vcpus: number | null; quota_memory_mib: number | null; quota_volume_mib: number | null; quota_snapshot_mib: number | null;
   created_at: string; updated_at: string;
 }
 
-const UNLIMITED: Quotas = { vms: null, vcpus: null, memoryMiB: null, volumeMiB: null };
+const UNLIMITED: Quotas = { vms: null, vcpus: null, memoryMiB: null, volumeMiB: null, snapshotMiB: null };
 
 const fromRow = (r: TenantRow): Tenant => ({
   id: r.id, name: r.name,
-  quotas: { vms: r.quota_vms, vcpus: r.quota_vcpus, memoryMiB: r.quota_memory_mib, volumeMiB: r.quota_volume_mib },
+  quotas: { vms: r.quota_vms, vcpus: r.quota_vcpus, memoryMiB: r.quota_memory_mib, volumeMiB: r.quota_volume_mib, snapshotMiB: r.quota_snapshot_mib ?? null },
   createdAt: r.created_at, updatedAt: r.updated_at,
 });
 
@@ -51,8 +53,8 @@ export class TenantStore {
     const id = randomUUID();
     const now = new Date().toISOString();
     const q = { ...UNLIMITED, ...quotas };
-    this.db.prepare(`INSERT INTO tenants (id, name, quota_vms, quota_vcpus, quota_memory_mib, quota_volume_mib, created_at, updated_at)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?)`).run(id, name, q.vms, q.vcpus, q.memoryMiB, q.volumeMiB, now, now);
+    this.db.prepare(`INSERT INTO tenants (id, name, quota_vms, quota_vcpus, quota_memory_mib, quota_volume_mib, quota_snapshot_mib, created_at, updated_at)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(id, name, q.vms, q.vcpus, q.memoryMiB, q.volumeMiB, q.snapshotMiB, now, now);
     return this.get(id)!;
   }
 
@@ -80,8 +82,8 @@ export class TenantStore {
     const t = this.get(id);
     if (!t) return undefined;
     const q = { ...t.quotas, ...change.quotas };
-    this.db.prepare(`UPDATE tenants SET name = ?, quota_vms = ?, quota_vcpus = ?, quota_memory_mib = ?, quota_volume_mib = ?, updated_at = ? WHERE id = ?`)
-      .run(change.name ?? t.name, q.vms, q.vcpus, q.memoryMiB, q.volumeMiB, new Date().toISOString(), id);
+    this.db.prepare(`UPDATE tenants SET name = ?, quota_vms = ?, quota_vcpus = ?, quota_memory_mib = ?, quota_volume_mib = ?, quota_snapshot_mib = ?, updated_at = ? WHERE id = ?`)
+      .run(change.name ?? t.name, q.vms, q.vcpus, q.memoryMiB, q.volumeMiB, q.snapshotMiB, new Date().toISOString(), id);
     return this.get(id);
   }
 
@@ -94,7 +96,11 @@ export class TenantStore {
     return Number(this.db.prepare('SELECT coalesce(sum((size_bytes + 1048575) / 1048576), 0) FROM volumes WHERE tenant_id = ?').pluck().get(id));
   }
 
-  /** What the tenant owns, counted (a tenant with any of it cannot be deleted without force). */
+  /** The disk the tenant's snapshots take in MiB (every kind; each rounded up). */
+  snapshotMiB(id: string): number {
+    return Number(this.db.prepare('SELECT coalesce(sum((size_bytes + 1048575) / 1048576), 0) FROM snapshots WHERE tenant_id = ?').pluck().get(id));
+  }
+
   /** What the tenant holds as its clients see it (VMs kept for templates and a template's or a pause's snapshot count with their owner). */
   holdings(id: string): { vms: number; volumes: number; snapshots: number; templates: number } {
     const count = (table: string, where = '') => Number(this.db.prepare(`SELECT count(*) FROM ${table} WHERE tenant_id = ?${where}`).pluck().get(id));

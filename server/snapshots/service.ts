@@ -11,6 +11,7 @@ import { copyFileSync, existsSync, renameSync, rmSync, statfsSync, statSync } fr
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { EventHub } from '../events/hub.js';
+import type { Quotas } from '../tenants/quotas.js';
 import { waitForAgent, type AgentClient } from '../agent/client.js';
 import type { ImageStore } from '../db/images.js';
 import type { Snapshot, SnapshotKind, SnapshotStore } from '../db/snapshots.js';
@@ -33,6 +34,8 @@ export interface SnapshotServiceDeps {
   supervisor: Supervisor;
   hub: EventHub;
   log: Logger;
+  /** The tenants' quotas (snapshotMiB). */
+  quotas?: Quotas | undefined;
   /** The guest agents' client: a restored guest's clock is set through it. */
   agent?: AgentClient | undefined;
 }
@@ -125,7 +128,8 @@ export class SnapshotService {
     if (vm.drives.length > 0) {
       throw new ApiError(409, 'snapshot_unsupported', `cannot ${what} VM ${vm.name}: it has volumes attached (${vm.drives.map((d) => d.volumeName).join(', ')}); a snapshot holds the VM's own disks only: detach them first`);
     }
-    this.checkSpace(vm);
+    const needMiB = this.checkSpace(vm);
+    this.d.quotas?.checkSnapshot(vm.tenant, needMiB);
     return live;
   }
 
@@ -161,8 +165,8 @@ export class SnapshotService {
     this.remove(snapshot.id);
   }
 
-  /** 507 unless the data directory can take the guest's memory and the layer and keep its reserve. */
-  private checkSpace(vm: Vm): void {
+  /** 507 unless the data directory can take the guest's memory and the layer and keep its reserve; what the snapshot may take, MiB. */
+  private checkSpace(vm: Vm): number {
     const layer = join(this.d.supervisor.paths(vm.id).dir, LAYER_FILE);
     const need = vm.memoryMiB * MiB + (existsSync(layer) ? statSync(layer).blocks * 512 : 0) + this.d.minFreeBytes;
     const st = statfsSync(this.d.dataDir);
@@ -170,6 +174,7 @@ export class SnapshotService {
     if (free < need) {
       throw new ApiError(507, 'insufficient_storage', `the snapshot needs up to ${Math.ceil((need - this.d.minFreeBytes) / MiB)} MiB and the data directory has ${Math.floor(free / MiB)} MiB free (keeping ${Math.round(this.d.minFreeBytes / MiB)} MiB in reserve)`);
     }
+    return Math.ceil((need - this.d.minFreeBytes) / MiB);
   }
 
   /** Writes the snapshot's directory; the guest is paused meanwhile, and resumed after if `resume` (or if writing failed and it ran). */

@@ -168,7 +168,17 @@ test('pause to disk ends the VMM and frees its memory; resume restores the guest
   await c.waitFor('count-3');
   const listed = () => readdirSync(join(s.dataDir, 'snapshots')).filter((f) => !f.endsWith('.partial')).length;
   const before = listed();
+  // The tenant's snapshot quota counts every snapshot it holds; one that would not fit is refused first.
+  const tenant = (await s.api('GET', '/v1/tenants/default')).body;
+  const held = tenant.usage.snapshotMiB;
+  assert.equal(held, Math.round((await s.api('GET', '/v1/snapshots')).body.items.reduce((n: number, x: any) => n + Math.ceil(x.sizeBytes / 1048576), 0)));
+  assert.equal((await s.api('PATCH', '/v1/tenants/default', { quotas: { snapshotMiB: held + 100 } })).status, 200);
   let r = await s.api('POST', `/v1/vms/${vm.id}/pause`, { persist: true });
+  assert.deepEqual([r.status, r.body.error?.code], [409, 'quota_exceeded']);
+  assert.match(r.body.error.message, new RegExp(`^quota snapshotMiB exceeded: limit ${held + 100}, in use ${held}, requested \\d+`));
+  assert.equal((await s.api('GET', `/v1/vms/${vm.id}`)).body.state, 'running', 'the VM is as it was');
+  assert.equal((await s.api('PATCH', '/v1/tenants/default', { quotas: { snapshotMiB: null } })).status, 200);
+  r = await s.api('POST', `/v1/vms/${vm.id}/pause`, { persist: true });
   assert.equal(r.status, 200, JSON.stringify(r.body));
   assert.equal(r.body.state, 'stopped');
   assert.equal(r.body.pid, undefined);

@@ -17,7 +17,7 @@ export class Quotas {
   constructor(private readonly d: { tenants: TenantStore; vms: VmStore }) {}
 
   usage(tenantId: string): Usage {
-    const u: Usage = { vms: 0, vcpus: 0, memoryMiB: 0, volumeMiB: this.d.tenants.volumeMiB(tenantId) };
+    const u: Usage = { vms: 0, vcpus: 0, memoryMiB: 0, volumeMiB: this.d.tenants.volumeMiB(tenantId), snapshotMiB: this.d.tenants.snapshotMiB(tenantId) };
     for (const vm of this.d.vms.list(tenantId)) {
       u.vms++;
       if (!ACTIVE.includes(vm.state)) continue;
@@ -48,6 +48,12 @@ export class Quotas {
   checkVolume(tenantId: string, sizeMiB: number): void {
     const t = this.tenant(tenantId);
     if (t?.quotas.volumeMiB != null) exceeds(t, 'volumeMiB', this.d.tenants.volumeMiB(tenantId), sizeMiB);
+  }
+
+  /** Before a snapshot that may take up to `sizeMiB` is written. */
+  checkSnapshot(tenantId: string, sizeMiB: number): void {
+    const t = this.tenant(tenantId);
+    if (t?.quotas.snapshotMiB != null) exceeds(t, 'snapshotMiB', this.d.tenants.snapshotMiB(tenantId), sizeMiB);
   }
 
   private tenant(id: string): Tenant | undefined {
