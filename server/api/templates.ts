@@ -6,6 +6,7 @@ import type { Context } from 'hono';
 import { ApiError } from '../supervisor/errors.js';
 import { callerToken } from '../auth/middleware.js';
 import type { Template, TemplateStore } from '../db/templates.js';
+import type { HypervisorName } from '../db/vms.js';
 import { CreateTemplateSchema, ErrorSchema, IdParams, json, PoolSchema, TemplateSchema, TenantQuery, UpdateTemplateSchema } from './schemas.js';
 import { lookupOwned, ownership, visibleTenant } from './ownership.js';
 import { checkVmShape } from './vm-shape.js';
@@ -42,6 +43,16 @@ const pools = createRoute({
   request: { query: TenantQuery }, responses: { 200: json(z.object({ items: z.array(PoolSchema) }), 'one per template (size 0: no pool)'), ...errors },
 });
 
+/** The server's default hypervisor if it writes snapshots, else one available that does (else the default: refused after). */
+function snapshotBackend(deps: AppDeps): HypervisorName {
+  const can = (name: HypervisorName) => {
+    const b = deps.hypervisors.get(name);
+    return b !== undefined && b.availability().available && b.snapshotSupport().available;
+  };
+  if (can(deps.defaultHypervisor)) return deps.defaultHypervisor;
+  return [...deps.hypervisors.keys()].find(can) ?? deps.defaultHypervisor;
+}
+
 const notFound = (ref: string) => `no template with id or name ${JSON.stringify(ref)}`;
 
 /** Guards /v1/templates/:id: another tenant's template is not found. */
@@ -57,7 +68,11 @@ export function templateRoutes(deps: AppDeps) {
   return newRouter()
     .openapi(create, (c) => {
       const body = c.req.valid('json');
-      const hypervisor = checkVmShape(deps, body);
+      const hypervisor = checkVmShape(deps, { ...body, hypervisor: body.hypervisor ?? snapshotBackend(deps) });
+      const support = deps.hypervisors.get(hypervisor)!.snapshotSupport();
+      if (!support.available) {
+        throw new ApiError(400, 'invalid_request', `hypervisor: a template is a snapshot, and the ${hypervisor} hypervisor cannot write one (${support.reason})`, 'hypervisor');
+      }
       // The caller's tenant's template (its VMs and snapshot are the tenant's).
       const tenant = callerToken(c).tenantId;
       c.set('resourceTenant', tenant);
