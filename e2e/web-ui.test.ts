@@ -256,7 +256,8 @@ test('keyboard: everything reachable with Tab, visible focus, create form by key
   await p.keyboard.press('Enter');
   await p.getByRole('heading', { name: 'Virtual machines' }).waitFor();
   const seen: string[] = [];
-  for (let i = 0; i < 8; i++) {
+  // The header's stops (skip link, brand, VMs, Volumes, Templates, Sign out), then the page's.
+  for (let i = 0; i < 10; i++) {
     await p.keyboard.press('Tab');
     const info = await p.evaluate<string>(`(() => { const e = document.activeElement; const cs = getComputedStyle(e);
       return e.tagName + ':' + (e.textContent || '').trim().slice(0, 20) + ':' + (cs.outlineStyle !== 'none' && cs.outlineWidth !== '0px') })()`);
