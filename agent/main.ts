@@ -889,15 +889,13 @@ class Conn {
     const tmp = join(dirname(path), `.${basename(path)}.capsule-${process.pid}-${Math.random().toString(36).slice(2, 10)}`);
     let fd: number;
     try { fd = fs.openSync(tmp, 'wx', mode); } catch (e) { throw fsError(e, path); }
-    // Each frame is written at once, synchronously, into the page cache: under emulation a hop
-    // through the thread pool and its callback per 64 KiB read cost more than the write itself.
+    // A deep buffer: the socket is paused only when the disk falls this far behind.
+    const out = fs.createWriteStream('', { fd, autoClose: true, highWaterMark: 4 * 1024 * 1024 });
     let size = 0;
     let done = false;
     let failed = false;
-    let open = true;
-    const close = () => { if (open) { open = false; fs.closeSync(fd); } };
-    const abort = () => { if (!done) { done = true; close(); fs.rmSync(tmp, { force: true }); } };
-    const failWith = (e: unknown) => { failed = true; const err = fsError(e, path); abort(); this.fail(err.code, err.message); };
+    const abort = () => { if (!done) { done = true; out.destroy(); fs.rmSync(tmp, { force: true }); } };
+    out.on('error', (e) => { failed = true; const err = fsError(e, path); abort(); this.fail(err.code, err.message); });
     this.onCloseFns.push(abort);
     this.keepAlive();
     // An upload that stalls this long is abandoned (the temporary file goes).
@@ -907,23 +905,22 @@ class Conn {
       if (failed) return;
       if (f.kind === KIND_DATA) {
         size += f.data.length;
-        try {
-          for (let off = 0; off < f.data.length;) off += fs.writeSync(fd, f.data, off);
-        } catch (e) {
-          failWith(e);
-        }
+        if (!out.write(f.data)) { this.pauseInput(); out.once('drain', () => this.resumeInput()); }
       } else if (f.kind === KIND_JSON && f.msg.eof === true) {
-        if (done) return;
-        try {
-          close();
-          fs.chmodSync(tmp, mode);
-          try { fs.chownSync(tmp, user.uid, user.gid); } catch { /* not root */ }
-          fs.renameSync(tmp, path);
-        } catch (e) {
-          return failWith(e);
-        }
-        done = true;
-        this.finish({ ok: { path, size } });
+        out.end(() => {
+          if (failed || done) return;
+          try {
+            fs.chmodSync(tmp, mode);
+            try { fs.chownSync(tmp, user.uid, user.gid); } catch { /* not root */ }
+            fs.renameSync(tmp, path);
+          } catch (e) {
+            abort();
+            const err = fsError(e, path);
+            return this.fail(err.code, err.message);
+          }
+          done = true;
+          this.finish({ ok: { path, size } });
+        });
       }
     };
   }
