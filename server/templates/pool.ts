@@ -37,6 +37,8 @@ export class PoolManager {
   private readonly failures = new Map<string, { count: number; reason: string; retryAt: number }>();
   /** Templates being deleted: not refilled. */
   private readonly draining = new Set<string>();
+  /** Pool VMs being deleted (a tick while one goes must not delete it again). */
+  private readonly discarding = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
 
   constructor(private readonly d: TemplateDeps) {}
@@ -60,7 +62,7 @@ export class PoolManager {
   refill(templateId: string): void {
     const t = this.d.templates.get(templateId);
     if (!t || t.state !== 'ready' || this.draining.has(t.id) || this.timer === undefined) return;
-    const ready = this.d.vms.kept(t.id, 'pool');
+    const ready = this.d.vms.kept(t.id, 'pool').filter((v) => !this.discarding.has(v.id));
     for (const vm of ready.filter((v) => v.state !== 'running' && v.state !== 'starting')) this.discard(vm, `it is ${vm.state}`);
     const live = ready.filter((v) => v.state === 'running');
     for (const vm of live.slice(t.pool)) this.discard(vm, 'the pool is smaller now');
@@ -108,12 +110,18 @@ export class PoolManager {
   }
 
   private discard(vm: Vm, why: string): void {
+    if (this.discarding.has(vm.id)) return;
+    this.discarding.add(vm.id);
+    // Out of the claimable role first: a claim must not get a VM that is being deleted.
+    if (vm.role === 'pool') this.d.vms.setRole(vm.id, 'pool-warming');
     this.d.log.info({ vm: vm.id, template: vm.template, why }, 'pool VM dropped');
-    void this.d.supervisor.delete(vm.id, true).catch((e: Error) => this.d.log.error({ vm: vm.id, err: e.message }, 'could not delete a pool VM'));
+    void this.d.supervisor.delete(vm.id, true)
+      .catch((e: Error) => this.d.log.error({ vm: vm.id, err: e.message }, 'could not delete a pool VM'))
+      .finally(() => this.discarding.delete(vm.id));
   }
 
   status(t: Template): PoolStatus {
-    const ready = this.d.vms.kept(t.id, 'pool').filter((v) => v.state === 'running').length;
+    const ready = this.d.vms.kept(t.id, 'pool').filter((v) => v.state === 'running' && !this.discarding.has(v.id)).length;
     const failure = this.failures.get(t.id);
     return {
       template: t.name, size: t.pool, ready, warming: this.warming.has(t.id) ? 1 : 0, failed: failure?.count ?? 0,
