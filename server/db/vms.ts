@@ -177,7 +177,6 @@ export class VmStore {
   private readonly nextExpiryStmt;
   private readonly setRestoreStmt;
   private readonly claimStmt;
-  private readonly keptStmt;
   /** The network component's: addresses from slots, and the slot allocator. */
   private view: NetworkView = plainNetwork;
   private allocator: SlotAllocator | undefined;
@@ -198,7 +197,6 @@ export class VmStore {
       VALUES (@id, @tenant, @name, 'created', @image, @hypervisor, @vcpus, @memoryMiB, @cmdline, NULL, @rng, @balloon, @deflateOnOom, @rootfsDevice, @netEnabled, @netEgress, @netSlot, @metadata, @timeoutSec, @onTimeout, @restoreSnapshot, @template, @role, @now, @now)`);
     this.claimStmt = db.prepare(`UPDATE vms SET role = NULL, name = @name, metadata = @metadata, on_timeout = @onTimeout, updated_at = @now
       WHERE id = (SELECT id FROM vms WHERE template_id = @template AND role = 'pool' AND state = 'running' ORDER BY created_at, id LIMIT 1) RETURNING id`).pluck();
-    this.keptStmt = db.prepare('SELECT id FROM vms WHERE template_id = ? AND role = ? ORDER BY created_at, id').pluck();
     this.setRestoreStmt = db.prepare('UPDATE vms SET restore_snapshot = @snapshot WHERE id = @id');
     this.setMetadataStmt = db.prepare('UPDATE vms SET metadata = @metadata, updated_at = @now WHERE id = @id');
     this.setTimeoutStmt = db.prepare('UPDATE vms SET timeout_sec = @timeoutSec, expires_at = @expiresAt, updated_at = @now WHERE id = @id');
@@ -331,9 +329,9 @@ export class VmStore {
     this.db.prepare('UPDATE vms SET role = ? WHERE id = ? AND role IS NOT NULL').run(role, id);
   }
 
-  /** The VMs the server keeps for a template in `role`, oldest first. */
+  /** The VMs the server keeps for a template in `role`, oldest first (from the cached list: the pools look every few seconds). */
   kept(templateId: string, role: VmRole): Vm[] {
-    return (this.keptStmt.all(templateId, role) as string[]).map((id) => this.get(id)!).filter(Boolean);
+    return this.list().filter((vm) => vm.template === templateId && vm.role === role);
   }
 
   /** Sets or clears the current run's deadline (not a change of the definition: updatedAt stays). */
