@@ -72,20 +72,15 @@ export async function buildTemplate(d: TemplateDeps, t: Template, gone: () => bo
   }
 }
 
-async function agentAnswers(d: TemplateDeps, vm: Vm, deadline: number): Promise<void> {
-  if (!(await waitForAgent(d.agent, vm.id, Math.max(1, deadline - Date.now())))) {
-    throw new BuildError(`the guest agent did not answer before the ready timeout (does image ${vm.image} run capsule's agent?)`);
-  }
+async function agentAnswers(d: TemplateDeps, vm: Vm, deadline: number, orElse = `the guest agent did not answer before the ready timeout (does image ${vm.image} run capsule's agent?)`): Promise<void> {
+  if (!(await waitForAgent(d.agent, vm.id, Math.max(1, deadline - Date.now())))) throw new BuildError(orElse);
 }
 
 /** Without commands, ready is the image's ready marker on the console (images without the agent work too). */
 async function readyMarker(d: TemplateDeps, vm: Vm, t: Template, deadline: number): Promise<void> {
   const marker = d.images.get(t.image)?.readyMarker;
   if (marker === undefined) {
-    if (!(await waitForAgent(d.agent, vm.id, Math.max(1, deadline - Date.now())))) {
-      throw new BuildError(`image ${t.image} has no ready marker and its guest agent did not answer before the ready timeout: give a readyCmd`);
-    }
-    return;
+    return agentAnswers(d, vm, deadline, `image ${t.image} has no ready marker and its guest agent did not answer before the ready timeout: give a readyCmd`);
   }
   const bridge = d.supervisor.console(vm.id);
   if (!bridge) throw new BuildError('the build VM has no console');
