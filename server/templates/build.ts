@@ -136,13 +136,19 @@ async function untilReady(d: TemplateDeps, vm: Vm, cmd: string, deadline: number
   for (;;) {
     start?.checkAlive();
     let out = '';
+    const tryMs = Math.min(READY_TRY_MS, Math.max(1, deadline - Date.now()));
     try {
-      const s = await d.agent.exec(vm.id, { shell: cmd, timeoutMs: Math.min(READY_TRY_MS, Math.max(1, deadline - Date.now())) }, {
+      const s = await d.agent.exec(vm.id, { shell: cmd, timeoutMs: tryMs }, {
         onOutput: (_ch, data) => { out = (out + data.toString('utf8')).slice(-OUTPUT_TAIL); },
       });
       const exit = await s.done;
       if (exit?.exitCode === 0) return;
-      last = `exit code ${exit?.exitCode ?? '?'}${exit && 'timedOut' in exit && exit.timedOut ? ' (timed out)' : ''}: ${out.trim() || '(no output)'}`;
+      const timedOut = exit !== undefined && 'timedOut' in exit && exit.timedOut === true;
+      // A last try cut short by the build's deadline says nothing about the command: the
+      // reason keeps the try before it.
+      if (!(timedOut && tryMs < READY_TRY_MS && last !== 'it never ran')) {
+        last = `exit code ${exit?.exitCode ?? '?'}${timedOut ? ' (timed out)' : ''}: ${out.trim() || '(no output)'}`;
+      }
     } catch (e) {
       last = (e as Error).message;
     }
