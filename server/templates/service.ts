@@ -136,7 +136,15 @@ export class TemplateService {
     let vm = this.d.vms.claimPooled(t.id, { name: req.name, metadata: req.metadata, onTimeout: req.onTimeout }, nameFree);
     const from = vm ? 'pool' : 'snapshot';
     if (vm) {
-      this.pools.refill(t.id);
+      // After the answer is on its way: the refill starts a restore (database rows, the clone's
+      // disk layer), which the claim's caller should not wait for.
+      setImmediate(() => {
+        try {
+          this.pools.refill(t.id);
+        } catch (e) {
+          this.d.log.warn({ template: t.id, err: (e as Error).message }, 'pool refill after a claim failed');
+        }
+      });
     } else {
       const snapshot = this.d.snapshots.getAny(t.snapshot!);
       if (!snapshot) throw new ApiError(409, 'template_not_ready', `template ${t.name} has lost its snapshot: delete it and create it again`);
