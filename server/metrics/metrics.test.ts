@@ -150,3 +150,11 @@ test('CAPSULE_METRICS_ADDR: a separate listener serves /metrics without a token,
     await t.stop();
   }
 });
+
+test('every answer says the server\'s own time for it (Server-Timing: app;dur=ms), refusals too', async () => {
+  for (const r of [await s.api('GET', '/v1/vms'), await s.api('GET', '/v1/vms/nope'), { headers: (await fetch(`${s.url}/v1/vms`)).headers }]) {
+    const m = /^app;dur=(\d+\.\d\d)$/.exec(r.headers.get('server-timing') ?? '');
+    assert.ok(m, `server-timing: ${r.headers.get('server-timing')}`);
+    assert.ok(Number(m[1]) >= 0 && Number(m[1]) < 60_000, m[1]);
+  }
+});
