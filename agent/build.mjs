@@ -25,13 +25,16 @@ await build({
 });
 console.log(`agent: built ${out}`);
 
-// capsule-spawn (agent/capsule-spawn.c), static, beside the bundle: the agent starts processes
-// through it (agent/spawner.ts). Without gcc the agent uses Node's spawn for everything.
-const helper = join(dirname(out), 'capsule-spawn');
-try {
-  execFileSync('gcc', ['-static', '-Os', '-s', '-Wall', '-Wextra', '-Werror', '-o', helper, join(here, 'capsule-spawn.c')], { stdio: ['ignore', 'ignore', 'inherit'] });
-  console.log(`agent: built ${helper}`);
-} catch (e) {
-  rmSync(helper, { force: true });
-  console.log(`agent: capsule-spawn not built (${e.code === 'ENOENT' ? 'no gcc' : 'gcc failed'}): the agent will use Node's spawn`);
+// The agent's static helpers, beside the bundle; without gcc the agent does without them:
+// capsule-spawn (agent/capsule-spawn.c) starts processes (else Node's spawn, agent/spawner.ts),
+// capsule-recv (agent/capsule-recv.c) takes large uploads off the connection (else frames).
+for (const [name, without] of [['capsule-spawn', "the agent will use Node's spawn"], ['capsule-recv', 'uploads will come in frames']]) {
+  const helper = join(dirname(out), name);
+  try {
+    execFileSync('gcc', ['-static', '-Os', '-s', '-Wall', '-Wextra', '-Werror', '-o', helper, join(here, `${name}.c`)], { stdio: ['ignore', 'ignore', 'inherit'] });
+    console.log(`agent: built ${helper}`);
+  } catch (e) {
+    rmSync(helper, { force: true });
+    console.log(`agent: ${name} not built (${e.code === 'ENOENT' ? 'no gcc' : 'gcc failed'}): ${without}`);
+  }
 }

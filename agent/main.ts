@@ -4,7 +4,7 @@
 // health. Protocol: agent/protocol.ts; security and limits: docs/agent.md.
 //
 //   capsule-agent [--port 49983] [--host 0.0.0.0] (--token-file FILE | --token TOKEN)
-//                 [--default-user user] [--allow-local] [--spawner PATH|none]
+//                 [--default-user user] [--allow-local] [--spawner PATH|none] [--receiver PATH|none]
 //
 // Node built-ins only (bundled by esbuild into one file, target node18).
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
@@ -37,6 +37,10 @@ const HELLO_TIMEOUT_MS = 10_000;
 const MAX_LIST_ENTRIES = 10_000;
 /** The longest process timeout a request may ask for. */
 const MAX_TIMEOUT_MS = 7 * 24 * 3600_000;
+/** An upload that stalls this long is abandoned (its temporary file removed). */
+const UPLOAD_IDLE_MS = 120_000;
+/** Uploads at least this large go through capsule-recv when the client offers them raw: below, a helper's start costs more than it saves. */
+const RAW_MIN_BYTES = 1024 * 1024;
 
 class AgentError extends Error {
   constructor(readonly code: AgentErrorCode, message: string) { super(message); }
@@ -50,11 +54,14 @@ interface Options {
   allowLocal: boolean;
   /** capsule-spawn's path, or 'none': Node's spawn for every process. */
   spawner: string;
+  /** capsule-recv's path, or 'none': every upload comes in frames through the agent itself. */
+  receiver: string;
 }
 
 function parseArgs(argv: string[]): Options {
   // capsule-spawn is installed beside the agent's bundle (agent/build.mjs).
-  const o: Partial<Options> & { tokenFile?: string } = { port: AGENT_PORT, host: '0.0.0.0', allowLocal: false, spawner: join(dirname(process.argv[1] ?? '.'), 'capsule-spawn') };
+  const here = dirname(process.argv[1] ?? '.');
+  const o: Partial<Options> & { tokenFile?: string } = { port: AGENT_PORT, host: '0.0.0.0', allowLocal: false, spawner: join(here, 'capsule-spawn'), receiver: join(here, 'capsule-recv') };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const val = () => { const v = argv[++i]; if (v === undefined) throw new Error(`${a} needs a value`); return v; };
@@ -65,6 +72,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--default-user') o.defaultUser = val();
     else if (a === '--allow-local') o.allowLocal = true;
     else if (a === '--spawner') o.spawner = val();
+    else if (a === '--receiver') o.receiver = val();
     else throw new Error(`unknown argument ${a}`);
   }
   if (o.tokenFile) o.token = fs.readFileSync(o.tokenFile, 'utf8').trim();
@@ -889,17 +897,94 @@ class Conn {
     const tmp = join(dirname(path), `.${basename(path)}.capsule-${process.pid}-${Math.random().toString(36).slice(2, 10)}`);
     let fd: number;
     try { fd = fs.openSync(tmp, 'wx', mode); } catch (e) { throw fsError(e, path); }
+    let done = false;
+    const abort = () => { if (!done) { done = true; fs.rmSync(tmp, { force: true }); } };
+    const commit = (size: number) => {
+      if (done) return;
+      try {
+        fs.chmodSync(tmp, mode);
+        try { fs.chownSync(tmp, user.uid, user.gid); } catch { /* not root */ }
+        fs.renameSync(tmp, path);
+      } catch (e) {
+        abort();
+        const err = fsError(e, path);
+        return this.fail(err.code, err.message);
+      }
+      done = true;
+      this.finish({ ok: { path, size } });
+    };
+    this.onCloseFns.push(abort);
+    this.keepAlive();
+    const size = rawSize(req);
+    if (size !== undefined && this.receiveRaw(fd, size, path, abort, commit)) return;
+    this.receiveFrames(fd, path, abort, commit);
+  }
+
+  /**
+   * A large upload of a known size: the connection is handed to capsule-recv, which copies its
+   * next `size` bytes (sent unframed after {"ready":true,"raw":true}) into the file; then the
+   * client's {"eof":true} frame commits it. False when it cannot be (no helper, bytes already
+   * read past the request): the caller uses frames.
+   */
+  private receiveRaw(fd: number, size: number, path: string, abort: () => void, commit: (size: number) => void): boolean {
+    const receiver = this.agent.receiver;
+    const handle = (this.sock as unknown as { _handle?: { readStop?: () => number; readStart?: () => number; reading?: boolean; fd?: number } })._handle;
+    const sockFd = handle?.fd;
+    if (!receiver || size < RAW_MIN_BYTES || this.reader.buffered > 0 || this.sock.readableLength > 0 || typeof handle?.readStop !== 'function' || typeof handle.readStart !== 'function' || typeof sockFd !== 'number' || sockFd < 0) return false;
+    // Node must not read the connection while the helper does: its next bytes are the file's.
+    // The handle stops reading, and is marked as reading so that the stream's own read-ahead
+    // (Readable's maybeReadMore, a tick later) does not start it again; the helper gets the
+    // descriptor itself (a stream in `stdio` would be wrapped in a second socket, closed at exit).
+    this.sock.pause();
+    handle.readStop();
+    handle.reading = true;
+    // Back to Node: the handle reads again itself (the stream may be waiting for a read it
+    // asked for while marked, so resume() alone would not start one).
+    const giveBack = () => {
+      handle.readStart!();
+      this.sock.resume();
+    };
+    let child: ChildProcess;
+    try {
+      child = spawn(receiver, [String(size), String(UPLOAD_IDLE_MS / 1000)], { stdio: [sockFd, fd, 'pipe'] });
+    } catch {
+      giveBack();
+      return false;
+    }
+    fs.closeSync(fd);
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => { if (stderr.length < 1000) stderr += d.toString(); });
+    child.on('error', (e) => { abort(); this.fail('internal', `${path}: capsule-recv: ${e.message}`); });
+    child.on('close', (code) => {
+      // The connection is the agent's again: the client's {"eof":true} (it sent no more than it
+      // said) commits the file, and the answer goes out.
+      this.handler = (f) => {
+        if (f.kind === KIND_JSON && f.msg.eof === true) return commit(size);
+        abort();
+        this.fail('invalid_request', `${path}: more than the ${size} bytes the upload announced`);
+      };
+      giveBack();
+      if (code === 0) return;
+      abort();
+      const err = receiveError(stderr, code, path);
+      this.fail(err.code, err.message);
+    });
+    this.onCloseFns.push(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
+    this.handler = () => { /* nothing comes in frames now */ };
+    this.sendJson({ ready: true, raw: true });
+    return true;
+  }
+
+  /** The upload in data frames, through Node, then {"eof":true}. */
+  private receiveFrames(fd: number, path: string, abort: () => void, commit: (size: number) => void): void {
     // A deep buffer: the socket is paused only when the disk falls this far behind.
     const out = fs.createWriteStream('', { fd, autoClose: true, highWaterMark: 4 * 1024 * 1024 });
     let size = 0;
-    let done = false;
     let failed = false;
-    const abort = () => { if (!done) { done = true; out.destroy(); fs.rmSync(tmp, { force: true }); } };
+    this.onCloseFns.push(() => out.destroy());
     out.on('error', (e) => { failed = true; const err = fsError(e, path); abort(); this.fail(err.code, err.message); });
-    this.onCloseFns.push(abort);
-    this.keepAlive();
     // An upload that stalls this long is abandoned (the temporary file goes).
-    this.sock.setTimeout(120_000, () => this.sock.destroy());
+    this.sock.setTimeout(UPLOAD_IDLE_MS, () => this.sock.destroy());
     this.sendJson({ ready: true });
     this.handler = (f) => {
       if (failed) return;
@@ -907,23 +992,34 @@ class Conn {
         size += f.data.length;
         if (!out.write(f.data)) { this.pauseInput(); out.once('drain', () => this.resumeInput()); }
       } else if (f.kind === KIND_JSON && f.msg.eof === true) {
-        out.end(() => {
-          if (failed || done) return;
-          try {
-            fs.chmodSync(tmp, mode);
-            try { fs.chownSync(tmp, user.uid, user.gid); } catch { /* not root */ }
-            fs.renameSync(tmp, path);
-          } catch (e) {
-            abort();
-            const err = fsError(e, path);
-            return this.fail(err.code, err.message);
-          }
-          done = true;
-          this.finish({ ok: { path, size } });
-        });
+        out.end(() => { if (!failed) commit(size); });
       }
     };
   }
+}
+
+/** The exact size of a write that asks to be sent raw, if it does (and says one that can be). */
+function rawSize(req: Record<string, unknown>): number | undefined {
+  return req.raw === true && Number.isSafeInteger(req.size) && (req.size as number) >= 0 ? (req.size as number) : undefined;
+}
+
+function executable(path: string | undefined): string | undefined {
+  if (!path || path === 'none') return undefined;
+  try {
+    fs.accessSync(path, fs.constants.X_OK);
+    return path;
+  } catch {
+    return undefined;
+  }
+}
+
+/** capsule-recv's "<step>: <errno|eof> <bytes>" line as the agent's error. */
+function receiveError(stderr: string, code: number | null, path: string): AgentError {
+  const m = /^(read|write): (\w+) (\d+)/.exec(stderr);
+  if (m?.[1] === 'write') return fsError(Object.assign(new Error(`write: ${m[2]}`), { code: m[2] }), path);
+  if (m?.[2] === 'ETIMEDOUT') return new AgentError('invalid_request', `${path}: the upload stalled after ${m[3]} bytes`);
+  if (m) return new AgentError('invalid_request', `${path}: the upload ended after ${m[3]} bytes (${m[2]})`);
+  return new AgentError('internal', `${path}: capsule-recv exited with ${String(code)}: ${stderr.trim().slice(0, 200)}`);
 }
 
 function signalName(s: unknown): NodeJS.Signals {
@@ -950,7 +1046,7 @@ export class Agent {
   readonly defaultUser: () => User;
   private readonly started = Date.now();
 
-  constructor(private readonly o: Options) {
+  constructor(readonly o: Options) {
     this.tokenHash = createHash('sha256').update(o.token).digest();
     this.defaultUser = () => {
       const u = (o.defaultUser && lookupUser(o.defaultUser)) || lookupUser(os.userInfo().username);
@@ -959,7 +1055,11 @@ export class Agent {
       return { name: me.username, uid: me.uid, gid: me.gid, home: me.homedir, shell: me.shell ?? '/bin/sh' };
     };
     this.procs = new Processes(this.defaultUser, o.spawner === 'none' ? undefined : Spawner.start(o.spawner));
+    this.receiver = executable(o.receiver);
   }
+
+  /** capsule-recv's path when it is there: large uploads go through it (Conn.write). */
+  readonly receiver: string | undefined;
 
   checkToken(t: unknown): boolean {
     if (typeof t !== 'string') return false;
@@ -972,6 +1072,7 @@ export class Agent {
       version: AGENT_VERSION, protocol: PROTOCOL_VERSION, time: new Date().toISOString(), uptimeSec: os.uptime(), agentUptimeSec: (Date.now() - this.started) / 1000,
       memory: { totalBytes: m.MemTotal ?? os.totalmem(), freeBytes: m.MemFree ?? os.freemem(), availableBytes: m.MemAvailable ?? os.freemem() },
       loadavg: os.loadavg(), cpus: os.cpus().length, hostname: os.hostname(), processes: this.procs.list().filter((p) => p.running).length, spawner: this.procs.starter,
+      receiver: this.receiver ? 'capsule-recv' : 'none',
     };
   }
 

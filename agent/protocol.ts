@@ -12,6 +12,9 @@
 //   kind 2 DATA   payload: u8 channel | bytes. Channel 0: stdin / an upload's bytes (client to
 //                 agent); 1: stdout / a download's bytes; 2: stderr (agent to client).
 //   (exec answers {"accepted":true} at once, before it spawns; clients ignore messages they do not know)
+//   A write that offers {"raw":true,"size":N} and is answered {"ready":true,"raw":true} is followed
+//   by exactly N unframed bytes (the agent's capsule-recv copies them into the file), then frames
+//   again ({"eof":true}); answered {"ready":true} alone, it is sent in data frames.
 //   kind 3 PING   no payload: the agent's heartbeat on a long operation (every PING_INTERVAL_MS),
 //                 so that a client can tell a silent agent from a quiet command.
 //
@@ -99,6 +102,11 @@ export class FrameReader {
   private dataChannel = 0;
 
   constructor(private readonly onFrame: (f: Frame) => void, private readonly onError: (why: string) => void, private readonly maxFrame = MAX_FRAME) {}
+
+  /** Bytes read and not yet handed on as frames (0: the next byte read starts a frame). */
+  get buffered(): number {
+    return this.size + this.dataLeft;
+  }
 
   push(chunk: Buffer): void {
     if (this.failed) return;

@@ -121,6 +121,8 @@ node "$AGENT_SRC/build.mjs" "$ROOT/usr/lib/capsule/capsule-agent.cjs" >/dev/null
 chmod 0755 "$ROOT/usr/lib/capsule/capsule-agent.cjs"
 # ... and capsule-spawn beside it (agent/capsule-spawn.c: the agent starts processes through it).
 [ -x "$ROOT/usr/lib/capsule/capsule-spawn" ] || img_die "capsule-spawn did not build (install gcc libc6-dev)"
+# ... and capsule-recv (agent/capsule-recv.c: large uploads are copied off the connection by it).
+[ -x "$ROOT/usr/lib/capsule/capsule-recv" ] || img_die "capsule-recv did not build (install gcc libc6-dev)"
 # The unprivileged account commands run as by default: user (uid 1000), home /home/user.
 if ! grep -q '^user:' "$ROOT/etc/passwd"; then
   echo 'user:x:1000:1000:sandbox user:/home/user:/bin/bash' >> "$ROOT/etc/passwd"

@@ -5,7 +5,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -233,6 +233,84 @@ test('files: write (streamed), read back, stat, list, mkdir, move, remove; missi
   await assert.rejects(client.mkdir('vm', join(dir, 'plain/sub')), (e: any) => e.status === 400 || e.status === 409);
   const h = await client.health('vm');
   assert.ok(typeof h.time === 'string' && (h.memory as any).totalBytes > 0);
+});
+
+/** A client whose connections tee what the agent sends into `heard` (to see what it offered). */
+function listeningClient(p: number, heard: Buffer[]): AgentClient {
+  const transport: AgentTransport = {
+    connect: () => new Promise((res, rej) => {
+      const s = connect(p, '127.0.0.1', () => res(s));
+      s.on('data', (d: Buffer) => heard.push(Buffer.from(d)));
+      s.once('error', rej);
+    }),
+  };
+  return new AgentClient({ transport, token: () => TOKEN, callTimeoutMs: 5000 });
+}
+
+const leftovers = (d: string) => readdirSync(d).filter((n) => n.includes('.capsule-'));
+
+test('files: a large upload of a known size is taken raw by capsule-recv; a body shorter or longer than it fails and leaves nothing; without the helper, frames', async () => {
+  assert.equal((await client.health('vm')).receiver, 'capsule-recv');
+  const data = randomBytes(5 * 1024 * 1024 + 3);
+  async function* chunks(d: Buffer = data) { for (let o = 0; o < d.length; o += 16384) yield d.subarray(o, o + 16384); }
+  const heard: Buffer[] = [];
+  const c = listeningClient(port, heard);
+  const p = join(dir, 'raw/big.bin');
+  assert.deepEqual(await c.write('vm', p, chunks(), { size: data.length, mode: 0o600 }), { path: p, size: data.length });
+  assert.match(Buffer.concat(heard).toString('latin1'), /"ready":true,"raw":true/);
+  assert.ok(readFileSync(p).equals(data));
+  assert.equal(statSync(p).mode & 0o777, 0o600);
+  // A small file is not worth a helper: frames, same result.
+  heard.length = 0;
+  assert.deepEqual(await c.write('vm', p, chunks(data.subarray(0, 1000)), { size: 1000 }), { path: p, size: 1000 });
+  assert.doesNotMatch(Buffer.concat(heard).toString('latin1'), /"raw":true/);
+  assert.ok(readFileSync(p).equals(data.subarray(0, 1000)));
+  // The body is shorter or longer than the size it announced: 400, the old file stays, no temporary file.
+  for (const [body, says] of [[data.subarray(0, 2 * 1024 * 1024), data.length], [data, 2 * 1024 * 1024]] as const) {
+    await assert.rejects(c.write('vm', p, chunks(body), { size: says }), (e: any) => e.status === 400 && e.code === 'upload_failed');
+  }
+  await waitFor('the temporary files to go', async () => leftovers(join(dir, 'raw')).length === 0 || undefined, 10_000);
+  assert.ok(readFileSync(p).equals(data.subarray(0, 1000)));
+  // An agent without capsule-recv (or an older one) answers {"ready":true}: the client sends frames.
+  const plain = await startAgent(['--receiver', 'none']);
+  try {
+    assert.equal((await plain.client.health('vm')).receiver, 'none');
+    const q = join(dir, 'raw/framed.bin');
+    heard.length = 0;
+    assert.deepEqual(await listeningClient(plain.port, heard).write('vm', q, chunks(), { size: data.length }), { path: q, size: data.length });
+    assert.doesNotMatch(Buffer.concat(heard).toString('latin1'), /"raw":true/);
+    assert.ok(readFileSync(q).equals(data));
+  } finally {
+    plain.proc.kill('SIGKILL');
+  }
+});
+
+test('capsule-recv itself: exact copy, early end, stall, a full disk, bad arguments each exit with their status and one line', async () => {
+  const recv = join(BUNDLE, '..', 'capsule-recv');
+  const run = (args: string[], input: Buffer | 'stall', out = '/dev/null') => new Promise<{ code: number | null; stderr: string }>((res) => {
+    const child = spawn(recv, args, { stdio: ['pipe', out === '/dev/null' ? 'ignore' : 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr!.on('data', (d) => (stderr += d));
+    if (out !== '/dev/null') child.stdout!.pipe(createWriteStream(out));
+    if (input !== 'stall') child.stdin!.end(input);
+    child.on('close', (code) => res({ code, stderr }));
+  });
+  const data = randomBytes(3 * 1024 * 1024 + 5);
+  const out = join(dir, 'recv.bin');
+  assert.deepEqual(await run([String(data.length)], Buffer.concat([data, Buffer.from('next message')]), out), { code: 0, stderr: '' });
+  await waitFor('the copy on disk', async () => (statSync(out).size === data.length ? true : undefined), 5000);
+  assert.ok(readFileSync(out).equals(data), 'exactly SIZE bytes, not what follows');
+  assert.deepEqual(await run(['100'], Buffer.alloc(40)), { code: 3, stderr: 'read: eof 40\n' });
+  assert.deepEqual(await run(['100', '1'], 'stall'), { code: 4, stderr: 'read: ETIMEDOUT 0\n' });
+  const full = await new Promise<{ code: number | null; stderr: string }>((res) => {
+    const child = spawn(recv, ['10'], { stdio: ['pipe', openSync('/dev/full', 'w'), 'pipe'] });
+    let stderr = '';
+    child.stderr!.on('data', (d) => (stderr += d));
+    child.stdin!.end(Buffer.alloc(10));
+    child.on('close', (code) => res({ code, stderr }));
+  });
+  assert.deepEqual(full, { code: 5, stderr: 'write: ENOSPC 0\n' });
+  for (const bad of [[], ['-1'], ['12x'], ['1', '0'], ['1', '2', '3']]) assert.equal((await run(bad, Buffer.alloc(0))).code, 2, bad.join(' '));
 });
 
 test('the agent refuses a wrong token; plain HTTP gets the HTTP side (/health)', async () => {

@@ -8,6 +8,7 @@
 // Relative paths are under the user's home; `user` (default "user") owns what is created.
 import { createRoute, z } from '@hono/zod-openapi';
 import { ApiError } from '../supervisor/errors.js';
+import { contentLength } from '../util/http.js';
 import { agentErrors, requireRunning } from './exec.js';
 import { ErrorSchema, IdParams, json } from './schemas.js';
 import { newRouter, type AppDeps } from './app.js';
@@ -88,7 +89,7 @@ export function fileRoutes(deps: AppDeps) {
       requireRunning(deps, id);
       const body = c.req.raw.body;
       const source: AsyncIterable<Uint8Array> = body ? (body as unknown as AsyncIterable<Uint8Array>) : (async function* () { /* empty file */ })();
-      const w = await deps.agent.write(id, path, source, { user, mode: mode === undefined ? undefined : parseInt(mode, 8) });
+      const w = await deps.agent.write(id, path, source, { user, mode: mode === undefined ? undefined : parseInt(mode, 8), size: contentLength(c.req.header('content-length')) });
       return c.json(w, 200);
     })
     .openapi(deleteFile, async (c) => {

@@ -8,6 +8,7 @@
 import type { Context } from 'hono';
 import type { AgentClient } from '../../agent/client.js';
 import { ApiError } from '../../supervisor/errors.js';
+import { contentLength } from '../../util/http.js';
 import { e2bError, guestUser, writtenEntry } from '../mapping.js';
 
 /** A multipart upload is parsed in memory (FormData): bounded. Larger files go as octet-stream, streamed. */
@@ -71,7 +72,7 @@ export async function postFiles(c: Ctx, agent: AgentClient): Promise<Response> {
     for (const f of files) {
       const target = files.length === 1 && path !== undefined ? path : f.name;
       if (!target) throw new ApiError(400, 'invalid_request', 'a file part without a name, and no path in the query');
-      const w = await agent.write(vmId, target, f.stream() as unknown as AsyncIterable<Uint8Array>, { user });
+      const w = await agent.write(vmId, target, f.stream() as unknown as AsyncIterable<Uint8Array>, { user, size: f.size });
       written.push(writtenEntry(w.path));
     }
     return c.json(written, 200);
@@ -80,7 +81,7 @@ export async function postFiles(c: Ctx, agent: AgentClient): Promise<Response> {
   const encoding = (c.req.header('content-encoding') ?? '').toLowerCase();
   if (encoding !== '' && encoding !== 'identity' && encoding !== 'gzip') throw new ApiError(400, 'invalid_request', `Content-Encoding: gzip or none, not ${encoding}`);
   const source = encoding === 'gzip' ? body.pipeThrough(new DecompressionStream('gzip') as unknown as TransformStream<Uint8Array, Uint8Array>) : body;
-  const w = await agent.write(vmId, path, source as unknown as AsyncIterable<Uint8Array>, { user });
+  const w = await agent.write(vmId, path, source as unknown as AsyncIterable<Uint8Array>, { user, size: encoding === 'gzip' ? undefined : contentLength(c.req.header('content-length')) });
   return c.json([writtenEntry(w.path)], 200);
 }
 
