@@ -52,6 +52,16 @@ function httpStatusOf(code: string): ApiErrorStatus {
 }
 
 const unreachable = (why: string) => new ApiError(502, 'agent_unreachable', `the guest agent cannot be reached: ${why}`);
+
+/**
+ * The VM has no way to its agent at all (no network path, no fallback): waiting will not help,
+ * unlike an agent that has not started yet. Still 502 agent_unreachable to API clients.
+ */
+export class NoAgentPathError extends ApiError {
+  constructor(why: string) {
+    super(502, 'agent_unreachable', `the guest agent cannot be reached: this VM has no network path to its agent: ${why}`);
+  }
+}
 const timeout = (what: string) => new ApiError(504, 'agent_timeout', `the guest agent did not answer in time (${what})`);
 const protocolError = (why: string) => new ApiError(502, 'agent_protocol_error', `the guest agent broke the protocol: ${why}`);
 
@@ -452,16 +462,30 @@ function agentError(e: unknown): AgentCallError {
   return new AgentCallError(code, message);
 }
 
-/** Polls the agent's health until it answers (the guest boots and starts it), or the time is up. */
-export async function waitForAgent(agent: AgentClient, vmId: string, timeoutMs: number): Promise<boolean> {
+export type AgentAnswer = { ok: true } | { ok: false; noPath: boolean; lastError: string | undefined };
+
+/**
+ * Polls the agent's health until it answers (the guest boots and starts it), or the time is up;
+ * stops at once when the VM has no path to its agent (NoAgentPathError), which no wait mends.
+ */
+export async function agentAnswer(agent: AgentClient, vmId: string, timeoutMs: number): Promise<AgentAnswer> {
   const end = Date.now() + timeoutMs;
+  let lastError: string | undefined;
   while (Date.now() < end) {
     try {
       await agent.health(vmId, Math.min(5000, Math.max(1, end - Date.now())));
-      return true;
-    } catch {
+      return { ok: true };
+    } catch (e) {
+      if (e instanceof NoAgentPathError) return { ok: false, noPath: true, lastError: e.message };
+      lastError = (e as Error).message;
       await new Promise((res) => setTimeout(res, 250));
     }
   }
-  return false;
+  return { ok: false, noPath: false, lastError };
+}
+
+/** Why an agentAnswer() failed, for a message: `what` (e.g. "the guest agent did not answer within 60 s") unless there is no path at all. */
+export function noAnswer(a: Exclude<AgentAnswer, { ok: true }>, what: string): string {
+  if (a.noPath) return a.lastError!;
+  return a.lastError ? `${what} (last: ${a.lastError})` : what;
 }

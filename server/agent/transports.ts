@@ -10,7 +10,7 @@ import type { Duplex } from 'node:stream';
 import { AGENT_PORT } from '../../agent/protocol.js';
 import type { AgentComponent } from '../supervisor/components/agent.js';
 import type { NetworkComponent } from '../supervisor/components/network.js';
-import type { AgentTransport } from './client.js';
+import { NoAgentPathError, type AgentTransport } from './client.js';
 
 /** A path to some VMs' agents: `has` says whether this VM is reachable this way now. */
 export interface GuestPath extends AgentTransport {
@@ -38,7 +38,7 @@ export class RoutedTransport implements AgentTransport {
 
   connect(vmId: string): Promise<Duplex> {
     const path = this.paths.find((p) => p.has(vmId));
-    return path ? path.connect(vmId) : Promise.reject(new Error(`this VM has no network path to its agent: ${this.why}`));
+    return path ? path.connect(vmId) : Promise.reject(new NoAgentPathError(this.why));
   }
 }
 

@@ -15,7 +15,7 @@ import { randomBytes } from 'node:crypto';
 import { Hono, type Context, type MiddlewareHandler } from 'hono';
 import { z } from 'zod';
 import type { Vm } from '../db/vms.js';
-import { waitForAgent, type AgentClient } from '../agent/client.js';
+import { agentAnswer, noAnswer, type AgentAnswer, type AgentClient } from '../agent/client.js';
 import type { TokenStore } from '../db/tokens.js';
 import { capsuleTokenOf } from './keys.js';
 import type { SandboxTokens } from './keys.js';
@@ -55,6 +55,12 @@ const TimeoutSchema = z.object({ timeout: Timeout });
 const ConnectSchema = z.object({ timeout: Timeout.optional() });
 
 /** 400 naming the field, in E2B's shape. */
+/** A sandbox whose agent did not answer: 502 when it has no path to it at all (waiting would not help), else 504. */
+function agentFailed(c: Context, a: Exclude<AgentAnswer, { ok: true }>, who: string, what: string): Response {
+  const status = a.noPath ? 502 : 504;
+  return c.json(e2bError(status, `${who}: ${noAnswer(a, what)}`), status);
+}
+
 function invalid(c: Context, error: z.ZodError): Response {
   const issue = error.issues[0];
   const field = issue?.path.join('.') ?? '';
@@ -167,9 +173,8 @@ export function e2bRestRoutes(d: RestDeps) {
     const started = await call(c, 'POST', `/v1/vms/${vm.id}/start`);
     if (!started.ok) return fail(started.error(c));
     // E2B's create returns a sandbox that takes commands: wait for the agent to answer.
-    if (!(await waitForAgent(d.agent, vm.id, d.bootTimeoutMs))) {
-      return fail(c.json(e2bError(504, `sandbox ${vm.id}: the guest agent did not answer within ${Math.round(d.bootTimeoutMs / 1000)} s of the start`), 504));
-    }
+    const a = await agentAnswer(d.agent, vm.id, d.bootTimeoutMs);
+    if (!a.ok) return fail(agentFailed(c, a, `sandbox ${vm.id}`, `the guest agent did not answer within ${Math.round(d.bootTimeoutMs / 1000)} s of the start`));
     return c.json({ ...access(vm), alias: body.templateID }, 201);
   };
 
@@ -183,9 +188,10 @@ export function e2bRestRoutes(d: RestDeps) {
     const vm = made.body as Vm;
     d.sandboxes.put(vm.id, { templateId: body.templateID, envVars: body.envVars ?? {} });
     // A pool VM's agent was checked when it was warmed; a fresh restore's answers within moments.
-    if (!(await waitForAgent(d.agent, vm.id, d.bootTimeoutMs))) {
+    const a = await agentAnswer(d.agent, vm.id, d.bootTimeoutMs);
+    if (!a.ok) {
       await call(c, 'DELETE', `/v1/vms/${vm.id}?force=true`).catch(() => undefined);
-      return c.json(e2bError(504, `sandbox ${vm.id}: the guest agent did not answer within ${Math.round(d.bootTimeoutMs / 1000)} s of the restore`), 504);
+      return agentFailed(c, a, `sandbox ${vm.id}`, `the guest agent did not answer within ${Math.round(d.bootTimeoutMs / 1000)} s of the restore`);
     }
     return c.json({ ...access(vm), alias: body.templateID }, 201);
   };
@@ -250,8 +256,9 @@ export function e2bRestRoutes(d: RestDeps) {
     const resumed = await call(c, 'POST', `/v1/vms/${vm.id}/resume`);
     if (!resumed.ok) return resumed.error(c);
     // Restored from disk: its agent runs on, but give its network a moment to answer.
-    if (vm.state === 'stopped' && !(await waitForAgent(d.agent, vm.id, d.bootTimeoutMs))) {
-      return c.json(e2bError(504, `sandbox ${vm.id}: the guest agent did not answer after the resume`), 504);
+    if (vm.state === 'stopped') {
+      const a = await agentAnswer(d.agent, vm.id, d.bootTimeoutMs);
+      if (!a.ok) return agentFailed(c, a, `sandbox ${vm.id}`, 'the guest agent did not answer after the resume');
     }
     return undefined;
   };

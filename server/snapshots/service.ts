@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { EventHub } from '../events/hub.js';
 import type { Quotas } from '../tenants/quotas.js';
-import { waitForAgent, type AgentClient } from '../agent/client.js';
+import { agentAnswer, noAnswer, type AgentClient } from '../agent/client.js';
 import type { ImageStore } from '../db/images.js';
 import type { Snapshot, SnapshotKind, SnapshotStore } from '../db/snapshots.js';
 import type { Vm, VmStore } from '../db/vms.js';
@@ -105,7 +105,8 @@ export class SnapshotService {
 
   private async correctClock(vmId: string, agent: AgentClient): Promise<void> {
     try {
-      if (!(await waitForAgent(agent, vmId, CLOCK_AGENT_WAIT_MS))) throw new Error(`the agent did not answer within ${CLOCK_AGENT_WAIT_MS / 1000} s`);
+      const a = await agentAnswer(agent, vmId, CLOCK_AGENT_WAIT_MS);
+      if (!a.ok) throw new Error(noAnswer(a, `the agent did not answer within ${CLOCK_AGENT_WAIT_MS / 1000} s`));
       const { movedMs } = await agent.setClock(vmId, Date.now());
       this.d.log.info({ vm: vmId, movedMs }, 'guest clock corrected after a restore');
     } catch (e) {

@@ -4,7 +4,7 @@
 // template failed with a reason a client can act on. The build VM is deleted in every case.
 import type { Template, TemplateStep } from '../db/templates.js';
 import type { Vm } from '../db/vms.js';
-import { waitForAgent, type ExecStream } from '../agent/client.js';
+import { agentAnswer, noAnswer, type ExecStream } from '../agent/client.js';
 import type { ConsoleViewer } from '../console/bridge.js';
 import type { TemplateDeps } from './service.js';
 
@@ -73,7 +73,8 @@ export async function buildTemplate(d: TemplateDeps, t: Template, gone: () => bo
 }
 
 async function agentAnswers(d: TemplateDeps, vm: Vm, deadline: number, orElse = `the guest agent did not answer before the ready timeout (does image ${vm.image} run capsule's agent?)`): Promise<void> {
-  if (!(await waitForAgent(d.agent, vm.id, Math.max(1, deadline - Date.now())))) throw new BuildError(orElse);
+  const a = await agentAnswer(d.agent, vm.id, Math.max(1, deadline - Date.now()));
+  if (!a.ok) throw new BuildError(noAnswer(a, orElse));
 }
 
 /** Without commands, ready is the image's ready marker on the console (images without the agent work too). */

@@ -10,7 +10,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Template } from '../db/templates.js';
 import type { Vm } from '../db/vms.js';
-import { waitForAgent } from '../agent/client.js';
+import { agentAnswer, noAnswer } from '../agent/client.js';
 import { vmFromSnapshot } from '../snapshots/clone.js';
 import type { TemplateDeps } from './service.js';
 
@@ -97,8 +97,9 @@ export class PoolManager {
     });
     try {
       await this.d.supervisor.start(vm.id);
-      if ((t.startCmd !== undefined || t.readyCmd !== undefined) && !(await waitForAgent(this.d.agent, vm.id, AGENT_MS))) {
-        throw new Error(`a restored VM's guest agent did not answer within ${AGENT_MS / 1000} s`);
+      if (t.startCmd !== undefined || t.readyCmd !== undefined) {
+        const a = await agentAnswer(this.d.agent, vm.id, AGENT_MS);
+        if (!a.ok) throw new Error(noAnswer(a, `a restored VM's guest agent did not answer within ${AGENT_MS / 1000} s`));
       }
       if (this.draining.has(t.id) || !this.d.templates.get(t.id)) throw new Error('the template was deleted');
       this.d.vms.setRole(vm.id, 'pool');
