@@ -17,6 +17,7 @@
 // Built by agent/build.mjs (gcc -static) beside the agent's bundle.
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -38,6 +39,10 @@ static const char *errno_name(int e) {
     case ECONNRESET: return "ECONNRESET";
     case ETIMEDOUT: return "ETIMEDOUT";
     case EPIPE: return "EPIPE";
+    case EPERM: return "EPERM";
+    case EACCES: return "EACCES";
+    case ENOTCONN: return "ENOTCONN";
+    case EBADF: return "EBADF";
     default: return "EIO";
   }
 }
@@ -71,12 +76,21 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: capsule-recv SIZE [IDLE_SECONDS 1..86400]\n");
     return 2;
   }
+  // The connection's open file description is shared with the agent, and the spawn made it
+  // blocking (libuv clears O_NONBLOCK on a child's stdio): set it back, so that the agent's own
+  // reads never block its event loop once the connection is its again. poll() paces ours.
+  int flags = fcntl(STDIN_FILENO, F_GETFL);
+  if (flags >= 0) (void)fcntl(STDIN_FILENO, F_SETFL, flags | O_NONBLOCK);
   uint64_t copied = 0;
   struct pollfd in = { .fd = STDIN_FILENO, .events = POLLIN };
   while (copied < size) {
     // A sender that stalls is given up on (the agent then removes the temporary file).
     int r = poll(&in, 1, (int)(idle * 1000));
     if (r < 0 && errno == EINTR) continue;
+    if (r < 0) {
+      fprintf(stderr, "read: %s %llu\n", errno_name(errno), (unsigned long long)copied);
+      return 3;
+    }
     if (r == 0) {
       fprintf(stderr, "read: ETIMEDOUT %llu\n", (unsigned long long)copied);
       return 4;

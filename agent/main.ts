@@ -37,6 +37,8 @@ const HELLO_TIMEOUT_MS = 10_000;
 const MAX_LIST_ENTRIES = 10_000;
 /** The longest process timeout a request may ask for. */
 const MAX_TIMEOUT_MS = 7 * 24 * 3600_000;
+/** A process start waits at most this long for the FIFO pool's refill before it gets socket pairs. */
+const FIFO_WAIT_MS = 2000;
 /** An upload that stalls this long is abandoned (its temporary file removed). */
 const UPLOAD_IDLE_MS = 120_000;
 /** Uploads at least this large go through capsule-recv when the client offers them raw: below, a helper's start costs more than it saves. */
@@ -169,6 +171,8 @@ interface ProcIo {
 class FifoPool {
   private ready: string[] = [];
   private filling = false;
+  /** Called when a refill ends (done or failed). */
+  private waiters: Array<() => void> = [];
   private broken = false;
   private seq = 0;
   private readonly dir: string | undefined;
@@ -181,6 +185,22 @@ class FifoPool {
     } catch {
       this.broken = true;
     }
+  }
+
+  /**
+   * Waits (at most `ms`) for a refill in flight when fewer than 3 FIFOs are ready: a burst of
+   * processes would otherwise empty the pool and the next ones get socket pairs, where
+   * `echo > /dev/stderr` fails (ENXIO). A pool that cannot fill does not make anyone wait.
+   */
+  async settle(ms: number): Promise<void> {
+    if (this.ready.length >= 3 || this.broken || !this.dir) return;
+    this.refill();
+    if (!this.filling) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() { clearTimeout(timer); resolve(); }
+      this.waiters.push(done);
+    });
   }
 
   /**
@@ -273,8 +293,11 @@ class FifoPool {
     const names = Array.from({ length: 48 }, () => join(this.dir!, `p${this.seq++}`));
     const done = (err: unknown) => {
       this.filling = false;
-      if (err) { this.broken = true; return; }
-      this.ready.push(...names);
+      if (err) this.broken = true;
+      else this.ready.push(...names);
+      const waiters = this.waiters;
+      this.waiters = [];
+      for (const w of waiters) w();
     };
     const spawner = this.spawner();
     if (spawner) spawner.mkfifo(names).then(() => done(undefined), done);
@@ -493,6 +516,7 @@ class Processes {
     const asOther = user.uid !== process.getuid!();
     if (asOther && process.getuid!() !== 0) throw new AgentError('permission_denied', `the agent does not run as root: it cannot run processes as ${user.name}`);
     const owner = asOther ? { uid: user.uid, gid: user.gid } : { uid: process.getuid!(), gid: process.getgid!() };
+    await this.fifos.settle(FIFO_WAIT_MS);
     // A process given no stdin reads /dev/null (as `docker exec` without -i).
     const helped = !req.pty && this.spawner?.alive ? this.fifos.openForChild(owner, wantsStdin(req)) : undefined;
     const p = helped
@@ -924,7 +948,8 @@ class Conn {
    * A large upload of a known size: the connection is handed to capsule-recv, which copies its
    * next `size` bytes (sent unframed after {"ready":true,"raw":true}) into the file; then the
    * client's {"eof":true} frame commits it. False when it cannot be (no helper, bytes already
-   * read past the request): the caller uses frames.
+   * read past the request): the caller uses frames. A helper that cannot be started (no
+   * processes or descriptors left) falls back to frames too, before anything was announced.
    */
   private receiveRaw(fd: number, size: number, path: string, abort: () => void, commit: (size: number) => void): boolean {
     const receiver = this.agent.receiver;
@@ -951,27 +976,46 @@ class Conn {
       giveBack();
       return false;
     }
-    fs.closeSync(fd);
+    let spawned = false;
     let stderr = '';
-    child.stderr!.on('data', (d: Buffer) => { if (stderr.length < 1000) stderr += d.toString(); });
-    child.on('error', (e) => { abort(); this.fail('internal', `${path}: capsule-recv: ${e.message}`); });
-    child.on('close', (code) => {
+    let eofTimer: NodeJS.Timeout | undefined;
+    child.on('error', (e) => {
+      if (!spawned) {
+        // Nothing was announced yet: the upload comes in frames after all.
+        giveBack();
+        return this.receiveFrames(fd, path, abort, commit);
+      }
+      abort();
+      this.fail('internal', `${path}: capsule-recv: ${e.message}`);
+    });
+    child.on('spawn', () => {
+      spawned = true;
+      fs.closeSync(fd);
+      this.onCloseFns.push(() => { clearTimeout(eofTimer); if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); });
+      this.handler = () => { /* nothing comes in frames now */ };
+      this.sendJson({ ready: true, raw: true });
+    });
+    child.stderr?.on('data', (d: Buffer) => { if (stderr.length < 1000) stderr += d.toString(); });
+    child.on('close', (code, signal) => {
+      if (!spawned) return;
       // The connection is the agent's again: the client's {"eof":true} (it sent no more than it
-      // said) commits the file, and the answer goes out.
+      // said) commits the file, and the answer goes out; a client that never sends it is given
+      // up on like a stalled upload.
       this.handler = (f) => {
+        clearTimeout(eofTimer);
         if (f.kind === KIND_JSON && f.msg.eof === true) return commit(size);
         abort();
         this.fail('invalid_request', `${path}: more than the ${size} bytes the upload announced`);
       };
       giveBack();
-      if (code === 0) return;
+      if (code === 0) {
+        eofTimer = setTimeout(() => { abort(); this.fail('invalid_request', `${path}: no end of the upload within ${UPLOAD_IDLE_MS / 1000} s of its last byte`); }, UPLOAD_IDLE_MS);
+        return;
+      }
       abort();
-      const err = receiveError(stderr, code, path);
+      const err = receiveError(stderr, code, signal, path);
       this.fail(err.code, err.message);
     });
-    this.onCloseFns.push(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
-    this.handler = () => { /* nothing comes in frames now */ };
-    this.sendJson({ ready: true, raw: true });
     return true;
   }
 
@@ -981,17 +1025,20 @@ class Conn {
     const out = fs.createWriteStream('', { fd, autoClose: true, highWaterMark: 4 * 1024 * 1024 });
     let size = 0;
     let failed = false;
-    this.onCloseFns.push(() => out.destroy());
+    // An upload that stalls this long is abandoned (the temporary file goes). Its own timer, reset
+    // by what comes in: the socket's idle timeout would be reset by the agent's own pings.
+    const stall = setTimeout(() => this.sock.destroy(), UPLOAD_IDLE_MS);
+    this.onCloseFns.push(() => { clearTimeout(stall); out.destroy(); });
     out.on('error', (e) => { failed = true; const err = fsError(e, path); abort(); this.fail(err.code, err.message); });
-    // An upload that stalls this long is abandoned (the temporary file goes).
-    this.sock.setTimeout(UPLOAD_IDLE_MS, () => this.sock.destroy());
     this.sendJson({ ready: true });
     this.handler = (f) => {
       if (failed) return;
+      stall.refresh();
       if (f.kind === KIND_DATA) {
         size += f.data.length;
         if (!out.write(f.data)) { this.pauseInput(); out.once('drain', () => this.resumeInput()); }
       } else if (f.kind === KIND_JSON && f.msg.eof === true) {
+        clearTimeout(stall);
         out.end(() => { if (!failed) commit(size); });
       }
     };
@@ -1014,12 +1061,12 @@ function executable(path: string | undefined): string | undefined {
 }
 
 /** capsule-recv's "<step>: <errno|eof> <bytes>" line as the agent's error. */
-function receiveError(stderr: string, code: number | null, path: string): AgentError {
+function receiveError(stderr: string, code: number | null, signal: NodeJS.Signals | null, path: string): AgentError {
   const m = /^(read|write): (\w+) (\d+)/.exec(stderr);
   if (m?.[1] === 'write') return fsError(Object.assign(new Error(`write: ${m[2]}`), { code: m[2] }), path);
   if (m?.[2] === 'ETIMEDOUT') return new AgentError('invalid_request', `${path}: the upload stalled after ${m[3]} bytes`);
   if (m) return new AgentError('invalid_request', `${path}: the upload ended after ${m[3]} bytes (${m[2]})`);
-  return new AgentError('internal', `${path}: capsule-recv exited with ${String(code)}: ${stderr.trim().slice(0, 200)}`);
+  return new AgentError('internal', `${path}: capsule-recv ${signal ? `was killed by ${signal}` : `exited with ${String(code)}`}${stderr.trim() ? `: ${stderr.trim().slice(0, 200)}` : ''}`);
 }
 
 function signalName(s: unknown): NodeJS.Signals {

@@ -5,7 +5,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { createWriteStream, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, createWriteStream, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -285,6 +285,41 @@ test('files: a large upload of a known size is taken raw by capsule-recv; a body
   }
 });
 
+test('raw uploads, failures: a full disk is no_space (507) even mid-body, nothing left; a helper that cannot start falls back to frames', async (t) => {
+  const data = randomBytes(6 * 1024 * 1024);
+  async function* chunks() { for (let o = 0; o < data.length; o += 65536) yield data.subarray(o, o + 65536); }
+  // A helper that is there when the agent starts but cannot be run when the upload comes
+  // (EACCES, like EAGAIN/EMFILE in a guest out of processes or descriptors).
+  const helperDir = mkdtempSync(join(tmpdir(), 'capsule-recv-'));
+  const helper = join(helperDir, 'capsule-recv');
+  copyFileSync(join(BUNDLE, '..', 'capsule-recv'), helper);
+  chmodSync(helper, 0o755);
+  const flaky = await startAgent(['--receiver', helper]);
+  try {
+    chmodSync(helper, 0o644);
+    const heard: Buffer[] = [];
+    const q = join(dir, 'fallback/file.bin');
+    assert.deepEqual(await listeningClient(flaky.port, heard).write('vm', q, chunks(), { size: data.length }), { path: q, size: data.length });
+    assert.doesNotMatch(Buffer.concat(heard).toString('latin1'), /"raw":true/);
+    assert.ok(readFileSync(q).equals(data));
+  } finally {
+    flaky.proc.kill('SIGKILL');
+    rmSync(helperDir, { recursive: true, force: true });
+  }
+  if (process.getuid?.() !== 0) return t.skip('a small tmpfs needs root');
+  const small = mkdtempSync(join(tmpdir(), 'capsule-full-'));
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', small]);
+  try {
+    await assert.rejects(client.write('vm', join(small, 'big.bin'), chunks(), { size: data.length }), (e: any) => e.status === 507 && e.code === 'no_space');
+    await waitFor('the temporary file to go', async () => readdirSync(small).length === 0 || undefined, 10_000);
+    // The agent is fine after it: its connection came back to it non-blocking, and it serves on.
+    assert.equal((await client.health('vm')).receiver, 'capsule-recv');
+  } finally {
+    execFileSync('umount', ['-l', small]);
+    rmSync(small, { recursive: true, force: true });
+  }
+});
+
 test('capsule-recv itself: exact copy, early end, stall, a full disk, bad arguments each exit with their status and one line', async () => {
   const recv = join(BUNDLE, '..', 'capsule-recv');
   const run = (args: string[], input: Buffer | 'stall', out = '/dev/null') => new Promise<{ code: number | null; stderr: string }>((res) => {
@@ -292,6 +327,7 @@ test('capsule-recv itself: exact copy, early end, stall, a full disk, bad argume
     let stderr = '';
     child.stderr!.on('data', (d) => (stderr += d));
     if (out !== '/dev/null') child.stdout!.pipe(createWriteStream(out));
+    child.stdin!.on('error', () => { /* a helper that refused its arguments does not read: EPIPE */ });
     if (input !== 'stall') child.stdin!.end(input);
     child.on('close', (code) => res({ code, stderr }));
   });

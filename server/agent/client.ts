@@ -424,11 +424,13 @@ export class AgentClient {
         if (raw && sent > size!) throw new Error(`the body is longer than its ${size} bytes`);
         if (!(raw ? s.sendRaw(buf) : s.sendData(buf))) await new Promise<void>((r) => s.onDrain(r));
       }
-      if (raw && sent !== size) throw new Error(`the body ended after ${sent} of its ${size} bytes`);
+      if (raw && sent !== size && !s.isEnded) throw new Error(`the body ended after ${sent} of its ${size} bytes`);
     } catch (e) {
       s.close();
       throw new ApiError(400, 'upload_failed', `the upload broke off: ${(e as Error).message}`);
     }
+    // The agent ended the operation meanwhile (a full disk, a stall, the VM gone): its reason.
+    if (s.isEnded) return result;
     s.sendJson({ eof: true });
     // The agent writes what it got and renames it into place: the answer may take a while for a large file.
     return result;
