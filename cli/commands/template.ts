@@ -9,7 +9,7 @@ import { withContext } from '../context.js';
 import { CliError } from '../errors.js';
 import { mib, shortTime, type Column } from '../output.js';
 import { seg, tenantNames, tenantQuery } from '../resolve.js';
-import type { List, Pool, Template } from '../types.js';
+import type { List, Pool, Template, VmEvent } from '../types.js';
 
 const POLL_MS = 500;
 
@@ -58,21 +58,57 @@ export function templateBody(name: string, o: CreateOptions): Record<string, unk
   return body;
 }
 
-/** Polls the template until its build ends, writing each step it sees to `progress`. */
-export async function followBuild(client: ApiClient, t: Template, progress: (line: string) => void): Promise<Template> {
+/** Prints each build step once, with the time since the create. */
+function stepPrinter(name: string, progress: (line: string) => void): (step: string) => void {
   const started = Date.now();
-  let last = '';
-  for (;;) {
-    if (t.state === 'building') {
-      const step = t.step ?? 'booting';
-      if (step !== last) progress(`${t.name}: ${step}… (${((Date.now() - started) / 1000).toFixed(1)} s)`);
-      last = step;
-    } else {
-      return t;
-    }
+  const shown = new Set<string>();
+  return (step) => {
+    if (shown.has(step)) return;
+    shown.add(step);
+    progress(`${name}: ${step}… (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+  };
+}
+
+/**
+ * The template's TEMPLATE_PROGRESS steps as they are published, from an events stream opened
+ * before the create: a step shorter than a poll (a small guest's snapshot) is not missed. Steps
+ * are held until `created` gives the template's id (an admin's stream carries every tenant's
+ * templates, names may repeat), then shown as they come. Without a stream (it could not open)
+ * polling alone shows the steps.
+ */
+async function stepEvents(client: ApiClient, name: string, show: (step: string) => void): Promise<{ created(id: string): void; close(): void }> {
+  let id: string | undefined;
+  const held: Array<{ id: string; step: string }> = [];
+  try {
+    const ws = await client.openSocket('/v1/events', (data) => {
+      try {
+        const e = JSON.parse(data.toString()) as VmEvent;
+        if (e.event !== 'TEMPLATE_PROGRESS' || e.data?.template !== name || typeof e.data.step !== 'string') return;
+        if (id === undefined) held.push({ id: e.vm, step: e.data.step });
+        else if (e.vm === id) show(e.data.step);
+      } catch { /* not an event */ }
+    });
+    ws.on('error', () => { /* the polls carry on */ });
+    return {
+      created: (templateId) => {
+        id = templateId;
+        for (const h of held.splice(0)) if (h.id === id) show(h.step);
+      },
+      close: () => ws.close(1000),
+    };
+  } catch {
+    return { created: () => undefined, close: () => undefined };
+  }
+}
+
+/** Polls the template until its build ends, handing each step it sees to `show`. */
+async function followBuild(client: ApiClient, t: Template, show: (step: string) => void): Promise<Template> {
+  while (t.state === 'building') {
+    show(t.step ?? 'booting');
     await new Promise((r) => setTimeout(r, POLL_MS));
     t = await client.get<Template>(`/v1/templates/${seg(t.id)}`);
   }
+  return t;
 }
 
 export function templateCommand(): Command {
@@ -99,8 +135,16 @@ export function templateCommand(): Command {
     .option('--no-wait', 'return once the build has started')
     .action(withContext(async (ctx, name: string, o: CreateOptions) => {
       const client = ctx.client();
-      let t = await client.post<Template>('/v1/templates', templateBody(name, o));
-      if (o.wait) t = await followBuild(client, t, (line) => process.stderr.write(`${line}\n`));
+      const show = stepPrinter(name, (line) => process.stderr.write(`${line}\n`));
+      const events = o.wait ? await stepEvents(client, name, show) : undefined;
+      let t: Template;
+      try {
+        t = await client.post<Template>('/v1/templates', templateBody(name, o));
+        events?.created(t.id);
+        if (o.wait) t = await followBuild(client, t, show);
+      } finally {
+        events?.close();
+      }
       if (ctx.printer.json) ctx.printer.jsonValue(t);
       if (t.state === 'failed') throw new CliError('template_failed', `template ${t.name} failed to build: ${t.reason ?? 'unknown'}`);
       ctx.printer.message(`${t.name}: ${t.state}${t.pool > 0 ? `, pool ${t.pool}` : ''} (${t.id})`);
