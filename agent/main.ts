@@ -1093,7 +1093,7 @@ export class Agent {
   readonly defaultUser: () => User;
   private readonly started = Date.now();
 
-  constructor(readonly o: Options) {
+  constructor(private readonly o: Options) {
     this.tokenHash = createHash('sha256').update(o.token).digest();
     this.defaultUser = () => {
       const u = (o.defaultUser && lookupUser(o.defaultUser)) || lookupUser(os.userInfo().username);
