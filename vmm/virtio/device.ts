@@ -56,6 +56,15 @@ export interface VirtioDevice {
   readonly ownsNotifiers?: boolean;
   /** release host resources (files, sockets) when the VMM exits or the device is removed */
   close?(): void;
+  // ---- snapshots (devices/snapshot.ts); the transport saves the queues and negotiation itself ----
+  /** why the device cannot be snapshotted now (its rings are not the main thread's), or null */
+  snapshotBlocker?(): string | null;
+  /** device-specific state beyond the transport's (config values, host-side bookkeeping) */
+  saveState?(): Buffer;
+  /** applied before the device is activated again with its restored queues */
+  restoreState?(state: Buffer): void;
+  /** after a restore re-activated the device: tell the driver what a copy of the VM must know (vsock: transport reset) */
+  restored?(): void;
 }
 
 /** Config space helper: read `data.length` bytes at `offset` of `space`, zero past its end. */

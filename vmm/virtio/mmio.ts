@@ -9,7 +9,9 @@
 // InterruptStatus lives in a SharedArrayBuffer word so that the vCPU threads can serve the
 // handler's two register accesses (status read, ACK write) themselves, without handing the exit
 // to the main thread (cpu/vcpu-worker.ts); everyone updates it with Atomics.
+import { z } from 'zod';
 import type { BusDevice } from '../bus/bus.js';
+import { decodeState, DeviceStateError, encodeState, gpa, u16, u32, u64Text, u8 } from '../devices/snapshot.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { logger } from '../log.js';
 import { INT_CONFIG_CHANGE, INT_USED_RING, STATUS, TRANSPORT_FEATURES, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1 } from './constants.js';
@@ -42,6 +44,16 @@ export interface TransportState {
   queueSel: number;
   queues: QueueState[];
 }
+
+const QueueStateSchema = z.strictObject({
+  size: z.number().int().min(1).max(32768), ready: z.boolean(), desc: gpa, avail: gpa, used: gpa,
+  nextAvail: u16, nextUsed: u16, eventIdx: z.boolean(), indirect: z.boolean(), signalledUsed: u16.nullable(),
+});
+const TransportStateSchema = z.strictObject({
+  status: u8, deviceFeaturesSel: u32, driverFeaturesSel: u32, driverFeatures: u64Text, queueSel: u32,
+  interruptStatus: z.number().int().min(0).max(INT_USED_RING | INT_CONFIG_CHANGE), configGeneration: u32,
+  queues: z.array(QueueStateSchema).max(64), device: z.base64().nullable(),
+});
 
 export interface TransportMetrics {
   /** register accesses that were not 32-bit wide or hit nothing */
@@ -298,6 +310,65 @@ export class MmioTransport implements BusDevice, VirtioInterrupt {
     this.driverFeatures = 0n;
     Atomics.store(this.interruptWord, 0, 0);
     for (const q of this.queues) q.reset();
+  }
+
+  // ---- snapshots ------------------------------------------------------------------------------
+
+  /** The registers, negotiation, queues and the device's own state (devices/snapshot.ts). */
+  saveState(): Buffer {
+    return encodeState({
+      status: this.status, deviceFeaturesSel: this.deviceFeaturesSel, driverFeaturesSel: this.driverFeaturesSel,
+      driverFeatures: this.driverFeatures.toString(), queueSel: this.queueSel, interruptStatus: Atomics.load(this.interruptWord, 0) >>> 0,
+      configGeneration: this.configGeneration, queues: this.queues.map((q) => q.state()),
+      device: this.device.saveState ? this.device.saveState().toString('base64') : null,
+    });
+  }
+
+  /**
+   * Applies saveState()'s bytes to this power-on transport: checked as the driver's own writes
+   * would be (features offered, queue sizes and rings inside guest RAM), then a live device is
+   * activated again on its restored queues, without the driver doing anything.
+   */
+  restoreState(bytes: Buffer): void {
+    const what = this.name;
+    const s = decodeState(bytes, TransportStateSchema, what);
+    const bad = (m: string): never => {
+      throw new DeviceStateError(`${what}: ${m}`);
+    };
+    if (s.queues.length !== this.queues.length) bad(`${s.queues.length} queues saved, the device has ${this.queues.length}`);
+    if ((s.driverFeatures & ~this.offeredFeatures) !== 0n) bad(`driver features 0x${s.driverFeatures.toString(16)} include some never offered (0x${this.offeredFeatures.toString(16)})`);
+    const live = (s.status & STATUS.DRIVER_OK) !== 0 && (s.status & (STATUS.DEVICE_NEEDS_RESET | STATUS.FAILED)) === 0;
+    if (s.status & STATUS.DRIVER_OK && !(s.status & STATUS.FEATURES_OK)) bad('status has DRIVER_OK without FEATURES_OK');
+    if ((s.device === null) !== (this.device.saveState === undefined)) bad(s.device === null ? 'device state is missing' : 'device state for a device that has none');
+    s.queues.forEach((qs, i) => {
+      const q = this.queues[i] as Queue;
+      if ((qs.size & (qs.size - 1)) !== 0 || qs.size > q.maxSize) bad(`queue ${i}: size ${qs.size} (a power of two up to ${q.maxSize})`);
+      q.restore(qs);
+      const why = q.validate(this.mem);
+      if (why) bad(`queue ${i}: ${why}`);
+    });
+    this.status = s.status;
+    this.deviceFeaturesSel = s.deviceFeaturesSel;
+    this.driverFeaturesSel = s.driverFeaturesSel;
+    this.driverFeatures = s.driverFeatures;
+    this.queueSel = s.queueSel;
+    this.configGeneration = s.configGeneration;
+    Atomics.store(this.interruptWord, 0, s.interruptStatus);
+    if (s.device !== null) this.device.restoreState?.(Buffer.from(s.device, 'base64'));
+    if (!live) return;
+    if (!this.queues.some((q) => q.ready)) bad('live device with no ready queue');
+    try {
+      this.device.activate({ mem: this.mem, queues: this.queues, features: this.driverFeatures, interrupt: this, notifiers: this.notifierFds });
+    } catch (e) {
+      bad(`activation failed: ${(e as Error).message}`);
+    }
+    this.activated = true;
+    this.device.restored?.();
+  }
+
+  /** After a restore: serve whatever the driver queued before the snapshot (no notification will come for it). */
+  kickAll(): void {
+    this.queues.forEach((_, i) => this.notify(i));
   }
 
   state(): TransportState {

@@ -1,9 +1,12 @@
 // CMOS/RTC at 0x70 (index) / 0x71 (data): the time of day in BCD, never "update in progress".
+import { z } from 'zod';
 import type { BusDevice } from '../../bus/bus.js';
+import { decodeState, encodeState, DeviceStateError, type Snapshottable } from '../snapshot.js';
 
 const bcd = (n: number): number => ((Math.floor(n / 10) % 10) << 4) | (n % 10);
 
-export class Cmos implements BusDevice {
+export class Cmos implements BusDevice, Snapshottable {
+  readonly snapshotKind = 'cmos';
   private index = 0;
   private readonly ram = new Uint8Array(128);
 
@@ -22,6 +25,18 @@ export class Cmos implements BusDevice {
     const v = data[0] ?? 0;
     if (offset === 0) this.index = v & 0x7f; // bit 7 is the NMI mask
     else if (this.index > 0x0d) this.ram[this.index] = v;
+  }
+
+  /** The index register and the guest's RAM bytes; the clock is the host's, read when asked. */
+  saveState(): Buffer {
+    return encodeState({ index: this.index, ram: Buffer.from(this.ram).toString('base64') });
+  }
+  restoreState(bytes: Buffer): void {
+    const s = decodeState(bytes, z.strictObject({ index: z.number().int().min(0).max(0x7f), ram: z.base64() }), 'cmos');
+    const ram = Buffer.from(s.ram, 'base64');
+    if (ram.length !== this.ram.length) throw new DeviceStateError(`cmos: ${ram.length} bytes of RAM, expected ${this.ram.length}`);
+    this.index = s.index;
+    this.ram.set(ram);
   }
 
   private reg(i: number): number {

@@ -1,6 +1,8 @@
 // Minimal i8042 keyboard controller: enough for the kernel's reboot=k path (0xfe on port 0x64
 // pulses the CPU reset line) and for probes to end quickly. Port 0x60 is offset 0, 0x64 offset 4.
+import { z } from 'zod';
 import type { BusDevice } from '../../bus/bus.js';
+import { decodeState, encodeState, u8, type Snapshottable } from '../snapshot.js';
 
 const CMD_READ_CTR = 0x20;
 const CMD_WRITE_CTR = 0x60;
@@ -9,13 +11,22 @@ const CMD_WRITE_OUTPUT = 0xd1;
 const CMD_RESET = 0xfe;
 const STATUS_OBF = 0x01;
 
-export class I8042 implements BusDevice {
+export class I8042 implements BusDevice, Snapshottable {
+  readonly snapshotKind = 'i8042';
   private ctr = 0x47;
   private pendingWrite = 0;
   private out: number[] = [];
   resets = 0;
 
   constructor(private readonly onReset: () => void) {}
+
+  saveState(): Buffer {
+    return encodeState({ ctr: this.ctr, pendingWrite: this.pendingWrite, out: this.out });
+  }
+  restoreState(bytes: Buffer): void {
+    const s = decodeState(bytes, z.strictObject({ ctr: u8, pendingWrite: u8, out: z.array(u8).max(16) }), 'i8042');
+    Object.assign(this, s);
+  }
 
   read(offset: number, data: Uint8Array): void {
     data.fill(0);

@@ -2,7 +2,9 @@
 // Details that matter to Linux: IER keeps its low 4 bits (the driver's scratch test), IIR reports
 // the THR-empty interrupt and clears it when read, loopback mirrors MCR into MSR (autoconfig),
 // and the interrupt line is only driven on level changes.
+import { z } from 'zod';
 import type { BusDevice } from '../../bus/bus.js';
+import { decodeState, encodeState, u8, type Snapshottable } from '../snapshot.js';
 
 const DATA = 0, IER = 1, IIR_FCR = 2, LCR = 3, MCR = 4, LSR = 5, MSR = 6, SCR = 7;
 const IER_RDI = 0x01, IER_THRI = 0x02;
@@ -14,7 +16,14 @@ const MSR_CTS = 0x10, MSR_DSR = 0x20, MSR_DCD = 0x80;
 const RX_FIFO = 64;
 const RX_QUEUE_MAX = 1 << 16;
 
-export class Serial implements BusDevice {
+const StateSchema = z.strictObject({
+  ier: z.number().int().min(0).max(0x0f), lcr: u8, mcr: z.number().int().min(0).max(0x1f), scr: u8, dll: u8, dlm: u8,
+  fifoEnabled: z.boolean(), thrPending: z.boolean(), irqLevel: z.boolean(),
+  rx: z.array(u8).max(RX_FIFO), backlog: z.array(u8).max(RX_QUEUE_MAX),
+});
+
+export class Serial implements BusDevice, Snapshottable {
+  readonly snapshotKind = 'serial-16550a';
   private ier = 0;
   private lcr = 0x03;
   private mcr = 0x08;
@@ -151,6 +160,17 @@ export class Serial implements BusDevice {
         return;
     }
     this.updateIrq();
+  }
+
+  /** Registers and unread input; the interrupt line's level is the irqchip's (restored with it). */
+  saveState(): Buffer {
+    const { ier, lcr, mcr, scr, dll, dlm, fifoEnabled, thrPending, irqLevel, rx, backlog } = this;
+    return encodeState({ ier, lcr, mcr, scr, dll, dlm, fifoEnabled, thrPending, irqLevel, rx, backlog });
+  }
+
+  restoreState(bytes: Buffer): void {
+    const s = decodeState(bytes, StateSchema, 'serial');
+    Object.assign(this, s);
   }
 
   reset(): void {

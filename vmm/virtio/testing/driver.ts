@@ -195,6 +195,23 @@ export class TestDriver {
     return s;
   }
 
+  /**
+   * The same guest after a snapshot restore: a copy of its memory and of this driver's ring
+   * bookkeeping, now driving `device` behind a fresh transport that restored `state`.
+   */
+  restoredCopy(device: VirtioDevice, state: Buffer): TestDriver {
+    const mem = GuestMemory.fromBuffers(this.mem.totalSize);
+    mem.write(GA(0), this.mem.read(GA(0), this.mem.totalSize));
+    const d = new TestDriver(device, mem);
+    d.rings.push(...this.rings);
+    d.nextFree = [...this.nextFree];
+    d.availIdx = [...this.availIdx];
+    d.usedSeen = [...this.usedSeen];
+    d.dataAt = this.dataAt;
+    d.transport.restoreState(state);
+    return d;
+  }
+
   private alloc(q: number, n: number): number[] {
     const ring = this.rings[q] as RingLayout;
     const out: number[] = [];

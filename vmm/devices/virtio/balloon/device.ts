@@ -18,6 +18,8 @@ import { DEVICE_ID } from '../../../virtio/constants.js';
 import { readConfigBytes, type ActivateContext, type VirtioDevice } from '../../../virtio/device.js';
 import { ChainReader, type GuestBuffer, type Queue } from '../../../virtio/queue.js';
 import { logger } from '../../../log.js';
+import { z } from 'zod';
+import { decodeState, DeviceStateError, encodeState, u16, u32 } from '../../snapshot.js';
 
 const log = logger('virtio-balloon');
 
@@ -321,6 +323,26 @@ export class VirtioBalloon implements VirtioDevice {
     }
   }
 
+  /** The target, the driver's `actual`, the stats buffer we hold and which pages were given back. */
+  saveState(): Buffer {
+    return encodeState({
+      numPages: this.numPages, actualPages: this.actualPages, statsHead: this.statsHead,
+      inBalloon: Buffer.from(this.inBalloon).toString('base64'),
+    });
+  }
+
+  restoreState(bytes: Buffer): void {
+    const s = decodeState(bytes, z.strictObject({ numPages: u32, actualPages: u32, statsHead: u16.nullable(), inBalloon: z.base64() }), 'balloon');
+    const bits = Buffer.from(s.inBalloon, 'base64');
+    if (bits.length !== this.inBalloon.length) throw new DeviceStateError(`balloon: page bitmap of ${bits.length} bytes, expected ${this.inBalloon.length}`);
+    if (s.numPages > this.ramPages || s.actualPages > this.ramPages) throw new DeviceStateError(`balloon: more pages than guest RAM has (${this.ramPages})`);
+    this.numPages = s.numPages;
+    this.actualPages = s.actualPages;
+    this.statsHead = s.statsHead;
+    this.inBalloon.set(bits);
+    this.inBalloonCount = bits.reduce((n, b) => n + popcount(b), 0);
+  }
+
   /**
    * Driver reset: the pages in the balloon are the guest's again (they fault back in), `actual`
    * drops to 0. The target stays, so the next driver inflates to it again (as QEMU does).
@@ -332,4 +354,10 @@ export class VirtioBalloon implements VirtioDevice {
     this.inBalloonCount = 0;
     this.setActual(0);
   }
+}
+
+function popcount(b: number): number {
+  let n = 0;
+  for (let v = b; v; v &= v - 1) n++;
+  return n;
 }

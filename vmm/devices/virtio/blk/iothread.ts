@@ -57,6 +57,11 @@ export class IoThreadBlk implements VirtioDevice {
     this.thread.load(HANDLER, req).catch((e: unknown) => ctx.interrupt.fail(`iothread: ${(e as Error).message}`));
   }
 
+  /** The queue's indices live in the iothread: a snapshot would save stale ones. */
+  snapshotBlocker(): string | null {
+    return 'its queue is served on an iothread (iothread=): a snapshot needs drives without one';
+  }
+
   /** A notification that reached the main thread (a QueueNotify write the ioeventfd did not match): pass it on. */
   notify(): void {
     const fd = this.ctx?.notifiers[0];

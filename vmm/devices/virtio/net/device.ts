@@ -435,6 +435,11 @@ export class VirtioNet implements VirtioDevice {
     return b?.name;
   }
 
+  /** With vhost-net the kernel holds the rings' indices: a snapshot would save stale ones. */
+  snapshotBlocker(): string | null {
+    return this.vhost ? 'vhost=on: the kernel owns its rings; a snapshot needs vhost=off' : null;
+  }
+
   reset(): void {
     this.stopPolling();
     this.pendingLen = 0;

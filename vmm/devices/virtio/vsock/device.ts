@@ -86,6 +86,36 @@ export class VirtioVsock implements VirtioDevice {
     }
   }
 
+  /**
+   * After a snapshot restore: the host side of every connection belonged to the VMM that saved,
+   * so the driver is told its transport was reset (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, id 0, in
+   * an event buffer it left with us); Linux then closes its sockets and re-reads the CID.
+   */
+  restored(): void {
+    this.muxer.reset();
+    const ctx = this.ctx;
+    const q = ctx?.queues[EVENT_QUEUE];
+    if (!ctx || !q?.ready) return;
+    const popped = q.pop(ctx.mem);
+    if (!popped) {
+      log.warn('restore: the driver left no event buffer; its connections are not told of the reset');
+      return;
+    }
+    if (popped.error) {
+      q.addUsed(ctx.mem, popped.error.head, 0);
+    } else {
+      const event = new Uint8Array(4); // le32 id = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (0)
+      const w = new ChainWriter(ctx.mem, popped.chain.writable);
+      let len = 0;
+      try {
+        w.write(event);
+        len = event.length;
+      } catch { /* a buffer too small for the event: returned empty */ }
+      q.addUsed(ctx.mem, popped.chain.head, len);
+    }
+    ctx.interrupt.signalUsed(EVENT_QUEUE);
+  }
+
   /** A broken ring: nothing moves until the driver resets the device. */
   private broken(): void {
     this.ctx = null;
