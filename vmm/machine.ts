@@ -1,13 +1,18 @@
 // The virtual machine: KVM VM + vCPUs + memory, and its lifecycle (running / paused / shut down;
-// a guest or QMP reset rebuilds the KVM VM over the same memory). Devices, buses and interrupt
+// a guest or QMP reset rebuilds the KVM VM over the same memory). A machine either boots a kernel
+// (start) or is built from a snapshot's state (restore); a paused one gives its whole state
+// (captureState) for a snapshot. Guest memory itself is the snapshot module's. Devices, buses and interrupt
 // lines belong to the DeviceManager; the Machine creates the legacy ones and dispatches exits.
 import { EventEmitter } from 'node:events';
-import { ACPI_GED_GSI, ACPI_GED_PORT, ACPI_SLEEP_CONTROL_PORT, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR } from './boot/layout.js';
+import { randomBytes } from 'node:crypto';
+import { ACPI_GED_GSI, ACPI_GED_PORT, ACPI_SLEEP_CONTROL_PORT, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, VMGENID_ADDR } from './boot/layout.js';
 import { filterCpuid } from './boot/cpuid.js';
 import { loadLinux, type BootSource } from './boot/loader.js';
 import { bootFpu, bootMsrs, bootRegs, bootSregs, configureLapic } from './boot/regs.js';
 import { VcpuThreads } from './cpu/vcpus.js';
-import { AcpiGed, AcpiSleep, GED_EVENT_POWER_BUTTON } from './devices/legacy/acpi-pm.js';
+import { msrsToSave } from './cpu/msrs.js';
+import { restoreVcpuState, restoreVmState, savableMsrs, saveVcpuState, saveVmState, type VcpuState, type VmState } from './cpu/state.js';
+import { AcpiGed, AcpiSleep, GED_EVENT_POWER_BUTTON, GED_EVENT_VMGENID } from './devices/legacy/acpi-pm.js';
 import { Cmos } from './devices/legacy/cmos.js';
 import { DeviceManager } from './devices/manager.js';
 import { mainPoller } from './io/poller.js';
@@ -18,7 +23,7 @@ import { EXIT, EXIT_IO_OUT, RUN, SYSTEM_EVENT } from './kvm/layout.js';
 import { KVM_CAP_READONLY_MEM, KVM_MEM_READONLY } from './kvm/ioctls.js';
 import { munmap } from './kvm/sys.js';
 import { logger } from './log.js';
-import type { GuestMemory } from './memory/guest-memory.js';
+import { GuestAddress, type GuestMemory } from './memory/guest-memory.js';
 
 const log = logger('machine');
 
@@ -33,6 +38,14 @@ export interface MachineOptions {
   memory: GuestMemory;
   boot: BootSource;
   consoleOut: (b: Uint8Array) => void;
+}
+
+/** What a snapshot holds of a machine besides guest memory. */
+export interface MachineState {
+  vcpus: VcpuState[];
+  vm: VmState;
+  /** in DeviceManager.snapshotDevices() order */
+  devices: Buffer[];
 }
 
 const SERIAL_BASE = 0x3f8;
@@ -56,6 +69,10 @@ export class Machine extends EventEmitter {
   private unknownPorts = new Set<number>();
   private unknownMmio = new Set<number>();
   private busy: Promise<void> = Promise.resolve();
+  /** MSRs a snapshot saves: chosen once, at the first build (KVM_GET_MSR_INDEX_LIST is init-only) */
+  private msrIndices: number[] | null = null;
+  /** the VM's XSAVE size (KVM_CHECK_EXTENSION, which the seccomp filter allows only during init) */
+  private xsaveSize = 0;
   exits = 0;
   /**
    * A reset ends the machine (shutdown with reason guest-reset / host-qmp-system-reset) instead of
@@ -103,7 +120,51 @@ export class Machine extends EventEmitter {
     });
   }
 
-  private async build(): Promise<void> {
+  /**
+   * Builds the machine from a snapshot's state instead of booting (the memory already holds the
+   * snapshot's pages): it ends paused where the snapshot was taken; resume() lets it run on.
+   */
+  restore(state: MachineState): Promise<void> {
+    return this.serial_(async () => {
+      if (this.state !== 'prelaunch') throw new Error(`cannot restore into a machine that is ${this.state}`);
+      if (state.vcpus.length !== this.opts.cpus) throw new Error(`the state has ${state.vcpus.length} vCPUs, the machine ${this.opts.cpus}`);
+      try {
+        await this.build(state);
+      } catch (e) {
+        await this.teardown();
+        throw e;
+      }
+      this.newGeneration();
+      this.state = 'paused';
+    });
+  }
+
+  /**
+   * This guest is now one of possibly many copies of a snapshot: a new VM generation ID, and the
+   * GED event that makes the guest read it (Linux reseeds its RNG when it changed). The guest
+   * sees the interrupt once it runs.
+   */
+  private newGeneration(): void {
+    this.opts.memory.write(GuestAddress(VMGENID_ADDR), randomBytes(16));
+    this.ged.trigger(GED_EVENT_VMGENID);
+  }
+
+  /** The CPUID vCPU `i` is configured with (what a restoring host must compute the same). */
+  configuredCpuid(i = 0): CpuidEntry[] {
+    return filterCpuid(this.supportedCpuid, i, this.opts.cpus);
+  }
+
+  /** Every vCPU's, the in-kernel devices' and the devices' state of a paused machine. */
+  captureState(): MachineState {
+    if (this.state !== 'paused' || !this.vm) throw new Error(`the machine is ${this.state}: only a paused machine can be saved`);
+    // refuse before reading anything: a device whose rings another thread owns
+    const devices = this.devices.saveStates();
+    const opts = { msrIndices: this.msrIndices ?? [], xsaveSize: this.xsaveSize };
+    const vcpus = this.vcpus.map((v) => saveVcpuState(v, opts));
+    return { vcpus, vm: saveVmState(this.vm), devices };
+  }
+
+  private async build(restore?: MachineState): Promise<void> {
     const { memory, cpus } = this.opts;
     const vm = this.kvm.createVm();
     this.vm = vm;
@@ -119,24 +180,19 @@ export class Machine extends EventEmitter {
     vm.setTssAddr(KVM_TSS_ADDR);
     vm.createIrqchip();
     vm.createPit2(1);
+    this.xsaveSize = vm.xsaveSize();
     this.devices.attachNotifiers(vm, mainPoller());
-    const loaded = loadLinux(memory, { ...this.opts.boot, acpiDevices: this.devices.acpiDevices() });
-    log.info(`kernel protocol 0x${loaded.image.version.toString(16)}, entry 0x${loaded.entry.toString(16)}` +
-      (loaded.initrd ? `, initrd at 0x${loaded.initrd.addr.toString(16)} (${loaded.initrd.size} bytes)` : ''));
     this.vcpus = [];
-    for (let i = 0; i < cpus; i++) {
-      const v = vm.createVcpu(i);
-      this.vcpus.push(v);
-      v.setCpuid(filterCpuid(this.supportedCpuid, i, cpus));
-      const msrs = bootMsrs();
-      const n = v.setMsrs(msrs);
-      if (n !== msrs.length) log.debug(`vcpu${i}: KVM set ${n} of ${msrs.length} MSRs`);
-      v.setLapic(configureLapic(v.getLapic()));
-      if (i === 0) {
-        v.setRegs(bootRegs(loaded.entry));
-        v.setSregs(bootSregs(v.getSregs()));
-        v.setFpu(bootFpu());
-      }
+    if (restore) {
+      // Firecracker's order: vCPUs created, the VM's in-kernel devices, then each vCPU's state
+      for (let i = 0; i < cpus; i++) this.vcpus.push(vm.createVcpu(i));
+      restoreVmState(vm, restore.vm);
+      restore.vcpus.forEach((s, i) => restoreVcpuState(this.vcpus[i] as VcpuFd, s, this.xsaveSize));
+      this.chooseMsrs();
+      this.devices.restoreStates(restore.devices);
+      log.info(`restored ${cpus} vCPU(s) and ${restore.devices.length} device states`);
+    } else {
+      this.bootVcpus(vm);
     }
     const threads = new VcpuThreads({
       onExit: (v) => this.serviceExit(v),
@@ -156,7 +212,39 @@ export class Machine extends EventEmitter {
       },
     });
     this.threads = threads;
-    await threads.start(this.vcpus, this.devices.fastInterruptRegisters());
+    await threads.start(this.vcpus, this.devices.fastInterruptRegisters(), { paused: restore !== undefined });
+  }
+
+  /** The MSRs a snapshot will save: those KVM lists that vCPU 0 (CPUID set) can read. */
+  private chooseMsrs(): void {
+    const v0 = this.vcpus[0];
+    if (this.msrIndices || !v0) return;
+    const { msrs, refused } = savableMsrs(v0, msrsToSave(this.kvm.msrIndexList(), v0.getCpuid()));
+    if (refused.length) log.debug(`MSRs KVM does not read for this guest (left out of snapshots): ${refused.map((i) => `0x${i.toString(16)}`).join(' ')}`);
+    this.msrIndices = msrs;
+  }
+
+  /** A fresh boot: the kernel loaded, vCPU 0 at its entry point, the others waiting for INIT/SIPI. */
+  private bootVcpus(vm: VmFd): void {
+    const { memory, cpus } = this.opts;
+    const loaded = loadLinux(memory, { ...this.opts.boot, acpiDevices: this.devices.acpiDevices() });
+    log.info(`kernel protocol 0x${loaded.image.version.toString(16)}, entry 0x${loaded.entry.toString(16)}` +
+      (loaded.initrd ? `, initrd at 0x${loaded.initrd.addr.toString(16)} (${loaded.initrd.size} bytes)` : ''));
+    for (let i = 0; i < cpus; i++) {
+      const v = vm.createVcpu(i);
+      this.vcpus.push(v);
+      v.setCpuid(filterCpuid(this.supportedCpuid, i, cpus));
+      const msrs = bootMsrs();
+      const n = v.setMsrs(msrs);
+      if (n !== msrs.length) log.debug(`vcpu${i}: KVM set ${n} of ${msrs.length} MSRs`);
+      v.setLapic(configureLapic(v.getLapic()));
+      if (i === 0) {
+        v.setRegs(bootRegs(loaded.entry));
+        v.setSregs(bootSregs(v.getSregs()));
+        v.setFpu(bootFpu());
+      }
+    }
+    this.chooseMsrs();
   }
 
   private async teardown(): Promise<void> {

@@ -20,6 +20,8 @@ import { QmpServer } from './qmp/server.js';
 import { register as registerLifecycleCommands } from './qmp/commands/lifecycle.js';
 import { register as registerFdCommands } from './qmp/commands/fds.js';
 import { register as registerInfoCommands } from './qmp/commands/info.js';
+import { filesFor, register as registerSnapshotCommands } from './qmp/commands/snapshot.js';
+import { loadSnapshot, snapshotLayout, STATE_FILE } from './snapshot/snapshot.js';
 import { closeFd } from './kvm/sys.js';
 import { FORBIDDEN_SYSCALL_ENV, install as installSeccomp, prepare as prepareSeccomp, scheduleForbiddenSyscall } from './sandbox.js';
 
@@ -183,6 +185,18 @@ async function run(): Promise<void> {
     registerDeviceQueries(qmp, { devices: machine.devices, exits: () => machine.exits });
     registerInfoCommands(qmp);
     registerBalloonCommands(qmp, { balloon: machine.devices.slot(BALLOON_ID)?.device as VirtioBalloon | undefined });
+    registerSnapshotCommands(qmp, {
+      machine, memory, fds, vcpus: cfg.cpus, incoming: cfg.incoming?.mode === 'defer',
+      onLoaded: async (r) => {
+        log.info(`snapshot loaded (memory ${r.memory === 'cow' ? 'mapped copy-on-write' : 'copied'}) in ${r.ms.toFixed(0)} ms: paused`);
+        await confine();
+      },
+      onLoadFailed: (reason) => {
+        log.error(`snapshot load failed: ${reason}`);
+        // nothing half-started: the VMM ends once the error reply is out
+        setTimeout(() => void machine.shutdown({ guest: false, reason: 'host-error' }), 50);
+      },
+    });
   }
 
   // before anything is visible (sockets, pidfile): a SIGTERM sent as soon as the pidfile exists
@@ -191,7 +205,18 @@ async function run(): Promise<void> {
     process.on(sig, () => void machine.shutdown({ guest: false, reason: 'host-signal' }));
   }
   try {
-    await machine.start();
+    if (!cfg.incoming) {
+      await machine.start();
+    } else if (cfg.incoming.mode === 'file') {
+      const l = snapshotLayout(memory);
+      const files = filesFor(`file:${cfg.incoming.dir}`, [STATE_FILE, ...l.memory.map((r) => r.file)], new Map(), false);
+      try {
+        const r = await loadSnapshot(machine, memory, files.fds, cfg.cpus);
+        log.info(`snapshot ${cfg.incoming.dir} loaded (memory ${r.memory === 'cow' ? 'mapped copy-on-write' : 'copied'}) in ${r.ms.toFixed(0)} ms: paused`);
+      } finally {
+        files.close();
+      }
+    }
     if (machine.state === 'shutdown') return; // a signal arrived while starting; exit() runs
     if (qmp) {
       await qmp.listen();
@@ -217,30 +242,36 @@ async function run(): Promise<void> {
     process.stdin.destroy();
   }
   // Init is done: confine the process (every thread, vCPU workers included) before telling the
-  // parent it is ready, so that "ready" means "filtered". See docs/seccomp.md.
-  if (!cfg.disableSeccomp && (machine.state as string) !== 'shutdown') {
-    try {
-      await prepareSeccomp();
-      const sb = installSeccomp(cfg.seccompMode);
-      machine.resetExits = true;
-      const msg = `seccomp filter installed on all threads: ${sb.syscalls} syscalls, ${sb.instructions} BPF instructions, ` +
-        (sb.mode === 'kill' ? 'anything else kills the VMM' : 'LOG mode: anything else is only logged by the kernel (audit type=1326)');
-      if (sb.mode === 'kill') log.info(msg);
-      else log.warn(msg);
-    } catch (e) {
-      log.error(`seccomp: ${(e as Error).message}`);
-      await machine.shutdown({ guest: false, reason: 'host-error' }).catch(() => {});
-      await cleanup();
-      die(`cannot install the seccomp filter: ${(e as Error).message}`);
+  // parent it is ready, so that "ready" means "filtered". See docs/seccomp.md. A VMM waiting for
+  // a snapshot (-incoming defer) is confined once it is loaded: building the machine then needs
+  // KVM_CREATE_VM, vCPU threads and the KVM SETs the filter forbids; no guest has run before.
+  async function confine(): Promise<void> {
+    if (!cfg.disableSeccomp && (machine.state as string) !== 'shutdown') {
+      try {
+        await prepareSeccomp();
+        const sb = installSeccomp(cfg.seccompMode);
+        machine.resetExits = true;
+        const msg = `seccomp filter installed on all threads: ${sb.syscalls} syscalls, ${sb.instructions} BPF instructions, ` +
+          (sb.mode === 'kill' ? 'anything else kills the VMM' : 'LOG mode: anything else is only logged by the kernel (audit type=1326)');
+        if (sb.mode === 'kill') log.info(msg);
+        else log.warn(msg);
+      } catch (e) {
+        log.error(`seccomp: ${(e as Error).message}`);
+        await machine.shutdown({ guest: false, reason: 'host-error' }).catch(() => {});
+        await cleanup();
+        die(`cannot install the seccomp filter: ${(e as Error).message}`);
+      }
+      const injectMs = Number(process.env[FORBIDDEN_SYSCALL_ENV] ?? '');
+      if (injectMs >= 0 && process.env[FORBIDDEN_SYSCALL_ENV]) {
+        log.warn(`test-only ${FORBIDDEN_SYSCALL_ENV}: calling socket(2) in ${injectMs} ms`);
+        scheduleForbiddenSyscall(injectMs, (r) => log.warn(`test-only: socket(2) returned ${r} and the VMM lives (filter not in kill mode)`));
+      }
+    } else if (cfg.disableSeccomp) {
+      log.info('seccomp filter disabled (-disable-seccomp)');
     }
-    const injectMs = Number(process.env[FORBIDDEN_SYSCALL_ENV] ?? '');
-    if (injectMs >= 0 && process.env[FORBIDDEN_SYSCALL_ENV]) {
-      log.warn(`test-only ${FORBIDDEN_SYSCALL_ENV}: calling socket(2) in ${injectMs} ms`);
-      scheduleForbiddenSyscall(injectMs, (r) => log.warn(`test-only: socket(2) returned ${r} and the VMM lives (filter not in kill mode)`));
-    }
-  } else if (cfg.disableSeccomp) {
-    log.info('seccomp filter disabled (-disable-seccomp)');
   }
+  if (cfg.incoming?.mode === 'defer') log.info('waiting for a snapshot (QMP migrate-incoming)');
+  else await confine();
   ready('ready');
   log.info('running');
 }

@@ -4,8 +4,12 @@
 import * as aml from './aml.js';
 import { checksum, putAscii } from './checksum.js';
 import {
-  ACPI_GED_GSI, ACPI_GED_PORT, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, IOAPIC_ADDR, LAPIC_ADDR,
+  ACPI_GED_GSI, ACPI_GED_PORT, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, IOAPIC_ADDR, LAPIC_ADDR, VMGENID_ADDR,
 } from './layout.js';
+
+/** GED event selector bits (devices/legacy/acpi-pm.ts raises them): the DSDT's _EVT notifies. */
+export const GED_EVENT_POWER_BUTTON = 0x01;
+export const GED_EVENT_VMGENID = 0x02;
 
 /** SLP_TYP for S5 written by the guest as (SLP_TYP << 2) | SLP_EN(0x20). */
 export const S5_SLP_TYP = 5;
@@ -66,9 +70,21 @@ export function buildDsdt(devices: number[][] = []): Uint8Array {
         aml.name('_CRS', aml.buffer(aml.interruptResource(ACPI_GED_GSI))),
         aml.opRegion('EREG', 1, ACPI_GED_PORT, 1),
         aml.field('EREG', [['ESEL', 8]]),
+        // ESEL is read once (reading it clears the events): into Local0, then each bit tested
         aml.method('_EVT', 1, true, [
-          aml.ifOp(aml.and(aml.nameString('ESEL'), aml.integer(1)), [aml.notify('\\_SB_.PWRB', 0x80)]),
+          aml.store(aml.nameString('ESEL'), aml.local0),
+          aml.ifOp(aml.and(aml.local0, aml.integer(GED_EVENT_POWER_BUTTON)), [aml.notify('\\_SB_.PWRB', 0x80)]),
+          aml.ifOp(aml.and(aml.local0, aml.integer(GED_EVENT_VMGENID)), [aml.notify('\\_SB_.VGEN', 0x80)]),
         ]),
+      ]),
+      // VM generation ID (Linux drivers/virt/vmgenid.c matches _HID VMGENCTR and reads ADDR, a
+      // package of the ID's address, low and high 32 bits): a new ID and a notification after
+      // every restore make the guest reseed its RNG (add_vmfork_randomness).
+      aml.device('VGEN', [
+        aml.name('_HID', aml.string('VMGENCTR')),
+        aml.name('_UID', aml.integer(0)),
+        aml.name('_DDN', aml.string('VM_Gen_Counter')),
+        aml.name('ADDR', aml.pkg([aml.integer(VMGENID_ADDR), aml.integer(0)])),
       ]),
       ...devices,
     ]),

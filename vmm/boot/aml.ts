@@ -78,6 +78,10 @@ export const ifOp = (predicate: number[], body: number[][]): number[] => {
   return [0xa0, ...pkgLength(b.length), ...b];
 };
 export const and = (a: number[], b: number[]): number[] => [0x7b, ...a, ...b, 0x00];
+/** Store(source, destination) */
+export const store = (src: number[], dst: number[]): number[] => [0x70, ...src, ...dst];
+/** Local0 */
+export const local0 = [0x60];
 export const notify = (target: string, value: number): number[] => [0x86, ...nameString(target), ...integer(value)];
 /** EISA id ("PNP0C0C") as the 32-bit integer the _HID encoding uses. */
 export function eisaId(id: string): number {

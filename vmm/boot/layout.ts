@@ -13,6 +13,11 @@ export const EBDA_START = 0x9fc00; // MP floating pointer + table live here
 export const MPTABLE_ADDR = EBDA_START;
 export const ACPI_TABLES_ADDR = 0xe0000; // RSDP first, scannable by the guest in 0xe0000..0xfffff
 export const BIOS_END = 0x100000;
+/**
+ * The VM generation ID (16 bytes, Linux's vmgenid driver): the last page below 1 MiB, inside the
+ * e820-reserved BIOS area, after the ACPI tables. A restore writes a new one and notifies the guest.
+ */
+export const VMGENID_ADDR = 0xff000;
 export const KERNEL_LOAD_ADDR = 0x100000; // 1 MiB
 export const KERNEL_64BIT_ENTRY_OFFSET = 0x200; // startup_64 relative to the protected-mode kernel
 // KVM needs three pages (TSS) and one page (identity map for real mode on VMX) below 4 GiB,

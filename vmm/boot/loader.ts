@@ -1,5 +1,6 @@
 // Puts a bootable Linux into guest memory: kernel at 1 MiB, initrd high, command line, boot_params,
 // GDT/IDT, identity page tables, MP table and ACPI tables. Returns the 64-bit entry point.
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { GuestAddress as GA, type GuestMemory } from '../memory/guest-memory.js';
 import { buildAcpiTables } from './acpi.js';
@@ -8,7 +9,7 @@ import { KernelImageError, parseBzImage, type BzImage } from './bzimage.js';
 import { buildE820 } from './e820.js';
 import { gdtBytes, identityPageTables } from './gdt.js';
 import {
-  ACPI_TABLES_ADDR, BIOS_END, BOOT_GDT_ADDR, BOOT_IDT_ADDR, CMDLINE_ADDR, CMDLINE_MAX, KERNEL_64BIT_ENTRY_OFFSET,
+  ACPI_TABLES_ADDR, BIOS_END, VMGENID_ADDR, BOOT_GDT_ADDR, BOOT_IDT_ADDR, CMDLINE_ADDR, CMDLINE_MAX, KERNEL_64BIT_ENTRY_OFFSET,
   KERNEL_LOAD_ADDR, MPTABLE_ADDR, ZERO_PAGE_ADDR,
 } from './layout.js';
 import { buildMpTable } from './mptable.js';
@@ -67,8 +68,9 @@ export function loadLinux(mem: GuestMemory, src: BootSource): LoadedKernel {
 
   let rsdpAddr: number | undefined;
   if (src.acpi !== false) {
-    const acpi = buildAcpiTables(ACPI_TABLES_ADDR, src.cpus, BIOS_END, src.acpiDevices);
+    const acpi = buildAcpiTables(ACPI_TABLES_ADDR, src.cpus, VMGENID_ADDR, src.acpiDevices);
     for (const [a, b] of acpi.blobs) mem.write(GA(a), b);
+    mem.write(GA(VMGENID_ADDR), randomBytes(16));
     rsdpAddr = acpi.rsdpAddr;
   }
 

@@ -93,3 +93,13 @@ test('JSON config, command line overrides it', () => {
   assert.throws(() => buildConfig(['-config', 'x.json'], () => '{nope'), /invalid JSON/);
   assert.throws(() => buildConfig(['-config', 'x.json'], () => { throw new Error('ENOENT'); }), /-config: cannot read/);
 });
+
+test('-incoming: defer or file:DIR (made absolute), in the JSON file too; anything else names the forms', () => {
+  assert.equal(buildConfig(K).incoming, undefined);
+  assert.deepEqual(buildConfig([...K, '-incoming', 'defer']).incoming, { mode: 'defer' });
+  assert.deepEqual(buildConfig([...K, '-incoming', 'file:/snap/a']).incoming, { mode: 'file', dir: '/snap/a' });
+  assert.deepEqual(buildConfig(['-config', 'x.json'], () => '{"boot-source":{"kernel_image_path":"/k"},"incoming":"defer"}').incoming, { mode: 'defer' });
+  assert.throws(() => buildConfig([...K, '-incoming', 'tcp:0:4444']), /-incoming: expected defer or file:DIR/);
+  assert.throws(() => buildConfig([...K, '-incoming', 'file:']), /-incoming: expected defer or file:DIR/);
+  assert.throws(() => buildConfig(['-config', 'x.json'], () => '{"boot-source":{"kernel_image_path":"/k"},"incoming":"exec:cat"}'), /must be defer or file:DIR/);
+});

@@ -22,6 +22,7 @@ import { qmpGroup } from './groups/qmp.js';
 import { daemonGroup } from './groups/daemon.js';
 import { logGroup } from './groups/log.js';
 import { seccompGroup } from './groups/seccomp.js';
+import { incomingGroup } from './groups/incoming.js';
 import { iothreadGroup } from './groups/iothread.js';
 import { driveGroup } from './groups/drive.js';
 import { netdevGroup } from './groups/netdev.js';
@@ -41,7 +42,7 @@ export { MAX_VIRTIO_DEVICES } from './groups/hotplug.js';
 /** Every option group, in usage order. */
 export const GROUPS: readonly Group[] = [
   machineGroup, cpuGroup, ...memoryGroups, bootGroup, serialGroup, chardevGroup, consoleGroup, qmpGroup, daemonGroup,
-  logGroup, seccompGroup, iothreadGroup, driveGroup, netdevGroup, vsockGroup, pmemGroup, rngGroup, balloonGroup, hotplugGroup,
+  logGroup, seccompGroup, iothreadGroup, driveGroup, netdevGroup, vsockGroup, pmemGroup, rngGroup, balloonGroup, hotplugGroup, incomingGroup,
 ];
 
 type ReadFile = (p: string) => string;
@@ -96,6 +97,7 @@ function toVmConfig(m: Settings): VmConfig {
     consoles: consoles.map((c) => ({ ...c, path: resolve(c.path) })),
     iothreads: (m.iothreads ?? []).map((t) => t.id),
     hotplugSlots,
+    incoming: m.incoming?.mode === 'file' ? { mode: 'file', dir: resolve(m.incoming.dir) } : m.incoming,
   };
 }
 

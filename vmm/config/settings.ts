@@ -1,7 +1,7 @@
 // Settings: what one source (the command line or the JSON file) says, before defaults, path
 // resolution and the checks that span groups. The two sources are merged field by field, the
 // command line winning; device lists are merged by id.
-import type { BalloonConfig, DriveConfig, NetConfig, PmemConfig, RngConfig, VsockConfig } from './types.js';
+import type { IncomingConfig, BalloonConfig, DriveConfig, NetConfig, PmemConfig, RngConfig, VsockConfig } from './types.js';
 
 export interface Chardev { id: string; path: string }
 export interface Virtconsole { id: string; chardev: string }
@@ -36,6 +36,7 @@ export interface Settings {
   virtconsoles?: Virtconsole[];
   iothreads?: Iothread[];
   hotplugSlots?: number;
+  incoming?: IncomingConfig;
 }
 
 /** Appends to a device list of one source (duplicates are left for the id checks to name). */

@@ -60,6 +60,9 @@ export interface SerialSocketConfig {
   path: string;
 }
 
+/** -incoming: restore a snapshot instead of booting (vmm/snapshot/, docs/snapshots.md) */
+export type IncomingConfig = { mode: 'defer' } | { mode: 'file'; dir: string };
+
 export interface VmConfig {
   machine: { type: 'microvm'; dumpGuestCore: boolean; memShare: boolean };
   cpus: number;
@@ -91,4 +94,5 @@ export interface VmConfig {
   iothreads: string[];
   /** virtio-mmio slots reserved empty at boot for QMP hot-replace (0-16; devices + slots <= 16) */
   hotplugSlots: number;
+  incoming?: IncomingConfig | undefined;
 }

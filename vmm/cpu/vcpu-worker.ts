@@ -61,6 +61,12 @@ post({ t: 'ready', tid: gettid() });
 loop: for (;;) {
   if (Atomics.load(ctrl, CTRL_STOP)) break;
   if (Atomics.load(ctrl, CTRL_PAUSE)) {
+    // Complete the last IO/MMIO exit's instruction before parking: KVM finishes it only on the
+    // next KVM_RUN, and with immediate_exit that run returns EINTR without entering the guest.
+    // A snapshot taken while parked then holds the state between two instructions.
+    run.setUint8(RUN.immediateExit, 1);
+    ioctlInt(init.fd, KVM_RUN, 0);
+    run.setUint8(RUN.immediateExit, 0);
     Atomics.store(ctrl, CTRL_STATE, 1);
     post({ t: 'parked' });
     parkUntil(() => !Atomics.load(ctrl, CTRL_PAUSE) || Atomics.load(ctrl, CTRL_STOP) !== 0);

@@ -36,9 +36,11 @@ class VcpuThread {
   stopped: Promise<void>;
   private parkWaiters: Array<() => void> = [];
 
-  constructor(readonly vcpu: VcpuFd, private readonly ev: VcpuEvents, fastMmio: FastInterruptRegisters[]) {
+  constructor(readonly vcpu: VcpuFd, private readonly ev: VcpuEvents, fastMmio: FastInterruptRegisters[], paused: boolean) {
     const sab = new SharedArrayBuffer(CTRL_WORDS * 4);
     this.ctrl = new Int32Array(sab);
+    // a restored machine starts parked: its guest must not run before the caller resumes it
+    if (paused) Atomics.store(this.ctrl, CTRL_PAUSE, 1);
     const init: WorkerInit = { id: vcpu.id, fd: vcpu.fd, runAddr: vcpu.runAddr, runSize: vcpu.runSize, ctrl: sab, fastMmio };
     this.worker = new Worker(fileURLToPath(WORKER_URL), { workerData: init, name: `vcpu${vcpu.id}` });
     let readyResolve!: () => void;
@@ -125,9 +127,12 @@ export class VcpuThreads {
   }
 
   /** `fastMmio`: virtio interrupt registers the threads serve without the main thread */
-  async start(vcpus: VcpuFd[], fastMmio: FastInterruptRegisters[] = []): Promise<void> {
-    this.threads = vcpus.map((v) => new VcpuThread(v, this.ev, fastMmio));
+  async start(vcpus: VcpuFd[], fastMmio: FastInterruptRegisters[] = [], opts: { paused?: boolean } = {}): Promise<void> {
+    const paused = opts.paused ?? false;
+    this.threads = vcpus.map((v) => new VcpuThread(v, this.ev, fastMmio, paused));
     await Promise.all(this.threads.map((t) => t.ready));
+    // parked before any KVM_RUN into the guest (the worker checks CTRL_PAUSE first)
+    if (paused) await this.pause();
   }
 
   async pause(): Promise<void> {

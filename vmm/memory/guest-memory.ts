@@ -1,9 +1,9 @@
 // Guest RAM: one host mapping split into KVM memory regions around the 32-bit MMIO hole, and ONE
 // bounds-checked accessor through which every guest-physical read and write goes.
-import { closeSync, ftruncateSync, mkdtempSync, openSync, statSync, unlinkSync, rmdirSync } from 'node:fs';
+import { closeSync, fstatSync, ftruncateSync, mkdtempSync, openSync, readSync, statSync, unlinkSync, rmdirSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  MADV_DONTDUMP, MADV_DONTNEED, MADV_REMOVE, madvise, MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, mmap, munmap, PROT_READ, PROT_WRITE, view,
+  MADV_DONTDUMP, MADV_DONTNEED, MADV_REMOVE, madvise, MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, mmap, mmapFixed, munmap, PROT_READ, PROT_WRITE, view,
 } from '../kvm/sys.js';
 
 /** A guest-physical address. Branded so host offsets and plain numbers cannot be passed by mistake. */
@@ -12,6 +12,9 @@ export const GuestAddress = (n: number): GuestAddress => {
   if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`bad guest address ${n}`);
   return n as GuestAddress;
 };
+
+/** Unit of a snapshot's memory file writes (and of its holes). */
+const SAVE_CHUNK = 64 * 1024;
 
 /** Start of the 32-bit MMIO hole (IOAPIC, LAPIC, future virtio-mmio live above it). */
 export const MMIO_HOLE_START = 0xd000_0000;
@@ -59,6 +62,9 @@ export class GuestMemory {
   private readonly dvs: DataView[];
   /** how discard() gives pages back: madvise advice on the host mapping, or null (test buffers: zero-fill) */
   private discardAdvice: number | null = null;
+  /** MAP_SHARED (mem-share=on): a snapshot restore must copy into it, not map a file over it */
+  shared = false;
+  private dontDump = false;
 
   private constructor(
     readonly regions: MemoryRegion[],
@@ -115,6 +121,8 @@ export class GuestMemory {
     // from this process while the page cache / shmem keeps them, so REMOVE punches a hole in the
     // backing instead (hugetlbfs refuses ranges smaller than a huge page: EINVAL, see discard()).
     mem.discardAdvice = opts.shared ? MADV_REMOVE : MADV_DONTNEED;
+    mem.shared = opts.shared ?? false;
+    mem.dontDump = opts.dontDump ?? false;
     return mem;
   }
 
@@ -214,6 +222,63 @@ export class GuestMemory {
     }
     const r = this.regions[i] as MemoryRegion;
     madvise(this.hostAddr + BigInt(r.hostOffset + off), len, this.discardAdvice);
+  }
+
+  // ---- snapshots: one file per region -------------------------------------------------------
+
+  /**
+   * Writes region `i` whole into `fd` (a snapshot's memory file), reading every page through the
+   * mapping: a VM that was itself restored copy-on-write has most pages still in the old file, and
+   * they must be written too (the trap that made Cloud Hypervisor drop its CoW restore). All-zero
+   * chunks are skipped (holes: the file is sparse), the last one always written so the size is right.
+   */
+  saveRegion(i: number, fd: number): { written: number } {
+    const v = this.regionView(i);
+    const zero = Buffer.alloc(SAVE_CHUNK);
+    let written = 0;
+    for (let off = 0; off < v.length; off += SAVE_CHUNK) {
+      const len = Math.min(SAVE_CHUNK, v.length - off);
+      const chunk = Buffer.from(v.buffer, v.byteOffset + off, len);
+      const last = off + len >= v.length;
+      if (!last && chunk.equals(zero.subarray(0, len))) continue;
+      for (let done = 0; done < len;) done += writeSync(fd, chunk, done, len - done, off + done);
+      written += len;
+    }
+    return { written };
+  }
+
+  /**
+   * Makes region `i` the content of `fd` (a snapshot's memory file, exactly the region's size):
+   * mapped MAP_PRIVATE over the region's place (copy-on-write: pages load from the file when the
+   * guest touches them, the file never changes), so the cost does not grow with the guest's size.
+   * Shared memory (mem-share=on) cannot be replaced by a private mapping: it is copied instead.
+   */
+  loadRegion(i: number, fd: number): { mode: 'cow' | 'copy' } {
+    const r = this.regions[i];
+    if (!r) throw new GuestMemoryError(`no memory region ${i}`);
+    const size = fstatSync(fd).size;
+    if (size !== r.size) throw new GuestMemoryError(`memory file of region ${i} is ${size} bytes, the region ${r.size}`);
+    if (this.shared || this.hostAddr === 0n) {
+      const v = this.regionView(i);
+      for (let off = 0; off < v.length;) {
+        const n = readSync(fd, v, off, Math.min(SAVE_CHUNK * 16, v.length - off), off);
+        if (n === 0) throw new GuestMemoryError(`memory file of region ${i} ended at ${off} of ${v.length} bytes`);
+        off += n;
+      }
+      return { mode: 'copy' };
+    }
+    const addr = this.regionHostAddr(r);
+    mmapFixed(addr, r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, 0);
+    if (this.dontDump) {
+      try { madvise(addr, r.size, MADV_DONTDUMP); } catch { /* best effort */ }
+    }
+    return { mode: 'cow' };
+  }
+
+  private regionView(i: number): Uint8Array {
+    const v = this.views[i];
+    if (!v) throw new GuestMemoryError(`no memory region ${i}`);
+    return v;
   }
 
   /** Drop the mapping. The views become unusable. */

@@ -1,10 +1,12 @@
 // The two ACPI registers of capsule's hardware-reduced platform, on I/O ports:
 //  - sleep control (0x600) / status (0x601): the guest writes (SLP_TYP << 2) | SLP_EN to power off;
 //  - GED event selector (0x610): read by the DSDT's _EVT; bit 0 = power button pressed.
+import { z } from 'zod';
 import type { BusDevice } from '../../bus/bus.js';
+import { decodeState, encodeState, u8, type Snapshottable } from '../snapshot.js';
 import { S5_SLP_TYP, SLP_EN } from '../../boot/acpi.js';
 
-export const GED_EVENT_POWER_BUTTON = 0x01;
+export { GED_EVENT_POWER_BUTTON, GED_EVENT_VMGENID } from '../../boot/acpi.js';
 
 export class AcpiSleep implements BusDevice {
   constructor(private readonly onPowerOff: () => void) {}
@@ -17,7 +19,8 @@ export class AcpiSleep implements BusDevice {
   }
 }
 
-export class AcpiGed implements BusDevice {
+export class AcpiGed implements BusDevice, Snapshottable {
+  readonly snapshotKind = 'acpi-ged';
   private pending = 0;
   constructor(private readonly setIrq: (level: boolean) => void) {}
   /** Raise a GED event (the interrupt stays up until the guest reads the selector). */
@@ -32,4 +35,12 @@ export class AcpiGed implements BusDevice {
     this.setIrq(false);
   }
   write(): void {}
+
+  /** Events the guest has not read yet (the line's level is the irqchip's). */
+  saveState(): Buffer {
+    return encodeState({ pending: this.pending });
+  }
+  restoreState(bytes: Buffer): void {
+    this.pending = decodeState(bytes, z.strictObject({ pending: u8 }), 'acpi-ged').pending;
+  }
 }
