@@ -8,12 +8,16 @@
 //              -> answering), and with an empty pool (a restore of the template's snapshot).
 // QEMU here restores by copy (its migration stream), so restore time and clone memory grow with
 // the guest; the targets (CoW restore of 4 GiB within 2x of 256 MiB, clones <= 1.5x) are for the
-// native VMM's MAP_PRIVATE restore. `node dist/bench/snapshot.js` (BENCH_SIZES=256,1024,4096).
+// native VMM's MAP_PRIVATE restore: `npm run bench:snapshot` runs it on the native VMM in the lab
+// (BENCH_HYPERVISOR=native); `node dist/bench/snapshot.js` on this host (QEMU). BENCH_SIZES=256,1024,4096.
 import { readdirSync, readFileSync } from 'node:fs';
 import { ConsoleCollector, TestServer } from '../server/test/harness.js';
 import { isMain, median, printJson, round } from './util.js';
 
 const SIZES = (process.env.BENCH_SIZES ?? '256,1024,4096').split(',').map(Number);
+/** The backend every VM and template of the run uses (the server's default when unset). */
+const HYPERVISOR = process.env.BENCH_HYPERVISOR as 'qemu' | 'native' | undefined;
+const hv = HYPERVISOR ? { hypervisor: HYPERVISOR } : {};
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const CLONES = Number(process.env.BENCH_CLONES ?? 4);
 /** Claims served from the pool per size (the pool is this big): enough for a p90. */
@@ -40,6 +44,29 @@ function pssMiB(pid: number): number {
     try {
       kb += Number(/^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${p}/smaps_rollup`, 'utf8'))?.[1] ?? 0);
     } catch { /* gone */ }
+  }
+  return kb / 1024;
+}
+
+/**
+ * PSS of the guest's memory alone: the mapping of guest RAM in the VMM (a booted VM's anonymous
+ * region of exactly the guest's size; a native clone's memory-N file mapped copy-on-write over it).
+ * The rest of a VMM's PSS is the process itself (Node.js: tens of MiB each).
+ */
+function guestPssMiB(pid: number, memoryMiB: number): number {
+  let kb = 0;
+  for (const p of tree(pid)) {
+    let text: string;
+    try {
+      text = readFileSync(`/proc/${p}/smaps`, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const block of text.split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/)) {
+      const head = block.slice(0, block.indexOf('\n'));
+      const size = Number(/^Size:\s+(\d+)/m.exec(block)?.[1] ?? 0);
+      if (/memory-\d+( \(deleted\))?$/.test(head) || size === memoryMiB * 1024) kb += Number(/^Pss:\s+(\d+)/m.exec(block)?.[1] ?? 0);
+    }
   }
   return kb / 1024;
 }
@@ -95,7 +122,7 @@ async function until<T>(what: string, fn: () => Promise<T | undefined>, ms = 300
 async function benchPool(s: TestServer, memoryMiB: number) {
   const name = `tpl-${memoryMiB}`;
   const t0 = performance.now();
-  await api(s, 'POST', '/v1/templates', { name, memoryMiB, pool: POOL_CLAIMS });
+  await api(s, 'POST', '/v1/templates', { name, memoryMiB, pool: POOL_CLAIMS, ...hv });
   await until('template ready', async () => ((await api(s, 'GET', `/v1/templates/${name}`)).state === 'ready' ? true : undefined));
   const buildMs = performance.now() - t0;
   const ready = () => until('pool filled', async () => ((await api(s, 'GET', '/v1/pools')).items.find((p: any) => p.template === name)?.ready === POOL_CLAIMS ? true : undefined));
@@ -136,13 +163,14 @@ export async function benchSnapshot() {
   const vms = 2 * POOL_CLAIMS + Math.max(ROUNDS, CLONES) + 2;
   const s = await TestServer.start({ env: { CAPSULE_RATE_LIMIT: '1000', CAPSULE_RATE_BURST: '1000', CAPSULE_HOST_VCPUS: String(vms), CAPSULE_HOST_MEMORY_MIB: String(vms * Math.max(...SIZES) + 1024) } });
   const sizes = [];
+  const hypervisor: string = HYPERVISOR ?? (await api(s, 'GET', '/v1/health')).defaultHypervisor;
   try {
     for (const memoryMiB of SIZES) {
-      const r = { memoryMiB, coldRunningMs: [] as number[], coldAnswerMs: [] as number[], snapshotMs: [] as number[], snapshotBytes: 0, restoreRunningMs: [] as number[], restoreAnswerMs: [] as number[], suspendResumeMs: [] as number[], onePssMiB: 0, clonesPssMiB: 0 };
+      const r = { memoryMiB, coldRunningMs: [] as number[], coldAnswerMs: [] as number[], snapshotMs: [] as number[], snapshotBytes: 0, restoreRunningMs: [] as number[], restoreAnswerMs: [] as number[], suspendResumeMs: [] as number[], onePssMiB: 0, clonesPssMiB: 0, oneGuestPssMiB: 0, clonesGuestPssMiB: 0 };
       let snapshot = '';
       for (let i = 0; i < ROUNDS; i++) {
         const [vm, running] = await timed(async () => {
-          const v = await api(s, 'POST', '/v1/vms', { name: `cold-${memoryMiB}-${i}`, memoryMiB, network: { enabled: false } });
+          const v = await api(s, 'POST', '/v1/vms', { name: `cold-${memoryMiB}-${i}`, memoryMiB, network: { enabled: false }, ...hv });
           return api(s, 'POST', `/v1/vms/${v.id}/start`);
         });
         const t0 = performance.now();
@@ -152,7 +180,10 @@ export async function benchSnapshot() {
         c.close();
         r.coldRunningMs.push(running);
         r.coldAnswerMs.push(running + performance.now() - t0);
-        if (i === 0) r.onePssMiB = round(pssMiB(vm.pid));
+        if (i === 0) {
+          r.onePssMiB = round(pssMiB(vm.pid));
+          r.oneGuestPssMiB = round(guestPssMiB(vm.pid, memoryMiB));
+        }
         const [snap, ms] = await timed(() => api(s, 'POST', `/v1/vms/${vm.id}/snapshot`, { name: `snap-${memoryMiB}-${i}` }));
         r.snapshotMs.push(ms);
         r.snapshotBytes = snap.sizeBytes;
@@ -182,6 +213,7 @@ export async function benchSnapshot() {
       }
       for (const v of clones) await answers(s, v.id);
       r.clonesPssMiB = round(clones.reduce((n, v) => n + pssMiB(v.pid), 0));
+      r.clonesGuestPssMiB = round(clones.reduce((n, v) => n + guestPssMiB(v.pid, memoryMiB), 0));
       for (const v of clones) await api(s, 'DELETE', `/v1/vms/${v.id}?force=true`);
       for (const x of (await api(s, 'GET', '/v1/snapshots')).items) await api(s, 'DELETE', `/v1/snapshots/${x.id}`);
       const pool = await benchPool(s, memoryMiB);
@@ -192,6 +224,7 @@ export async function benchSnapshot() {
         restoreToRunningMs: round(median(r.restoreRunningMs)), restoreToAnswerMs: round(median(r.restoreAnswerMs)),
         pauseToDiskRoundTripMs: round(median(r.suspendResumeMs)),
         onePssMiB: r.onePssMiB, clones: CLONES, clonesPssMiB: r.clonesPssMiB, clonesVsOne: round(r.clonesPssMiB / r.onePssMiB, 2),
+        oneGuestPssMiB: r.oneGuestPssMiB, clonesGuestPssMiB: r.clonesGuestPssMiB, clonesGuestVsOne: round(r.clonesGuestPssMiB / r.oneGuestPssMiB, 2),
         ...pool,
       });
     }
@@ -201,11 +234,12 @@ export async function benchSnapshot() {
   const first = sizes[0]!;
   const last = sizes[sizes.length - 1]!;
   return {
-    bench: 'snapshot', hypervisor: 'qemu', date: new Date().toISOString(), rounds: ROUNDS, sizes,
+    bench: 'snapshot', hypervisor, date: new Date().toISOString(), rounds: ROUNDS, sizes,
     ratios: {
       [`restoreToRunning ${last.memoryMiB} MiB vs ${first.memoryMiB} MiB (target <= 2 with CoW restore)`]: round(last.restoreToRunningMs / first.restoreToRunningMs, 2),
       [`restoreToAnswer vs coldToAnswer at ${first.memoryMiB} MiB`]: round(first.restoreToAnswerMs / first.coldToAnswerMs, 3),
       [`${CLONES} clones' PSS vs one VM at ${first.memoryMiB} MiB (target <= 1.5 for ten clones with CoW restore)`]: first.clonesVsOne,
+      [`${CLONES} clones' guest-memory PSS vs one VM's at ${first.memoryMiB} MiB`]: first.clonesGuestVsOne,
       [`pool claim, server-side p50 ms at ${first.memoryMiB} MiB (target <= 10)`]: first.poolClaimServerMsP50,
       [`pool claim -> running, ms at ${first.memoryMiB} MiB, call round trip`]: first.poolClaimToRunningMs,
       [`pool claim -> running vs cold start -> running at ${first.memoryMiB} MiB`]: round(first.poolClaimToRunningMs / first.coldToRunningMs, 3),

@@ -7,6 +7,7 @@ import type { Image } from '../db/images.js';
 import type { Vm } from '../db/vms.js';
 import { effectiveCmdline, NO_DEVICES, type Availability, type DriveSpec, type ForegroundPaths, type Hypervisor, type LaunchCommand, type QmpCommands, type VmDevices, type VmPaths } from './types.js';
 import { FORBIDDEN_SYSCALL_ENV } from '../../lib/vmm-test-hooks.js';
+import { loadNativeState, saveNativeState } from './native-snapshot.js';
 
 const onOff = (b: boolean) => (b ? 'on' : 'off');
 
@@ -53,15 +54,15 @@ export class NativeHypervisor implements Hypervisor {
   }
 
   snapshotSupport(): Availability {
-    return { available: false, reason: 'the native VMM does not write snapshots yet (its vCPU and VM state can be saved; device state cannot): use hypervisor qemu' };
+    return { available: true, reason: 'capsule-vmm snapshots: a state file and one memory file per region, restored copy-on-write (MAP_PRIVATE)' };
   }
 
-  saveSnapshot(): Promise<string[]> {
-    return Promise.reject(new Error(this.snapshotSupport().reason));
+  saveSnapshot(qmp: QmpCommands, dir: string, timeoutMs: number): Promise<string[]> {
+    return saveNativeState(qmp, dir, timeoutMs);
   }
 
-  loadSnapshot(): Promise<void> {
-    return Promise.reject(new Error(this.snapshotSupport().reason));
+  loadSnapshot(qmp: QmpCommands, dir: string, timeoutMs: number): Promise<void> {
+    return loadNativeState(qmp, dir, timeoutMs);
   }
 
   availability(): Availability {
@@ -164,6 +165,7 @@ export class NativeHypervisor implements Hypervisor {
       '-chardev', `id=console,path=${paths.consoleSocket}`,
       '-api-channel', `unix:${paths.qmpSocket}`,
       ...nativeDeviceArgs(devices),
+      ...(devices.incoming ? ['-incoming', 'defer'] : []),
     ];
   }
 

@@ -9,7 +9,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { closeSync, openSync, readdirSync, readFileSync, statSync, truncateSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { TestServer, ConsoleCollector, waitFor, sleep, TEST_IMAGES_DIR } from '../test/harness.js';
+import { TestServer, ConsoleCollector, waitFor, sleep, TEST_IMAGES_DIR, createVm, startVm, openConsole as openConsoleOf, consoleSh } from '../test/harness.js';
 import { buildImage } from '../images/registry.js';
 import { isAlive } from '../supervisor/process.js';
 
@@ -26,33 +26,10 @@ const sha = async (path: string) => (await run('sha256sum', [path])).stdout.spli
 const run = promisify(execFile);
 const snapshotFiles = (id: string) => join(s.dataDir, 'snapshots', id);
 
-async function create(body: Record<string, unknown>): Promise<any> {
-  const r = await s.api('POST', '/v1/vms', body);
-  assert.equal(r.status, 201, JSON.stringify(r.body));
-  return r.body;
-}
-
-async function start(id: string): Promise<any> {
-  const r = await s.api('POST', `/v1/vms/${id}/start`);
-  assert.equal(r.status, 200, JSON.stringify(r.body));
-  return r.body;
-}
-
-async function openConsole(id: string): Promise<ConsoleCollector> {
-  const c = new ConsoleCollector(s.ws(`/v1/vms/${id}/console`));
-  await c.opened;
-  return c;
-}
-
-/** Runs a shell line on the console and returns what it printed between two markers. */
-async function sh(c: ConsoleCollector, line: string): Promise<string> {
-  const tag = Math.random().toString(36).slice(2, 8);
-  c.send(`echo B${tag}; ${line}; echo E${tag}\n`);
-  const re = new RegExp(`\\nB${tag}\\r?\\n([\\s\\S]*?)E${tag}`);
-  await c.waitFor(re, 60_000);
-  // Without the lines of a counting loop running in the background.
-  return re.exec(c.text)![1]!.replace(/\r/g, '').split('\n').filter((l) => !/^count-\d+$/.test(l)).join('\n');
-}
+const create = (body: Record<string, unknown>) => createVm(s, body);
+const start = (id: string) => startVm(s, id);
+const openConsole = (id: string) => openConsoleOf(s, id);
+const sh = (c: ConsoleCollector, line: string) => consoleSh(c, line);
 
 const counts = (text: string) => [...text.matchAll(/count-(\d+)/g)].map((m) => Number(m[1]));
 

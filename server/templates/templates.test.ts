@@ -130,7 +130,7 @@ test('templates: validation names the field; names are unique; another tenant se
   for (const [body, field] of [
     [{ ...WEB, name: 'x', image: 'no-such-image' }, 'image'],
     [{ ...WEB, name: 'x', pool: 65 }, 'pool'],
-    // Native: unavailable here, and it cannot write snapshots (a template is one) where it runs.
+    // Native: unavailable here (no KVM).
     [{ ...WEB, name: 'x', hypervisor: 'native' }, 'hypervisor'],
     [{ ...WEB, name: '_x' }, 'name'],
     [{ ...WEB, name: 'x', startCmd: '' }, 'startCmd'],

@@ -219,3 +219,36 @@ export class ConsoleCollector {
     this.socket.close();
   }
 }
+
+/** POST /v1/vms: the created VM (201 asserted, the body in the message otherwise). */
+export async function createVm(s: TestServer, body: Record<string, unknown>): Promise<any> {
+  const r = await s.api('POST', '/v1/vms', body);
+  if (r.status !== 201) throw new Error(`create: ${r.status} ${JSON.stringify(r.body)}`);
+  return r.body;
+}
+
+/** POST /v1/vms/:id/start: the started VM; `why` adds to the failure message (a VMM log). */
+export async function startVm(s: TestServer, id: string, why: () => string = () => ''): Promise<any> {
+  const r = await s.api('POST', `/v1/vms/${id}/start`);
+  if (r.status !== 200) throw new Error(`start: ${r.status} ${JSON.stringify(r.body)} ${why()}`);
+  return r.body;
+}
+
+/** A VM's console WebSocket, open. */
+export async function openConsole(s: TestServer, id: string): Promise<ConsoleCollector> {
+  const c = new ConsoleCollector(s.ws(`/v1/vms/${id}/console`));
+  await c.opened;
+  return c;
+}
+
+/**
+ * Runs a shell line on a console and returns what it printed between two markers, without the
+ * `count-N` lines of a counting loop the tests run in the background.
+ */
+export async function consoleSh(c: ConsoleCollector, line: string, timeoutMs = 60_000): Promise<string> {
+  const tag = Math.random().toString(36).slice(2, 8);
+  c.send(`echo B${tag}; ${line}; echo E${tag}\n`);
+  const re = new RegExp(`\\nB${tag}\\r?\\n([\\s\\S]*?)E${tag}`);
+  await c.waitFor(re, timeoutMs);
+  return re.exec(c.text)![1]!.replace(/\r/g, '').split('\n').filter((l) => !/^count-\d+$/.test(l)).join('\n');
+}

@@ -35,7 +35,10 @@ export async function restoreSnapshot(hypervisor: Hypervisor, qmp: QmpClient, di
     await qmp.execute('cont');
   } catch (e) {
     qmp.close();
-    throw new LaunchError('the snapshot could not be loaded (its state is damaged or does not fit this VMM)', (e as Error).message);
+    // The VMM's reason goes to the client: it names what is wrong with the state (a checksum, a
+    // CPUID or device mismatch), never a host path (the files came as fds).
+    const why = (e as Error).message.replace(/\s+/g, ' ').slice(0, 600);
+    throw new LaunchError(`the snapshot could not be loaded (damaged, or it does not fit this VMM): ${why}`, (e as Error).message);
   }
 }
 
