@@ -123,8 +123,9 @@ export class Machine extends EventEmitter {
   /**
    * Builds the machine from a snapshot's state instead of booting (the memory already holds the
    * snapshot's pages): it ends paused where the snapshot was taken; resume() lets it run on.
+   * `beforeRun` runs before any other lifecycle operation can (the VMM installs its filter there).
    */
-  restore(state: MachineState): Promise<void> {
+  restore(state: MachineState, beforeRun?: () => Promise<void>): Promise<void> {
     return this.serial_(async () => {
       if (this.state !== 'prelaunch') throw new Error(`cannot restore into a machine that is ${this.state}`);
       if (state.vcpus.length !== this.opts.cpus) throw new Error(`the state has ${state.vcpus.length} vCPUs, the machine ${this.opts.cpus}`);
@@ -136,6 +137,8 @@ export class Machine extends EventEmitter {
       }
       this.newGeneration();
       this.state = 'paused';
+      // still inside the lifecycle queue: a `cont` sent meanwhile waits for this (the seccomp filter)
+      await beforeRun?.();
     });
   }
 

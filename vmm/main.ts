@@ -187,10 +187,8 @@ async function run(): Promise<void> {
     registerBalloonCommands(qmp, { balloon: machine.devices.slot(BALLOON_ID)?.device as VirtioBalloon | undefined });
     registerSnapshotCommands(qmp, {
       machine, memory, fds, vcpus: cfg.cpus, incoming: cfg.incoming?.mode === 'defer',
-      onLoaded: async (r) => {
-        log.info(`snapshot loaded (memory ${r.memory === 'cow' ? 'mapped copy-on-write' : 'copied'}) in ${r.ms.toFixed(0)} ms: paused`);
-        await confine();
-      },
+      beforeRun: () => confine(),
+      onLoaded: (r) => log.info(`snapshot loaded (memory ${r.memory === 'cow' ? 'mapped copy-on-write' : 'copied'}) in ${r.ms.toFixed(0)} ms: paused`),
       onLoadFailed: (reason) => {
         log.error(`snapshot load failed: ${reason}`);
         // nothing half-started: the VMM ends once the error reply is out
@@ -257,7 +255,9 @@ async function run(): Promise<void> {
         else log.warn(msg);
       } catch (e) {
         log.error(`seccomp: ${(e as Error).message}`);
-        await machine.shutdown({ guest: false, reason: 'host-error' }).catch(() => {});
+        // not awaited: after a restore this runs inside the machine's lifecycle queue, which a
+        // shutdown would wait behind; the process ends here either way
+        void machine.shutdown({ guest: false, reason: 'host-error' }).catch(() => {});
         await cleanup();
         die(`cannot install the seccomp filter: ${(e as Error).message}`);
       }

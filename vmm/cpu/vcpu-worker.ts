@@ -56,17 +56,36 @@ function waitStop(): void {
   while (!Atomics.load(ctrl, CTRL_STOP)) Atomics.wait(ctrl, CTRL_PAUSE, Atomics.load(ctrl, CTRL_PAUSE), 1000);
 }
 
+/**
+ * Completes the last IO/MMIO exit's instruction before parking: KVM finishes it only on the next
+ * KVM_RUN, and with immediate_exit that run returns EINTR without entering the guest. Finishing
+ * it may need another exit first (an MMIO access split across pages, a 16-byte one): KVM then
+ * returns 0 with that exit, which is served like any other before trying again. A snapshot taken
+ * while parked holds the state between two instructions.
+ */
+function settle(): void {
+  for (let i = 0; i < 64; i++) {
+    run.setUint8(RUN.immediateExit, 1);
+    const r = ioctlInt(init.fd, KVM_RUN, 0);
+    run.setUint8(RUN.immediateExit, 0);
+    if (r < 0) return;
+    const reason = run.getUint32(RUN.exitReason, true);
+    if (reason === EXIT.MMIO) {
+      if (!serveFastMmio()) handOver();
+    } else if (reason === EXIT.IO) {
+      handOver();
+    } else {
+      return; // not an access to finish; the run loop meets it again after the pause
+    }
+  }
+}
+
 post({ t: 'ready', tid: gettid() });
 
 loop: for (;;) {
   if (Atomics.load(ctrl, CTRL_STOP)) break;
   if (Atomics.load(ctrl, CTRL_PAUSE)) {
-    // Complete the last IO/MMIO exit's instruction before parking: KVM finishes it only on the
-    // next KVM_RUN, and with immediate_exit that run returns EINTR without entering the guest.
-    // A snapshot taken while parked then holds the state between two instructions.
-    run.setUint8(RUN.immediateExit, 1);
-    ioctlInt(init.fd, KVM_RUN, 0);
-    run.setUint8(RUN.immediateExit, 0);
+    settle();
     Atomics.store(ctrl, CTRL_STATE, 1);
     post({ t: 'parked' });
     parkUntil(() => !Atomics.load(ctrl, CTRL_PAUSE) || Atomics.load(ctrl, CTRL_STOP) !== 0);

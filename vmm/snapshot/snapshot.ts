@@ -55,6 +55,11 @@ export function saveSnapshot(machine: Machine, memory: GuestMemory, fds: Snapsho
   const layout = snapshotLayout(memory);
   const stateFd = fdFor(fds, layout.state, 'snapshot');
   const memFds = layout.memory.map((r) => fdFor(fds, r.file, 'snapshot'));
+  // holes are skipped, not written: a file that already holds bytes would keep them there
+  for (const [name, fd] of [[layout.state, stateFd], ...layout.memory.map((r, i) => [r.file, memFds[i]])] as Array<[string, number]>) {
+    const size = fstatSync(fd).size;
+    if (size !== 0) throw new SnapshotError(`snapshot: the file for '${name}' is not empty (${size} bytes): pass new, empty files`);
+  }
   const state = machine.captureState();
   const cpuid = machine.configuredCpuid();
   const manifest: SnapshotManifest = makeManifest({
@@ -100,7 +105,7 @@ export interface LoadResult {
  * paused. Throws SnapshotFormatError, ManifestError, CompatibilityError or SnapshotError naming
  * what is wrong; on a throw before the build nothing of the snapshot was applied.
  */
-export async function loadSnapshot(machine: Machine, memory: GuestMemory, fds: SnapshotFds, vcpus: number): Promise<LoadResult> {
+export async function loadSnapshot(machine: Machine, memory: GuestMemory, fds: SnapshotFds, vcpus: number, beforeRun?: () => Promise<void>): Promise<LoadResult> {
   const t0 = performance.now();
   const snap = decodeSnapshot(readStateFile(fdFor(fds, STATE_FILE, 'restore')));
   const cpuid = machine.configuredCpuid();
@@ -121,6 +126,6 @@ export async function loadSnapshot(machine: Machine, memory: GuestMemory, fds: S
   memFds.forEach((fd, i) => {
     if (memory.loadRegion(i, fd).mode === 'copy') mode = 'copy';
   });
-  await machine.restore({ vcpus: snap.vcpus, vm: snap.vm, devices: snap.devices });
+  await machine.restore({ vcpus: snap.vcpus, vm: snap.vm, devices: snap.devices }, beforeRun);
   return { memory: mode, manifest: snap.manifest, ms: performance.now() - t0 };
 }

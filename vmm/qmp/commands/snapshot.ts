@@ -12,7 +12,7 @@
 //
 // A snapshot is written synchronously on the main thread: the guest is paused and no device work
 // can run meanwhile, so what is saved is one consistent moment.
-import { closeSync, constants as fsc, openSync } from 'node:fs';
+import { closeSync, constants as fsc, openSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { closeFd } from '../../kvm/sys.js';
 import type { Machine } from '../../machine.js';
@@ -31,8 +31,10 @@ export interface SnapshotDeps {
   vcpus: number;
   /** -incoming defer: migrate-incoming is allowed once */
   incoming: boolean;
-  /** a snapshot was loaded (the VMM installs its seccomp filter then) */
-  onLoaded(r: LoadResult): Promise<void>;
+  /** run once the machine is built, before a `cont` can run it (the VMM's seccomp filter) */
+  beforeRun(): Promise<void>;
+  /** a snapshot was loaded */
+  onLoaded(r: LoadResult): void;
   /** a load failed: the VMM ends */
   onLoadFailed(reason: string): void;
 }
@@ -43,7 +45,7 @@ interface MigrationStatus {
   'total-time'?: number;
 }
 
-type Files = { fds: Map<string, number>; close(): void };
+type Files = { fds: Map<string, number>; close(): void; /** a failed save: remove the files opened here */ discard(): void };
 
 /** The fds of a snapshot's files from a URI: fd:NAME (getfd'd, taken out of `named`) or file:DIR (opened here). */
 export function filesFor(uri: unknown, names: string[], named: Map<string, number>, write: boolean): Files {
@@ -62,7 +64,7 @@ export function filesFor(uri: unknown, names: string[], named: Map<string, numbe
       fds.set(n, fd);
       named.delete(key);
     });
-    return { fds, close };
+    return { fds, close, discard: () => undefined };
   }
   if (uri.startsWith('file:') && uri.length > 5) {
     const dir = uri.slice(5);
@@ -76,11 +78,16 @@ export function filesFor(uri: unknown, names: string[], named: Map<string, numbe
       });
     } catch (e) {
       close();
+      if (write) for (const n of fds.keys()) rmSync(join(dir, n), { force: true });
       const msg = (e as NodeJS.ErrnoException).code === 'EPERM' ? 'opening files is forbidden under the seccomp filter: pass fds (getfd, uri fd:NAME)' : (e as Error).message;
       throw new QmpError('GenericError', `cannot open the snapshot files in ${dir}: ${msg}`);
     }
     // fds opened here are ours to close; the map's values are not in `named`
-    return { fds, close: () => { for (const fd of fds.values()) closeSync(fd); } };
+    return {
+      fds,
+      close: () => { for (const fd of fds.values()) closeSync(fd); },
+      discard: () => { if (write) for (const n of fds.keys()) rmSync(join(dir, n), { force: true }); },
+    };
   }
   throw new QmpError('GenericError', `unsupported migration URI ${JSON.stringify(uri)}: fd:NAME or file:DIR`);
 }
@@ -108,6 +115,7 @@ export function register(qmp: Pick<QmpServer, 'register'>, d: SnapshotDeps): voi
     } catch (e) {
       last = { status: 'failed', 'error-desc': (e as Error).message };
       log.warn(`snapshot failed: ${(e as Error).message}`);
+      files.discard();
       throw new QmpError('GenericError', `snapshot failed: ${(e as Error).message}`);
     } finally {
       files.close();
@@ -120,9 +128,9 @@ export function register(qmp: Pick<QmpServer, 'register'>, d: SnapshotDeps): voi
     const files = filesFor(args.uri, [STATE_FILE, ...snapshotLayout(d.memory).memory.map((r) => r.file)], d.fds, false);
     incomingPending = false;
     try {
-      const r = await loadSnapshot(d.machine, d.memory, files.fds, d.vcpus);
+      const r = await loadSnapshot(d.machine, d.memory, files.fds, d.vcpus, d.beforeRun);
       last = { status: 'completed', 'total-time': Math.round(r.ms) };
-      await d.onLoaded(r);
+      d.onLoaded(r);
       return {};
     } catch (e) {
       const reason = (e as Error).message;
