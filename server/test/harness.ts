@@ -5,6 +5,7 @@ import { mkdtempSync, readFileSync, rmSync, existsSync, readdirSync } from 'node
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import assert from 'node:assert/strict';
 import WebSocket from 'ws';
 import { REPO_ROOT } from '../paths.js';
 import { instanceTag } from '../network/host.js';
@@ -251,4 +252,24 @@ export async function consoleSh(c: ConsoleCollector, line: string, timeoutMs = 6
   const re = new RegExp(`\\nB${tag}\\r?\\n([\\s\\S]*?)E${tag}`);
   await c.waitFor(re, timeoutMs);
   return re.exec(c.text)![1]!.replace(/\r/g, '').split('\n').filter((l) => !/^count-\d+$/.test(l)).join('\n');
+}
+
+/** The `count-N` lines a background counting loop printed on a console, in order. */
+export const consoleCounts = (text: string): number[] => [...text.matchAll(/count-(\d+)/g)].map((m) => Number(m[1]));
+
+/**
+ * A clone restored from a snapshot of a counting guest: the count goes on from where the
+ * snapshot was taken (the last line printed before it may come again: the serial port's buffer
+ * is part of the saved state), not from 1; no boot; the file written before the snapshot is
+ * there (/tmp/marker: before-snapshot); uptime goes on from the source's.
+ */
+export async function assertRestoredGoesOn(c: ConsoleCollector, atSnapshot: number, sourceUptime: number, timeoutMs: number): Promise<void> {
+  await c.waitFor(/count-\d+/, timeoutMs);
+  const after = consoleCounts(c.text);
+  assert.ok(after[0]! >= atSnapshot && after[0]! <= atSnapshot + 30, `the count goes on from ${atSnapshot}: ${after.slice(0, 3).join(',')}`);
+  assert.ok(!/CAPSULE_READY|Linux version/.test(c.text), 'no boot');
+  const shMs = Math.max(timeoutMs, 60_000);
+  assert.equal((await consoleSh(c, 'cat /tmp/marker', shMs)).trim(), 'before-snapshot');
+  const uptime = Number((await consoleSh(c, 'cut -d" " -f1 /proc/uptime', shMs)).trim());
+  assert.ok(uptime >= sourceUptime, `uptime ${uptime} s goes on from ${sourceUptime} s`);
 }
