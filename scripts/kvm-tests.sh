@@ -10,12 +10,15 @@
 #   host, chroots into the host's / and runs the tests there, one file at a time. Output is
 #   printed; the exit status is the tests' status. The lab is slow and noisy: a file that fails
 #   runs once more (said in a KVMTESTS: line), and an L1 whose kernel locks up (soft lockup of
-#   CAPSULE_LAB_LOCKUP_S, 120 s) is ended and booted afresh once.
+#   CAPSULE_LAB_LOCKUP_S, 120 s), panics, or stops running its userspace (no heartbeat for
+#   CAPSULE_LAB_HANG_S, 240 s) is ended, and a fresh one runs the files left (at most
+#   CAPSULE_LAB_BOOTS L1s, within one time budget). The L1 boots with nokaslr and a QEMU monitor
+#   on $CAPSULE_LAB_DIR/monitor.sock (`info registers -a` shows where a stuck L1 is).
 # - No QEMU: says so and exits 3.
 #
 # Env: CAPSULE_LAB_DIR (work folder, default /tmp/capsule-lab; the L1 initramfs is cached there)
-#      CAPSULE_LAB_TIMEOUT (whole seconds, 3000: one budget for both L1 boots together)  CAPSULE_LAB_MEM (4G)  CAPSULE_LAB_SMP (2)  CAPSULE_LAB_CPU (EPYC)
-#      CAPSULE_LAB_VERBOSE=1 (print the whole L1 console)  CAPSULE_LAB_LOCKUP_S (120)
+#      CAPSULE_LAB_TIMEOUT (whole seconds, 3000: one budget for all L1 boots together)  CAPSULE_LAB_BOOTS (4)  CAPSULE_LAB_MEM (4G)  CAPSULE_LAB_SMP (2)  CAPSULE_LAB_CPU (EPYC)
+#      CAPSULE_LAB_VERBOSE=1 (print the whole L1 console)  CAPSULE_LAB_LOCKUP_S (120)  CAPSULE_LAB_HANG_S (240)
 #      KVM_TESTS_ENV="VAR1 VAR2" (extra variables passed into the lab; CAPSULE_* always are)
 #      CAPSULE_NO_BUILD=1 (skip `tsc`)   CAPSULE_TEST_IMAGE (guest image dir; built if unset)
 set -uo pipefail
@@ -98,6 +101,8 @@ mkdir -p "/host$LABPATH"; mount --bind /lab "/host$LABPATH"
 # The checkout gets a share of its own: under the host's /tmp it would be hidden by the tmpfs.
 REPOPATH=$(arg kt.repo)
 mkdir -p "/host$REPOPATH"; mount -t 9p -o $O,cache=loose,ro repo "/host$REPOPATH" || echo "KVMTESTS: cannot mount the checkout"
+# a heartbeat the host watches: an L1 whose userspace no longer runs at all is ended (see below)
+(while :; do : > /lab/heartbeat; sleep 10; done) &
 echo "KVMTESTS_BEGIN"
 chroot /host /bin/sh "$LABPATH/run.sh"
 rc=$?
@@ -170,8 +175,8 @@ RUN
   fi
 } > "$LAB/run.sh"
 LOG=$LAB/console.log
-# One time budget for the whole lab, both L1 boots together: a second L1 (after a lockup) gets
-# what the first left, so a lab run never takes more than CI planned for it (it once took two
+# One time budget for the whole lab, all L1 boots together: a fresh L1 (after a lockup) gets
+# what the ones before left, so a lab run never takes more than CI planned for it (it once took two
 # full timeouts, one per L1, and CI's own limit ended the whole test run).
 TMO=${CAPSULE_LAB_TIMEOUT:-3000}
 case "$TMO" in ''|*[!0-9]*) echo "kvm-tests: CAPSULE_LAB_TIMEOUT must be whole seconds, got '$TMO'" >&2; exit 2;; esac
@@ -179,29 +184,39 @@ LAB_T0=$(date +%s)
 lab_left() { echo $(( TMO - ($(date +%s) - LAB_T0) )); }
 # The L1 kernel under TCG now and then locks up a CPU for good (soft lockup of a kworker, seen
 # once in ~10 runs, with no test at fault), or panics (a page-fault recursion that hit the stack
-# guard page, seen once, the guest's tests passing on the rerun). Either is a lab failure, not a
-# test result: the watchdog below ends a locked-up L1, and the harness boots a fresh one, once,
-# which runs only the files the first did not finish ($LAB/done).
+# guard page, the guest's tests passing on the rerun). Either is a lab failure, not a test result:
+# the watchdog below ends a locked-up L1, and the harness boots a fresh one, which runs only the
+# files the ones before did not finish ($LAB/done).
 LOCKUP_S=${CAPSULE_LAB_LOCKUP_S:-120}
+# An L1 can also stop running its userspace with no lockup reported: both CPUs busy in the kernel
+# or in an L2 while the heartbeat its init writes every 10 s into the lab folder goes stale (seen
+# for 15 minutes, until the budget ran out). After CAPSULE_LAB_HANG_S (240) it is ended like a lockup.
+HANG_S=${CAPSULE_LAB_HANG_S:-240}
+lab_hung() { [ -f "$LAB/heartbeat" ] && [ $(( $(date +%s) - $(stat -c %Y "$LAB/heartbeat") )) -ge "$HANG_S" ]; }
 lab_locked_up() { grep -Eo 'soft lockup - CPU#[0-9]+ stuck for [0-9]+s' "$LOG" 2>/dev/null | awk -v lim="$LOCKUP_S" '{ s = $NF; sub(/s$/, "", s); if (s + 0 >= lim) found = 1 } END { exit !found }'; }
 boot_l1() {
-  rm -f "$LAB/rc" "$LAB/lockup"
+  rm -f "$LAB/rc" "$LAB/lockup" "$LAB/heartbeat"
   say "booting L1 ($QEMU, -cpu ${CAPSULE_LAB_CPU:-EPYC}, ${#TESTS[@]} test file(s))"
   t0=$(date +%s)
   timeout --foreground -k 10 "$(lab_left)" "$QEMU" -accel tcg,thread=multi -cpu "${CAPSULE_LAB_CPU:-EPYC}" \
     -m "${CAPSULE_LAB_MEM:-4G}" -smp "${CAPSULE_LAB_SMP:-2}" -M pc -nographic -no-reboot -nodefaults -serial stdio \
-    -kernel "/boot/vmlinuz-$KVER" -initrd "$INITRD" -append "console=ttyS0 panic=-1 loglevel=3 kt.lab=$LAB kt.repo=$ROOT" \
+    -kernel "/boot/vmlinuz-$KVER" -initrd "$INITRD" -append "console=ttyS0 panic=-1 loglevel=3 nokaslr kt.lab=$LAB kt.repo=$ROOT" \
     -fsdev "local,id=lab,path=$LAB,security_model=none" -device virtio-9p-pci,fsdev=lab,mount_tag=lab \
     -fsdev "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap" \
     -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
     -fsdev "local,id=repo,path=$ROOT,security_model=none,readonly=on,multidevs=remap" \
-    -device virtio-9p-pci,fsdev=repo,mount_tag=repo </dev/null 2>"$LAB/qemu.err" > "$LOG" &
+    -device virtio-9p-pci,fsdev=repo,mount_tag=repo -monitor "unix:$LAB/monitor.sock,server=on,wait=off" \
+    </dev/null 2>"$LAB/qemu.err" > "$LOG" &
   local qpid=$!
   while kill -0 "$qpid" 2>/dev/null; do
     sleep 5
-    if lab_locked_up; then
+    local why=""
+    if lab_locked_up; then why="the L1 kernel locked up (soft lockup >= ${LOCKUP_S}s)"
+    elif lab_hung; then why="the L1 stopped running its userspace (no heartbeat for ${HANG_S}s)"
+    fi
+    if [ -n "$why" ]; then
       : > "$LAB/lockup"
-      say "the L1 kernel locked up (soft lockup >= ${LOCKUP_S}s): ending this L1"
+      say "$why: ending this L1"
       pkill -KILL -P "$qpid" 2>/dev/null; kill -KILL "$qpid" 2>/dev/null
       break
     fi
@@ -209,25 +224,36 @@ boot_l1() {
   wait "$qpid"
   qrc=$?
 }
-rm -f "$LAB/done" "$LOG.lockup.txt"
+rm -f "$LAB/done" "$LOG".lockup*.txt
+# A dead L1 (lockup or panic, no result) is a lab failure, not a test result: boot a fresh one for
+# the files left, up to CAPSULE_LAB_BOOTS L1s in all, while the budget leaves 5 minutes. (In one CI
+# run both of two L1s hit the same TCG fault: an interrupt taken right after VMRUN, with the
+# guest's GS base still loaded, recursing in the page-fault handler until the stack guard page.)
+BOOTS=${CAPSULE_LAB_BOOTS:-4}
+case "$BOOTS" in ''|*[!0-9]*|0) echo "kvm-tests: CAPSULE_LAB_BOOTS must be a whole number >= 1, got '$BOOTS'" >&2; exit 2;; esac
+l1_died() { [ -f "$LAB/lockup" ] || { [ ! -f "$LAB/rc" ] && grep -q 'Kernel panic' "$LOG"; }; }
+boot=1
 boot_l1
-if [ -f "$LAB/lockup" ] || { [ ! -f "$LAB/rc" ] && grep -q 'Kernel panic' "$LOG"; }; then
-  tr -d '\r' < "$LOG" > "$LOG.lockup.txt"
-  say "the L1 kernel locked up or panicked: booting a fresh L1 once for the files left (the first run's console: $LOG.lockup.txt)"
-  awk '/KVMTESTS_BEGIN/{on=1;next} /KVMTESTS_END/{on=0} on' "$LOG.lockup.txt" | grep -v '^\[ *[0-9.]*\]'
-  if [ "$(lab_left)" -lt 300 ]; then
-    say "only $(lab_left) s of the lab's ${TMO} s left: no second L1"
-    grep '^KVMTESTS:' "$LOG.lockup.txt" >&2
-    exit 125
+while l1_died && [ "$qrc" != 124 ]; do
+  tr -d '\r' < "$LOG" > "$LOG.lockup$boot.txt"
+  say "L1 number $boot locked up or panicked (its console: $LOG.lockup$boot.txt); what it ran:"
+  awk '/KVMTESTS_BEGIN/{on=1;next} /KVMTESTS_END/{on=0} on' "$LOG.lockup$boot.txt" | grep -v '^\[ *[0-9.]*\]'
+  if [ "$boot" -ge "$BOOTS" ]; then
+    say "$boot L1s died; no more (CAPSULE_LAB_BOOTS=$BOOTS)"; grep '^KVMTESTS:' "$LOG.lockup$boot.txt" >&2; exit 125
   fi
+  if [ "$(lab_left)" -lt 300 ]; then
+    say "only $(lab_left) s of the lab's ${TMO} s left: no fresh L1"; grep '^KVMTESTS:' "$LOG.lockup$boot.txt" >&2; exit 125
+  fi
+  boot=$((boot + 1))
+  say "booting a fresh L1 (number $boot of at most $BOOTS) for the files left"
   boot_l1
-fi
+done
 tr -d '\r' < "$LOG" > "$LOG.txt"
 if [ "${CAPSULE_LAB_VERBOSE:-0}" = 1 ]; then cat "$LOG.txt" >&2; fi
 awk '/KVMTESTS_BEGIN/{on=1;next} /KVMTESTS_END/{on=0} on' "$LOG.txt"
 grep '^KVMTESTS:' "$LOG.txt" >&2
 say "L1 finished in $(( $(date +%s) - t0 )) s (qemu status $qrc; the lab took $(( $(date +%s) - LAB_T0 )) s)"
 if [ "$qrc" = 124 ]; then say "TIMEOUT: the lab's budget of ${TMO}s is spent"; exit 124; fi
-if [ -f "$LAB/lockup" ]; then say "the L1 kernel locked up twice"; exit 125; fi
+if [ -f "$LAB/lockup" ]; then say "the L1 kernel locked up"; exit 125; fi
 if [ ! -f "$LAB/rc" ]; then say "the lab did not report a result; last console lines:"; tail -20 "$LOG.txt" >&2; exit 125; fi
 exit "$(cat "$LAB/rc")"

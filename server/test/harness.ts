@@ -1,7 +1,7 @@
 // Test harness: a real capsule server process on a free port with a temp data directory,
 // the default guest image (built once into a shared cache), and small API/WebSocket clients.
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, existsSync, readdirSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, readFileSync, rmSync, existsSync, readdirSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -76,8 +76,16 @@ export class TestServer {
       env: { ...process.env, PORT: String(this.port), HOST: '127.0.0.1', CAPSULE_DATA_DIR: this.dataDir, CAPSULE_LOG_LEVEL: 'info', ...this.env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
-    this.proc.stdout!.on('data', (d: Buffer) => { this.output += d.toString(); });
-    this.proc.stderr!.on('data', (d: Buffer) => { this.output += d.toString(); });
+    // CAPSULE_TEST_SERVER_LOG_DIR: each test server's output also goes to a file there, to follow
+    // a run live (the nested lab's work folder is shared with the host).
+    const logDir = process.env.CAPSULE_TEST_SERVER_LOG_DIR;
+    const logFile = logDir ? join(logDir, `server-${this.port}.log`) : undefined;
+    const keep = (d: Buffer): void => {
+      this.output += d.toString();
+      if (logFile) appendFileSync(logFile, d);
+    };
+    this.proc.stdout!.on('data', keep);
+    this.proc.stderr!.on('data', keep);
     // The nested lab runs everything 10-15x slower (more on a loaded host): node alone takes seconds there.
     const end = Date.now() + (process.env.CAPSULE_IN_LAB ? 180_000 : 30_000);
     for (;;) {
@@ -208,8 +216,13 @@ export class ConsoleCollector {
     this.opened = new Promise((res, rej) => { socket.once('open', () => res()); socket.once('error', rej); });
   }
 
-  waitFor(needle: string | RegExp, timeoutMs = 180_000) {
-    return waitFor(`console output ${needle}`, () => (typeof needle === 'string' ? this.text.includes(needle) : needle.test(this.text)) || undefined, timeoutMs);
+  async waitFor(needle: string | RegExp, timeoutMs = 180_000): Promise<true> {
+    try {
+      return await waitFor(`console output ${needle}`, () => (typeof needle === 'string' ? this.text.includes(needle) : needle.test(this.text)) || undefined, timeoutMs);
+    } catch (e) {
+      // what the guest did print says why (a panic, a reboot, a prompt that never came)
+      throw new Error(`${(e as Error).message}; the console's last output:\n${this.text.slice(-1500)}`);
+    }
   }
 
   send(s: string): void {
