@@ -4,7 +4,7 @@
 #   scripts/kvm-tests.sh [EXTRA_TEST_FILE...]
 #
 # - KVM usable here (lib/kvm-probe.ts says so): `node --test` runs the tests directly.
-# - Otherwise: ONE boot of a nested lab. An L1 Linux guest runs under QEMU/TCG with an AMD CPU
+# - Otherwise: a nested lab (one L1 boot, or more when one dies). An L1 Linux guest runs under QEMU/TCG with an AMD CPU
 #   that has SVM (-cpu EPYC); its init loads kvm_amd (=> a real /dev/kvm inside), mounts the host's
 #   / read-only over 9p (multidevs=remap) and a writable work folder at the same path as on the
 #   host, chroots into the host's / and runs the tests there, one file at a time. Output is
@@ -161,6 +161,12 @@ done
 run() {
   if grep -qxF "PASS $1" "$DONE" 2>/dev/null; then echo "KVMTESTS: $1 passed in the earlier L1"; return 0; fi
   if grep -qxF "FAIL $1" "$DONE" 2>/dev/null; then echo "KVMTESTS: $1 failed in the earlier L1"; return 1; fi
+  # a file that was running when two L1s died fails, rather than taking every fresh L1 down
+  starts=$(grep -cxF "START $1" "$DONE" 2>/dev/null)
+  if [ "${starts:-0}" -ge 2 ]; then
+    echo "KVMTESTS: $1 was running when two L1s died: failed"; echo "FAIL $1" >> "$DONE"; sync; return 1
+  fi
+  echo "START $1" >> "$DONE"; sync
   t=$(date +%s)
   if node --test --test-concurrency=1 "$1"; then echo "KVMTESTS: $1 passed in $(( $(date +%s) - t )) s"; echo "PASS $1" >> "$DONE"; sync; return 0; fi
   echo "KVMTESTS: $1 failed after $(( $(date +%s) - t )) s; running it once more"
@@ -188,12 +194,21 @@ lab_left() { echo $(( TMO - ($(date +%s) - LAB_T0) )); }
 # the watchdog below ends a locked-up L1, and the harness boots a fresh one, which runs only the
 # files the ones before did not finish ($LAB/done).
 LOCKUP_S=${CAPSULE_LAB_LOCKUP_S:-120}
+case "$LOCKUP_S" in ''|*[!0-9]*) echo "kvm-tests: CAPSULE_LAB_LOCKUP_S must be whole seconds, got '$LOCKUP_S'" >&2; exit 2;; esac
 # An L1 can also stop running its userspace with no lockup reported: both CPUs busy in the kernel
 # or in an L2 while the heartbeat its init writes every 10 s into the lab folder goes stale (seen
 # for 15 minutes, until the budget ran out). After CAPSULE_LAB_HANG_S (240) it is ended like a lockup.
 HANG_S=${CAPSULE_LAB_HANG_S:-240}
-lab_hung() { [ -f "$LAB/heartbeat" ] && [ $(( $(date +%s) - $(stat -c %Y "$LAB/heartbeat") )) -ge "$HANG_S" ]; }
-lab_locked_up() { grep -Eo 'soft lockup - CPU#[0-9]+ stuck for [0-9]+s' "$LOG" 2>/dev/null | awk -v lim="$LOCKUP_S" '{ s = $NF; sub(/s$/, "", s); if (s + 0 >= lim) found = 1 } END { exit !found }'; }
+case "$HANG_S" in ''|*[!0-9]*) echo "kvm-tests: CAPSULE_LAB_HANG_S must be whole seconds, got '$HANG_S'" >&2; exit 2;; esac
+# (before the first heartbeat, counted from the boot: an L1 stuck while booting is caught too)
+lab_hung() {
+  local beat
+  beat=$(stat -c %Y "$LAB/heartbeat" 2>/dev/null) || beat=$t0
+  [ $(( $(date +%s) - beat )) -ge "$HANG_S" ]
+}
+# Only the L1 kernel's own line (at the start of a console line, with a timestamp): a test's
+# failure message may quote a guest's console, lockup included.
+lab_locked_up() { grep -aEo '^\[ *[0-9.]+\] watchdog: BUG: soft lockup - CPU#[0-9]+ stuck for [0-9]+s' "$LOG" 2>/dev/null | awk -v lim="$LOCKUP_S" '{ s = $NF; sub(/s$/, "", s); if (s + 0 >= lim) found = 1 } END { exit !found }'; }
 boot_l1() {
   rm -f "$LAB/rc" "$LAB/lockup" "$LAB/heartbeat"
   say "booting L1 ($QEMU, -cpu ${CAPSULE_LAB_CPU:-EPYC}, ${#TESTS[@]} test file(s))"
@@ -231,7 +246,8 @@ rm -f "$LAB/done" "$LOG".lockup*.txt
 # guest's GS base still loaded, recursing in the page-fault handler until the stack guard page.)
 BOOTS=${CAPSULE_LAB_BOOTS:-4}
 case "$BOOTS" in ''|*[!0-9]*|0) echo "kvm-tests: CAPSULE_LAB_BOOTS must be a whole number >= 1, got '$BOOTS'" >&2; exit 2;; esac
-l1_died() { [ -f "$LAB/lockup" ] || { [ ! -f "$LAB/rc" ] && grep -q 'Kernel panic' "$LOG"; }; }
+# no result and not the budget's timeout: a lockup, a panic, a triple fault (QEMU -no-reboot exits)
+l1_died() { [ -f "$LAB/lockup" ] || [ ! -f "$LAB/rc" ]; }
 boot=1
 boot_l1
 while l1_died && [ "$qrc" != 124 ]; do

@@ -1,7 +1,7 @@
 // Test harness: a real capsule server process on a free port with a temp data directory,
 // the default guest image (built once into a shared cache), and small API/WebSocket clients.
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { appendFileSync, mkdtempSync, readFileSync, rmSync, existsSync, readdirSync } from 'node:fs';
+import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, existsSync, readdirSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -79,10 +79,18 @@ export class TestServer {
     // CAPSULE_TEST_SERVER_LOG_DIR: each test server's output also goes to a file there, to follow
     // a run live (the nested lab's work folder is shared with the host).
     const logDir = process.env.CAPSULE_TEST_SERVER_LOG_DIR;
-    const logFile = logDir ? join(logDir, `server-${this.port}.log`) : undefined;
+    let logFile = logDir ? join(logDir, `server-${this.port}.log`) : undefined;
+    if (logDir) mkdirSync(logDir, { recursive: true });
     const keep = (d: Buffer): void => {
       this.output += d.toString();
-      if (logFile) appendFileSync(logFile, d);
+      if (!logFile) return;
+      try {
+        appendFileSync(logFile, d);
+      } catch (e) {
+        // a debugging aid: a log folder that fails is said once and dropped, not a test failure
+        console.error(`CAPSULE_TEST_SERVER_LOG_DIR: ${(e as Error).message}; no more server log there`);
+        logFile = undefined;
+      }
     };
     this.proc.stdout!.on('data', keep);
     this.proc.stderr!.on('data', keep);
