@@ -10,15 +10,15 @@
 #   host, chroots into the host's / and runs the tests there, one file at a time. Output is
 #   printed; the exit status is the tests' status. The lab is slow and noisy: a file that fails
 #   runs once more (said in a KVMTESTS: line), and an L1 whose kernel locks up (soft lockup of
-#   CAPSULE_LAB_LOCKUP_S, 120 s), panics, or stops running its userspace (no heartbeat for
-#   CAPSULE_LAB_HANG_S, 240 s) is ended, and a fresh one runs the files left (at most
+#   CAPSULE_LAB_LOCKUP_S, 120 s), panics, or stops (no heartbeat, finished file or console output for
+#   CAPSULE_LAB_HANG_S, 600 s) is ended, and a fresh one runs the files left (at most
 #   CAPSULE_LAB_BOOTS L1s, within one time budget). The L1 boots with nokaslr and a QEMU monitor
 #   on $CAPSULE_LAB_DIR/monitor.sock (`info registers -a` shows where a stuck L1 is).
 # - No QEMU: says so and exits 3.
 #
 # Env: CAPSULE_LAB_DIR (work folder, default /tmp/capsule-lab; the L1 initramfs is cached there)
 #      CAPSULE_LAB_TIMEOUT (whole seconds, 3000: one budget for all L1 boots together)  CAPSULE_LAB_BOOTS (4)  CAPSULE_LAB_MEM (4G)  CAPSULE_LAB_SMP (2)  CAPSULE_LAB_CPU (EPYC)
-#      CAPSULE_LAB_VERBOSE=1 (print the whole L1 console)  CAPSULE_LAB_LOCKUP_S (120)  CAPSULE_LAB_HANG_S (240)
+#      CAPSULE_LAB_VERBOSE=1 (print the whole L1 console)  CAPSULE_LAB_LOCKUP_S (120)  CAPSULE_LAB_HANG_S (600)
 #      KVM_TESTS_ENV="VAR1 VAR2" (extra variables passed into the lab; CAPSULE_* always are)
 #      CAPSULE_NO_BUILD=1 (skip `tsc`)   CAPSULE_TEST_IMAGE (guest image dir; built if unset)
 set -uo pipefail
@@ -196,15 +196,21 @@ lab_left() { echo $(( TMO - ($(date +%s) - LAB_T0) )); }
 LOCKUP_S=${CAPSULE_LAB_LOCKUP_S:-120}
 case "$LOCKUP_S" in ''|*[!0-9]*) echo "kvm-tests: CAPSULE_LAB_LOCKUP_S must be whole seconds, got '$LOCKUP_S'" >&2; exit 2;; esac
 # An L1 can also stop running its userspace with no lockup reported: both CPUs busy in the kernel
-# or in an L2 while the heartbeat its init writes every 10 s into the lab folder goes stale (seen
-# for 15 minutes, until the budget ran out). After CAPSULE_LAB_HANG_S (240) it is ended like a lockup.
-HANG_S=${CAPSULE_LAB_HANG_S:-240}
+# or in an L2, and nothing moves (seen for 15 minutes, until the budget ran out). Its init writes
+# a heartbeat into the lab folder every 10 s; when neither the heartbeat, nor the list of finished
+# files, nor the console has changed for CAPSULE_LAB_HANG_S (600 s; counted from the boot before
+# the first of them), the L1 is ended like a locked-up one. (The heartbeat alone is not enough: in
+# one run it stood still for minutes while tests went on finishing, and L1's serial output stalled
+# with it.)
+HANG_S=${CAPSULE_LAB_HANG_S:-600}
 case "$HANG_S" in ''|*[!0-9]*) echo "kvm-tests: CAPSULE_LAB_HANG_S must be whole seconds, got '$HANG_S'" >&2; exit 2;; esac
-# (before the first heartbeat, counted from the boot: an L1 stuck while booting is caught too)
 lab_hung() {
-  local beat
-  beat=$(stat -c %Y "$LAB/heartbeat" 2>/dev/null) || beat=$t0
-  [ $(( $(date +%s) - beat )) -ge "$HANG_S" ]
+  local last=$t0 f m
+  for f in "$LAB/heartbeat" "$LAB/done" "$LOG"; do
+    m=$(stat -c %Y "$f" 2>/dev/null) || continue
+    [ "$m" -gt "$last" ] && last=$m
+  done
+  [ $(( $(date +%s) - last )) -ge "$HANG_S" ]
 }
 # Only the L1 kernel's own line (at the start of a console line, with a timestamp): a test's
 # failure message may quote a guest's console, lockup included.
@@ -227,7 +233,7 @@ boot_l1() {
     sleep 5
     local why=""
     if lab_locked_up; then why="the L1 kernel locked up (soft lockup >= ${LOCKUP_S}s)"
-    elif lab_hung; then why="the L1 stopped running its userspace (no heartbeat for ${HANG_S}s)"
+    elif lab_hung; then why="the L1 stopped (no heartbeat, finished file or console output for ${HANG_S}s)"
     fi
     if [ -n "$why" ]; then
       : > "$LAB/lockup"
@@ -252,7 +258,7 @@ boot=1
 boot_l1
 while l1_died && [ "$qrc" != 124 ]; do
   tr -d '\r' < "$LOG" > "$LOG.lockup$boot.txt"
-  say "L1 number $boot locked up or panicked (its console: $LOG.lockup$boot.txt); what it ran:"
+  say "L1 number $boot died or stopped (its console: $LOG.lockup$boot.txt); what it ran:"
   awk '/KVMTESTS_BEGIN/{on=1;next} /KVMTESTS_END/{on=0} on' "$LOG.lockup$boot.txt" | grep -v '^\[ *[0-9.]*\]'
   if [ "$boot" -ge "$BOOTS" ]; then
     say "$boot L1s died; no more (CAPSULE_LAB_BOOTS=$BOOTS)"; grep '^KVMTESTS:' "$LOG.lockup$boot.txt" >&2; exit 125
