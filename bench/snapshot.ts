@@ -77,11 +77,7 @@ function guestPssMiB(pid: number, memoryMiB: number): number {
 
 /** The native VMM's own time to load a snapshot (its log: "snapshot loaded ... in N ms"); NaN for QEMU. */
 function vmmLoadMs(s: TestServer, id: string): number {
-  try {
-    return Number(/snapshot loaded .* in (\d+) ms/.exec(readFileSync(`${s.dataDir}/vms/${id}/vmm.log`, 'utf8'))?.[1] ?? NaN);
-  } catch {
-    return NaN;
-  }
+  return Number(/snapshot loaded .* in (\d+) ms/.exec(s.vmmLog(id))?.[1] ?? NaN);
 }
 
 /** A VM's console, open; if it cannot be, why (the VM's state and its VMM log's end). */
@@ -91,11 +87,7 @@ async function consoleOf(s: TestServer, id: string): Promise<ConsoleCollector> {
     await c.opened;
   } catch (e) {
     const vm = (await s.api('GET', `/v1/vms/${id}`)).body;
-    let log = '';
-    try {
-      log = readFileSync(`${s.dataDir}/vms/${id}/vmm.log`, 'utf8').slice(-2000);
-    } catch { /* none */ }
-    throw new Error(`console of ${vm?.name} (${vm?.state}): ${(e as Error).message}\n${log}`);
+    throw new Error(`console of ${vm?.name} (${vm?.state}): ${(e as Error).message}\n${s.vmmLog(id).slice(-2000)}`);
   }
   return c;
 }

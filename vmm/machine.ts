@@ -11,7 +11,7 @@ import { loadLinux, type BootSource } from './boot/loader.js';
 import { bootFpu, bootMsrs, bootRegs, bootSregs, configureLapic } from './boot/regs.js';
 import { VcpuThreads } from './cpu/vcpus.js';
 import { msrsToSave } from './cpu/msrs.js';
-import { restoreVcpuState, restoreVmState, savableMsrs, saveVcpuState, saveVmState, type VcpuState, type VmState } from './cpu/state.js';
+import { describeVcpu, restoreVcpuState, restoreVmState, savableMsrs, saveVcpuState, saveVmState, type VcpuState, type VmState } from './cpu/state.js';
 import { AcpiGed, AcpiSleep, GED_EVENT_POWER_BUTTON, GED_EVENT_VMGENID } from './devices/legacy/acpi-pm.js';
 import { Cmos } from './devices/legacy/cmos.js';
 import { DeviceManager } from './devices/manager.js';
@@ -19,7 +19,7 @@ import { mainPoller } from './io/poller.js';
 import { I8042 } from './devices/legacy/i8042.js';
 import { Serial } from './devices/legacy/serial.js';
 import { Kvm, type CpuidEntry, type VcpuFd, type VmFd } from './kvm/kvm.js';
-import { EXIT, EXIT_IO_OUT, OFFSETOF, RUN, SYSTEM_EVENT } from './kvm/layout.js';
+import { EXIT, EXIT_IO_OUT, RUN, SYSTEM_EVENT } from './kvm/layout.js';
 import { KVM_CAP_READONLY_MEM, KVM_MEM_READONLY } from './kvm/ioctls.js';
 import { munmap } from './kvm/sys.js';
 import { logger } from './log.js';
@@ -204,7 +204,7 @@ export class Machine extends EventEmitter {
         // thread waits outside KVM_RUN, so its registers can be read here). On AMD, KVM has
         // already reset the vCPU (the VMCB is undefined after a shutdown intercept): RIP 0xfff0.
         const v = this.vcpus[id];
-        log.info(`vcpu${id}: triple fault (KVM_EXIT_SHUTDOWN): resetting; ${v ? cpuSummary(v) : ''}`);
+        log.info(`vcpu${id}: triple fault (KVM_EXIT_SHUTDOWN): resetting; ${v ? describeVcpu(v) : ''}`);
         this.guestReset();
       },
       onSystemEvent: (id, type) => {
@@ -391,7 +391,7 @@ export class Machine extends EventEmitter {
     if (this.state !== 'running') return `state ${this.state}`;
     await this.threads?.pause();
     const out: string[] = [`exits=${this.exits}`];
-    for (const v of this.vcpus) out.push(`vcpu${v.id}: ${cpuSummary(v)} mp_state=${v.getMpState()}`);
+    for (const v of this.vcpus) out.push(`vcpu${v.id}: ${describeVcpu(v)} mp_state=${v.getMpState()}`);
     this.threads?.resume();
     if (this.portStats) out.push([...this.portStats].map(([k, n]) => `${k}=${n}`).join(','));
     this.portStats?.clear();
@@ -400,29 +400,5 @@ export class Machine extends EventEmitter {
 
   vcpuThreadIds(): number[] {
     return this.threads?.tids() ?? [];
-  }
-}
-
-/** A vCPU's registers in one line, for logs: where it was, and its paging and segment state. */
-function cpuSummary(v: VcpuFd): string {
-  const at = (field: string): number => {
-    const o = OFFSETOF[field];
-    if (o === undefined) throw new Error(`no layout for ${field}`);
-    return o;
-  };
-  try {
-    const r = v.getRegs();
-    const sr = v.getSregs();
-    const hex = (b: Buffer, off: number): string => `0x${b.readBigUInt64LE(off).toString(16)}`;
-    const reg = (name: string): string => `${name}=${hex(r, at(`kvm_regs.${name}`))}`;
-    const sreg = (name: string): string => `${name}=${hex(sr, at(`kvm_sregs.${name}`))}`;
-    const seg = (name: string): string => {
-      const off = at(`kvm_sregs.${name}`);
-      return `${name}=${sr.readUInt16LE(off + at('kvm_segment.selector')).toString(16)}@${hex(sr, off + at('kvm_segment.base'))}`;
-    };
-    return [reg('rip'), reg('rsp'), reg('rflags'), sreg('cr0'), sreg('cr2'), sreg('cr3'), sreg('cr4'), sreg('efer'),
-      seg('cs'), seg('ss'), seg('gs'), `idt=${hex(sr, at('kvm_sregs.idt'))}`].join(' ');
-  } catch (e) {
-    return `(registers unreadable: ${(e as Error).message})`;
   }
 }

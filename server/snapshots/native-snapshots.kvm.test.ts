@@ -44,13 +44,7 @@ const openConsole = (id: string) => openConsoleOf(s, id);
 const sh = (c: ConsoleCollector, line: string) => consoleSh(c, line, 120_000);
 
 /** The VMM's log, for failure messages. */
-function vmmLog(id: string): string {
-  try {
-    return readFileSync(join(s.dataDir, 'vms', id, 'vmm.log'), 'utf8').slice(-3000);
-  } catch {
-    return '(no VMM log)';
-  }
-}
+const vmmLog = (id: string): string => s.vmmLog(id).slice(-3000) || '(no VMM log)';
 
 const start = (id: string) => startVm(s, id, () => `VMM log: ${vmmLog(id)}`);
 
@@ -92,7 +86,7 @@ test('native: a counting guest is snapshotted and restored: the count goes on, n
   await start(clone.id);
   const cc = await openConsole(clone.id);
   await assertRestoredGoesOn(cc, atSnapshot, sourceUptime, 120_000);
-  const log = readFileSync(join(s.dataDir, 'vms', clone.id, 'vmm.log'), 'utf8');
+  const log = s.vmmLog(clone.id);
   assert.match(log, /snapshot loaded \(memory mapped copy-on-write\)/);
   assert.match(log, /seccomp filter installed/, 'the restored VMM is filtered once loaded');
   c.close();

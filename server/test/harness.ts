@@ -66,6 +66,15 @@ export class TestServer {
     return m ? Number(m[1]) / 1024 : 0;
   }
 
+  /** A VM's VMM log ('' while there is none). */
+  vmmLog(id: string): string {
+    try {
+      return readFileSync(join(this.dataDir, 'vms', id, 'vmm.log'), 'utf8');
+    } catch {
+      return '';
+    }
+  }
+
   get url(): string {
     return `http://127.0.0.1:${this.port}`;
   }

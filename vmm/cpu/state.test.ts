@@ -7,7 +7,7 @@ import { MsrReadError, type CpuidEntry, type MsrEntry, type VcpuFd, type VmFd } 
 import { OFFSETOF, SIZEOF } from '../kvm/layout.js';
 import { msrBatches, msrShouldSerialize, msrsToSave, MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE } from './msrs.js';
 import {
-  restoreVcpuState, restoreVmState, savableMsrs, saveVcpuState, saveVmState, validateVcpuState, VcpuStateError,
+  describeVcpu, restoreVcpuState, restoreVmState, savableMsrs, saveVcpuState, saveVmState, validateVcpuState, VcpuStateError,
   type VcpuState, type VcpuStateIo, type VmState, type VmStateIo,
 } from './state.js';
 
@@ -183,4 +183,22 @@ test('savableMsrs: drops exactly the MSRs KVM refuses to read, in batches of at 
   assert.deepEqual(r.refused, [0x3, 0x200, 0x250]);
   assert.deepEqual(r.msrs, all.filter((i) => !refuse.has(i)));
   assert.throws(() => savableMsrs({ getMsrs: () => { throw new Error('EBADF'); } }, [1]), /EBADF/);
+});
+
+test('describeVcpu: the registers a dead guest is read by, at the layout\'s offsets; an unreadable vCPU says why', () => {
+  const regs = Buffer.alloc(sz('kvm_regs'));
+  const sregs = Buffer.alloc(sz('kvm_sregs'));
+  const off = (f: string): number => OFFSETOF[f] as number;
+  regs.writeBigUInt64LE(0xffffffff81000123n, off('kvm_regs.rip'));
+  regs.writeBigUInt64LE(0x7ffc0000n, off('kvm_regs.rsp'));
+  sregs.writeBigUInt64LE(0x1000n, off('kvm_sregs.cr3'));
+  sregs.writeBigUInt64LE(0xffff888000000000n, off('kvm_sregs.gs') + off('kvm_segment.base'));
+  sregs.writeUInt16LE(0x10, off('kvm_sregs.cs') + off('kvm_segment.selector'));
+  const line = describeVcpu({ getRegs: () => regs, getSregs: () => sregs });
+  assert.match(line, /rip=0xffffffff81000123 rsp=0x7ffc0000 /);
+  assert.match(line, / cr3=0x1000 /);
+  assert.match(line, / cs=10@0x0 /);
+  assert.match(line, / gs=0@0xffff888000000000 /);
+  const broken = describeVcpu({ getRegs: () => { throw new Error('EBADF'); }, getSregs: () => sregs });
+  assert.equal(broken, '(registers unreadable: EBADF)');
 });

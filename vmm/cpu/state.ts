@@ -286,3 +286,27 @@ export function restoreVmState(vm: VmStateIo, s: VmState): void {
   vm.setIrqchip(s.picSlave);
   vm.setIrqchip(s.ioapic);
 }
+
+/** A vCPU's registers in one line, for logs: where it was, and its paging and segment state. */
+export function describeVcpu(v: Pick<VcpuStateIo, 'getRegs' | 'getSregs'>): string {
+  const at = (field: string): number => {
+    const o = OFFSETOF[field];
+    if (o === undefined) throw new Error(`no layout for ${field}`);
+    return o;
+  };
+  try {
+    const r = v.getRegs();
+    const sr = v.getSregs();
+    const hex = (b: Buffer, off: number): string => `0x${b.readBigUInt64LE(off).toString(16)}`;
+    const reg = (name: string): string => `${name}=${hex(r, at(`kvm_regs.${name}`))}`;
+    const sreg = (name: string): string => `${name}=${hex(sr, at(`kvm_sregs.${name}`))}`;
+    const seg = (name: string): string => {
+      const off = at(`kvm_sregs.${name}`);
+      return `${name}=${sr.readUInt16LE(off + at('kvm_segment.selector')).toString(16)}@${hex(sr, off + at('kvm_segment.base'))}`;
+    };
+    return [reg('rip'), reg('rsp'), reg('rflags'), sreg('cr0'), sreg('cr2'), sreg('cr3'), sreg('cr4'), sreg('efer'),
+      seg('cs'), seg('ss'), seg('gs'), `idt=${hex(sr, at('kvm_sregs.idt'))}`].join(' ');
+  } catch (e) {
+    return `(registers unreadable: ${(e as Error).message})`;
+  }
+}

@@ -68,6 +68,8 @@ export function filesFor(uri: unknown, names: string[], named: Map<string, numbe
   }
   if (uri.startsWith('file:') && uri.length > 5) {
     const dir = uri.slice(5);
+    // a failed save: the files created here go (O_EXCL: none was there before)
+    const discard = (): void => { if (write) for (const n of fds.keys()) rmSync(join(dir, n), { force: true }); };
     try {
       names.forEach((n, i) => {
         try {
@@ -78,16 +80,12 @@ export function filesFor(uri: unknown, names: string[], named: Map<string, numbe
       });
     } catch (e) {
       close();
-      if (write) for (const n of fds.keys()) rmSync(join(dir, n), { force: true });
+      discard();
       const msg = (e as NodeJS.ErrnoException).code === 'EPERM' ? 'opening files is forbidden under the seccomp filter: pass fds (getfd, uri fd:NAME)' : (e as Error).message;
       throw new QmpError('GenericError', `cannot open the snapshot files in ${dir}: ${msg}`);
     }
     // fds opened here are ours to close; the map's values are not in `named`
-    return {
-      fds,
-      close: () => { for (const fd of fds.values()) closeSync(fd); },
-      discard: () => { if (write) for (const n of fds.keys()) rmSync(join(dir, n), { force: true }); },
-    };
+    return { fds, close: () => { for (const fd of fds.values()) closeSync(fd); }, discard };
   }
   throw new QmpError('GenericError', `unsupported migration URI ${JSON.stringify(uri)}: fd:NAME or file:DIR`);
 }
