@@ -491,7 +491,12 @@ test('templates: create one in the Templates view, watch its build progress to r
   t.diagnostic('delete the template: the row goes; the VM made from it runs on');
   await page.getByRole('link', { name: 'Templates' }).first().click();
   await row.getByRole('button', { name: `Delete template ${name}` }).click();
-  await row.waitFor({ state: 'detached' });
+  // The delete waits for the pool's refill in flight (the claim above started one): a restore.
+  await row.waitFor({ state: 'detached', timeout: BOOT_MS }).catch(async (e: Error) => {
+    const status = await page.getByRole('status').allInnerTexts().catch(() => []);
+    const log = readFileSync(LOG, 'utf8').split('\n').filter((l) => /pool|template|launch|restore|snapshot/i.test(l)).slice(-15);
+    throw new Error(`${e.message}\nstatus: ${JSON.stringify(status)}\nserver log (pool/template lines):\n${log.join('\n')}`);
+  });
   assert.equal(((await (await api('GET', `/v1/vms/${id}`)).json()) as { state: string }).state, 'running');
   assert.equal((await api('DELETE', `/v1/vms/${id}?force=true`)).status, 204);
   created.splice(created.indexOf(id), 1);

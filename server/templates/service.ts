@@ -103,8 +103,10 @@ export class TemplateService {
   /** Deletes the template: its build stops, its pool is drained, its snapshot deleted. VMs claimed from it run on. */
   async delete(t: Template): Promise<void> {
     this.deleted.add(t.id);
+    const began = Date.now();
     try {
       await this.pools.drain(t.id);
+      this.d.log.info({ template: t.id, drainMs: Date.now() - began }, 'template pool drained');
       const snapshot = t.snapshot === undefined ? undefined : this.d.snapshots.getAny(t.snapshot);
       const restoring = snapshot ? this.d.snapshots.restoringVms(snapshot.id) : [];
       if (restoring.length > 0) {

@@ -98,6 +98,8 @@ export function templatesView(app: App, navigate: (hash: string) => void): View 
       del.setAttribute('aria-label', `Delete template ${t.name}`);
       del.addEventListener('click', async () => {
         del.disabled = true;
+        // The server finishes a pool VM's warm-up in flight before it drains the pool: say so.
+        status.textContent = `Deleting ${t.name}…`;
         try {
           await app.api.deleteTemplate(t.id);
           status.textContent = `Deleted ${t.name}.`;
