@@ -95,11 +95,15 @@ test('JSON config, command line overrides it', () => {
 });
 
 test('-incoming: defer or file:DIR (made absolute), in the JSON file too; anything else names the forms', () => {
+  const Q = [...K, '-api-channel', 'unix:/q.sock'];
   assert.equal(buildConfig(K).incoming, undefined);
-  assert.deepEqual(buildConfig([...K, '-incoming', 'defer']).incoming, { mode: 'defer' });
-  assert.deepEqual(buildConfig([...K, '-incoming', 'file:/snap/a']).incoming, { mode: 'file', dir: '/snap/a' });
-  assert.deepEqual(buildConfig(['-config', 'x.json'], () => '{"boot-source":{"kernel_image_path":"/k"},"incoming":"defer"}').incoming, { mode: 'defer' });
-  assert.throws(() => buildConfig([...K, '-incoming', 'tcp:0:4444']), /-incoming: expected defer or file:DIR/);
-  assert.throws(() => buildConfig([...K, '-incoming', 'file:']), /-incoming: expected defer or file:DIR/);
+  assert.deepEqual(buildConfig([...Q, '-incoming', 'defer']).incoming, { mode: 'defer' });
+  assert.deepEqual(buildConfig([...Q, '-incoming', 'file:/snap/a']).incoming, { mode: 'file', dir: '/snap/a' });
+  assert.deepEqual(buildConfig(['-config', 'x.json'], () => '{"boot-source":{"kernel_image_path":"/k"},"api-channel":"unix:/q.sock","incoming":"defer"}').incoming, { mode: 'defer' });
+  assert.throws(() => buildConfig([...Q, '-incoming', 'tcp:0:4444']), /-incoming: expected defer or file:DIR/);
+  assert.throws(() => buildConfig([...Q, '-incoming', 'file:']), /-incoming: expected defer or file:DIR/);
   assert.throws(() => buildConfig(['-config', 'x.json'], () => '{"boot-source":{"kernel_image_path":"/k"},"incoming":"exec:cat"}'), /must be defer or file:DIR/);
+  // Restored paused, with no QMP to send cont: refused rather than a VMM paused for ever.
+  assert.throws(() => buildConfig([...K, '-incoming', 'file:/snap/a']), /-incoming needs -api-channel unix:PATH/);
+  assert.throws(() => buildConfig(['-config', 'x.json'], () => '{"boot-source":{"kernel_image_path":"/k"},"incoming":"defer"}'), /-incoming needs -api-channel/);
 });

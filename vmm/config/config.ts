@@ -69,6 +69,9 @@ function toVmConfig(m: Settings): VmConfig {
   const daemonize = m.daemonize ?? false;
   if (daemonize && m.serialStdio) throw new ConfigError('-serial stdio cannot be used with -daemonize');
   if (daemonize && m.log?.enabled && !m.log.file) throw new ConfigError('-D without a log file cannot be used with -daemonize (give -D FILE)');
+  // A restored guest waits paused for QMP `cont` (and `-incoming defer` for migrate-incoming):
+  // with no QMP socket nothing could ever run it.
+  if (m.incoming && !m.apiChannel) throw new ConfigError('-incoming needs -api-channel unix:PATH: a restored VM stays paused until QMP sends cont');
   const { serial, consoles } = assignChardevs(m);
   const hotplugSlots = checkDevices(m);
   const abs = (p: string | undefined): string | undefined => (p === undefined ? undefined : resolve(p));
