@@ -1,7 +1,8 @@
 // Benchmark (run where KVM works, e.g. inside the lab: scripts/kvm-tests.sh runs only tests, so
 // use `node dist/bench/vmm-boot.js` in a lab command). Prints one JSON object:
 //  - boot: spawn -> CAPSULE_READY on the console, native capsule-vmm vs qemu -M microvm, median of N
-//  - memory: USS/PSS (smaps_rollup) of each VMM idle after boot, 1 and 2 vCPUs
+//  - memory: USS/PSS (smaps_rollup) of each VMM idle after boot, 1 and 2 vCPUs; the native VMM
+//    both as bin/capsule-vmm runs it (the bundle) and as tsc's modules (nativeModules_*)
 //  - exits: PIO exit round trips/s for a guest `out` loop: worker thread (capsule's design),
 //    blocking KVM_RUN on the main thread, and koffi async (libuv pool)
 import { spawn } from 'node:child_process';
@@ -10,7 +11,7 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import koffi from 'koffi';
 import { procMem, type ProcMem } from './proc-mem.js';
-import { ConsoleClient, QmpClient, startVmm, testImage, waitForFile } from '../vmm/testing/clients.js';
+import { ConsoleClient, QmpClient, REPO_ROOT, startVmm, testImage, VMM_BIN, waitForFile } from '../vmm/testing/clients.js';
 import { Kvm } from '../vmm/kvm/kvm.js';
 import { KVM_RUN } from '../vmm/kvm/ioctls.js';
 import { EXIT, RUN } from '../vmm/kvm/layout.js';
@@ -33,12 +34,15 @@ const smaps = (pid: number): ProcMem => procMem(pid, GUEST_RAM_KIB);
 
 type Img = Awaited<ReturnType<typeof testImage>>;
 
-async function bootNative(img: Img, cpus: number, measureMem: boolean): Promise<{ ms: number; mem?: ReturnType<typeof smaps> }> {
+/** The VMM as tsc's separate modules, not the bundle bin/capsule-vmm runs: what the bundle saves. */
+const MODULES_ENTRY = join(REPO_ROOT, 'dist', 'vmm', 'main.js');
+
+async function bootNative(img: Img, cpus: number, measureMem: boolean, entry = VMM_BIN): Promise<{ ms: number; mem?: ReturnType<typeof smaps> }> {
   const qmp = join(work, `n${Date.now()}.qmp`);
   const con = join(work, `n${Date.now()}.con`);
   const t0 = performance.now();
   const vmm = startVmm(['-kernel', img.kernel, '-initrd', img.initrd, '-append', img.cmdline, '-smp', String(cpus),
-    '-api-channel', `unix:${qmp}`, '-chardev', `id=c,path=${con}`]);
+    '-api-channel', `unix:${qmp}`, '-chardev', `id=c,path=${con}`], {}, [], entry);
   await waitForFile(con, 30000);
   const c = await ConsoleClient.connect(con);
   await c.waitFor(READY, 180000);
@@ -169,6 +173,7 @@ async function main(): Promise<void> {
   const mem: Record<string, unknown> = {};
   for (const cpus of [1, 2]) {
     mem[`native_${cpus}vcpu`] = (await bootNative(img, cpus, true)).mem;
+    mem[`nativeModules_${cpus}vcpu`] = (await bootNative(img, cpus, true, MODULES_ENTRY)).mem;
     mem[`qemu_${cpus}vcpu`] = (await bootQemu(img, cpus, true)).mem;
   }
   out.idleMemoryKiB = mem;

@@ -9,7 +9,7 @@
 // - Argument values are 64-bit unsigned. Negative numbers are accepted and taken as two's
 //   complement (so -100 means AT_FDCWD as the kernel sees it sign-extended in a register).
 import { constants as osConstants } from 'node:os';
-import { z } from 'zod';
+import * as z from 'zod';
 import {
   SECCOMP_RET_ALLOW,
   SECCOMP_RET_ERRNO,

@@ -1,7 +1,7 @@
 // An option group: the command-line options and the JSON keys of one concern (memory, drives,
 // ...), declared once. The CLI parser (cli.ts), the JSON file schema (json.ts) and the usage text
 // are all assembled from the list of groups in config.ts.
-import { z } from 'zod';
+import * as z from 'zod';
 import type { Keys, KeyTable, Values } from './options.js';
 import type { Settings } from './settings.js';
 

@@ -1,6 +1,6 @@
 // The -config FILE.json schema, assembled from the groups' JSON keys (unknown keys are errors),
 // and the file → Settings. Errors say where in the file: `-config F: drive.0.iops: must be ...`.
-import { z } from 'zod';
+import * as z from 'zod';
 import { ConfigError } from './options.js';
 import type { Group, JsonShape } from './group.js';
 import type { Settings } from './settings.js';

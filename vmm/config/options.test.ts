@@ -1,7 +1,7 @@
 // The key tables every option group is built from: kv parsing, usage syntax, JSON shape.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { z } from 'zod';
+import * as z from 'zod';
 import { ConfigError, KeyTable, onOff, size, text, uint } from './options.js';
 import { GROUPS, USAGE } from './config.js';
 

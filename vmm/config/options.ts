@@ -2,7 +2,7 @@
 // command line and in the JSON file, the allowed values in words, the text parser and the
 // check), and a KeyTable turns a set of keys into the `-opt a=1,b=2` parser and the zod shape of
 // the matching JSON object. Both sources therefore accept, and refuse, the same values.
-import { z } from 'zod';
+import * as z from 'zod';
 
 export class ConfigError extends Error {
   constructor(msg: string) {

@@ -2,7 +2,7 @@
 // collects and applies them; vmm/snapshot/ stores the bytes as DEVICE sections). A device's state
 // is JSON checked with a zod schema on the way back in: the bytes come from a file anyone could
 // have edited, so a restore validates them like any hostile input and names what is wrong.
-import { z } from 'zod';
+import * as z from 'zod';
 
 export interface Snapshottable {
   /** The device model as the manifest names it (serial, virtio-blk, ...): a restore needs the same. */

@@ -157,8 +157,9 @@ export function killAllVmms(): void {
 }
 
 /** `prefix`: a command that execs the VMM (e.g. `ip netns exec NS` to start it in a network namespace). */
-export function startVmm(args: string[], env: NodeJS.ProcessEnv = {}, prefix: string[] = []): VmmProcess {
-  const argv = [...prefix, process.execPath, VMM_BIN, ...args];
+/** Runs capsule-vmm (`entry`: bin/capsule-vmm, the bundle, unless a bench compares another build). */
+export function startVmm(args: string[], env: NodeJS.ProcessEnv = {}, prefix: string[] = [], entry = VMM_BIN): VmmProcess {
+  const argv = [...prefix, process.execPath, entry, ...args];
   const child = spawn(argv[0] as string, argv.slice(1), { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   live.add(child);
   child.once('exit', () => live.delete(child));

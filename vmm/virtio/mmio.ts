@@ -9,7 +9,7 @@
 // InterruptStatus lives in a SharedArrayBuffer word so that the vCPU threads can serve the
 // handler's two register accesses (status read, ACK write) themselves, without handing the exit
 // to the main thread (cpu/vcpu-worker.ts); everyone updates it with Atomics.
-import { z } from 'zod';
+import * as z from 'zod';
 import type { BusDevice } from '../bus/bus.js';
 import { decodeState, DeviceStateError, encodeState, gpa, u16, u32, u64Text, u8 } from '../devices/snapshot.js';
 import type { GuestMemory } from '../memory/guest-memory.js';

@@ -5,7 +5,7 @@
 // Which chardev is the serial console: the one -serial chardev:ID names; otherwise, for backward
 // compatibility (`-chardev id=console,path=...` alone has always been the serial console), the
 // only chardev no virtconsole uses. Two or more unused chardevs are an error.
-import { z } from 'zod';
+import * as z from 'zod';
 import { ConfigError, KeyTable, path, text } from '../options.js';
 import { defineGroup } from '../group.js';
 import { append, type Chardev, type Settings } from '../settings.js';

@@ -1,7 +1,7 @@
 // -device virtconsole,id=ID,chardev=ID: a virtio console (hvc in the guest) on the Unix socket of
 // a -chardev; JSON "virtconsole": [{"id", "chardev"}]. (The guidebook's "console" JSON key is a
 // chardev here: see chardev.ts.)
-import { z } from 'zod';
+import * as z from 'zod';
 import { id, KeyTable, text } from '../options.js';
 import { defineGroup, optionLabel } from '../group.js';
 import { append } from '../settings.js';

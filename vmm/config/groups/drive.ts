@@ -2,7 +2,7 @@
 //        [,iothread=ID][,iops=N][,bps=N]  (virtio-blk, repeatable; the guest sees vda, vdb, ... in order)
 // JSON "drive": [{"drive_id", "path_on_host", "serial_num", "read_only", "direct", "no_flush",
 //                 "iothread", "iops", "bps"}]
-import { z } from 'zod';
+import * as z from 'zod';
 import { id, KeyTable, onOff, path, text, uint, type Values } from '../options.js';
 import { defineGroup } from '../group.js';
 import { append } from '../settings.js';

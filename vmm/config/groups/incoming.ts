@@ -2,7 +2,7 @@
 // restores a snapshot instead (docs/snapshots.md). `defer`: it waits for QMP
 // `migrate-incoming {"uri":"fd:NAME"}` with the files passed by getfd (how the server does it: a
 // jailed VMM opens no host file); `file:DIR`: it opens DIR's state and memory files itself at start.
-import { z } from 'zod';
+import * as z from 'zod';
 import { KeyTable, show, text, type Key } from '../options.js';
 import { settingsGroup } from '../group.js';
 import type { IncomingConfig } from '../types.js';

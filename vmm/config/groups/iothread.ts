@@ -1,6 +1,6 @@
 // -iothread id=ID (repeatable): threads devices may be put on (-drive/-netdev iothread=ID);
 // JSON "iothread": [{"id"}].
-import { z } from 'zod';
+import * as z from 'zod';
 import { id, KeyTable } from '../options.js';
 import { defineGroup } from '../group.js';
 import { append } from '../settings.js';

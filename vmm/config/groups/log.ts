@@ -1,5 +1,5 @@
 // -D [LOGFILE]: log to LOGFILE, or to stderr without one; JSON "log": {"enabled", "file"}.
-import { z } from 'zod';
+import * as z from 'zod';
 import { defineGroup } from '../group.js';
 
 export const logGroup = defineGroup({

@@ -1,6 +1,6 @@
 // -netdev id=ID,netdev=TAPNAME|fd=NAME[,mac=MAC][,iothread=ID][,vhost=on|off]  (virtio-net, repeatable)
 // JSON "net": [{"iface_id", "host_dev_name" | "fd", "mac", "iothread", "vhost_type": "vhost-kernel"}]
-import { z } from 'zod';
+import * as z from 'zod';
 import { ConfigError, id, KeyTable, mac, onOff, text, type Source, type Values } from '../options.js';
 import { defineGroup } from '../group.js';
 import { append } from '../settings.js';

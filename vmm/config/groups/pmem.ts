@@ -1,6 +1,6 @@
 // -device virtio-pmem,id=ID,file=PATH  (repeatable): a read-only image mapped into guest memory;
 // JSON "pmem": [{"id", "file"}].
-import { z } from 'zod';
+import * as z from 'zod';
 import { id, KeyTable, path } from '../options.js';
 import { defineGroup, optionLabel } from '../group.js';
 import { append } from '../settings.js';

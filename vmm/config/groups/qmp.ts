@@ -1,5 +1,5 @@
 // -api-channel unix:PATH (the QMP socket); JSON "api-channel": "unix:PATH".
-import { z } from 'zod';
+import * as z from 'zod';
 import { KeyTable, show, text } from '../options.js';
 import { settingsGroup } from '../group.js';
 

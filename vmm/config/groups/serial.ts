@@ -1,7 +1,7 @@
 // -serial stdio | -serial chardev:ID (both may be given: output goes to both); JSON
 // "serial": {"stdio": bool, "chardev": "ID"}. Which chardev is the serial console when none is
 // named: see chardev.ts.
-import { z } from 'zod';
+import * as z from 'zod';
 import { ConfigError } from '../options.js';
 import { defineGroup } from '../group.js';
 

@@ -1,6 +1,6 @@
 // -device vsock,id=ID,guest-cid=N,uds-path=PATH  (one per VM; the host side is a Unix socket,
 // Firecracker style); JSON "vsock": {"vsock_id", "guest_cid", "uds_path"}.
-import { z } from 'zod';
+import * as z from 'zod';
 import { ConfigError, id, KeyTable, path, uint, type Values } from '../options.js';
 import { defineGroup, optionLabel } from '../group.js';
 import type { VsockConfig } from '../types.js';

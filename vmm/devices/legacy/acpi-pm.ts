@@ -1,7 +1,7 @@
 // The two ACPI registers of capsule's hardware-reduced platform, on I/O ports:
 //  - sleep control (0x600) / status (0x601): the guest writes (SLP_TYP << 2) | SLP_EN to power off;
 //  - GED event selector (0x610): read by the DSDT's _EVT; bit 0 = power button pressed.
-import { z } from 'zod';
+import * as z from 'zod';
 import type { BusDevice } from '../../bus/bus.js';
 import { decodeState, encodeState, u8, type Snapshottable } from '../snapshot.js';
 import { S5_SLP_TYP, SLP_EN } from '../../boot/acpi.js';

@@ -1,5 +1,5 @@
 // CMOS/RTC at 0x70 (index) / 0x71 (data): the time of day in BCD, never "update in progress".
-import { z } from 'zod';
+import * as z from 'zod';
 import type { BusDevice } from '../../bus/bus.js';
 import { decodeState, encodeState, DeviceStateError, type Snapshottable } from '../snapshot.js';
 

@@ -1,6 +1,6 @@
 // Minimal i8042 keyboard controller: enough for the kernel's reboot=k path (0xfe on port 0x64
 // pulses the CPU reset line) and for probes to end quickly. Port 0x60 is offset 0, 0x64 offset 4.
-import { z } from 'zod';
+import * as z from 'zod';
 import type { BusDevice } from '../../bus/bus.js';
 import { decodeState, encodeState, u8, type Snapshottable } from '../snapshot.js';
 

@@ -2,7 +2,7 @@
 // Details that matter to Linux: IER keeps its low 4 bits (the driver's scratch test), IIR reports
 // the THR-empty interrupt and clears it when read, loopback mirrors MCR into MSR (autoconfig),
 // and the interrupt line is only driven on level changes.
-import { z } from 'zod';
+import * as z from 'zod';
 import type { BusDevice } from '../../bus/bus.js';
 import { decodeState, encodeState, u8, type Snapshottable } from '../snapshot.js';
 

@@ -18,7 +18,7 @@ import { DEVICE_ID } from '../../../virtio/constants.js';
 import { readConfigBytes, type ActivateContext, type VirtioDevice } from '../../../virtio/device.js';
 import { ChainReader, type GuestBuffer, type Queue } from '../../../virtio/queue.js';
 import { logger } from '../../../log.js';
-import { z } from 'zod';
+import * as z from 'zod';
 import { decodeState, DeviceStateError, encodeState, u16, u32 } from '../../snapshot.js';
 
 const log = logger('virtio-balloon');

@@ -1,0 +1,35 @@
+// Bundles capsule-vmm (vmm/main.ts) and the modules its threads load by URL into dist/vmm-bin/,
+// which bin/capsule-vmm runs. Why a bundle: every VMM thread is a V8 isolate that loads its own
+// copy of the code, and esbuild keeps only the parts of zod the VMM uses (a plain import of zod
+// loads every locale: ~10 MiB of private memory per VMM process, measured in docs/vmm.md).
+// The entries sit side by side, as the URLs in the code expect (`./vcpu-worker.js` next to the
+// module that starts the worker); shared code goes into chunks, so a handler module that an
+// iothread imports shares its modules with the iothread's own. koffi stays a package (native).
+//   node vmm/build.mjs
+import { build } from 'esbuild';
+import { rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const outdir = join(here, '..', 'dist', 'vmm-bin');
+rmSync(outdir, { recursive: true, force: true });
+await build({
+  entryPoints: {
+    main: join(here, 'main.ts'),
+    'vcpu-worker': join(here, 'cpu', 'vcpu-worker.ts'),
+    'iothread-worker': join(here, 'io', 'iothread-worker.ts'),
+    'iothread-handler': join(here, 'devices', 'virtio', 'blk', 'iothread-handler.ts'),
+  },
+  outdir,
+  bundle: true,
+  splitting: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node20',
+  external: ['koffi'],
+  sourcemap: 'linked',
+  legalComments: 'none',
+  logLevel: 'warning',
+});
+console.log(`vmm: built ${outdir}`);
