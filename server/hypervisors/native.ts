@@ -34,7 +34,8 @@ export function nativeDeviceArgs(devices: VmDevices): string[] {
 }
 
 export const VMM_BIN = join(REPO_ROOT, 'bin', 'capsule-vmm');
-const VMM_MAIN = join(REPO_ROOT, 'dist', 'vmm', 'main.js');
+/** What bin/capsule-vmm runs: the bundle of vmm/ (vmm/build.mjs). */
+const VMM_MAIN = join(REPO_ROOT, 'dist', 'vmm-bin', 'main.js');
 
 export class NativeHypervisor implements Hypervisor {
   readonly name = 'native' as const;
