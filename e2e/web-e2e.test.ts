@@ -488,10 +488,14 @@ test('templates: create one in the Templates view, watch its build progress to r
   await page.locator('table.vms').waitFor();
   assert.equal(await page.locator('tr', { hasText: '_pool.' }).count(), 0);
 
-  t.diagnostic('delete the template: the row goes; the VM made from it runs on');
+  t.diagnostic('the claim refilled the pool: 1 of 1 ready again');
   await page.getByRole('link', { name: 'Templates' }).first().click();
+  // Also what keeps the click below on a stable row: the table re-renders when the refilled VM
+  // is announced, and a click that lands during a re-render hits a row that is being replaced.
+  await row.filter({ hasText: '1 of 1 ready' }).waitFor({ timeout: BOOT_MS });
+
+  t.diagnostic('delete the template: the row goes; the VM made from it runs on');
   await row.getByRole('button', { name: `Delete template ${name}` }).click();
-  // The delete waits for the pool's refill in flight (the claim above started one): a restore.
   await row.waitFor({ state: 'detached', timeout: BOOT_MS }).catch(async (e: Error) => {
     const status = await page.getByRole('status').allInnerTexts().catch(() => []);
     const log = readFileSync(LOG, 'utf8').split('\n').filter((l) => /pool|template|launch|restore|snapshot/i.test(l)).slice(-15);

@@ -44,18 +44,35 @@ export function templatesView(app: App, navigate: (hash: string) => void): View 
   );
 
   let loading: Promise<void> | null = null;
+  /** What the table shows: a reload that brings nothing new leaves the rows (and a click on them) alone. */
+  let shown = '';
   async function load(): Promise<void> {
     try {
       const [templates, pools] = await Promise.all([app.api.listTemplates(), app.api.listPools()]);
+      const key = JSON.stringify([templates, pools]);
+      if (key === shown) return;
+      shown = key;
       render(templates, new Map(pools.map((p) => [p.template, p])));
     } catch (e) {
       status.textContent = `Could not load the templates: ${e instanceof ApiError ? e.describe() : String(e)}`;
       if (e instanceof ApiError && e.status === 401) app.reportError('Templates', e);
     }
   }
-  /** Coalesces reloads: a burst of events makes one request pair. */
+  /** Set when a reload is asked for while one runs: its answer may predate the event. */
+  let stale = false;
+  /** Coalesces reloads: a burst of events makes one request pair, and one more after it if any came meanwhile. */
   function reload(): void {
-    loading ??= load().finally(() => { loading = null; });
+    if (loading) {
+      stale = true;
+      return;
+    }
+    loading = load().finally(() => {
+      loading = null;
+      if (stale) {
+        stale = false;
+        reload();
+      }
+    });
   }
 
   function stateCell(t: Template): HTMLElement {
@@ -105,6 +122,7 @@ export function templatesView(app: App, navigate: (hash: string) => void): View 
           status.textContent = `Deleted ${t.name}.`;
         } catch (e) {
           status.textContent = `Could not delete ${t.name}: ${e instanceof ApiError ? e.describe() : String(e)}`;
+          del.disabled = false;
         }
         reload();
       });

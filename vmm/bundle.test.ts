@@ -1,0 +1,42 @@
+// The bundle bin/capsule-vmm runs (vmm/build.mjs → dist/vmm-bin/, made by `npm run build`):
+// every module the code loads by URL is there beside main.js, zod is inside it without the
+// locales a plain `import { z } from 'zod'` drags in (~10 MiB per VMM, docs/vmm.md), and the
+// bundle starts: its usage text and a refused option come out of it, not out of dist/vmm/.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { REPO_ROOT, VMM_BIN } from './testing/clients.js';
+
+const OUT = join(REPO_ROOT, 'dist', 'vmm-bin');
+const ENTRIES = ['main.js', 'vcpu-worker.js', 'iothread-worker.js', 'iothread-handler.js'];
+/** The entries and the chunks of code they share. */
+const files = (): string[] => readdirSync(OUT).filter((f) => f.endsWith('.js'));
+
+test('the bundle has every entry, and each `new URL(\'./x.js\', import.meta.url)` in it names a file beside it', () => {
+  for (const e of ENTRIES) assert.ok(existsSync(join(OUT, e)), `${e} missing in ${OUT} (npm run build)`);
+  const code = files().map((f) => readFileSync(join(OUT, f), 'utf8')).join('\n');
+  const urls = [...code.matchAll(/new URL\("\.\/([\w.-]+\.js)", import\.meta\.url\)/g)].map((m) => m[1] as string);
+  assert.ok(urls.length >= 3, `expected the worker and handler URLs, found ${JSON.stringify(urls)}`);
+  for (const u of urls) assert.ok(existsSync(join(OUT, u)), `the bundle loads ./${u}, which is not in ${OUT}`);
+});
+
+test('zod is bundled without its locales (only the English one zod sets up)', () => {
+  const sources: string[] = [];
+  for (const f of files()) sources.push(...(JSON.parse(readFileSync(join(OUT, `${f}.map`), 'utf8')) as { sources: string[] }).sources);
+  const zod = sources.filter((s) => s.includes('node_modules/zod/'));
+  assert.ok(zod.length > 0, 'zod is not in the bundle at all: is it imported from node_modules at run time?');
+  const locales = zod.filter((s) => /\/locales\/(?!en\.js$)/.test(s));
+  assert.deepEqual(locales, [], 'a module imports zod as `{ z }`: use `import * as z from \'zod\'` so that esbuild can drop what is unused');
+  for (const f of files()) assert.doesNotMatch(readFileSync(join(OUT, f), 'utf8'), /from "zod"/, f);
+});
+
+test('bin/capsule-vmm runs the bundle: usage, and a refused option with its reason, exit 2', () => {
+  const help = spawnSync(process.execPath, [VMM_BIN, '-help'], { encoding: 'utf8' });
+  assert.equal(help.status, 0);
+  assert.match(help.stdout, /^usage: capsule-vmm -kernel VMLINUZ/);
+  const bad = spawnSync(process.execPath, [VMM_BIN, '-kernel', '/k', '-incoming', 'defer'], { encoding: 'utf8' });
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /-incoming needs -api-channel unix:PATH/);
+});
