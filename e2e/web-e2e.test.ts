@@ -451,7 +451,15 @@ test('volumes: create one in the Volumes view, attach it at VM creation, see and
   await page.context().close();
 });
 
-test('templates: create one in the Templates view, watch its build progress to ready and its pool fill, start a VM of it from the pool', { skip, timeout: 300_000 }, async (t) => {
+/** A wait on the Templates page that timed out, with what the page and the server said (CI keeps only the test output). */
+async function templateWaitFailed(page: Page, e: Error): Promise<never> {
+  const status = await page.getByRole('status').allInnerTexts().catch(() => []);
+  const log = readFileSync(LOG, 'utf8').split('\n').filter((l) => /pool|template|launch|restore|snapshot/i.test(l)).slice(-15);
+  throw new Error(`${e.message}\nstatus: ${JSON.stringify(status)}\nserver log (pool/template lines):\n${log.join('\n')}`);
+}
+
+// Four waits of up to BOOT_MS each (build, pool fill, refill, delete): the test's own limit covers them.
+test('templates: create one in the Templates view, watch its build progress to ready and its pool fill, start a VM of it from the pool', { skip, timeout: 4 * BOOT_MS + 120_000 }, async (t) => {
   if (skip) return t.skip(String(skip));
   const { page, errors } = await open();
   await signIn(page, base, token);
@@ -492,15 +500,11 @@ test('templates: create one in the Templates view, watch its build progress to r
   await page.getByRole('link', { name: 'Templates' }).first().click();
   // Also what keeps the click below on a stable row: the table re-renders when the refilled VM
   // is announced, and a click that lands during a re-render hits a row that is being replaced.
-  await row.filter({ hasText: '1 of 1 ready' }).waitFor({ timeout: BOOT_MS });
+  await row.filter({ hasText: '1 of 1 ready' }).waitFor({ timeout: BOOT_MS }).catch((e: Error) => templateWaitFailed(page, e));
 
   t.diagnostic('delete the template: the row goes; the VM made from it runs on');
   await row.getByRole('button', { name: `Delete template ${name}` }).click();
-  await row.waitFor({ state: 'detached', timeout: BOOT_MS }).catch(async (e: Error) => {
-    const status = await page.getByRole('status').allInnerTexts().catch(() => []);
-    const log = readFileSync(LOG, 'utf8').split('\n').filter((l) => /pool|template|launch|restore|snapshot/i.test(l)).slice(-15);
-    throw new Error(`${e.message}\nstatus: ${JSON.stringify(status)}\nserver log (pool/template lines):\n${log.join('\n')}`);
-  });
+  await row.waitFor({ state: 'detached', timeout: BOOT_MS }).catch((e: Error) => templateWaitFailed(page, e));
   assert.equal(((await (await api('GET', `/v1/vms/${id}`)).json()) as { state: string }).state, 'running');
   assert.equal((await api('DELETE', `/v1/vms/${id}?force=true`)).status, 204);
   created.splice(created.indexOf(id), 1);

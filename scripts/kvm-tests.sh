@@ -27,7 +27,8 @@ cd "$ROOT"
 say() { echo "kvm-tests: $*" >&2; }
 
 if [ "${CAPSULE_NO_BUILD:-0}" != 1 ]; then
-  npx --no-install tsc -p tsconfig.json || { say "build failed"; exit 2; }
+  # tsc's modules (the tests) and the VMM bundle that bin/capsule-vmm runs (vmm/build.mjs)
+  { npx --no-install tsc -p tsconfig.json && node vmm/build.mjs > /dev/null; } || { say "build failed"; exit 2; }
 fi
 # `--cmd 'COMMAND'` runs a shell command (e.g. a benchmark) on KVM instead of test files.
 CMD=""

@@ -7,12 +7,14 @@
 // iothread imports shares its modules with the iothread's own. koffi stays a package (native).
 //   node vmm/build.mjs
 import { build } from 'esbuild';
-import { rmSync } from 'node:fs';
+import { renameSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const outdir = join(here, '..', 'dist', 'vmm-bin');
+const final = join(here, '..', 'dist', 'vmm-bin');
+// Built beside it, then swapped in: a VMM started during a build finds one whole bundle.
+const outdir = `${final}.new`;
 rmSync(outdir, { recursive: true, force: true });
 await build({
   entryPoints: {
@@ -32,4 +34,10 @@ await build({
   legalComments: 'none',
   logLevel: 'warning',
 });
-console.log(`vmm: built ${outdir}`);
+rmSync(`${final}.old`, { recursive: true, force: true });
+try {
+  renameSync(final, `${final}.old`);
+} catch { /* the first build */ }
+renameSync(outdir, final);
+rmSync(`${final}.old`, { recursive: true, force: true });
+console.log(`vmm: built ${final}`);

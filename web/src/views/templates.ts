@@ -166,7 +166,7 @@ export function templatesView(app: App, navigate: (hash: string) => void): View 
   const off = app.onEvent((ev) => {
     if (/^(TEMPLATE_|POOL_)/.test(ev.event)) reload();
   });
-  void load();
+  reload();
   const el = h(
     'main',
     { id: 'main', class: 'page' },
