@@ -349,6 +349,8 @@ export class Machine extends EventEmitter {
       if (this.state === 'shutdown') return;
       const wasPaused = this.state === 'paused';
       await this.teardown();
+      // a disk request still running would complete into the rebuilt machine's memory
+      await this.devices.quiesce();
       this.serial.reset();
       this.devices.reset();
       await this.build();

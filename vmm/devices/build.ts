@@ -74,10 +74,10 @@ export function buildDevices(devices: DeviceManager, opts: DeviceOptions): void 
       if (d.iops !== undefined || d.bps !== undefined) throw new DeviceError(`-drive id=${d.id}: iops/bps cannot be combined with iothread= yet`);
       devices.addVirtio(d.id, new IoThreadBlk(backend, thread, d.id));
     } else {
-      devices.addVirtio(d.id, new VirtioBlk(backend));
+      devices.addVirtio(d.id, new VirtioBlk(backend, { io: 'async' }));
     }
   }
-  for (let i = 0; i < opts.hotplugSlots; i++) devices.addVirtio(hotSlotId(i), new VirtioBlk(null, true));
+  for (let i = 0; i < opts.hotplugSlots; i++) devices.addVirtio(hotSlotId(i), new VirtioBlk(null, { replaceable: true, io: 'async' }));
   if (opts.rng) {
     try {
       devices.addVirtio('rng0', new VirtioRng(opts.rng));

@@ -272,6 +272,11 @@ export class DeviceManager {
     for (const s of this.virtio) await s.device.start?.();
   }
 
+  /** Waits until no device has a request running elsewhere (VirtioDevice.quiesce). */
+  async quiesce(): Promise<void> {
+    await Promise.all(this.virtio.map((s) => s.device.quiesce?.()));
+  }
+
   /** Machine reset: every transport back to its power-on state. */
   reset(): void {
     for (const s of this.virtio) s.transport.reset();

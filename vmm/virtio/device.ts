@@ -54,6 +54,11 @@ export interface VirtioDevice {
    * they come in ActivateContext.notifiers.
    */
   readonly ownsNotifiers?: boolean;
+  /**
+   * Resolves once no request the device accepted is still running elsewhere (virtio-blk's
+   * threadpool I/O): a snapshot, a machine reset and a hot-unplug wait for it.
+   */
+  quiesce?(): Promise<void>;
   /** release host resources (files, sockets) when the VMM exits or the device is removed */
   close?(): void;
   // ---- snapshots (devices/snapshot.ts); the transport saves the queues and negotiation itself ----

@@ -118,13 +118,15 @@ export function register(qmp: QmpServer, deps: HotplugDeps): void {
     return {};
   });
 
-  qmp.register('device_del', (args) => {
+  qmp.register('device_del', async (args) => {
     const id = str(args, 'id');
     if (net.has(id)) return net.deviceDel(id);
     const a = attached.get(id);
     if (!a) throw new QmpError('DeviceNotFound', `Device '${id}' not found`);
     a.blk.detach();
     attached.delete(id);
+    // the file is the caller's again once DEVICE_DELETED says so: no write of ours may follow
+    await a.blk.quiesce();
     qmp.event('DEVICE_DELETED', { device: id, path: a.file });
     return {};
   });

@@ -101,9 +101,17 @@ export function register(qmp: Pick<QmpServer, 'register'>, d: SnapshotDeps): voi
   qmp.register('query-snapshot-layout', () => snapshotLayout(d.memory));
   qmp.register('query-migrate', () => last ?? {});
 
-  qmp.register('migrate', (args) => {
+  const refuseUnlessPaused = (): void => {
     if (incomingPending) throw new QmpError('GenericError', 'the VM is waiting for an incoming snapshot (-incoming defer)');
     if (d.machine.state !== 'paused') throw new QmpError('GenericError', `the VM is ${d.machine.state}: stop it before a snapshot (QMP stop)`);
+  };
+
+  qmp.register('migrate', async (args) => {
+    refuseUnlessPaused();
+    // the vCPUs are parked, but disk requests they queued may still be running: their
+    // completions belong in the saved rings (from here to the save, nothing else runs)
+    await d.machine.devices.quiesce();
+    refuseUnlessPaused();
     const files = filesFor(args.uri, fileNames(), d.fds, true);
     try {
       const r = saveSnapshot(d.machine, d.memory, files.fds);

@@ -1,11 +1,12 @@
 // virtio-blk against the driver stand-in, on real (sparse) files.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { fstatSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GuestAddress as GA } from '../../../memory/guest-memory.js';
 import { F_VERSION_1, INT_CONFIG_CHANGE } from '../../../virtio/constants.js';
+import { REG } from '../../../virtio/mmio.js';
 import { TestDriver, type OutBuffer } from '../../../virtio/testing/driver.js';
 import { BLK_F, BlkBackend, VirtioBlk, type BlkBackendOptions } from './device.js';
 import { BLK_STATUS, REQ } from './request.js';
@@ -14,12 +15,12 @@ const dir = mkdtempSync(join(tmpdir(), 'capsule-blk-'));
 test.after(() => rmSync(dir, { recursive: true, force: true }));
 let n = 0;
 
-function disk(bytes: number, opts: Partial<BlkBackendOptions> = {}, fill?: (b: Buffer) => void): { file: string; blk: VirtioBlk; d: TestDriver } {
+function disk(bytes: number, opts: Partial<BlkBackendOptions> = {}, fill?: (b: Buffer) => void, io: 'sync' | 'async' = 'sync'): { file: string; blk: VirtioBlk; d: TestDriver } {
   const file = join(dir, `d${n++}.img`);
   const b = Buffer.alloc(bytes);
   fill?.(b);
   writeFileSync(file, b);
-  const blk = new VirtioBlk(new BlkBackend({ file, readOnly: false, direct: false, noFlush: false, ...opts }));
+  const blk = new VirtioBlk(new BlkBackend({ file, readOnly: false, direct: false, noFlush: false, ...opts }), { io });
   const d = new TestDriver(blk);
   d.init(F_VERSION_1 | blk.features);
   return { file, blk, d };
@@ -152,7 +153,7 @@ test('iops limit: requests beyond the budget wait, then complete', async () => {
   let t = 0;
   const file = join(dir, `d${n++}.img`);
   writeFileSync(file, Buffer.alloc(64 * 1024));
-  const blk = new VirtioBlk(new BlkBackend({ file, readOnly: false, direct: false, noFlush: false, iops: 50 }), false, () => t);
+  const blk = new VirtioBlk(new BlkBackend({ file, readOnly: false, direct: false, noFlush: false, iops: 50 }), { now: () => t });
   const d = new TestDriver(blk);
   d.init(F_VERSION_1 | blk.features);
   for (let i = 0; i < 80; i++) d.submit(0, [{ data: header(REQ.IN, 0) }, { writable: 512 }, { writable: 1 }], { notify: i === 79 });
@@ -167,7 +168,7 @@ test('hot-replace: an empty slot has capacity 0, attach and detach raise config 
   const file = join(dir, 'hot.img');
   writeFileSync(file, Buffer.alloc(0));
   truncateSync(file, 1 << 20);
-  const blk = new VirtioBlk(null, true);
+  const blk = new VirtioBlk(null, { replaceable: true });
   const d = new TestDriver(blk);
   d.init(F_VERSION_1 | blk.features);
   assert.equal(new DataView(d.config(0, 8).buffer).getBigUint64(0, true), 0n);
@@ -181,4 +182,88 @@ test('hot-replace: an empty slot has capacity 0, attach and detach raise config 
   assert.equal(d.ack() & INT_CONFIG_CHANGE, INT_CONFIG_CHANGE);
   assert.equal(request(d, REQ.IN, 0, { inLen: 512 }).status, BLK_STATUS.IOERR);
   assert.equal(readFileSync(file)[0], 1);
+});
+
+// ---- the threadpool engine (io: 'async', the main thread's) ----
+
+const settle = async (blk: VirtioBlk): Promise<void> => {
+  await blk.quiesce();
+  await new Promise((r) => setImmediate(r)); // the interrupt queued for the completions' turn
+};
+const statusOf = (d: TestDriver, r: { addrs: number[] }): number => d.mem.readU8(GA(r.addrs.at(-1) as number));
+
+test('async: 32 writes at once are all in flight, then complete through the used ring with their bytes in the file', async () => {
+  const { d, blk, file } = disk(1 << 20, {}, undefined, 'async');
+  const reqs = Array.from({ length: 32 }, (_, i) => d.submit(0, [{ data: header(REQ.OUT, i * 64) }, { data: Buffer.alloc(32 * 1024, i + 1) }, { writable: 1 }], { notify: i === 31 }));
+  assert.equal(blk.pending, 32, 'one notification handed every request to the threadpool');
+  assert.equal(d.takeUsed(0).length, 0, 'nothing completes before the threadpool does');
+  assert.match(blk.snapshotBlocker() ?? '', /32 request\(s\) in flight/);
+  await settle(blk);
+  const used = d.takeUsed(0);
+  assert.equal(used.length, 32);
+  assert.deepEqual(new Set(used.map((u) => u.id)), new Set(reqs.map((r) => r.head)));
+  for (const r of reqs) assert.equal(statusOf(d, r), BLK_STATUS.OK);
+  assert.ok(d.irqEdges >= 1 && d.irqEdges <= 32, `interrupts: ${d.irqEdges}`);
+  const bytes = readFileSync(file);
+  for (let i = 0; i < 32; i++) assert.ok(bytes.subarray(i * 32768, (i + 1) * 32768).every((x) => x === i + 1), `write ${i}`);
+  assert.equal(blk.snapshotBlocker(), null);
+  assert.equal(blk.metrics.writes, 32);
+  assert.equal(blk.metrics.writeBytes, 32 * 32768);
+});
+
+test('async: reads return the file, a flush succeeds, read-only and out-of-range requests fail as in sync mode', async () => {
+  const { d, blk, file } = disk(64 * 1024, {}, (b) => { for (let i = 0; i < b.length; i++) b[i] = (i * 13) & 0xff; }, 'async');
+  const rd = d.submit(0, [{ data: header(REQ.IN, 3) }, { writable: 2048 }, { writable: 1 }]);
+  const fl = d.submit(0, [{ data: header(REQ.FLUSH, 0) }, { writable: 1 }]);
+  const bad = d.submit(0, [{ data: header(REQ.IN, 127) }, { writable: 1024 }, { writable: 1 }]);
+  await settle(blk);
+  const used = new Map(d.takeUsed(0).map((u) => [u.id, u.len]));
+  assert.equal(used.get(rd.head), 2049);
+  assert.equal(statusOf(d, rd), BLK_STATUS.OK);
+  assert.deepEqual(Buffer.from(d.mem.read(GA(rd.addrs[1] as number), 2048)), readFileSync(file).subarray(1536, 3584));
+  assert.equal(statusOf(d, fl), BLK_STATUS.OK);
+  assert.equal(statusOf(d, bad), BLK_STATUS.IOERR);
+  assert.equal(blk.metrics.flushes, 1);
+  const ro = disk(8192, { readOnly: true }, undefined, 'async');
+  const w = ro.d.submit(0, [{ data: header(REQ.OUT, 0) }, { data: new Uint8Array(512) }, { writable: 1 }]);
+  await settle(ro.blk);
+  assert.equal(statusOf(ro.d, w), BLK_STATUS.IOERR);
+});
+
+for (const io of ['sync', 'async'] as const) {
+  test(`${io}: a read past the end of a file that shrank under the disk reads zeros, not what the buffer held`, async () => {
+    const { d, blk, file } = disk(64 * 1024, {}, (b) => b.fill(7), io);
+    truncateSync(file, 4096);
+    const r = d.submit(0, [{ data: header(REQ.IN, 4) }, { writable: 4096 }, { writable: 1 }], { notify: false });
+    d.mem.write(GA(r.addrs[1] as number), Buffer.alloc(4096, 0xee)); // what the page held before
+    d.setReg(REG.QUEUE_NOTIFY, 0);
+    await settle(blk);
+    assert.equal(statusOf(d, r), BLK_STATUS.OK);
+    const got = Buffer.from(d.mem.read(GA(r.addrs[1] as number), 4096));
+    assert.ok(got.subarray(0, 2048).every((x) => x === 7), 'the part still in the file');
+    assert.ok(got.subarray(2048).every((x) => x === 0), 'the part past its end');
+  });
+}
+
+test('async: a driver reset while requests run leaves their completions out of the rings', async () => {
+  const { d, blk } = disk(1 << 20, {}, undefined, 'async');
+  for (let i = 0; i < 8; i++) d.submit(0, [{ data: header(REQ.OUT, i * 8) }, { data: Buffer.alloc(4096, 1) }, { writable: 1 }]);
+  assert.equal(blk.pending, 8);
+  const usedIdxAt = (d.rings[0] as { used: number }).used + 2;
+  d.setReg(REG.STATUS, 0);
+  await settle(blk);
+  assert.equal(d.mem.readU16(GA(usedIdxAt)), 0, 'no used entry was written after the reset');
+  assert.equal(blk.pending, 0);
+});
+
+test('async: a detached file stays open until its requests complete, then closes; they still complete', async () => {
+  const { d, blk } = disk(1 << 20, {}, undefined, 'async');
+  const fd = (blk as unknown as { backend: BlkBackend }).backend.fd;
+  const reqs = Array.from({ length: 8 }, (_, i) => d.submit(0, [{ data: header(REQ.OUT, i * 8) }, { data: Buffer.alloc(4096, 2) }, { writable: 1 }]));
+  blk.detach();
+  assert.ok(fstatSync(fd).isFile(), 'open while requests use it');
+  await settle(blk);
+  assert.throws(() => fstatSync(fd), /EBADF/);
+  assert.equal(d.takeUsed(0).length, 8);
+  for (const r of reqs) assert.equal(statusOf(d, r), BLK_STATUS.OK);
 });

@@ -3,7 +3,16 @@
 // iops/bytes budget. A slot without a file (hot-replace) is a disk of capacity 0; attaching a
 // file later changes the capacity and raises a config-change interrupt, which Linux's driver
 // answers by resizing the disk ("detected capacity change").
-import { closeSync, constants as fsc, fstatSync, fdatasyncSync, openSync, readvSync, writevSync } from 'node:fs';
+//
+// Two ways to run the I/O (BlkDeviceOptions.io). 'async', the main thread's: reads, writes and
+// flushes go to libuv's threadpool, several at once, and complete in any order (virtio-blk
+// allows it), as QEMU's thread pool does; the main thread never waits on the disk. 'sync': one
+// request at a time, on the calling thread (an iothread, which blocks in epoll and has no event
+// loop to complete on). Requests in flight hold their image's fd open (a detach closes it when
+// they finish: a reused fd number would take their bytes), a driver's reset leaves their
+// completions out of the new rings, and quiesce() lets a snapshot, a machine reset or a detach
+// wait for them.
+import { closeSync, constants as fsc, fstatSync, fdatasync, fdatasyncSync, openSync, readv, readvSync, writev, writevSync } from 'node:fs';
 import { GuestAddress } from '../../../memory/guest-memory.js';
 import { DEVICE_ID } from '../../../virtio/constants.js';
 import { readConfigBytes, type ActivateContext, type VirtioDevice } from '../../../virtio/device.js';
@@ -54,6 +63,10 @@ export interface BlkMetrics {
 export class BlkBackend {
   readonly fd: number;
   readonly sectors: bigint;
+  /** requests on the threadpool that use `fd` */
+  private inFlight = 0;
+  private closeAsked = false;
+  private closed = false;
   constructor(readonly opts: BlkBackendOptions) {
     let flags = opts.readOnly ? fsc.O_RDONLY : fsc.O_RDWR;
     if (opts.direct) flags |= fsc.O_DIRECT;
@@ -67,8 +80,51 @@ export class BlkBackend {
       throw e;
     }
   }
+  /** Closes the file now, or when the last request in flight on it completes. */
   close(): void {
+    this.closeAsked = true;
+    if (this.inFlight > 0 || this.closed) return;
+    this.closed = true;
     closeSync(this.fd);
+  }
+
+  begin(): void {
+    this.inFlight++;
+  }
+
+  end(): void {
+    this.inFlight--;
+    if (this.inFlight === 0 && this.closeAsked) this.close();
+  }
+}
+
+export interface BlkDeviceOptions {
+  /** a hot-replace slot: read-only is decided per attached file, so writes are offered */
+  replaceable?: boolean;
+  /** 'async' (threadpool, several requests at once) or 'sync' (one at a time; the default): see the top */
+  io?: 'sync' | 'async';
+  /** the rate limiter's clock (tests pass their own) */
+  now?: () => number;
+}
+
+/** Moves a buffer cursor past `n` bytes done: the index of the first unfinished buffer (trimmed in place). */
+function advance(views: Uint8Array[], i: number, n: number): number {
+  let left = n;
+  while (i < views.length && left >= (views[i] as Uint8Array).length) {
+    left -= (views[i] as Uint8Array).length;
+    i++;
+  }
+  if (left > 0 && i < views.length) views[i] = (views[i] as Uint8Array).subarray(left);
+  return i;
+}
+
+/** After a short read (the file shrank under us): what was not read reads as zeros, as a hole would. */
+function zeroPast(views: Uint8Array[], done: number): void {
+  let from = done;
+  for (const v of views) {
+    if (from <= 0) v.fill(0);
+    else if (from < v.length) v.fill(0, from);
+    from -= v.length;
   }
 }
 
@@ -82,10 +138,26 @@ export class VirtioBlk implements VirtioDevice {
   private limiter: RateLimiter;
   private readonly retry = new RetryTimer(() => this.notify());
   private bounce: AlignedBuffer | null = null;
+  private readonly replaceable: boolean;
+  private readonly io: 'sync' | 'async';
+  private readonly now: (() => number) | undefined;
+  /** requests on the threadpool ('async') */
+  private inFlight = 0;
+  /** bumped by reset(): a completion of an older generation leaves the (new) rings alone */
+  private generation = 0;
+  private signalQueued = false;
+  private idleWaiters: Array<() => void> = [];
 
-  /** `now`: the rate limiter's clock (tests pass their own) */
-  constructor(private backend: BlkBackend | null, private readonly replaceable = false, private readonly now?: () => number) {
-    this.limiter = new RateLimiter({ ops: backend?.opts.iops, bytes: backend?.opts.bps }, now);
+  constructor(private backend: BlkBackend | null, opts: BlkDeviceOptions = {}) {
+    this.replaceable = opts.replaceable ?? false;
+    this.io = opts.io ?? 'sync';
+    this.now = opts.now;
+    this.limiter = new RateLimiter({ ops: backend?.opts.iops, bytes: backend?.opts.bps }, opts.now);
+  }
+
+  /** Requests accepted and not yet completed (on the threadpool). */
+  get pending(): number {
+    return this.inFlight;
   }
 
   get file(): string | undefined {
@@ -176,12 +248,123 @@ export class VirtioBlk implements VirtioDevice {
           break;
         }
       }
+      if (this.io === 'async' && this.startAsync(req, p.chain.head)) continue;
       const { status, written } = this.execute(req);
       ctx.mem.writeU8(req.status.addr, status);
       q.addUsed(ctx.mem, p.chain.head, written + 1);
       used = true;
     }
     if (used) ctx.interrupt.signalUsed(0);
+  }
+
+  /**
+   * Hands a read, write or flush to the threadpool; false when the request is served here instead
+   * (other types, anything execute() refuses, and O_DIRECT through the bounce buffer).
+   */
+  private startAsync(req: BlkRequest, head: number): boolean {
+    const b = this.backend;
+    if (!b) return false;
+    if (req.type === REQ.FLUSH) {
+      if (b.opts.noFlush || b.opts.readOnly) return false;
+      this.metrics.flushes++;
+      this.track(b, head, req, (finish) => fdatasync(b.fd, (err) => finish(err ? BLK_STATUS.IOERR : BLK_STATUS.OK, 0)));
+      return true;
+    }
+    if (req.type !== REQ.IN && req.type !== REQ.OUT) return false;
+    if ((req.type === REQ.OUT && b.opts.readOnly) || !this.inRange(b, req.sector, req.dataLen)) return false;
+    const views = this.views(req.data);
+    if (b.opts.direct && this.needsBounce(views)) return false;
+    const pos = Number(req.sector) * SECTOR_SIZE;
+    const read = req.type === REQ.IN;
+    this.track(b, head, req, (finish) => this.transferAsync(b, views, pos, read, (err, n) => {
+      if (read) {
+        this.metrics.reads++;
+        this.metrics.readBytes += n;
+        if (!err) zeroPast(views, n);
+        finish(err ? BLK_STATUS.IOERR : BLK_STATUS.OK, err ? 0 : req.dataLen);
+      } else {
+        this.metrics.writes++;
+        this.metrics.writeBytes += n;
+        finish(!err && n === req.dataLen ? BLK_STATUS.OK : BLK_STATUS.IOERR, 0);
+      }
+    }));
+    return true;
+  }
+
+  /** Runs `op` with the request counted in flight; its completion goes to the used ring of its generation. */
+  private track(b: BlkBackend, head: number, req: BlkRequest, op: (finish: (status: number, written: number) => void) => void): void {
+    const generation = this.generation;
+    this.inFlight++;
+    b.begin();
+    let finished = false;
+    const finish = (status: number, written: number): void => {
+      if (finished) return;
+      finished = true;
+      this.inFlight--;
+      b.end();
+      if (status === BLK_STATUS.IOERR) this.metrics.ioErrors++;
+      const ctx = this.ctx;
+      const q = ctx?.queues[0];
+      if (ctx && q && generation === this.generation) {
+        ctx.mem.writeU8(req.status.addr, status);
+        q.addUsed(ctx.mem, head, written + 1);
+        this.queueSignal();
+      }
+      if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
+    };
+    try {
+      op(finish);
+    } catch {
+      finish(BLK_STATUS.IOERR, 0); // node:fs refused the call itself
+    }
+  }
+
+  /** One interrupt for the completions of one turn of the event loop, not one each. */
+  private queueSignal(): void {
+    if (this.signalQueued) return;
+    this.signalQueued = true;
+    setImmediate(() => {
+      this.signalQueued = false;
+      this.ctx?.interrupt.signalUsed(0);
+    });
+  }
+
+  /** preadv/pwritev on the threadpool, continuing after short transfers; `n`: the bytes done. */
+  private transferAsync(b: BlkBackend, views: Uint8Array[], pos: number, read: boolean, done: (err: Error | null, n: number) => void): void {
+    const rest = views.slice();
+    let total = 0;
+    let i = 0;
+    const step = (): void => {
+      const bufs = rest.slice(i);
+      const cb = (err: NodeJS.ErrnoException | null, n: number): void => {
+        if (err) return done(err, total);
+        total += n;
+        i = advance(rest, i, n);
+        if (n <= 0 || i >= rest.length) return done(null, total);
+        step();
+      };
+      if (read) readv(b.fd, bufs, pos + total, cb);
+      else writev(b.fd, bufs, pos + total, cb);
+    };
+    step();
+  }
+
+  /**
+   * Resolves when no request is in flight: before a snapshot reads the rings, before a machine
+   * reset rebuilds them, and before a detached file is reported gone.
+   */
+  quiesce(): Promise<void> {
+    if (this.inFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** A snapshot taken now would save rings whose requests are still running. */
+  snapshotBlocker(): string | null {
+    return this.inFlight > 0 ? `${this.inFlight} request(s) in flight (quiesce first)` : null;
+  }
+
+  private needsBounce(views: Uint8Array[]): boolean {
+    return views.some((v) => (v.byteOffset % SECTOR_SIZE) !== 0 || v.length % SECTOR_SIZE !== 0);
   }
 
   private execute(req: BlkRequest): { status: number; written: number } {
@@ -244,32 +427,22 @@ export class VirtioBlk implements VirtioDevice {
    * bounce buffer instead of failing.
    */
   private transfer(b: BlkBackend, views: Uint8Array[], pos: number, dir: 'read' | 'write'): number {
-    if (b.opts.direct && views.some((v) => (v.byteOffset % SECTOR_SIZE) !== 0 || v.length % SECTOR_SIZE !== 0)) {
+    if (b.opts.direct && this.needsBounce(views)) {
       this.bounce ??= new AlignedBuffer(1 << 20);
       return this.bounce.transfer(b.fd, views, pos, dir);
     }
     let done = 0;
-    for (let i = 0; i < views.length;) {
+    // a cursor over a copy: a short read zero-fills the untouched views past `done`
+    const rest = views.slice();
+    for (let i = 0; i < rest.length;) {
       // readv/writev take at most IOV_MAX (1024) buffers; ours are at most SEG_MAX
-      const n = dir === 'read' ? readvSync(b.fd, views.slice(i), pos + done) : writevSync(b.fd, views.slice(i), pos + done);
+      const n = dir === 'read' ? readvSync(b.fd, rest.slice(i), pos + done) : writevSync(b.fd, rest.slice(i), pos + done);
       if (n <= 0) break;
       done += n;
       // skip the buffers this call completed; a partial one continues from where it stopped
-      let left = n;
-      while (i < views.length && left >= (views[i] as Uint8Array).length) {
-        left -= (views[i] as Uint8Array).length;
-        i++;
-      }
-      if (left > 0 && i < views.length) views[i] = (views[i] as Uint8Array).subarray(left);
+      i = advance(rest, i, n);
     }
-    if (dir === 'read') {
-      let zeroFrom = done;
-      for (const v of views) {
-        if (zeroFrom <= 0) v.fill(0);
-        else if (zeroFrom < v.length) v.fill(0, zeroFrom);
-        zeroFrom -= v.length;
-      }
-    }
+    if (dir === 'read') zeroPast(views, done);
     return done;
   }
 
@@ -303,6 +476,7 @@ export class VirtioBlk implements VirtioDevice {
 
   reset(): void {
     this.ctx = null;
+    this.generation++;
     this.retry.cancel();
   }
 
