@@ -13,7 +13,7 @@
 import { mkdtempSync, writeFileSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { QmpClient, startVmm, testImage, type ConsoleClient } from '../vmm/testing/clients.js';
 import { guestTool, initrdWithTools } from './guest-tools.js';
 import { guestConsole } from './guest-console.js';
@@ -49,7 +49,21 @@ function fioResult(out: string, w: Workload): number {
 }
 
 /** A booted guest with its disk; `q` for native (query-virtio: exits and request counts). */
-interface Guest { name: string; con: ConsoleClient; q: QmpClient | null; stop(): Promise<void> }
+interface Guest {
+  name: string; con: ConsoleClient; q: QmpClient | null; stop(): Promise<void>;
+  /** the VMM's stderr so far */
+  log(): string;
+  /** 'running', or how the VMM process ended */
+  status(): string;
+}
+
+const ended = (p: ChildProcess): string => (p.exitCode === null && p.signalCode === null ? 'running' : `exited (code ${p.exitCode}, signal ${p.signalCode})`);
+
+/** The last kernel messages (an OOM kill or a seccomp SIGSYS shows there), where dmesg may be read. */
+function kernelLogTail(): string {
+  const r = spawnSync('dmesg', ['--ctime'], { encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.trim().split('\n').slice(-15).join('\n') : `(dmesg: ${r.stderr.trim()})`;
+}
 interface Virtio { exits: number; devices: Array<{ id: string; metrics: Record<string, number> }> }
 
 const requests = (v: Virtio): number => {
@@ -78,14 +92,24 @@ async function runInterleaved(guests: Guest[]): Promise<Record<string, Record<st
   const vals = new Map<string, number[]>();
   const exits = new Map<string, number[]>();
   const idle = new Map<string, number>();
+  /** A guest whose fio never finished: why; it is stopped and left out of the later turns. */
+  const failed = new Map<string, string>();
   for (const g of guests) idle.set(g.name, await idleExitRate(g));
   for (let i = 0; i < RUNS; i++) {
     for (const w of WORKLOADS) {
       for (let k = 0; k < guests.length; k++) {
         const g = guests[(i + k) % guests.length] as Guest;
+        if (failed.has(g.name)) continue;
         const before = g.q ? ((await g.q.execute('query-virtio')) as Virtio) : null;
         const t0 = Date.now();
-        const r = await g.con.run(fioCommand(w), (RUNTIME_S + 180) * 1000);
+        const r = await g.con.run(fioCommand(w), (RUNTIME_S + 180) * 1000).catch((e: unknown) => e as Error);
+        if (r instanceof Error) {
+          const counters = g.q ? JSON.stringify(((await g.q.execute('query-virtio').catch(() => null)) as Virtio | null)?.devices.find((x) => x.id === 'disk')?.metrics) : '';
+          failed.set(g.name, `${w.name}, run ${i + 1}: ${r.message}; the VMM ${g.status()}; disk counters ${counters}; VMM log tail: ${g.log().slice(-1500)}; guest console tail: ${g.con.text.slice(-1500)}; kernel log tail: ${kernelLogTail()}`);
+          console.error(`vmm-blk: ${g.name}: ${failed.get(g.name)}`);
+          await g.stop().catch(() => undefined);
+          continue;
+        }
         const seconds = (Date.now() - t0) / 1000;
         const key = `${g.name}/${w.name}`;
         vals.set(key, [...(vals.get(key) ?? []), fioResult(r.out, w)]);
@@ -100,10 +124,11 @@ async function runInterleaved(guests: Guest[]): Promise<Record<string, Record<st
   }
   const out: Record<string, Record<string, unknown>> = {};
   for (const g of guests) {
-    out[g.name] = { idleExitsPerSecond: Number((idle.get(g.name) ?? 0).toFixed(1)) };
+    out[g.name] = { idleExitsPerSecond: Number((idle.get(g.name) ?? 0).toFixed(1)), ...(failed.has(g.name) ? { failed: failed.get(g.name) } : {}) };
     for (const w of WORKLOADS) {
       const v = [...(vals.get(`${g.name}/${w.name}`) ?? [])].sort((a, b) => a - b);
       const e = exits.get(`${g.name}/${w.name}`);
+      if (v.length === 0) continue;
       out[g.name]![w.name] = {
         median: Number((v[Math.floor(v.length / 2)] as number).toFixed(1)), unit: w.unit, runs: v.map((x) => Number(x.toFixed(1))),
         ...(e ? { exitsPerRequestAboveIdle: Number((e.reduce((a, b) => a + b, 0) / e.length).toFixed(3)) } : {}),
@@ -128,11 +153,12 @@ async function native(img: Img, initrd: string, iothread: boolean): Promise<Gues
   const drive = `id=disk,file=${disk(`${tag}.img`)}${iothread ? ',iothread=io0' : ''}`;
   const vmm = startVmm(['-kernel', img.kernel, '-initrd', initrd, '-append', img.cmdline, '-m', '512M',
     '-api-channel', `unix:${qmp}`, '-chardev', `id=c,path=${conPath}`, ...(iothread ? ['-iothread', 'id=io0'] : []),
-    '-drive', drive, '-hotplug-slots', '0']);
+    // -D: the VMM's log on stderr (info: a guest reset or triple fault says so), kept for a failure report
+    '-drive', drive, '-hotplug-slots', '0', '-D'], { CAPSULE_LOG_LEVEL: process.env.CAPSULE_LOG_LEVEL ?? 'info' });
   const con = await guestConsole(conPath, () => vmm.stderr);
   const q = await QmpClient.connect(qmp);
   return {
-    name: iothread ? 'nativeIothread' : 'native', con, q,
+    name: iothread ? 'nativeIothread' : 'native', con, q, log: () => vmm.stderr, status: () => ended(vmm.child),
     stop: async () => {
       await q.execute('quit');
       await vmm.exited;
@@ -153,7 +179,7 @@ async function qemu(img: Img, initrd: string): Promise<Guest> {
   const exited = new Promise<void>((r) => p.once('exit', () => r()));
   const con = await guestConsole(conPath, () => stderr);
   return {
-    name: 'qemu', con, q: null,
+    name: 'qemu', con, q: null, log: () => stderr, status: () => ended(p),
     stop: async () => {
       p.kill('SIGKILL');
       await exited;
@@ -164,17 +190,29 @@ async function qemu(img: Img, initrd: string): Promise<Guest> {
 
 const img = await testImage();
 const initrd = initrdWithTools(img.initrd, work);
-// All three boot together and stay up; the workloads then take turns (runInterleaved).
-const guests = await Promise.all([native(img, initrd, false), native(img, initrd, true), qemu(img, initrd)]);
+// All boot together and stay up; the workloads then take turns (runInterleaved).
+// BENCH_GUESTS picks some of them (comma-separated names).
+const boots: Record<string, () => Promise<Guest>> = {
+  native: () => native(img, initrd, false), nativeIothread: () => native(img, initrd, true), qemu: () => qemu(img, initrd),
+};
+const chosen = (process.env.BENCH_GUESTS ?? Object.keys(boots).join(',')).split(',');
+const unknown = chosen.filter((c) => !(c in boots));
+if (unknown.length) throw new Error(`BENCH_GUESTS: unknown ${unknown.join(', ')} (choose from ${Object.keys(boots).join(', ')})`);
+const guests = await Promise.all(chosen.map((c) => (boots[c] as () => Promise<Guest>)()));
 let results: Record<string, Record<string, unknown>>;
 try {
   results = await runInterleaved(guests);
 } finally {
   for (const g of guests) await g.stop().catch(() => undefined);
 }
-const { native: n, nativeIothread: ni, qemu: q } = results as Record<string, Record<string, { median: number }>>;
-const ratioTo = (x: Record<string, { median: number }>): Record<string, number> => Object.fromEntries(WORKLOADS.map((w) =>
-  [w.name, Number((x[w.name]!.median / q![w.name]!.median).toFixed(2))]));
+type Medians = Record<string, { median: number } | undefined>;
+const { native: n, nativeIothread: ni, qemu: q } = results as Record<string, Medians | undefined>;
+/** x / QEMU for each workload both finished. */
+const ratioTo = (x: Medians | undefined): Record<string, number> | undefined => x && q ? Object.fromEntries(WORKLOADS.flatMap((w) => {
+  const a = x[w.name]?.median;
+  const b = q[w.name]?.median;
+  return a !== undefined && b !== undefined ? [[w.name, Number((a / b).toFixed(2))]] : [];
+})) : undefined;
 const result = {
   bench: 'vmm-blk',
   date: new Date().toISOString(),
@@ -183,12 +221,12 @@ const result = {
   runs: RUNS,
   runtimeSeconds: RUNTIME_S,
   tool: 'fio (libaio, O_DIRECT, /dev/vda)',
-  method: 'the three VMMs boot together; each run of each workload goes to each in turn (rotating order)',
+  method: 'the VMMs boot together; each run of each workload goes to each in turn (rotating order); a VMM whose fio does not finish is stopped and says why (failed)',
   native: n,
   nativeIothread: ni,
   qemu: q,
-  ratioNativeOverQemu: ratioTo(n!),
-  ratioNativeIothreadOverQemu: ratioTo(ni!),
+  ratioNativeOverQemu: ratioTo(n),
+  ratioNativeIothreadOverQemu: ratioTo(ni),
   target: 'ratio >= 1.0 for each workload',
 };
 console.log(JSON.stringify(result, null, 2));

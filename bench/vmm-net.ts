@@ -53,7 +53,17 @@ function makeNamespace(): void {
   }
 }
 
-interface Guest { name: string; link: Link; con: ConsoleClient; pid: number; stop(): Promise<void> }
+/** The native NIC's counters (QMP query-virtio): frames and bytes each way, and the VMM's userspace exits. */
+interface NetCounters { txFrames: number; txBytes: number; rxFrames: number; rxBytes: number; exits: number }
+interface Guest { name: string; link: Link; con: ConsoleClient; pid: number; counters?(): Promise<NetCounters>; stop(): Promise<void> }
+
+async function nicCounters(q: QmpClient): Promise<NetCounters> {
+  const r = await q.execute('query-virtio') as { exits: number; devices: Array<{ type: number; metrics: Record<string, number> }> };
+  const nic = r.devices.find((d) => d.type === 1);
+  if (!nic) throw new Error('query-virtio: no virtio-net device');
+  const m = nic.metrics;
+  return { txFrames: m.txFrames ?? 0, txBytes: m.txBytes ?? 0, rxFrames: m.rxFrames ?? 0, rxBytes: m.rxBytes ?? 0, exits: r.exits };
+}
 
 function disk(name: string): string {
   const f = join(work, name);
@@ -71,11 +81,12 @@ async function bootNative(img: Img, initrd: string, vhost: boolean, link: Link):
     '-netdev', `id=net0,netdev=${link.tap},mac=${link.mac}${vhost ? ',vhost=on' : ''}`, '-rng', 'random_file=/dev/urandom', '-hotplug-slots', '0'],
   {}, ['ip', 'netns', 'exec', NS]);
   const con = await guestConsole(conPath, () => vmm.stderr);
+  const q = await QmpClient.connect(qmp);
   return {
     name: vhost ? 'nativeVhost' : 'native', link, con,
     pid: vmm.child.pid as number,
+    counters: () => nicCounters(q),
     stop: async () => {
-      const q = await QmpClient.connect(qmp);
       await q.execute('quit');
       await vmm.exited;
       q.close();
@@ -136,19 +147,43 @@ async function measurePair(boots: Array<() => Promise<Guest>>): Promise<Record<s
     const idle = new Map(guests.map((g) => [g.name, procMem(g.pid, RAM_MIB * 1024)] as const));
     const toHost = new Map<string, number[]>();
     const toGuest = new Map<string, number[]>();
+    // native only: what the NIC moved during the runs of each direction (is TSO in use: bytes
+    // per frame; do frames cost exits)
+    const moved = new Map<string, { toHost: NetCounters[]; toGuest: NetCounters[] }>();
+    const during = async (g: Guest, reverse: boolean): Promise<number> => {
+      const before = await g.counters?.();
+      const mbps = await iperf(g, reverse);
+      const after = await g.counters?.();
+      if (before && after) {
+        const d = Object.fromEntries(Object.keys(after).map((k) => [k, after[k as keyof NetCounters] - before[k as keyof NetCounters]])) as unknown as NetCounters;
+        const m = moved.get(g.name) ?? { toHost: [], toGuest: [] };
+        (reverse ? m.toGuest : m.toHost).push(d);
+        moved.set(g.name, m);
+      }
+      return mbps;
+    };
     for (let i = 0; i < RUNS; i++) {
       for (let k = 0; k < guests.length; k++) {
         const g = guests[(i + k) % guests.length] as Guest;
-        toHost.set(g.name, [...(toHost.get(g.name) ?? []), await iperf(g, false)]);
-        toGuest.set(g.name, [...(toGuest.get(g.name) ?? []), await iperf(g, true)]);
+        toHost.set(g.name, [...(toHost.get(g.name) ?? []), await during(g, false)]);
+        toGuest.set(g.name, [...(toGuest.get(g.name) ?? []), await during(g, true)]);
       }
     }
+    const perFrame = (runs: NetCounters[], dir: 'tx' | 'rx') => {
+      const frames = runs.reduce((n, r) => n + r[`${dir}Frames`], 0);
+      const bytes = runs.reduce((n, r) => n + r[`${dir}Bytes`], 0);
+      const exits = runs.reduce((n, r) => n + r.exits, 0);
+      return { frames, bytesPerFrame: frames ? Math.round(bytes / frames) : 0, exitsPerFrame: frames ? +(exits / frames).toFixed(3) : 0 };
+    };
     return Object.fromEntries(guests.map((g) => {
       const m: ProcMem = idle.get(g.name)!;
       return [g.name, {
         guestToHostMbps: { median: median(toHost.get(g.name)!), runs: toHost.get(g.name) },
         hostToGuestMbps: { median: median(toGuest.get(g.name)!), runs: toGuest.get(g.name) },
         idleMemory: { ussMiB: +(m.ussKiB / 1024).toFixed(1), vmmUssMiB: +(m.vmmUssKiB / 1024).toFixed(1), pssMiB: +(m.pssKiB / 1024).toFixed(1) },
+        ...(moved.has(g.name) ? {
+          nic: { guestToHostTx: perFrame(moved.get(g.name)!.toHost, 'tx'), hostToGuestRx: perFrame(moved.get(g.name)!.toGuest, 'rx') },
+        } : {}),
       }];
     }));
   } finally {
