@@ -349,10 +349,11 @@ export class Machine extends EventEmitter {
       if (this.state === 'shutdown') return;
       const wasPaused = this.state === 'paused';
       await this.teardown();
-      // a disk request still running would complete into the rebuilt machine's memory
-      await this.devices.quiesce();
       this.serial.reset();
+      // reset first (a notification still queued then starts nothing), then let the disk
+      // requests still running finish: they would land in the rebuilt machine's memory
       this.devices.reset();
+      await this.devices.quiesce();
       await this.build();
       if (wasPaused) await this.threads?.pause();
       this.emit('reset');

@@ -272,9 +272,14 @@ export class DeviceManager {
     for (const s of this.virtio) await s.device.start?.();
   }
 
-  /** Waits until no device has a request running elsewhere (VirtioDevice.quiesce). */
+  /**
+   * Waits until no device has a request running elsewhere (VirtioDevice.quiesce), all at once:
+   * while one drive drained, another may have started requests (a notification still queued, a
+   * rate limiter's retry), so it looks again until a pass finds none.
+   */
   async quiesce(): Promise<void> {
-    await Promise.all(this.virtio.map((s) => s.device.quiesce?.()));
+    do await Promise.all(this.virtio.map((s) => s.device.quiesce?.()));
+    while (this.virtio.some((s) => (s.device.pendingRequests?.() ?? 0) > 0));
   }
 
   /** Machine reset: every transport back to its power-on state. */

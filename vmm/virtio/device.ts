@@ -59,6 +59,8 @@ export interface VirtioDevice {
    * threadpool I/O): a snapshot, a machine reset and a hot-unplug wait for it.
    */
   quiesce?(): Promise<void>;
+  /** requests accepted and still running elsewhere (what quiesce() waits for) */
+  pendingRequests?(): number;
   /** release host resources (files, sockets) when the VMM exits or the device is removed */
   close?(): void;
   // ---- snapshots (devices/snapshot.ts); the transport saves the queues and negotiation itself ----

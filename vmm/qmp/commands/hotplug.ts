@@ -123,10 +123,11 @@ export function register(qmp: QmpServer, deps: HotplugDeps): void {
     if (net.has(id)) return net.deviceDel(id);
     const a = attached.get(id);
     if (!a) throw new QmpError('DeviceNotFound', `Device '${id}' not found`);
-    a.blk.detach();
+    const { drained } = a.blk.detachDrained();
     attached.delete(id);
     // the file is the caller's again once DEVICE_DELETED says so: no write of ours may follow
-    await a.blk.quiesce();
+    // (only this file's requests: a new file in the slot does not hold the event back)
+    await drained;
     qmp.event('DEVICE_DELETED', { device: id, path: a.file });
     return {};
   });

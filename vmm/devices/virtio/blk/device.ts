@@ -30,6 +30,14 @@ const SEG_MAX = QUEUE_SIZE - 2;
 const MAX_DISCARD_SEGMENTS = 32;
 /** discard / write-zeroes requests at most this many sectors each (config limits) */
 const MAX_ZERO_SECTORS = 0x3fffff;
+/**
+ * Requests of one drive on the threadpool at once; the rest wait in the ring until one
+ * completes. libuv's pool is one FIFO shared with the main Poller's wait (io/poller.ts): each
+ * drive's share must stay small, or the VMM's notifications, taps and QMP wait behind disk I/O.
+ */
+const MAX_IN_FLIGHT = 4;
+/** Bytes per threadpool call: a large request goes in steps, so no call holds a pool thread long. */
+const MAX_POOL_CALL_BYTES = 1 << 20;
 
 export interface BlkBackendOptions {
   /** the image's path (also what DEVICE_DELETED reports) */
@@ -67,6 +75,7 @@ export class BlkBackend {
   private inFlight = 0;
   private closeAsked = false;
   private closed = false;
+  private idleWaiters: Array<() => void> = [];
   constructor(readonly opts: BlkBackendOptions) {
     let flags = opts.readOnly ? fsc.O_RDONLY : fsc.O_RDWR;
     if (opts.direct) flags |= fsc.O_DIRECT;
@@ -94,7 +103,15 @@ export class BlkBackend {
 
   end(): void {
     this.inFlight--;
-    if (this.inFlight === 0 && this.closeAsked) this.close();
+    if (this.inFlight > 0) return;
+    if (this.closeAsked) this.close();
+    for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  /** Resolves once no request uses the file (a detached file: its last writes landed, fd closed). */
+  idle(): Promise<void> {
+    if (this.inFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 }
 
@@ -116,6 +133,19 @@ function advance(views: Uint8Array[], i: number, n: number): number {
   }
   if (left > 0 && i < views.length) views[i] = (views[i] as Uint8Array).subarray(left);
   return i;
+}
+
+/** The buffers from `i` on, cut to at most `max` bytes (the first one too, if it alone is larger). */
+function window(views: Uint8Array[], i: number, max: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  let bytes = 0;
+  for (let j = i; j < views.length && bytes < max; j++) {
+    const v = views[j] as Uint8Array;
+    const take = Math.min(v.length, max - bytes);
+    out.push(take === v.length ? v : v.subarray(0, take));
+    bytes += take;
+  }
+  return out;
 }
 
 /** After a short read (the file shrank under us): what was not read reads as zeros, as a hole would. */
@@ -147,6 +177,8 @@ export class VirtioBlk implements VirtioDevice {
   private generation = 0;
   private signalQueued = false;
   private idleWaiters: Array<() => void> = [];
+  /** notify() stopped at MAX_IN_FLIGHT with requests left in the ring */
+  private capped = false;
 
   constructor(private backend: BlkBackend | null, opts: BlkDeviceOptions = {}) {
     this.replaceable = opts.replaceable ?? false;
@@ -155,10 +187,6 @@ export class VirtioBlk implements VirtioDevice {
     this.limiter = new RateLimiter({ ops: backend?.opts.iops, bytes: backend?.opts.bps }, opts.now);
   }
 
-  /** Requests accepted and not yet completed (on the threadpool). */
-  get pending(): number {
-    return this.inFlight;
-  }
 
   get file(): string | undefined {
     return this.backend?.opts.file;
@@ -207,11 +235,16 @@ export class VirtioBlk implements VirtioDevice {
 
   /** Hot-replace: take the file away (QMP device_del); returns its path. */
   detach(): string | undefined {
+    return this.detachDrained().file;
+  }
+
+  /** detach(), and when the file's requests in flight are done (its writes landed, the fd closed). */
+  detachDrained(): { file: string | undefined; drained: Promise<void> } {
     const b = this.backend;
     this.backend = null;
     b?.close();
     this.ctx?.interrupt.signalConfig();
-    return b?.opts.file;
+    return { file: b?.opts.file, drained: b ? b.idle() : Promise.resolve() };
   }
 
   notify(): void {
@@ -219,7 +252,13 @@ export class VirtioBlk implements VirtioDevice {
     const q = ctx?.queues[0];
     if (!ctx || !q) return;
     let used = false;
+    this.capped = false;
     for (;;) {
+      if (this.io === 'async' && this.inFlight >= MAX_IN_FLIGHT) {
+        // the rest stay in the ring (not re-armed): a completion comes back for them
+        this.capped = true;
+        break;
+      }
       const p = q.popOrArm(ctx.mem);
       if (!p) break;
       if (p.error) {
@@ -267,7 +306,7 @@ export class VirtioBlk implements VirtioDevice {
     if (req.type === REQ.FLUSH) {
       if (b.opts.noFlush || b.opts.readOnly) return false;
       this.metrics.flushes++;
-      this.track(b, head, req, (finish) => fdatasync(b.fd, (err) => finish(err ? BLK_STATUS.IOERR : BLK_STATUS.OK, 0)));
+      this.track(b, head, req, (finish) => fdatasync(b.fd, (err) => finish(err ? this.ioError() : BLK_STATUS.OK, 0)));
       return true;
     }
     if (req.type !== REQ.IN && req.type !== REQ.OUT) return false;
@@ -276,19 +315,28 @@ export class VirtioBlk implements VirtioDevice {
     if (b.opts.direct && this.needsBounce(views)) return false;
     const pos = Number(req.sector) * SECTOR_SIZE;
     const read = req.type === REQ.IN;
+    const generation = this.generation;
+    // counted as execute() counts them: a failed call is an ioError, a short write only IOERR
     this.track(b, head, req, (finish) => this.transferAsync(b, views, pos, read, (err, n) => {
+      if (err) return finish(this.ioError(), 0);
       if (read) {
         this.metrics.reads++;
         this.metrics.readBytes += n;
-        if (!err) zeroPast(views, n);
-        finish(err ? BLK_STATUS.IOERR : BLK_STATUS.OK, err ? 0 : req.dataLen);
+        // after a driver reset these pages are not ours to write any more
+        if (generation === this.generation) zeroPast(views, n);
+        finish(BLK_STATUS.OK, req.dataLen);
       } else {
         this.metrics.writes++;
         this.metrics.writeBytes += n;
-        finish(!err && n === req.dataLen ? BLK_STATUS.OK : BLK_STATUS.IOERR, 0);
+        finish(n === req.dataLen ? BLK_STATUS.OK : BLK_STATUS.IOERR, 0);
       }
     }));
     return true;
+  }
+
+  private ioError(): number {
+    this.metrics.ioErrors++;
+    return BLK_STATUS.IOERR;
   }
 
   /** Runs `op` with the request counted in flight; its completion goes to the used ring of its generation. */
@@ -302,20 +350,27 @@ export class VirtioBlk implements VirtioDevice {
       finished = true;
       this.inFlight--;
       b.end();
-      if (status === BLK_STATUS.IOERR) this.metrics.ioErrors++;
       const ctx = this.ctx;
       const q = ctx?.queues[0];
-      if (ctx && q && generation === this.generation) {
+      const current = ctx !== null && q !== undefined && generation === this.generation;
+      if (current) {
         ctx.mem.writeU8(req.status.addr, status);
         q.addUsed(ctx.mem, head, written + 1);
-        this.queueSignal();
+        if (this.capped) this.notify(); // the requests left in the ring at the cap
       }
-      if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
+      if (this.inFlight > 0) {
+        // more on their way: one interrupt for this turn's completions
+        if (current) this.queueSignal();
+        return;
+      }
+      // the last one: the interrupt now, before a waiter (migrate) reads the rings
+      if (current || this.signalQueued) this.signalNow();
+      for (const w of this.idleWaiters.splice(0)) w();
     };
     try {
       op(finish);
     } catch {
-      finish(BLK_STATUS.IOERR, 0); // node:fs refused the call itself
+      finish(this.ioError(), 0); // node:fs refused the call itself
     }
   }
 
@@ -324,9 +379,14 @@ export class VirtioBlk implements VirtioDevice {
     if (this.signalQueued) return;
     this.signalQueued = true;
     setImmediate(() => {
-      this.signalQueued = false;
-      this.ctx?.interrupt.signalUsed(0);
+      if (this.signalQueued) this.signalNow();
     });
+  }
+
+  /** The interrupt now (a queued one is then moot: the driver sees every entry so far). */
+  private signalNow(): void {
+    this.signalQueued = false;
+    this.ctx?.interrupt.signalUsed(0);
   }
 
   /** preadv/pwritev on the threadpool, continuing after short transfers; `n`: the bytes done. */
@@ -335,7 +395,7 @@ export class VirtioBlk implements VirtioDevice {
     let total = 0;
     let i = 0;
     const step = (): void => {
-      const bufs = rest.slice(i);
+      const bufs = window(rest, i, MAX_POOL_CALL_BYTES);
       const cb = (err: NodeJS.ErrnoException | null, n: number): void => {
         if (err) return done(err, total);
         total += n;
@@ -354,8 +414,16 @@ export class VirtioBlk implements VirtioDevice {
    * reset rebuilds them, and before a detached file is reported gone.
    */
   quiesce(): Promise<void> {
-    if (this.inFlight === 0) return Promise.resolve();
+    if (this.inFlight === 0) {
+      if (this.signalQueued) this.signalNow();
+      return Promise.resolve();
+    }
     return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Requests accepted and not yet completed (on the threadpool). */
+  pendingRequests(): number {
+    return this.inFlight;
   }
 
   /** A snapshot taken now would save rings whose requests are still running. */
