@@ -150,7 +150,8 @@ async function native(img: Img, initrd: string, iothread: boolean): Promise<Gues
   const tag = iothread ? 'ni' : 'n';
   const qmp = join(work, `${tag}.qmp`);
   const conPath = join(work, `${tag}.con`);
-  const drive = `id=disk,file=${disk(`${tag}.img`)}${iothread ? ',iothread=io0' : ''}`;
+  // the main-thread drive with its requests on the threadpool (aio=threads; the default is inline)
+  const drive = `id=disk,file=${disk(`${tag}.img`)}${iothread ? ',iothread=io0' : ',aio=threads'}`;
   const vmm = startVmm(['-kernel', img.kernel, '-initrd', initrd, '-append', img.cmdline, '-m', '512M',
     '-api-channel', `unix:${qmp}`, '-chardev', `id=c,path=${conPath}`, ...(iothread ? ['-iothread', 'id=io0'] : []),
     // -D: the VMM's log on stderr (info: a guest reset or triple fault says so), kept for a failure report

@@ -24,17 +24,17 @@ test('no devices by default; four hot-replace slots', () => {
 
 test('-drive and JSON drive', () => {
   const expected = [
-    { id: 'rootfs', file: '/img/root', serial: '11111111', readOnly: true, direct: false, noFlush: true, iothread: 'io1', iops: 200, bps: 1048576 },
-    { id: 'data', file: '/img/data', serial: undefined, readOnly: false, direct: false, noFlush: false, iothread: undefined, iops: undefined, bps: undefined },
+    { id: 'rootfs', file: '/img/root', serial: '11111111', readOnly: true, direct: false, noFlush: true, iothread: 'io1', iops: 200, bps: 1048576, aio: 'inline' },
+    { id: 'data', file: '/img/data', serial: undefined, readOnly: false, direct: false, noFlush: false, iothread: undefined, iops: undefined, bps: undefined, aio: 'threads' },
   ];
   const c = cli('-iothread', 'id=io1', '-drive', 'id=rootfs,file=/img/root,serial=11111111,readonly=on,direct=off,no-flush=on,iothread=io1,iops=200,bps=1048576',
-    '-drive', 'id=data,file=/img/data');
+    '-drive', 'id=data,file=/img/data,aio=threads');
   assert.deepEqual(c.drives, expected);
   const j = json({
     iothread: [{ id: 'io1' }],
     drive: [
       { drive_id: 'rootfs', path_on_host: '/img/root', serial_num: '11111111', read_only: true, direct: false, no_flush: true, iothread: 'io1', iops: 200, bps: 1048576 },
-      { drive_id: 'data', path_on_host: '/img/data' },
+      { drive_id: 'data', path_on_host: '/img/data', aio: 'threads' },
     ],
   });
   assert.deepEqual(j.drives, expected);
@@ -43,7 +43,8 @@ test('-drive and JSON drive', () => {
   refuses(['-drive', 'id=d,file=/x,readonly=yes'], /-drive: readonly must be 'on' or 'off' \(got 'yes'\)/);
   refuses(['-drive', 'id=d,file=/x,iops=0'], /-drive: iops must be an integer in range 1-4294967295/);
   refuses(['-drive', 'id=d,file=/x,serial=123456789012345678901'], /-drive: serial must be 1-20 printable ASCII characters/);
-  refuses(['-drive', 'id=d,file=/x,cache=none'], /-drive: unknown key 'cache' \(allowed keys: id, file, serial, readonly, direct, no-flush, iothread, iops, bps\)/);
+  refuses(['-drive', 'id=d,file=/x,cache=none'], /-drive: unknown key 'cache' \(allowed keys: id, file, serial, readonly, direct, no-flush, iothread, iops, bps, aio\)/);
+  refuses(['-drive', 'id=d,file=/x,aio=native'], /-drive: aio must be one of inline, threads \(got 'native'\)/);
   refuses(['-drive', 'id=9d,file=/x'], /-drive: id must be 1-64 letters/);
   refuses(['-drive', 'id=d,file=/x,iothread=nope'], /-drive id=d: iothread 'nope' is not defined \(defined: none; add -iothread id=nope\)/);
   refusesJson({ drive: [{ drive_id: 'd', path_on_host: '/x', iops: -1 }] }, /drive\.0\.iops: must be an integer in range 1-4294967295 \(got -1\)/);

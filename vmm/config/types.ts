@@ -11,6 +11,8 @@ export interface DriveConfig {
   iothread?: string | undefined;
   iops?: number | undefined;
   bps?: number | undefined;
+  /** 'threads': requests on libuv's threadpool, several in flight (devices/virtio/blk/device.ts) */
+  aio: 'inline' | 'threads';
 }
 
 export interface NetConfig {

@@ -29,6 +29,8 @@ export interface DriveOptions {
   bps?: number | undefined;
   /** serve this disk's queue on that iothread */
   iothread?: string | undefined;
+  /** 'threads': several requests at once on libuv's threadpool (default 'inline': one at a time) */
+  aio?: 'inline' | 'threads' | undefined;
 }
 
 export interface DeviceOptions {
@@ -72,12 +74,14 @@ export function buildDevices(devices: DeviceManager, opts: DeviceOptions): void 
       if (!thread) throw new DeviceError(`-drive id=${d.id}: no iothread '${d.iothread}'`);
       // the iothread blocks in epoll between requests, so a budget's retry timer could not run there
       if (d.iops !== undefined || d.bps !== undefined) throw new DeviceError(`-drive id=${d.id}: iops/bps cannot be combined with iothread= yet`);
+      // the iothread blocks in epoll: no event loop there for threadpool completions
+      if (d.aio === 'threads') throw new DeviceError(`-drive id=${d.id}: aio=threads cannot be combined with iothread= (an iothread serves one request at a time)`);
       devices.addVirtio(d.id, new IoThreadBlk(backend, thread, d.id));
     } else {
-      devices.addVirtio(d.id, new VirtioBlk(backend, { io: 'async' }));
+      devices.addVirtio(d.id, new VirtioBlk(backend, { io: d.aio === 'threads' ? 'async' : 'sync' }));
     }
   }
-  for (let i = 0; i < opts.hotplugSlots; i++) devices.addVirtio(hotSlotId(i), new VirtioBlk(null, { replaceable: true, io: 'async' }));
+  for (let i = 0; i < opts.hotplugSlots; i++) devices.addVirtio(hotSlotId(i), new VirtioBlk(null, { replaceable: true }));
   if (opts.rng) {
     try {
       devices.addVirtio('rng0', new VirtioRng(opts.rng));

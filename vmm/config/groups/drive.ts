@@ -1,9 +1,10 @@
 // -drive id=ID,file=PATH[,serial=..][,readonly=on|off][,direct=on|off][,no-flush=on|off]
-//        [,iothread=ID][,iops=N][,bps=N]  (virtio-blk, repeatable; the guest sees vda, vdb, ... in order)
+//        [,iothread=ID][,iops=N][,bps=N][,aio=inline|threads]  (virtio-blk, repeatable; the guest
+//        sees vda, vdb, ... in order)
 // JSON "drive": [{"drive_id", "path_on_host", "serial_num", "read_only", "direct", "no_flush",
-//                 "iothread", "iops", "bps"}]
+//                 "iothread", "iops", "bps", "aio"}]
 import * as z from 'zod';
-import { id, KeyTable, onOff, path, text, uint, type Values } from '../options.js';
+import { choice, id, KeyTable, onOff, path, text, uint, type Values } from '../options.js';
 import { defineGroup } from '../group.js';
 import { append } from '../settings.js';
 import type { DriveConfig } from '../types.js';
@@ -24,13 +25,15 @@ export const DRIVE_KEYS = new KeyTable({
   iothread: id({ cli: 'iothread' }),
   iops: uint({ cli: 'iops', min: 1, max: 2 ** 32 - 1 }),
   bps: uint({ cli: 'bps', min: 1, max: 2 ** 40 }),
+  // inline: one request at a time on the serving thread; threads: several on libuv's pool
+  aio: choice({ cli: 'aio', values: ['inline', 'threads'] }),
 });
 
 function toDrive(v: Values<typeof DRIVE_KEYS.keys>): DriveConfig {
   return {
     id: v.id, file: v.file, serial: v.serial,
     readOnly: v.readOnly ?? false, direct: v.direct ?? false, noFlush: v.noFlush ?? false,
-    iothread: v.iothread, iops: v.iops, bps: v.bps,
+    iothread: v.iothread, iops: v.iops, bps: v.bps, aio: v.aio ?? 'inline',
   };
 }
 

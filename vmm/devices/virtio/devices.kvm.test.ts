@@ -38,7 +38,7 @@ print(f.readline().strip())`;
 }
 
 describe('virtio devices on KVM', { concurrency: false }, () => {
-  test('disks: read what the host wrote, write back, read-only refused (served on an iothread), hot-replace with DEVICE_DELETED; rng', async () => {
+  test('disks: read what the host wrote, write back (aio=threads: the threadpool engine), read-only refused (served on an iothread), hot-replace with DEVICE_DELETED; rng', async () => {
     const data = join(work, 'data.img');
     const content = randomBytes(4 << 20);
     writeFileSync(data, content);
@@ -55,7 +55,7 @@ describe('virtio devices on KVM', { concurrency: false }, () => {
     const conPath = join(work, 'vm.console');
     const vmm = startVmm(['-kernel', img.kernel, '-initrd', img.initrd, '-append', img.cmdline, '-smp', '1', '-m', '256M',
       '-api-channel', `unix:${qmpPath}`, '-chardev', `id=console0,path=${conPath}`,
-      '-drive', `id=data,file=${data},serial=capsule-data`,
+      '-drive', `id=data,file=${data},serial=capsule-data,aio=threads`,
       '-iothread', 'id=io1',
       '-drive', `id=ro,file=${ro},readonly=on,iothread=io1`,
       '-rng', 'random_file=/dev/urandom',
