@@ -4,11 +4,11 @@
 // file later changes the capacity and raises a config-change interrupt, which Linux's driver
 // answers by resizing the disk ("detected capacity change").
 //
-// Two ways to run the I/O (BlkDeviceOptions.io). 'async', the main thread's: reads, writes and
-// flushes go to libuv's threadpool, several at once, and complete in any order (virtio-blk
+// Two ways to run the I/O (BlkDeviceOptions.io). 'async' (-drive aio=threads, main thread
+// only): reads, writes and flushes go to libuv's threadpool, several at once, and complete in any order (virtio-blk
 // allows it), as QEMU's thread pool does; the main thread never waits on the disk. 'sync': one
-// request at a time, on the calling thread (an iothread, which blocks in epoll and has no event
-// loop to complete on). Requests in flight hold their image's fd open (a detach closes it when
+// request at a time, on the calling thread (the default, and an iothread's: it blocks in epoll
+// and has no event loop to complete on). Requests in flight hold their image's fd open (a detach closes it when
 // they finish: a reused fd number would take their bytes), a driver's reset leaves their
 // completions out of the new rings, and quiesce() lets a snapshot, a machine reset or a detach
 // wait for them.
@@ -186,7 +186,6 @@ export class VirtioBlk implements VirtioDevice {
     this.now = opts.now;
     this.limiter = new RateLimiter({ ops: backend?.opts.iops, bytes: backend?.opts.bps }, opts.now);
   }
-
 
   get file(): string | undefined {
     return this.backend?.opts.file;
