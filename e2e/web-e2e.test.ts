@@ -316,19 +316,41 @@ test('start and type at once: the keystrokes go out on the console once it attac
     consoleSockets++;
     ws.on('framesent', (f) => { sentOnConsole += typeof f.payload === 'string' ? f.payload : f.payload.toString('utf8'); });
   });
+  // A VM can be running before a test finishes typing (on a fast machine it was). So what tells
+  // the page that it runs, the start call's answer and the global event stream (which drives the
+  // page's state), is held back until the keystrokes are typed, then let through in order.
+  let holding = false;
+  let releaseHeld!: () => void;
+  const held = new Promise<void>((resolve) => { releaseHeld = resolve; });
+  await page.route(`**/v1/vms/${id}/start`, async (route) => {
+    const answer = await route.fetch();
+    await held;
+    await route.fulfill({ response: answer });
+  });
+  await page.routeWebSocket(/\/v1\/events(\?|$)/, (ws) => {
+    const server = ws.connectToServer();
+    const queued: Array<string | Buffer> = [];
+    server.onMessage((m) => { if (holding) queued.push(m); else ws.send(m); });
+    void held.then(() => { for (const m of queued.splice(0)) ws.send(m); });
+  });
   await signIn(page, base, token);
   await page.locator(`tr[data-vm-name="${name}"]`).getByRole('link', { name }).click();
   await page.getByRole('heading', { name }).waitFor();
   await stateIs(page, 'created');
 
-  t.diagnostic('start, then type before the VM is running');
+  t.diagnostic('start, then type before the page knows the VM is running');
+  holding = true;
   await btn(page, 'start').click();
   await page.locator('.console-screen').click();
   await page.keyboard.type(`echo ${early}`);
   await page.keyboard.press('Enter');
   const stateWhenTyped = await page.locator('main').getAttribute('data-state');
-  t.diagnostic(`typed while the VM was ${stateWhenTyped}`);
+  const consoleWhenTyped = await page.locator('.console').getAttribute('data-status');
+  t.diagnostic(`typed while the page showed ${stateWhenTyped}, console ${consoleWhenTyped}`);
   assert.notEqual(stateWhenTyped, 'running', 'the keystrokes were typed before the console could attach');
+  assert.notEqual(consoleWhenTyped, 'connected');
+  holding = false;
+  releaseHeld();
   await stateIs(page, 'running', BOOT_MS);
   await page.locator('.console[data-status="connected"]').waitFor({ timeout: 30_000 });
   // Sent once the console attached, in order, nothing lost on the way to the server. (Whether
