@@ -125,6 +125,7 @@ export const VMM_SYSCALLS: Readonly<Record<string, string>> = Object.freeze({
   sched_yield: 'rare, late: V8 spin-locks and GC task yields',
   getrusage: 'rare, late: process.resourceUsage()/cpuUsage() and V8 GC heuristics',
   connect: 'virtio-vsock guest→host streams: connecting the AF_UNIX socket to <uds-path>_P. The address is behind a pointer seccomp cannot read, so it is not restricted; socket() only makes AF_UNIX stream sockets, and the VMM runs in its own network namespace',
+  sched_getaffinity: 'glibc malloc, the first time a thread needs an arena beyond the 8th (arena_get2 sizes its arena limit with __get_nprocs_sched): libuv pool threads that first allocate after init (virtio-blk aio=threads) reached it in a jailed lab VM, which the filter killed',
   epoll_create1: 'an epoll set (vmm/io/epoll.ts) made after init: the main Poller and iothreads make theirs at init, this covers one created later (e.g. a device added by QMP); poll() is no longer used (the QMP SCM_RIGHTS reader moved to the Poller)',
 });
 
