@@ -28,7 +28,7 @@ after(async () => {
 test('CAPSULE_NETWORK=off + CAPSULE_AGENT_USERNET=1: exec and files reach the agent through the user-mode forward', async () => {
   const port = Number(readFileSync(join(server.dataDir, 'vms', vmId, 'agent.port'), 'utf8'));
   assert.ok(port >= 20000 && port < 60000, `the forward's port: ${port}`);
-  await waitFor('the guest agent', async () => ((await server.api('GET', `/v1/vms/${vmId}/agent`)).status === 200) || undefined, 180_000);
+  await server.waitForAgent(vmId, 180_000);
   const r = await server.api('POST', `/v1/vms/${vmId}/exec`, { shell: 'ip -4 -o addr show scope global | grep -o "inet [0-9./]*"; id -un' });
   assert.equal(r.status, 200, JSON.stringify(r.body));
   assert.equal(r.body.stdout, 'inet 10.0.2.15/24\nuser\n', 'the user-mode network\'s static guest address');

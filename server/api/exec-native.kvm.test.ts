@@ -31,7 +31,7 @@ before(async () => {
   const st = await s.api('POST', `/v1/vms/${id}/start`);
   assert.equal(st.status, 200, JSON.stringify(st.body) + s.output.slice(-2000));
   const t0 = Date.now();
-  await waitFor('the guest agent', async () => ((await s.api('GET', `/v1/vms/${id}/agent`)).status === 200) || undefined, 300_000);
+  await s.waitForAgent(id, 300_000);
   console.log(`agent up ${Date.now() - t0} ms after start (native, lab)`);
 });
 

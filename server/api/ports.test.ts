@@ -148,7 +148,7 @@ before(async () => {
   const started = await server.api('POST', `/v1/vms/${vmId}/start`);
   assert.equal(started.status, 200, JSON.stringify(started.body));
   const t0 = Date.now();
-  await waitFor('the guest agent', async () => ((await server.api('GET', `/v1/vms/${vmId}/agent`)).status === 200 ? true : undefined), 180_000);
+  await server.waitForAgent(vmId, 180_000);
   console.log(`agent up ${Date.now() - t0} ms after start`);
   // The guest's servers, detached from the agent's process (setsid -f).
   for (const [path, text] of [['/home/user/echo.py', ECHO_PY], ['/home/user/ws-echo.js', WS_ECHO_JS], ['/home/user/broken.py', BROKEN_PY]] as const) {

@@ -242,7 +242,7 @@ test('snapshots are the tenant\'s: another tenant neither sees nor restores them
 test('sandbox image: a clone keeps its agent and gets its own disk; the snapshot\'s layer never changes', async () => {
   const vm = await create({ name: 'sbx', image: 'sandbox', memoryMiB: 512 });
   await start(vm.id);
-  await waitFor('the guest agent', async () => ((await s.api('GET', `/v1/vms/${vm.id}/agent`)).status === 200 || undefined), 180_000);
+  await s.waitForAgent(vm.id, 180_000);
   let r = await s.api('POST', `/v1/vms/${vm.id}/exec`, { shell: 'echo from-template > /root/file && sync', user: 'root' });
   assert.equal(r.body.exitCode, 0, JSON.stringify(r.body));
   const sn = await s.api('POST', `/v1/vms/${vm.id}/snapshot`, { name: 'sbx-snap' });

@@ -150,6 +150,21 @@ export class TestServer {
     return { status: res.status, body: parsed, headers: res.headers };
   }
 
+  /**
+   * Waits until a VM's guest agent answers. A VM that crashes or stops meanwhile ends the wait at
+   * once, with the end of its VMM log (a seccomp kill, a triple fault), instead of at the timeout.
+   */
+  async waitForAgent(id: string, timeoutMs: number): Promise<void> {
+    await waitFor('the guest agent', async () => {
+      if ((await this.api('GET', `/v1/vms/${id}/agent`)).status === 200) return true;
+      const vm = await this.api('GET', `/v1/vms/${id}`);
+      if (vm.status === 200 && (vm.body.state === 'crashed' || vm.body.state === 'stopped')) {
+        throw new Error(`the VM ${vm.body.state} before its guest agent answered; its VMM log ends:\n${this.vmmLog(id).slice(-3000)}`);
+      }
+      return undefined;
+    }, timeoutMs);
+  }
+
   ws(path: string, token = this.token): WebSocket {
     const sep = path.includes('?') ? '&' : '?';
     return new WebSocket(`ws://127.0.0.1:${this.port}${path}${sep}access_token=${encodeURIComponent(token)}`);
