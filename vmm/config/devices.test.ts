@@ -39,6 +39,10 @@ test('-drive and JSON drive', () => {
   });
   assert.deepEqual(j.drives, expected);
   assert.equal(cli('-drive', 'id=d,file=rel/disk').drives[0]?.file, `${process.cwd()}/rel/disk`);
+  // the engine by default: the threadpool on the main thread, one at a time on an iothread
+  assert.equal(cli('-drive', 'id=d,file=/x').drives[0]?.aio, 'threads');
+  assert.equal(cli('-drive', 'id=d,file=/x,aio=inline').drives[0]?.aio, 'inline');
+  assert.equal(json({ iothread: [{ id: 'io1' }], drive: [{ drive_id: 'd', path_on_host: '/x', iothread: 'io1' }] }).drives[0]?.aio, 'inline');
   refuses(['-drive', 'id=d'], /-drive: needs id=ID,file=PATH/);
   refuses(['-drive', 'id=d,file=/x,readonly=yes'], /-drive: readonly must be 'on' or 'off' \(got 'yes'\)/);
   refuses(['-drive', 'id=d,file=/x,iops=0'], /-drive: iops must be an integer in range 1-4294967295/);

@@ -29,7 +29,7 @@ export interface DriveOptions {
   bps?: number | undefined;
   /** serve this disk's queue on that iothread */
   iothread?: string | undefined;
-  /** 'threads': several requests at once on libuv's threadpool (default 'inline': one at a time) */
+  /** 'threads' (the default without iothread): several requests at once on libuv's threadpool; 'inline': one at a time */
   aio?: 'inline' | 'threads' | undefined;
 }
 
@@ -78,10 +78,10 @@ export function buildDevices(devices: DeviceManager, opts: DeviceOptions): void 
       if (d.aio === 'threads') throw new DeviceError(`-drive id=${d.id}: aio=threads cannot be combined with iothread= (an iothread serves one request at a time)`);
       devices.addVirtio(d.id, new IoThreadBlk(backend, thread, d.id));
     } else {
-      devices.addVirtio(d.id, new VirtioBlk(backend, { io: d.aio === 'threads' ? 'async' : 'sync' }));
+      devices.addVirtio(d.id, new VirtioBlk(backend, { io: d.aio === 'inline' ? 'sync' : 'async' }));
     }
   }
-  for (let i = 0; i < opts.hotplugSlots; i++) devices.addVirtio(hotSlotId(i), new VirtioBlk(null, { replaceable: true }));
+  for (let i = 0; i < opts.hotplugSlots; i++) devices.addVirtio(hotSlotId(i), new VirtioBlk(null, { replaceable: true, io: 'async' }));
   if (opts.rng) {
     try {
       devices.addVirtio('rng0', new VirtioRng(opts.rng));

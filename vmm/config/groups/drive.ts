@@ -25,7 +25,8 @@ export const DRIVE_KEYS = new KeyTable({
   iothread: id({ cli: 'iothread' }),
   iops: uint({ cli: 'iops', min: 1, max: 2 ** 32 - 1 }),
   bps: uint({ cli: 'bps', min: 1, max: 2 ** 40 }),
-  // inline: one request at a time on the serving thread; threads: several on libuv's pool
+  // threads (the default on the main thread): several requests at once on libuv's pool;
+  // inline (an iothread's only engine): one at a time on the serving thread
   aio: choice({ cli: 'aio', values: ['inline', 'threads'] }),
 });
 
@@ -33,7 +34,7 @@ function toDrive(v: Values<typeof DRIVE_KEYS.keys>): DriveConfig {
   return {
     id: v.id, file: v.file, serial: v.serial,
     readOnly: v.readOnly ?? false, direct: v.direct ?? false, noFlush: v.noFlush ?? false,
-    iothread: v.iothread, iops: v.iops, bps: v.bps, aio: v.aio ?? 'inline',
+    iothread: v.iothread, iops: v.iops, bps: v.bps, aio: v.aio ?? (v.iothread ? 'inline' : 'threads'),
   };
 }
 

@@ -5,7 +5,7 @@ import { fstatSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, w
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GuestAddress as GA } from '../../../memory/guest-memory.js';
-import { F_VERSION_1, INT_CONFIG_CHANGE } from '../../../virtio/constants.js';
+import { F_VERSION_1, INT_CONFIG_CHANGE, STATUS } from '../../../virtio/constants.js';
 import { REG } from '../../../virtio/mmio.js';
 import { TestDriver, type OutBuffer } from '../../../virtio/testing/driver.js';
 import { BLK_F, BlkBackend, VirtioBlk, type BlkBackendOptions } from './device.js';
@@ -15,12 +15,16 @@ const dir = mkdtempSync(join(tmpdir(), 'capsule-blk-'));
 test.after(() => rmSync(dir, { recursive: true, force: true }));
 let n = 0;
 
-function disk(bytes: number, opts: Partial<BlkBackendOptions> = {}, fill?: (b: Buffer) => void, io: 'sync' | 'async' = 'sync'): { file: string; blk: VirtioBlk; d: TestDriver } {
+/**
+ * A disk on a new file. 'async' tests of the threadpool itself turn off the queue-depth-1 shortcut
+ * (inlineAloneBytes 0), or a request submitted alone would run on the spot.
+ */
+function disk(bytes: number, opts: Partial<BlkBackendOptions> = {}, fill?: (b: Buffer) => void, io: 'sync' | 'async' = 'sync', inlineAloneBytes = 0): { file: string; blk: VirtioBlk; d: TestDriver } {
   const file = join(dir, `d${n++}.img`);
   const b = Buffer.alloc(bytes);
   fill?.(b);
   writeFileSync(file, b);
-  const blk = new VirtioBlk(new BlkBackend({ file, readOnly: false, direct: false, noFlush: false, ...opts }), { io });
+  const blk = new VirtioBlk(new BlkBackend({ file, readOnly: false, direct: false, noFlush: false, ...opts }), { io, inlineAloneBytes });
   const d = new TestDriver(blk);
   d.init(F_VERSION_1 | blk.features);
   return { file, blk, d };
@@ -285,4 +289,44 @@ test('async: a request larger than one threadpool call goes in steps and arrives
   assert.equal(statusOf(d, r), BLK_STATUS.OK);
   assert.ok(Buffer.from(d.mem.read(GA(r.addrs[1] as number), big.length)).equals(big));
   assert.deepEqual([blk.metrics.writes, blk.metrics.reads, blk.metrics.ioErrors], [1, 1, 0]);
+});
+
+test('async: a small request alone in the ring runs on the spot (queue depth 1); one with others behind it, a large one and a flush go to the threadpool', async () => {
+  const { d, blk, file } = disk(1 << 20, {}, (b) => b.fill(5), 'async', 64 * 1024);
+  const alone = d.submit(0, [{ data: header(REQ.IN, 0) }, { writable: 4096 }, { writable: 1 }]);
+  assert.equal(blk.pendingRequests(), 0);
+  assert.deepEqual(d.takeUsed(0).map((u) => u.id), [alone.head], 'completed before notify() returned');
+  assert.ok(Buffer.from(d.mem.read(GA(alone.addrs[1] as number), 4096)).every((x) => x === 5));
+  const w = d.submit(0, [{ data: header(REQ.OUT, 8) }, { data: Buffer.alloc(4096, 9) }, { writable: 1 }]);
+  assert.equal(statusOf(d, w), BLK_STATUS.OK, 'a small write alone too');
+  assert.equal(d.takeUsed(0).length, 1);
+
+  const two = [0, 1].map((i) => d.submit(0, [{ data: header(REQ.IN, 16 + i * 8) }, { writable: 4096 }, { writable: 1 }], { notify: i === 1 }));
+  assert.equal(blk.pendingRequests(), 2, 'the first had one behind it, the second one in flight before it');
+  const big = d.submit(0, [{ data: header(REQ.OUT, 64) }, { data: Buffer.alloc(128 * 1024, 3) }, { writable: 1 }], { notify: false });
+  await settle(blk);
+  assert.equal(d.takeUsed(0).length, 2);
+  d.setReg(REG.QUEUE_NOTIFY, 0);
+  assert.equal(blk.pendingRequests(), 1, 'larger than the shortcut: on the threadpool');
+  await settle(blk);
+  const fl = d.submit(0, [{ data: header(REQ.FLUSH, 0) }, { writable: 1 }]);
+  assert.equal(blk.pendingRequests(), 1, 'a flush waits on the disk: on the threadpool');
+  await settle(blk);
+  assert.equal(d.takeUsed(0).length, 2);
+  for (const r of [...two, big, fl]) assert.equal(statusOf(d, r), BLK_STATUS.OK);
+  const bytes = readFileSync(file);
+  assert.ok(bytes.subarray(4096, 8192).every((x) => x === 9));
+  assert.ok(bytes.subarray(32768, 32768 + 128 * 1024).every((x) => x === 3));
+  assert.deepEqual([blk.metrics.reads, blk.metrics.writes, blk.metrics.flushes], [3, 2, 1]);
+});
+
+test('async: a ring the driver breaks while requests are in flight fails the device when they complete, without throwing', async () => {
+  const { d, blk } = disk(1 << 20, {}, undefined, 'async');
+  for (let i = 0; i < 8; i++) d.submit(0, [{ data: header(REQ.OUT, i * 8) }, { data: Buffer.alloc(4096, 1) }, { writable: 1 }], { notify: i === 7 });
+  assert.equal(blk.pendingRequests(), 4, 'four wait in the ring');
+  const ring = d.rings[0] as { avail: number };
+  d.mem.writeU16(GA(ring.avail + 2), (d.mem.readU16(GA(ring.avail + 2)) + 1000) & 0xffff); // an impossible avail index
+  await settle(blk);
+  assert.equal(d.reg(REG.STATUS) & STATUS.DEVICE_NEEDS_RESET, STATUS.DEVICE_NEEDS_RESET);
+  assert.equal(blk.pendingRequests(), 0);
 });

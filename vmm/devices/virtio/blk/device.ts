@@ -4,11 +4,13 @@
 // file later changes the capacity and raises a config-change interrupt, which Linux's driver
 // answers by resizing the disk ("detected capacity change").
 //
-// Two ways to run the I/O (BlkDeviceOptions.io). 'async' (-drive aio=threads, main thread
-// only): reads, writes and flushes go to libuv's threadpool, several at once, and complete in any order (virtio-blk
-// allows it), as QEMU's thread pool does; the main thread never waits on the disk. 'sync': one
-// request at a time, on the calling thread (the default, and an iothread's: it blocks in epoll
-// and has no event loop to complete on). Requests in flight hold their image's fd open (a detach closes it when
+// Two ways to run the I/O (BlkDeviceOptions.io). 'async' (-drive aio=threads, the default on
+// the main thread): reads, writes and flushes go to libuv's threadpool, several at once, and
+// complete in any order (virtio-blk allows it), as QEMU's thread pool does — except a small read
+// or write that is the only request in sight, which runs on the spot: at queue depth 1 the two
+// threadpool hops cost more than the page-cache copy they would move off the main thread.
+// 'sync' (aio=inline, and an iothread's engine: it blocks in epoll and has no event loop to
+// complete on): one request at a time, on the calling thread. Requests in flight hold their image's fd open (a detach closes it when
 // they finish: a reused fd number would take their bytes), a driver's reset leaves their
 // completions out of the new rings, and quiesce() lets a snapshot, a machine reset or a detach
 // wait for them.
@@ -16,7 +18,7 @@ import { closeSync, constants as fsc, fstatSync, fdatasync, fdatasyncSync, openS
 import { GuestAddress } from '../../../memory/guest-memory.js';
 import { DEVICE_ID } from '../../../virtio/constants.js';
 import { readConfigBytes, type ActivateContext, type VirtioDevice } from '../../../virtio/device.js';
-import type { GuestBuffer } from '../../../virtio/queue.js';
+import { QueueBrokenError, type GuestBuffer } from '../../../virtio/queue.js';
 import { RateLimiter, RetryTimer } from '../rate-limiter.js';
 import { fallocate, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, AlignedBuffer } from './io.js';
 import { BLK_STATUS, BlkRequestError, ID_BYTES, parseRequest, REQ, SECTOR_SIZE, WRITE_ZEROES_FLAG_UNMAP, type BlkRequest } from './request.js';
@@ -38,6 +40,8 @@ const MAX_ZERO_SECTORS = 0x3fffff;
 const MAX_IN_FLIGHT = 4;
 /** Bytes per threadpool call: a large request goes in steps, so no call holds a pool thread long. */
 const MAX_POOL_CALL_BYTES = 1 << 20;
+/** 'async': a read or write up to this size, alone in the ring with nothing in flight, runs on the spot. */
+const INLINE_ALONE_BYTES = 64 * 1024;
 
 export interface BlkBackendOptions {
   /** the image's path (also what DEVICE_DELETED reports) */
@@ -120,6 +124,8 @@ export interface BlkDeviceOptions {
   replaceable?: boolean;
   /** 'async' (threadpool, several requests at once) or 'sync' (one at a time; the default): see the top */
   io?: 'sync' | 'async';
+  /** 'async': the largest request that runs on the spot when alone (INLINE_ALONE_BYTES; 0: never) */
+  inlineAloneBytes?: number;
   /** the rate limiter's clock (tests pass their own) */
   now?: () => number;
 }
@@ -166,10 +172,11 @@ export class VirtioBlk implements VirtioDevice {
   };
   private ctx: ActivateContext | null = null;
   private limiter: RateLimiter;
-  private readonly retry = new RetryTimer(() => this.notify());
+  private readonly retry = new RetryTimer(() => this.resume());
   private bounce: AlignedBuffer | null = null;
   private readonly replaceable: boolean;
   private readonly io: 'sync' | 'async';
+  private readonly inlineAloneBytes: number;
   private readonly now: (() => number) | undefined;
   /** requests on the threadpool ('async') */
   private inFlight = 0;
@@ -183,6 +190,7 @@ export class VirtioBlk implements VirtioDevice {
   constructor(private backend: BlkBackend | null, opts: BlkDeviceOptions = {}) {
     this.replaceable = opts.replaceable ?? false;
     this.io = opts.io ?? 'sync';
+    this.inlineAloneBytes = opts.inlineAloneBytes ?? INLINE_ALONE_BYTES;
     this.now = opts.now;
     this.limiter = new RateLimiter({ ops: backend?.opts.iops, bytes: backend?.opts.bps }, opts.now);
   }
@@ -286,13 +294,35 @@ export class VirtioBlk implements VirtioDevice {
           break;
         }
       }
-      if (this.io === 'async' && this.startAsync(req, p.chain.head)) continue;
+      if (this.io === 'async' && !this.runsAlone(req, q.pending(ctx.mem)) && this.startAsync(req, p.chain.head)) continue;
       const { status, written } = this.execute(req);
       ctx.mem.writeU8(req.status.addr, status);
       q.addUsed(ctx.mem, p.chain.head, written + 1);
       used = true;
     }
     if (used) ctx.interrupt.signalUsed(0);
+  }
+
+  /**
+   * notify() from a completion or the retry timer, outside the transport's guard: a ring the
+   * driver broke meanwhile fails the device here instead of throwing out of a callback.
+   */
+  private resume(): void {
+    try {
+      this.notify();
+    } catch (e) {
+      if (!(e instanceof QueueBrokenError)) throw e;
+      this.ctx?.interrupt.fail(`queue 0: ${e.message}`);
+    }
+  }
+
+  /**
+   * Queue depth 1: a small read or write with nothing in flight and nothing behind it in the ring
+   * runs here (as 'sync' would), saving the hop to the threadpool and back. A flush still goes
+   * to the pool: fdatasync can take as long as the disk needs.
+   */
+  private runsAlone(req: BlkRequest, behind: number): boolean {
+    return this.inFlight === 0 && behind === 0 && (req.type === REQ.IN || req.type === REQ.OUT) && req.dataLen <= this.inlineAloneBytes;
   }
 
   /**
@@ -355,7 +385,7 @@ export class VirtioBlk implements VirtioDevice {
       if (current) {
         ctx.mem.writeU8(req.status.addr, status);
         q.addUsed(ctx.mem, head, written + 1);
-        if (this.capped) this.notify(); // the requests left in the ring at the cap
+        if (this.capped) this.resume(); // the requests left in the ring at the cap
       }
       if (this.inFlight > 0) {
         // more on their way: one interrupt for this turn's completions
