@@ -317,20 +317,33 @@ test('start and type at once: the keystrokes go out on the console once it attac
     ws.on('framesent', (f) => { sentOnConsole += typeof f.payload === 'string' ? f.payload : f.payload.toString('utf8'); });
   });
   // A VM can be running before a test finishes typing (on a fast machine it was). So what tells
-  // the page that it runs, the start call's answer and the global event stream (which drives the
-  // page's state), is held back until the keystrokes are typed, then let through in order.
+  // the page that it runs, the start call's answer and the global event stream's `running`
+  // (which drives the page's state), is held back until the keystrokes are typed, then let
+  // through in order; `starting` goes through, so the page types into a console that waits.
   let holding = false;
   let releaseHeld!: () => void;
   const held = new Promise<void>((resolve) => { releaseHeld = resolve; });
   await page.route(`**/v1/vms/${id}/start`, async (route) => {
-    const answer = await route.fetch();
+    const answer = await route.fetch({ timeout: 0 });
     await held;
     await route.fulfill({ response: answer });
   });
+  const saysRunning = (m: string | Buffer): boolean => {
+    try {
+      const ev = JSON.parse(String(m)) as { vm?: string; event?: string; data?: { state?: string } };
+      return ev.vm === id && ev.event === 'STATE_CHANGED' && ev.data?.state === 'running';
+    } catch {
+      return false;
+    }
+  };
   await page.routeWebSocket(/\/v1\/events(\?|$)/, (ws) => {
     const server = ws.connectToServer();
     const queued: Array<string | Buffer> = [];
-    server.onMessage((m) => { if (holding) queued.push(m); else ws.send(m); });
+    server.onMessage((m) => {
+      // once `running` is held, everything after it waits too (the order stays the server's)
+      if (holding && (queued.length > 0 || saysRunning(m))) queued.push(m);
+      else ws.send(m);
+    });
     void held.then(() => { for (const m of queued.splice(0)) ws.send(m); });
   });
   await signIn(page, base, token);
@@ -338,17 +351,18 @@ test('start and type at once: the keystrokes go out on the console once it attac
   await page.getByRole('heading', { name }).waitFor();
   await stateIs(page, 'created');
 
-  t.diagnostic('start, then type before the page knows the VM is running');
+  t.diagnostic('start, then type while the page shows it starting');
   holding = true;
   await btn(page, 'start').click();
+  await stateIs(page, 'starting', 60_000);
   await page.locator('.console-screen').click();
   await page.keyboard.type(`echo ${early}`);
   await page.keyboard.press('Enter');
   const stateWhenTyped = await page.locator('main').getAttribute('data-state');
   const consoleWhenTyped = await page.locator('.console').getAttribute('data-status');
   t.diagnostic(`typed while the page showed ${stateWhenTyped}, console ${consoleWhenTyped}`);
-  assert.notEqual(stateWhenTyped, 'running', 'the keystrokes were typed before the console could attach');
-  assert.notEqual(consoleWhenTyped, 'connected');
+  assert.equal(stateWhenTyped, 'starting');
+  assert.equal(consoleWhenTyped, 'waiting', 'the console waits for running (no socket opened while starting)');
   holding = false;
   releaseHeld();
   await stateIs(page, 'running', BOOT_MS);

@@ -15,6 +15,7 @@
 // completions out of the new rings, and quiesce() lets a snapshot, a machine reset or a detach
 // wait for them.
 import { closeSync, constants as fsc, fstatSync, fdatasync, fdatasyncSync, openSync, readv, readvSync, writev, writevSync } from 'node:fs';
+import { logger } from '../../../log.js';
 import { GuestAddress } from '../../../memory/guest-memory.js';
 import { DEVICE_ID } from '../../../virtio/constants.js';
 import { readConfigBytes, type ActivateContext, type VirtioDevice } from '../../../virtio/device.js';
@@ -22,6 +23,8 @@ import { QueueBrokenError, type GuestBuffer } from '../../../virtio/queue.js';
 import { RateLimiter, RetryTimer } from '../rate-limiter.js';
 import { fallocate, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, AlignedBuffer } from './io.js';
 import { BLK_STATUS, BlkRequestError, ID_BYTES, parseRequest, REQ, SECTOR_SIZE, WRITE_ZEROES_FLAG_UNMAP, type BlkRequest } from './request.js';
+
+const log = logger('virtio-blk');
 
 export const BLK_F = { SIZE_MAX: 1, SEG_MAX: 2, RO: 5, BLK_SIZE: 6, FLUSH: 9, DISCARD: 13, WRITE_ZEROES: 14 } as const;
 const bit = (n: number): bigint => 1n << BigInt(n);
@@ -98,7 +101,12 @@ export class BlkBackend {
     this.closeAsked = true;
     if (this.inFlight > 0 || this.closed) return;
     this.closed = true;
-    closeSync(this.fd);
+    try {
+      closeSync(this.fd);
+    } catch (e) {
+      // the fd is gone either way (close(2) releases it even on EIO); the last completion must go on
+      log.warn(`${this.opts.file}: close: ${(e as Error).message}`);
+    }
   }
 
   begin(): void {
@@ -318,11 +326,13 @@ export class VirtioBlk implements VirtioDevice {
 
   /**
    * Queue depth 1: a small read or write with nothing in flight and nothing behind it in the ring
-   * runs here (as 'sync' would), saving the hop to the threadpool and back. A flush still goes
-   * to the pool: fdatasync can take as long as the disk needs.
+   * runs here (as 'sync' would), saving the hop to the threadpool and back. A flush and any
+   * O_DIRECT request still go to the pool: they always wait on the disk. (A read that misses the
+   * page cache waits here too: the price of the shortcut.)
    */
   private runsAlone(req: BlkRequest, behind: number): boolean {
-    return this.inFlight === 0 && behind === 0 && (req.type === REQ.IN || req.type === REQ.OUT) && req.dataLen <= this.inlineAloneBytes;
+    return this.inFlight === 0 && behind === 0 && (req.type === REQ.IN || req.type === REQ.OUT) && req.dataLen <= this.inlineAloneBytes
+      && !this.backend?.opts.direct; // O_DIRECT always waits on the disk
   }
 
   /**
@@ -385,8 +395,10 @@ export class VirtioBlk implements VirtioDevice {
       if (current) {
         ctx.mem.writeU8(req.status.addr, status);
         q.addUsed(ctx.mem, head, written + 1);
-        if (this.capped) this.resume(); // the requests left in the ring at the cap
       }
+      // the requests left in the ring at the cap — also when this one belonged to the driver
+      // before a reset, and the new driver's requests wait behind it
+      if (this.capped) this.resume();
       if (this.inFlight > 0) {
         // more on their way: one interrupt for this turn's completions
         if (current) this.queueSignal();
