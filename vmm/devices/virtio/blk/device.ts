@@ -10,10 +10,10 @@
 // or write that is the only request in sight, which runs on the spot: at queue depth 1 the two
 // threadpool hops cost more than the page-cache copy they would move off the main thread.
 // 'sync' (aio=inline, and an iothread's engine: it blocks in epoll and has no event loop to
-// complete on): one request at a time, on the calling thread. Requests in flight hold their image's fd open (a detach closes it when
-// they finish: a reused fd number would take their bytes), a driver's reset leaves their
-// completions out of the new rings, and quiesce() lets a snapshot, a machine reset or a detach
-// wait for them.
+// complete on): one request at a time, on the calling thread. Requests in flight hold their
+// image's fd open (a detach closes it when they finish: a reused fd number would take their
+// bytes), a driver's reset leaves their completions out of the new rings, and quiesce() lets a
+// snapshot, a machine reset or a detach wait for them.
 import { closeSync, constants as fsc, fstatSync, fdatasync, fdatasyncSync, openSync, readv, readvSync, writev, writevSync } from 'node:fs';
 import { logger } from '../../../log.js';
 import { GuestAddress } from '../../../memory/guest-memory.js';
@@ -130,7 +130,7 @@ export class BlkBackend {
 export interface BlkDeviceOptions {
   /** a hot-replace slot: read-only is decided per attached file, so writes are offered */
   replaceable?: boolean;
-  /** 'async' (threadpool, several requests at once) or 'sync' (one at a time; the default): see the top */
+  /** 'async' (threadpool, several requests at once) or 'sync' (one at a time; this class's default — the CLI's is 'async'): see the top */
   io?: 'sync' | 'async';
   /** 'async': the largest request that runs on the spot when alone (INLINE_ALONE_BYTES; 0: never) */
   inlineAloneBytes?: number;
