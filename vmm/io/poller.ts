@@ -10,10 +10,11 @@
 //
 // Cost: the wait holds one of libuv's 4 pool threads for as long as anything is registered, and
 // each re-armed wait joins the pool's one FIFO behind whatever fs work is queued (virtio-blk
-// keeps its share small for this reason: blk/device.ts MAX_IN_FLIGHT); a wake-up is a pool hand-off: eventfd write -> callback measured
-// on the dev host (vmm/io/poller.test.ts, 10k wakes from a worker thread): see docs/vmm.md,
-// "Notifications and interrupts". Callbacks are level-triggered by default: drain the fd (read
-// the eventfd) in the callback or it fires again at once.
+// keeps its share small for this reason: blk/device.ts MAX_IN_FLIGHT); a wake-up is a pool
+// hand-off: eventfd write -> callback measured on the dev host (vmm/io/poller.test.ts, 10k wakes
+// from a worker thread): see docs/vmm.md, "Notifications and interrupts". Callbacks are
+// level-triggered by default: drain the fd (read the eventfd) in the callback or it fires again
+// at once.
 import { logger } from '../log.js';
 import { EpollSet, type IoCallback } from './epoll.js';
 import { EventFd } from './eventfd.js';

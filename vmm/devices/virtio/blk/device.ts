@@ -16,10 +16,10 @@
 // snapshot, a machine reset or a detach wait for them.
 import { closeSync, constants as fsc, fstatSync, fdatasync, fdatasyncSync, openSync, readv, readvSync, writev, writevSync } from 'node:fs';
 import { logger } from '../../../log.js';
-import { GuestAddress } from '../../../memory/guest-memory.js';
+import { GuestAddress, type GuestMemory } from '../../../memory/guest-memory.js';
 import { DEVICE_ID } from '../../../virtio/constants.js';
 import { readConfigBytes, type ActivateContext, type VirtioDevice } from '../../../virtio/device.js';
-import { QueueBrokenError, type GuestBuffer } from '../../../virtio/queue.js';
+import { QueueBrokenError, type GuestBuffer, type Queue } from '../../../virtio/queue.js';
 import { RateLimiter, RetryTimer } from '../rate-limiter.js';
 import { fallocate, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, AlignedBuffer } from './io.js';
 import { BLK_STATUS, BlkRequestError, ID_BYTES, parseRequest, REQ, SECTOR_SIZE, WRITE_ZEROES_FLAG_UNMAP, type BlkRequest } from './request.js';
@@ -302,7 +302,7 @@ export class VirtioBlk implements VirtioDevice {
           break;
         }
       }
-      if (this.io === 'async' && !this.runsAlone(req, q.pending(ctx.mem)) && this.startAsync(req, p.chain.head)) continue;
+      if (this.io === 'async' && !this.runsAlone(req, q, ctx.mem) && this.startAsync(req, p.chain.head)) continue;
       const { status, written } = this.execute(req);
       ctx.mem.writeU8(req.status.addr, status);
       q.addUsed(ctx.mem, p.chain.head, written + 1);
@@ -330,9 +330,10 @@ export class VirtioBlk implements VirtioDevice {
    * O_DIRECT request still go to the pool: they always wait on the disk. (A read that misses the
    * page cache waits here too: the price of the shortcut.)
    */
-  private runsAlone(req: BlkRequest, behind: number): boolean {
-    return this.inFlight === 0 && behind === 0 && (req.type === REQ.IN || req.type === REQ.OUT) && req.dataLen <= this.inlineAloneBytes
-      && !this.backend?.opts.direct; // O_DIRECT always waits on the disk
+  private runsAlone(req: BlkRequest, q: Queue, mem: GuestMemory): boolean {
+    return this.inFlight === 0 && (req.type === REQ.IN || req.type === REQ.OUT) && req.dataLen <= this.inlineAloneBytes
+      && !this.backend?.opts.direct // O_DIRECT always waits on the disk
+      && q.pending(mem) === 0; // last: the ring is read only when the rest allows the shortcut
   }
 
   /**
