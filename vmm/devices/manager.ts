@@ -79,6 +79,11 @@ export class SlotIrq {
     this.line(false);
   }
 
+  /** The irqfd (the same eventfd for every VM the machine builds), or null before the first. */
+  get fd(): number | null {
+    return this.efd?.fd ?? null;
+  }
+
   /** Binds the line's eventfd to the GSI of `vm` (each VM the machine builds). */
   attach(vm: VmFd): void {
     this.efd ??= EventFd.create();
@@ -261,6 +266,7 @@ export class DeviceManager {
       }
       s.notifiers.forEach((efd, i) => vm.registerIoeventfd(efd.fd, DeviceManager.notifyAddress(s), 4, i));
       s.irq.attach(vm);
+      s.transport.irqFd = s.irq.fd;
     }
     this.poller = poller;
   }

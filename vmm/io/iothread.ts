@@ -92,6 +92,31 @@ export class IoLoop {
   }
 }
 
+/**
+ * A synchronous hand-back from an iothread: the main thread posts a request and blocks in
+ * Atomics.wait until the iothread calls `acknowledge(ack.word)` (or until `ms` pass, so a stuck
+ * iothread cannot hang the VMM). For a driver reset: the driver frees its rings as soon as its
+ * Status write returns, so the iothread must have stopped touching them before that.
+ */
+export class IoThreadAck {
+  /** how long waitAfter() waits by default */
+  static readonly WAIT_MS = 2000;
+  readonly word = new Int32Array(new SharedArrayBuffer(4));
+
+  /** Runs `post` (which leads the iothread to acknowledge) and waits; false when `ms` passed first. */
+  waitAfter(post: () => void, ms = IoThreadAck.WAIT_MS): boolean {
+    const seen = Atomics.load(this.word, 0);
+    post();
+    return Atomics.wait(this.word, 0, seen, ms) !== 'timed-out';
+  }
+}
+
+/** The iothread's side of IoThreadAck: wakes the main thread's wait. */
+export function acknowledge(word: Int32Array): void {
+  Atomics.add(word, 0, 1);
+  Atomics.notify(word, 0);
+}
+
 /** What a handler module's setup() gets. */
 export interface IoHandlerContext {
   /** the iothread's name (IoThread.start) */

@@ -30,6 +30,12 @@ export interface ActivateContext {
    * own thread (`ownsNotifiers`); empty otherwise (the main Poller calls notify()).
    */
   notifiers: number[];
+  /**
+   * The slot's interrupt line as a thread other than the main one drives it: InterruptStatus (set
+   * INT_USED_RING with Atomics.or) and the irqfd to write after it. Present once the KVM VM exists.
+   * A device that serves its queues on an iothread raises its own interrupts with it.
+   */
+  irq?: { status: Int32Array; fd: number };
 }
 
 export interface VirtioDevice {

@@ -15,7 +15,7 @@ import { decodeState, DeviceStateError, encodeState, gpa, u16, u32, u64Text, u8 
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { logger } from '../log.js';
 import { INT_CONFIG_CHANGE, INT_USED_RING, STATUS, TRANSPORT_FEATURES, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1 } from './constants.js';
-import type { VirtioDevice, VirtioInterrupt } from './device.js';
+import type { ActivateContext, VirtioDevice, VirtioInterrupt } from './device.js';
 import { Queue, QueueBrokenError, type QueueState } from './queue.js';
 
 const log = logger('virtio-mmio');
@@ -78,6 +78,8 @@ export class MmioTransport implements BusDevice, VirtioInterrupt {
   readonly metrics: TransportMetrics = { badAccesses: 0, refused: 0, interrupts: 0, notifications: 0 };
   /** the queues' ioeventfds (set by the device manager), handed to a device that owns them */
   notifierFds: number[] = [];
+  /** the slot's irqfd once the KVM VM exists (set by the device manager), for a device that raises interrupts itself */
+  irqFd: number | null = null;
 
   constructor(
     readonly device: VirtioDevice,
@@ -276,6 +278,13 @@ export class MmioTransport implements BusDevice, VirtioInterrupt {
     return (f & F_VERSION_1) !== 0n; // legacy (pre-1.0) drivers are not supported on version 2
   }
 
+  private activateContext(): ActivateContext {
+    return {
+      mem: this.mem, queues: this.queues, features: this.driverFeatures, interrupt: this, notifiers: this.notifierFds,
+      ...(this.irqFd === null ? {} : { irq: { status: this.interruptWord, fd: this.irqFd } }),
+    };
+  }
+
   private activate(): void {
     const ready = this.queues.filter((q) => q.ready);
     for (const [i, q] of this.queues.entries()) {
@@ -294,7 +303,7 @@ export class MmioTransport implements BusDevice, VirtioInterrupt {
       q.indirect = (this.driverFeatures & F_RING_INDIRECT_DESC) !== 0n;
     }
     try {
-      this.device.activate({ mem: this.mem, queues: this.queues, features: this.driverFeatures, interrupt: this, notifiers: this.notifierFds });
+      this.device.activate(this.activateContext());
       this.activated = true;
     } catch (e) {
       this.fail(`activation failed: ${(e as Error).message}`);
@@ -358,7 +367,7 @@ export class MmioTransport implements BusDevice, VirtioInterrupt {
     if (!live) return;
     if (!this.queues.some((q) => q.ready)) bad('live device with no ready queue');
     try {
-      this.device.activate({ mem: this.mem, queues: this.queues, features: this.driverFeatures, interrupt: this, notifiers: this.notifierFds });
+      this.device.activate(this.activateContext());
     } catch (e) {
       bad(`activation failed: ${(e as Error).message}`);
     }

@@ -1,12 +1,15 @@
 // Runs in an iothread (io/iothread.ts loads it): serves one virtio-blk queue there, so that the
 // disk reads and writes (blocking preadv/pwritev) never hold the main thread. The main thread
 // keeps the transport; this side gets the queue's layout, the image's fd and the queue's ioeventfd,
-// sees the same guest RAM (GuestMemory.attach), and asks the main thread for an interrupt only
-// when the driver wants one (the EVENT_IDX check is made here, where the used ring is written).
+// sees the same guest RAM (GuestMemory.attach), and raises an interrupt only when the driver
+// wants one (the EVENT_IDX check is made here, where the used ring is written): INT_USED_RING
+// into the transport's shared InterruptStatus word, then the slot's irqfd; or, without an irqfd
+// (no KVM VM: unit tests), a message asking the main thread to raise it.
 import { EPOLLIN } from '../../../io/epoll.js';
 import { EventFd } from '../../../io/eventfd.js';
-import type { IoHandlerContext } from '../../../io/iothread.js';
+import { acknowledge, type IoHandlerContext } from '../../../io/iothread.js';
 import { GuestMemory } from '../../../memory/guest-memory.js';
+import { INT_USED_RING } from '../../../virtio/constants.js';
 import { Queue, type QueueState } from '../../../virtio/queue.js';
 import { BlkBackend, VirtioBlk, type BlkBackendOptions } from './device.js';
 
@@ -15,8 +18,9 @@ export type BlkIoRequest =
   | {
     op: 'activate'; key: string; hostAddr: bigint; memSize: number; queue: QueueState; maxSize: number;
     features: string; backend: BlkBackendOptions & { fd: number }; notifyFd: number;
+    irq: { status: Int32Array; fd: number } | null;
   }
-  | { op: 'deactivate'; key: string };
+  | { op: 'deactivate'; key: string; released: Int32Array };
 
 /** Worker → main: an interrupt is wanted, or the queue broke. */
 export type BlkIoMessage = { key: string; t: 'irq' } | { key: string; t: 'fail'; reason: string };
@@ -33,6 +37,8 @@ export function setup(ctx: IoHandlerContext, req: BlkIoRequest): unknown {
       ctx.loop.remove(s.notifyFd, s.cb);
       served.delete(req.key);
     }
+    // the main thread waits for this before the driver may free the ring
+    acknowledge(req.released);
     return { stopped: !!s };
   }
   const mem = GuestMemory.attach(req.hostAddr, req.memSize);
@@ -41,10 +47,17 @@ export function setup(ctx: IoHandlerContext, req: BlkIoRequest): unknown {
   // the fd belongs to the main thread's backend: this side never closes it
   const blk = new VirtioBlk(new BlkBackend(req.backend));
   const post = (m: BlkIoMessage): void => ctx.post(m);
+  const irq = req.irq;
+  const irqFd = irq ? EventFd.borrow(irq.fd) : null;
+  const raise = (): void => {
+    if (!irq || !irqFd) return post({ key: req.key, t: 'irq' });
+    Atomics.or(irq.status, 0, INT_USED_RING);
+    irqFd.write();
+  };
   blk.activate({
     mem, queues: [q], features: BigInt(req.features), notifiers: [],
     interrupt: {
-      signalUsed: () => { if (q.needsInterrupt(mem)) post({ key: req.key, t: 'irq' }); },
+      signalUsed: () => { if (q.needsInterrupt(mem)) raise(); },
       signalConfig: () => {},
       fail: (reason) => post({ key: req.key, t: 'fail', reason }),
     },

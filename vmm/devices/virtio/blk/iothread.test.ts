@@ -10,6 +10,7 @@ import { EventFd } from '../../../io/eventfd.js';
 import { IoThread } from '../../../io/iothread.js';
 import { GuestAddress as GA, GuestMemory } from '../../../memory/guest-memory.js';
 import { F_VERSION_1, F_RING_EVENT_IDX } from '../../../virtio/constants.js';
+import { REG } from '../../../virtio/mmio.js';
 import { TEST_MEM_SIZE, TestDriver } from '../../../virtio/testing/driver.js';
 import { BlkBackend } from './device.js';
 import { IoThreadBlk } from './iothread.js';
@@ -73,6 +74,39 @@ test('a disk on an iothread: reads and writes done in the worker, interrupts rai
     blk.close();
     await thread.stop();
     notify.close();
+    mem.close();
+  }
+});
+
+test('a disk on an iothread with an irqfd: the worker raises the interrupt itself; a reset waits for the worker', async () => {
+  const file = join(dir, 'disk2.img');
+  writeFileSync(file, Buffer.alloc(64 * 1024, 0x5a));
+  const thread = await IoThread.start('io-test-2');
+  const mem = GuestMemory.create({ size: TEST_MEM_SIZE });
+  const notify = EventFd.create();
+  const irq = EventFd.create();
+  const blk = new IoThreadBlk(new BlkBackend({ file, readOnly: false, direct: false, noFlush: false }), thread, 'disk1');
+  const d = new TestDriver(blk, mem);
+  d.transport.notifierFds = [notify.fd];
+  d.transport.irqFd = irq.fd;
+  try {
+    await blk.start();
+    d.init(F_VERSION_1 | F_RING_EVENT_IDX | blk.features);
+    const r = d.submit(0, [{ data: header(REQ.IN, 0) }, { writable: 512 }, { writable: 1 }], { notify: false });
+    notify.write();
+    await until(() => (d.takeUsed(0).length ? true : undefined), 'read completion');
+    assert.equal(mem.readU8(GA(r.addrs[2] as number)), BLK_STATUS.OK);
+    await until(() => (irq.read() !== null ? true : undefined), 'the worker wrote the irqfd');
+    assert.ok(d.irqLevel, 'InterruptStatus set by the worker');
+    assert.equal(d.irqEdges, 0, 'the main thread raised nothing');
+    const t0 = Date.now();
+    d.setReg(REG.STATUS, 0); // driver reset
+    assert.ok(Date.now() - t0 < 2000, `the worker acknowledged the reset (took ${Date.now() - t0} ms)`);
+  } finally {
+    blk.close();
+    await thread.stop();
+    notify.close();
+    irq.close();
     mem.close();
   }
 });

@@ -1,8 +1,9 @@
 // virtio-blk bound to an iothread (-drive …,iothread=ID): the transport and the configuration
 // stay on the main thread (this device), the queue is served in the iothread
-// (iothread-handler.ts), woken directly by the queue's ioeventfd. Interrupts come back to the
-// main thread as messages (the transport's level-triggered line is driven there).
-import type { IoThread } from '../../../io/iothread.js';
+// (iothread-handler.ts), woken directly by the queue's ioeventfd. The iothread raises the
+// interrupts itself once the KVM VM exists (the transport's InterruptStatus word and the slot's
+// irqfd, ActivateContext.irq); without one (unit tests) they come back as messages.
+import { IoThreadAck, type IoThread } from '../../../io/iothread.js';
 import { logger } from '../../../log.js';
 import type { ActivateContext, VirtioDevice } from '../../../virtio/device.js';
 import { EventFd } from '../../../io/eventfd.js';
@@ -17,6 +18,8 @@ export class IoThreadBlk implements VirtioDevice {
   readonly ownsNotifiers = true;
   private readonly inner: VirtioBlk;
   private ctx: ActivateContext | null = null;
+  /** the iothread acknowledges here that it stopped serving this disk */
+  private readonly released = new IoThreadAck();
   private readonly onMessage = (m: BlkIoMessage): void => {
     if (m?.key !== this.key || !this.ctx) return;
     if (m.t === 'irq') this.ctx.interrupt.raiseUsed?.(0);
@@ -52,7 +55,7 @@ export class IoThreadBlk implements VirtioDevice {
     this.ctx = ctx;
     const req: BlkIoRequest = {
       op: 'activate', key: this.key, hostAddr: ctx.mem.hostAddr, memSize: ctx.mem.totalSize, queue: q.state(), maxSize: q.maxSize,
-      features: ctx.features.toString(), backend: { ...this.backend.opts, fd: this.backend.fd }, notifyFd,
+      features: ctx.features.toString(), backend: { ...this.backend.opts, fd: this.backend.fd }, notifyFd, irq: ctx.irq ?? null,
     };
     this.thread.load(HANDLER, req).catch((e: unknown) => ctx.interrupt.fail(`iothread: ${(e as Error).message}`));
   }
@@ -68,11 +71,21 @@ export class IoThreadBlk implements VirtioDevice {
     if (fd !== undefined) EventFd.borrow(fd).write();
   }
 
+  /**
+   * Stops the iothread's service and waits until it acknowledges (as net/iothread.ts does): the
+   * driver frees the ring once its Status write returns, and a request finishing in the worker
+   * after that would write into freed guest memory. Bounded, so a stuck iothread cannot hang us.
+   */
   reset(): void {
     if (!this.ctx) return;
     this.ctx = null;
-    const req: BlkIoRequest = { op: 'deactivate', key: this.key };
-    this.thread.load(HANDLER, req).catch((e: unknown) => log.warn(`${this.key}: iothread deactivate: ${(e as Error).message}`));
+    const req: BlkIoRequest = { op: 'deactivate', key: this.key, released: this.released.word };
+    const post = (): void => {
+      this.thread.load(HANDLER, req).catch((e: unknown) => log.warn(`${this.key}: iothread deactivate: ${(e as Error).message}`));
+    };
+    if (!this.released.waitAfter(post)) {
+      log.warn(`${this.key}: the iothread did not let go of the ring within ${IoThreadAck.WAIT_MS} ms`);
+    }
   }
 
   close(): void {
