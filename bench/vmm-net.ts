@@ -1,6 +1,6 @@
 // Benchmark: virtio-net TCP throughput guest <-> host over a tap in a network namespace, and the
-// idle memory of a VMM with blk + net + rng: native capsule-vmm (userspace virtio-net; vhost=on
-// with BENCH_VHOST=1) vs qemu -M microvm (virtio-*-device, userspace; vhost with BENCH_VHOST=1),
+// idle memory of a VMM with blk + net + rng: native capsule-vmm (userspace virtio-net on the main
+// thread, and on an -iothread; vhost=on with BENCH_VHOST=1) vs qemu -M microvm (virtio-*-device, userspace; vhost with BENCH_VHOST=1),
 // all on KVM in the same run (`npm run bench:net`, inside the lab through scripts/kvm-tests.sh).
 // Prints one JSON object; writes it to BENCH_SAVE when set.
 //
@@ -25,10 +25,11 @@ const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const SECONDS = Number(process.env.BENCH_RUNTIME_S ?? 5);
 const VHOST = process.env.BENCH_VHOST === '1';
 const RAM_MIB = 512;
-/** Each VMM gets its own tap and subnet in the namespace: both run at once. */
+/** Each VMM gets its own tap and subnet in the namespace: they all run at once. */
 const LINKS = [
   { tap: 'tap0', hostIp: '10.0.2.1', guestIp: '10.0.2.2', mac: '52:54:00:c5:0b:01' },
   { tap: 'tap1', hostIp: '10.0.3.1', guestIp: '10.0.3.2', mac: '52:54:00:c5:0b:02' },
+  { tap: 'tap2', hostIp: '10.0.4.1', guestIp: '10.0.4.2', mac: '52:54:00:c5:0b:03' },
 ] as const;
 type Link = (typeof LINKS)[number];
 const work = mkdtempSync(join(tmpdir(), 'capsule-bench-net-'));
@@ -72,18 +73,24 @@ function disk(name: string): string {
   return f;
 }
 
-async function bootNative(img: Img, initrd: string, vhost: boolean, link: Link): Promise<Guest> {
-  const tag = vhost ? 'nv' : 'n';
+/** userspace: frames move on the VMM's main thread; iothread: on an -iothread; vhost: in the kernel. */
+type NativeNet = 'userspace' | 'iothread' | 'vhost';
+const NATIVE_NAME = { userspace: 'native', iothread: 'nativeIothread', vhost: 'nativeVhost' } as const;
+
+async function bootNative(img: Img, initrd: string, mode: NativeNet, link: Link): Promise<Guest> {
+  const tag = { userspace: 'n', iothread: 'ni', vhost: 'nv' }[mode];
+  const net = `id=net0,netdev=${link.tap},mac=${link.mac}${mode === 'vhost' ? ',vhost=on' : mode === 'iothread' ? ',iothread=io0' : ''}`;
   const qmp = join(work, `${tag}.qmp`);
   const conPath = join(work, `${tag}.con`);
   const vmm = startVmm(['-kernel', img.kernel, '-initrd', initrd, '-append', img.cmdline, '-smp', '1', '-m', `${RAM_MIB}M`,
     '-api-channel', `unix:${qmp}`, '-chardev', `id=c,path=${conPath}`, '-drive', `id=disk,file=${disk(`${tag}.img`)}`,
-    '-netdev', `id=net0,netdev=${link.tap},mac=${link.mac}${vhost ? ',vhost=on' : ''}`, '-rng', 'random_file=/dev/urandom', '-hotplug-slots', '0'],
+    ...(mode === 'iothread' ? ['-iothread', 'id=io0'] : []),
+    '-netdev', net, '-rng', 'random_file=/dev/urandom', '-hotplug-slots', '0'],
   {}, ['ip', 'netns', 'exec', NS]);
   const con = await guestConsole(conPath, () => vmm.stderr);
   const q = await QmpClient.connect(qmp);
   return {
-    name: vhost ? 'nativeVhost' : 'native', link, con,
+    name: NATIVE_NAME[mode], link, con,
     pid: vmm.child.pid as number,
     counters: () => nicCounters(q),
     stop: async () => {
@@ -130,10 +137,10 @@ async function iperf(g: Guest, reverse: boolean): Promise<number> {
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
 /**
- * Both guests up at once; their NICs configured, 5 s idle, then memory; then iperf3 runs taking
- * turns (rotating order), so that the lab's drifting speed hits both alike.
+ * The guests up at once; their NICs configured, 5 s idle, then memory; then iperf3 runs taking
+ * turns (rotating order), so that the lab's drifting speed hits them all alike.
  */
-async function measurePair(boots: Array<() => Promise<Guest>>): Promise<Record<string, Record<string, unknown>>> {
+async function measureTogether(boots: Array<() => Promise<Guest>>): Promise<Record<string, Record<string, unknown>>> {
   const settled = await Promise.allSettled(boots.map((b) => b()));
   const guests = settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
   try {
@@ -197,9 +204,11 @@ makeNamespace();
 const servers = LINKS.map((l) => spawn('ip', ['netns', 'exec', NS, 'iperf3', '-s', '-B', l.hostIp], { stdio: 'ignore' }));
 try {
   await new Promise((r) => setTimeout(r, 1000));
-  const userspace = await measurePair([() => bootNative(img, initrd, false, LINKS[0]), () => bootQemu(img, initrd, false, LINKS[1])]);
-  const vhost = VHOST ? await measurePair([() => bootNative(img, initrd, true, LINKS[0]), () => bootQemu(img, initrd, true, LINKS[1])]) : undefined;
-  const { native, qemu } = userspace;
+  const userspace = await measureTogether([
+    () => bootNative(img, initrd, 'userspace', LINKS[0]), () => bootQemu(img, initrd, false, LINKS[1]), () => bootNative(img, initrd, 'iothread', LINKS[2]),
+  ]);
+  const vhost = VHOST ? await measureTogether([() => bootNative(img, initrd, 'vhost', LINKS[0]), () => bootQemu(img, initrd, true, LINKS[1])]) : undefined;
+  const { native, qemu, nativeIothread } = userspace;
   const skipped = 'skipped (BENCH_VHOST=1 to run)';
   const nativeVhost = vhost?.nativeVhost ?? skipped;
   const qemuVhost = vhost?.qemuVhost ?? skipped;
@@ -214,12 +223,14 @@ try {
     runs: RUNS,
     secondsPerRun: SECONDS,
     devices: 'virtio-blk + virtio-net (tap) + virtio-rng, 1 vCPU, ' + `${RAM_MIB} MiB`,
-    method: 'native and QEMU run at once, each on its own tap; iperf3 runs take turns (rotating order)',
+    method: 'native (main thread), native (NIC on an -iothread) and QEMU run at once, each on its own tap; iperf3 runs take turns (rotating order)',
     native,
+    nativeIothread,
     qemu,
     nativeVhost,
     qemuVhost,
     ratioNativeOverQemu: ratio(native, qemu),
+    ratioNativeIothreadOverQemu: ratio(nativeIothread, qemu),
     ratioNativeVhostOverQemuVhost: ratio(nativeVhost, qemuVhost),
     targets: 'throughput ratio >= 0.8 with vhost; idle VMM USS <= 24 MiB',
   };

@@ -22,6 +22,7 @@ await build({
     'vcpu-worker': join(here, 'cpu', 'vcpu-worker.ts'),
     'iothread-worker': join(here, 'io', 'iothread-worker.ts'),
     'iothread-handler': join(here, 'devices', 'virtio', 'blk', 'iothread-handler.ts'),
+    'net-iothread-handler': join(here, 'devices', 'virtio', 'net', 'net-iothread-handler.ts'),
   },
   outdir,
   bundle: true,

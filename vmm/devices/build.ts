@@ -17,6 +17,7 @@ import type { GuestMemory } from '../memory/guest-memory.js';
 import { DeviceError, MAX_VIRTIO_SLOTS, type DeviceManager } from './manager.js';
 import type { IoThread } from '../io/iothread.js';
 import { IoThreadBlk } from './virtio/blk/iothread.js';
+import { IoThreadNet } from './virtio/net/iothread.js';
 
 export interface DriveOptions {
   id: string;
@@ -107,15 +108,22 @@ export function buildDevices(devices: DeviceManager, opts: DeviceOptions): void 
       throw e;
     }
   }
-  for (const n of opts.nets ?? []) devices.addVirtio(n.id, buildNet(n, opts.memory));
+  for (const n of opts.nets ?? []) devices.addVirtio(n.id, buildNet(n, opts.memory, opts.iothreads));
   // last: the replaceable net slot takes what the configured devices leave of the 16 slots
   for (let i = 0; opts.hotplugSlots > 0 && i < HOT_NET_SLOTS && devices.slots.length < MAX_VIRTIO_SLOTS; i++) {
     devices.addVirtio(hotNetSlotId(i), new VirtioNet({ backend: null }));
   }
 }
 
-function buildNet(n: NetConfig, memory: GuestMemory | undefined): VirtioNet {
+function buildNet(n: NetConfig, memory: GuestMemory | undefined, iothreads: ReadonlyMap<string, IoThread> | undefined): VirtioNet {
   const where = `-netdev id=${n.id}`;
+  let thread: IoThread | undefined;
+  if (n.iothread !== undefined) {
+    thread = iothreads?.get(n.iothread);
+    if (!thread) throw new DeviceError(`${where}: no iothread '${n.iothread}'`);
+    // vhost-net moves the frames in the kernel: there is nothing left for an iothread to do
+    if (n.vhost) throw new DeviceError(`${where}: vhost=on and iothread= exclude each other (with vhost the kernel moves the frames)`);
+  }
   let backend;
   try {
     backend = openNetBackend(n);
@@ -132,6 +140,7 @@ function buildNet(n: NetConfig, memory: GuestMemory | undefined): VirtioNet {
       throw new DeviceError(`${where},vhost=on: cannot set up vhost-net: ${(e as Error).message} (is the vhost_net module loaded?)`);
     }
   }
+  if (thread) return new IoThreadNet(backend, thread, n.id, n.mac);
   return new VirtioNet({ backend, mac: n.mac, vhost });
 }
 

@@ -23,11 +23,15 @@
 // rejected chain are completed with length 0 and counted; nothing a guest writes can make the
 // device allocate, loop without bound or throw past the transport.
 //
+// iothread=: the queues are served on an iothread (iothread.ts, net-iothread-handler.ts): this
+// class runs there over the same guest RAM, woken by the queues' ioeventfds and the tap.
+//
 // vhost=on: the rings are handed to the kernel's vhost-net (vhost.ts) on activation; the device
 // then only forwards notifications and interrupts.
 import { logger } from '../../../log.js';
 import { EPOLLERR, EPOLLHUP, EPOLLIN } from '../../../io/epoll.js';
-import { mainPoller, type Poller } from '../../../io/poller.js';
+import { mainPoller } from '../../../io/poller.js';
+import type { FdWatcher } from '../../irq.js';
 import { DEVICE_ID } from '../../../virtio/constants.js';
 import { readConfigBytes, type ActivateContext, type VirtioDevice } from '../../../virtio/device.js';
 import { ChainReader, ChainWriter, QueueBrokenError, type DescriptorChain, type Queue } from '../../../virtio/queue.js';
@@ -76,8 +80,16 @@ export interface NetOptions {
   mac?: string | undefined;
   /** the tap; null for an empty hot-replace slot (link down) */
   backend: NetBackend | null;
-  /** the Poller that watches the tap (default: the main thread's) */
-  poller?: Poller | undefined;
+  /** what watches the tap (default: the main thread's Poller; an iothread's IoLoop: net-iothread-handler.ts) */
+  poller?: FdWatcher | undefined;
+  /**
+   * After TX_BATCH chains, how to get notify(TXQ) called again once other work had its turn.
+   * Default: setImmediate (the main thread's event loop). An iothread, which blocks in epoll and
+   * runs no event loop, writes the tx queue's ioeventfd instead.
+   */
+  yieldTx?: (() => void) | undefined;
+  /** the counters to update (default: a fresh object; an iothread's are shared with the main thread) */
+  metrics?: NetMetrics | undefined;
   /** offer MRG_RXBUF (default true; false makes every frame fit one rx chain) */
   mrgRxbuf?: boolean | undefined;
   /** hand the rings to vhost-net instead of moving frames here */
@@ -103,19 +115,38 @@ export interface NetMetrics {
   rxErrors: number;
 }
 
+/** The counter names, in a fixed order (an iothread's counters live in a shared array in this order). */
+export const NET_METRIC_KEYS = ['rxFrames', 'rxBytes', 'rxDropped', 'rxStalls', 'txFrames', 'txBytes', 'txDropped', 'txErrors', 'rejected', 'rxErrors'] as const satisfies ReadonlyArray<keyof NetMetrics>;
+
+function newNetMetrics(): NetMetrics {
+  return Object.fromEntries(NET_METRIC_KEYS.map((k) => [k, 0])) as unknown as NetMetrics;
+}
+
+/**
+ * Counters over a shared Float64Array, one slot per key, readable from either thread: an
+ * iothread's VirtioNet writes them, the main thread's IoThreadNet reads them.
+ */
+export function sharedNetMetrics(buffer: SharedArrayBuffer): NetMetrics {
+  const a = new Float64Array(buffer);
+  const m = {} as NetMetrics;
+  NET_METRIC_KEYS.forEach((k, i) => Object.defineProperty(m, k, {
+    enumerable: true, get: () => a[i] as number, set: (v: number) => { a[i] = v; },
+  }));
+  return m;
+}
+
 type RxResult = 'delivered' | 'dropped' | 'no-buffers';
 
 export class VirtioNet implements VirtioDevice {
   readonly deviceType = DEVICE_ID.NET;
   readonly queueSizes = [QUEUE_SIZE, QUEUE_SIZE];
   readonly features: bigint;
-  readonly metrics: NetMetrics = {
-    rxFrames: 0, rxBytes: 0, rxDropped: 0, rxStalls: 0, txFrames: 0, txBytes: 0, txDropped: 0, txErrors: 0, rejected: 0, rxErrors: 0,
-  };
+  readonly metrics: NetMetrics;
   private readonly mac: Uint8Array | null;
   private backend: NetBackend | null;
   private readonly vhost: VhostNet | null;
-  private readonly poller: Poller;
+  private readonly poller: FdWatcher;
+  private readonly yieldTx: (() => void) | null;
   private ctx: ActivateContext | null = null;
   private mrg = false;
   private polling = false;
@@ -130,6 +161,8 @@ export class VirtioNet implements VirtioDevice {
     this.backend = opts.backend;
     this.vhost = opts.vhost ?? null;
     this.poller = opts.poller ?? mainPoller();
+    this.yieldTx = opts.yieldTx ?? null;
+    this.metrics = opts.metrics ?? newNetMetrics();
     let f = OFFLOADS | bit(NET_F.STATUS);
     if (opts.mrgRxbuf ?? true) f |= bit(NET_F.MRG_RXBUF);
     if (this.mac) f |= bit(NET_F.MAC);
@@ -373,8 +406,9 @@ export class VirtioNet implements VirtioDevice {
     let n = 0;
     for (;;) {
       if (n >= TX_BATCH) {
-        // yield to the event loop (other devices, QMP); the rest goes next turn
-        this.txLater ??= setImmediate(() => {
+        // yield (other devices, QMP, the rx side); the rest goes next turn
+        if (this.yieldTx) this.yieldTx();
+        else this.txLater ??= setImmediate(() => {
           this.txLater = null;
           this.processTx();
         });
