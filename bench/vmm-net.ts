@@ -12,7 +12,7 @@
 // vhost is opt-in because the nested lab's L1 kernel panics or hangs under vhost-net moving an
 // L2 guest's frames (docs/vmm.md, net.kvm.test.ts); on a host with real KVM, set it.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { QmpClient, startVmm, testImage, type ConsoleClient } from '../vmm/testing/clients.js';
@@ -56,7 +56,12 @@ function makeNamespace(): void {
 
 /** The native NIC's counters (QMP query-virtio): frames and bytes each way, and the VMM's userspace exits. */
 interface NetCounters { txFrames: number; txBytes: number; rxFrames: number; rxBytes: number; exits: number }
-interface Guest { name: string; link: Link; con: ConsoleClient; pid: number; counters?(): Promise<NetCounters>; stop(): Promise<void> }
+interface Guest {
+  name: string; link: Link; con: ConsoleClient; pid: number; counters?(): Promise<NetCounters>;
+  /** what to print when a run fails: the NIC's counters and the end of the VMM's log */
+  diagnose?(): Promise<string>;
+  stop(): Promise<void>;
+}
 
 async function nicCounters(q: QmpClient): Promise<NetCounters> {
   const r = await q.execute('query-virtio') as { exits: number; devices: Array<{ type: number; metrics: Record<string, number> }> };
@@ -82,17 +87,23 @@ async function bootNative(img: Img, initrd: string, mode: NativeNet, link: Link)
   const net = `id=net0,netdev=${link.tap},mac=${link.mac}${mode === 'vhost' ? ',vhost=on' : mode === 'iothread' ? ',iothread=io0' : ''}`;
   const qmp = join(work, `${tag}.qmp`);
   const conPath = join(work, `${tag}.con`);
-  const vmm = startVmm(['-kernel', img.kernel, '-initrd', initrd, '-append', img.cmdline, '-smp', '1', '-m', `${RAM_MIB}M`,
+  const logFile = join(work, `${tag}.log`);
+  const vmm = startVmm(['-D', logFile, '-kernel', img.kernel, '-initrd', initrd, '-append', img.cmdline, '-smp', '1', '-m', `${RAM_MIB}M`,
     '-api-channel', `unix:${qmp}`, '-chardev', `id=c,path=${conPath}`, '-drive', `id=disk,file=${disk(`${tag}.img`)}`,
     ...(mode === 'iothread' ? ['-iothread', 'id=io0'] : []),
     '-netdev', net, '-rng', 'random_file=/dev/urandom', '-hotplug-slots', '0'],
-  {}, ['ip', 'netns', 'exec', NS]);
+  { CAPSULE_LOG_LEVEL: 'warn' }, ['ip', 'netns', 'exec', NS]);
   const con = await guestConsole(conPath, () => vmm.stderr);
   const q = await QmpClient.connect(qmp);
   return {
     name: NATIVE_NAME[mode], link, con,
     pid: vmm.child.pid as number,
     counters: () => nicCounters(q),
+    diagnose: async () => {
+      const m = await q.call('x-query-net-metrics').catch((e: Error) => e.message);
+      const logTail = existsSync(logFile) ? readFileSync(logFile, 'utf8').slice(-2000) : '(no log)';
+      return `net metrics: ${JSON.stringify(m)}\nVMM log (end): ${logTail}\nstderr: ${vmm.stderr.slice(-500)}`;
+    },
     stop: async () => {
       await q.execute('quit');
       await vmm.exited;
@@ -128,7 +139,12 @@ async function bootQemu(img: Img, initrd: string, vhost: boolean, link: Link): P
 
 /** Receiver Mbit/s of one iperf3 run from the guest (reverse: host -> guest). */
 async function iperf(g: Guest, reverse: boolean): Promise<number> {
-  const r = await g.con.run(guestTool('iperf3', `-c ${g.link.hostIp} -t ${SECONDS} -f m${reverse ? ' -R' : ''} 2>&1 | grep receiver`), (SECONDS + 180) * 1000);
+  let r;
+  try {
+    r = await g.con.run(guestTool('iperf3', `-c ${g.link.hostIp} -t ${SECONDS} -f m${reverse ? ' -R' : ''} 2>&1 | grep receiver`), (SECONDS + 180) * 1000);
+  } catch (e) {
+    throw new Error(`${g.name}: iperf3${reverse ? ' -R' : ''}: ${(e as Error).message}\n${await g.diagnose?.() ?? ''}`);
+  }
   const m = /([\d.]+) Mbits\/sec\s+receiver/.exec(r.out);
   if (!m) throw new Error(`${g.name}: iperf3${reverse ? ' -R' : ''}: no result in: ${r.out.slice(-500)}`);
   return Number(m[1]);
@@ -204,9 +220,15 @@ makeNamespace();
 const servers = LINKS.map((l) => spawn('ip', ['netns', 'exec', NS, 'iperf3', '-s', '-B', l.hostIp], { stdio: 'ignore' }));
 try {
   await new Promise((r) => setTimeout(r, 1000));
-  const userspace = await measureTogether([
-    () => bootNative(img, initrd, 'userspace', LINKS[0]), () => bootQemu(img, initrd, false, LINKS[1]), () => bootNative(img, initrd, 'iothread', LINKS[2]),
-  ]);
+  const boots = {
+    native: () => bootNative(img, initrd, 'userspace', LINKS[0]), qemu: () => bootQemu(img, initrd, false, LINKS[1]),
+    nativeIothread: () => bootNative(img, initrd, 'iothread', LINKS[2]),
+  };
+  // BENCH_GUESTS picks some of them (comma-separated names)
+  const chosen = (process.env.BENCH_GUESTS ?? Object.keys(boots).join(',')).split(',');
+  const unknown = chosen.filter((c) => !(c in boots));
+  if (unknown.length) throw new Error(`BENCH_GUESTS: unknown ${unknown.join(', ')} (choose from ${Object.keys(boots).join(', ')})`);
+  const userspace = await measureTogether(chosen.map((c) => boots[c as keyof typeof boots]));
   const vhost = VHOST ? await measureTogether([() => bootNative(img, initrd, 'vhost', LINKS[0]), () => bootQemu(img, initrd, true, LINKS[1])]) : undefined;
   const { native, qemu, nativeIothread } = userspace;
   const skipped = 'skipped (BENCH_VHOST=1 to run)';

@@ -32,6 +32,18 @@ export function logFd(): number | null {
   return fd;
 }
 
+/** What a worker thread needs to log where this thread does (IoThread.start passes it). */
+export function logShared(): { fd: number | null; level: Level } {
+  return { fd, level: LEVELS[threshold] as Level };
+}
+
+/** In a worker: log to the main thread's destination (the fd stays the main thread's). */
+export function adoptLog(s: { fd: number | null; level: Level }): void {
+  threshold = LEVELS.indexOf(s.level);
+  fd = s.fd;
+  ownFd = false;
+}
+
 /** Write raw bytes to the log destination (serial output when nothing else is attached). */
 export function logRaw(b: Uint8Array): void {
   if (fd === null) return;

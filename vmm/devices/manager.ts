@@ -295,18 +295,20 @@ export class DeviceManager {
 
   close(): void {
     for (const s of this.virtio) {
-      for (const efd of s.notifiers) {
-        if (!s.device.ownsNotifiers) this.poller?.remove(efd.fd);
-        efd.close();
-      }
-      s.notifiers = [];
-      s.irq.close();
+      // the device first: one served on an iothread stops there (reset waits for it) before the
+      // eventfds it writes (its irqfd, its own kick) are closed and their numbers can be reused
       try {
         s.transport.reset();
         s.device.close?.();
       } catch (e) {
         log.warn(`${s.id}: close: ${(e as Error).message}`);
       }
+      for (const efd of s.notifiers) {
+        if (!s.device.ownsNotifiers) this.poller?.remove(efd.fd);
+        efd.close();
+      }
+      s.notifiers = [];
+      s.irq.close();
     }
   }
 }

@@ -3,11 +3,14 @@
 // to Node's event loop only to import and set up handler modules.
 import { parentPort, receiveMessageOnPort, workerData, type MessagePort, type Transferable } from 'node:worker_threads';
 import { gettid } from '../kvm/sys.js';
+import { adoptLog } from '../log.js';
 import { EPOLLIN } from './epoll.js';
 import { EventFd } from './eventfd.js';
 import { IoLoop, type IoHandlerContext, type IoHandlerSetup, type IoThreadInit, type IoThreadReply, type IoThreadRequest } from './iothread.js';
 
 const init = workerData as IoThreadInit & { port: MessagePort };
+// handlers' warnings (a tap read error, a broken ring) go where the main thread's do
+adoptLog(init.log);
 const parent = parentPort;
 if (!parent) throw new Error('iothread-worker must run as a worker thread');
 const post = (m: IoThreadReply, transfer?: readonly Transferable[]): void => parent.postMessage(m, transfer);

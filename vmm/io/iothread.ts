@@ -29,7 +29,7 @@ import { EventEmitter } from 'node:events';
 import { resolve as resolvePath } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { MessageChannel, Worker, type MessagePort, type Transferable } from 'node:worker_threads';
-import { logger } from '../log.js';
+import { logger, logShared } from '../log.js';
 import { EpollSet, type IoCallback } from './epoll.js';
 import { EventFd } from './eventfd.js';
 
@@ -93,28 +93,83 @@ export class IoLoop {
 }
 
 /**
- * A synchronous hand-back from an iothread: the main thread posts a request and blocks in
- * Atomics.wait until the iothread calls `acknowledge(ack.word)` (or until `ms` pass, so a stuck
- * iothread cannot hang the VMM). For a driver reset: the driver frees its rings as soon as its
- * Status write returns, so the iothread must have stopped touching them before that.
+ * The main thread's hold on what an iothread serves for one device, in two shared words: [0] the
+ * last request the iothread acknowledged, [1] the current activation's generation.
+ *
+ * grant() starts an activation; the iothread runs that activation's callbacks only while
+ * `leaseHeld(words, gen)` (its generation is still the current one). revoke() ends it: the
+ * generation moves on at once (so the iothread stops at its next callback even when its
+ * acknowledgement comes late, and an activation queued behind never serves), then the main
+ * thread posts the stop request numbered `seq` and blocks in Atomics.wait until the iothread
+ * acknowledges that number, or `ms` pass (a stuck iothread cannot hang the VMM). For a driver
+ * reset: the driver frees its rings as soon as its Status write returns.
  */
-export class IoThreadAck {
-  /** how long waitAfter() waits by default */
+export class IoThreadLease {
+  /** how long revoke() waits by default */
   static readonly WAIT_MS = 2000;
-  readonly word = new Int32Array(new SharedArrayBuffer(4));
+  readonly words = new Int32Array(new SharedArrayBuffer(8));
+  private seq = 0;
 
-  /** Runs `post` (which leads the iothread to acknowledge) and waits; false when `ms` passed first. */
-  waitAfter(post: () => void, ms = IoThreadAck.WAIT_MS): boolean {
-    const seen = Atomics.load(this.word, 0);
-    post();
-    return Atomics.wait(this.word, 0, seen, ms) !== 'timed-out';
+  /** A new activation; returns its generation. */
+  grant(): number {
+    return Atomics.add(this.words, 1, 1) + 1;
+  }
+
+  get generation(): number {
+    return Atomics.load(this.words, 1);
+  }
+
+  /**
+   * Ends the current activation: `post(seq)` sends the stop request (false: it could not, e.g. the
+   * iothread has stopped, so there is nothing to wait for). True once acknowledged; false after `ms`.
+   */
+  revoke(post: (seq: number) => boolean, ms = IoThreadLease.WAIT_MS): boolean {
+    Atomics.add(this.words, 1, 1);
+    const seq = ++this.seq;
+    if (!post(seq)) return true;
+    const end = Date.now() + ms;
+    for (;;) {
+      const acked = Atomics.load(this.words, 0);
+      if (acked >= seq) return true;
+      const left = end - Date.now();
+      if (left <= 0) return false;
+      Atomics.wait(this.words, 0, acked, left);
+    }
   }
 }
 
-/** The iothread's side of IoThreadAck: wakes the main thread's wait. */
-export function acknowledge(word: Int32Array): void {
-  Atomics.add(word, 0, 1);
-  Atomics.notify(word, 0);
+/** In the iothread: is activation `gen` still the current one? */
+export function leaseHeld(words: Int32Array, gen: number): boolean {
+  return Atomics.load(words, 1) === gen;
+}
+
+/** In the iothread: stop request `seq` is done (requests come in order, so the numbers only grow). */
+export function acknowledge(words: Int32Array, seq: number): void {
+  Atomics.store(words, 0, seq);
+  Atomics.notify(words, 0);
+}
+
+/**
+ * The IoLoop as one activation sees it: every callback registered through it runs only while
+ * `held()` is true, so a revoked activation does nothing more even before its fds are removed.
+ */
+export function gatedLoop(loop: IoLoop, held: () => boolean): { add(fd: number, events: number, cb: IoCallback): void; remove(fd: number, cb?: IoCallback): boolean } {
+  const gated = new Map<IoCallback, IoCallback>();
+  return {
+    add(fd, events, cb) {
+      const g: IoCallback = (e) => {
+        if (held()) cb(e);
+      };
+      gated.set(cb, g);
+      loop.add(fd, events, g);
+    },
+    remove(fd, cb) {
+      if (cb === undefined) return loop.remove(fd);
+      const g = gated.get(cb);
+      gated.delete(cb);
+      return g ? loop.remove(fd, g) : false;
+    },
+  };
 }
 
 /** What a handler module's setup() gets. */
@@ -142,7 +197,7 @@ export type IoThreadReply =
   | { t: 'message'; data: unknown }
   | { t: 'error'; error: string }
   | { t: 'stopped' };
-export interface IoThreadInit { name: string; stopFd: number; controlFd: number }
+export interface IoThreadInit { name: string; stopFd: number; controlFd: number; log: ReturnType<typeof logShared> }
 
 /**
  * An iothread seen from the main thread. Events: 'message' (what handlers post), 'error' is not
@@ -178,12 +233,17 @@ export class IoThread extends EventEmitter {
     });
   }
 
+  /** stop() was called: requests are refused from then on */
+  get isStopped(): boolean {
+    return this.stopped;
+  }
+
   /** Start the worker; resolves once its loop is running. Call during init. */
   static async start(name: string): Promise<IoThread> {
     const stopFd = EventFd.create();
     const controlFd = EventFd.create();
     const { port1, port2 } = new MessageChannel();
-    const init: IoThreadInit & { port: unknown } = { name, stopFd: stopFd.fd, controlFd: controlFd.fd, port: port2 };
+    const init: IoThreadInit & { port: unknown } = { name, stopFd: stopFd.fd, controlFd: controlFd.fd, log: logShared(), port: port2 };
     const worker = new Worker(fileURLToPath(WORKER_URL), { workerData: init, transferList: [port2], name: `iothread-${name}` });
     const t = new IoThread(name, worker, port1, stopFd, controlFd);
     await new Promise<void>((resolve, reject) => {

@@ -7,7 +7,7 @@
 // (no KVM VM: unit tests), a message asking the main thread to raise it.
 import { EPOLLIN } from '../../../io/epoll.js';
 import { EventFd } from '../../../io/eventfd.js';
-import { acknowledge, type IoHandlerContext } from '../../../io/iothread.js';
+import { acknowledge, leaseHeld, type IoHandlerContext } from '../../../io/iothread.js';
 import { GuestMemory } from '../../../memory/guest-memory.js';
 import { INT_USED_RING } from '../../../virtio/constants.js';
 import { Queue, type QueueState } from '../../../virtio/queue.js';
@@ -19,28 +19,40 @@ export type BlkIoRequest =
     op: 'activate'; key: string; hostAddr: bigint; memSize: number; queue: QueueState; maxSize: number;
     features: string; backend: BlkBackendOptions & { fd: number }; notifyFd: number;
     irq: { status: Int32Array; fd: number } | null;
+    /** IoThreadLease words and this activation's generation: serve only while it is current */
+    lease: Int32Array; gen: number;
   }
-  | { op: 'deactivate'; key: string; released: Int32Array };
+  | { op: 'deactivate'; key: string; lease: Int32Array; seq: number };
 
-/** Worker → main: an interrupt is wanted, or the queue broke. */
-export type BlkIoMessage = { key: string; t: 'irq' } | { key: string; t: 'fail'; reason: string };
+/** Worker → main, for activation `gen`: an interrupt is wanted, or the queue broke. */
+export type BlkIoMessage = { key: string; gen: number; t: 'irq' } | { key: string; gen: number; t: 'fail'; reason: string };
 
 interface Served { blk: VirtioBlk; notifyFd: number; cb: () => void }
 const served = new Map<string, Served>();
+
+function stop(ctx: IoHandlerContext, key: string): boolean {
+  const s = served.get(key);
+  if (!s) return false;
+  served.delete(key);
+  ctx.loop.remove(s.notifyFd, s.cb);
+  return true;
+}
 
 export function setup(ctx: IoHandlerContext, req: BlkIoRequest): unknown {
   // loaded once during init: a later import() would need openat, which the seccomp filter refuses
   if (req.op === 'preload') return { loaded: true };
   if (req.op === 'deactivate') {
-    const s = served.get(req.key);
-    if (s) {
-      ctx.loop.remove(s.notifyFd, s.cb);
-      served.delete(req.key);
+    try {
+      return { stopped: stop(ctx, req.key) };
+    } finally {
+      // the main thread waits for this before the driver may free the ring
+      acknowledge(req.lease, req.seq);
     }
-    // the main thread waits for this before the driver may free the ring
-    acknowledge(req.released);
-    return { stopped: !!s };
   }
+  stop(ctx, req.key);
+  const held = (): boolean => leaseHeld(req.lease, req.gen);
+  // revoked already (reset before this request got here): never touch this ring
+  if (!held()) return { serving: false };
   const mem = GuestMemory.attach(req.hostAddr, req.memSize);
   const q = new Queue(req.maxSize);
   q.restore(req.queue);
@@ -50,7 +62,8 @@ export function setup(ctx: IoHandlerContext, req: BlkIoRequest): unknown {
   const irq = req.irq;
   const irqFd = irq ? EventFd.borrow(irq.fd) : null;
   const raise = (): void => {
-    if (!irq || !irqFd) return post({ key: req.key, t: 'irq' });
+    if (!held()) return;
+    if (!irq || !irqFd) return post({ key: req.key, gen: req.gen, t: 'irq' });
     Atomics.or(irq.status, 0, INT_USED_RING);
     irqFd.write();
   };
@@ -59,7 +72,7 @@ export function setup(ctx: IoHandlerContext, req: BlkIoRequest): unknown {
     interrupt: {
       signalUsed: () => { if (q.needsInterrupt(mem)) raise(); },
       signalConfig: () => {},
-      fail: (reason) => post({ key: req.key, t: 'fail', reason }),
+      fail: (reason) => post({ key: req.key, gen: req.gen, t: 'fail', reason }),
     },
   });
   const notify = EventFd.borrow(req.notifyFd);
@@ -67,11 +80,12 @@ export function setup(ctx: IoHandlerContext, req: BlkIoRequest): unknown {
     try {
       blk.notify();
     } catch (e) {
-      post({ key: req.key, t: 'fail', reason: (e as Error).message });
+      post({ key: req.key, gen: req.gen, t: 'fail', reason: (e as Error).message });
     }
   };
   const cb = (): void => {
-    if (notify.read() !== null) run();
+    // drained even when revoked: a level-triggered fd left readable would spin the loop
+    if (notify.read() !== null && held()) run();
   };
   ctx.loop.add(req.notifyFd, EPOLLIN, cb);
   served.set(req.key, { blk, notifyFd: req.notifyFd, cb });

@@ -3,7 +3,7 @@
 // (iothread-handler.ts), woken directly by the queue's ioeventfd. The iothread raises the
 // interrupts itself once the KVM VM exists (the transport's InterruptStatus word and the slot's
 // irqfd, ActivateContext.irq); without one (unit tests) they come back as messages.
-import { IoThreadAck, type IoThread } from '../../../io/iothread.js';
+import { IoThreadLease, type IoThread } from '../../../io/iothread.js';
 import { logger } from '../../../log.js';
 import type { ActivateContext, VirtioDevice } from '../../../virtio/device.js';
 import { EventFd } from '../../../io/eventfd.js';
@@ -18,10 +18,10 @@ export class IoThreadBlk implements VirtioDevice {
   readonly ownsNotifiers = true;
   private readonly inner: VirtioBlk;
   private ctx: ActivateContext | null = null;
-  /** the iothread acknowledges here that it stopped serving this disk */
-  private readonly released = new IoThreadAck();
+  /** which activation the iothread may serve (net/iothread.ts explains) */
+  private readonly lease = new IoThreadLease();
   private readonly onMessage = (m: BlkIoMessage): void => {
-    if (m?.key !== this.key || !this.ctx) return;
+    if (m?.key !== this.key || m.gen !== this.lease.generation || !this.ctx) return;
     if (m.t === 'irq') this.ctx.interrupt.raiseUsed?.(0);
     else this.ctx.interrupt.fail(m.reason);
   };
@@ -53,11 +53,15 @@ export class IoThreadBlk implements VirtioDevice {
     const notifyFd = ctx.notifiers[0];
     if (!q || notifyFd === undefined) throw new Error('virtio-blk on an iothread needs its queue ioeventfd');
     this.ctx = ctx;
+    const gen = this.lease.grant();
     const req: BlkIoRequest = {
       op: 'activate', key: this.key, hostAddr: ctx.mem.hostAddr, memSize: ctx.mem.totalSize, queue: q.state(), maxSize: q.maxSize,
       features: ctx.features.toString(), backend: { ...this.backend.opts, fd: this.backend.fd }, notifyFd, irq: ctx.irq ?? null,
+      lease: this.lease.words, gen,
     };
-    this.thread.load(HANDLER, req).catch((e: unknown) => ctx.interrupt.fail(`iothread: ${(e as Error).message}`));
+    this.thread.load(HANDLER, req).catch((e: unknown) => {
+      if (this.ctx === ctx && this.lease.generation === gen) ctx.interrupt.fail(`iothread: ${(e as Error).message}`);
+    });
   }
 
   /** The queue's indices live in the iothread: a snapshot would save stale ones. */
@@ -72,19 +76,22 @@ export class IoThreadBlk implements VirtioDevice {
   }
 
   /**
-   * Stops the iothread's service and waits until it acknowledges (as net/iothread.ts does): the
+   * Revokes the iothread's service and waits until it acknowledges (as net/iothread.ts does): the
    * driver frees the ring once its Status write returns, and a request finishing in the worker
    * after that would write into freed guest memory. Bounded, so a stuck iothread cannot hang us.
    */
   reset(): void {
     if (!this.ctx) return;
     this.ctx = null;
-    const req: BlkIoRequest = { op: 'deactivate', key: this.key, released: this.released.word };
-    const post = (): void => {
+    const post = (seq: number): boolean => {
+      if (this.thread.isStopped) return false;
+      const req: BlkIoRequest = { op: 'deactivate', key: this.key, lease: this.lease.words, seq };
       this.thread.load(HANDLER, req).catch((e: unknown) => log.warn(`${this.key}: iothread deactivate: ${(e as Error).message}`));
+      return true;
     };
-    if (!this.released.waitAfter(post)) {
-      log.warn(`${this.key}: the iothread did not let go of the ring within ${IoThreadAck.WAIT_MS} ms`);
+    if (!this.lease.revoke(post)) {
+      // a request still inside preadv/pwritev there completes into the old ring; nothing after it runs
+      log.warn(`${this.key}: the iothread did not acknowledge the reset within ${IoThreadLease.WAIT_MS} ms`);
     }
   }
 

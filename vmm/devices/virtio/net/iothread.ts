@@ -6,13 +6,16 @@
 // nothing: no threadpool hand-off per wake-up (the main Poller's), no message per interrupt.
 //
 // Reset waits for the iothread: the driver frees its rings after writing 0 to Status, so the
-// iothread must have stopped touching them before the MMIO write returns to the guest. The main
-// thread posts "deactivate" and blocks in Atomics.wait until the iothread acknowledges (it does so
-// between two callbacks, after at most one batch of frames), with a bound so that a stuck iothread
-// cannot hang the VMM.
+// iothread must have stopped touching them before the MMIO write returns to the guest. Each
+// activation holds an IoThreadLease generation; reset revokes it (the iothread's callbacks check
+// it, so they stop at the next one), posts "deactivate" and blocks in Atomics.wait until the
+// iothread acknowledges that request (after the callbacks of the epoll wake-up it is in: at most
+// a batch of frames here, but also whatever else the same iothread serves), at most 2 s, so that
+// a stuck iothread cannot hang the VMM. Messages from the worker carry the generation too: a
+// failure reported for an earlier activation is ignored.
 //
 // Counters live in a SharedArrayBuffer the iothread's VirtioNet writes and `metrics` reads.
-import { IoThreadAck, type IoThread } from '../../../io/iothread.js';
+import { IoThreadLease, type IoThread } from '../../../io/iothread.js';
 import { EventFd } from '../../../io/eventfd.js';
 import { logger } from '../../../log.js';
 import type { ActivateContext } from '../../../virtio/device.js';
@@ -26,11 +29,11 @@ const HANDLER = new URL('./net-iothread-handler.js', import.meta.url);
 export class IoThreadNet extends VirtioNet {
   readonly ownsNotifiers = true;
   private readonly counters: SharedArrayBuffer;
-  /** the iothread acknowledges here that it stopped serving this device */
-  private readonly released = new IoThreadAck();
+  /** which activation the iothread may serve (see the header) */
+  private readonly lease = new IoThreadLease();
   private remote: ActivateContext | null = null;
   private readonly onMessage = (m: NetIoMessage): void => {
-    if (m?.key !== this.key || !this.remote) return;
+    if (m?.key !== this.key || m.gen !== this.lease.generation || !this.remote) return;
     this.remote.interrupt.fail(m.reason);
   };
 
@@ -59,13 +62,16 @@ export class IoThreadNet extends VirtioNet {
     if (!rx || !tx || notifiers.length < 2 || !ctx.irq) throw new Error('virtio-net on an iothread needs its queue ioeventfds and irqfd');
     this.tap.setOffload(tapOffloadFor(ctx.features));
     this.remote = ctx;
+    const gen = this.lease.grant();
     const req: NetIoRequest = {
       op: 'activate', key: this.key, hostAddr: ctx.mem.hostAddr, memSize: ctx.mem.totalSize,
       queues: [rx.state(), tx.state()], maxSizes: [rx.maxSize, tx.maxSize], features: ctx.features.toString(),
       tapFd: this.tap.fd, tapName: this.tap.name, notifiers: [notifiers[RXQ] as number, notifiers[TXQ] as number],
-      irq: ctx.irq, counters: this.counters,
+      irq: ctx.irq, counters: this.counters, lease: this.lease.words, gen,
     };
-    this.thread.load(HANDLER, req).catch((e: unknown) => ctx.interrupt.fail(`iothread: ${(e as Error).message}`));
+    this.thread.load(HANDLER, req).catch((e: unknown) => {
+      if (this.remote === ctx && this.lease.generation === gen) ctx.interrupt.fail(`iothread: ${(e as Error).message}`);
+    });
   }
 
   /** A notification that reached the main thread (a QueueNotify write the ioeventfds did not match): pass it on. */
@@ -95,13 +101,15 @@ export class IoThreadNet extends VirtioNet {
     const ctx = this.remote;
     if (!ctx) return;
     this.remote = null;
-    const req: NetIoRequest = { op: 'deactivate', key: this.key, released: this.released.word };
     // the driver frees its rings once this returns: wait until the iothread no longer uses them
-    const post = (): void => {
+    const post = (seq: number): boolean => {
+      if (this.thread.isStopped) return false;
+      const req: NetIoRequest = { op: 'deactivate', key: this.key, lease: this.lease.words, seq };
       this.thread.load(HANDLER, req).catch((e: unknown) => log.warn(`${this.key}: iothread deactivate: ${(e as Error).message}`));
+      return true;
     };
-    if (!this.released.waitAfter(post)) {
-      log.warn(`${this.key}: the iothread did not let go of the rings within ${IoThreadAck.WAIT_MS} ms`);
+    if (!this.lease.revoke(post)) {
+      log.warn(`${this.key}: the iothread did not acknowledge the reset within ${IoThreadLease.WAIT_MS} ms (its callbacks for the old rings are off)`);
     }
     try {
       this.tap.setOffload(0);

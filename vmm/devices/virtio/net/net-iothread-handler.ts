@@ -9,7 +9,7 @@
 // timer, a promise or setImmediate: the tx batch limit yields by writing the tx ioeventfd.
 import { EPOLLIN } from '../../../io/epoll.js';
 import { EventFd } from '../../../io/eventfd.js';
-import { acknowledge, type IoHandlerContext } from '../../../io/iothread.js';
+import { acknowledge, gatedLoop, leaseHeld, type IoHandlerContext } from '../../../io/iothread.js';
 import { GuestMemory } from '../../../memory/guest-memory.js';
 import { INT_USED_RING } from '../../../virtio/constants.js';
 import { Queue, QueueBrokenError, type QueueState } from '../../../virtio/queue.js';
@@ -22,11 +22,13 @@ export type NetIoRequest =
     op: 'activate'; key: string; hostAddr: bigint; memSize: number; queues: [QueueState, QueueState]; maxSizes: [number, number];
     features: string; tapFd: number; tapName: string; notifiers: [number, number];
     irq: { status: Int32Array; fd: number }; counters: SharedArrayBuffer;
+    /** IoThreadLease words and this activation's generation: serve only while it is current */
+    lease: Int32Array; gen: number;
   }
-  | { op: 'deactivate'; key: string; released: Int32Array };
+  | { op: 'deactivate'; key: string; lease: Int32Array; seq: number };
 
-/** Worker → main: the device cannot go on (a broken ring). */
-export type NetIoMessage = { key: string; t: 'fail'; reason: string };
+/** Worker → main: the device cannot go on (a broken ring), for activation `gen`. */
+export type NetIoMessage = { key: string; gen: number; t: 'fail'; reason: string };
 
 interface Served { net: VirtioNet; watched: Array<{ fd: number; cb: () => void }> }
 const served = new Map<string, Served>();
@@ -45,13 +47,37 @@ export function setup(ctx: IoHandlerContext, req: NetIoRequest): unknown {
   // loaded once during init: a later import() would need openat, which the seccomp filter refuses
   if (req.op === 'preload') return { loaded: true };
   if (req.op === 'deactivate') {
-    const stopped = stop(ctx, req.key);
-    // the main thread waits for this before it lets the driver free the rings (also when the
-    // activation had failed: then there was nothing to stop)
-    acknowledge(req.released);
-    return { stopped };
+    try {
+      return { stopped: stop(ctx, req.key) };
+    } finally {
+      // the main thread waits for this before it lets the driver free the rings (also when the
+      // activation had failed: then there was nothing to stop)
+      acknowledge(req.lease, req.seq);
+    }
   }
   stop(ctx, req.key);
+  const held = (): boolean => leaseHeld(req.lease, req.gen);
+  // revoked already (reset before this request got here): never touch these rings
+  if (!held()) return { serving: false };
+  const s: Served = { net: null as unknown as VirtioNet, watched: [] };
+  let run: (index: number) => void;
+  try {
+    run = activate(ctx, req, held, s);
+  } catch (e) {
+    // nothing half-registered stays behind (a later activation would find its fds taken)
+    for (const w of s.watched) ctx.loop.remove(w.fd, w.cb);
+    s.net?.reset();
+    throw e;
+  }
+  served.set(req.key, s);
+  // what the driver queued before this side listened
+  run(TXQ);
+  run(RXQ);
+  return { serving: req.key };
+}
+
+/** Builds the activation's VirtioNet and watches its fds (recorded in `s`); returns "serve queue i". */
+function activate(ctx: IoHandlerContext, req: Extract<NetIoRequest, { op: 'activate' }>, held: () => boolean, s: Served): (index: number) => void {
   const mem = GuestMemory.attach(req.hostAddr, req.memSize);
   const queues = req.queues.map((state, i) => {
     const q = new Queue(req.maxSizes[i] as number);
@@ -62,21 +88,24 @@ export function setup(ctx: IoHandlerContext, req: NetIoRequest): unknown {
   const fail = (reason: string): void => {
     if (!served.has(req.key)) return;
     stop(ctx, req.key);
-    ctx.post({ key: req.key, t: 'fail', reason } satisfies NetIoMessage);
+    ctx.post({ key: req.key, gen: req.gen, t: 'fail', reason } satisfies NetIoMessage);
   };
   const kick = req.notifiers.map((fd) => EventFd.borrow(fd));
-  const net = new VirtioNet({
+  // every callback of this activation (the tap's too) runs only while it is current
+  const loop = gatedLoop(ctx.loop, held);
+  s.net = new VirtioNet({
     // not Tap: this side must neither configure nor close the main thread's fd
     backend: new FdBackend(req.tapFd, req.tapName),
-    poller: ctx.loop,
+    poller: loop,
     metrics: sharedNetMetrics(req.counters),
     yieldTx: () => kick[TXQ]?.write(),
   });
+  const net = s.net;
   net.activate({
     mem, queues, features: BigInt(req.features), notifiers: [],
     interrupt: {
       signalUsed: (i) => {
-        if (!queues[i]?.needsInterrupt(mem)) return;
+        if (!queues[i]?.needsInterrupt(mem) || !held()) return;
         Atomics.or(req.irq.status, 0, INT_USED_RING);
         irqFd.write();
       },
@@ -91,17 +120,16 @@ export function setup(ctx: IoHandlerContext, req: NetIoRequest): unknown {
       fail(e instanceof QueueBrokenError ? `queue ${index}: ${e.message}` : (e as Error).message);
     }
   };
-  const watched = [RXQ, TXQ].map((index) => {
+  for (const index of [TXQ, RXQ]) {
     const efd = kick[index] as EventFd;
     const cb = (): void => {
-      if (efd.read() !== null) run(index);
+      // drained even when revoked: a level-triggered fd left readable would spin the loop
+      if (efd.read() !== null && held()) run(index);
     };
     ctx.loop.add(efd.fd, EPOLLIN, cb);
-    return { fd: efd.fd, cb };
-  });
-  served.set(req.key, { net, watched });
-  // what the driver queued before this side listened
-  run(TXQ);
-  run(RXQ);
-  return { serving: req.key };
+    s.watched.push({ fd: efd.fd, cb });
+  }
+  return (index) => {
+    if (held()) run(index);
+  };
 }
