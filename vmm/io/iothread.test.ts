@@ -4,7 +4,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { EventFd } from './eventfd.js';
-import { IoLoop, IoThread } from './iothread.js';
+import { Worker } from 'node:worker_threads';
+import { IoLoop, IoThread, IoThreadLease, leaseHeld } from './iothread.js';
 import { EPOLLIN } from './epoll.js';
 
 const HANDLER = new URL('../testing/io-handler.js', import.meta.url);
@@ -97,4 +98,37 @@ test('wake-up latency: eventfd write on the main thread -> iothread callback, 10
   assert.ok(q(0.5) < 5000);
   await io.stop();
   e.close();
+});
+
+/** A thread that acknowledges stop requests as `plan` says: [seq, delayMs] in order. */
+function acknowledger(words: Int32Array, plan: Array<[number, number]>): Worker {
+  const code = `
+    const { workerData } = require('node:worker_threads');
+    const { words, plan } = workerData;
+    const sleep = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+    for (const [seq, ms] of plan) { sleep(ms); Atomics.store(words, 0, seq); Atomics.notify(words, 0); }`;
+  return new Worker(code, { eval: true, workerData: { words, plan } });
+}
+
+test('IoThreadLease: a revoked generation is no longer held; a late acknowledgement does not end a later wait', async () => {
+  const lease = new IoThreadLease();
+  const gen = lease.grant();
+  assert.ok(leaseHeld(lease.words, gen));
+  // nothing to wait for when the request cannot be posted (the iothread has stopped)
+  assert.equal(lease.revoke(() => false), true);
+  assert.ok(!leaseHeld(lease.words, gen), 'revoke moves the generation on at once');
+  // request 2 is never acknowledged in time
+  assert.equal(lease.revoke(() => true, 100), false);
+  // request 3: the iothread acknowledges 2 late (after 50 ms), then 3 (after 300 ms more)
+  const w = acknowledger(lease.words, [[2, 50], [3, 300]]);
+  try {
+    const ok = lease.revoke((seq) => {
+      assert.equal(seq, 3);
+      return true;
+    }, 5000);
+    assert.equal(ok, true);
+    assert.equal(Atomics.load(lease.words, 0), 3, 'the wait ended at the acknowledgement of its own request, not at the late one');
+  } finally {
+    await w.terminate();
+  }
 });
