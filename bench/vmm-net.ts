@@ -101,9 +101,13 @@ async function bootNative(img: Img, initrd: string, mode: NativeNet, link: Link)
     pid: vmm.child.pid as number,
     counters: () => nicCounters(q),
     diagnose: async () => {
-      const m = await q.call('x-query-net-metrics').catch((e: Error) => e.message);
+      // twice, 5 s apart: does anything still move (and which side waits for the other)
+      const m1 = await q.call('x-query-net-metrics').catch((e: Error) => e.message);
+      await new Promise((r) => setTimeout(r, 5000));
+      const m2 = await q.call('x-query-net-metrics').catch((e: Error) => e.message);
+      const host = spawnSync('ip', ['netns', 'exec', NS, 'sh', '-c', `ss -tin; ip -s link show ${link.tap}`], { encoding: 'utf8', timeout: 10_000 }).stdout;
       const logTail = existsSync(logFile) ? readFileSync(logFile, 'utf8').slice(-2000) : '(no log)';
-      return `net metrics: ${JSON.stringify(m)}\nVMM log (end): ${logTail}\nstderr: ${vmm.stderr.slice(-500)}`;
+      return `net metrics: ${JSON.stringify(m1)}\n5 s later: ${JSON.stringify(m2)}\nhost side: ${host}\nVMM log (end): ${logTail}\nstderr: ${vmm.stderr.slice(-500)}`;
     },
     stop: async () => {
       await q.execute('quit');

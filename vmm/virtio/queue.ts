@@ -281,6 +281,14 @@ export class Queue {
     if (!this.eventIdx) mem.writeU16(GuestAddress(this.used), VIRTQ_USED_F_NO_NOTIFY);
   }
 
+  /** What the ring itself says now (debugging a stalled queue): both indices and both event words. */
+  ringView(mem: GuestMemory): { availIdx: number; usedIdx: number; usedEvent: number; availEvent: number } {
+    return {
+      availIdx: mem.readU16(GuestAddress(this.avail + 2)), usedIdx: mem.readU16(GuestAddress(this.used + 2)),
+      usedEvent: mem.readU16(GuestAddress(this.avail + 4 + 2 * this.size)), availEvent: mem.readU16(GuestAddress(this.used + 4 + 8 * this.size)),
+    };
+  }
+
   state(): QueueState {
     return {
       size: this.size, ready: this.ready, desc: this.desc, avail: this.avail, used: this.used,

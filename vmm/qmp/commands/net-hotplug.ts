@@ -15,6 +15,7 @@
 import type { DeviceManager } from '../../devices/manager.js';
 import { hotNetSlotId } from '../../devices/build.js';
 import { VirtioNet } from '../../devices/virtio/net/device.js';
+import { IoThreadNet } from '../../devices/virtio/net/iothread.js';
 import { Tap } from '../../devices/virtio/net/tap.js';
 import { QmpError, type QmpServer } from '../server.js';
 
@@ -90,15 +91,17 @@ export function register(qmp: QmpServer, deps: NetHotplugDeps): NetHotplug {
     return {};
   });
 
-  qmp.register('x-query-net-metrics', () => deps.devices.slots.filter((s) => s.device instanceof VirtioNet).map((s) => {
+  qmp.register('x-query-net-metrics', async () => await Promise.all(deps.devices.slots.filter((s) => s.device instanceof VirtioNet).map(async (s) => {
     const net = s.device as VirtioNet;
     const t = s.transport.metrics;
     const hot = [...attached.entries()].find(([, a]) => a.net === net);
     return {
       id: s.id, ...(hot ? { device: hot[0] } : {}), tap: net.backendName ?? null, link: net.linkUp, polling: net.isPolling,
-      ...net.metrics, interrupts: t.interrupts, notifications: t.notifications,
+      ...net.metrics, interrupts: t.interrupts, notifications: t.notifications, interruptStatus: Atomics.load(s.transport.interruptWord, 0),
+      // on an iothread the main thread's transport counts neither; the worker's view of its queues instead
+      ...(net instanceof IoThreadNet ? { iothread: await net.inspect().catch((e: Error) => e.message) } : {}),
     };
-  }));
+  })));
 
   return {
     deviceAdd(args, slotNumber) {

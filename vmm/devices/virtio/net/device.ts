@@ -183,6 +183,11 @@ export class VirtioNet implements VirtioDevice {
     return this.polling;
   }
 
+  /** Bytes of a frame read from the tap and waiting for rx buffers (0: none). */
+  get pendingBytes(): number {
+    return this.pendingLen;
+  }
+
   private configSpace(): Uint8Array {
     const c = new Uint8Array(12);
     const v = new DataView(c.buffer);

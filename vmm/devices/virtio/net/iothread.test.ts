@@ -89,6 +89,12 @@ test('a NIC on an iothread: tx and rx in the worker, its interrupts through the 
     assert.equal(back.readUInt16LE(10), 1, 'num_buffers');
     assert.deepEqual(back.subarray(NET_HDR_SIZE), inFrame.subarray(NET_HDR_SIZE));
     await until(() => r.irq.read() !== null, 'an rx interrupt');
+    // the iothread's own view of its queues (QMP x-query-net-metrics shows it)
+    const view = await r.net.inspect() as { serving: boolean; pendingBytes: number; queues: Array<{ nextUsed: number; usedIdx: number; availIdx: number }> };
+    assert.equal(view.serving, true);
+    assert.equal(view.pendingBytes, 0);
+    assert.deepEqual([view.queues[RXQ]!.nextUsed, view.queues[RXQ]!.usedIdx, view.queues[RXQ]!.availIdx], [1, 1, 1]);
+    assert.deepEqual([view.queues[TXQ]!.nextUsed, view.queues[TXQ]!.usedIdx], [1, 1]);
     assert.equal(r.net.metrics.txFrames, 1);
     assert.equal(r.net.metrics.txBytes, 1000);
     assert.equal(r.net.metrics.rxBytes, 1500);

@@ -74,6 +74,13 @@ export class IoThreadNet extends VirtioNet {
     });
   }
 
+  /** The iothread's view of the queues (indices it holds, what the rings say, a frame waiting): QMP x-query-net-metrics. */
+  async inspect(): Promise<unknown> {
+    if (!this.remote) return { serving: false };
+    const req: NetIoRequest = { op: 'inspect', key: this.key };
+    return await this.thread.load(HANDLER, req);
+  }
+
   /** A notification that reached the main thread (a QueueNotify write the ioeventfds did not match): pass it on. */
   override notify(index: number): void {
     const fd = this.remote?.notifiers[index];

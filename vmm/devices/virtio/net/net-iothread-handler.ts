@@ -25,12 +25,13 @@ export type NetIoRequest =
     /** IoThreadLease words and this activation's generation: serve only while it is current */
     lease: Int32Array; gen: number;
   }
-  | { op: 'deactivate'; key: string; lease: Int32Array; seq: number };
+  | { op: 'deactivate'; key: string; lease: Int32Array; seq: number }
+  | { op: 'inspect'; key: string };
 
 /** Worker → main: the device cannot go on (a broken ring), for activation `gen`. */
 export type NetIoMessage = { key: string; gen: number; t: 'fail'; reason: string };
 
-interface Served { net: VirtioNet; watched: Array<{ fd: number; cb: () => void }> }
+interface Served { net: VirtioNet; watched: Array<{ fd: number; cb: () => void }>; inspect?: () => unknown }
 const served = new Map<string, Served>();
 
 function stop(ctx: IoHandlerContext, key: string): boolean {
@@ -46,6 +47,7 @@ function stop(ctx: IoHandlerContext, key: string): boolean {
 export function setup(ctx: IoHandlerContext, req: NetIoRequest): unknown {
   // loaded once during init: a later import() would need openat, which the seccomp filter refuses
   if (req.op === 'preload') return { loaded: true };
+  if (req.op === 'inspect') return served.get(req.key)?.inspect?.() ?? { serving: false };
   if (req.op === 'deactivate') {
     try {
       return { stopped: stop(ctx, req.key) };
@@ -101,6 +103,10 @@ function activate(ctx: IoHandlerContext, req: Extract<NetIoRequest, { op: 'activ
     yieldTx: () => kick[TXQ]?.write(),
   });
   const net = s.net;
+  s.inspect = () => ({
+    serving: true, polling: net.isPolling, pendingBytes: net.pendingBytes,
+    queues: queues.map((q) => ({ ...q.state(), ...q.ringView(mem) })),
+  });
   net.activate({
     mem, queues, features: BigInt(req.features), notifiers: [],
     interrupt: {
