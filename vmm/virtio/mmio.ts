@@ -131,6 +131,11 @@ export class MmioTransport implements BusDevice, VirtioInterrupt {
     this.trigger();
   }
 
+  /** Each queue's indices and what its ring says now (debugging a stalled device: QMP x-query-net-metrics). */
+  queueViews(): Array<ReturnType<Queue['state']> & ReturnType<Queue['ringView']>> {
+    return this.queues.map((q) => ({ ...q.state(), ...(q.ready ? q.ringView(this.mem) : { availIdx: 0, usedIdx: 0, usedEvent: 0, availEvent: 0 }) }));
+  }
+
   /** A queue notification that did not come through the MMIO register (ioeventfd). */
   notify(index: number): void {
     if (!this.activated || index >= this.queues.length) return;

@@ -71,6 +71,8 @@ test('net hot-replace: netdev_add fd, device_add virtio-net-mmio, device_del -> 
     assert.equal(net.backendName, 'fd:tapfd');
     const after = (await nets())[0] as Record<string, unknown>;
     assert.deepEqual([after.id, after.device, after.tap, after.link], ['hotplug-net-0', 'n0', 'fd:tapfd', true]);
+    // the stall diagnostics: no frame waiting, no queue view while no driver has activated the NIC
+    assert.deepEqual([after.pendingBytes, after.queues, after.interruptStatus], [0, [], 0]);
     assert.match(await desc('netdev_del', { id: 'n0' }), /in use by a device/);
     // the event comes before the reply
     const seen: string[] = [];

@@ -99,7 +99,9 @@ export function register(qmp: QmpServer, deps: NetHotplugDeps): NetHotplug {
       id: s.id, ...(hot ? { device: hot[0] } : {}), tap: net.backendName ?? null, link: net.linkUp, polling: net.isPolling,
       ...net.metrics, interrupts: t.interrupts, notifications: t.notifications, interruptStatus: Atomics.load(s.transport.interruptWord, 0),
       // on an iothread the main thread's transport counts neither; the worker's view of its queues instead
-      ...(net instanceof IoThreadNet ? { iothread: await net.inspect().catch((e: Error) => e.message) } : {}),
+      ...(net instanceof IoThreadNet
+        ? { iothread: await net.inspect().catch((e: Error) => e.message) }
+        : { pendingBytes: net.pendingBytes, queues: s.transport.isActive ? s.transport.queueViews() : [] }),
     };
   })));
 
