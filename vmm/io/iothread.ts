@@ -149,6 +149,34 @@ export function acknowledge(words: Int32Array, seq: number): void {
   Atomics.notify(words, 0);
 }
 
+/** What every device handler on an iothread is asked, besides its own requests. */
+export type LeasedRequest =
+  | { op: 'preload' }
+  | { op: 'deactivate'; key: string; lease: Int32Array; seq: number }
+  | { op: 'activate'; key: string; lease: Int32Array; gen: number };
+
+/**
+ * The part of a device handler's setup() that is the same for every device: `preload` (the
+ * import during init: a later one would need openat, which the seccomp filter refuses),
+ * `deactivate` (stop, and acknowledge even when stopping throws, or the main thread would wait
+ * out its bound), and for `activate` stopping a previous activation and refusing one already
+ * revoked (a reset came before this request). Returns the reply, or `held` and the request to activate.
+ */
+export function leaseStep<R extends LeasedRequest>(req: R, stop: (key: string) => boolean): { reply: unknown } | { held: () => boolean; activation: Extract<R, { op: 'activate' }> } {
+  if (req.op === 'preload') return { reply: { loaded: true } };
+  if (req.op === 'deactivate') {
+    try {
+      return { reply: { stopped: stop(req.key) } };
+    } finally {
+      acknowledge(req.lease, req.seq);
+    }
+  }
+  stop(req.key);
+  const { lease, gen } = req;
+  const held = (): boolean => leaseHeld(lease, gen);
+  return held() ? { held, activation: req as Extract<R, { op: 'activate' }> } : { reply: { serving: false } };
+}
+
 /**
  * The IoLoop as one activation sees it: every callback registered through it runs only while
  * `held()` is true, so a revoked activation does nothing more even before its fds are removed.

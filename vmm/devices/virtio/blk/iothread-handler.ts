@@ -7,7 +7,7 @@
 // (no KVM VM: unit tests), a message asking the main thread to raise it.
 import { EPOLLIN } from '../../../io/epoll.js';
 import { EventFd } from '../../../io/eventfd.js';
-import { acknowledge, leaseHeld, type IoHandlerContext } from '../../../io/iothread.js';
+import { leaseStep, type IoHandlerContext } from '../../../io/iothread.js';
 import { GuestMemory } from '../../../memory/guest-memory.js';
 import { INT_USED_RING } from '../../../virtio/constants.js';
 import { Queue, type QueueState } from '../../../virtio/queue.js';
@@ -39,56 +39,45 @@ function stop(ctx: IoHandlerContext, key: string): boolean {
 }
 
 export function setup(ctx: IoHandlerContext, req: BlkIoRequest): unknown {
-  // loaded once during init: a later import() would need openat, which the seccomp filter refuses
-  if (req.op === 'preload') return { loaded: true };
-  if (req.op === 'deactivate') {
-    try {
-      return { stopped: stop(ctx, req.key) };
-    } finally {
-      // the main thread waits for this before the driver may free the ring
-      acknowledge(req.lease, req.seq);
-    }
-  }
-  stop(ctx, req.key);
-  const held = (): boolean => leaseHeld(req.lease, req.gen);
-  // revoked already (reset before this request got here): never touch this ring
-  if (!held()) return { serving: false };
-  const mem = GuestMemory.attach(req.hostAddr, req.memSize);
-  const q = new Queue(req.maxSize);
-  q.restore(req.queue);
+  const step = leaseStep(req, (key) => stop(ctx, key));
+  if ('reply' in step) return step.reply;
+  const { held, activation: act } = step;
+  const mem = GuestMemory.attach(act.hostAddr, act.memSize);
+  const q = new Queue(act.maxSize);
+  q.restore(act.queue);
   // the fd belongs to the main thread's backend: this side never closes it
-  const blk = new VirtioBlk(new BlkBackend(req.backend));
+  const blk = new VirtioBlk(new BlkBackend(act.backend));
   const post = (m: BlkIoMessage): void => ctx.post(m);
-  const irq = req.irq;
+  const irq = act.irq;
   const irqFd = irq ? EventFd.borrow(irq.fd) : null;
   const raise = (): void => {
     if (!held()) return;
-    if (!irq || !irqFd) return post({ key: req.key, gen: req.gen, t: 'irq' });
+    if (!irq || !irqFd) return post({ key: act.key, gen: act.gen, t: 'irq' });
     Atomics.or(irq.status, 0, INT_USED_RING);
     irqFd.write();
   };
   blk.activate({
-    mem, queues: [q], features: BigInt(req.features), notifiers: [],
+    mem, queues: [q], features: BigInt(act.features), notifiers: [],
     interrupt: {
       signalUsed: () => { if (q.needsInterrupt(mem)) raise(); },
       signalConfig: () => {},
-      fail: (reason) => post({ key: req.key, gen: req.gen, t: 'fail', reason }),
+      fail: (reason) => post({ key: act.key, gen: act.gen, t: 'fail', reason }),
     },
   });
-  const notify = EventFd.borrow(req.notifyFd);
+  const notify = EventFd.borrow(act.notifyFd);
   const run = (): void => {
     try {
       blk.notify();
     } catch (e) {
-      post({ key: req.key, gen: req.gen, t: 'fail', reason: (e as Error).message });
+      post({ key: act.key, gen: act.gen, t: 'fail', reason: (e as Error).message });
     }
   };
   const cb = (): void => {
     // drained even when revoked: a level-triggered fd left readable would spin the loop
     if (notify.read() !== null && held()) run();
   };
-  ctx.loop.add(req.notifyFd, EPOLLIN, cb);
-  served.set(req.key, { blk, notifyFd: req.notifyFd, cb });
+  ctx.loop.add(act.notifyFd, EPOLLIN, cb);
+  served.set(act.key, { blk, notifyFd: act.notifyFd, cb });
   run(); // requests the driver queued before we listened
-  return { serving: req.key };
+  return { serving: act.key };
 }

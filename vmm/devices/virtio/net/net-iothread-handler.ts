@@ -9,7 +9,7 @@
 // timer, a promise or setImmediate: the tx batch limit yields by writing the tx ioeventfd.
 import { EPOLLIN } from '../../../io/epoll.js';
 import { EventFd } from '../../../io/eventfd.js';
-import { acknowledge, gatedLoop, leaseHeld, type IoHandlerContext } from '../../../io/iothread.js';
+import { gatedLoop, leaseStep, type IoHandlerContext } from '../../../io/iothread.js';
 import { GuestMemory } from '../../../memory/guest-memory.js';
 import { INT_USED_RING } from '../../../virtio/constants.js';
 import { Queue, QueueBrokenError, type QueueState } from '../../../virtio/queue.js';
@@ -45,37 +45,25 @@ function stop(ctx: IoHandlerContext, key: string): boolean {
 }
 
 export function setup(ctx: IoHandlerContext, req: NetIoRequest): unknown {
-  // loaded once during init: a later import() would need openat, which the seccomp filter refuses
-  if (req.op === 'preload') return { loaded: true };
   if (req.op === 'inspect') return served.get(req.key)?.inspect?.() ?? { serving: false };
-  if (req.op === 'deactivate') {
-    try {
-      return { stopped: stop(ctx, req.key) };
-    } finally {
-      // the main thread waits for this before it lets the driver free the rings (also when the
-      // activation had failed: then there was nothing to stop)
-      acknowledge(req.lease, req.seq);
-    }
-  }
-  stop(ctx, req.key);
-  const held = (): boolean => leaseHeld(req.lease, req.gen);
-  // revoked already (reset before this request got here): never touch these rings
-  if (!held()) return { serving: false };
+  const step = leaseStep(req, (key) => stop(ctx, key));
+  if ('reply' in step) return step.reply;
+  const { held, activation: act } = step;
   const s: Served = { net: null as unknown as VirtioNet, watched: [] };
   let run: (index: number) => void;
   try {
-    run = activate(ctx, req, held, s);
+    run = activate(ctx, act, held, s);
   } catch (e) {
     // nothing half-registered stays behind (a later activation would find its fds taken)
     for (const w of s.watched) ctx.loop.remove(w.fd, w.cb);
     s.net?.reset();
     throw e;
   }
-  served.set(req.key, s);
+  served.set(act.key, s);
   // what the driver queued before this side listened
   run(TXQ);
   run(RXQ);
-  return { serving: req.key };
+  return { serving: act.key };
 }
 
 /** Builds the activation's VirtioNet and watches its fds (recorded in `s`); returns "serve queue i". */
