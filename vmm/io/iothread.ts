@@ -180,6 +180,8 @@ export function leaseStep<R extends LeasedRequest>(req: R, stop: (key: string) =
 /**
  * The IoLoop as one activation sees it: every callback registered through it runs only while
  * `held()` is true, so a revoked activation does nothing more even before its fds are removed.
+ * A skipped level-triggered fd fires again at once: the loop spins on it only until the
+ * deactivate that follows every revoke (already posted, with the control eventfd written) removes it.
  */
 export function gatedLoop(loop: IoLoop, held: () => boolean): { add(fd: number, events: number, cb: IoCallback): void; remove(fd: number, cb?: IoCallback): boolean } {
   const gated = new Map<IoCallback, IoCallback>();
