@@ -263,11 +263,6 @@ export class IoThread extends EventEmitter {
     });
   }
 
-  /** stop() was called: requests are refused from then on */
-  get isStopped(): boolean {
-    return this.stopped;
-  }
-
   /** Start the worker; resolves once its loop is running. Call during init. */
   static async start(name: string): Promise<IoThread> {
     const stopFd = EventFd.create();
@@ -304,6 +299,21 @@ export class IoThread extends EventEmitter {
     this.port.postMessage(req, transfer);
     this.controlFd.write();
     return p;
+  }
+
+  /**
+   * Ends `key`'s activation in the handler module `handler`: revokes `lease`, posts the
+   * LeasedRequest "deactivate" and waits for its acknowledgement (IoThreadLease.revoke). True once
+   * acknowledged, or at once when this iothread has stopped (nothing runs there any more); false
+   * when the acknowledgement did not come in time.
+   */
+  revoke(handler: URL, key: string, lease: IoThreadLease): boolean {
+    return lease.revoke((seq) => {
+      if (this.stopped) return false;
+      const req: LeasedRequest = { op: 'deactivate', key, lease: lease.words, seq };
+      this.load(handler, req).catch((e: unknown) => log.warn(`${key}: iothread deactivate: ${(e as Error).message}`));
+      return true;
+    });
   }
 
   /**

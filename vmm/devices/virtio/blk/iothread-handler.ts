@@ -7,22 +7,22 @@
 // (no KVM VM: unit tests), a message asking the main thread to raise it.
 import { EPOLLIN } from '../../../io/epoll.js';
 import { EventFd } from '../../../io/eventfd.js';
-import { leaseStep, type IoHandlerContext } from '../../../io/iothread.js';
+import { leaseStep, type IoHandlerContext, type LeasedRequest } from '../../../io/iothread.js';
 import { GuestMemory } from '../../../memory/guest-memory.js';
 import { INT_USED_RING } from '../../../virtio/constants.js';
 import { Queue, type QueueState } from '../../../virtio/queue.js';
 import { BlkBackend, VirtioBlk, type BlkBackendOptions } from './device.js';
 
 export type BlkIoRequest =
-  | { op: 'preload' }
+  // preload and deactivate, as every device handler on an iothread (io/iothread.ts leaseStep)
+  | Exclude<LeasedRequest, { op: 'activate' }>
   | {
     op: 'activate'; key: string; hostAddr: bigint; memSize: number; queue: QueueState; maxSize: number;
     features: string; backend: BlkBackendOptions & { fd: number }; notifyFd: number;
     irq: { status: Int32Array; fd: number } | null;
     /** IoThreadLease words and this activation's generation: serve only while it is current */
     lease: Int32Array; gen: number;
-  }
-  | { op: 'deactivate'; key: string; lease: Int32Array; seq: number };
+  };
 
 /** Worker → main, for activation `gen`: an interrupt is wanted, or the queue broke. */
 export type BlkIoMessage = { key: string; gen: number; t: 'irq' } | { key: string; gen: number; t: 'fail'; reason: string };

@@ -83,13 +83,7 @@ export class IoThreadBlk implements VirtioDevice {
   reset(): void {
     if (!this.ctx) return;
     this.ctx = null;
-    const post = (seq: number): boolean => {
-      if (this.thread.isStopped) return false;
-      const req: BlkIoRequest = { op: 'deactivate', key: this.key, lease: this.lease.words, seq };
-      this.thread.load(HANDLER, req).catch((e: unknown) => log.warn(`${this.key}: iothread deactivate: ${(e as Error).message}`));
-      return true;
-    };
-    if (!this.lease.revoke(post)) {
+    if (!this.thread.revoke(HANDLER, this.key, this.lease)) {
       // a request still inside preadv/pwritev there completes into the old ring; nothing after it runs
       log.warn(`${this.key}: the iothread did not acknowledge the reset within ${IoThreadLease.WAIT_MS} ms`);
     }

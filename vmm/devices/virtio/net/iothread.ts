@@ -105,17 +105,10 @@ export class IoThreadNet extends VirtioNet {
   }
 
   override reset(): void {
-    const ctx = this.remote;
-    if (!ctx) return;
+    if (!this.remote) return;
     this.remote = null;
     // the driver frees its rings once this returns: wait until the iothread no longer uses them
-    const post = (seq: number): boolean => {
-      if (this.thread.isStopped) return false;
-      const req: NetIoRequest = { op: 'deactivate', key: this.key, lease: this.lease.words, seq };
-      this.thread.load(HANDLER, req).catch((e: unknown) => log.warn(`${this.key}: iothread deactivate: ${(e as Error).message}`));
-      return true;
-    };
-    if (!this.lease.revoke(post)) {
+    if (!this.thread.revoke(HANDLER, this.key, this.lease)) {
       log.warn(`${this.key}: the iothread did not acknowledge the reset within ${IoThreadLease.WAIT_MS} ms (its callbacks for the old rings are off)`);
     }
     try {

@@ -9,7 +9,7 @@
 // timer, a promise or setImmediate: the tx batch limit yields by writing the tx ioeventfd.
 import { EPOLLIN } from '../../../io/epoll.js';
 import { EventFd } from '../../../io/eventfd.js';
-import { gatedLoop, leaseStep, type IoHandlerContext } from '../../../io/iothread.js';
+import { gatedLoop, leaseStep, type IoHandlerContext, type LeasedRequest } from '../../../io/iothread.js';
 import { GuestMemory } from '../../../memory/guest-memory.js';
 import { INT_USED_RING } from '../../../virtio/constants.js';
 import { Queue, QueueBrokenError, type QueueState } from '../../../virtio/queue.js';
@@ -17,7 +17,8 @@ import { RXQ, sharedNetMetrics, TXQ, VirtioNet } from './device.js';
 import { FdBackend } from './tap.js';
 
 export type NetIoRequest =
-  | { op: 'preload' }
+  // preload and deactivate, as every device handler on an iothread (io/iothread.ts leaseStep)
+  | Exclude<LeasedRequest, { op: 'activate' }>
   | {
     op: 'activate'; key: string; hostAddr: bigint; memSize: number; queues: [QueueState, QueueState]; maxSizes: [number, number];
     features: string; tapFd: number; tapName: string; notifiers: [number, number];
@@ -25,7 +26,6 @@ export type NetIoRequest =
     /** IoThreadLease words and this activation's generation: serve only while it is current */
     lease: Int32Array; gen: number;
   }
-  | { op: 'deactivate'; key: string; lease: Int32Array; seq: number }
   | { op: 'inspect'; key: string };
 
 /** Worker → main: the device cannot go on (a broken ring), for activation `gen`. */
