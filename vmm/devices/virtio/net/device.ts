@@ -262,8 +262,13 @@ export class VirtioNet implements VirtioDevice {
     const q = ctx?.queues[RXQ];
     if (!ctx || !q || !this.backend) return;
     let used = false;
+    let rearms = 0;
     try {
-      for (let i = 0; i < RX_BATCH; i++) {
+      // `frames` counts frames done (delivered or dropped), not turns: a turn that found buffers
+      // added while it re-armed must go on with the waiting frame. Ending the batch there would
+      // leave the frame waiting and the tap out of the Poller, and the driver, which saw
+      // avail_event only after its buffers, would never notify again (the rx stall of iperf -R).
+      for (let frames = 0; frames < RX_BATCH;) {
         if (this.pendingLen === 0) {
           let n: number;
           try {
@@ -277,6 +282,7 @@ export class VirtioNet implements VirtioDevice {
           if (n === 0) break;
           if (n < NET_HDR_SIZE) {
             this.metrics.rxDropped++;
+            frames++;
             continue;
           }
           this.pendingLen = n;
@@ -286,11 +292,18 @@ export class VirtioNet implements VirtioDevice {
         if (r.result === 'no-buffers') {
           // ask to hear of buffers beyond those there now (which may be too few for this frame);
           // more may have come while we looked: then go on, else wait for the driver
-          if (q.notifyBeyondAvail(ctx.mem)) continue;
+          if (q.notifyBeyondAvail(ctx.mem)) {
+            // Nothing is taken while a frame waits, so a driver can only move avail forward, at
+            // most a ring's worth: more retries for one frame mean an index that goes back and forth.
+            if (++rearms > q.size) throw new QueueBrokenError(`the avail index changed ${rearms} times while the device waited for rx buffers (it moves back)`);
+            continue;
+          }
           this.metrics.rxStalls++;
           this.stopPolling();
           break;
         }
+        frames++;
+        rearms = 0;
         if (r.result === 'delivered') {
           this.metrics.rxFrames++;
           this.metrics.rxBytes += this.pendingLen - NET_HDR_SIZE;

@@ -235,6 +235,74 @@ test('rx: out of buffers the tap leaves the Poller and the frame waits; an rx no
   await r.close();
 });
 
+/** vring_need_event(): a driver with EVENT_IDX notifies only when its adds crossed avail_event. */
+function addRxHonouringEventIdx(d: TestDriver, n: number, size = 2048): void {
+  const ring = d.rings[RXQ]!;
+  const old = d.mem.readU16(GA(ring.avail + 2));
+  for (let i = 0; i < n; i++) d.submit(RXQ, [{ writable: size }], { notify: false });
+  const now = d.mem.readU16(GA(ring.avail + 2));
+  const event = d.mem.readU16(GA(ring.used + 4 + 8 * ring.size));
+  if (((now - event - 1) & 0xffff) < ((now - old) & 0xffff)) d.setReg(REG.QUEUE_NOTIFY, RXQ);
+}
+
+/** Runs `hook` once, right after the device next writes the rx queue's avail_event (a driver racing it on another vCPU). */
+function onAvailEventWrite(d: TestDriver, hook: () => void): void {
+  const ring = d.rings[RXQ]!;
+  const at = ring.used + 4 + 8 * ring.size;
+  const mem = d.mem;
+  const write = mem.writeU16.bind(mem);
+  let armed = true;
+  mem.writeU16 = (addr, v) => {
+    write(addr, v);
+    if (armed && Number(addr) === at) {
+      armed = false;
+      hook();
+    }
+  };
+}
+
+test('rx: buffers added while the device re-arms at the end of a batch are not lost (EVENT_IDX)', async () => {
+  const r = rig(undefined, F_VERSION_1 | F_RING_EVENT_IDX | MRG);
+  // a stall: no rx buffers, one frame waits, the tap leaves the Poller
+  r.peer.give(frame(pattern(1000, 0)));
+  await until(() => r.net.metrics.rxStalls === 1, 'a stall');
+  for (let i = 1; i <= 70; i++) r.peer.give(frame(pattern(1000, i)));
+  // The driver posts one buffer fewer than a batch. The device fills them all, runs out on the
+  // batch's last frame, and asks to hear beyond avail; the driver adds one more right then,
+  // without notifying (it read avail_event before the device wrote it).
+  onAvailEventWrite(r.d, () => r.d.submit(RXQ, [{ writable: 2048 }], { notify: false }));
+  addRxHonouringEventIdx(r.d, 63);
+  // from here on the driver refills as Linux does: it notifies only when avail_event says so
+  const ring = r.d.rings[RXQ]!;
+  await until(() => {
+    r.d.takeUsed(RXQ);
+    const posted = (r.d.mem.readU16(GA(ring.avail + 2)) - r.d.mem.readU16(GA(ring.used + 2))) & 0xffff;
+    if (posted < 4) addRxHonouringEventIdx(r.d, 8);
+    return r.net.metrics.rxFrames === 71;
+  }, 'all 71 frames delivered', 5000);
+  assert.equal(r.net.metrics.rxDropped, 0);
+  await r.close();
+});
+
+test('rx: an avail index that moves back and forth while the device re-arms breaks the queue, no spin', async () => {
+  const r = rig(undefined, F_VERSION_1 | F_RING_EVENT_IDX | MRG);
+  const ring = r.d.rings[RXQ]!;
+  const mem = r.d.mem;
+  const write = mem.writeU16.bind(mem);
+  // one buffer, too small for the frame; then, every time the device writes avail_event, a
+  // hostile driver moves avail (1 -> 0 -> 1 ...): the device sees "more arrived" each time
+  r.d.submit(RXQ, [{ writable: 2048 }], { notify: false });
+  let flip = 1;
+  mem.writeU16 = (addr, v) => {
+    write(addr, v);
+    if (Number(addr) === ring.used + 4 + 8 * ring.size) write(GA(ring.avail + 2), (flip ^= 1));
+  };
+  r.peer.give(frame(pattern(3000)));
+  await until(() => (r.d.reg(REG.STATUS) & STATUS.DEVICE_NEEDS_RESET) !== 0, 'DEVICE_NEEDS_RESET');
+  assert.equal(r.net.isPolling, false);
+  await r.close();
+});
+
 test('rx: hostile chains (readable only, too short for the header, rejected) are completed with 0', async () => {
   const r = rig();
   r.d.submit(RXQ, [{ data: new Uint8Array(100) }], { notify: false }); // no writable buffer
