@@ -4,8 +4,8 @@ import { spawn } from 'node:child_process';
 import { closeSync, openSync, unlinkSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { buildConfig, ConfigError, USAGE, type VmConfig } from './config/config.js';
-import { KernelImageError, parseBzImage } from './boot/bzimage.js';
-import { readBootFile } from './boot/loader.js';
+import { KernelImageError } from './boot/bzimage.js';
+import { pathBootFile, readKernelHeader, type BootFile } from './boot/loader.js';
 import { ConsoleHub } from './console.js';
 import { configureLog, logger, parseLevel } from './log.js';
 import { Machine, type ShutdownInfo } from './machine.js';
@@ -34,15 +34,15 @@ function fail(msg: string, code = 1): never {
 }
 
 interface BootFiles {
-  kernel: Uint8Array;
-  initrd?: Uint8Array | undefined;
+  kernel: BootFile;
+  initrd?: BootFile | undefined;
 }
 
-/** Read and validate the kernel (and initrd) before anything is started. */
+/** Check the kernel (its header parses) and the initrd (it opens) before anything is started; they are read at boot. */
 function readBootFiles(cfg: VmConfig): BootFiles {
-  const kernel = readBootFile(cfg.kernel, 'kernel');
-  parseBzImage(kernel);
-  const initrd = cfg.initrd ? readBootFile(cfg.initrd, 'initrd') : undefined;
+  const kernel = pathBootFile(cfg.kernel, 'kernel');
+  readKernelHeader(kernel);
+  const initrd = cfg.initrd ? pathBootFile(cfg.initrd, 'initrd') : undefined;
   return { kernel, initrd };
 }
 

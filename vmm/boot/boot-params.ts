@@ -1,5 +1,5 @@
 // struct boot_params ("zero page") construction.
-import type { BzImage } from './bzimage.js';
+import type { BzImageHeader } from './bzimage.js';
 import { CAN_USE_HEAP, HDR } from './bzimage.js';
 import type { E820Entry } from './e820.js';
 
@@ -15,7 +15,7 @@ export const BP = {
 } as const;
 
 export interface BootParamsInput {
-  image: BzImage;
+  image: BzImageHeader;
   cmdlineAddr: number;
   initrd?: { addr: number; size: number } | undefined;
   e820: E820Entry[];

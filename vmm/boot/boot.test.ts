@@ -1,18 +1,27 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { buildAcpiTables, buildDsdt, buildFadt, buildMadt } from './acpi.js';
 import { pkgLength, eisaId } from './aml.js';
 import { BP, buildBootParams } from './boot-params.js';
-import { HDR, KernelImageError, parseBzImage } from './bzimage.js';
+import { HDR, KernelImageError, parseBzImage, type BzImageHeader } from './bzimage.js';
 import { byteSum } from './checksum.js';
 import { filterCpuid } from './cpuid.js';
 import { buildE820, E820_RAM, E820_RESERVED } from './e820.js';
 import { BOOT_GDT, identityPageTables, segmentFromGdt } from './gdt.js';
 import { ACPI_TABLES_ADDR, BIOS_END, MPTABLE_ADDR, PD_ADDR, PDPT_ADDR, PML4_ADDR } from './layout.js';
 import { buildMpTable } from './mptable.js';
-import { loadLinux } from './loader.js';
+import { bytesBootFile, loadLinux, pathBootFile, readKernelHeader } from './loader.js';
 import { GuestMemory, GuestAddress as GA, layoutRegions, MMIO_HOLE_START } from '../memory/guest-memory.js';
+
+/** What readKernelHeader returns, from either parse (the header bytes as a plain Uint8Array). */
+const headerOf = (h: BzImageHeader & { payload?: Uint8Array }): BzImageHeader => {
+  const { payload: _payload, ...rest } = h;
+  return { ...rest, header: Uint8Array.from(rest.header) };
+};
 
 /** A minimal synthetic bzImage: setup header + payload. */
 function fakeBzImage(payload = 4096, opts: { version?: number; xload?: number; loadflags?: number } = {}): Uint8Array {
@@ -61,9 +70,39 @@ const bootKernel = ((): string | undefined => {
 
 test('the distribution kernel in /boot parses', { skip: bootKernel ? false : 'no /boot/vmlinuz-*' }, () => {
   const img = parseBzImage(readFileSync(bootKernel as string));
+  assert.deepEqual(headerOf(readKernelHeader(pathBootFile(bootKernel as string, 'kernel'))), headerOf(img));
   assert.ok(img.version >= 0x020c);
   assert.ok(img.relocatable);
   assert.ok(img.payload.length > 1 << 20);
+});
+
+test('boot files by path: header from the first bytes, read straight into guest RAM, errors name the file', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'capsule-boot-'));
+  try {
+    const bytes = fakeBzImage(64 << 10);
+    for (let i = 0x1000; i < bytes.length; i++) bytes[i] = (i * 7) & 0xff;
+    const kernelPath = join(dir, 'vmlinuz');
+    writeFileSync(kernelPath, bytes);
+    const initrdBytes = randomBytes(100_003);
+    const initrdPath = join(dir, 'initrd');
+    writeFileSync(initrdPath, initrdBytes);
+    const kernel = pathBootFile(kernelPath, 'kernel');
+    assert.equal(kernel.size, bytes.length);
+    assert.deepEqual(headerOf(readKernelHeader(kernel)), headerOf(parseBzImage(bytes)));
+    const mem = GuestMemory.fromBuffers(64 << 20);
+    const l = loadLinux(mem, { kernel, initrd: pathBootFile(initrdPath, 'initrd'), cmdline: '', cpus: 1 });
+    const payload = parseBzImage(bytes).payload;
+    assert.deepEqual(Buffer.from(mem.read(GA(0x100000), payload.length)), Buffer.from(payload));
+    assert.deepEqual(Buffer.from(mem.read(GA(l.initrd!.addr), initrdBytes.length)), initrdBytes);
+    // errors: a missing file at once; a file that shrank by boot time; not a bzImage
+    assert.throws(() => pathBootFile(join(dir, 'nope'), 'initrd'), /cannot read initrd .*nope: ENOENT/);
+    const shrunk = pathBootFile(kernelPath, 'kernel');
+    truncateSync(kernelPath, 40_000);
+    assert.throws(() => loadLinux(mem, { kernel: shrunk, cmdline: '', cpus: 1 }), /cannot read kernel .*vmlinuz: the file ended at 40000 bytes/);
+    assert.throws(() => readKernelHeader(pathBootFile(initrdPath, 'kernel')), /not a bzImage/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('e820 has the low RAM, reserved EBDA/BIOS area, RAM from 1 MiB, and the hole', () => {
@@ -176,8 +215,8 @@ test('CPUID filtering: APIC ids, hypervisor bit, topology', () => {
 
 test('loadLinux places kernel, cmdline, initrd and tables', () => {
   const mem = GuestMemory.fromBuffers(256 << 20);
-  const kernel = fakeBzImage(8192);
-  const initrd = new Uint8Array(10000).fill(0x5a);
+  const kernel = bytesBootFile(fakeBzImage(8192));
+  const initrd = bytesBootFile(new Uint8Array(10000).fill(0x5a));
   const l = loadLinux(mem, { kernel, initrd, cmdline: 'console=ttyS0', cpus: 2 });
   assert.equal(l.entry, 0x100200);
   assert.equal(mem.readU8(GA(0x100000)), 0xcc);
@@ -187,5 +226,5 @@ test('loadLinux places kernel, cmdline, initrd and tables', () => {
   assert.equal(Buffer.from(mem.read(GA(ACPI_TABLES_ADDR), 8)).toString(), 'RSD PTR ');
   assert.equal(Buffer.from(mem.read(GA(MPTABLE_ADDR), 4)).toString(), '_MP_');
   assert.throws(() => loadLinux(mem, { kernel, cmdline: 'x'.repeat(5000), cpus: 1 }), /command line too long/);
-  assert.throws(() => loadLinux(mem, { kernel, initrd: new Uint8Array(300 << 20), cmdline: '', cpus: 1 }), /does not fit/);
+  assert.throws(() => loadLinux(mem, { kernel, initrd: { size: 300 << 20, readInto: () => assert.fail('read') }, cmdline: '', cpus: 1 }), /does not fit/);
 });

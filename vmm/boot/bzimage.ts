@@ -37,11 +37,12 @@ export const XLF_KERNEL_64 = 0x01;
 const HDRS_MAGIC = 0x53726448; // "HdrS"
 const MIN_VERSION = 0x020c; // 2.12: xloadflags (64-bit entry)
 
-export interface BzImage {
+export interface BzImageHeader {
   version: number;
+  /** where the protected-mode kernel (what goes at 1 MiB) starts in the file: it runs to the end */
   setupSize: number;
-  /** protected-mode kernel (what goes at 1 MiB) */
-  payload: Uint8Array;
+  /** its length */
+  payloadSize: number;
   /** setup header bytes as they appear from 0x1f1 up to the end the header says it has */
   header: Uint8Array;
   loadflags: number;
@@ -54,9 +55,26 @@ export interface BzImage {
   kernelAlignment: number;
 }
 
+export interface BzImage extends BzImageHeader {
+  /** protected-mode kernel (what goes at 1 MiB) */
+  payload: Uint8Array;
+}
+
+/** The bytes the header needs to be read from: the boot sector and the setup header. */
+export const BZIMAGE_HEAD_BYTES = 0x280;
+
 export function parseBzImage(file: Uint8Array): BzImage {
-  const dv = new DataView(file.buffer, file.byteOffset, file.byteLength);
-  if (file.length < 0x270) throw new KernelImageError(`kernel image truncated (${file.length} bytes, not a bzImage)`);
+  const h = parseBzImageHeader(file.subarray(0, BZIMAGE_HEAD_BYTES), file.length);
+  return { ...h, payload: file.subarray(h.setupSize) };
+}
+
+/**
+ * The header of a bzImage of `fileSize` bytes from its first bytes (`head`, up to
+ * BZIMAGE_HEAD_BYTES): what loading needs without the whole file in memory.
+ */
+export function parseBzImageHeader(head: Uint8Array, fileSize: number): BzImageHeader {
+  const dv = new DataView(head.buffer, head.byteOffset, head.byteLength);
+  if (fileSize < 0x270 || head.length < 0x270) throw new KernelImageError(`kernel image truncated (${fileSize} bytes, not a bzImage)`);
   if (dv.getUint16(HDR.bootFlag, true) !== 0xaa55) throw new KernelImageError('not a bzImage: boot flag 0xaa55 missing');
   if (dv.getUint32(HDR.header, true) !== HDRS_MAGIC) throw new KernelImageError('not a bzImage: "HdrS" magic missing');
   const version = dv.getUint16(HDR.version, true);
@@ -71,17 +89,17 @@ export function parseBzImage(file: Uint8Array): BzImage {
   if (setupSects === 0) setupSects = 4;
   const setupSize = (setupSects + 1) * 512;
   const syssize = dv.getUint32(HDR.syssize, true) * 16;
-  if (setupSize >= file.length) throw new KernelImageError('kernel image truncated: no protected-mode kernel after the setup code');
-  if (syssize === 0 || setupSize + syssize > file.length) {
-    throw new KernelImageError(`kernel image truncated: header says ${setupSize + syssize} bytes, file has ${file.length}`);
+  if (setupSize >= fileSize) throw new KernelImageError('kernel image truncated: no protected-mode kernel after the setup code');
+  if (syssize === 0 || setupSize + syssize > fileSize) {
+    throw new KernelImageError(`kernel image truncated: header says ${setupSize + syssize} bytes, file has ${fileSize}`);
   }
   // header length: 0x202 + the jump's 8-bit displacement (byte at 0x201)
   const hdrEnd = Math.min(0x202 + dv.getUint8(0x201), 0x280);
   return {
     version,
     setupSize,
-    payload: file.subarray(setupSize),
-    header: file.slice(HDR.setupSects, hdrEnd),
+    payloadSize: fileSize - setupSize,
+    header: head.slice(HDR.setupSects, hdrEnd),
     loadflags,
     xloadflags,
     relocatable: dv.getUint8(HDR.relocatableKernel) !== 0,

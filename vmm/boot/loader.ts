@@ -1,11 +1,11 @@
 // Puts a bootable Linux into guest memory: kernel at 1 MiB, initrd high, command line, boot_params,
 // GDT/IDT, identity page tables, MP table and ACPI tables. Returns the 64-bit entry point.
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { GuestAddress as GA, type GuestMemory } from '../memory/guest-memory.js';
 import { buildAcpiTables } from './acpi.js';
 import { buildBootParams } from './boot-params.js';
-import { KernelImageError, parseBzImage, type BzImage } from './bzimage.js';
+import { BZIMAGE_HEAD_BYTES, KernelImageError, parseBzImageHeader, type BzImageHeader } from './bzimage.js';
 import { buildE820 } from './e820.js';
 import { gdtBytes, identityPageTables } from './gdt.js';
 import {
@@ -14,9 +14,72 @@ import {
 } from './layout.js';
 import { buildMpTable } from './mptable.js';
 
+/**
+ * A kernel or initrd, read where it goes. The VMM's come from files and are read straight into
+ * guest RAM (one pread per file into the guest memory's view): a copy held in a Node buffer
+ * would stay in the idle VMM's private memory for its whole life (~10 MiB for the default
+ * image's kernel and initrd), since the machine needs them again only for an in-place reset.
+ */
+export interface BootFile {
+  readonly size: number;
+  /** Fills `into` with the file's bytes from `offset` on. */
+  readInto(into: Uint8Array, offset: number): void;
+}
+
+/** Bytes already in memory (tests). */
+export function bytesBootFile(bytes: Uint8Array): BootFile {
+  return { size: bytes.length, readInto: (into, offset) => into.set(bytes.subarray(offset, offset + into.length)) };
+}
+
+/**
+ * A file by path, checked now (it opens; a kernel's header parses) and read at each boot; an
+ * error names `what` and the path. The size is the one seen now: a file that shrank since is refused.
+ */
+export function pathBootFile(path: string, what: string): BootFile {
+  const fail = (e: unknown): never => {
+    throw new KernelImageError(`cannot read ${what} ${path}: ${(e as Error).message}`);
+  };
+  let size = 0;
+  try {
+    const fd = openSync(path, 'r');
+    try {
+      size = fstatSync(fd).size;
+    } finally {
+      closeSync(fd);
+    }
+  } catch (e) {
+    fail(e);
+  }
+  return {
+    size,
+    readInto(into, offset) {
+      let fd: number | undefined;
+      try {
+        fd = openSync(path, 'r');
+        for (let done = 0; done < into.length;) {
+          const n = readSync(fd, into, done, into.length - done, offset + done);
+          if (n === 0) throw new Error(`the file ended at ${offset + done} bytes (it was ${size} when the VMM started)`);
+          done += n;
+        }
+      } catch (e) {
+        fail(e);
+      } finally {
+        if (fd !== undefined) closeSync(fd);
+      }
+    },
+  };
+}
+
+/** The kernel's header (what loading and boot_params need), read from the file's first bytes. */
+export function readKernelHeader(kernel: BootFile): BzImageHeader {
+  const head = new Uint8Array(Math.min(BZIMAGE_HEAD_BYTES, kernel.size));
+  kernel.readInto(head, 0);
+  return parseBzImageHeader(head, kernel.size);
+}
+
 export interface BootSource {
-  kernel: Uint8Array;
-  initrd?: Uint8Array | undefined;
+  kernel: BootFile;
+  initrd?: BootFile | undefined;
   cmdline: string;
   cpus: number;
   acpi?: boolean;
@@ -26,25 +89,18 @@ export interface BootSource {
 
 export interface LoadedKernel {
   entry: number;
-  image: BzImage;
+  image: BzImageHeader;
   initrd?: { addr: number; size: number } | undefined;
   rsdpAddr?: number | undefined;
 }
 
-export function readBootFile(path: string, what: string): Uint8Array {
-  try {
-    return readFileSync(path);
-  } catch (e) {
-    throw new KernelImageError(`cannot read ${what} ${path}: ${(e as Error).message}`);
-  }
-}
-
 export function loadLinux(mem: GuestMemory, src: BootSource): LoadedKernel {
-  const image = parseBzImage(src.kernel);
+  const image = readKernelHeader(src.kernel);
   const lowEnd = mem.lowMemEnd;
-  const kernelEnd = KERNEL_LOAD_ADDR + Math.max(image.payload.length, image.initSize);
+  const kernelEnd = KERNEL_LOAD_ADDR + Math.max(image.payloadSize, image.initSize);
   if (kernelEnd > lowEnd) throw new KernelImageError(`kernel needs ${kernelEnd} bytes of low memory, guest has ${lowEnd}`);
-  mem.write(GA(KERNEL_LOAD_ADDR), image.payload);
+  // through GuestMemory's bounds check: slice() refuses a range outside guest RAM
+  src.kernel.readInto(mem.slice(GA(KERNEL_LOAD_ADDR), image.payloadSize), image.setupSize);
 
   const cmd = Buffer.from(src.cmdline + '\0', 'utf8');
   const cmdMax = Math.min(CMDLINE_MAX, image.cmdlineSize ? image.cmdlineSize + 1 : 256);
@@ -53,12 +109,12 @@ export function loadLinux(mem: GuestMemory, src: BootSource): LoadedKernel {
   mem.write(GA(CMDLINE_ADDR), cmd);
 
   let initrd: { addr: number; size: number } | undefined;
-  if (src.initrd && src.initrd.length > 0) {
+  if (src.initrd && src.initrd.size > 0) {
     const top = Math.min(lowEnd, image.initrdAddrMax + 1);
-    const addr = Math.floor((top - src.initrd.length) / 4096) * 4096;
-    if (addr < kernelEnd) throw new KernelImageError(`initrd (${src.initrd.length} bytes) does not fit in guest memory`);
-    mem.write(GA(addr), src.initrd);
-    initrd = { addr, size: src.initrd.length };
+    const addr = Math.floor((top - src.initrd.size) / 4096) * 4096;
+    if (addr < kernelEnd) throw new KernelImageError(`initrd (${src.initrd.size} bytes) does not fit in guest memory`);
+    src.initrd.readInto(mem.slice(GA(addr), src.initrd.size), 0);
+    initrd = { addr, size: src.initrd.size };
   }
 
   mem.write(GA(BOOT_GDT_ADDR), gdtBytes());
