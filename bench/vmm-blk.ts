@@ -10,7 +10,7 @@
 // that the lab's drifting speed hits all alike. For native, QMP query-virtio gives the userspace
 // exits per request above the idle guest's own rate (should be ~0: notifications are
 // ioeventfds, interrupts irqfds).
-import { mkdtempSync, writeFileSync, truncateSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -84,30 +84,53 @@ async function idleExitRate(g: Guest): Promise<number> {
   return (after.exits - before.exits) / ((Date.now() - t0) / 1000);
 }
 
+/** How many times a guest whose fio did not finish is booted again (on the same disk file). */
+const RESTARTS = Number(process.env.BENCH_RESTARTS ?? 3);
+
 /**
  * Every workload, RUNS times, the guests taking turns (one after the other, in a rotating
  * order) so that all see the same load on the machine: the lab's speed drifts over minutes.
+ * A guest whose fio does not finish (the lab's nested triple fault ends QEMU's guests and
+ * ours alike after a minute or two of sustained I/O) is stopped, booted again on the same disk
+ * file, and its turn run again, at most RESTARTS times; every such end is reported (`fioEnded`).
  */
-async function runInterleaved(guests: Guest[]): Promise<Record<string, Record<string, unknown>>> {
+async function runInterleaved(guests: Guest[], boot: (name: string) => Promise<Guest>): Promise<Record<string, Record<string, unknown>>> {
   const vals = new Map<string, number[]>();
   const exits = new Map<string, number[]>();
   const idle = new Map<string, number>();
-  /** A guest whose fio never finished: why; it is stopped and left out of the later turns. */
+  /** Why each guest's fio did not finish, in order (each end after which it was booted again, or left out). */
+  const ends = new Map<string, string[]>();
+  /** Guests left out of the later turns: past RESTARTS, or not booting again. */
   const failed = new Map<string, string>();
   for (const g of guests) idle.set(g.name, await idleExitRate(g));
   for (let i = 0; i < RUNS; i++) {
     for (const w of WORKLOADS) {
       for (let k = 0; k < guests.length; k++) {
-        const g = guests[(i + k) % guests.length] as Guest;
+        const slot = (i + k) % guests.length;
+        const g = guests[slot] as Guest;
         if (failed.has(g.name)) continue;
         const before = g.q ? ((await g.q.execute('query-virtio')) as Virtio) : null;
         const t0 = Date.now();
         const r = await g.con.run(fioCommand(w), (RUNTIME_S + 180) * 1000).catch((e: unknown) => e as Error);
         if (r instanceof Error) {
           const counters = g.q ? JSON.stringify(((await g.q.execute('query-virtio').catch(() => null)) as Virtio | null)?.devices.find((x) => x.id === 'disk')?.metrics) : '';
-          failed.set(g.name, `${w.name}, run ${i + 1}: ${r.message}; the VMM ${g.status()}; disk counters ${counters}; VMM log tail: ${g.log().slice(-1500)}; guest console tail: ${g.con.text.slice(-1500)}; kernel log tail: ${kernelLogTail()}`);
-          console.error(`vmm-blk: ${g.name}: ${failed.get(g.name)}`);
+          const why = `${w.name}, run ${i + 1}: ${r.message}; the VMM ${g.status()}; disk counters ${counters}; VMM log tail: ${g.log().slice(-1500)}; guest console tail: ${g.con.text.slice(-1500)}; kernel log tail: ${kernelLogTail()}`;
+          ends.set(g.name, [...(ends.get(g.name) ?? []), why]);
+          console.error(`vmm-blk: ${g.name}: ${why}`);
           await g.stop().catch(() => undefined);
+          const name = g.name;
+          if ((ends.get(name)?.length ?? 0) > RESTARTS) {
+            failed.set(name, `more than ${RESTARTS} restarts`);
+            continue;
+          }
+          const again = await boot(name).catch((e: unknown) => e as Error);
+          if (again instanceof Error) {
+            failed.set(name, `booting again: ${again.message}`);
+            continue;
+          }
+          guests[slot] = again;
+          idle.set(name, await idleExitRate(again));
+          k--; // this turn again, on the fresh guest
           continue;
         }
         const seconds = (Date.now() - t0) / 1000;
@@ -122,41 +145,56 @@ async function runInterleaved(guests: Guest[]): Promise<Record<string, Record<st
       }
     }
   }
-  const out: Record<string, Record<string, unknown>> = {};
+  const result: Record<string, Record<string, unknown>> = {};
   for (const g of guests) {
-    out[g.name] = { idleExitsPerSecond: Number((idle.get(g.name) ?? 0).toFixed(1)), ...(failed.has(g.name) ? { failed: failed.get(g.name) } : {}) };
+    const gone = ends.get(g.name) ?? [];
+    result[g.name] = {
+      idleExitsPerSecond: Number((idle.get(g.name) ?? 0).toFixed(1)),
+      ...(gone.length > 0 ? { fioEnded: gone } : {}),
+      ...(failed.has(g.name) ? { failed: failed.get(g.name) } : {}),
+    };
     for (const w of WORKLOADS) {
       const v = [...(vals.get(`${g.name}/${w.name}`) ?? [])].sort((a, b) => a - b);
       const e = exits.get(`${g.name}/${w.name}`);
       if (v.length === 0) continue;
-      out[g.name]![w.name] = {
+      result[g.name]![w.name] = {
         median: Number((v[Math.floor(v.length / 2)] as number).toFixed(1)), unit: w.unit, runs: v.map((x) => Number(x.toFixed(1))),
         ...(e ? { exitsPerRequestAboveIdle: Number((e.reduce((a, b) => a + b, 0) / e.length).toFixed(3)) } : {}),
       };
     }
   }
-  return out;
+  return result;
 }
 
+/** The guest's raw disk file: made sparse the first time, the same file when a guest boots again. */
 function disk(name: string): string {
   const f = join(work, name);
+  if (existsSync(f)) return f;
   writeFileSync(f, Buffer.alloc(0));
   truncateSync(f, DISK_MIB << 20);
   return f;
 }
 
+/** Guests booted so far (each boot gets its own socket paths). */
+let boots = 0;
+
 /** Native capsule-vmm; with `iothread`, the disk's queue is served on an iothread. */
 async function native(img: Img, initrd: string, iothread: boolean): Promise<Guest> {
   const tag = iothread ? 'ni' : 'n';
-  const qmp = join(work, `${tag}.qmp`);
-  const conPath = join(work, `${tag}.con`);
+  const boot = ++boots;
+  const qmp = join(work, `${tag}-${boot}.qmp`);
+  const conPath = join(work, `${tag}-${boot}.con`);
   // the main-thread drive with its requests on the threadpool (aio=threads; the default is inline)
   const drive = `id=disk,file=${disk(`${tag}.img`)}${iothread ? ',iothread=io0' : ',aio=threads'}`;
   const vmm = startVmm(['-kernel', img.kernel, '-initrd', initrd, '-append', img.cmdline, '-m', '512M',
     '-api-channel', `unix:${qmp}`, '-chardev', `id=c,path=${conPath}`, ...(iothread ? ['-iothread', 'id=io0'] : []),
     // -D: the VMM's log on stderr (info: a guest reset or triple fault says so), kept for a failure report
     '-drive', drive, '-hotplug-slots', '0', '-D'], { CAPSULE_LOG_LEVEL: process.env.CAPSULE_LOG_LEVEL ?? 'info' });
-  const con = await guestConsole(conPath, () => vmm.stderr);
+  // a guest that never comes up: its VMM goes too (bootGuest may try again)
+  const con = await guestConsole(conPath, () => vmm.stderr).catch((e: unknown) => {
+    vmm.child.kill('SIGKILL');
+    throw e;
+  });
   const q = await QmpClient.connect(qmp);
   return {
     name: iothread ? 'nativeIothread' : 'native', con, q, log: () => vmm.stderr, status: () => ended(vmm.child),
@@ -170,7 +208,7 @@ async function native(img: Img, initrd: string, iothread: boolean): Promise<Gues
 }
 
 async function qemu(img: Img, initrd: string): Promise<Guest> {
-  const conPath = join(work, 'q.con');
+  const conPath = join(work, `q-${++boots}.con`);
   let stderr = '';
   const p = spawn('qemu-system-x86_64', ['-accel', 'kvm', '-cpu', 'host', '-M', 'microvm,acpi=on,rtc=on,pit=on,pic=on,isa-serial=on', '-m', '512M',
     '-nodefaults', '-no-reboot', '-nographic', '-kernel', img.kernel, '-initrd', initrd, '-append', img.cmdline,
@@ -178,7 +216,10 @@ async function qemu(img: Img, initrd: string): Promise<Guest> {
     '-drive', `id=disk,file=${disk('qemu.img')},format=raw,if=none,cache=writeback`, '-device', 'virtio-blk-device,drive=disk'], { stdio: ['ignore', 'ignore', 'pipe'] });
   p.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const exited = new Promise<void>((r) => p.once('exit', () => r()));
-  const con = await guestConsole(conPath, () => stderr);
+  const con = await guestConsole(conPath, () => stderr).catch((e: unknown) => {
+    p.kill('SIGKILL');
+    throw e;
+  });
   return {
     name: 'qemu', con, q: null, log: () => stderr, status: () => ended(p),
     stop: async () => {
@@ -191,18 +232,30 @@ async function qemu(img: Img, initrd: string): Promise<Guest> {
 
 const img = await testImage();
 const initrd = initrdWithTools(img.initrd, work);
-// All boot together and stay up; the workloads then take turns (runInterleaved).
+// All boot (one after the other) and stay up; the workloads then take turns (runInterleaved).
 // BENCH_GUESTS picks some of them (comma-separated names).
-const boots: Record<string, () => Promise<Guest>> = {
+const bootBy: Record<string, () => Promise<Guest>> = {
   native: () => native(img, initrd, false), nativeIothread: () => native(img, initrd, true), qemu: () => qemu(img, initrd),
 };
-const chosen = (process.env.BENCH_GUESTS ?? Object.keys(boots).join(',')).split(',');
-const unknown = chosen.filter((c) => !(c in boots));
-if (unknown.length) throw new Error(`BENCH_GUESTS: unknown ${unknown.join(', ')} (choose from ${Object.keys(boots).join(', ')})`);
-const guests = await Promise.all(chosen.map((c) => (boots[c] as () => Promise<Guest>)()));
+const chosen = (process.env.BENCH_GUESTS ?? Object.keys(bootBy).join(',')).split(',');
+const unknown = chosen.filter((c) => !(c in bootBy));
+if (unknown.length) throw new Error(`BENCH_GUESTS: unknown ${unknown.join(', ')} (choose from ${Object.keys(bootBy).join(', ')})`);
+/** Boots `name`, again (up to RESTARTS more times) where the guest never comes up (the lab's triple fault strikes at boot too). */
+async function bootGuest(name: string): Promise<Guest> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await (bootBy[name] as () => Promise<Guest>)();
+    } catch (e) {
+      if (attempt >= RESTARTS) throw e;
+      console.error(`vmm-blk: ${name} did not boot (${(e as Error).message.slice(0, 300)}); booting it again`);
+    }
+  }
+}
+const guests: Guest[] = [];
+for (const c of chosen) guests.push(await bootGuest(c));
 let results: Record<string, Record<string, unknown>>;
 try {
-  results = await runInterleaved(guests);
+  results = await runInterleaved(guests, bootGuest);
 } finally {
   for (const g of guests) await g.stop().catch(() => undefined);
 }
@@ -222,7 +275,8 @@ const result = {
   runs: RUNS,
   runtimeSeconds: RUNTIME_S,
   tool: 'fio (libaio, O_DIRECT, /dev/vda)',
-  method: 'the VMMs boot together; each run of each workload goes to each in turn (rotating order); a VMM whose fio does not finish is stopped and says why (failed)',
+  method: 'the VMMs boot one after the other and stay up together; each run of each workload goes to each in turn (rotating order); a guest whose fio does not finish is booted again on the same disk file and its turn repeated (fioEnded: why each time), at most BENCH_RESTARTS times, then left out (failed)',
+  restartsAllowed: RESTARTS,
   native: n,
   nativeIothread: ni,
   qemu: q,

@@ -60,8 +60,13 @@ interface Guest {
   name: string; link: Link; con: ConsoleClient; pid: number; counters?(): Promise<NetCounters>;
   /** what to print when a run fails: the NIC's counters and the end of the VMM's log */
   diagnose?(): Promise<string>;
+  /** whether the VMM process still runs (a run that hangs with it alive is a stall, not the lab's triple fault) */
+  alive(): boolean;
   stop(): Promise<void>;
 }
+
+/** How many times a guest whose VMM ended during a run (the lab's triple fault) is booted again. */
+const RESTARTS = Number(process.env.BENCH_RESTARTS ?? 3);
 
 async function nicCounters(q: QmpClient): Promise<NetCounters> {
   const r = await q.execute('query-virtio') as { exits: number; devices: Array<{ type: number; metrics: Record<string, number> }> };
@@ -78,12 +83,15 @@ function disk(name: string): string {
   return f;
 }
 
+/** Guests booted so far: each boot gets its own socket, log and disk paths. */
+let bootCount = 0;
+
 /** userspace: frames move on the VMM's main thread; iothread: on an -iothread; vhost: in the kernel. */
 type NativeNet = 'userspace' | 'iothread' | 'vhost';
 const NATIVE_NAME = { userspace: 'native', iothread: 'nativeIothread', vhost: 'nativeVhost' } as const;
 
 async function bootNative(img: Img, initrd: string, mode: NativeNet, link: Link): Promise<Guest> {
-  const tag = { userspace: 'n', iothread: 'ni', vhost: 'nv' }[mode];
+  const tag = `${{ userspace: 'n', iothread: 'ni', vhost: 'nv' }[mode]}-${++bootCount}`;
   const net = `id=net0,netdev=${link.tap},mac=${link.mac}${mode === 'vhost' ? ',vhost=on' : mode === 'iothread' ? ',iothread=io0' : ''}`;
   const qmp = join(work, `${tag}.qmp`);
   const conPath = join(work, `${tag}.con`);
@@ -99,6 +107,7 @@ async function bootNative(img: Img, initrd: string, mode: NativeNet, link: Link)
   return {
     name: NATIVE_NAME[mode], link, con,
     pid: vmm.child.pid as number,
+    alive: () => vmm.child.exitCode === null && vmm.child.signalCode === null,
     counters: () => nicCounters(q),
     diagnose: async () => {
       // twice, 5 s apart: does anything still move (and which side waits for the other)
@@ -119,12 +128,12 @@ async function bootNative(img: Img, initrd: string, mode: NativeNet, link: Link)
 }
 
 async function bootQemu(img: Img, initrd: string, vhost: boolean, link: Link): Promise<Guest> {
-  const conPath = join(work, `q${vhost ? 'v' : ''}.con`);
+  const conPath = join(work, `q${vhost ? 'v' : ''}-${++bootCount}.con`);
   const p: ChildProcess = spawn('ip', ['netns', 'exec', NS, 'qemu-system-x86_64', '-accel', 'kvm', '-cpu', 'host', '-smp', '1', '-m', `${RAM_MIB}M`,
     '-M', 'microvm,acpi=on,rtc=on,pit=on,pic=on,isa-serial=on', '-nodefaults', '-no-reboot', '-nographic',
     '-kernel', img.kernel, '-initrd', initrd, '-append', img.cmdline,
     '-chardev', `socket,id=c,path=${conPath},server=on,wait=off`, '-serial', 'chardev:c',
-    '-drive', `id=disk,file=${disk(`q${vhost ? 'v' : ''}.img`)},format=raw,if=none,cache=writeback`, '-device', 'virtio-blk-device,drive=disk',
+    '-drive', `id=disk,file=${disk(`q${vhost ? 'v' : ''}-${bootCount}.img`)},format=raw,if=none,cache=writeback`, '-device', 'virtio-blk-device,drive=disk',
     '-netdev', `tap,id=n0,ifname=${link.tap},script=no,downscript=no,vhost=${vhost ? 'on' : 'off'}`, '-device', `virtio-net-device,netdev=n0,mac=${link.mac}`,
     '-object', 'rng-random,id=r0,filename=/dev/urandom', '-device', 'virtio-rng-device,rng=r0'], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
@@ -134,6 +143,7 @@ async function bootQemu(img: Img, initrd: string, vhost: boolean, link: Link): P
   return {
     name: vhost ? 'qemuVhost' : 'qemu', link, con,
     pid: p.pid as number, // `ip netns exec` execs qemu in place
+    alive: () => p.exitCode === null && p.signalCode === null,
     stop: async () => {
       p.kill('SIGKILL');
       await exited;
@@ -157,6 +167,12 @@ async function iperf(g: Guest, reverse: boolean): Promise<number> {
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
+/** The guest's address on its tap's subnet, link up, and the host answering a ping. */
+async function networkUp(g: Guest): Promise<void> {
+  const up = await g.con.run(`ip addr add ${g.link.guestIp}/24 dev eth0 && ip link set eth0 up && ping -c 2 -W 5 ${g.link.hostIp}`, 120_000);
+  if (up.status !== 0) throw new Error(`${g.name}: guest network: ${up.out}`);
+}
+
 /**
  * The guests up at once; their NICs configured, 5 s idle, then memory; then iperf3 runs taking
  * turns (rotating order), so that the lab's drifting speed hits them all alike.
@@ -170,10 +186,8 @@ async function measureTogether(boots: Array<() => Promise<Guest>>): Promise<Reco
   try {
     const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
     if (failed) throw failed.reason;
-    for (const g of guests) {
-      const up = await g.con.run(`ip addr add ${g.link.guestIp}/24 dev eth0 && ip link set eth0 up && ping -c 2 -W 5 ${g.link.hostIp}`, 120_000);
-      if (up.status !== 0) throw new Error(`${g.name}: guest network: ${up.out}`);
-    }
+    const reboot = new Map(guests.map((g, i) => [g.name, boots[i] as () => Promise<Guest>]));
+    for (const g of guests) await networkUp(g);
     await new Promise((r) => setTimeout(r, 5000));
     const idle = new Map(guests.map((g) => [g.name, procMem(g.pid, RAM_MIB * 1024)] as const));
     const toHost = new Map<string, number[]>();
@@ -193,11 +207,32 @@ async function measureTogether(boots: Array<() => Promise<Guest>>): Promise<Reco
       }
       return mbps;
     };
+    /** Why a guest's VMM ended during a run (each time it was booted again). */
+    const ended = new Map<string, string[]>();
+    // one run; where the guest's VMM ended (not hung) meanwhile, boot it again and run again
+    const turn = async (slot: number, reverse: boolean): Promise<number> => {
+      for (;;) {
+        const g = guests[slot] as Guest;
+        try {
+          return await during(g, reverse);
+        } catch (e) {
+          const ends = ended.get(g.name) ?? [];
+          if (g.alive() || ends.length >= RESTARTS) throw e;
+          ended.set(g.name, [...ends, (e as Error).message.slice(0, 1500)]);
+          console.error(`vmm-net: ${g.name}: the VMM ended during a run; booting it again: ${(e as Error).message.slice(0, 300)}`);
+          await g.stop().catch(() => undefined);
+          const again = await (reboot.get(g.name) as () => Promise<Guest>)();
+          guests[slot] = again;
+          await networkUp(again);
+        }
+      }
+    };
     for (let i = 0; i < RUNS; i++) {
       for (let k = 0; k < guests.length; k++) {
-        const g = guests[(i + k) % guests.length] as Guest;
-        toHost.set(g.name, [...(toHost.get(g.name) ?? []), await during(g, false)]);
-        toGuest.set(g.name, [...(toGuest.get(g.name) ?? []), await during(g, true)]);
+        const slot = (i + k) % guests.length;
+        const name = (guests[slot] as Guest).name;
+        toHost.set(name, [...(toHost.get(name) ?? []), await turn(slot, false)]);
+        toGuest.set(name, [...(toGuest.get(name) ?? []), await turn(slot, true)]);
       }
     }
     const perFrame = (runs: NetCounters[], dir: 'tx' | 'rx') => {
@@ -212,6 +247,7 @@ async function measureTogether(boots: Array<() => Promise<Guest>>): Promise<Reco
         guestToHostMbps: { median: median(toHost.get(g.name)!), runs: toHost.get(g.name) },
         hostToGuestMbps: { median: median(toGuest.get(g.name)!), runs: toGuest.get(g.name) },
         idleMemory: { ussMiB: +(m.ussKiB / 1024).toFixed(1), vmmUssMiB: +(m.vmmUssKiB / 1024).toFixed(1), pssMiB: +(m.pssKiB / 1024).toFixed(1) },
+        ...(ended.has(g.name) ? { vmmEndedAndBootedAgain: ended.get(g.name) } : {}),
         ...(moved.has(g.name) ? {
           nic: { guestToHostTx: perFrame(moved.get(g.name)!.toHost, 'tx'), hostToGuestRx: perFrame(moved.get(g.name)!.toGuest, 'rx') },
         } : {}),
@@ -253,7 +289,7 @@ try {
     runs: RUNS,
     secondsPerRun: SECONDS,
     devices: 'virtio-blk + virtio-net (tap) + virtio-rng, 1 vCPU, ' + `${RAM_MIB} MiB`,
-    method: 'native (main thread), native (NIC on an -iothread) and QEMU run at once, each on its own tap; iperf3 runs take turns (rotating order)',
+    method: 'native (main thread), native (NIC on an -iothread) and QEMU run at once, each on its own tap; iperf3 runs take turns (rotating order); a guest whose VMM ends during a run (the lab triple fault) is booted again and the run repeated, at most BENCH_RESTARTS times (vmmEndedAndBootedAgain); a run that hangs with its VMM alive fails the bench',
     native,
     nativeIothread,
     qemu,

@@ -200,11 +200,19 @@ describe('capsule-vmm seccomp on KVM', { concurrency: false, timeout: 600_000 },
     assert.deepEqual(ex, { code: null, signal: 'SIGSYS' }, v.vmm.stderr);
   });
 
-  test('-disable-seccomp: no filter on any thread', async () => {
+  test('-disable-seccomp: no filter on any thread; system_reset reboots in place (kernel and initrd read again)', async () => {
     const v = start('nofilter', 1, ['-disable-seccomp']);
     await waitForFile(v.qmp, 60_000);
     const q = await QmpClient.connect(v.qmp);
     for (const t of threadSeccompStatus(v.vmm.child.pid!)) assert.equal(t.seccomp, 0, `thread ${t.tid} (${t.name})`);
+    const cons = await ConsoleClient.connect(v.con);
+    await cons.waitFor(READY, BOOT_TIMEOUT);
+    const before = cons.text.length;
+    await q.execute('system_reset');
+    await q.event('RESET', 60_000);
+    // the boot files are not kept in memory: the second boot reads them from their paths
+    await waitFor(() => READY.exec(cons.text.slice(before)) ?? undefined, BOOT_TIMEOUT, 'the guest booted again');
+    cons.close();
     await q.execute('quit');
     assert.equal((await exited(v)).code, 0, v.vmm.stderr);
     q.close();
