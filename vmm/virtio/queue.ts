@@ -83,6 +83,8 @@ export class Queue {
   private nextUsed = 0;
   /** used idx at the last interrupt we sent (EVENT_IDX), null: none yet */
   private signalledUsed: number | null = null;
+  /** the avail index as pending() last read it (notifyBeyondAvail re-arms there) */
+  private seenAvail = 0;
   /** chains rejected since activation (metrics) */
   rejected = 0;
 
@@ -107,7 +109,7 @@ export class Queue {
     this.size = this.maxSize;
     this.ready = false;
     this.desc = this.avail = this.used = 0;
-    this.nextAvail = this.nextUsed = 0;
+    this.nextAvail = this.nextUsed = this.seenAvail = 0;
     this.signalledUsed = null;
     this.eventIdx = this.indirect = false;
     this.rejected = 0;
@@ -119,7 +121,9 @@ export class Queue {
 
   /** Requests waiting in the avail ring. Throws QueueBrokenError if the driver's index is impossible. */
   pending(mem: GuestMemory): number {
-    const n = (this.availIdx(mem) - this.nextAvail) & 0xffff;
+    const avail = this.availIdx(mem);
+    this.seenAvail = avail;
+    const n = (avail - this.nextAvail) & 0xffff;
     if (n > this.size) throw new QueueBrokenError(`avail index moved by ${n} entries, more than the queue size ${this.size}`);
     return n;
   }
@@ -263,13 +267,17 @@ export class Queue {
   }
 
   /**
-   * Ask for a notification once the driver makes more available than it has now, even if the
-   * device left some of it in the ring (virtio-net: the rx buffers there cannot hold the frame
-   * that waits). Returns true if more arrived meanwhile. enableNotification() would ask at
-   * nextAvail and report the buffers left in the ring as new.
+   * Ask for a notification once the driver makes more available than the device last saw (the
+   * avail index pop()/pending() read), even if the device left some of it in the ring
+   * (virtio-net: the rx buffers there cannot hold the frame that waits). Returns true if more
+   * arrived meanwhile. enableNotification() would ask at nextAvail and report the buffers left
+   * in the ring as new.
    */
   notifyBeyondAvail(mem: GuestMemory): boolean {
-    const avail = this.availIdx(mem);
+    // The index pop() last saw, not a fresh read: buffers added since then (the driver refilling
+    // on its vCPU, having read the old avail_event) would be taken as seen, and the driver would
+    // never notify for them. Past the seen index, they either notify or show up below.
+    const avail = this.seenAvail;
     if (this.eventIdx) mem.writeU16(GuestAddress(this.used + 4 + 8 * this.size), avail);
     else mem.writeU16(GuestAddress(this.used), 0);
     memoryFence(); // avail_event (or the flag) visible before we look at the avail index again
@@ -301,7 +309,7 @@ export class Queue {
     Object.assign(this, {
       size: s.size, ready: s.ready, desc: s.desc, avail: s.avail, used: s.used, eventIdx: s.eventIdx, indirect: s.indirect,
     });
-    this.nextAvail = s.nextAvail;
+    this.nextAvail = this.seenAvail = s.nextAvail;
     this.nextUsed = s.nextUsed;
     this.signalledUsed = s.signalledUsed;
   }

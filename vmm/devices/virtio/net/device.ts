@@ -294,8 +294,9 @@ export class VirtioNet implements VirtioDevice {
           // more may have come while we looked: then go on, else wait for the driver
           if (q.notifyBeyondAvail(ctx.mem)) {
             // Nothing is taken while a frame waits, so a driver can only move avail forward, at
-            // most a ring's worth: more retries for one frame mean an index that goes back and forth.
-            if (++rearms > q.size) throw new QueueBrokenError(`the avail index changed ${rearms} times while the device waited for rx buffers (it moves back)`);
+            // most a ring's worth: more retries for one frame mean an index that goes back and
+            // forth (or chains it keeps posting that are rejected): a broken ring, not a spin.
+            if (++rearms > q.size) throw new QueueBrokenError(`the avail index moved ${rearms} times while one frame waited for rx buffers (more than the ring holds)`);
             continue;
           }
           this.metrics.rxStalls++;

@@ -284,6 +284,37 @@ test('rx: buffers added while the device re-arms at the end of a batch are not l
   await r.close();
 });
 
+test('rx: buffers added between the device finding the ring empty and re-arming are not lost (EVENT_IDX)', async () => {
+  const r = rig(undefined, F_VERSION_1 | F_RING_EVENT_IDX | MRG);
+  const ring = r.d.rings[RXQ]!;
+  const mem = r.d.mem;
+  const read = mem.readU16.bind(mem);
+  let armed = false;
+  // A driver on another vCPU: right after the device reads avail = 2 (its two buffers used, the
+  // ring empty), eight more buffers arrive. That driver read avail_event (never written: 0)
+  // before the device re-armed, so vring_need_event says not to notify, and it does not.
+  mem.readU16 = (addr) => {
+    const v = read(addr);
+    if (armed && Number(addr) === ring.avail + 2 && v === 2 && read(GA(ring.used + 2)) === 2) {
+      armed = false;
+      for (let i = 0; i < 8; i++) r.d.submit(RXQ, [{ writable: 2048 }], { notify: false });
+    }
+    return v;
+  };
+  r.d.submit(RXQ, [{ writable: 2048 }], { notify: false });
+  r.d.submit(RXQ, [{ writable: 2048 }]);
+  armed = true;
+  for (let i = 0; i < 3; i++) r.peer.give(frame(pattern(1000, i)));
+  await until(() => !armed, 'the device reading avail = 2 with both buffers used');
+  await until(() => {
+    r.d.takeUsed(RXQ);
+    const posted = (read(GA(ring.avail + 2)) - read(GA(ring.used + 2))) & 0xffff;
+    if (posted < 4) addRxHonouringEventIdx(r.d, 8);
+    return r.net.metrics.rxFrames === 3;
+  }, 'the third frame delivered into the buffers added meanwhile', 3000);
+  await r.close();
+});
+
 test('rx: an avail index that moves back and forth while the device re-arms breaks the queue, no spin', async () => {
   const r = rig(undefined, F_VERSION_1 | F_RING_EVENT_IDX | MRG);
   const ring = r.d.rings[RXQ]!;
