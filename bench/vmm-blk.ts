@@ -55,9 +55,23 @@ interface Guest {
   log(): string;
   /** 'running', or how the VMM process ended */
   status(): string;
+  /**
+   * The VMM has exited with status 0 without being asked to: the guest reset itself (the lab's
+   * triple fault does that; capsule-vmm under its seccomp filter and QEMU with -no-reboot both
+   * exit 0 then). Anything else (a VMM still running but stuck, a crash) is a failure.
+   */
+  guestReset(): boolean;
 }
 
 const ended = (p: ChildProcess): string => (p.exitCode === null && p.signalCode === null ? 'running' : `exited (code ${p.exitCode}, signal ${p.signalCode})`);
+
+/** Ends a VMM process that has not ended by itself: SIGKILL, and its exit awaited. */
+async function kill(p: ChildProcess): Promise<void> {
+  if (p.exitCode !== null || p.signalCode !== null) return;
+  const gone = new Promise<void>((r) => p.once('exit', () => r()));
+  p.kill('SIGKILL');
+  await gone;
+}
 
 /** The last kernel messages (an OOM kill or a seccomp SIGSYS shows there), where dmesg may be read. */
 function kernelLogTail(): string {
@@ -90,9 +104,11 @@ const RESTARTS = Number(process.env.BENCH_RESTARTS ?? 3);
 /**
  * Every workload, RUNS times, the guests taking turns (one after the other, in a rotating
  * order) so that all see the same load on the machine: the lab's speed drifts over minutes.
- * A guest whose fio does not finish (the lab's nested triple fault ends QEMU's guests and
- * ours alike after a minute or two of sustained I/O) is stopped, booted again on the same disk
- * file, and its turn run again, at most RESTARTS times; every such end is reported (`fioEnded`).
+ * A guest that reset itself during its fio (its VMM exited 0: the lab's nested triple fault
+ * ends QEMU's guests and ours alike after a minute or two of sustained I/O) is booted again on
+ * the same disk file and its turn run again, at most RESTARTS times; every such end is reported
+ * (`fioEnded`). A fio that does not finish with its VMM still running (a stuck device) or
+ * crashed is a failure: that guest is stopped and left out (`failed` says why).
  */
 async function runInterleaved(guests: Guest[], boot: (name: string) => Promise<Guest>): Promise<Record<string, Record<string, unknown>>> {
   const vals = new Map<string, number[]>();
@@ -109,18 +125,28 @@ async function runInterleaved(guests: Guest[], boot: (name: string) => Promise<G
         const slot = (i + k) % guests.length;
         const g = guests[slot] as Guest;
         if (failed.has(g.name)) continue;
-        const before = g.q ? ((await g.q.execute('query-virtio')) as Virtio) : null;
         const t0 = Date.now();
-        const r = await g.con.run(fioCommand(w), (RUNTIME_S + 180) * 1000).catch((e: unknown) => e as Error);
+        // the counters and the fio run: a VMM that died meanwhile fails either
+        const r = await (async () => {
+          const before = g.q ? ((await g.q.execute('query-virtio')) as Virtio) : null;
+          return { before, out: (await g.con.run(fioCommand(w), (RUNTIME_S + 180) * 1000)).out };
+        })().catch((e: unknown) => e as Error);
         if (r instanceof Error) {
           const counters = g.q ? JSON.stringify(((await g.q.execute('query-virtio').catch(() => null)) as Virtio | null)?.devices.find((x) => x.id === 'disk')?.metrics) : '';
           const why = `${w.name}, run ${i + 1}: ${r.message}; the VMM ${g.status()}; disk counters ${counters}; VMM log tail: ${g.log().slice(-1500)}; guest console tail: ${g.con.text.slice(-1500)}; kernel log tail: ${kernelLogTail()}`;
           ends.set(g.name, [...(ends.get(g.name) ?? []), why]);
           console.error(`vmm-blk: ${g.name}: ${why}`);
+          // before stop(), which ends the VMM itself
+          const reset = g.guestReset();
+          const status = g.status();
           await g.stop().catch(() => undefined);
           const name = g.name;
+          if (!reset) {
+            failed.set(name, `its fio did not finish and the VMM ${status} (not a guest reset): not booted again`);
+            continue;
+          }
           if ((ends.get(name)?.length ?? 0) > RESTARTS) {
-            failed.set(name, `more than ${RESTARTS} restarts`);
+            failed.set(name, `its guest reset more than ${RESTARTS} times: not booted again`);
             continue;
           }
           const again = await boot(name).catch((e: unknown) => e as Error);
@@ -129,13 +155,14 @@ async function runInterleaved(guests: Guest[], boot: (name: string) => Promise<G
             continue;
           }
           guests[slot] = again;
-          idle.set(name, await idleExitRate(again));
+          idle.set(name, await idleExitRate(again).catch(() => idle.get(name) ?? 0));
           k--; // this turn again, on the fresh guest
           continue;
         }
         const seconds = (Date.now() - t0) / 1000;
         const key = `${g.name}/${w.name}`;
         vals.set(key, [...(vals.get(key) ?? []), fioResult(r.out, w)]);
+        const before = r.before;
         if (g.q && before) {
           const after = (await g.q.execute('query-virtio')) as Virtio;
           const reqs = requests(after) - requests(before);
@@ -190,19 +217,27 @@ async function native(img: Img, initrd: string, iothread: boolean): Promise<Gues
     '-api-channel', `unix:${qmp}`, '-chardev', `id=c,path=${conPath}`, ...(iothread ? ['-iothread', 'id=io0'] : []),
     // -D: the VMM's log on stderr (info: a guest reset or triple fault says so), kept for a failure report
     '-drive', drive, '-hotplug-slots', '0', '-D'], { CAPSULE_LOG_LEVEL: process.env.CAPSULE_LOG_LEVEL ?? 'info' });
-  // a guest that never comes up: its VMM goes too (bootGuest may try again)
-  const con = await guestConsole(conPath, () => vmm.stderr).catch((e: unknown) => {
-    vmm.child.kill('SIGKILL');
+  let con: ConsoleClient | undefined;
+  let q: QmpClient;
+  try {
+    con = await guestConsole(conPath, () => vmm.stderr);
+    q = await QmpClient.connect(qmp);
+  } catch (e) {
+    // a guest that never comes up: its VMM goes too (bootGuest may try again on the same disk)
+    con?.close();
+    await kill(vmm.child);
     throw e;
-  });
-  const q = await QmpClient.connect(qmp);
+  }
+  const c = con;
   return {
-    name: iothread ? 'nativeIothread' : 'native', con, q, log: () => vmm.stderr, status: () => ended(vmm.child),
+    name: iothread ? 'nativeIothread' : 'native', con: c, q, log: () => vmm.stderr, status: () => ended(vmm.child),
+    guestReset: () => vmm.child.exitCode === 0,
     stop: async () => {
-      await q.execute('quit');
-      await vmm.exited;
+      await q.execute('quit').catch(() => undefined);
+      await Promise.race([vmm.exited, new Promise((r) => setTimeout(r, 10_000))]);
+      await kill(vmm.child);
       q.close();
-      con.close();
+      c.close();
     },
   };
 }
@@ -216,12 +251,12 @@ async function qemu(img: Img, initrd: string): Promise<Guest> {
     '-drive', `id=disk,file=${disk('qemu.img')},format=raw,if=none,cache=writeback`, '-device', 'virtio-blk-device,drive=disk'], { stdio: ['ignore', 'ignore', 'pipe'] });
   p.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const exited = new Promise<void>((r) => p.once('exit', () => r()));
-  const con = await guestConsole(conPath, () => stderr).catch((e: unknown) => {
-    p.kill('SIGKILL');
+  const con = await guestConsole(conPath, () => stderr).catch(async (e: unknown) => {
+    await kill(p);
     throw e;
   });
   return {
-    name: 'qemu', con, q: null, log: () => stderr, status: () => ended(p),
+    name: 'qemu', guestReset: () => p.exitCode === 0, con, q: null, log: () => stderr, status: () => ended(p),
     stop: async () => {
       p.kill('SIGKILL');
       await exited;
@@ -275,7 +310,7 @@ const result = {
   runs: RUNS,
   runtimeSeconds: RUNTIME_S,
   tool: 'fio (libaio, O_DIRECT, /dev/vda)',
-  method: 'the VMMs boot one after the other and stay up together; each run of each workload goes to each in turn (rotating order); a guest whose fio does not finish is booted again on the same disk file and its turn repeated (fioEnded: why each time), at most BENCH_RESTARTS times, then left out (failed)',
+  method: 'the VMMs boot one after the other and stay up together; each run of each workload goes to each in turn (rotating order); a guest that resets itself during a run (the lab triple fault; its VMM exits 0) is booted again on the same disk file and its turn repeated (fioEnded: why each time), at most BENCH_RESTARTS times; a fio that does not finish otherwise leaves that guest out (failed)',
   restartsAllowed: RESTARTS,
   native: n,
   nativeIothread: ni,

@@ -60,13 +60,25 @@ interface Guest {
   name: string; link: Link; con: ConsoleClient; pid: number; counters?(): Promise<NetCounters>;
   /** what to print when a run fails: the NIC's counters and the end of the VMM's log */
   diagnose?(): Promise<string>;
-  /** whether the VMM process still runs (a run that hangs with it alive is a stall, not the lab's triple fault) */
-  alive(): boolean;
+  /**
+   * The VMM has exited with status 0 without being asked to: the guest reset itself (the lab's
+   * triple fault; capsule-vmm under its seccomp filter and QEMU with -no-reboot exit 0 then). A
+   * run that hangs with the VMM alive is a stall, and a crash is a crash: both fail the bench.
+   */
+  guestReset(): boolean;
   stop(): Promise<void>;
 }
 
-/** How many times a guest whose VMM ended during a run (the lab's triple fault) is booted again. */
+/** How many times a guest that reset itself (the lab's triple fault) is booted again, and a boot that failed tried again. */
 const RESTARTS = Number(process.env.BENCH_RESTARTS ?? 3);
+
+/** Ends a VMM process that has not ended by itself: SIGKILL, and its exit awaited. */
+async function kill(p: ChildProcess): Promise<void> {
+  if (p.exitCode !== null || p.signalCode !== null) return;
+  const gone = new Promise<void>((r) => p.once('exit', () => r()));
+  p.kill('SIGKILL');
+  await gone;
+}
 
 async function nicCounters(q: QmpClient): Promise<NetCounters> {
   const r = await q.execute('query-virtio') as { exits: number; devices: Array<{ type: number; metrics: Record<string, number> }> };
@@ -101,13 +113,22 @@ async function bootNative(img: Img, initrd: string, mode: NativeNet, link: Link)
     ...(mode === 'iothread' ? ['-iothread', 'id=io0'] : []),
     '-netdev', net, '-rng', 'random_file=/dev/urandom', '-hotplug-slots', '0'],
   { CAPSULE_LOG_LEVEL: 'warn' }, ['ip', 'netns', 'exec', NS]);
-  // a boot that never answers shows the VMM's log (warnings: -D above) with the error
-  const con = await guestConsole(conPath, () => `${vmm.stderr}${existsSync(logFile) ? readFileSync(logFile, 'utf8') : ''}`);
-  const q = await QmpClient.connect(qmp);
+  let con: ConsoleClient | undefined;
+  let q: QmpClient;
+  try {
+    // a boot that never answers shows the VMM's log (warnings: -D above) with the error
+    con = await guestConsole(conPath, () => `${vmm.stderr}${existsSync(logFile) ? readFileSync(logFile, 'utf8') : ''}`);
+    q = await QmpClient.connect(qmp);
+  } catch (e) {
+    // its VMM goes too: it would hold the tap (and the namespace) past the bench
+    con?.close();
+    await kill(vmm.child);
+    throw e;
+  }
   return {
     name: NATIVE_NAME[mode], link, con,
     pid: vmm.child.pid as number,
-    alive: () => vmm.child.exitCode === null && vmm.child.signalCode === null,
+    guestReset: () => vmm.child.exitCode === 0,
     counters: () => nicCounters(q),
     diagnose: async () => {
       // twice, 5 s apart: does anything still move (and which side waits for the other)
@@ -119,10 +140,11 @@ async function bootNative(img: Img, initrd: string, mode: NativeNet, link: Link)
       return `net metrics: ${JSON.stringify(m1)}\n5 s later: ${JSON.stringify(m2)}\nhost side: ${host}\nVMM log (end): ${logTail}\nstderr: ${vmm.stderr.slice(-500)}`;
     },
     stop: async () => {
-      await q.execute('quit');
-      await vmm.exited;
+      await q.execute('quit').catch(() => undefined);
+      await Promise.race([vmm.exited, new Promise((r) => setTimeout(r, 10_000))]);
+      await kill(vmm.child);
       q.close();
-      con.close();
+      con?.close();
     },
   };
 }
@@ -139,11 +161,14 @@ async function bootQemu(img: Img, initrd: string, vhost: boolean, link: Link): P
   let stderr = '';
   p.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const exited = new Promise<void>((r) => p.once('exit', () => r()));
-  const con = await guestConsole(conPath, () => stderr);
+  const con = await guestConsole(conPath, () => stderr).catch(async (e: unknown) => {
+    await kill(p);
+    throw e;
+  });
   return {
     name: vhost ? 'qemuVhost' : 'qemu', link, con,
     pid: p.pid as number, // `ip netns exec` execs qemu in place
-    alive: () => p.exitCode === null && p.signalCode === null,
+    guestReset: () => p.exitCode === 0,
     stop: async () => {
       p.kill('SIGKILL');
       await exited;
@@ -167,6 +192,22 @@ async function iperf(g: Guest, reverse: boolean): Promise<number> {
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
+/** A guest booted and its network up; both tried again, up to RESTARTS more times, where the guest never comes up (the lab's triple fault strikes at boot too). */
+async function bootReady(boot: () => Promise<Guest>): Promise<Guest> {
+  for (let attempt = 0; ; attempt++) {
+    let g: Guest | undefined;
+    try {
+      g = await boot();
+      await networkUp(g);
+      return g;
+    } catch (e) {
+      await g?.stop().catch(() => undefined);
+      if (attempt >= RESTARTS) throw e;
+      console.error(`vmm-net: a guest did not come up (${(e as Error).message.slice(0, 300)}); booting it again`);
+    }
+  }
+}
+
 /** The guest's address on its tap's subnet, link up, and the host answering a ping. */
 async function networkUp(g: Guest): Promise<void> {
   const up = await g.con.run(`ip addr add ${g.link.guestIp}/24 dev eth0 && ip link set eth0 up && ping -c 2 -W 5 ${g.link.hostIp}`, 120_000);
@@ -181,13 +222,12 @@ async function measureTogether(boots: Array<() => Promise<Guest>>): Promise<Reco
   // booted one after the other: three guests booting at once on the lab's two emulated CPUs can
   // take longer than the console wait (2026-12-03: one never answered in 400 s)
   const settled: Array<PromiseSettledResult<Guest>> = [];
-  for (const b of boots) settled.push(await b().then((value) => ({ status: 'fulfilled', value }) as const, (reason: unknown) => ({ status: 'rejected', reason }) as const));
+  for (const b of boots) settled.push(await bootReady(b).then((value) => ({ status: 'fulfilled', value }) as const, (reason: unknown) => ({ status: 'rejected', reason }) as const));
   const guests = settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
   try {
     const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
     if (failed) throw failed.reason;
     const reboot = new Map(guests.map((g, i) => [g.name, boots[i] as () => Promise<Guest>]));
-    for (const g of guests) await networkUp(g);
     await new Promise((r) => setTimeout(r, 5000));
     const idle = new Map(guests.map((g) => [g.name, procMem(g.pid, RAM_MIB * 1024)] as const));
     const toHost = new Map<string, number[]>();
@@ -207,9 +247,9 @@ async function measureTogether(boots: Array<() => Promise<Guest>>): Promise<Reco
       }
       return mbps;
     };
-    /** Why a guest's VMM ended during a run (each time it was booted again). */
+    /** Why a guest's run failed when it reset itself (each time it was booted again). */
     const ended = new Map<string, string[]>();
-    // one run; where the guest's VMM ended (not hung) meanwhile, boot it again and run again
+    // one run; where the guest reset itself meanwhile (its VMM exited 0), boot it again and run again
     const turn = async (slot: number, reverse: boolean): Promise<number> => {
       for (;;) {
         const g = guests[slot] as Guest;
@@ -217,13 +257,12 @@ async function measureTogether(boots: Array<() => Promise<Guest>>): Promise<Reco
           return await during(g, reverse);
         } catch (e) {
           const ends = ended.get(g.name) ?? [];
-          if (g.alive() || ends.length >= RESTARTS) throw e;
+          if (!g.guestReset()) throw e;
+          if (ends.length >= RESTARTS) throw new Error(`${g.name}: its guest reset ${ends.length + 1} times (BENCH_RESTARTS=${RESTARTS}); the last time: ${(e as Error).message}`);
           ended.set(g.name, [...ends, (e as Error).message.slice(0, 1500)]);
-          console.error(`vmm-net: ${g.name}: the VMM ended during a run; booting it again: ${(e as Error).message.slice(0, 300)}`);
+          console.error(`vmm-net: ${g.name}: the guest reset during a run; booting it again: ${(e as Error).message.slice(0, 300)}`);
           await g.stop().catch(() => undefined);
-          const again = await (reboot.get(g.name) as () => Promise<Guest>)();
-          guests[slot] = again;
-          await networkUp(again);
+          guests[slot] = await bootReady(reboot.get(g.name) as () => Promise<Guest>);
         }
       }
     };
@@ -247,7 +286,7 @@ async function measureTogether(boots: Array<() => Promise<Guest>>): Promise<Reco
         guestToHostMbps: { median: median(toHost.get(g.name)!), runs: toHost.get(g.name) },
         hostToGuestMbps: { median: median(toGuest.get(g.name)!), runs: toGuest.get(g.name) },
         idleMemory: { ussMiB: +(m.ussKiB / 1024).toFixed(1), vmmUssMiB: +(m.vmmUssKiB / 1024).toFixed(1), pssMiB: +(m.pssKiB / 1024).toFixed(1) },
-        ...(ended.has(g.name) ? { vmmEndedAndBootedAgain: ended.get(g.name) } : {}),
+        ...(ended.has(g.name) ? { guestResetAndBootedAgain: ended.get(g.name) } : {}),
         ...(moved.has(g.name) ? {
           nic: { guestToHostTx: perFrame(moved.get(g.name)!.toHost, 'tx'), hostToGuestRx: perFrame(moved.get(g.name)!.toGuest, 'rx') },
         } : {}),
@@ -289,7 +328,7 @@ try {
     runs: RUNS,
     secondsPerRun: SECONDS,
     devices: 'virtio-blk + virtio-net (tap) + virtio-rng, 1 vCPU, ' + `${RAM_MIB} MiB`,
-    method: 'native (main thread), native (NIC on an -iothread) and QEMU run at once, each on its own tap; iperf3 runs take turns (rotating order); a guest whose VMM ends during a run (the lab triple fault) is booted again and the run repeated, at most BENCH_RESTARTS times (vmmEndedAndBootedAgain); a run that hangs with its VMM alive fails the bench',
+    method: 'native (main thread), native (NIC on an -iothread) and QEMU run at once, each on its own tap; iperf3 runs take turns (rotating order); a guest that resets itself during a run (the lab triple fault; its VMM exits 0) is booted again and the run repeated, at most BENCH_RESTARTS times (guestResetAndBootedAgain), as is a boot that does not come up; a run that hangs with its VMM alive, or a VMM that crashes, fails the bench',
     native,
     nativeIothread,
     qemu,

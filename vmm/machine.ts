@@ -357,6 +357,10 @@ export class Machine extends EventEmitter {
       await this.build();
       if (wasPaused) await this.threads?.pause();
       this.emit('reset');
+    }).catch((e: unknown) => {
+      // half rebuilt (e.g. a boot file that became unreadable): nothing can run; end cleanly
+      log.error(`reset failed: ${(e as Error).message}`);
+      return this.shutdown({ guest: false, reason: 'host-error' });
     });
   }
 

@@ -6,7 +6,7 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { threadSeccompStatus } from '../seccomp/install.js';
@@ -28,11 +28,11 @@ before(async () => {
 after(() => killAllVmms());
 
 interface Vmm { vmm: VmmProcess; qmp: string; con: string; log: string }
-function start(name: string, cpus: number, extra: string[] = [], env: NodeJS.ProcessEnv = {}): Vmm {
+function start(name: string, cpus: number, extra: string[] = [], env: NodeJS.ProcessEnv = {}, files: { kernel: string; initrd: string } = img): Vmm {
   const qmp = join(work, `${name}.qmp`);
   const con = join(work, `${name}.console`);
   const log = join(work, `${name}.log`);
-  const vmm = startVmm(['-kernel', img.kernel, '-initrd', img.initrd, '-append', img.cmdline, '-smp', String(cpus), '-m', '256M',
+  const vmm = startVmm(['-kernel', files.kernel, '-initrd', files.initrd, '-append', img.cmdline, '-smp', String(cpus), '-m', '256M',
     '-api-channel', `unix:${qmp}`, '-chardev', `id=console0,path=${con}`, '-D', log, ...extra], { CAPSULE_LOG_LEVEL: 'info', ...env });
   return { vmm, qmp, con, log };
 }
@@ -200,21 +200,34 @@ describe('capsule-vmm seccomp on KVM', { concurrency: false, timeout: 600_000 },
     assert.deepEqual(ex, { code: null, signal: 'SIGSYS' }, v.vmm.stderr);
   });
 
-  test('-disable-seccomp: no filter on any thread; system_reset reboots in place (kernel and initrd read again)', async () => {
-    const v = start('nofilter', 1, ['-disable-seccomp']);
+  test('-disable-seccomp: no filter; system_reset reboots in place from the boot files opened at start; one cut short ends the VMM (host-error)', async () => {
+    // copies: this test replaces and truncates them
+    const files = { kernel: join(work, 'vmlinuz'), initrd: join(work, 'initrd') };
+    copyFileSync(img.kernel, files.kernel);
+    copyFileSync(img.initrd, files.initrd);
+    const v = start('nofilter', 1, ['-disable-seccomp'], {}, files);
     await waitForFile(v.qmp, 60_000);
     const q = await QmpClient.connect(v.qmp);
     for (const t of threadSeccompStatus(v.vmm.child.pid!)) assert.equal(t.seccomp, 0, `thread ${t.tid} (${t.name})`);
     const cons = await ConsoleClient.connect(v.con);
     await cons.waitFor(READY, BOOT_TIMEOUT);
+    // The boot files are not kept in memory but read again at a reset, from the fds opened at
+    // start: the initrd's path naming another file by then changes nothing.
+    rmSync(files.initrd);
+    writeFileSync(files.initrd, 'not an initrd');
     const before = cons.text.length;
     await q.execute('system_reset');
     await q.event('RESET', 60_000);
-    // the boot files are not kept in memory: the second boot reads them from their paths
     await waitFor(() => READY.exec(cons.text.slice(before)) ?? undefined, BOOT_TIMEOUT, 'the guest booted again');
+    // The kernel cut short in place: the rebuild fails, and the VMM ends instead of keeping a
+    // half-built machine.
+    truncateSync(files.kernel, 4096);
+    void q.execute('system_reset').catch(() => undefined);
+    const sd = await q.event('SHUTDOWN', 60_000);
+    assert.deepEqual(sd.data, { guest: false, reason: 'host-error' });
+    await exited(v);
+    assert.match(readFileSync(v.log, 'utf8'), /reset failed: cannot read kernel .*vmlinuz: the file ended at 4096 bytes/);
     cons.close();
-    await q.execute('quit');
-    assert.equal((await exited(v)).code, 0, v.vmm.stderr);
     q.close();
   });
 });

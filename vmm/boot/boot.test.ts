@@ -70,7 +70,9 @@ const bootKernel = ((): string | undefined => {
 
 test('the distribution kernel in /boot parses', { skip: bootKernel ? false : 'no /boot/vmlinuz-*' }, () => {
   const img = parseBzImage(readFileSync(bootKernel as string));
-  assert.deepEqual(headerOf(readKernelHeader(pathBootFile(bootKernel as string, 'kernel'))), headerOf(img));
+  const file = pathBootFile(bootKernel as string, 'kernel');
+  assert.deepEqual(headerOf(readKernelHeader(file)), headerOf(img));
+  file.close();
   assert.ok(img.version >= 0x020c);
   assert.ok(img.relocatable);
   assert.ok(img.payload.length > 1 << 20);
@@ -90,16 +92,28 @@ test('boot files by path: header from the first bytes, read straight into guest 
     assert.equal(kernel.size, bytes.length);
     assert.deepEqual(headerOf(readKernelHeader(kernel)), headerOf(parseBzImage(bytes)));
     const mem = GuestMemory.fromBuffers(64 << 20);
-    const l = loadLinux(mem, { kernel, initrd: pathBootFile(initrdPath, 'initrd'), cmdline: '', cpus: 1 });
+    const initrdFile = pathBootFile(initrdPath, 'initrd');
+    const l = loadLinux(mem, { kernel, initrd: initrdFile, cmdline: '', cpus: 1 });
+    initrdFile.close();
     const payload = parseBzImage(bytes).payload;
     assert.deepEqual(Buffer.from(mem.read(GA(0x100000), payload.length)), Buffer.from(payload));
     assert.deepEqual(Buffer.from(mem.read(GA(l.initrd!.addr), initrdBytes.length)), initrdBytes);
-    // errors: a missing file at once; a file that shrank by boot time; not a bzImage
+    // the open file is what boots: replacing the path later changes nothing
+    rmSync(kernelPath);
+    writeFileSync(kernelPath, 'not a kernel any more');
+    mem.fill(GA(0x100000), payload.length);
+    loadLinux(mem, { kernel, cmdline: '', cpus: 1 });
+    assert.deepEqual(Buffer.from(mem.read(GA(0x100000), payload.length)), Buffer.from(payload));
+    // errors: a missing file or a directory at once; a file truncated in place by boot time; not a bzImage
     assert.throws(() => pathBootFile(join(dir, 'nope'), 'initrd'), /cannot read initrd .*nope: ENOENT/);
+    assert.throws(() => pathBootFile(dir, 'initrd'), /cannot read initrd .*: not a regular file/);
+    writeFileSync(kernelPath, bytes);
     const shrunk = pathBootFile(kernelPath, 'kernel');
     truncateSync(kernelPath, 40_000);
     assert.throws(() => loadLinux(mem, { kernel: shrunk, cmdline: '', cpus: 1 }), /cannot read kernel .*vmlinuz: the file ended at 40000 bytes/);
-    assert.throws(() => readKernelHeader(pathBootFile(initrdPath, 'kernel')), /not a bzImage/);
+    const notKernel = pathBootFile(initrdPath, 'kernel');
+    assert.throws(() => readKernelHeader(notKernel), /not a bzImage/);
+    for (const f of [kernel, shrunk, notKernel]) f.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

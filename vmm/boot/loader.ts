@@ -16,9 +16,9 @@ import { buildMpTable } from './mptable.js';
 
 /**
  * A kernel or initrd, read where it goes. The VMM's come from files and are read straight into
- * guest RAM (one pread per file into the guest memory's view): a copy held in a Node buffer
- * would stay in the idle VMM's private memory for its whole life (~10 MiB for the default
- * image's kernel and initrd), since the machine needs them again only for an in-place reset.
+ * guest RAM (preads into the guest memory's view): a copy held in a Node buffer would stay in
+ * the idle VMM's private memory for its whole life (~10 MiB for the default image's kernel and
+ * initrd), since the machine needs them again for an in-place reset.
  */
 export interface BootFile {
   readonly size: number;
@@ -32,41 +32,39 @@ export function bytesBootFile(bytes: Uint8Array): BootFile {
 }
 
 /**
- * A file by path, checked now (it opens; a kernel's header parses) and read at each boot; an
- * error names `what` and the path. The size is the one seen now: a file that shrank since is refused.
+ * A file by path, opened now and kept open (the fd pins it: replacing or deleting the path later
+ * does not change what an in-place reset boots), read at each boot; errors name `what` and the
+ * path. A file truncated in place since is refused when read.
  */
-export function pathBootFile(path: string, what: string): BootFile {
+export function pathBootFile(path: string, what: string): BootFile & { close(): void } {
   const fail = (e: unknown): never => {
     throw new KernelImageError(`cannot read ${what} ${path}: ${(e as Error).message}`);
   };
+  let fd = -1;
   let size = 0;
   try {
-    const fd = openSync(path, 'r');
-    try {
-      size = fstatSync(fd).size;
-    } finally {
-      closeSync(fd);
-    }
+    fd = openSync(path, 'r');
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new Error('not a regular file');
+    size = st.size;
   } catch (e) {
+    if (fd >= 0) closeSync(fd);
     fail(e);
   }
   return {
     size,
     readInto(into, offset) {
-      let fd: number | undefined;
       try {
-        fd = openSync(path, 'r');
         for (let done = 0; done < into.length;) {
           const n = readSync(fd, into, done, into.length - done, offset + done);
-          if (n === 0) throw new Error(`the file ended at ${offset + done} bytes (it was ${size} when the VMM started)`);
+          if (n === 0) throw new Error(`the file ended at ${offset + done} bytes (it had ${size} when the VMM started)`);
           done += n;
         }
       } catch (e) {
         fail(e);
-      } finally {
-        if (fd !== undefined) closeSync(fd);
       }
     },
+    close: () => closeSync(fd),
   };
 }
 
