@@ -110,7 +110,7 @@ test('boot files by path: header from the first bytes, read straight into guest 
     writeFileSync(kernelPath, bytes);
     const shrunk = pathBootFile(kernelPath, 'kernel');
     truncateSync(kernelPath, 40_000);
-    assert.throws(() => loadLinux(mem, { kernel: shrunk, cmdline: '', cpus: 1 }), /cannot read kernel .*vmlinuz: the file ended at 40000 bytes/);
+    assert.throws(() => loadLinux(mem, { kernel: shrunk, cmdline: '', cpus: 1 }), /cannot read kernel .*vmlinuz: the file has 40000 bytes now \(\d+ when the VMM started\)/);
     const notKernel = pathBootFile(initrdPath, 'kernel');
     assert.throws(() => readKernelHeader(notKernel), /not a bzImage/);
     for (const f of [kernel, shrunk, notKernel]) f.close();

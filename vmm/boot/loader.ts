@@ -57,7 +57,7 @@ export function pathBootFile(path: string, what: string): BootFile & { close(): 
       try {
         for (let done = 0; done < into.length;) {
           const n = readSync(fd, into, done, into.length - done, offset + done);
-          if (n === 0) throw new Error(`the file ended at ${offset + done} bytes (it had ${size} when the VMM started)`);
+          if (n === 0) throw new Error(`the file has ${fstatSync(fd).size} bytes now (${size} when the VMM started)`);
           done += n;
         }
       } catch (e) {
