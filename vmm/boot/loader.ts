@@ -9,7 +9,7 @@ import { BZIMAGE_HEAD_BYTES, KernelImageError, parseBzImageHeader, type BzImageH
 import { buildE820 } from './e820.js';
 import { gdtBytes, identityPageTables } from './gdt.js';
 import {
-  ACPI_TABLES_ADDR, BIOS_END, VMGENID_ADDR, BOOT_GDT_ADDR, BOOT_IDT_ADDR, CMDLINE_ADDR, CMDLINE_MAX, KERNEL_64BIT_ENTRY_OFFSET,
+  ACPI_TABLES_ADDR, VMGENID_ADDR, BOOT_GDT_ADDR, BOOT_IDT_ADDR, CMDLINE_ADDR, CMDLINE_MAX, KERNEL_64BIT_ENTRY_OFFSET,
   KERNEL_LOAD_ADDR, MPTABLE_ADDR, ZERO_PAGE_ADDR,
 } from './layout.js';
 import { buildMpTable } from './mptable.js';
