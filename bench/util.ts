@@ -1,4 +1,5 @@
-// Shared bench helpers: percentiles and JSON output.
+// Shared bench helpers: percentiles, JSON output, ending a stuck child process.
+import type { ChildProcess } from 'node:child_process';
 export function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return NaN;
   const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
@@ -13,3 +14,11 @@ export function printJson(result: unknown): void {
 }
 
 export const isMain = (url: string) => process.argv[1] !== undefined && url.endsWith(process.argv[1].replace(/^.*\/dist\//, '/dist/'));
+
+/** Ends a process that has not ended by itself (a VMM stuck or never up): SIGKILL, and its exit awaited. */
+export async function killProcess(p: ChildProcess): Promise<void> {
+  if (p.exitCode !== null || p.signalCode !== null) return;
+  const gone = new Promise<void>((r) => p.once('exit', () => r()));
+  p.kill('SIGKILL');
+  await gone;
+}

@@ -17,6 +17,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { QmpClient, startVmm, testImage, type ConsoleClient } from '../vmm/testing/clients.js';
 import { guestTool, initrdWithTools } from './guest-tools.js';
 import { guestConsole } from './guest-console.js';
+import { killProcess } from './util.js';
 
 const work = mkdtempSync(join(tmpdir(), 'capsule-bench-blk-'));
 const DISK_MIB = 256;
@@ -65,13 +66,6 @@ interface Guest {
 
 const ended = (p: ChildProcess): string => (p.exitCode === null && p.signalCode === null ? 'running' : `exited (code ${p.exitCode}, signal ${p.signalCode})`);
 
-/** Ends a VMM process that has not ended by itself: SIGKILL, and its exit awaited. */
-async function kill(p: ChildProcess): Promise<void> {
-  if (p.exitCode !== null || p.signalCode !== null) return;
-  const gone = new Promise<void>((r) => p.once('exit', () => r()));
-  p.kill('SIGKILL');
-  await gone;
-}
 
 /** The last kernel messages (an OOM kill or a seccomp SIGSYS shows there), where dmesg may be read. */
 function kernelLogTail(): string {
@@ -225,7 +219,7 @@ async function native(img: Img, initrd: string, iothread: boolean): Promise<Gues
   } catch (e) {
     // a guest that never comes up: its VMM goes too (bootGuest may try again on the same disk)
     con?.close();
-    await kill(vmm.child);
+    await killProcess(vmm.child);
     throw e;
   }
   const c = con;
@@ -235,7 +229,7 @@ async function native(img: Img, initrd: string, iothread: boolean): Promise<Gues
     stop: async () => {
       await q.execute('quit').catch(() => undefined);
       await Promise.race([vmm.exited, new Promise((r) => setTimeout(r, 10_000))]);
-      await kill(vmm.child);
+      await killProcess(vmm.child);
       q.close();
       c.close();
     },
@@ -252,7 +246,7 @@ async function qemu(img: Img, initrd: string): Promise<Guest> {
   p.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const exited = new Promise<void>((r) => p.once('exit', () => r()));
   const con = await guestConsole(conPath, () => stderr).catch(async (e: unknown) => {
-    await kill(p);
+    await killProcess(p);
     throw e;
   });
   return {

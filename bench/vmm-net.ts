@@ -18,6 +18,7 @@ import { tmpdir } from 'node:os';
 import { QmpClient, startVmm, testImage, type ConsoleClient } from '../vmm/testing/clients.js';
 import { guestTool, initrdWithTools } from './guest-tools.js';
 import { guestConsole } from './guest-console.js';
+import { killProcess } from './util.js';
 import { procMem, type ProcMem } from './proc-mem.js';
 
 const NS = `capsule-bench-${process.pid}`;
@@ -72,13 +73,6 @@ interface Guest {
 /** How many times a guest that reset itself (the lab's triple fault) is booted again, and a boot that failed tried again. */
 const RESTARTS = Number(process.env.BENCH_RESTARTS ?? 3);
 
-/** Ends a VMM process that has not ended by itself: SIGKILL, and its exit awaited. */
-async function kill(p: ChildProcess): Promise<void> {
-  if (p.exitCode !== null || p.signalCode !== null) return;
-  const gone = new Promise<void>((r) => p.once('exit', () => r()));
-  p.kill('SIGKILL');
-  await gone;
-}
 
 async function nicCounters(q: QmpClient): Promise<NetCounters> {
   const r = await q.execute('query-virtio') as { exits: number; devices: Array<{ type: number; metrics: Record<string, number> }> };
@@ -122,7 +116,7 @@ async function bootNative(img: Img, initrd: string, mode: NativeNet, link: Link)
   } catch (e) {
     // its VMM goes too: it would hold the tap (and the namespace) past the bench
     con?.close();
-    await kill(vmm.child);
+    await killProcess(vmm.child);
     throw e;
   }
   return {
@@ -142,7 +136,7 @@ async function bootNative(img: Img, initrd: string, mode: NativeNet, link: Link)
     stop: async () => {
       await q.execute('quit').catch(() => undefined);
       await Promise.race([vmm.exited, new Promise((r) => setTimeout(r, 10_000))]);
-      await kill(vmm.child);
+      await killProcess(vmm.child);
       q.close();
       con?.close();
     },
@@ -162,7 +156,7 @@ async function bootQemu(img: Img, initrd: string, vhost: boolean, link: Link): P
   p.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const exited = new Promise<void>((r) => p.once('exit', () => r()));
   const con = await guestConsole(conPath, () => stderr).catch(async (e: unknown) => {
-    await kill(p);
+    await killProcess(p);
     throw e;
   });
   return {
