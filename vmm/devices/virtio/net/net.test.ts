@@ -245,8 +245,11 @@ function addRxHonouringEventIdx(d: TestDriver, n: number, size = 2048): void {
   if (((now - event - 1) & 0xffff) < ((now - old) & 0xffff)) d.setReg(REG.QUEUE_NOTIFY, RXQ);
 }
 
-/** Runs `hook` once, right after the device next writes the rx queue's avail_event (a driver racing it on another vCPU). */
-function onAvailEventWrite(d: TestDriver, hook: () => void): void {
+/**
+ * Runs `hook` right after the device writes the rx queue's avail_event (a driver racing it on
+ * another vCPU): the next time only, or with `every`, each time.
+ */
+function onAvailEventWrite(d: TestDriver, hook: () => void, every = false): void {
   const ring = d.rings[RXQ]!;
   const at = ring.used + 4 + 8 * ring.size;
   const mem = d.mem;
@@ -255,10 +258,24 @@ function onAvailEventWrite(d: TestDriver, hook: () => void): void {
   mem.writeU16 = (addr, v) => {
     write(addr, v);
     if (armed && Number(addr) === at) {
-      armed = false;
+      armed = every;
       hook();
     }
   };
+}
+
+/**
+ * Plays a Linux driver until `frames` frames have arrived: takes what was used, refills 8 buffers
+ * when fewer than 4 are posted, and notifies only when vring_need_event says so.
+ */
+function refillUntilDelivered(r: Rig, frames: number, what: string, ms: number): Promise<void> {
+  const ring = r.d.rings[RXQ]!;
+  return until(() => {
+    r.d.takeUsed(RXQ);
+    const posted = (r.d.mem.readU16(GA(ring.avail + 2)) - r.d.mem.readU16(GA(ring.used + 2))) & 0xffff;
+    if (posted < 4) addRxHonouringEventIdx(r.d, 8);
+    return r.net.metrics.rxFrames === frames;
+  }, what, ms);
 }
 
 test('rx: buffers added while the device re-arms at the end of a batch are not lost (EVENT_IDX)', async () => {
@@ -273,13 +290,7 @@ test('rx: buffers added while the device re-arms at the end of a batch are not l
   onAvailEventWrite(r.d, () => r.d.submit(RXQ, [{ writable: 2048 }], { notify: false }));
   addRxHonouringEventIdx(r.d, 63);
   // from here on the driver refills as Linux does: it notifies only when avail_event says so
-  const ring = r.d.rings[RXQ]!;
-  await until(() => {
-    r.d.takeUsed(RXQ);
-    const posted = (r.d.mem.readU16(GA(ring.avail + 2)) - r.d.mem.readU16(GA(ring.used + 2))) & 0xffff;
-    if (posted < 4) addRxHonouringEventIdx(r.d, 8);
-    return r.net.metrics.rxFrames === 71;
-  }, 'all 71 frames delivered', 5000);
+  await refillUntilDelivered(r, 71, 'all 71 frames delivered', 5000);
   assert.equal(r.net.metrics.rxDropped, 0);
   await r.close();
 });
@@ -306,28 +317,18 @@ test('rx: buffers added between the device finding the ring empty and re-arming 
   armed = true;
   for (let i = 0; i < 3; i++) r.peer.give(frame(pattern(1000, i)));
   await until(() => !armed, 'the device reading avail = 2 with both buffers used');
-  await until(() => {
-    r.d.takeUsed(RXQ);
-    const posted = (read(GA(ring.avail + 2)) - read(GA(ring.used + 2))) & 0xffff;
-    if (posted < 4) addRxHonouringEventIdx(r.d, 8);
-    return r.net.metrics.rxFrames === 3;
-  }, 'the third frame delivered into the buffers added meanwhile', 3000);
+  await refillUntilDelivered(r, 3, 'the third frame delivered into the buffers added meanwhile', 3000);
   await r.close();
 });
 
 test('rx: an avail index that moves back and forth while the device re-arms breaks the queue, no spin', async () => {
   const r = rig(undefined, F_VERSION_1 | F_RING_EVENT_IDX | MRG);
   const ring = r.d.rings[RXQ]!;
-  const mem = r.d.mem;
-  const write = mem.writeU16.bind(mem);
   // one buffer, too small for the frame; then, every time the device writes avail_event, a
   // hostile driver moves avail (1 -> 0 -> 1 ...): the device sees "more arrived" each time
   r.d.submit(RXQ, [{ writable: 2048 }], { notify: false });
   let flip = 1;
-  mem.writeU16 = (addr, v) => {
-    write(addr, v);
-    if (Number(addr) === ring.used + 4 + 8 * ring.size) write(GA(ring.avail + 2), (flip ^= 1));
-  };
+  onAvailEventWrite(r.d, () => r.d.mem.writeU16(GA(ring.avail + 2), (flip ^= 1)), true);
   r.peer.give(frame(pattern(3000)));
   await until(() => (r.d.reg(REG.STATUS) & STATUS.DEVICE_NEEDS_RESET) !== 0, 'DEVICE_NEEDS_RESET');
   assert.equal(r.net.isPolling, false);
