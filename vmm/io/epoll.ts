@@ -1,6 +1,6 @@
 // epoll(7) for the VMM's own waits: one epoll fd with its registrations, shared by the main-thread
-// Poller (waits on libuv's threadpool, callbacks on the main thread) and the iothreads' IoLoop
-// (waits synchronously in a worker thread).
+// Poller (libuv watches the epoll fd; the Poller collects with a zero timeout) and the iothreads'
+// IoLoop (waits synchronously in a worker thread).
 //
 // Why epoll and not poll(): the registered set lives in the kernel, so add/modify/remove take
 // effect even for a wait already in flight on another thread (no wake-up and re-arm to publish
@@ -20,9 +20,8 @@ const libc = koffi.load('libc.so.6');
 const epollCreate1Raw = libc.func('int epoll_create1(int flags)') as (flags: number) => number;
 const epollCtlRaw = libc.func('int epoll_ctl(int epfd, int op, int fd, void *event)') as (epfd: number, op: number, fd: number, ev: Buffer | null) => number;
 type WaitFn = (epfd: number, events: bigint, max: number, timeout: number, sigmask: null) => number;
-/** epoll_pwait with a NULL sigmask; `.async` runs it on a libuv threadpool thread. */
-export const epollPwait = libc.func('int epoll_pwait(int epfd, void *events, int maxevents, int timeout, void *sigmask)') as unknown as
-  WaitFn & { async: (epfd: number, events: bigint, max: number, timeout: number, sigmask: null, cb: (err: unknown, res: number) => void) => void };
+/** epoll_pwait with a NULL sigmask */
+const epollPwait = libc.func('int epoll_pwait(int epfd, void *events, int maxevents, int timeout, void *sigmask)') as unknown as WaitFn;
 
 // <sys/epoll.h> (x86_64), checked against C in vmm/kvm/layout.test.ts
 export const EPOLL_CLOEXEC = 0o2000000;
@@ -42,7 +41,6 @@ const EVENT_SIZE = SIZEOF.epoll_event as number; // 12: packed on x86_64
 const EV_EVENTS = OFFSETOF['epoll_event.events'] as number;
 const EV_DATA = OFFSETOF['epoll_event.data'] as number;
 const ENOENT = 2, EBADF = 9, EEXIST = 17;
-const WAKE_TOKEN = 0;
 
 /** Called with the ready events (EPOLLIN, EPOLLOUT, EPOLLHUP, ...). */
 export type IoCallback = (events: number) => void;
@@ -56,7 +54,7 @@ export class EpollSet {
   private readonly byToken = new Map<number, Registration>();
   private nextToken = 1;
   private readonly ctlBuf = Buffer.alloc(EVENT_SIZE);
-  /** results of the last wait: a mapping of its own, valid across an async wait */
+  /** results of the last wait: a mapping of its own, read by dispatch() */
   readonly maxEvents: number;
   readonly eventsAddr: bigint;
   private readonly eventsView: DataView;
@@ -71,21 +69,13 @@ export class EpollSet {
     this.eventsView = new DataView(koffi.view(this.eventsAddr, maxEvents * EVENT_SIZE));
   }
 
-  /** Registered fds (the wake fd not counted). */
+  /** Registered fds. */
   get size(): number {
     return this.byFd.size;
   }
 
   has(fd: number): boolean {
     return this.byFd.has(fd);
-  }
-
-  /**
-   * The owner's wake-up fd (an eventfd it writes to end a wait early): registered for EPOLLIN with
-   * the reserved token 0, so dispatch() reports it instead of calling anything.
-   */
-  addWake(fd: number): void {
-    this.ctl(EPOLL_CTL_ADD, fd, EPOLLIN, WAKE_TOKEN);
   }
 
   /**
@@ -140,28 +130,19 @@ export class EpollSet {
     return n;
   }
 
-  /** Wait on a libuv threadpool thread; `cb` runs on this thread's event loop. */
-  waitAsync(timeoutMs: number, cb: (err: unknown, n: number) => void): void {
-    epollPwait.async(this.epfd, this.eventsAddr, this.maxEvents, timeoutMs, null, cb);
-  }
-
   /**
    * Call the callbacks of the `n` events the last wait returned, in order. A callback may add or
    * remove registrations (its own included): an event whose registration is gone by the time
    * its turn comes is dropped. A throwing callback is reported to `onError` and the rest still run.
-   * Returns true when the wake fd was among the events (the owner drains it).
    */
-  dispatch(n: number, onError: (e: unknown, fd: number) => void): boolean {
+  dispatch(n: number, onError: (e: unknown, fd: number) => void): void {
     const v = this.eventsView;
     const count = Math.min(n, this.maxEvents);
     // copy first: a callback could start another wait into the same buffer
     const ready: Array<[number, number]> = [];
-    let woken = false;
     for (let i = 0; i < count; i++) {
       const o = i * EVENT_SIZE;
-      const token = Number(v.getBigUint64(o + EV_DATA, true));
-      if (token === WAKE_TOKEN) woken = true;
-      else ready.push([token, v.getUint32(o + EV_EVENTS, true)]);
+      ready.push([Number(v.getBigUint64(o + EV_DATA, true)), v.getUint32(o + EV_EVENTS, true)]);
     }
     for (const [token, events] of ready) {
       const reg = this.byToken.get(token);
@@ -172,7 +153,6 @@ export class EpollSet {
         onError(e, reg.fd);
       }
     }
-    return woken;
   }
 
   /** Forget every registration and close the epoll fd; no wait may be in flight. */

@@ -1,5 +1,6 @@
 // The main-thread poller on the host (no KVM): eventfds, pipes, many fds, removal during dispatch,
-// the idle state (no wait in flight), close, and the wake-up latency from a worker thread.
+// the idle state (libuv not watching), close, promises settled from callbacks, and the wake-up
+// latency from a worker thread.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Worker } from 'node:worker_threads';
@@ -34,7 +35,7 @@ test('an eventfd write wakes the callback on the main thread; the counter reads 
   const e = EventFd.create();
   const got: Array<[number, bigint | null]> = [];
   p.add(e.fd, EPOLLIN, (ev) => got.push([ev, e.read()]));
-  assert.equal(p.waiting, true);
+  assert.equal(p.watching, true);
   e.write(3);
   await until(() => got.length === 1);
   assert.deepEqual(got[0], [EPOLLIN, 3n]);
@@ -118,15 +119,15 @@ test('a throwing callback does not stop the others nor the poller', async () => 
   await p.close();
 });
 
-test('idle: no wait in flight once the last fd is removed; re-armed by add; remove(fd, cb) checks the owner', async () => {
+test('idle: libuv stops watching once the last fd is removed; add watches again; remove(fd, cb) checks the owner', async () => {
   const p = new Poller();
   const e = EventFd.create();
   const cb = (): void => { e.read(); };
   p.add(e.fd, EPOLLIN, cb);
-  assert.equal(p.waiting, true);
+  assert.equal(p.watching, true);
   assert.equal(p.remove(e.fd, () => {}), false, 'another callback: not removed');
   assert.equal(p.remove(e.fd, cb), true);
-  await until(() => !p.waiting);
+  assert.equal(p.watching, false);
   assert.equal(p.remove(e.fd), false);
   let n = 0;
   p.add(e.fd, EPOLLIN, () => { e.read(); n++; });
@@ -134,17 +135,54 @@ test('idle: no wait in flight once the last fd is removed; re-armed by add; remo
   await until(() => n === 1);
   p.remove(e.fd);
   await p.sync();
-  await until(() => !p.waiting);
+  assert.equal(p.watching, false);
   e.close();
   await p.close();
 });
 
-test('close with a wait in flight resolves; close from a callback works', async () => {
+test('a removed fd gets no event, even when it was ready before remove()', async () => {
+  const p = new Poller();
+  const e = EventFd.create();
+  let calls = 0;
+  p.add(e.fd, EPOLLIN, () => { calls++; e.read(); });
+  e.write(); // ready now; libuv may already have seen it
+  p.remove(e.fd);
+  await p.sync();
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(calls, 0);
+  e.close();
+  await p.close();
+});
+
+test('promises and nextTicks from a callback settle at once (callbacks run inside a Node callback scope)', async () => {
+  const p = new Poller();
+  const e = EventFd.create();
+  const order: string[] = [];
+  let settled: () => void = () => {};
+  const done = new Promise<void>((r) => { settled = r; });
+  p.add(e.fd, EPOLLIN, () => {
+    e.read();
+    order.push('callback');
+    process.nextTick(() => order.push('tick'));
+    void Promise.resolve().then(() => { order.push('microtask'); settled(); });
+  });
+  // a timer far in the future is the only other thing in the loop: nothing else would drain them
+  const guard = setTimeout(() => {}, 60_000);
+  e.write();
+  await done;
+  clearTimeout(guard);
+  assert.deepEqual(order, ['callback', 'tick', 'microtask']);
+  p.remove(e.fd);
+  e.close();
+  await p.close();
+});
+
+test('close while watching resolves; close from a callback works', async () => {
   const p = new Poller();
   const e = EventFd.create();
   p.add(e.fd, EPOLLIN, () => {});
   await p.close();
-  assert.equal(p.waiting, false);
+  assert.equal(p.watching, false);
   e.close();
 
   const q = new Poller();
@@ -158,7 +196,7 @@ test('close with a wait in flight resolves; close from a callback works', async 
   f.close();
 });
 
-test('modify applies to the wait in flight', async () => {
+test('modify applies at once', async () => {
   const p = new Poller();
   const [r, w] = pipe();
   let outs = 0;
@@ -167,7 +205,7 @@ test('modify applies to the wait in flight', async () => {
   p.add(r, EPOLLIN, () => { ins++; readRaw(r, Buffer.alloc(8), 8); });
   await new Promise((res) => setTimeout(res, 30));
   assert.equal(outs, 0);
-  p.modify(w, 0x004 /* EPOLLOUT */); // a pipe with room is writable: wakes the wait in flight
+  p.modify(w, 0x004 /* EPOLLOUT */); // a pipe with room is writable: ready at once
   await until(() => outs === 1);
   p.remove(w); p.remove(r);
   closeFd(r); closeFd(w);
@@ -210,7 +248,7 @@ test('wake-up latency: eventfd write in a worker -> callback on the main thread,
       const stamp = new BigInt64Array(workerData.stamp);
       const nap = new Int32Array(new SharedArrayBuffer(4));
       for (let i = 0; i < workerData.n; i++) {
-        Atomics.wait(nap, 0, 0, 0.1); // let the poller block in epoll_pwait again
+        Atomics.wait(nap, 0, 0, 0.1); // let the main thread block in libuv's epoll again
         Atomics.store(stamp, 0, process.hrtime.bigint());
         e.write();
         while (Atomics.load(ctrl, 0) === i) Atomics.wait(ctrl, 0, i, 1000);

@@ -1,47 +1,39 @@
 // The main thread's poller for the fds Node does not watch itself: eventfds (ioeventfd queue
 // notifications, irqfd resample), taps, and the QMP sockets read with recvmsg (qmp/scm-reader.ts).
 //
-// One epoll set (io/epoll.ts). While at least one fd is registered, one epoll_pwait is in flight on
-// a libuv threadpool thread (koffi `.async`); when it returns, the callbacks run on the main thread
-// and the wait is re-armed. Registrations made meanwhile need no wake-up: epoll applies them to
-// the wait in flight. A wake eventfd ends that wait only when it must stop: the last fd was
-// removed (no wait is in flight while nothing is registered, so an idle VMM keeps no pool thread
-// and the event loop may end), sync(), close().
+// One epoll set (io/epoll.ts) whose own fd libuv watches on the main thread's event loop
+// (io/uv-poll.ts): when any registered fd is ready, the epoll fd is readable, libuv's poll phase
+// reports it, and the check phase of the same loop iteration collects the ready events with a
+// non-blocking epoll_pwait and runs their callbacks. No thread but the main one is involved, so a
+// wake-up costs one pass of the event loop (docs/vmm.md, "Notifications and interrupts"; before,
+// the wait ran on libuv's threadpool and each wake-up was a hand-off to a pool thread and back).
 //
-// Cost: the wait holds one of libuv's 4 pool threads for as long as anything is registered, and
-// each re-armed wait joins the pool's one FIFO behind whatever fs work is queued (virtio-blk
-// keeps its share small for this reason: blk/device.ts MAX_IN_FLIGHT); a wake-up is a pool
-// hand-off: eventfd write -> callback measured on the dev host (vmm/io/poller.test.ts, 10k wakes
-// from a worker thread): see docs/vmm.md, "Notifications and interrupts". Callbacks are
-// level-triggered by default: drain the fd (read the eventfd) in the callback or it fires again
-// at once.
+// Registrations take effect at once (epoll keeps the set in the kernel) and remove() is final: an
+// event is only collected right before its callback runs, so none is ever delivered for an fd
+// removed earlier. Nothing registered: libuv stops watching, so an idle VMM's event loop may end.
+// Callbacks are level-triggered by default: drain the fd (read the eventfd) in the callback or it
+// fires again on the next loop iteration.
 import { logger } from '../log.js';
 import { EpollSet, type IoCallback } from './epoll.js';
-import { EventFd } from './eventfd.js';
+import { UvPoll } from './uv-poll.js';
 
 const log = logger('poller');
+/** Collect-and-dispatch passes per wake-up: more than one only when a pass filled the event array. */
+const MAX_PASSES = 8;
 
 export class Poller {
-  private readonly set: EpollSet;
-  private readonly wake: EventFd;
-  private inFlight = false;
+  private readonly set = new EpollSet();
+  private readonly watch: UvPoll;
   private closed = false;
-  private retry: NodeJS.Timeout | null = null;
-  /** sync() callers waiting for the wait in flight to return */
-  private syncs: Array<() => void> = [];
   private closing: Promise<void> | null = null;
-  private closed_: (() => void) | null = null;
-  private dispatching = false;
-  private released = false;
+  private retry: NodeJS.Timeout | null = null;
   /** wake-ups so far (tests, debugging) */
   wakeups = 0;
 
   constructor() {
     // created at once, not on first add(): the VMM builds its pollers during init, and
     // epoll_create1 after the seccomp filter would be one more syscall to allow
-    this.wake = EventFd.create();
-    this.set = new EpollSet();
-    this.set.addWake(this.wake.fd);
+    this.watch = new UvPoll(this.set.epfd, (status) => this.ready(status));
   }
 
   /** Registered fds. */
@@ -49,9 +41,9 @@ export class Poller {
     return this.set.size;
   }
 
-  /** True while an epoll_pwait is in flight on the threadpool. */
-  get waiting(): boolean {
-    return this.inFlight;
+  /** True while libuv watches the set (something is registered); keeps the event loop alive. */
+  get watching(): boolean {
+    return this.watch.active;
   }
 
   has(fd: number): boolean {
@@ -66,47 +58,42 @@ export class Poller {
   add(fd: number, events: number, cb: IoCallback): void {
     if (this.closed) throw new Error('poller closed');
     this.set.add(fd, events, cb);
-    this.arm();
+    if (!this.retry) this.watch.start();
   }
 
-  /** Change what `fd` is waited for (and its callback); applies to the wait in flight. */
+  /** Change what `fd` is waited for (and its callback). */
   modify(fd: number, events: number, cb?: IoCallback): void {
     this.set.modify(fd, events, cb);
   }
 
   /**
    * Stop watching `fd` (before closing it). With `cb`, only if it is still registered with that
-   * callback. An event already returned for it is not delivered. True if it was registered.
+   * callback. No event is delivered for it afterwards. True if it was registered.
    */
   remove(fd: number, cb?: IoCallback): boolean {
     const removed = this.set.remove(fd, cb);
-    if (removed && this.set.size === 0 && this.inFlight) this.wake.write();
+    if (removed && this.set.size === 0) this.watch.stop();
     return removed;
   }
 
   /**
-   * Resolves once a wait in flight now has returned (it is woken for this) and its callbacks ran;
-   * at once when none is. After it, no event from before the call is pending delivery.
+   * Resolves after a pass that ran the callbacks of everything ready at the time of the call
+   * (on the next turn of the event loop, never nested in a callback).
    */
   sync(): Promise<void> {
-    if (!this.inFlight) return Promise.resolve();
-    const p = new Promise<void>((r) => this.syncs.push(r));
-    this.wake.write();
-    return p;
+    return new Promise<void>((r) => setImmediate(() => { this.collect(); r(); }));
   }
 
   /**
-   * Unregister everything and release the epoll fd and wake eventfd; resolves once no wait is in
-   * flight. add() throws afterwards. May be called from a callback.
+   * Unregister everything and release the epoll fd; resolves once libuv let go of it. add()
+   * throws afterwards. May be called from a callback.
    */
   close(): Promise<void> {
     if (this.closing) return this.closing;
     this.closed = true;
     if (this.retry) clearTimeout(this.retry);
     this.retry = null;
-    this.closing = new Promise<void>((r) => { this.closed_ = r; });
-    if (this.inFlight) this.wake.write();
-    else if (!this.dispatching) this.release();
+    this.closing = this.watch.close().then(() => this.set.close());
     return this.closing;
   }
 
@@ -114,58 +101,44 @@ export class Poller {
     return this.closed;
   }
 
-  private release(): void {
-    if (this.released) return;
-    this.released = true;
-    this.set.close();
-    this.wake.close();
-    const syncs = this.syncs;
-    this.syncs = [];
-    for (const r of syncs) r();
-    this.closed_?.();
-    this.closed_ = null;
-  }
-
-  private arm(): void {
-    if (this.inFlight || this.closed || this.retry || this.set.size === 0) return;
-    this.inFlight = true;
-    this.set.waitAsync(-1, (err, n) => this.returned(err, n));
-  }
-
-  private returned(err: unknown, n: number): void {
-    this.inFlight = false;
-    this.wakeups++;
-    const syncs = this.syncs;
-    this.syncs = [];
-    if (err || n < 0) {
-      // EINTR at most (glibc's epoll_pwait does not restart); a persistent failure must not spin
-      if (!this.closed) {
-        log.warn(`epoll_pwait failed: ${err ? String(err) : 'error'}`);
-        this.retry = setTimeout(() => { this.retry = null; this.arm(); }, 10);
-        this.retry.unref();
-      }
-    } else if (n > 0) {
-      let woken = false;
-      this.dispatching = true;
-      try {
-        // callbacks may add, remove, sync() or close(): close() waits for the end of this loop
-        woken = this.set.dispatch(n, (e, fd) => log.error(`callback for fd ${fd}: ${(e as Error)?.stack ?? String(e)}`));
-      } finally {
-        this.dispatching = false;
-      }
-      if (woken) this.wake.read();
+  private ready(status: number): void {
+    if (status < 0) {
+      // libuv reports an error on the epoll fd itself: must not spin; look again shortly
+      log.warn(`watching the epoll set failed: errno ${-status}`);
+      this.watch.stop();
+      this.retry = setTimeout(() => {
+        this.retry = null;
+        if (!this.closed && this.set.size > 0) this.watch.start();
+      }, 10);
+      this.retry.unref();
+      return;
     }
-    for (const r of syncs) r();
-    if (this.closed) this.release();
-    else this.arm();
+    this.wakeups++;
+    this.collect();
+  }
+
+  /** Collect what is ready now (epoll_pwait, timeout 0) and run its callbacks. */
+  private collect(): void {
+    for (let pass = 0; pass < MAX_PASSES && !this.closed && this.set.size > 0; pass++) {
+      let n: number;
+      try {
+        n = this.set.waitSync(0);
+      } catch (e) {
+        log.warn(`epoll_pwait failed: ${String(e)}`);
+        return;
+      }
+      // callbacks may add, remove, sync() or close()
+      this.set.dispatch(n, (e, fd) => log.error(`callback for fd ${fd}: ${(e as Error)?.stack ?? String(e)}`));
+      if (n < this.set.maxEvents) return;
+    }
   }
 }
 
 let shared: Poller | null = null;
 
 /**
- * The main thread's shared poller (one threadpool thread for all of the VMM's fds). Created on
- * first use; build it during init (before the seccomp filter) by calling this once.
+ * The main thread's shared poller (one epoll set for all of the VMM's fds, watched by libuv).
+ * Created on first use; build it during init (before the seccomp filter) by calling this once.
  */
 export function mainPoller(): Poller {
   if (!shared || shared.isClosed) shared = new Poller();

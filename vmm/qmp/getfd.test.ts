@@ -172,7 +172,7 @@ test('getfd/closefd with SCM_RIGHTS (in-process sendmsg); fds never leak', async
   for (const fd of fds.values()) closeFd(fd); // as main.ts does on exit
   for (const fd of [...pipes.map((p) => p[0]), r4, r5, r6, r7, r8, r9]) closeFd(fd);
   assert.equal(fdCount(), before, 'no fd left behind (received fds, sockets)');
-  assert.equal(mainPoller().waiting, false, 'no wait in flight once the server is closed');
+  assert.equal(mainPoller().watching, false, 'libuv no longer watches the set once the server is closed');
 });
 
 const PY = `

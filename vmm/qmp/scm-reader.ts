@@ -2,11 +2,11 @@
 // (Node's net.Socket reads with read(), and the kernel then drops the ancillary data).
 //
 // The sockets stay Node sockets (accepted with pauseOnConnect, written by Node) but Node never
-// reads them. Readiness comes from the main thread's shared Poller (io/poller.ts: one epoll_pwait
-// on a libuv threadpool thread, only while some fd is registered); its callback drains the fd
+// reads them. Readiness comes from the main thread's shared Poller (io/poller.ts: an epoll set
+// that libuv watches on the main loop while some fd is registered); its callback drains the fd
 // with recvmsg(MSG_DONTWAIT | MSG_CMSG_CLOEXEC) on the main thread and hands bytes + fds to the
-// owner. With no connection registered no wait is in flight, so an idle reader keeps neither a
-// thread nor the event loop.
+// owner. With no connection registered libuv does not watch the set, so an idle reader does not
+// keep the event loop alive.
 //
 // Fd-reuse safety: a socket that Node destroyed (its fd closed) is dropped before any recvmsg, so
 // a recycled fd number is never read; the poller's registrations are tokens, so an event returned
@@ -87,8 +87,8 @@ export class ScmReader {
   }
 
   /**
-   * Unregister everything; resolves once no wait that may report these fds is in flight (with no
-   * other poller user, none is then: the event loop is free to exit).
+   * Unregister everything; resolves after one more pass of the poller (with no other poller user,
+   * libuv then watches nothing of it: the event loop is free to exit).
    */
   async close(): Promise<void> {
     this.closed = true;

@@ -37,8 +37,8 @@ const MAX_DISCARD_SEGMENTS = 32;
 const MAX_ZERO_SECTORS = 0x3fffff;
 /**
  * Requests of one drive on the threadpool at once; the rest wait in the ring until one
- * completes. libuv's pool is one FIFO shared with the main Poller's wait (io/poller.ts): each
- * drive's share must stay small, or the VMM's notifications, taps and QMP wait behind disk I/O.
+ * completes. libuv's pool (4 threads) is one FIFO shared by every drive on the main thread: each
+ * drive's share must stay small, or one busy disk makes the others' requests wait behind it.
  */
 const MAX_IN_FLIGHT = 4;
 /** Bytes per threadpool call: a large request goes in steps, so no call holds a pool thread long. */

@@ -3,7 +3,7 @@
 // in the iothread (net-iothread-handler.ts), where a VirtioNet over the same guest RAM is woken
 // directly by the queues' ioeventfds and the tap's readability, and raises its interrupts itself
 // (InterruptStatus with Atomics.or, then the slot's irqfd). So a frame costs the main thread
-// nothing: no threadpool hand-off per wake-up (the main Poller's), no message per interrupt.
+// nothing: no pass of the main event loop per wake-up (the main Poller's), no message per interrupt.
 //
 // Reset waits for the iothread: the driver frees its rings after writing 0 to Status, so the
 // iothread must have stopped touching them before the MMIO write returns to the guest. Each
