@@ -79,7 +79,7 @@ export const VMM_IOCTLS: Readonly<Record<string, number>> = Object.freeze({
 export const VMM_SYSCALLS: Readonly<Record<string, string>> = Object.freeze({
   // --- measured in the steady state (strace -f -c -p, see docs/seccomp.md) ---
   futex: 'measured: thread wake-ups and waits (libuv pool, V8 platform threads, Atomics.wait in the vCPU worker)',
-  epoll_pwait: 'measured: libuv event loop (main thread and each worker thread); also the VMM\'s own Poller (a libuv pool thread) and iothreads (vmm/io)',
+  epoll_pwait: 'measured: libuv event loop (main thread and each worker thread); also the VMM\'s own Poller (collects with a zero timeout on the main thread) and iothreads (vmm/io)',
   epoll_ctl: 'measured: libuv registers/unregisters fds (new QMP connections); the Poller and iothreads (un)register eventfds, taps and QMP sockets',
   read: 'measured: socket reads; eventfd reads for uv_async (worker postMessage wake-ups)',
   write: 'measured: socket and log writes; eventfd writes to wake other loops',
