@@ -1,7 +1,7 @@
 // Iothreads: worker threads that block in epoll_pwait over device fds (ioeventfd queue
 // notifications, taps, irqfd resample fds) and run the device's queue handler right there, so a
 // guest's QueueNotify write -> ioeventfd -> handler -> used ring -> irqfd write never touches the
-// main thread (whose wake-ups go through the libuv threadpool, and which also serves QMP, the
+// main thread (where each wake-up waits for a pass of the event loop, which also serves QMP, the
 // console and every vCPU exit).
 //
 //   worker side  IoLoop: a synchronous loop (plain koffi epoll_pwait, this thread blocks) with

@@ -213,6 +213,18 @@ test('modify applies at once', async () => {
   assert.equal(ins, 0);
 });
 
+test('a Poller off the main thread is refused (libuv\'s default loop is the main thread\'s)', async () => {
+  const url = new URL('./poller.js', import.meta.url).href;
+  const w = new Worker(`
+    const { parentPort } = require('node:worker_threads');
+    import(${JSON.stringify(url)}).then(({ Poller }) => {
+      try { new Poller(); parentPort.postMessage('made'); } catch (e) { parentPort.postMessage(String(e.message)); }
+    });`, { eval: true });
+  const msg = await new Promise<string>((res, rej) => { w.once('message', res); w.once('error', rej); });
+  await w.terminate();
+  assert.match(msg, /main thread only/);
+});
+
 test('mainPoller() is one shared instance, replaced after close', async () => {
   const a = mainPoller();
   assert.equal(mainPoller(), a);

@@ -31,9 +31,14 @@ export class Poller {
   wakeups = 0;
 
   constructor() {
-    // created at once, not on first add(): the VMM builds its pollers during init, and
-    // epoll_create1 after the seccomp filter would be one more syscall to allow
-    this.watch = new UvPoll(this.set.epfd, (status) => this.ready(status));
+    // created at once, not on first add(): the VMM builds its pollers during init, where
+    // uv_poll_init's ioctl and epoll_ctl calls are sure to be allowed
+    try {
+      this.watch = new UvPoll(this.set.epfd, (status) => this.ready(status));
+    } catch (e) {
+      this.set.close(); // off the main thread, or uv_poll_init failed: the epoll fd must not leak
+      throw e;
+    }
   }
 
   /** Registered fds. */
@@ -85,7 +90,8 @@ export class Poller {
   }
 
   /**
-   * Unregister everything and release the epoll fd; resolves once libuv let go of it. add()
+   * Unregister everything and release the epoll fd; resolves once libuv let go of it (its close
+   * callback, a later turn of the event loop: from an 'exit' handler it never resolves). add()
    * throws afterwards. May be called from a callback.
    */
   close(): Promise<void> {
@@ -103,14 +109,14 @@ export class Poller {
 
   private ready(status: number): void {
     if (status < 0) {
-      // libuv reports an error on the epoll fd itself: must not spin; look again shortly
+      // POLLERR on the epoll fd itself (not expected): libuv stopped the handle. Look again
+      // shortly rather than spin; the timer keeps the loop alive meanwhile, as watching did.
       log.warn(`watching the epoll set failed: errno ${-status}`);
       this.watch.stop();
       this.retry = setTimeout(() => {
         this.retry = null;
         if (!this.closed && this.set.size > 0) this.watch.start();
       }, 10);
-      this.retry.unref();
       return;
     }
     this.wakeups++;

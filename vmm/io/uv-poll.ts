@@ -58,7 +58,7 @@ const uvError = (what: string, status: number): SysError => new SysError(what, -
 /**
  * A uv_poll_t on `fd` (which stays the caller's to close, after close() resolved). `ready(status)`
  * runs on the main thread whenever the fd is readable while started; `status` < 0 is a libuv
- * error (the fd was closed under it, ...).
+ * error (libuv's UV_EBADF for POLLERR on the fd; libuv has then stopped the handle).
  */
 export class UvPoll {
   private readonly handle: unknown;
