@@ -13,13 +13,13 @@
 // that returned before remove() (or before the fd number was reused by a new registration) names
 // a token that no longer exists and is dropped, never delivered to the wrong callback.
 import koffi from 'koffi';
-import { closeFd, EINTR, mmap, munmap, MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, SysError } from '../kvm/sys.js';
+import { closeFd, EINTR, SysError } from '../kvm/sys.js';
 import { OFFSETOF, SIZEOF } from '../kvm/layout.js';
 
 const libc = koffi.load('libc.so.6');
 const epollCreate1Raw = libc.func('int epoll_create1(int flags)') as (flags: number) => number;
 const epollCtlRaw = libc.func('int epoll_ctl(int epfd, int op, int fd, void *event)') as (epfd: number, op: number, fd: number, ev: Buffer | null) => number;
-type WaitFn = (epfd: number, events: bigint, max: number, timeout: number, sigmask: null) => number;
+type WaitFn = (epfd: number, events: Buffer, max: number, timeout: number, sigmask: null) => number;
 /** epoll_pwait with a NULL sigmask */
 const epollPwait = libc.func('int epoll_pwait(int epfd, void *events, int maxevents, int timeout, void *sigmask)') as unknown as WaitFn;
 
@@ -54,9 +54,9 @@ export class EpollSet {
   private readonly byToken = new Map<number, Registration>();
   private nextToken = 1;
   private readonly ctlBuf = Buffer.alloc(EVENT_SIZE);
-  /** results of the last wait: a mapping of its own, read by dispatch() */
+  /** results of the last wait, read by dispatch() (every wait is synchronous: a plain buffer) */
   readonly maxEvents: number;
-  readonly eventsAddr: bigint;
+  private readonly events: Buffer;
   private readonly eventsView: DataView;
   private closed = false;
 
@@ -65,8 +65,8 @@ export class EpollSet {
     if (fd < 0) throw new SysError('epoll_create1', koffi.errno());
     this.epfd = fd;
     this.maxEvents = maxEvents;
-    this.eventsAddr = mmap(maxEvents * EVENT_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
-    this.eventsView = new DataView(koffi.view(this.eventsAddr, maxEvents * EVENT_SIZE));
+    this.events = Buffer.alloc(maxEvents * EVENT_SIZE);
+    this.eventsView = new DataView(this.events.buffer, this.events.byteOffset, this.events.length);
   }
 
   /** Registered fds. */
@@ -121,7 +121,7 @@ export class EpollSet {
 
   /** Wait synchronously (this thread blocks); returns the number of events, 0 on EINTR/timeout. */
   waitSync(timeoutMs: number): number {
-    const n = epollPwait(this.epfd, this.eventsAddr, this.maxEvents, timeoutMs, null);
+    const n = epollPwait(this.epfd, this.events, this.maxEvents, timeoutMs, null);
     if (n < 0) {
       const e = koffi.errno();
       if (e === EINTR) return 0;
@@ -162,7 +162,6 @@ export class EpollSet {
     this.byFd.clear();
     this.byToken.clear();
     closeFd(this.epfd);
-    munmap(this.eventsAddr, this.maxEvents * EVENT_SIZE);
   }
 
   private ctl(op: number, fd: number, events: number, token: number): void {

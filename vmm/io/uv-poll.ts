@@ -22,7 +22,7 @@ import { SysError } from '../kvm/sys.js';
 // uv.h (libuv 1.x, as linked into node): uv_handle_type UV_POLL (checked below against the
 // linked libuv's own name for it), uv_poll_event UV_READABLE
 const UV_POLL = 8;
-export const UV_READABLE = 1;
+const UV_READABLE = 1;
 
 const self = koffi.load(null);
 const PollCb = koffi.proto('void capsule_uv_poll_cb(void *handle, int status, int events)');
