@@ -3,23 +3,28 @@
 // happened to touch does not count as the VMM's cost.
 import { readFileSync } from 'node:fs';
 
-export interface ProcMem { ussKiB: number; pssKiB: number; rssKiB: number; vmmUssKiB: number }
+export interface ProcMem {
+  ussKiB: number; pssKiB: number; rssKiB: number; vmmUssKiB: number;
+  /** Of vmmUssKiB, the clean pages: file pages (program text) no other process maps right now. */
+  vmmCleanKiB: number;
+}
 
 /** `guestRamKiB`: mappings at least this large are taken to be guest RAM. */
 export function procMem(pid: number, guestRamKiB: number): ProcMem {
   const t = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
   const f = (k: string): number => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(t)?.[1] ?? 0);
-  return { ussKiB: f('Private_Clean') + f('Private_Dirty'), pssKiB: f('Pss'), rssKiB: f('Rss'), vmmUssKiB: vmmOwnUss(pid, guestRamKiB) };
+  const own = vmmOwnUss(pid, guestRamKiB);
+  return { ussKiB: f('Private_Clean') + f('Private_Dirty'), pssKiB: f('Pss'), rssKiB: f('Rss'), vmmUssKiB: own.clean + own.dirty, vmmCleanKiB: own.clean };
 }
 
-function vmmOwnUss(pid: number, guestRamKiB: number): number {
-  let total = 0;
+function vmmOwnUss(pid: number, guestRamKiB: number): { clean: number; dirty: number } {
+  const own = { clean: 0, dirty: 0 };
   let skip = false;
   for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
     const size = /^Size:\s+(\d+) kB/.exec(line);
     if (size) skip = Number(size[1]) >= guestRamKiB;
-    const priv = /^Private_(?:Clean|Dirty):\s+(\d+) kB/.exec(line);
-    if (priv && !skip) total += Number(priv[1]);
+    const priv = /^Private_(Clean|Dirty):\s+(\d+) kB/.exec(line);
+    if (priv && !skip) own[priv[1] === 'Clean' ? 'clean' : 'dirty'] += Number(priv[2]);
   }
-  return total;
+  return own;
 }

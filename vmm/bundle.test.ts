@@ -6,8 +6,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { REPO_ROOT, VMM_BIN } from './testing/clients.js';
+import { VMM_NODE_FLAGS } from '../lib/vmm-node-flags.js';
 
 const OUT = join(REPO_ROOT, 'dist', 'vmm-bin');
 const ENTRIES = ['main.js', 'vcpu-worker.js', 'iothread-worker.js', 'iothread-handler.js'];
@@ -39,4 +40,13 @@ test('bin/capsule-vmm runs the bundle: usage, and a refused option with its reas
   const bad = spawnSync(process.execPath, [VMM_BIN, '-kernel', '/k', '-incoming', 'defer'], { encoding: 'utf8' });
   assert.equal(bad.status, 2);
   assert.match(bad.stderr, /-incoming needs -api-channel unix:PATH/);
+});
+
+test('bin/capsule-vmm run as a program gets the VMM\'s node flags from its first line (lib/vmm-node-flags.ts)', () => {
+  const first = readFileSync(VMM_BIN, 'utf8').split('\n')[0];
+  assert.equal(first, `#!/usr/bin/env -S node ${VMM_NODE_FLAGS.join(' ')}`);
+  // executed directly (env -S splits the line): node accepts the flags and the bundle starts
+  const help = spawnSync(VMM_BIN, ['-help'], { encoding: 'utf8', env: { ...process.env, PATH: `${dirname(process.execPath)}:${process.env.PATH ?? ''}` } });
+  assert.equal(help.status, 0, help.stderr);
+  assert.match(help.stdout, /^usage: capsule-vmm -kernel VMLINUZ/);
 });

@@ -7,6 +7,7 @@ import type { Image } from '../db/images.js';
 import type { Vm } from '../db/vms.js';
 import { effectiveCmdline, NO_DEVICES, type Availability, type DriveSpec, type ForegroundPaths, type Hypervisor, type LaunchCommand, type QmpCommands, type VmDevices, type VmPaths } from './types.js';
 import { FORBIDDEN_SYSCALL_ENV } from '../../lib/vmm-test-hooks.js';
+import { VMM_NODE_FLAGS } from '../../lib/vmm-node-flags.js';
 import { loadNativeState, saveNativeState } from './native-snapshot.js';
 
 const onOff = (b: boolean) => (b ? 'on' : 'off');
@@ -80,12 +81,12 @@ export class NativeHypervisor implements Hypervisor {
       '-daemonize',
       ...this.extraArgs,
     ];
-    return { command: process.execPath, args, env: this.env(), config: this.config(vm, image, devices) };
+    return { command: process.execPath, args: [...VMM_NODE_FLAGS, ...args], env: this.env(), config: this.config(vm, image, devices) };
   }
 
   /** In the foreground a bare -D logs to stderr, which the jail points at the VM's log. */
   foregroundCommand(vm: Vm, image: Image, paths: ForegroundPaths, devices: VmDevices = NO_DEVICES): LaunchCommand {
-    return { command: process.execPath, args: [...this.commonArgs(vm, image, paths, devices), '-D', ...this.extraArgs], env: this.env(), config: this.config(vm, image, devices) };
+    return { command: process.execPath, args: [...VMM_NODE_FLAGS, ...this.commonArgs(vm, image, paths, devices), '-D', ...this.extraArgs], env: this.env(), config: this.config(vm, image, devices) };
   }
 
   /**

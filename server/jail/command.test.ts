@@ -8,6 +8,7 @@ import { buildJailCommand, imageInRoot, IN_ROOT_PATHS, jailIdentity, shellQuote,
 import { resolveHostPaths, which } from './host.js';
 import { QemuHypervisor } from '../hypervisors/qemu.js';
 import { NativeHypervisor, VMM_BIN } from '../hypervisors/native.js';
+import { VMM_NODE_FLAGS } from '../../lib/vmm-node-flags.js';
 import type { Vm } from '../db/vms.js';
 import type { Image } from '../db/images.js';
 
@@ -137,12 +138,14 @@ test('limits and uid come from the spec', () => {
   assert.ok(argv.includes('--reuid=4242') && argv.includes('--regid=777'));
 });
 
-test('the native VMM: node and the repository bound in, in-root paths, its own /dev/kvm owned by the jail uid', () => {
+test('the native VMM: node with its flags and the repository bound in, in-root paths, its own /dev/kvm owned by the jail uid', () => {
   const native = new NativeHypervisor({ available: true, reason: 'unit' });
   const inRoot = imageInRoot(image);
   const fg = native.foregroundCommand({ ...vm, hypervisor: 'native' }, inRoot.image, IN_ROOT_PATHS);
   assert.equal(fg.command, process.execPath);
-  assert.equal(fg.args[0], VMM_BIN);
+  // node's memory flags for the VMM come first (lib/vmm-node-flags.ts), then the program
+  assert.deepEqual(fg.args.slice(0, VMM_NODE_FLAGS.length), VMM_NODE_FLAGS);
+  assert.equal(fg.args[VMM_NODE_FLAGS.length], VMM_BIN);
   assert.equal(fg.args[fg.args.indexOf('-kernel') + 1], '/image/kernel');
   assert.equal(fg.args[fg.args.indexOf('-initrd') + 1], '/image/initrd');
   assert.equal(fg.args[fg.args.indexOf('-chardev') + 1], 'id=console,path=/console');

@@ -1,0 +1,143 @@
+// Benchmark: idle memory of a VMM with 1 vCPU and blk + net + rng (target <= 24 MiB of the
+// VMM's own USS): native capsule-vmm vs qemu -M microvm with the same devices, same guest image
+// (its /init loads the virtio drivers before the ready marker), all on KVM in the same run
+// (`npm run bench:mem`, inside the lab through scripts/kvm-tests.sh). Prints one JSON object;
+// writes it to BENCH_SAVE when set.
+//
+// Each kind is measured twice:
+//  - alone: the only VMM of its kind. Its program's text pages count as private (USS) because
+//    nothing else maps them (for the native VMM, the bench's own node shares some of them);
+//  - side by side: BENCH_VMS (3) of the kind running at once, as on a host that runs many VMs.
+//    There the text is shared and each VMM's USS is what one more VM costs the host: the
+//    figure the target is read against (docs/vmm.md, "Memory").
+// The native VMM also runs without lib/vmm-node-flags.ts's flags ("nativeDefaultFlags"), to
+// show what they save. Memory is read BENCH_IDLE_S (15) s after the guest's shell prompt; the
+// VMM's own USS leaves out the guest RAM mapping (proc-mem.ts).
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { startVmm, testImage, VMM_BIN, type ConsoleClient } from '../vmm/testing/clients.js';
+import { VMM_NODE_FLAGS } from '../lib/vmm-node-flags.js';
+import { guestConsole } from './guest-console.js';
+import { killProcess, median, printJson, round } from './util.js';
+import { procMem } from './proc-mem.js';
+
+const NS = `capsule-bench-mem-${process.pid}`;
+const VMS = Number(process.env.BENCH_VMS ?? 3);
+const IDLE_MS = Number(process.env.BENCH_IDLE_S ?? 15) * 1000;
+const RAM_MIB = 256;
+const TARGET_MIB = 24;
+const work = mkdtempSync(join(tmpdir(), 'capsule-bench-mem-'));
+type Img = Awaited<ReturnType<typeof testImage>>;
+type Kind = 'native' | 'nativeDefaultFlags' | 'qemu';
+
+interface Guest { pid: number; con: ConsoleClient; stop(): Promise<void> }
+
+function sh(cmd: string, args: string[]): void {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 30_000 });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stdout}${r.stderr}`);
+}
+
+/** One tap per VMM slot, in a namespace of the bench's own (no addresses: the NICs idle). */
+function makeNamespace(): void {
+  if (!existsSync('/dev/net/tun')) spawnSync('modprobe', ['tun']);
+  sh('ip', ['netns', 'add', NS]);
+  for (let i = 0; i < VMS; i++) sh('ip', ['netns', 'exec', NS, 'ip', 'tuntap', 'add', 'dev', `tap${i}`, 'mode', 'tap']);
+}
+
+let boots = 0;
+function disk(): string {
+  const f = join(work, `d${++boots}.img`);
+  writeFileSync(f, Buffer.alloc(0));
+  truncateSync(f, 64 << 20);
+  return f;
+}
+
+async function bootNative(img: Img, slot: number, nodeFlags: readonly string[]): Promise<Guest> {
+  const tag = `n${++boots}`;
+  const conPath = join(work, `${tag}.con`);
+  const vmm = startVmm(['-kernel', img.kernel, '-initrd', img.initrd, '-append', img.cmdline, '-smp', '1', '-m', `${RAM_MIB}M`,
+    '-api-channel', `unix:${join(work, `${tag}.qmp`)}`, '-chardev', `id=c,path=${conPath}`, '-drive', `id=disk,file=${disk()}`,
+    '-netdev', `id=net0,netdev=tap${slot}`, '-rng', 'random_file=/dev/urandom', '-hotplug-slots', '0'],
+  { CAPSULE_LOG_LEVEL: 'warn' }, ['ip', 'netns', 'exec', NS], VMM_BIN, nodeFlags);
+  const con = await guestConsole(conPath, () => vmm.stderr).catch(async (e: unknown) => {
+    await killProcess(vmm.child);
+    throw e;
+  });
+  return { pid: vmm.child.pid as number, con, stop: () => stopGuest(vmm.child, con) };
+}
+
+async function bootQemu(img: Img, slot: number): Promise<Guest> {
+  const conPath = join(work, `q${++boots}.con`);
+  const p = spawn('ip', ['netns', 'exec', NS, 'qemu-system-x86_64', '-accel', 'kvm', '-cpu', 'host', '-smp', '1', '-m', `${RAM_MIB}M`,
+    '-M', 'microvm,acpi=on,rtc=on,pit=on,pic=on,isa-serial=on', '-nodefaults', '-no-reboot', '-nographic',
+    '-kernel', img.kernel, '-initrd', img.initrd, '-append', img.cmdline,
+    '-chardev', `socket,id=c,path=${conPath},server=on,wait=off`, '-serial', 'chardev:c',
+    '-drive', `id=disk,file=${disk()},format=raw,if=none,cache=writeback`, '-device', 'virtio-blk-device,drive=disk',
+    '-netdev', `tap,id=n0,ifname=tap${slot},script=no,downscript=no`, '-device', 'virtio-net-device,netdev=n0',
+    '-object', 'rng-random,id=r0,filename=/dev/urandom', '-device', 'virtio-rng-device,rng=r0'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  p.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  const con = await guestConsole(conPath, () => stderr).catch(async (e: unknown) => {
+    await killProcess(p);
+    throw e;
+  });
+  return { pid: p.pid as number, con, stop: () => stopGuest(p, con) }; // `ip netns exec` execs qemu in place
+}
+
+async function stopGuest(p: ChildProcess, con: ConsoleClient): Promise<void> {
+  con.close();
+  await killProcess(p);
+}
+
+const boot = (img: Img, kind: Kind, slot: number): Promise<Guest> =>
+  kind === 'qemu' ? bootQemu(img, slot) : bootNative(img, slot, kind === 'native' ? VMM_NODE_FLAGS : []);
+
+/** vmmCleanMiB: of vmmUssMiB, program text only this process maps (shared once others run). */
+interface Reading { vmmUssMiB: number; vmmCleanMiB: number; ussMiB: number; pssMiB: number }
+
+/** Boots `count` VMMs of a kind (one after another), lets them idle, reads each one's memory. */
+async function measure(img: Img, kind: Kind, count: number): Promise<Reading[]> {
+  const guests: Guest[] = [];
+  try {
+    for (let i = 0; i < count; i++) guests.push(await boot(img, kind, i));
+    await new Promise((r) => setTimeout(r, IDLE_MS));
+    return guests.map((g) => {
+      const m = procMem(g.pid, RAM_MIB * 1024);
+      return { vmmUssMiB: round(m.vmmUssKiB / 1024), vmmCleanMiB: round(m.vmmCleanKiB / 1024), ussMiB: round(m.ussKiB / 1024), pssMiB: round(m.pssKiB / 1024) };
+    });
+  } finally {
+    for (const g of guests) await g.stop();
+  }
+}
+
+async function main() {
+  const img = await testImage();
+  makeNamespace();
+  try {
+    const kinds: Kind[] = ['native', 'nativeDefaultFlags', 'qemu'];
+    const result: Record<string, unknown> = {};
+    for (const kind of kinds) {
+      const alone = (await measure(img, kind, 1))[0] as Reading;
+      const sideBySide = await measure(img, kind, VMS);
+      result[kind] = { alone, sideBySide: { vms: VMS, medianVmmUssMiB: median(sideBySide.map((r) => r.vmmUssMiB)), each: sideBySide } };
+    }
+    const mid = (k: Kind) => (result[k] as { sideBySide: { medianVmmUssMiB: number } }).sideBySide.medianVmmUssMiB;
+    return {
+      bench: 'vmm-idle-memory',
+      setup: { vcpus: 1, guestRamMiB: RAM_MIB, devices: 'virtio-blk (64 MiB raw), virtio-net (tap, userspace), virtio-rng', idleSeconds: IDLE_MS / 1000, nativeNodeFlags: VMM_NODE_FLAGS },
+      ...result,
+      ratioNativeOverQemuSideBySide: round(mid('native') / mid('qemu'), 2),
+      target: { vmmUssMiB: TARGET_MIB, readAgainst: 'native.sideBySide.medianVmmUssMiB' },
+      meetsTarget: mid('native') <= TARGET_MIB,
+    };
+  } finally {
+    spawnSync('ip', ['netns', 'del', NS]);
+  }
+}
+
+const out = await main();
+if (process.env.BENCH_SAVE) writeFileSync(process.env.BENCH_SAVE, `${JSON.stringify(out, null, 2)}\n`);
+printJson(out);
+process.exit(0);
