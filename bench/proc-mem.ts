@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 
 export interface ProcMem {
   ussKiB: number; pssKiB: number; rssKiB: number; vmmUssKiB: number;
-  /** Of vmmUssKiB, the clean pages: file pages (program text) no other process maps right now. */
+  /** Of vmmUssKiB, the clean pages: file pages (mostly program text) no other process maps right now. */
   vmmCleanKiB: number;
 }
 

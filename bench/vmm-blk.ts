@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { QmpClient, startVmm, testImage, VMM_BIN, type ConsoleClient } from '../vmm/testing/clients.js';
-import { VMM_NODE_FLAGS } from '../lib/vmm-node-flags.js';
+import { MEMORY_FLAGS, VMM_NODE_FLAGS } from '../lib/vmm-node-flags.js';
 import { guestTool, initrdWithTools } from './guest-tools.js';
 import { guestConsole } from './guest-console.js';
 import { killProcess } from './util.js';
@@ -201,12 +201,12 @@ function disk(name: string): string {
 let boots = 0;
 
 /**
- * Native capsule-vmm; with `iothread`, the disk's queue is served on an iothread. `defaultFlags`:
- * without lib/vmm-node-flags.ts's flags (nativeDefaultFlags), to see what they cost the disk.
+ * Native capsule-vmm; with `iothread`, the disk's queue is served on an iothread. `memoryFlags`:
+ * with lib/vmm-node-flags.ts's MEMORY_FLAGS (nativeMemoryFlags), to see what they cost the disk.
  */
-async function native(img: Img, initrd: string, iothread: boolean, defaultFlags = false): Promise<Guest> {
-  const tag = iothread ? 'ni' : defaultFlags ? 'nd' : 'n';
-  const name = iothread ? 'nativeIothread' : defaultFlags ? 'nativeDefaultFlags' : 'native';
+async function native(img: Img, initrd: string, iothread: boolean, memoryFlags = false): Promise<Guest> {
+  const tag = iothread ? 'ni' : memoryFlags ? 'nm' : 'n';
+  const name = iothread ? 'nativeIothread' : memoryFlags ? 'nativeMemoryFlags' : 'native';
   const boot = ++boots;
   const qmp = join(work, `${tag}-${boot}.qmp`);
   const conPath = join(work, `${tag}-${boot}.con`);
@@ -215,7 +215,7 @@ async function native(img: Img, initrd: string, iothread: boolean, defaultFlags 
   const vmm = startVmm(['-kernel', img.kernel, '-initrd', initrd, '-append', img.cmdline, '-m', '512M',
     '-api-channel', `unix:${qmp}`, '-chardev', `id=c,path=${conPath}`, ...(iothread ? ['-iothread', 'id=io0'] : []),
     // -D: the VMM's log on stderr (info: a guest reset or triple fault says so), kept for a failure report
-    '-drive', drive, '-hotplug-slots', '0', '-D'], { CAPSULE_LOG_LEVEL: process.env.CAPSULE_LOG_LEVEL ?? 'info' }, [], VMM_BIN, defaultFlags ? [] : VMM_NODE_FLAGS);
+    '-drive', drive, '-hotplug-slots', '0', '-D'], { CAPSULE_LOG_LEVEL: process.env.CAPSULE_LOG_LEVEL ?? 'info' }, [], VMM_BIN, memoryFlags ? MEMORY_FLAGS : VMM_NODE_FLAGS);
   let con: ConsoleClient | undefined;
   let q: QmpClient;
   try {
@@ -267,10 +267,10 @@ async function qemu(img: Img, initrd: string): Promise<Guest> {
 const img = await testImage();
 const initrd = initrdWithTools(img.initrd, work);
 // All boot (one after the other) and stay up; the workloads then take turns (runInterleaved).
-// BENCH_GUESTS picks some of them (comma-separated names; nativeDefaultFlags only when named).
+// BENCH_GUESTS picks some of them (comma-separated names; nativeMemoryFlags only when named).
 const bootBy: Record<string, () => Promise<Guest>> = {
   native: () => native(img, initrd, false), nativeIothread: () => native(img, initrd, true), qemu: () => qemu(img, initrd),
-  nativeDefaultFlags: () => native(img, initrd, false, true),
+  nativeMemoryFlags: () => native(img, initrd, false, true),
 };
 const chosen = (process.env.BENCH_GUESTS ?? 'native,nativeIothread,qemu').split(',');
 const unknown = chosen.filter((c) => !(c in bootBy));
@@ -295,7 +295,7 @@ try {
   for (const g of guests) await g.stop().catch(() => undefined);
 }
 type Medians = Record<string, { median: number } | undefined>;
-const { native: n, nativeIothread: ni, nativeDefaultFlags: nd, qemu: q } = results as Record<string, Medians | undefined>;
+const { native: n, nativeIothread: ni, nativeMemoryFlags: nm, qemu: q } = results as Record<string, Medians | undefined>;
 /** x / QEMU for each workload both finished. */
 const ratioTo = (x: Medians | undefined): Record<string, number> | undefined => x && q ? Object.fromEntries(WORKLOADS.flatMap((w) => {
   const a = x[w.name]?.median;
@@ -314,11 +314,12 @@ const result = {
   restartsAllowed: RESTARTS,
   native: n,
   nativeIothread: ni,
-  ...(nd ? { nativeDefaultFlags: nd } : {}),
+  ...(nm ? { nativeMemoryFlags: nm } : {}),
   qemu: q,
   ratioNativeOverQemu: ratioTo(n),
   ratioNativeIothreadOverQemu: ratioTo(ni),
-  ...(nd ? { ratioNativeDefaultFlagsOverQemu: ratioTo(nd) } : {}),
+  ...(nm ? { ratioNativeMemoryFlagsOverQemu: ratioTo(nm) } : {}),
+  nodeFlags: { native: VMM_NODE_FLAGS, ...(nm ? { nativeMemoryFlags: MEMORY_FLAGS } : {}) },
   target: 'ratio >= 1.0 for each workload',
 };
 console.log(JSON.stringify(result, null, 2));

@@ -9,16 +9,16 @@
 //    nothing else maps them (for the native VMM, the bench's own node shares some of them);
 //  - side by side: BENCH_VMS (3) of the kind running at once, as on a host that runs many VMs.
 //    There the text is shared and each VMM's USS is what one more VM costs the host: the
-//    figure the target is read against (docs/vmm.md, "Memory").
-// The native VMM also runs without lib/vmm-node-flags.ts's flags ("nativeDefaultFlags"), to
+//    figure the target is read against (docs/vmm.md, "Idle memory and Node's flags").
+// The native VMM also runs with lib/vmm-node-flags.ts's MEMORY_FLAGS ("nativeMemoryFlags"), to
 // show what they save. Memory is read BENCH_IDLE_S (15) s after the guest's shell prompt; the
 // VMM's own USS leaves out the guest RAM mapping (proc-mem.ts).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { startVmm, testImage, VMM_BIN, type ConsoleClient } from '../vmm/testing/clients.js';
-import { VMM_NODE_FLAGS } from '../lib/vmm-node-flags.js';
+import { MEMORY_FLAGS, VMM_NODE_FLAGS } from '../lib/vmm-node-flags.js';
 import { guestConsole } from './guest-console.js';
 import { killProcess, median, printJson, round } from './util.js';
 import { procMem } from './proc-mem.js';
@@ -30,7 +30,7 @@ const RAM_MIB = 256;
 const TARGET_MIB = 24;
 const work = mkdtempSync(join(tmpdir(), 'capsule-bench-mem-'));
 type Img = Awaited<ReturnType<typeof testImage>>;
-type Kind = 'native' | 'nativeDefaultFlags' | 'qemu';
+type Kind = 'native' | 'nativeMemoryFlags' | 'qemu';
 
 interface Guest { pid: number; con: ConsoleClient; stop(): Promise<void> }
 
@@ -92,9 +92,9 @@ async function stopGuest(p: ChildProcess, con: ConsoleClient): Promise<void> {
 }
 
 const boot = (img: Img, kind: Kind, slot: number): Promise<Guest> =>
-  kind === 'qemu' ? bootQemu(img, slot) : bootNative(img, slot, kind === 'native' ? VMM_NODE_FLAGS : []);
+  kind === 'qemu' ? bootQemu(img, slot) : bootNative(img, slot, kind === 'nativeMemoryFlags' ? MEMORY_FLAGS : VMM_NODE_FLAGS);
 
-/** vmmCleanMiB: of vmmUssMiB, program text only this process maps (shared once others run). */
+/** vmmCleanMiB: of vmmUssMiB, clean file pages (mostly program text) only this process maps. */
 interface Reading { vmmUssMiB: number; vmmCleanMiB: number; ussMiB: number; pssMiB: number }
 
 /** Boots `count` VMMs of a kind (one after another), lets them idle, reads each one's memory. */
@@ -114,9 +114,9 @@ async function measure(img: Img, kind: Kind, count: number): Promise<Reading[]> 
 
 async function main() {
   const img = await testImage();
-  makeNamespace();
   try {
-    const kinds: Kind[] = ['native', 'nativeDefaultFlags', 'qemu'];
+    makeNamespace();
+    const kinds: Kind[] = ['native', 'nativeMemoryFlags', 'qemu'];
     const result: Record<string, unknown> = {};
     for (const kind of kinds) {
       const alone = (await measure(img, kind, 1))[0] as Reading;
@@ -126,7 +126,7 @@ async function main() {
     const mid = (k: Kind) => (result[k] as { sideBySide: { medianVmmUssMiB: number } }).sideBySide.medianVmmUssMiB;
     return {
       bench: 'vmm-idle-memory',
-      setup: { vcpus: 1, guestRamMiB: RAM_MIB, devices: 'virtio-blk (64 MiB raw), virtio-net (tap, userspace), virtio-rng', idleSeconds: IDLE_MS / 1000, nativeNodeFlags: VMM_NODE_FLAGS },
+      setup: { vcpus: 1, guestRamMiB: RAM_MIB, devices: 'virtio-blk (64 MiB raw), virtio-net (tap, userspace), virtio-rng', idleSeconds: IDLE_MS / 1000, nodeFlags: { native: VMM_NODE_FLAGS, nativeMemoryFlags: MEMORY_FLAGS } },
       ...result,
       ratioNativeOverQemuSideBySide: round(mid('native') / mid('qemu'), 2),
       target: { vmmUssMiB: TARGET_MIB, readAgainst: 'native.sideBySide.medianVmmUssMiB' },
@@ -134,6 +134,7 @@ async function main() {
     };
   } finally {
     spawnSync('ip', ['netns', 'del', NS]);
+    rmSync(work, { recursive: true, force: true });
   }
 }
 

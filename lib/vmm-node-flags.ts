@@ -1,15 +1,23 @@
-// The Node flags every capsule-vmm process runs with: the server's spawn (server/hypervisors/
-// native.ts), the test and bench launcher (vmm/testing/clients.ts) and bin/capsule-vmm's own
-// shebang, for a VMM started by hand. Measured in docs/vmm.md ("Idle memory and Node's flags"):
-// together they take ~3 MiB off each idle VMM's private memory (bench/vmm-mem.ts).
+// Node flags for capsule-vmm processes, in one place for the server's spawn (server/hypervisors/
+// native.ts), the test and bench launcher (vmm/testing/clients.ts) and the benches.
 
-export const VMM_NODE_FLAGS: readonly string[] = [
-  // One V8 platform thread instead of one per core (4): fewer thread stacks and malloc arenas
-  // in each idle VMM. Not none (--single-threaded saves ~1 MiB more): then optimizing compiles
-  // and GC marking run on the isolates' own threads, and a guest took ~30 % longer to boot.
+/** What every VMM runs with. None today: see MEMORY_FLAGS. */
+export const VMM_NODE_FLAGS: readonly string[] = [];
+
+/**
+ * Measured and not used (docs/vmm.md, "Idle memory and Node's flags"): with several VMMs up they
+ * took 0.8–3.5 MiB off each idle VMM's private memory (none for a lone VMM), and cost the native
+ * boot 7–11 % and, in one disk run, queue-depth-1 IOPS below QEMU's. The benches run them as a
+ * variant (bench:mem's nativeMemoryFlags, BENCH_GUESTS=…,nativeMemoryFlags for bench:blk) so the
+ * trade can be weighed again.
+ */
+export const MEMORY_FLAGS: readonly string[] = [
+  // One V8 platform thread instead of Node's default four: fewer thread stacks and malloc arenas.
+  // (--single-threaded, none, saved ~1 MiB more and cost ~30 % of boot: compiles and GC marking
+  // move onto the isolates' own threads.)
   '--v8-pool-size=1',
-  // Young generation of each isolate (main, each vCPU and iothread) capped at 1 MiB semi-spaces.
-  // Boot allocates in a burst that grows the default up to 16 MiB, and V8 keeps what it grew;
-  // a VMM's per-request garbage is small, so scavenges stay cheap.
+  // Each isolate's young generation (main, vCPU and iothread workers) stays at 1 MiB semi-spaces
+  // instead of growing up to 16 MiB in boot's allocation burst and keeping it; the price is more
+  // scavenges, and earlier promotion to the old generation.
   '--max-semi-space-size=1',
 ];

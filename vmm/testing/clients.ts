@@ -160,7 +160,7 @@ export function killAllVmms(): void {
 /**
  * Runs capsule-vmm with node's flags as the server gives them. `prefix`: a command that execs
  * the VMM (e.g. `ip netns exec NS` to start it in a network namespace); `entry`: bin/capsule-vmm,
- * the bundle, unless a bench compares another build; `nodeFlags`: a bench's comparison without them.
+ * the bundle, unless a bench compares another build; `nodeFlags`: a bench's variant (MEMORY_FLAGS).
  */
 export function startVmm(args: string[], env: NodeJS.ProcessEnv = {}, prefix: string[] = [], entry = VMM_BIN, nodeFlags: readonly string[] = VMM_NODE_FLAGS): VmmProcess {
   const argv = [...prefix, process.execPath, ...nodeFlags, entry, ...args];
