@@ -13,8 +13,8 @@ export const VMM_NODE_FLAGS: readonly string[] = [];
  */
 export const MEMORY_FLAGS: readonly string[] = [
   // One V8 platform thread instead of Node's default four: fewer thread stacks and malloc arenas.
-  // (--single-threaded, none, saved ~1 MiB more and cost ~30 % of boot: compiles and GC marking
-  // move onto the isolates' own threads.)
+  // (--single-threaded, no platform thread at all, saved ~1 MiB more and cost ~30 % of boot:
+  // compiles and GC marking move onto the isolates' own threads.)
   '--v8-pool-size=1',
   // Each isolate's young generation (main, vCPU and iothread workers) stays at 1 MiB semi-spaces
   // instead of growing up to 16 MiB in boot's allocation burst and keeping it; the price is more

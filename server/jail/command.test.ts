@@ -143,7 +143,7 @@ test('the native VMM: node with its flags and the repository bound in, in-root p
   const inRoot = imageInRoot(image);
   const fg = native.foregroundCommand({ ...vm, hypervisor: 'native' }, inRoot.image, IN_ROOT_PATHS);
   assert.equal(fg.command, process.execPath);
-  // node's memory flags for the VMM come first (lib/vmm-node-flags.ts), then the program
+  // node's flags for the VMM come first (lib/vmm-node-flags.ts; none today), then the program
   assert.deepEqual(fg.args.slice(0, VMM_NODE_FLAGS.length), VMM_NODE_FLAGS);
   assert.equal(fg.args[VMM_NODE_FLAGS.length], VMM_BIN);
   assert.equal(fg.args[fg.args.indexOf('-kernel') + 1], '/image/kernel');
