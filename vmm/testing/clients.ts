@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { VMM_NODE_FLAGS } from '../../lib/vmm-node-flags.js';
+import { VMM_ENV, VMM_NODE_FLAGS } from '../../lib/vmm-node-flags.js';
 
 export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 export const VMM_BIN = join(REPO_ROOT, 'bin', 'capsule-vmm');
@@ -19,12 +19,25 @@ export async function waitFor<T>(fn: () => T | undefined | Promise<T | undefined
   }
 }
 
-export function connectUnix(path: string): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const s = connect(path);
-    s.once('connect', () => resolve(s));
-    s.once('error', reject);
-  });
+/**
+ * Connects to a Unix socket a VMM serves. ECONNREFUSED is retried for `refusedForMs`: the socket's
+ * file appears at bind(), and a VMM descheduled before its listen() (a busy lab: three guests on
+ * two vCPUs) refuses the connection that a waitForFile let through.
+ */
+export async function connectUnix(path: string, refusedForMs = 3000): Promise<Socket> {
+  const end = Date.now() + refusedForMs;
+  for (;;) {
+    try {
+      return await new Promise<Socket>((resolve, reject) => {
+        const s = connect(path);
+        s.once('connect', () => resolve(s));
+        s.once('error', reject);
+      });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ECONNREFUSED' || Date.now() >= end) throw e;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  }
 }
 
 /** Calls `fn` with each newline-terminated JSON object `sock` receives (QMP's framing). */
@@ -158,13 +171,13 @@ export function killAllVmms(): void {
 }
 
 /**
- * Runs capsule-vmm with node's flags as the server gives them. `prefix`: a command that execs
+ * Runs capsule-vmm with node's flags and environment as the server gives them. `prefix`: a command that execs
  * the VMM (e.g. `ip netns exec NS` to start it in a network namespace); `entry`: bin/capsule-vmm,
  * the bundle, unless a bench compares another build; `nodeFlags`: a bench's variant (MEMORY_FLAGS).
  */
 export function startVmm(args: string[], env: NodeJS.ProcessEnv = {}, prefix: string[] = [], entry = VMM_BIN, nodeFlags: readonly string[] = VMM_NODE_FLAGS): VmmProcess {
   const argv = [...prefix, process.execPath, ...nodeFlags, entry, ...args];
-  const child = spawn(argv[0] as string, argv.slice(1), { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(argv[0] as string, argv.slice(1), { env: { ...process.env, ...VMM_ENV, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   live.add(child);
   child.once('exit', () => live.delete(child));
   const p: VmmProcess = {
