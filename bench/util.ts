@@ -1,5 +1,5 @@
-// Shared bench helpers: percentiles, JSON output, ending a stuck child process.
-import type { ChildProcess } from 'node:child_process';
+// Shared bench helpers: percentiles, JSON output, setup commands, ending a stuck child process.
+import { spawnSync, type ChildProcess } from 'node:child_process';
 export function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return NaN;
   const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
@@ -21,4 +21,11 @@ export async function killProcess(p: ChildProcess): Promise<void> {
   const gone = new Promise<void>((r) => p.once('exit', () => r()));
   p.kill('SIGKILL');
   await gone;
+}
+
+/** Runs a setup command (ip, modprobe, ...) to its end; its stdout, or an error with all it said. */
+export function sh(cmd: string, args: string[]): string {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 30_000 });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stdout}${r.stderr}`);
+  return r.stdout;
 }

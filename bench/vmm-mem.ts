@@ -13,14 +13,15 @@
 // The native VMM also runs with lib/vmm-node-flags.ts's MEMORY_FLAGS ("nativeMemoryFlags"), to
 // show what they save. Memory is read BENCH_IDLE_S (15) s after the guest's shell prompt; the
 // VMM's own USS leaves out the guest RAM mapping (proc-mem.ts).
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { startVmm, testImage, VMM_BIN, type ConsoleClient } from '../vmm/testing/clients.js';
-import { MEMORY_FLAGS, VMM_NODE_FLAGS } from '../lib/vmm-node-flags.js';
+import { MEMORY_FLAGS, VMM_ENV, VMM_NODE_FLAGS } from '../lib/vmm-node-flags.js';
 import { guestConsole } from './guest-console.js';
-import { killProcess, median, printJson, round } from './util.js';
+import { killProcess, median, printJson, round, sh } from './util.js';
+import { spawnQemuMicrovm } from './qemu-microvm.js';
 import { procMem } from './proc-mem.js';
 
 const NS = `capsule-bench-mem-${process.pid}`;
@@ -33,11 +34,6 @@ type Img = Awaited<ReturnType<typeof testImage>>;
 type Kind = 'native' | 'nativeMemoryFlags' | 'qemu';
 
 interface Guest { pid: number; con: ConsoleClient; stop(): Promise<void> }
-
-function sh(cmd: string, args: string[]): void {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 30_000 });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stdout}${r.stderr}`);
-}
 
 /** One tap per VMM slot, in a namespace of the bench's own (no addresses: the NICs idle). */
 function makeNamespace(): void {
@@ -70,13 +66,7 @@ async function bootNative(img: Img, slot: number, nodeFlags: readonly string[]):
 
 async function bootQemu(img: Img, slot: number): Promise<Guest> {
   const conPath = join(work, `q${++boots}.con`);
-  const p = spawn('ip', ['netns', 'exec', NS, 'qemu-system-x86_64', '-accel', 'kvm', '-cpu', 'host', '-smp', '1', '-m', `${RAM_MIB}M`,
-    '-M', 'microvm,acpi=on,rtc=on,pit=on,pic=on,isa-serial=on', '-nodefaults', '-no-reboot', '-nographic',
-    '-kernel', img.kernel, '-initrd', img.initrd, '-append', img.cmdline,
-    '-chardev', `socket,id=c,path=${conPath},server=on,wait=off`, '-serial', 'chardev:c',
-    '-drive', `id=disk,file=${disk()},format=raw,if=none,cache=writeback`, '-device', 'virtio-blk-device,drive=disk',
-    '-netdev', `tap,id=n0,ifname=tap${slot},script=no,downscript=no`, '-device', 'virtio-net-device,netdev=n0',
-    '-object', 'rng-random,id=r0,filename=/dev/urandom', '-device', 'virtio-rng-device,rng=r0'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const p = spawnQemuMicrovm(NS, { kernel: img.kernel, initrd: img.initrd, cmdline: img.cmdline, ramMiB: RAM_MIB, console: conPath, disk: disk(), tap: `tap${slot}` });
   let stderr = '';
   p.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const con = await guestConsole(conPath, () => stderr).catch(async (e: unknown) => {
@@ -95,7 +85,7 @@ const boot = (img: Img, kind: Kind, slot: number): Promise<Guest> =>
   kind === 'qemu' ? bootQemu(img, slot) : bootNative(img, slot, kind === 'nativeMemoryFlags' ? MEMORY_FLAGS : VMM_NODE_FLAGS);
 
 /** vmmCleanMiB: of vmmUssMiB, clean file pages (mostly program text) only this process maps. */
-interface Reading { vmmUssMiB: number; vmmCleanMiB: number; ussMiB: number; pssMiB: number }
+interface Reading { vmmUssMiB: number; vmmCleanMiB: number; ussMiB: number; pssMiB: number; threads: number }
 
 /** Boots `count` VMMs of a kind (one after another), lets them idle, reads each one's memory. */
 async function measure(img: Img, kind: Kind, count: number): Promise<Reading[]> {
@@ -105,7 +95,7 @@ async function measure(img: Img, kind: Kind, count: number): Promise<Reading[]> 
     await new Promise((r) => setTimeout(r, IDLE_MS));
     return guests.map((g) => {
       const m = procMem(g.pid, RAM_MIB * 1024);
-      return { vmmUssMiB: round(m.vmmUssKiB / 1024), vmmCleanMiB: round(m.vmmCleanKiB / 1024), ussMiB: round(m.ussKiB / 1024), pssMiB: round(m.pssKiB / 1024) };
+      return { vmmUssMiB: round(m.vmmUssKiB / 1024), vmmCleanMiB: round(m.vmmCleanKiB / 1024), ussMiB: round(m.ussKiB / 1024), pssMiB: round(m.pssKiB / 1024), threads: readdirSync(`/proc/${g.pid}/task`).length };
     });
   } finally {
     for (const g of guests) await g.stop();
@@ -126,7 +116,7 @@ async function main() {
     const mid = (k: Kind) => (result[k] as { sideBySide: { medianVmmUssMiB: number } }).sideBySide.medianVmmUssMiB;
     return {
       bench: 'vmm-idle-memory',
-      setup: { vcpus: 1, guestRamMiB: RAM_MIB, devices: 'virtio-blk (64 MiB raw), virtio-net (tap, userspace), virtio-rng', idleSeconds: IDLE_MS / 1000, nodeFlags: { native: VMM_NODE_FLAGS, nativeMemoryFlags: MEMORY_FLAGS } },
+      setup: { vcpus: 1, guestRamMiB: RAM_MIB, devices: 'virtio-blk (64 MiB raw), virtio-net (tap, userspace), virtio-rng', idleSeconds: IDLE_MS / 1000, nodeFlags: { native: VMM_NODE_FLAGS, nativeMemoryFlags: MEMORY_FLAGS }, vmmEnv: VMM_ENV },
       ...result,
       ratioNativeOverQemuSideBySide: round(mid('native') / mid('qemu'), 2),
       target: { vmmUssMiB: TARGET_MIB, readAgainst: 'native.sideBySide.medianVmmUssMiB' },

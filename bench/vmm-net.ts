@@ -11,14 +11,15 @@
 //
 // vhost is opt-in because the nested lab's L1 kernel panics or hangs under vhost-net moving an
 // L2 guest's frames (docs/vmm.md, net.kvm.test.ts); on a host with real KVM, set it.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { QmpClient, startVmm, testImage, type ConsoleClient } from '../vmm/testing/clients.js';
 import { guestTool, initrdWithTools } from './guest-tools.js';
 import { guestConsole } from './guest-console.js';
-import { killProcess } from './util.js';
+import { killProcess, sh } from './util.js';
+import { spawnQemuMicrovm } from './qemu-microvm.js';
 import { procMem, type ProcMem } from './proc-mem.js';
 
 const NS = `capsule-bench-${process.pid}`;
@@ -36,11 +37,6 @@ type Link = (typeof LINKS)[number];
 const work = mkdtempSync(join(tmpdir(), 'capsule-bench-net-'));
 type Img = Awaited<ReturnType<typeof testImage>>;
 
-function sh(cmd: string, args: string[]): string {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 30_000 });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stdout}${r.stderr}`);
-  return r.stdout;
-}
 const inNs = (...args: string[]): string => sh('ip', ['netns', 'exec', NS, ...args]);
 
 function makeNamespace(): void {
@@ -145,13 +141,7 @@ async function bootNative(img: Img, initrd: string, mode: NativeNet, link: Link)
 
 async function bootQemu(img: Img, initrd: string, vhost: boolean, link: Link): Promise<Guest> {
   const conPath = join(work, `q${vhost ? 'v' : ''}-${++bootCount}.con`);
-  const p: ChildProcess = spawn('ip', ['netns', 'exec', NS, 'qemu-system-x86_64', '-accel', 'kvm', '-cpu', 'host', '-smp', '1', '-m', `${RAM_MIB}M`,
-    '-M', 'microvm,acpi=on,rtc=on,pit=on,pic=on,isa-serial=on', '-nodefaults', '-no-reboot', '-nographic',
-    '-kernel', img.kernel, '-initrd', initrd, '-append', img.cmdline,
-    '-chardev', `socket,id=c,path=${conPath},server=on,wait=off`, '-serial', 'chardev:c',
-    '-drive', `id=disk,file=${disk(`q${vhost ? 'v' : ''}-${bootCount}.img`)},format=raw,if=none,cache=writeback`, '-device', 'virtio-blk-device,drive=disk',
-    '-netdev', `tap,id=n0,ifname=${link.tap},script=no,downscript=no,vhost=${vhost ? 'on' : 'off'}`, '-device', `virtio-net-device,netdev=n0,mac=${link.mac}`,
-    '-object', 'rng-random,id=r0,filename=/dev/urandom', '-device', 'virtio-rng-device,rng=r0'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const p = spawnQemuMicrovm(NS, { kernel: img.kernel, initrd, cmdline: img.cmdline, ramMiB: RAM_MIB, console: conPath, disk: disk(`q${vhost ? 'v' : ''}-${bootCount}.img`), tap: link.tap, mac: link.mac, vhost });
   let stderr = '';
   p.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const exited = new Promise<void>((r) => p.once('exit', () => r()));
