@@ -7,6 +7,11 @@ export interface ProcMem {
   ussKiB: number; pssKiB: number; rssKiB: number; vmmUssKiB: number;
   /** Of vmmUssKiB, the clean pages: file pages (mostly program text) no other process maps right now. */
   vmmCleanKiB: number;
+  /**
+   * Of the VMM's own mappings, what transparent huge pages back (AnonHugePages): under THP mode
+   * `always` a thread stack or malloc arena touched for a few KiB can hold a whole 2 MiB page.
+   */
+  vmmAnonHugeKiB: number;
 }
 
 /** `guestRamKiB`: mappings at least this large are taken to be guest RAM. */
@@ -14,17 +19,19 @@ export function procMem(pid: number, guestRamKiB: number): ProcMem {
   const t = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
   const f = (k: string): number => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(t)?.[1] ?? 0);
   const own = vmmOwnUss(pid, guestRamKiB);
-  return { ussKiB: f('Private_Clean') + f('Private_Dirty'), pssKiB: f('Pss'), rssKiB: f('Rss'), vmmUssKiB: own.clean + own.dirty, vmmCleanKiB: own.clean };
+  return { ussKiB: f('Private_Clean') + f('Private_Dirty'), pssKiB: f('Pss'), rssKiB: f('Rss'), vmmUssKiB: own.clean + own.dirty, vmmCleanKiB: own.clean, vmmAnonHugeKiB: own.huge };
 }
 
-function vmmOwnUss(pid: number, guestRamKiB: number): { clean: number; dirty: number } {
-  const own = { clean: 0, dirty: 0 };
+function vmmOwnUss(pid: number, guestRamKiB: number): { clean: number; dirty: number; huge: number } {
+  const own = { clean: 0, dirty: 0, huge: 0 };
   let skip = false;
   for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
     const size = /^Size:\s+(\d+) kB/.exec(line);
     if (size) skip = Number(size[1]) >= guestRamKiB;
     const priv = /^Private_(Clean|Dirty):\s+(\d+) kB/.exec(line);
     if (priv && !skip) own[priv[1] === 'Clean' ? 'clean' : 'dirty'] += Number(priv[2]);
+    const huge = /^AnonHugePages:\s+(\d+) kB/.exec(line);
+    if (huge && !skip) own.huge += Number(huge[1]);
   }
   return own;
 }

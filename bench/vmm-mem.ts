@@ -12,9 +12,10 @@
 //    figure the target is read against (docs/vmm.md, "Idle memory and Node's flags").
 // The native VMM also runs with lib/vmm-node-flags.ts's MEMORY_FLAGS ("nativeMemoryFlags"), to
 // show what they save. Memory is read BENCH_IDLE_S (15) s after the guest's shell prompt; the
-// VMM's own USS leaves out the guest RAM mapping (proc-mem.ts).
+// VMM's own USS leaves out the guest RAM mapping (proc-mem.ts). The host's THP mode is recorded
+// with each VMM's AnonHugePages: under `always` a thread stack can hold a 2 MiB page.
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { startVmm, testImage, VMM_BIN, type ConsoleClient } from '../vmm/testing/clients.js';
@@ -84,8 +85,17 @@ async function stopGuest(p: ChildProcess, con: ConsoleClient): Promise<void> {
 const boot = (img: Img, kind: Kind, slot: number): Promise<Guest> =>
   kind === 'qemu' ? bootQemu(img, slot) : bootNative(img, slot, kind === 'nativeMemoryFlags' ? MEMORY_FLAGS : VMM_NODE_FLAGS);
 
+/** The host's transparent huge page mode (the bracketed word), or 'none' without THP. */
+function thpMode(): string {
+  try {
+    return /\[(\w+)\]/.exec(readFileSync('/sys/kernel/mm/transparent_hugepage/enabled', 'utf8'))?.[1] ?? 'unknown';
+  } catch {
+    return 'none';
+  }
+}
+
 /** vmmCleanMiB: of vmmUssMiB, clean file pages (mostly program text) only this process maps. */
-interface Reading { vmmUssMiB: number; vmmCleanMiB: number; ussMiB: number; pssMiB: number; threads: number }
+interface Reading { vmmUssMiB: number; vmmCleanMiB: number; vmmAnonHugeMiB: number; ussMiB: number; pssMiB: number; threads: number }
 
 /** Boots `count` VMMs of a kind (one after another), lets them idle, reads each one's memory. */
 async function measure(img: Img, kind: Kind, count: number): Promise<Reading[]> {
@@ -95,7 +105,7 @@ async function measure(img: Img, kind: Kind, count: number): Promise<Reading[]> 
     await new Promise((r) => setTimeout(r, IDLE_MS));
     return guests.map((g) => {
       const m = procMem(g.pid, RAM_MIB * 1024);
-      return { vmmUssMiB: round(m.vmmUssKiB / 1024), vmmCleanMiB: round(m.vmmCleanKiB / 1024), ussMiB: round(m.ussKiB / 1024), pssMiB: round(m.pssKiB / 1024), threads: readdirSync(`/proc/${g.pid}/task`).length };
+      return { vmmUssMiB: round(m.vmmUssKiB / 1024), vmmCleanMiB: round(m.vmmCleanKiB / 1024), vmmAnonHugeMiB: round(m.vmmAnonHugeKiB / 1024), ussMiB: round(m.ussKiB / 1024), pssMiB: round(m.pssKiB / 1024), threads: readdirSync(`/proc/${g.pid}/task`).length };
     });
   } finally {
     for (const g of guests) await g.stop();
@@ -116,7 +126,7 @@ async function main() {
     const mid = (k: Kind) => (result[k] as { sideBySide: { medianVmmUssMiB: number } }).sideBySide.medianVmmUssMiB;
     return {
       bench: 'vmm-idle-memory',
-      setup: { vcpus: 1, guestRamMiB: RAM_MIB, devices: 'virtio-blk (64 MiB raw), virtio-net (tap, userspace), virtio-rng', idleSeconds: IDLE_MS / 1000, nodeFlags: { native: VMM_NODE_FLAGS, nativeMemoryFlags: MEMORY_FLAGS }, vmmEnv: VMM_ENV },
+      setup: { vcpus: 1, guestRamMiB: RAM_MIB, devices: 'virtio-blk (64 MiB raw), virtio-net (tap, userspace), virtio-rng', idleSeconds: IDLE_MS / 1000, nodeFlags: { native: VMM_NODE_FLAGS, nativeMemoryFlags: MEMORY_FLAGS }, vmmEnv: VMM_ENV, thp: thpMode() },
       ...result,
       ratioNativeOverQemuSideBySide: round(mid('native') / mid('qemu'), 2),
       target: { vmmUssMiB: TARGET_MIB, readAgainst: 'native.sideBySide.medianVmmUssMiB' },

@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
 import { FOUR_GIB, GuestAddress as GA, GuestMemory, GuestMemoryError, layoutRegions, MMIO_HOLE_START } from './guest-memory.js';
 
 test('regions split around the MMIO hole', () => {
@@ -44,4 +45,30 @@ test('real mmap-backed memory', () => {
   assert.equal(m.readU32(GA(0x1000)), 42);
   assert.equal(m.readU32(GA(0x2000)), 0);
   m.close();
+});
+
+/** The VmFlags of the mapping at `addr` in this process's smaps. */
+function vmFlags(addr: bigint): string[] {
+  const lines = readFileSync('/proc/self/smaps', 'utf8').split('\n');
+  const start = lines.findIndex((l) => l.startsWith(`${addr.toString(16)}-`));
+  assert.ok(start >= 0, `no mapping at 0x${addr.toString(16)}`);
+  const flags = lines.slice(start + 1).find((l) => l.startsWith('VmFlags:'));
+  return (flags ?? '').split(/\s+/).slice(1);
+}
+
+test('private anonymous guest RAM asks for huge pages (hg); dump-guest-core=off adds dd; shared RAM does not ask', () => {
+  const m = GuestMemory.create({ size: 4 << 20, dontDump: true });
+  try {
+    const f = vmFlags(m.hostAddr);
+    if (existsSync('/sys/kernel/mm/transparent_hugepage')) assert.ok(f.includes('hg'), `VmFlags ${f.join(' ')}`);
+    assert.ok(f.includes('dd'), `VmFlags ${f.join(' ')}`);
+  } finally {
+    m.close();
+  }
+  const s = GuestMemory.create({ size: 4 << 20, shared: true });
+  try {
+    assert.ok(!vmFlags(s.hostAddr).includes('hg'));
+  } finally {
+    s.close();
+  }
 });
