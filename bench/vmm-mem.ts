@@ -15,11 +15,12 @@
 // VMM's own USS leaves out the guest RAM mapping (proc-mem.ts). The host's THP mode is recorded
 // with each VMM's AnonHugePages: under `always` a thread stack can hold a 2 MiB page.
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { startVmm, testImage, VMM_BIN, type ConsoleClient } from '../vmm/testing/clients.js';
 import { MEMORY_FLAGS, VMM_ENV, VMM_NODE_FLAGS } from '../lib/vmm-node-flags.js';
+import { readThpMode } from '../lib/thp.js';
 import { guestConsole } from './guest-console.js';
 import { killProcess, median, printJson, round, sh } from './util.js';
 import { spawnQemuMicrovm } from './qemu-microvm.js';
@@ -85,15 +86,6 @@ async function stopGuest(p: ChildProcess, con: ConsoleClient): Promise<void> {
 const boot = (img: Img, kind: Kind, slot: number): Promise<Guest> =>
   kind === 'qemu' ? bootQemu(img, slot) : bootNative(img, slot, kind === 'nativeMemoryFlags' ? MEMORY_FLAGS : VMM_NODE_FLAGS);
 
-/** The host's transparent huge page mode (the bracketed word), or 'none' without THP. */
-function thpMode(): string {
-  try {
-    return /\[(\w+)\]/.exec(readFileSync('/sys/kernel/mm/transparent_hugepage/enabled', 'utf8'))?.[1] ?? 'unknown';
-  } catch {
-    return 'none';
-  }
-}
-
 /** vmmCleanMiB: of vmmUssMiB, clean file pages (mostly program text) only this process maps. */
 interface Reading { vmmUssMiB: number; vmmCleanMiB: number; vmmAnonHugeMiB: number; ussMiB: number; pssMiB: number; threads: number }
 
@@ -126,7 +118,7 @@ async function main() {
     const mid = (k: Kind) => (result[k] as { sideBySide: { medianVmmUssMiB: number } }).sideBySide.medianVmmUssMiB;
     return {
       bench: 'vmm-idle-memory',
-      setup: { vcpus: 1, guestRamMiB: RAM_MIB, devices: 'virtio-blk (64 MiB raw), virtio-net (tap, userspace), virtio-rng', idleSeconds: IDLE_MS / 1000, nodeFlags: { native: VMM_NODE_FLAGS, nativeMemoryFlags: MEMORY_FLAGS }, vmmEnv: VMM_ENV, thp: thpMode() },
+      setup: { vcpus: 1, guestRamMiB: RAM_MIB, devices: 'virtio-blk (64 MiB raw), virtio-net (tap, userspace), virtio-rng', idleSeconds: IDLE_MS / 1000, nodeFlags: { native: VMM_NODE_FLAGS, nativeMemoryFlags: MEMORY_FLAGS }, vmmEnv: VMM_ENV, thp: readThpMode() ?? 'none' },
       ...result,
       ratioNativeOverQemuSideBySide: round(mid('native') / mid('qemu'), 2),
       target: { vmmUssMiB: TARGET_MIB, readAgainst: 'native.sideBySide.medianVmmUssMiB' },

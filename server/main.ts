@@ -39,6 +39,7 @@ import { Supervisor } from './supervisor/index.js';
 import { HostAdmission } from './supervisor/admission.js';
 import { Metrics } from './metrics/index.js';
 import { Readiness } from './health/readiness.js';
+import { thpAdvice } from './health/host-memory.js';
 import { metricsListenerApp } from './api/metrics.js';
 import { ensureDefaultImage, registerImages } from './images/registry.js';
 import { createApp } from './api/app.js';
@@ -97,6 +98,8 @@ async function main(): Promise<void> {
   log.info({ images: registered }, 'images registered');
 
   const kvm = probeKvm();
+  const thp = thpAdvice();
+  if (thp) log.warn(thp);
   const native = new NativeHypervisor(kvm);
   const hypervisors = new Map<HypervisorName, Hypervisor>([
     ['qemu', new QemuHypervisor(config.qemuBinary, kvm.available)],
