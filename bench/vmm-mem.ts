@@ -19,7 +19,7 @@ import { existsSync, mkdtempSync, readdirSync, rmSync, truncateSync, writeFileSy
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { startVmm, testImage, VMM_BIN, type ConsoleClient } from '../vmm/testing/clients.js';
-import { MEMORY_FLAGS, VMM_ENV, VMM_NODE_FLAGS } from '../lib/vmm-node-flags.js';
+import { MEMORY_FLAGS, VMM_NODE_FLAGS } from '../lib/vmm-node-flags.js';
 import { readThpMode } from '../lib/thp.js';
 import { guestConsole } from './guest-console.js';
 import { killProcess, median, printJson, round, sh } from './util.js';
@@ -118,7 +118,7 @@ async function main() {
     const mid = (k: Kind) => (result[k] as { sideBySide: { medianVmmUssMiB: number } }).sideBySide.medianVmmUssMiB;
     return {
       bench: 'vmm-idle-memory',
-      setup: { vcpus: 1, guestRamMiB: RAM_MIB, devices: 'virtio-blk (64 MiB raw), virtio-net (tap, userspace), virtio-rng', idleSeconds: IDLE_MS / 1000, nodeFlags: { native: VMM_NODE_FLAGS, nativeMemoryFlags: MEMORY_FLAGS }, vmmEnv: VMM_ENV, thp: readThpMode() ?? 'none' },
+      setup: { vcpus: 1, guestRamMiB: RAM_MIB, devices: 'virtio-blk (64 MiB raw), virtio-net (tap, userspace), virtio-rng', idleSeconds: IDLE_MS / 1000, nodeFlags: { native: VMM_NODE_FLAGS, nativeMemoryFlags: MEMORY_FLAGS }, thp: readThpMode() ?? 'none' },
       ...result,
       ratioNativeOverQemuSideBySide: round(mid('native') / mid('qemu'), 2),
       target: { vmmUssMiB: TARGET_MIB, readAgainst: 'native.sideBySide.medianVmmUssMiB' },

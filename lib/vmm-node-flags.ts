@@ -1,18 +1,12 @@
-// Node flags and environment for capsule-vmm processes, in one place for the server's spawn
-// (server/hypervisors/native.ts), the test and bench launcher (vmm/testing/clients.ts), the benches
-// and bin/capsule-vmm's first line (vmm/bundle.test.ts holds them to each other).
-
-/** What every VMM runs with. None today: see MEMORY_FLAGS. */
-export const VMM_NODE_FLAGS: readonly string[] = [];
+// Node flags for capsule-vmm processes, in one place for the server's spawn (server/hypervisors/
+// native.ts), the test and bench launcher (vmm/testing/clients.ts) and the benches.
 
 /**
- * The environment every VMM gets on top of its own. UV_THREADPOOL_SIZE=1: libuv's pool serves
- * only the VMM's start (the ES module loader reads files with it, the sandbox stats a few paths);
- * device I/O never goes through it (uv_poll handles, worker threads). Node's default of four
- * keeps three idle threads, their stacks and malloc arenas: ~1-2 MiB per VMM (docs/vmm.md, "Idle
- * memory"). libuv reads it once, at the pool's first use, so it is set before node starts.
+ * What every VMM runs with. None today: see MEMORY_FLAGS. libuv's pool keeps Node's four threads
+ * too (UV_THREADPOOL_SIZE=1 would save ~1-2 MiB per idle VMM, but virtio-blk's default
+ * aio=threads does its reads, writes and flushes on that pool: docs/vmm.md, "Idle memory").
  */
-export const VMM_ENV: Readonly<Record<string, string>> = { UV_THREADPOOL_SIZE: '1' };
+export const VMM_NODE_FLAGS: readonly string[] = [];
 
 /**
  * Measured and not used (docs/vmm.md, "Idle memory and Node's flags"): with several VMMs up they

@@ -7,7 +7,7 @@ import type { Image } from '../db/images.js';
 import type { Vm } from '../db/vms.js';
 import { effectiveCmdline, NO_DEVICES, type Availability, type DriveSpec, type ForegroundPaths, type Hypervisor, type LaunchCommand, type QmpCommands, type VmDevices, type VmPaths } from './types.js';
 import { FORBIDDEN_SYSCALL_ENV } from '../../lib/vmm-test-hooks.js';
-import { VMM_ENV, VMM_NODE_FLAGS } from '../../lib/vmm-node-flags.js';
+import { VMM_NODE_FLAGS } from '../../lib/vmm-node-flags.js';
 import { loadNativeState, saveNativeState } from './native-snapshot.js';
 
 const onOff = (b: boolean) => (b ? 'on' : 'off');
@@ -172,7 +172,7 @@ export class NativeHypervisor implements Hypervisor {
   }
 
   private env(): NodeJS.ProcessEnv {
-    const env: NodeJS.ProcessEnv = { ...VMM_ENV, CAPSULE_LOG_LEVEL: process.env.CAPSULE_VMM_LOG_LEVEL ?? 'info' };
+    const env: NodeJS.ProcessEnv = { CAPSULE_LOG_LEVEL: process.env.CAPSULE_VMM_LOG_LEVEL ?? 'info' };
     // Test-only (docs/vmm.md): makes every VMM this server starts call a forbidden syscall after
     // N ms, so that tests can see a seccomp kill reported as a crash. Nothing else passes through.
     const inject = process.env[FORBIDDEN_SYSCALL_ENV];

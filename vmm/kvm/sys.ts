@@ -25,8 +25,6 @@ export const MADV_DONTNEED = 4;
 /** free a range of a shared mapping (shmem, tmpfs, hugetlbfs): punches a hole in its backing */
 export const MADV_REMOVE = 9;
 export const MADV_DONTDUMP = 16;
-/** back a private anonymous range with transparent huge pages (THP mode `madvise` or `always`) */
-export const MADV_HUGEPAGE = 14;
 export const MAP_FAILED = 0xffffffffffffffffn;
 export const SIGUSR2 = 12;
 const SYS_gettid = 186;

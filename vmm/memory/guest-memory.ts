@@ -3,7 +3,7 @@
 import { closeSync, fstatSync, ftruncateSync, mkdtempSync, openSync, readSync, statSync, unlinkSync, rmdirSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  MADV_DONTDUMP, MADV_DONTNEED, MADV_HUGEPAGE, MADV_REMOVE, madvise, MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, mmap, mmapFixed, munmap, PROT_READ, PROT_WRITE, view,
+  MADV_DONTDUMP, MADV_DONTNEED, MADV_REMOVE, madvise, MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, mmap, mmapFixed, munmap, PROT_READ, PROT_WRITE, view,
 } from '../kvm/sys.js';
 
 /** A guest-physical address. Branded so host offsets and plain numbers cannot be passed by mistake. */
@@ -111,13 +111,6 @@ export class GuestMemory {
     }
     if (opts.dontDump) {
       try { madvise(addr, size, MADV_DONTDUMP); } catch { /* best effort */ }
-    }
-    // Guest RAM asks for transparent huge pages, as QEMU's does: then it gets them on a host in
-    // THP mode `madvise`, the mode a capsule host should run. Under `always` (Debian's default)
-    // the VMM's own thread stacks and malloc arenas get 2 MiB pages too, for a few KiB used
-    // (docs/vmm.md, "Idle memory": 2 MiB on one idle VMM's 8 MiB libuv stack).
-    if (!opts.memPath && !opts.shared) {
-      try { madvise(addr, size, MADV_HUGEPAGE); } catch { /* best effort: a kernel without THP */ }
     }
     const regions = layoutRegions(size);
     const buffers = regions.map((r) => view(addr + BigInt(r.hostOffset), r.size));

@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { VMM_ENV, VMM_NODE_FLAGS } from '../../lib/vmm-node-flags.js';
+import { VMM_NODE_FLAGS } from '../../lib/vmm-node-flags.js';
 
 export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 export const VMM_BIN = join(REPO_ROOT, 'bin', 'capsule-vmm');
@@ -171,13 +171,13 @@ export function killAllVmms(): void {
 }
 
 /**
- * Runs capsule-vmm with node's flags and environment as the server gives them. `prefix`: a command that execs
+ * Runs capsule-vmm with node's flags as the server gives them. `prefix`: a command that execs
  * the VMM (e.g. `ip netns exec NS` to start it in a network namespace); `entry`: bin/capsule-vmm,
  * the bundle, unless a bench compares another build; `nodeFlags`: a bench's variant (MEMORY_FLAGS).
  */
 export function startVmm(args: string[], env: NodeJS.ProcessEnv = {}, prefix: string[] = [], entry = VMM_BIN, nodeFlags: readonly string[] = VMM_NODE_FLAGS): VmmProcess {
   const argv = [...prefix, process.execPath, ...nodeFlags, entry, ...args];
-  const child = spawn(argv[0] as string, argv.slice(1), { env: { ...process.env, ...VMM_ENV, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(argv[0] as string, argv.slice(1), { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   live.add(child);
   child.once('exit', () => live.delete(child));
   const p: VmmProcess = {
