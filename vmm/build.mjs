@@ -2,10 +2,11 @@
 // which bin/capsule-vmm runs. Why a bundle: every VMM thread is a V8 isolate that loads its own
 // copy of the code, and esbuild keeps only the parts of zod the VMM uses (a plain import of zod
 // loads every locale: ~10 MiB of private memory per VMM process, measured in docs/vmm.md).
-// Whitespace and comments go (identifiers stay, so stacks keep their function names; the linked
-// source map gives lines back under --enable-source-maps): V8 keeps a module's source in the heap
-// while it runs, and main.js was 500 KB of it, held as UTF-16 (979 KiB) because comments carried
-// non-ASCII characters. Minified it is ~350 KB of ASCII (esbuild escapes the rest).
+// Whitespace and comments go. Identifiers stay, so stacks keep their function names; their
+// positions are the minified file's (NODE_OPTIONS=--enable-source-maps maps them through the
+// linked source map). Why: V8 keeps a module's source in the heap while it runs, and main.js was
+// 500 KB of it, held as UTF-16 (979 KiB) because comments carried non-ASCII characters. Minified
+// it is ~350 KB of ASCII (esbuild escapes the rest).
 // The entries sit side by side, as the URLs in the code expect (`./vcpu-worker.js` next to the
 // module that starts the worker); shared code goes into chunks, so a handler module that an
 // iothread imports shares its modules with the iothread's own. koffi stays a package (native).
