@@ -250,10 +250,7 @@ async function qemu(img: Img, initrd: string): Promise<Guest> {
     '-drive', `id=disk,file=${disk('qemu.img')},format=raw,if=none,cache=writeback`, '-device', 'virtio-blk-device,drive=disk'], { stdio: ['ignore', 'ignore', 'pipe'] });
   p.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const exited = new Promise<void>((r) => p.once('exit', () => r()));
-  const con = await guestConsole(conPath, () => stderr).catch(async (e: unknown) => {
-    await killProcess(p);
-    throw e;
-  });
+  const con = await guestConsole(conPath, () => stderr, p);
   return {
     name: 'qemu', guestReset: () => p.exitCode === 0, con, q: null, log: () => stderr, status: () => ended(p),
     stop: async () => {

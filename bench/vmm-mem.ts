@@ -59,10 +59,7 @@ async function bootNative(img: Img, slot: number, nodeFlags: readonly string[]):
     '-api-channel', `unix:${join(work, `${tag}.qmp`)}`, '-chardev', `id=c,path=${conPath}`, '-drive', `id=disk,file=${disk()}`,
     '-netdev', `id=net0,netdev=tap${slot}`, '-rng', 'random_file=/dev/urandom', '-hotplug-slots', '0'],
   { CAPSULE_LOG_LEVEL: 'warn' }, ['ip', 'netns', 'exec', NS], VMM_BIN, nodeFlags);
-  const con = await guestConsole(conPath, () => vmm.stderr).catch(async (e: unknown) => {
-    await killProcess(vmm.child);
-    throw e;
-  });
+  const con = await guestConsole(conPath, () => vmm.stderr, vmm.child);
   return { pid: vmm.child.pid as number, con, stop: () => stopGuest(vmm.child, con) };
 }
 
@@ -71,10 +68,7 @@ async function bootQemu(img: Img, slot: number): Promise<Guest> {
   const p = spawnQemuMicrovm(NS, { kernel: img.kernel, initrd: img.initrd, cmdline: img.cmdline, ramMiB: RAM_MIB, console: conPath, disk: disk(), tap: `tap${slot}` });
   let stderr = '';
   p.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  const con = await guestConsole(conPath, () => stderr).catch(async (e: unknown) => {
-    await killProcess(p);
-    throw e;
-  });
+  const con = await guestConsole(conPath, () => stderr, p);
   return { pid: p.pid as number, con, stop: () => stopGuest(p, con) }; // `ip netns exec` execs qemu in place
 }
 

@@ -145,10 +145,7 @@ async function bootQemu(img: Img, initrd: string, vhost: boolean, link: Link): P
   let stderr = '';
   p.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const exited = new Promise<void>((r) => p.once('exit', () => r()));
-  const con = await guestConsole(conPath, () => stderr).catch(async (e: unknown) => {
-    await killProcess(p);
-    throw e;
-  });
+  const con = await guestConsole(conPath, () => stderr, p);
   return {
     name: vhost ? 'qemuVhost' : 'qemu', link, con,
     pid: p.pid as number, // `ip netns exec` execs qemu in place
