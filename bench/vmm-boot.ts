@@ -10,7 +10,7 @@ import { mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import koffi from 'koffi';
-import { procMem, type ProcMem } from './proc-mem.js';
+import { procMem, type ProcMem } from '../vmm/testing/proc-mem.js';
 import { ConsoleClient, QmpClient, REPO_ROOT, startVmm, testImage, VMM_BIN, waitForFile } from '../vmm/testing/clients.js';
 import { Kvm } from '../vmm/kvm/kvm.js';
 import { KVM_RUN } from '../vmm/kvm/ioctls.js';

@@ -12,19 +12,21 @@
 //    figure the target is read against (docs/vmm.md, "Idle memory and Node's flags").
 // The native VMM also runs with lib/vmm-node-flags.ts's MEMORY_FLAGS ("nativeMemoryFlags"), to
 // show what they save. Memory is read BENCH_IDLE_S (15) s after the guest's shell prompt; the
-// VMM's own USS leaves out the guest RAM mapping (proc-mem.ts). The host's THP mode is recorded
-// with each VMM's AnonHugePages: under `always` a thread stack can hold a 2 MiB page.
+// VMM's own USS leaves out the guest RAM mapping (vmm/testing/proc-mem.ts). The native VMMs are
+// daemonized, as the server runs them. The host's THP mode is recorded with each VMM's
+// AnonHugePages outside guest RAM: under `always` a thread stack can hold a 2 MiB page
+// (capsule-vmm keeps THP off while it starts: docs/vmm.md, "Idle memory").
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { startVmm, testImage, VMM_BIN, type ConsoleClient } from '../vmm/testing/clients.js';
 import { MEMORY_FLAGS, VMM_NODE_FLAGS } from '../lib/vmm-node-flags.js';
 import { readThpMode } from '../lib/thp.js';
 import { guestConsole } from './guest-console.js';
-import { killProcess, median, printJson, round, sh } from './util.js';
+import { killPid, killProcess, median, printJson, round, sh } from './util.js';
 import { spawnQemuMicrovm } from './qemu-microvm.js';
-import { procMem } from './proc-mem.js';
+import { procMem } from '../vmm/testing/proc-mem.js';
 
 const NS = `capsule-bench-mem-${process.pid}`;
 const VMS = Number(process.env.BENCH_VMS ?? 3);
@@ -52,15 +54,26 @@ function disk(): string {
   return f;
 }
 
+/**
+ * Started as the server starts it, daemonized: the daemon is a fresh process that has THP off
+ * from its first page (vmm/memory/huge-pages.ts), where a VMM in the foreground turns it off only
+ * once Node has started (by then one pool thread's stack can hold a 2 MiB page under `always`).
+ */
 async function bootNative(img: Img, slot: number, nodeFlags: readonly string[]): Promise<Guest> {
   const tag = `n${++boots}`;
   const conPath = join(work, `${tag}.con`);
-  const vmm = startVmm(['-kernel', img.kernel, '-initrd', img.initrd, '-append', img.cmdline, '-smp', '1', '-m', `${RAM_MIB}M`,
+  const pidfile = join(work, `${tag}.pid`);
+  const log = join(work, `${tag}.log`);
+  const parent = startVmm(['-kernel', img.kernel, '-initrd', img.initrd, '-append', img.cmdline, '-smp', '1', '-m', `${RAM_MIB}M`,
     '-api-channel', `unix:${join(work, `${tag}.qmp`)}`, '-chardev', `id=c,path=${conPath}`, '-drive', `id=disk,file=${disk()}`,
-    '-netdev', `id=net0,netdev=tap${slot}`, '-rng', 'random_file=/dev/urandom', '-hotplug-slots', '0'],
+    '-netdev', `id=net0,netdev=tap${slot}`, '-rng', 'random_file=/dev/urandom', '-hotplug-slots', '0',
+    '-daemonize', '-pidfile', pidfile, '-D', log],
   { CAPSULE_LOG_LEVEL: 'warn' }, ['ip', 'netns', 'exec', NS], VMM_BIN, nodeFlags);
-  const con = await guestConsole(conPath, () => vmm.stderr, vmm.child);
-  return { pid: vmm.child.pid as number, con, stop: () => stopGuest(vmm.child, con) };
+  const started = await parent.exited;
+  if (started.code !== 0) throw new Error(`capsule-vmm -daemonize exited with ${started.code}: ${parent.stderr.slice(-2000)}`);
+  const pid = Number(readFileSync(pidfile, 'utf8').trim());
+  const con = await guestConsole(conPath, () => readFileSync(log, 'utf8'), pid);
+  return { pid, con, stop: async () => { con.close(); await killPid(pid); } };
 }
 
 async function bootQemu(img: Img, slot: number): Promise<Guest> {

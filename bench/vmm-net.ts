@@ -20,7 +20,7 @@ import { guestTool, initrdWithTools } from './guest-tools.js';
 import { guestConsole } from './guest-console.js';
 import { killProcess, sh } from './util.js';
 import { spawnQemuMicrovm } from './qemu-microvm.js';
-import { procMem, type ProcMem } from './proc-mem.js';
+import { procMem, type ProcMem } from '../vmm/testing/proc-mem.js';
 
 const NS = `capsule-bench-${process.pid}`;
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);

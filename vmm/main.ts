@@ -23,6 +23,7 @@ import { register as registerInfoCommands } from './qmp/commands/info.js';
 import { filesFor, register as registerSnapshotCommands } from './qmp/commands/snapshot.js';
 import { loadSnapshot, snapshotLayout, STATE_FILE } from './snapshot/snapshot.js';
 import { closeFd } from './kvm/sys.js';
+import { allowHugePagesForGuestOnly, startWithoutHugePages } from './memory/huge-pages.js';
 import { FORBIDDEN_SYSCALL_ENV, install as installSeccomp, prepare as prepareSeccomp, scheduleForbiddenSyscall } from './sandbox.js';
 
 const DAEMON_ENV = 'CAPSULE_VMM_DAEMON_CHILD';
@@ -75,6 +76,8 @@ async function daemonize(argv: string[], cfg: VmConfig): Promise<never> {
 }
 
 async function run(): Promise<void> {
+  // first thing, before a daemon is spawned: no THP for the VMM's own memory (memory/huge-pages.ts)
+  startWithoutHugePages();
   const argv = process.argv.slice(2);
   let cfg: VmConfig;
   try {
@@ -203,6 +206,13 @@ async function run(): Promise<void> {
     process.on(sig, () => void machine.shutdown({ guest: false, reason: 'host-signal' }));
   }
   try {
+    // every thread of a running VMM exists by now: huge pages for guest RAM as the host's mode
+    // says, none for the rest (a VMM waiting for a snapshot makes its vCPU threads later, and
+    // keeps THP off)
+    if (cfg.incoming?.mode !== 'defer') {
+      const marked = allowHugePagesForGuestOnly([{ start: memory.hostAddr, end: memory.hostAddr + BigInt(memory.totalSize) }]);
+      log.debug(`THP: ${marked} own mappings kept off huge pages; guest RAM follows the host's mode`);
+    }
     if (!cfg.incoming) {
       await machine.start();
     } else if (cfg.incoming.mode === 'file') {

@@ -13,6 +13,8 @@ const madviseRaw = libc.func('int madvise(void *addr, size_t len, int advice)') 
 const gettidRaw = libc.func('long syscall(long nr)') as (nr: number) => number | bigint;
 const tgkillRaw = libc.func('int tgkill(int tgid, int tid, int sig)') as (tgid: number, tid: number, sig: number) => number;
 const closeRaw = libc.func('int close(int fd)') as (fd: number) => number;
+// prctl is variadic in glibc: fixed arguments, as for ioctl
+const prctlRaw = libc.func('int prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5)') as (option: number, a2: number, a3: number, a4: number, a5: number) => number;
 
 export const PROT_READ = 1;
 export const PROT_WRITE = 2;
@@ -25,7 +27,11 @@ export const MADV_DONTNEED = 4;
 /** free a range of a shared mapping (shmem, tmpfs, hugetlbfs): punches a hole in its backing */
 export const MADV_REMOVE = 9;
 export const MADV_DONTDUMP = 16;
+/** keep a range out of transparent huge pages (khugepaged skips it too); split VMAs inherit it */
+export const MADV_NOHUGEPAGE = 15;
 export const MAP_FAILED = 0xffffffffffffffffn;
+export const PR_SET_THP_DISABLE = 41;
+export const PR_GET_THP_DISABLE = 42;
 export const SIGUSR2 = 12;
 const SYS_gettid = 186;
 
@@ -73,6 +79,29 @@ export function munmap(addr: bigint, len: number | bigint): void {
 
 export function madvise(addr: bigint, len: number | bigint, advice: number): void {
   if (madviseRaw(addr, len, advice) < 0) throw new SysError('madvise', koffi.errno());
+}
+
+/**
+ * No transparent huge pages for this process from now on, nor for what it forks and execs (the
+ * flag is the mm's, kept across fork and execve): prctl(PR_SET_THP_DISABLE). Pages faulted in
+ * meanwhile stay small after `allowTransparentHugePages()`.
+ */
+export function disableTransparentHugePages(): void {
+  if (prctlRaw(PR_SET_THP_DISABLE, 1, 0, 0, 0) < 0) throw new SysError('prctl(PR_SET_THP_DISABLE, 1)', koffi.errno());
+}
+
+/** Lifts `disableTransparentHugePages()`: new faults follow the host's THP mode again. */
+export function allowTransparentHugePages(): void {
+  if (prctlRaw(PR_SET_THP_DISABLE, 0, 0, 0, 0) < 0) throw new SysError('prctl(PR_SET_THP_DISABLE, 0)', koffi.errno());
+}
+
+export function transparentHugePagesDisabled(): boolean {
+  return prctlRaw(PR_GET_THP_DISABLE, 0, 0, 0, 0) === 1;
+}
+
+/** madvise that reports instead of throwing: for ranges that another thread may unmap meanwhile. */
+export function tryMadvise(addr: bigint, len: number | bigint, advice: number): number {
+  return madviseRaw(addr, len, advice) < 0 ? koffi.errno() : 0;
 }
 
 export function gettid(): number {

@@ -1,6 +1,6 @@
-// A process's memory as the VMM benches report it: USS (private pages), PSS, RSS from
-// smaps_rollup, and the VMM's own USS — without the guest RAM mapping, so that what the guest
-// happened to touch does not count as the VMM's cost.
+// A process's memory as the VMM benches and the VMM KVM test read it: USS (private pages), PSS,
+// RSS from smaps_rollup, and the VMM's own USS: without the guest RAM mapping, so that what the
+// guest happened to touch does not count as the VMM's cost.
 import { readFileSync } from 'node:fs';
 
 export interface ProcMem {
