@@ -29,7 +29,8 @@ export async function killPid(pid: number): Promise<void> {
   try { process.kill(pid, 'SIGKILL'); } catch { return; }
   for (let i = 0; i < 200; i++) {
     let state: string | undefined;
-    try { state = /\) (\S)/.exec(readFileSync(`/proc/${pid}/stat`, 'utf8'))?.[1]; } catch { return; }
+    // the state follows the last ')': the command name in between may hold one
+    try { const st = readFileSync(`/proc/${pid}/stat`, 'utf8'); state = st[st.lastIndexOf(')') + 2]; } catch { return; }
     if (state === 'Z') return;
     await new Promise((r) => setTimeout(r, 50));
   }

@@ -164,25 +164,29 @@ done
     echo "DONE=$(printf %q "$LAB/done")"
     echo "REPO=$(printf %q "$ROOT")"
     echo "FILE_S=${FILE_S}"
+    # node's runner takes --test-timeout from 20.11 on (package.json allows 20.10: `timeout` alone then)
+    if node --test-timeout=1000 -e 0 2>/dev/null; then echo "TT=--test-timeout=${FILE_S}000"; else echo "TT="; fi
     cat <<'RUN'
 # One file under a time limit: node's runner cancels a file that runs past it (--test-timeout
 # bounds the whole file when given to the runner) and says so, its tests printed so far naming
 # where it stood; `timeout` is the backstop for a runner that cannot act. (A CI run lost its last
-# 36 minutes to one file that printed nothing while the L1's heartbeat went on.) Whatever the
-# file left running (daemonized VMMs, QEMUs, test servers) is then killed, so the next file has
-# the L1's CPUs. The test servers' output is kept (L1's /tmp) and its end printed then: a killed
+# 36 minutes to one file that printed nothing while the L1's heartbeat went on.) Whatever a
+# failed file left running (daemonized VMMs, QEMUs, test servers) is killed, so that its rerun and
+# the next file have the L1's CPUs. The test servers' output is kept (L1's /tmp unless
+# CAPSULE_TEST_SERVER_LOG_DIR says where) and its end printed when the limit was hit: a killed
 # file's after() hooks never print it.
-LOGS=/tmp/kvm-tests-server-logs
 run_once() {
-  rm -rf "$LOGS"; mkdir -p "$LOGS"
-  CAPSULE_TEST_SERVER_LOG_DIR=${CAPSULE_TEST_SERVER_LOG_DIR:-$LOGS} \
-    timeout -k 10 $((FILE_S + 60)) node --test --test-concurrency=1 --test-timeout="${FILE_S}000" "$1"
+  logs=${CAPSULE_TEST_SERVER_LOG_DIR:-/tmp/kvm-tests-server-logs}
+  [ -n "${CAPSULE_TEST_SERVER_LOG_DIR:-}" ] || { rm -rf "$logs"; mkdir -p "$logs"; }
+  CAPSULE_TEST_SERVER_LOG_DIR=$logs \
+    timeout -k 10 $((FILE_S + 60)) node --test --test-concurrency=1 $TT "$1"
   r=$?
+  [ "$r" = 0 ] && return 0
   if [ $(( $(date +%s) - t )) -ge "$FILE_S" ]; then
     echo "KVMTESTS: $1 ran into the file limit of ${FILE_S} s (CAPSULE_LAB_FILE_S)"
-    for f in "$LOGS"/*.log; do [ -f "$f" ] && { echo "KVMTESTS: the end of $f:"; tail -n 30 "$f"; }; done
-    pkill -KILL -f "$REPO/(bin|dist)/"; pkill -KILL -f 'qemu-system-x86_64 -name capsule-'
+    for f in "$logs"/*.log; do [ -f "$f" ] && { echo "KVMTESTS: the end of $f:"; tail -n 30 "$f"; }; done
   fi
+  pkill -KILL -f "$REPO/(bin|dist)/"; pkill -KILL -f 'qemu-system-x86_64 -name capsule-'
   return "$r"
 }
 run() {

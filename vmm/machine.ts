@@ -38,6 +38,12 @@ export interface MachineOptions {
   memory: GuestMemory;
   boot: BootSource;
   consoleOut: (b: Uint8Array) => void;
+  /**
+   * Called once the vCPU threads exist and before any of them runs guest code, at every build
+   * (boot, restore, a guest reset's rebuild): the VMM ends its start-up without huge pages there
+   * (memory/huge-pages.ts).
+   */
+  onVcpuThreads?: () => void;
 }
 
 /** What a snapshot holds of a machine besides guest memory. */
@@ -219,7 +225,13 @@ export class Machine extends EventEmitter {
       },
     });
     this.threads = threads;
-    await threads.start(this.vcpus, this.devices.fastInterruptRegisters(), { paused: restore !== undefined });
+    // parked until the hook has run; a restored machine stays parked for its caller's resume()
+    const hook = this.opts.onVcpuThreads;
+    await threads.start(this.vcpus, this.devices.fastInterruptRegisters(), { paused: restore !== undefined || hook !== undefined });
+    if (hook) {
+      hook();
+      if (!restore) threads.resume();
+    }
   }
 
   /** The MSRs a snapshot will save: those KVM lists that vCPU 0 (CPUID set) can read. */

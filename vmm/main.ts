@@ -75,9 +75,25 @@ async function daemonize(argv: string[], cfg: VmConfig): Promise<never> {
   fail(result.replace(/^error: /, ''));
 }
 
+/**
+ * Machine's onVcpuThreads: at the first build, every thread of the VMM exists and no guest code has
+ * run; huge pages for guest RAM as the host's mode says, none for the rest. Once only: a guest
+ * reset's rebuild runs under the seccomp filter, which does not let /proc/self/maps be opened.
+ */
+function guestOnlyHugePages(memory: GuestMemory): () => void {
+  let done = false;
+  return () => {
+    if (done) return;
+    done = true;
+    const marked = allowHugePagesForGuestOnly([{ start: memory.hostAddr, end: memory.hostAddr + BigInt(memory.totalSize) }]);
+    if (typeof marked === 'number') log.debug(`THP: ${marked} own mappings kept off huge pages; guest RAM follows the host's mode`);
+    else log.warn(`THP: own mappings not marked (${marked}); guest RAM follows the host's mode`);
+  };
+}
+
 async function run(): Promise<void> {
   // first thing, before a daemon is spawned: no THP for the VMM's own memory (memory/huge-pages.ts)
-  startWithoutHugePages();
+  const thpNotOff = startWithoutHugePages();
   const argv = process.argv.slice(2);
   let cfg: VmConfig;
   try {
@@ -114,6 +130,7 @@ async function run(): Promise<void> {
 
   configureLog({ level: parseLevel(process.env.CAPSULE_LOG_LEVEL), file: cfg.log.file ?? null, stderr: cfg.log.enabled && !cfg.log.file });
   log.info(`starting: ${cfg.cpus} vCPU(s), ${cfg.memSize} bytes, kernel ${cfg.kernel}`);
+  if (thpNotOff) log.warn(`transparent huge pages stay on for the VMM's own memory: ${thpNotOff}`);
 
   const cleanups: Array<() => void | Promise<void>> = [];
   const cleanup = async (): Promise<void> => {
@@ -140,6 +157,7 @@ async function run(): Promise<void> {
       memory,
       boot: { kernel: files.kernel, initrd: files.initrd, cmdline: cfg.cmdline, cpus: cfg.cpus },
       consoleOut: (b) => consoleHub.write(b),
+      onVcpuThreads: guestOnlyHugePages(memory),
     });
     consoleHub.onInput = (b) => machine.serial.enqueueInput(b);
     // iothreads before the devices that use them, and before the seccomp filter (no new threads after it)
@@ -206,13 +224,6 @@ async function run(): Promise<void> {
     process.on(sig, () => void machine.shutdown({ guest: false, reason: 'host-signal' }));
   }
   try {
-    // every thread of a running VMM exists by now: huge pages for guest RAM as the host's mode
-    // says, none for the rest (a VMM waiting for a snapshot makes its vCPU threads later, and
-    // keeps THP off)
-    if (cfg.incoming?.mode !== 'defer') {
-      const marked = allowHugePagesForGuestOnly([{ start: memory.hostAddr, end: memory.hostAddr + BigInt(memory.totalSize) }]);
-      log.debug(`THP: ${marked} own mappings kept off huge pages; guest RAM follows the host's mode`);
-    }
     if (!cfg.incoming) {
       await machine.start();
     } else if (cfg.incoming.mode === 'file') {

@@ -29,14 +29,15 @@ after(() => {
   }
 });
 
-/** A process's VmFlags by mapping name (its first mapping of that name); a mapping of >= 256 MiB as "guest RAM". */
+/** A process's VmFlags by mapping name (its first mapping of that name); a read-write one of >= 256 MiB as "guest RAM". */
 function vmFlagsByName(pid: number): Map<string, string[]> {
   const out = new Map<string, string[]>();
   let name = '';
   for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
-    const m = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \d+\s*(.*)$/.exec(line);
-    // (the guest RAM mapping may have merged with a neighbour of the same flags)
-    if (m) name = parseInt(m[2]!, 16) - parseInt(m[1]!, 16) >= 256 * 1024 * 1024 ? 'guest RAM' : m[3]!;
+    const m = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \d+\s*(.*)$/.exec(line);
+    // guest RAM: read-write and at least 256 MiB (it may have merged with a neighbour of the same
+    // flags; V8 and glibc reserve large ranges too, but without access)
+    if (m) name = m[3] === 'rw-p' && parseInt(m[2]!, 16) - parseInt(m[1]!, 16) >= 256 * 1024 * 1024 ? 'guest RAM' : m[4]!;
     else if (line.startsWith('VmFlags:') && name && !out.has(name)) out.set(name, line.split(/\s+/).slice(1));
   }
   return out;

@@ -6,17 +6,26 @@
 //  1. `startWithoutHugePages()`, first thing: no THP while the VMM starts. The flag belongs to the
 //     process's memory and is kept across fork and execve, so a daemon spawned after it has it
 //     from its first page.
-//  2. `allowHugePagesForGuestOnly(guest)`, once every thread exists and before the guest runs:
-//     every anonymous mapping of the VMM's own (stacks, heaps, V8's reservations: the parts V8
-//     and malloc commit later split from these and keep the advice) is marked MADV_NOHUGEPAGE,
-//     then the flag is lifted, so guest RAM follows the host's mode and the rest stays small.
+//  2. `allowHugePagesForGuestOnly(guest)`, once the vCPU threads exist and before they run the
+//     guest (Machine's onVcpuThreads): every anonymous mapping of the VMM's own (stacks, heaps,
+//     reservations; a part mprotect'ed later keeps the advice) is marked MADV_NOHUGEPAGE, then the
+//     flag is lifted, so guest RAM follows the host's mode. Mappings made after it (brk growth,
+//     fresh mmaps, a reset's new vCPU threads) are not marked.
+// Both are best effort: a kernel without THP, or a sandbox that refuses prctl, costs memory, not
+// the VM.
 import { readFileSync } from 'node:fs';
 import { allowTransparentHugePages, disableTransparentHugePages, MADV_NOHUGEPAGE, tryMadvise } from '../kvm/sys.js';
 
 export interface AddressRange { start: bigint; end: bigint }
 
-export function startWithoutHugePages(): void {
-  disableTransparentHugePages();
+/** undefined, or why THP could not be turned off (the VMM starts anyway). */
+export function startWithoutHugePages(): string | undefined {
+  try {
+    disableTransparentHugePages();
+    return undefined;
+  } catch (e) {
+    return (e as Error).message;
+  }
 }
 
 /**
@@ -37,12 +46,19 @@ export function ownAnonymousMappings(maps: string, except: readonly AddressRange
   return out;
 }
 
-/** Returns how many mappings were marked (some may have been unmapped meanwhile: not an error). */
-export function allowHugePagesForGuestOnly(guest: readonly AddressRange[]): number {
-  let marked = 0;
-  for (const r of ownAnonymousMappings(readFileSync('/proc/self/maps', 'utf8'), guest)) {
-    if (tryMadvise(r.start, r.end - r.start, MADV_NOHUGEPAGE) === 0) marked++;
+/**
+ * Returns how many mappings were marked (one unmapped meanwhile is not an error), or why none
+ * could be; the flag is lifted either way.
+ */
+export function allowHugePagesForGuestOnly(guest: readonly AddressRange[]): number | string {
+  let marked: number | string = 0;
+  try {
+    for (const r of ownAnonymousMappings(readFileSync('/proc/self/maps', 'utf8'), guest)) {
+      if (tryMadvise(r.start, r.end - r.start, MADV_NOHUGEPAGE) === 0) marked++;
+    }
+  } catch (e) {
+    marked = (e as Error).message;
   }
-  allowTransparentHugePages();
+  try { allowTransparentHugePages(); } catch { /* never set: startWithoutHugePages said why */ }
   return marked;
 }
