@@ -204,9 +204,15 @@ let boots = 0;
  * Native capsule-vmm; with `iothread`, the disk's queue is served on an iothread. `memoryFlags`:
  * with lib/vmm-node-flags.ts's MEMORY_FLAGS (nativeMemoryFlags), to see what they cost the disk.
  */
-async function native(img: Img, initrd: string, iothread: boolean, memoryFlags = false): Promise<Guest> {
-  const tag = iothread ? 'ni' : memoryFlags ? 'nm' : 'n';
-  const name = iothread ? 'nativeIothread' : memoryFlags ? 'nativeMemoryFlags' : 'native';
+/** The native VMM's variants: the drive on the main thread or an iothread, and Node's memory flags. */
+const NATIVE = {
+  native: { tag: 'n', iothread: false, memoryFlags: false },
+  nativeIothread: { tag: 'ni', iothread: true, memoryFlags: false },
+  nativeMemoryFlags: { tag: 'nm', iothread: false, memoryFlags: true },
+} as const;
+
+async function native(img: Img, initrd: string, name: keyof typeof NATIVE): Promise<Guest> {
+  const { tag, iothread, memoryFlags } = NATIVE[name];
   const boot = ++boots;
   const qmp = join(work, `${tag}-${boot}.qmp`);
   const conPath = join(work, `${tag}-${boot}.con`);
@@ -266,8 +272,8 @@ const initrd = initrdWithTools(img.initrd, work);
 // All boot (one after the other) and stay up; the workloads then take turns (runInterleaved).
 // BENCH_GUESTS picks some of them (comma-separated names; nativeMemoryFlags only when named).
 const bootBy: Record<string, () => Promise<Guest>> = {
-  native: () => native(img, initrd, false), nativeIothread: () => native(img, initrd, true), qemu: () => qemu(img, initrd),
-  nativeMemoryFlags: () => native(img, initrd, false, true),
+  native: () => native(img, initrd, 'native'), nativeIothread: () => native(img, initrd, 'nativeIothread'), qemu: () => qemu(img, initrd),
+  nativeMemoryFlags: () => native(img, initrd, 'nativeMemoryFlags'),
 };
 const chosen = (process.env.BENCH_GUESTS ?? 'native,nativeIothread,qemu').split(',');
 const unknown = chosen.filter((c) => !(c in bootBy));
