@@ -1,6 +1,6 @@
 // Shared bench helpers: percentiles, JSON output, setup commands, ending a stuck child process.
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { kill, waitForExit } from '../server/supervisor/process.js';
 export function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return NaN;
   const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
@@ -26,15 +26,8 @@ export async function killProcess(p: ChildProcess): Promise<void> {
 
 /** SIGKILLs a process that is not our child (a daemonized VMM) and waits until it is gone or a zombie. */
 export async function killPid(pid: number): Promise<void> {
-  try { process.kill(pid, 'SIGKILL'); } catch { return; }
-  for (let i = 0; i < 200; i++) {
-    let state: string | undefined;
-    // the state follows the last ')': the command name in between may hold one
-    try { const st = readFileSync(`/proc/${pid}/stat`, 'utf8'); state = st[st.lastIndexOf(')') + 2]; } catch { return; }
-    if (state === 'Z') return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`process ${pid} still there 10 s after SIGKILL`);
+  kill(pid);
+  if (!(await waitForExit(pid, 10_000))) throw new Error(`process ${pid} still there 10 s after SIGKILL`);
 }
 
 /** Runs a setup command (ip, modprobe, ...) to its end; its stdout, or an error with all it said. */
