@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { probeKvm } from '../lib/kvm-probe.js';
 import { ConsoleClient, killAllVmms, QmpClient, startVmm, testImage, waitFor, waitForFile } from './testing/clients.js';
+import { mappings } from './testing/proc-mem.js';
 
 const BOOT_TIMEOUT = Number(process.env.CAPSULE_TEST_BOOT_TIMEOUT_MS ?? 240_000);
 const READY = /CAPSULE_READY cpus=(\d+) uptime=([\d.]+)/;
@@ -32,13 +33,11 @@ after(() => {
 /** A process's VmFlags by mapping name (its first mapping of that name); a read-write one of >= 256 MiB as "guest RAM". */
 function vmFlagsByName(pid: number): Map<string, string[]> {
   const out = new Map<string, string[]>();
-  let name = '';
-  for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
-    const m = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \d+\s*(.*)$/.exec(line);
+  for (const m of mappings(pid)) {
     // guest RAM: read-write and at least 256 MiB (it may have merged with a neighbour of the same
     // flags; V8 and glibc reserve large ranges too, but without access)
-    if (m) name = m[3] === 'rw-p' && parseInt(m[2]!, 16) - parseInt(m[1]!, 16) >= 256 * 1024 * 1024 ? 'guest RAM' : m[4]!;
-    else if (line.startsWith('VmFlags:') && name && !out.has(name)) out.set(name, line.split(/\s+/).slice(1));
+    const name = m.perms === 'rw-p' && m.end - m.start >= 256n * 1024n * 1024n ? 'guest RAM' : m.name;
+    if (!out.has(name)) out.set(name, m.vmFlags);
   }
   return out;
 }

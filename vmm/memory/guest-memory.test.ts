@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { mappings } from '../testing/proc-mem.js';
 import { FOUR_GIB, GuestAddress as GA, GuestMemory, GuestMemoryError, layoutRegions, MMIO_HOLE_START } from './guest-memory.js';
 
 test('regions split around the MMIO hole', () => {
@@ -49,11 +49,9 @@ test('real mmap-backed memory', () => {
 
 /** The VmFlags of the mapping at `addr` in this process's smaps. */
 function vmFlags(addr: bigint): string[] {
-  const lines = readFileSync('/proc/self/smaps', 'utf8').split('\n');
-  const start = lines.findIndex((l) => l.startsWith(`${addr.toString(16)}-`));
-  assert.ok(start >= 0, `no mapping at 0x${addr.toString(16)}`);
-  const flags = lines.slice(start + 1).find((l) => l.startsWith('VmFlags:'));
-  return (flags ?? '').split(/\s+/).slice(1);
+  const m = mappings('self').find((x) => x.start === addr);
+  assert.ok(m, `no mapping at 0x${addr.toString(16)}`);
+  return m.vmFlags;
 }
 
 test('dump-guest-core=off marks guest RAM dd; guest RAM does not ask for huge pages (hg: docs/vmm.md, "Idle memory")', () => {

@@ -31,8 +31,8 @@ test('allowHugePagesForGuestOnly: the flag is lifted, guest RAM may take huge pa
   // in a child: the test runner keeps its own settings
   const dir = fileURLToPath(new URL('.', import.meta.url));
   const out = execFileSync(process.execPath, ['--input-type=module', '-e', `
-    import { readFileSync } from 'node:fs';
     const hp = await import(${JSON.stringify(`${dir}huge-pages.js`)});
+    const { mappings } = await import(${JSON.stringify(`${dir}../testing/proc-mem.js`)});
     const sys = await import(${JSON.stringify(`${dir}../kvm/sys.js`)});
     hp.startWithoutHugePages();
     const off = sys.transparentHugePagesDisabled();
@@ -40,11 +40,9 @@ test('allowHugePagesForGuestOnly: the flag is lifted, guest RAM may take huge pa
     const guest = sys.mmap(size, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE | sys.MAP_ANONYMOUS | sys.MAP_NORESERVE);
     const marked = hp.allowHugePagesForGuestOnly([{ start: guest, end: guest + BigInt(size) }]);
     const flags = {};
-    let cur;
-    for (const l of readFileSync('/proc/self/smaps', 'utf8').split('\\n')) {
-      const m = /^([0-9a-f]+)-[0-9a-f]+ \\S+ \\S+ \\S+ \\d+\\s*(.*)$/.exec(l);
-      if (m) { cur = BigInt('0x' + m[1]) === guest ? 'guest' : m[2]; continue; }
-      if (l.startsWith('VmFlags:') && (cur === 'guest' || cur === '[heap]' || cur === '[stack]')) flags[cur] = l.split(/\\s+/).slice(1);
+    for (const m of mappings('self')) {
+      const name = m.start === guest ? 'guest' : m.name;
+      if (name === 'guest' || name === '[heap]' || name === '[stack]') flags[name] = m.vmFlags;
     }
     console.log(JSON.stringify({ off, after: sys.transparentHugePagesDisabled(), marked, flags }));`], { encoding: 'utf8' });
   const r = JSON.parse(out) as { off: boolean; after: boolean; marked: number | string; flags: Record<string, string[]> };

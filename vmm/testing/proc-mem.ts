@@ -35,3 +35,16 @@ function vmmOwnUss(pid: number, guestRamKiB: number): { clean: number; dirty: nu
   }
   return own;
 }
+
+export interface Mapping { start: bigint; end: bigint; perms: string; name: string; vmFlags: string[] }
+
+/** Each mapping of a process ('self': this one) in address order, with its smaps VmFlags. */
+export function mappings(pid: number | 'self'): Mapping[] {
+  const out: Mapping[] = [];
+  for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \d+\s*(.*)$/.exec(line);
+    if (m) out.push({ start: BigInt(`0x${m[1]}`), end: BigInt(`0x${m[2]}`), perms: m[3]!, name: m[4] ?? '', vmFlags: [] });
+    else if (line.startsWith('VmFlags:') && out.length > 0) out[out.length - 1]!.vmFlags = line.split(/\s+/).slice(1).filter(Boolean);
+  }
+  return out;
+}
